@@ -1,0 +1,1 @@
+//! schedrig: a test harness for Linux process schedulers.
