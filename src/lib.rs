@@ -1,1 +1,11 @@
 //! schedrig: a test harness for Linux process schedulers.
+//!
+//! Each test boots a real sched_ext kernel in its own small KVM VM. This
+//! crate is the library users call and the CLI: kernel resolution and
+//! cache, the runner, checks, reports and the test harness (see
+//! `shared/spec/architecture.md`).
+
+pub mod cli;
+pub mod kernel;
+pub mod progress;
+pub mod setup;

@@ -1,0 +1,64 @@
+//! Kernels: the project's cached build and resolving what a run boots.
+
+pub mod build;
+pub mod cache;
+pub mod config;
+pub mod image;
+pub mod resolve;
+pub mod source;
+
+pub use build::{build, BuildOptions, BuildOutcome};
+pub use image::ImageFormat;
+pub use resolve::{resolve, KernelRequest, ResolvedKernel};
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Setup(#[from] crate::setup::SetupError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot run {0}: {1}")]
+    Spawn(String, std::io::Error),
+    #[error("{step} failed ({status}); last lines:\n{log_tail}")]
+    StepFailed {
+        step: String,
+        status: String,
+        log_tail: String,
+    },
+    #[error(
+        "Debian package {0} is not installed; `schedrig kernel build` installs it when run as root"
+    )]
+    NoSource(String),
+    #[error("the kernel config dropped options kernels/schedrig.config requires (unmet dependencies?): {0}")]
+    FragmentDropped(String),
+    #[error("kernel not found: {0}")]
+    NotFound(String),
+    #[error("{0}: cannot tell whether this kernel has sched_ext: no `config` or `.config` beside it and no IKCONFIG inside")]
+    NoConfig(String),
+    #[error("{image}: kernel lacks {missing} (config from {config_source}); schedrig needs a sched_ext kernel: `schedrig kernel build` makes one")]
+    NotSchedExt {
+        image: String,
+        missing: String,
+        config_source: String,
+    },
+    #[error("no kernel given and none cached: build one with `schedrig kernel build` (about 20 minutes on 2 cores, cached afterwards) or pass --kernel PATH")]
+    NoCachedKernel,
+}
+
+impl KernelError {
+    fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            what,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Payload types, one module per message family. Each module encodes and
+//! decodes exactly what wire-protocol.md says, and rejects anything else.
+
+pub mod kern_addrs;
+pub mod kernel_op;
+pub mod lifecycle;
+pub mod scalar;
+pub mod snapshot;
+pub mod stimulus;
