@@ -31,7 +31,7 @@ pub const BUILD_PACKAGES: &[&str] = &[
 /// Kbuild steps (`  CC  foo.o` lines) of a full build with our config,
 /// measured on 6.12.117; the first build's progress bar uses it until a
 /// build has recorded its own count.
-const DEFAULT_STEP_ESTIMATE: u64 = 3000;
+const DEFAULT_STEP_ESTIMATE: u64 = 2300;
 /// Where a finished build records its step count for the next bar.
 const STEP_ESTIMATE_FILE: &str = "steps";
 /// Lines of the build log shown when make fails.

@@ -1,0 +1,243 @@
+//! PID 1 of the nested test host (`schedrig nested`).
+//!
+//! Runs inside QEMU (TCG with emulated SVM) on Debian's kernel: loads
+//! the KVM and 9p modules, proves /dev/kvm works, mounts the host's root
+//! read-only over 9p (plus the writable shares), chroots into it, runs
+//! the job's command with its stdout/stderr on two virtio-console ports,
+//! reports the exit status on a third, and powers off.
+//!
+//! The job comes from files the host put in the initramfs under /job:
+//! `argv` and `env` (NUL-separated), `cwd`, `modules` (one path per
+//! line, in load order) and `mounts` (`tag<TAB>path<TAB>ro|rw` lines,
+//! the root first).
+//!
+//! Status port protocol (one line each): `ready <ms since boot>` just
+//! before the command starts, then `exit N`, `signal N` or `error TEXT`.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::time::Duration;
+
+use nix::mount::MsFlags;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{chdir, chroot, fork, ForkResult, Pid};
+
+use schedrig_guest_init::{mount::mount_basics, mount::mount_fs, ports, power::power_off};
+
+const STDOUT_PORT: &str = "schedrig.stdout";
+const STDERR_PORT: &str = "schedrig.stderr";
+const STATUS_PORT: &str = "schedrig.status";
+const NEW_ROOT: &str = "/newroot";
+const PORT_WAIT: Duration = Duration::from_secs(10);
+/// `finit_module` flag: the kernel decompresses the module itself
+/// (include/uapi/linux/module.h; needs CONFIG_MODULE_DECOMPRESS, which
+/// Debian's kernel has).
+const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
+/// include/uapi/linux/kvm.h: `_IO(KVMIO, 0x00)` and its fixed answer.
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_API_VERSION: libc::c_int = 12;
+/// 9p message size: large messages make reading binaries much faster.
+const NINEP_MSIZE: u32 = 512 * 1024;
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        // The console is ttyS0; the host shows its tail on failure.
+        eprintln!("schedrig-nested-init: panic: {info}");
+    }));
+    let status = match run() {
+        Ok(line) => line,
+        Err(e) => {
+            eprintln!("schedrig-nested-init: {e}");
+            format!("error {e}")
+        }
+    };
+    if let Some(mut port) = open_port(STATUS_PORT) {
+        let _ = writeln!(port, "{status}");
+    }
+    power_off();
+}
+
+fn open_port(name: &str) -> Option<File> {
+    let path = ports::wait_for_port(name, PORT_WAIT)?;
+    File::options().write(true).open(path).ok()
+}
+
+fn read_job(name: &str) -> Result<String, String> {
+    let p = format!("/job/{name}");
+    std::fs::read_to_string(&p).map_err(|e| format!("cannot read {p}: {e}"))
+}
+
+fn nul_list(text: &str) -> Result<Vec<CString>, String> {
+    text.split('\0')
+        .filter(|s| !s.is_empty())
+        .map(|s| CString::new(s).map_err(|e| format!("bad job string: {e}")))
+        .collect()
+}
+
+fn run() -> Result<String, String> {
+    mount_basics("").map_err(|e| e.to_string())?;
+    for module in read_job("modules")?.lines().filter(|l| !l.is_empty()) {
+        load_module(module)?;
+    }
+    check_kvm()?;
+    let mut status = open_port(STATUS_PORT).ok_or("no status port")?;
+    let stdout = open_port(STDOUT_PORT).ok_or("no stdout port")?;
+    let stderr = open_port(STDERR_PORT).ok_or("no stderr port")?;
+
+    mount_host(&read_job("mounts")?)?;
+    let argv = nul_list(&read_job("argv")?)?;
+    let env = nul_list(&read_job("env")?)?;
+    let cwd = read_job("cwd")?;
+    if argv.is_empty() {
+        return Err("empty command".into());
+    }
+
+    let _ = writeln!(status, "ready {}", uptime_ms());
+    // SAFETY: single-threaded at this point; the child only calls
+    // async-signal-safe functions (dup2, chdir, execve, write, _exit)
+    // before exec.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => exec_command(&argv, &env, &cwd, stdout, stderr),
+        ForkResult::Parent { child } => Ok(reap(child)),
+    }
+}
+
+fn load_module(path: &str) -> Result<(), String> {
+    let f = File::open(path).map_err(|e| format!("open module {path}: {e}"))?;
+    let params = c"";
+    // SAFETY: the fd is open for the duration of the call and `params`
+    // is a valid NUL-terminated string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            f.as_raw_fd(),
+            params.as_ptr(),
+            MODULE_INIT_COMPRESSED_FILE,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(format!("load module {path}: {err}"));
+        }
+    }
+    Ok(())
+}
+
+/// /dev/kvm must exist and answer KVM_GET_API_VERSION with 12.
+fn check_kvm() -> Result<(), String> {
+    let mut waited = Duration::ZERO;
+    let kvm = loop {
+        match File::options().read(true).write(true).open("/dev/kvm") {
+            Ok(f) => break f,
+            Err(_) if waited < Duration::from_secs(3) => {
+                std::thread::sleep(Duration::from_millis(20));
+                waited += Duration::from_millis(20);
+            }
+            Err(e) => return Err(format!("/dev/kvm unusable after loading KVM modules: {e}")),
+        }
+    };
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a value.
+    let v = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if v != KVM_API_VERSION {
+        return Err(format!(
+            "KVM_GET_API_VERSION returned {v}, expected {KVM_API_VERSION}"
+        ));
+    }
+    Ok(())
+}
+
+/// The host root read-only at NEW_ROOT, fresh pseudo filesystems and
+/// tmpfs scratch space in it, then the writable shares at their host
+/// paths (after the tmpfs, so a share under /tmp stays visible).
+fn mount_host(mounts: &str) -> Result<(), String> {
+    let mut lines = mounts.lines().filter(|l| !l.is_empty());
+    let share = |line: &str| -> Result<(), String> {
+        let mut f = line.split('\t');
+        let (Some(tag), Some(path), Some(mode)) = (f.next(), f.next(), f.next()) else {
+            return Err(format!("bad mounts line {line:?}"));
+        };
+        let (flags, cache) = match mode {
+            "ro" => (MsFlags::MS_RDONLY, "loose"),
+            _ => (MsFlags::empty(), "mmap"),
+        };
+        let opts = format!("trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache={cache}");
+        let target = format!("{NEW_ROOT}{}", path.trim_end_matches('/'));
+        mount_fs(tag, &target, "9p", flags, Some(&opts)).map_err(|e| e.to_string())
+    };
+    let root = lines.next().ok_or("no root share")?;
+    share(root)?;
+    mount_basics(NEW_ROOT).map_err(|e| e.to_string())?;
+    for dir in ["/tmp", "/run", "/dev/shm", "/var/tmp"] {
+        let target = format!("{NEW_ROOT}{dir}");
+        mount_fs(
+            "tmpfs",
+            &target,
+            "tmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=1777"),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let cg = format!("{NEW_ROOT}/sys/fs/cgroup");
+    let _ = mount_fs("cgroup2", &cg, "cgroup2", MsFlags::empty(), None);
+    for line in lines {
+        share(line)?;
+    }
+    Ok(())
+}
+
+fn exec_command(argv: &[CString], env: &[CString], cwd: &str, out: File, err: File) -> ! {
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("schedrig nested: {what}: {e}");
+        // SAFETY: _exit is async-signal-safe and ends only this child.
+        unsafe { libc::_exit(127) }
+    };
+    let (out, err) = (out.into_raw_fd(), err.into_raw_fd());
+    let null = File::open("/dev/null").map(IntoRawFd::into_raw_fd);
+    // SAFETY: dup2 onto the standard descriptors of this process only.
+    unsafe {
+        if let Ok(n) = null {
+            libc::dup2(n, 0);
+        }
+        libc::dup2(out, 1);
+        libc::dup2(err, 2);
+    }
+    if let Err(e) = chroot(NEW_ROOT) {
+        fail("chroot", &e);
+    }
+    if let Err(e) = chdir(cwd) {
+        fail(&format!("cd {cwd}"), &e);
+    }
+    let _ = nix::unistd::setsid();
+    let e = nix::unistd::execvpe(&argv[0], argv, env).unwrap_err();
+    fail(&format!("cannot run {}", argv[0].to_string_lossy()), &e)
+}
+
+/// Reaps every child (PID 1 inherits orphans) until the command itself
+/// ends; returns its status line.
+fn reap(child: Pid) -> String {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => return format!("exit {code}"),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                return format!("signal {}", sig as i32)
+            }
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return format!("error waitpid: {e}"),
+        }
+    }
+}
+
+fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
