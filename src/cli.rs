@@ -24,6 +24,54 @@ enum Command {
     /// Build, locate and check the kernels tests boot.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Run COMMAND inside a freshly booted emulated KVM host (QEMU TCG with
+    /// emulated SVM, Debian's kernel, kvm-amd) and exit with its status.
+    /// The host's files are visible read-only at the same paths; the
+    /// schedrig cache and --results are writable. Exit status: COMMAND's own,
+    /// 128+N if it died of signal N, 124 on timeout, 125 if the nested host
+    /// failed.
+    Nested(NestedArgs),
+}
+
+#[derive(Debug, Args)]
+struct NestedArgs {
+    /// vCPUs of the nested host [default: this machine's CPU count].
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory of the nested host, e.g. 4G or 2048M.
+    #[arg(long, default_value = "4G", value_parser = parse_mib)]
+    memory: u64,
+    /// Seconds before QEMU is killed and the command reported as timed out.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Writable directory shared with COMMAND (also in $SCHEDRIG_NESTED_RESULTS)
+    /// [default: <cache>/nested/results].
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+    /// Show the nested host's kernel console live.
+    #[arg(long)]
+    console: bool,
+    /// Print how long the nested host took to start COMMAND, and in total.
+    #[arg(long)]
+    timings: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// Parses a memory size: `512M`, `4G`, or a plain number of MiB.
+pub fn parse_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&t[..i], 1024),
+        Some((i, 'M' | 'm')) => (&t[..i], 1),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("invalid memory size {s:?} (use e.g. 512M or 4G)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,8 +167,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("config:  {} (sched_ext: yes)", r.config_source);
             }
         }
+        Command::Nested(a) => return run_nested(a),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = crate::nested::NestedOptions {
+        memory_mib: a.memory,
+        timeout: std::time::Duration::from_secs(a.timeout),
+        results: a.results,
+        console: a.console,
+        ..Default::default()
+    };
+    anyhow::ensure!(a.timeout > 0, "--timeout must be at least 1 second");
+    if let Some(c) = a.cpus {
+        opts.cpus = c;
+    }
+    let out = crate::nested::run(&opts, &a.command)?;
+    use crate::nested::NestedStatus as S;
+    let failed = |what: &str| {
+        eprintln!("schedrig nested: {what}");
+        if !out.console_tail.is_empty() {
+            eprintln!("--- nested host console (last lines) ---\n{}", out.console_tail);
+        }
+        if !out.qemu_stderr.trim().is_empty() {
+            eprintln!("--- qemu stderr ---\n{}", out.qemu_stderr.trim_end());
+        }
+    };
+    match &out.status {
+        S::Exited(_) | S::Signaled(_) => {}
+        S::TimedOut => failed(&format!(
+            "{} timed out after {}s; the nested host was killed",
+            a.command[0], a.timeout
+        )),
+        S::Interrupted(sig) => eprintln!("schedrig nested: interrupted by signal {sig}; the nested host was killed"),
+        S::Failed(why) => failed(why),
+    }
+    if a.timings {
+        let ready = out
+            .ready
+            .map_or("never".to_string(), |r| format!("{}ms", r.as_millis()));
+        eprintln!(
+            "schedrig nested: timings: command started after {ready}, total {}ms",
+            out.total.as_millis()
+        );
+    }
+    Ok(ExitCode::from(out.exit_code().clamp(0, 255) as u8))
 }
 
 #[cfg(test)]
@@ -131,5 +224,16 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_mib("512M"), Ok(512));
+        assert_eq!(parse_mib("4G"), Ok(4096));
+        assert_eq!(parse_mib("300"), Ok(300));
+        assert!(parse_mib("0").is_err());
+        assert!(parse_mib("lots").is_err());
+        assert!(parse_mib("99999999999999999G").is_err());
+        assert!(parse_mib("").is_err());
     }
 }

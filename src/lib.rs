@@ -6,6 +6,9 @@
 //! `shared/spec/architecture.md`).
 
 pub mod cli;
+pub mod initramfs;
 pub mod kernel;
+pub mod nested;
 pub mod progress;
 pub mod setup;
+pub mod static_bins;

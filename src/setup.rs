@@ -58,6 +58,8 @@ fn apt(args: &[&str], missing: &str) -> Result<(), SetupError> {
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(Stdio::null())
+        // apt's progress is noise in a test log; its errors go to stderr.
+        .stdout(Stdio::null())
         .status()
         .map_err(|source| SetupError::Spawn {
             tool: "apt-get",

@@ -1,0 +1,350 @@
+//! Starting, watching and ending the nested host's QEMU.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::hostkernel::HostKernel;
+use super::{NestedError, NestedOptions};
+
+const QEMU: &str = "qemu-system-x86_64";
+/// Kernel console lines kept for failure reports.
+const CONSOLE_TAIL_LINES: usize = 60;
+/// After the command's status arrives, QEMU gets this long to power off.
+const POWEROFF_GRACE: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(20);
+/// The nested kernel's command line: console on COM1, reboot (so QEMU
+/// exits, -no-reboot) on panic, no mitigations (pure cost under TCG).
+const CMDLINE: &str =
+    "console=ttyS0 panic=-1 oops=panic mitigations=off quiet loglevel=4 random.trust_cpu=on";
+
+/// How the command (or the nested host) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NestedStatus {
+    Exited(i32),
+    Signaled(i32),
+    /// Killed at the deadline.
+    TimedOut,
+    /// The caller got this signal; QEMU was killed.
+    Interrupted(i32),
+    /// The nested host ended without reporting a status.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NestedOutcome {
+    pub status: NestedStatus,
+    /// QEMU start to the command's start (host wall clock).
+    pub ready: Option<Duration>,
+    /// QEMU start to QEMU exit.
+    pub total: Duration,
+    /// The nested kernel's console, last lines.
+    pub console_tail: String,
+    /// What QEMU itself printed on stderr.
+    pub qemu_stderr: String,
+}
+
+impl NestedOutcome {
+    /// The exit status `schedrig nested` returns: the command's own, 128+N
+    /// for a signal, 124 for a timeout, 125 when the host failed.
+    pub fn exit_code(&self) -> i32 {
+        match self.status {
+            NestedStatus::Exited(c) => c,
+            NestedStatus::Signaled(s) | NestedStatus::Interrupted(s) => 128 + s,
+            NestedStatus::TimedOut => 124,
+            NestedStatus::Failed(_) => 125,
+        }
+    }
+}
+
+/// A pipe whose write end QEMU opens by path (/proc/<us>/fd/N), so no
+/// descriptor has to be passed across exec.
+struct PortPipe {
+    reader: std::io::PipeReader,
+    writer: std::io::PipeWriter,
+}
+
+impl PortPipe {
+    fn new() -> Result<Self, NestedError> {
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| NestedError::io("create pipe", Path::new("-"), e))?;
+        Ok(Self { reader, writer })
+    }
+    fn path(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.writer.as_raw_fd())
+    }
+}
+
+fn chardev(id: &str, path: &str) -> String {
+    format!("file,id={id},path={path}")
+}
+
+pub(super) fn boot(
+    opts: &NestedOptions,
+    kernel: &HostKernel,
+    base: &Path,
+    job_cpio: &[u8],
+    shares: &[(String, PathBuf, bool)],
+) -> Result<NestedOutcome, NestedError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("schedrig-nested-")
+        .tempdir()
+        .map_err(|e| NestedError::io("create temp dir", Path::new("/tmp"), e))?;
+    let initrd = tmp.path().join("initrd.cpio");
+    let mut bytes = std::fs::read(base).map_err(|e| NestedError::io("read", base, e))?;
+    bytes.extend_from_slice(job_cpio);
+    std::fs::write(&initrd, &bytes).map_err(|e| NestedError::io("write", &initrd, e))?;
+    drop(bytes);
+
+    let (out, err, status, serial) = (
+        PortPipe::new()?,
+        PortPipe::new()?,
+        PortPipe::new()?,
+        PortPipe::new()?,
+    );
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-name", "schedrig-nested", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-no-reboot"])
+        .args(["-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max"])
+        .args(["-smp", &opts.cpus.to_string(), "-m", &format!("{}M", opts.memory_mib)])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", CMDLINE])
+        .args(["-chardev", &chardev("con", &serial.path()), "-serial", "chardev:con"])
+        .args(["-device", "virtio-serial-pci,id=vs"]);
+    for (id, pipe, name) in [
+        ("out", &out, "schedrig.stdout"),
+        ("err", &err, "schedrig.stderr"),
+        ("st", &status, "schedrig.status"),
+    ] {
+        cmd.args(["-chardev", &chardev(id, &pipe.path())]).args([
+            "-device",
+            &format!("virtserialport,bus=vs.0,chardev={id},name={name}"),
+        ]);
+    }
+    for (i, (tag, path, rw)) in shares.iter().enumerate() {
+        let p = path.to_string_lossy();
+        if p.contains(',') {
+            return Err(NestedError::BadJob(format!(
+                "cannot share {p}: QEMU options cannot carry a comma in a path"
+            )));
+        }
+        let ro = if *rw { "" } else { ",readonly=on" };
+        cmd.args([
+            "-fsdev",
+            &format!("local,id=fs{i},path={p},security_model=none{ro}"),
+            "-device",
+            &format!("virtio-9p-pci,fsdev=fs{i},mount_tag={tag}"),
+        ]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid, setpgid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            // QEMU dies with us, even if we are SIGKILLed.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // Own process group: a terminal's Ctrl-C reaches us, and we
+            // end QEMU in order.
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+
+    let signal = Arc::new(AtomicUsize::new(0));
+    let mut sig_ids = Vec::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        if let Ok(id) = signal_hook::flag::register_usize(sig, signal.clone(), sig as usize) {
+            sig_ids.push(id);
+        }
+    }
+    let unregister = |ids: Vec<signal_hook::SigId>| {
+        for id in ids {
+            signal_hook::low_level::unregister(id);
+        }
+    };
+
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            unregister(sig_ids);
+            return Err(NestedError::Spawn(QEMU.into(), e));
+        }
+    };
+    drop(cmd);
+
+    let copy_out = spawn_copy(out.reader, std::io::stdout());
+    let copy_err = spawn_copy(err.reader, std::io::stderr());
+    let (status_tx, status_rx) = mpsc::channel();
+    let status_thread = std::thread::spawn(move || {
+        for line in BufReader::new(status.reader).lines() {
+            let Ok(line) = line else { break };
+            if status_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let console = Arc::new(Mutex::new(VecDeque::new()));
+    let console_thread = {
+        let console = console.clone();
+        let echo = opts.console;
+        std::thread::spawn(move || {
+            for line in BufReader::new(serial.reader).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("[nested console] {line}");
+                }
+                if let Ok(mut c) = console.lock() {
+                    if c.len() == CONSOLE_TAIL_LINES {
+                        c.pop_front();
+                    }
+                    c.push_back(line);
+                }
+            }
+        })
+    };
+    let mut qemu_stderr_pipe = child.stderr.take();
+    let qemu_stderr_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = qemu_stderr_pipe.as_mut() {
+            let _ = p.take(64 * 1024).read_to_string(&mut s);
+        }
+        s
+    });
+
+    let mut ready = None;
+    let mut final_status: Option<NestedStatus> = None;
+    let mut reported_at: Option<Instant> = None;
+    let handle_line = |line: &str, ready: &mut Option<Duration>| -> Option<NestedStatus> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "ready" => {
+                *ready = Some(started.elapsed());
+                None
+            }
+            "exit" => Some(NestedStatus::Exited(rest.trim().parse().unwrap_or(125))),
+            "signal" => Some(NestedStatus::Signaled(rest.trim().parse().unwrap_or(0))),
+            "error" => Some(NestedStatus::Failed(format!("nested init: {rest}"))),
+            _ => None,
+        }
+    };
+    loop {
+        while let Ok(line) = status_rx.try_recv() {
+            if let Some(s) = handle_line(&line, &mut ready) {
+                final_status.get_or_insert(s);
+                reported_at.get_or_insert_with(Instant::now);
+            }
+        }
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        let sig = signal.load(Ordering::Relaxed);
+        if sig != 0 {
+            final_status = Some(NestedStatus::Interrupted(sig as i32));
+            let _ = child.kill();
+            break;
+        }
+        if started.elapsed() >= opts.timeout && final_status.is_none() {
+            final_status = Some(NestedStatus::TimedOut);
+            let _ = child.kill();
+            break;
+        }
+        if reported_at.is_some_and(|t| t.elapsed() >= POWEROFF_GRACE) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = child.wait();
+    let total = started.elapsed();
+    unregister(sig_ids);
+    // QEMU is gone: closing our write ends lets every reader see EOF.
+    drop((out.writer, err.writer, status.writer, serial.writer));
+    let _ = copy_out.join();
+    let _ = copy_err.join();
+    let _ = status_thread.join();
+    while let Ok(line) = status_rx.try_recv() {
+        if let Some(s) = handle_line(&line, &mut ready) {
+            final_status.get_or_insert(s);
+        }
+    }
+    let _ = console_thread.join();
+    let qemu_stderr = qemu_stderr_thread.join().unwrap_or_default();
+    let console_tail = console
+        .lock()
+        .map(|c| Vec::from(c.clone()).join("\n"))
+        .unwrap_or_default();
+    let status = final_status.unwrap_or_else(|| {
+        NestedStatus::Failed("the nested host ended without reporting the command's status".into())
+    });
+    Ok(NestedOutcome {
+        status,
+        ready,
+        total,
+        console_tail,
+        qemu_stderr,
+    })
+}
+
+/// Copies a port's bytes to our stream as they arrive (live output).
+fn spawn_copy<W: Write + Send + 'static>(
+    mut from: std::io::PipeReader,
+    mut to: W,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    let _ = to.flush();
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: NestedStatus) -> NestedOutcome {
+        NestedOutcome {
+            status,
+            ready: None,
+            total: Duration::ZERO,
+            console_tail: String::new(),
+            qemu_stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_conventions() {
+        assert_eq!(outcome(NestedStatus::Exited(0)).exit_code(), 0);
+        assert_eq!(outcome(NestedStatus::Exited(3)).exit_code(), 3);
+        assert_eq!(outcome(NestedStatus::Signaled(9)).exit_code(), 137);
+        assert_eq!(outcome(NestedStatus::TimedOut).exit_code(), 124);
+        assert_eq!(outcome(NestedStatus::Interrupted(2)).exit_code(), 130);
+        assert_eq!(outcome(NestedStatus::Failed("x".into())).exit_code(), 125);
+    }
+}
