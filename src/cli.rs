@@ -189,7 +189,10 @@ fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {
     let failed = |what: &str| {
         eprintln!("schedrig nested: {what}");
         if !out.console_tail.is_empty() {
-            eprintln!("--- nested host console (last lines) ---\n{}", out.console_tail);
+            eprintln!(
+                "--- nested host console (last lines) ---\n{}",
+                out.console_tail
+            );
         }
         if !out.qemu_stderr.trim().is_empty() {
             eprintln!("--- qemu stderr ---\n{}", out.qemu_stderr.trim_end());
@@ -201,7 +204,9 @@ fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {
             "{} timed out after {}s; the nested host was killed",
             a.command[0], a.timeout
         )),
-        S::Interrupted(sig) => eprintln!("schedrig nested: interrupted by signal {sig}; the nested host was killed"),
+        S::Interrupted(sig) => {
+            eprintln!("schedrig nested: interrupted by signal {sig}; the nested host was killed")
+        }
         S::Failed(why) => failed(why),
     }
     if a.timings {

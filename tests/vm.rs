@@ -63,9 +63,7 @@ fn kvm_smoke() -> Result<(), Failed> {
     const GUEST_ADDR: u64 = 0x1000;
     const MEM_SIZE: usize = 0x4000;
     // mov dx, 0x3f8; mov al, 'K'; out dx, al; mov al, 'V'; out dx, al; hlt
-    const CODE: &[u8] = &[
-        0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xb0, b'V', 0xee, 0xf4,
-    ];
+    const CODE: &[u8] = &[0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xb0, b'V', 0xee, 0xf4];
 
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
@@ -97,15 +95,21 @@ fn kvm_smoke() -> Result<(), Failed> {
         // SAFETY: the region maps memory we own for longer than the VM lives.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-        let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
-        let mut sregs = vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let mut vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        let mut sregs = vcpu
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
         sregs.cs.base = 0;
         sregs.cs.selector = 0;
-        vcpu.set_sregs(&sregs).map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
         let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
         regs.rip = GUEST_ADDR;
         regs.rflags = 2;
-        vcpu.set_regs(&regs).map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        vcpu.set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
         let mut exits = Vec::new();
         for _ in 0..16 {
             match vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))? {

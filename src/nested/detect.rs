@@ -49,9 +49,15 @@ mod tests {
     fn decides_as_documented() {
         assert_eq!(decide(None, None, false, true), KvmMode::Direct);
         assert!(matches!(decide(None, None, true, true), KvmMode::Nested(_)));
-        assert!(matches!(decide(None, None, false, false), KvmMode::Nested(_)));
+        assert!(matches!(
+            decide(None, None, false, false),
+            KvmMode::Nested(_)
+        ));
         assert_eq!(decide(None, Some("0"), true, true), KvmMode::Direct);
-        assert!(matches!(decide(None, Some("1"), false, true), KvmMode::Nested(_)));
+        assert!(matches!(
+            decide(None, Some("1"), false, true),
+            KvmMode::Nested(_)
+        ));
         // Inside the nested host nothing nests again, even when forced.
         assert_eq!(decide(Some("1"), Some("1"), true, false), KvmMode::Direct);
     }

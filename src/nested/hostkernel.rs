@@ -61,7 +61,9 @@ pub fn ensure(nested_dir: &Path) -> Result<HostKernel, NestedError> {
         .tempdir_in(nested_dir)
         .map_err(|e| NestedError::io("create temp dir in", nested_dir, e))?;
     run(
-        Command::new("apt-get").args(["download", "-q", &package]).current_dir(tmp.path()),
+        Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(tmp.path()),
         "apt-get download",
     )?;
     let deb = std::fs::read_dir(tmp.path())
@@ -69,24 +71,37 @@ pub fn ensure(nested_dir: &Path) -> Result<HostKernel, NestedError> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| NestedError::HostKernel(format!("apt-get download {package} left no .deb")))?;
+        .ok_or_else(|| {
+            NestedError::HostKernel(format!("apt-get download {package} left no .deb"))
+        })?;
     let x = tmp.path().join("x");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x), "dpkg-deb -x")?;
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+        "dpkg-deb -x",
+    )?;
 
     let out = tmp.path().join("out");
-    std::fs::create_dir_all(out.join(MODULES_DIR)).map_err(|e| NestedError::io("create", &out, e))?;
+    std::fs::create_dir_all(out.join(MODULES_DIR))
+        .map_err(|e| NestedError::io("create", &out, e))?;
     let boot = x.join("boot");
     let vmlinuz = std::fs::read_dir(&boot)
         .map_err(|e| NestedError::io("read", &boot, e))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .ok_or_else(|| NestedError::HostKernel(format!("{package} has no /boot/vmlinuz-*")))?;
     copy(&vmlinuz, &out.join(VMLINUZ))?;
 
     let release = vmlinuz
         .file_name()
-        .map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_string())
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_start_matches("vmlinuz-")
+                .to_string()
+        })
         .unwrap_or_default();
     let moddir = x.join("lib/modules").join(&release);
     let order = module_load_order(&moddir, ROOT_MODULES)?;
@@ -193,7 +208,9 @@ fn module_load_order(moddir: &Path, roots: &[&str]) -> Result<Vec<PathBuf>, Nest
             return Ok(());
         }
         if depth > 32 {
-            return Err(NestedError::HostKernel(format!("module dependency loop at {name}")));
+            return Err(NestedError::HostKernel(format!(
+                "module dependency loop at {name}"
+            )));
         }
         let path = files
             .get(&name)
@@ -211,7 +228,9 @@ fn module_load_order(moddir: &Path, roots: &[&str]) -> Result<Vec<PathBuf>, Nest
 }
 
 fn collect_modules(dir: &Path, out: &mut BTreeMap<String, PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -276,10 +295,18 @@ mod tests {
 
     #[test]
     fn picks_generic_packages_only() {
-        assert!(is_generic_kernel_package("linux-image-6.12.117+deb12-amd64-unsigned"));
-        assert!(!is_generic_kernel_package("linux-image-6.12.117+deb12-cloud-amd64-unsigned"));
-        assert!(!is_generic_kernel_package("linux-image-6.12.117+deb12-rt-amd64-unsigned"));
-        assert!(!is_generic_kernel_package("linux-image-6.12.117+deb12-amd64"));
+        assert!(is_generic_kernel_package(
+            "linux-image-6.12.117+deb12-amd64-unsigned"
+        ));
+        assert!(!is_generic_kernel_package(
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
+        ));
+        assert!(!is_generic_kernel_package(
+            "linux-image-6.12.117+deb12-rt-amd64-unsigned"
+        ));
+        assert!(!is_generic_kernel_package(
+            "linux-image-6.12.117+deb12-amd64"
+        ));
     }
 
     #[test]

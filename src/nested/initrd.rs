@@ -31,7 +31,11 @@ pub fn base(nested_dir: &Path, kernel: &HostKernel) -> Result<PathBuf, NestedErr
     h.update(init);
     for m in &kernel.modules {
         let data = std::fs::read(m).map_err(|e| NestedError::io("read", m, e))?;
-        let name = m.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = m
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         h.update(name.as_bytes());
         h.update(&data);
         modules.push((name, data));
@@ -47,7 +51,8 @@ pub fn base(nested_dir: &Path, kernel: &HostKernel) -> Result<PathBuf, NestedErr
     }
     w.file("init", 0o755, init).map_err(io)?;
     for (name, data) in &modules {
-        w.file(&format!("modules/{name}"), 0o644, data).map_err(io)?;
+        w.file(&format!("modules/{name}"), 0o644, data)
+            .map_err(io)?;
     }
     let bytes = w.finish().map_err(io)?;
     write_atomically(&path, &bytes)?;
@@ -75,13 +80,20 @@ pub fn job_archive(job: &Job, kernel: &HostKernel) -> Result<Vec<u8>, NestedErro
     let modules: String = kernel
         .modules
         .iter()
-        .map(|m| format!("/modules/{}\n", m.file_name().unwrap_or_default().to_string_lossy()))
+        .map(|m| {
+            format!(
+                "/modules/{}\n",
+                m.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
         .collect();
     let mut mounts = String::new();
     for (tag, path, rw) in &job.mounts {
         let p = path.to_string_lossy();
         if p.contains(['\t', '\n']) {
-            return Err(NestedError::BadJob(format!("share path {p:?} contains a tab or newline")));
+            return Err(NestedError::BadJob(format!(
+                "share path {p:?} contains a tab or newline"
+            )));
         }
         mounts.push_str(&format!("{tag}\t{p}\t{}\n", if *rw { "rw" } else { "ro" }));
     }
@@ -102,7 +114,8 @@ pub fn job_archive(job: &Job, kernel: &HostKernel) -> Result<Vec<u8>, NestedErro
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), NestedError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| NestedError::io("create temp file in", dir, e))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| NestedError::io("create temp file in", dir, e))?;
     std::fs::write(tmp.path(), bytes).map_err(|e| NestedError::io("write", tmp.path(), e))?;
     tmp.persist(path)
         .map(drop)

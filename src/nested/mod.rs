@@ -88,7 +88,10 @@ pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, Neste
         return Err(NestedError::BadJob("no command given".into()));
     }
     if opts.cpus == 0 || opts.cpus > 64 {
-        return Err(NestedError::BadOption(format!("--cpus {} (1 to 64)", opts.cpus)));
+        return Err(NestedError::BadOption(format!(
+            "--cpus {} (1 to 64)",
+            opts.cpus
+        )));
     }
     if opts.memory_mib < 512 {
         return Err(NestedError::BadOption(format!(

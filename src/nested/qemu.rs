@@ -14,6 +14,8 @@ use super::hostkernel::HostKernel;
 use super::{NestedError, NestedOptions};
 
 const QEMU: &str = "qemu-system-x86_64";
+/// Per-run temporary directories (initramfs, pid file).
+const RUN_DIR_PREFIX: &str = "schedrig-run-nested-";
 /// Kernel console lines kept for failure reports.
 const CONSOLE_TAIL_LINES: usize = 60;
 /// After the command's status arrives, QEMU gets this long to power off.
@@ -77,7 +79,11 @@ impl PortPipe {
         Ok(Self { reader, writer })
     }
     fn path(&self) -> String {
-        format!("/proc/{}/fd/{}", std::process::id(), self.writer.as_raw_fd())
+        format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.writer.as_raw_fd()
+        )
     }
 }
 
@@ -92,10 +98,14 @@ pub(super) fn boot(
     job_cpio: &[u8],
     shares: &[(String, PathBuf, bool)],
 ) -> Result<NestedOutcome, NestedError> {
+    remove_stale_run_dirs();
     let tmp = tempfile::Builder::new()
-        .prefix("schedrig-nested-")
+        .prefix(RUN_DIR_PREFIX)
         .tempdir()
         .map_err(|e| NestedError::io("create temp dir", Path::new("/tmp"), e))?;
+    let pid_file = tmp.path().join("pid");
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .map_err(|e| NestedError::io("write", &pid_file, e))?;
     let initrd = tmp.path().join("initrd.cpio");
     let mut bytes = std::fs::read(base).map_err(|e| NestedError::io("read", base, e))?;
     bytes.extend_from_slice(job_cpio);
@@ -111,14 +121,31 @@ pub(super) fn boot(
     let mut cmd = Command::new(QEMU);
     cmd.args(["-name", "schedrig-nested", "-nodefaults", "-no-user-config"])
         .args(["-display", "none", "-no-reboot"])
-        .args(["-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max"])
-        .args(["-smp", &opts.cpus.to_string(), "-m", &format!("{}M", opts.memory_mib)])
+        .args([
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+        ])
+        .args([
+            "-smp",
+            &opts.cpus.to_string(),
+            "-m",
+            &format!("{}M", opts.memory_mib),
+        ])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", CMDLINE])
-        .args(["-chardev", &chardev("con", &serial.path()), "-serial", "chardev:con"])
+        .args([
+            "-chardev",
+            &chardev("con", &serial.path()),
+            "-serial",
+            "chardev:con",
+        ])
         .args(["-device", "virtio-serial-pci,id=vs"]);
     for (id, pipe, name) in [
         ("out", &out, "schedrig.stdout"),
@@ -167,7 +194,11 @@ pub(super) fn boot(
 
     let signal = Arc::new(AtomicUsize::new(0));
     let mut sig_ids = Vec::new();
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         if let Ok(id) = signal_hook::flag::register_usize(sig, signal.clone(), sig as usize) {
             sig_ids.push(id);
         }
@@ -301,6 +332,31 @@ pub(super) fn boot(
         console_tail,
         qemu_stderr,
     })
+}
+
+/// Removes run directories whose owner died without cleaning up
+/// (SIGKILL leaves no chance to); a live owner's directory is kept.
+fn remove_stale_run_dirs() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(RUN_DIR_PREFIX) {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Copies a port's bytes to our stream as they arrive (live output).
