@@ -54,9 +54,18 @@ struct NestedArgs {
     /// Print how long the nested host took to start COMMAND, and in total.
     #[arg(long)]
     timings: bool,
+    /// QEMU TCG threading: one host thread per vCPU (multi) or one for all.
+    #[arg(long, value_enum, default_value = "multi")]
+    tcg_thread: TcgThread,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TcgThread {
+    Single,
+    Multi,
 }
 
 /// Parses a memory size: `512M`, `4G`, or a plain number of MiB.
@@ -178,6 +187,7 @@ fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {
         timeout: std::time::Duration::from_secs(a.timeout),
         results: a.results,
         console: a.console,
+        tcg_multi_thread: matches!(a.tcg_thread, TcgThread::Multi),
         ..Default::default()
     };
     anyhow::ensure!(a.timeout > 0, "--timeout must be at least 1 second");

@@ -33,6 +33,8 @@ pub struct NestedOptions {
     pub results: Option<PathBuf>,
     /// Show the nested host's kernel console live (debugging).
     pub console: bool,
+    /// Multi-threaded TCG (one host thread per vCPU) or one thread for all.
+    pub tcg_multi_thread: bool,
 }
 
 impl Default for NestedOptions {
@@ -43,6 +45,7 @@ impl Default for NestedOptions {
             timeout: Duration::from_secs(1800),
             results: None,
             console: false,
+            tcg_multi_thread: true,
         }
     }
 }
