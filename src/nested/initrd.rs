@@ -18,8 +18,39 @@ pub struct Job {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
-    /// (9p mount tag, host path, writable); the first is the root.
-    pub mounts: Vec<(String, PathBuf, bool)>,
+    /// Mounted in order inside the nested host; the first is the root.
+    pub mounts: Vec<Mount>,
+}
+
+/// One mount of the nested host's view of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// A host directory shared over 9p (virtio) at the same path.
+    Share {
+        tag: String,
+        path: PathBuf,
+        writable: bool,
+    },
+    /// Scratch space at `path`, private to the nested host.
+    Tmpfs { path: PathBuf },
+}
+
+impl Mount {
+    /// The line the nested init reads: `kind<TAB>source<TAB>path<TAB>ro|rw`.
+    fn job_line(&self) -> String {
+        match self {
+            Mount::Share {
+                tag,
+                path,
+                writable,
+            } => format!(
+                "9p\t{tag}\t{}\t{}\n",
+                path.display(),
+                if *writable { "rw" } else { "ro" }
+            ),
+            Mount::Tmpfs { path } => format!("tmpfs\ttmpfs\t{}\trw\n", path.display()),
+        }
+    }
 }
 
 /// The base archive for this init and host kernel, built once per
@@ -88,14 +119,14 @@ pub fn job_archive(job: &Job, kernel: &HostKernel) -> Result<Vec<u8>, NestedErro
         })
         .collect();
     let mut mounts = String::new();
-    for (tag, path, rw) in &job.mounts {
-        let p = path.to_string_lossy();
-        if p.contains(['\t', '\n']) {
+    for m in &job.mounts {
+        let line = m.job_line();
+        if line.matches('\t').count() != 3 || line.matches('\n').count() != 1 {
             return Err(NestedError::BadJob(format!(
-                "share path {p:?} contains a tab or newline"
+                "mount {m:?}: a path contains a tab or newline"
             )));
         }
-        mounts.push_str(&format!("{tag}\t{p}\t{}\n", if *rw { "rw" } else { "ro" }));
+        mounts.push_str(&line);
     }
     let cwd = job.cwd.to_string_lossy();
     let err = |e| NestedError::BadJob(format!("cannot build the job archive: {e}"));

@@ -120,11 +120,7 @@ pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, Neste
     let cache_root = crate::kernel::cache::cache_root();
     let cache_root = cache_root.canonicalize().unwrap_or(cache_root);
 
-    let mut shares = vec![("hostroot".to_string(), PathBuf::from("/"), false)];
-    shares.push(("rw0".into(), cache_root.clone(), true));
-    if !results.starts_with(&cache_root) {
-        shares.push(("rw1".into(), results.clone(), true));
-    }
+    let mounts = mount_plan(&cwd, &argv[0], &cache_root, &results);
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     env.retain(|(k, _)| k != IN_NESTED_ENV && k != RESULTS_ENV);
     env.push((IN_NESTED_ENV.into(), "1".into()));
@@ -133,8 +129,123 @@ pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, Neste
         argv: argv.to_vec(),
         env,
         cwd,
-        mounts: shares,
+        mounts,
     };
     let job_cpio = initrd::job_archive(&job, &kernel)?;
     qemu::boot(opts, &kernel, &base, &job_cpio, &job.mounts)
+}
+
+/// Host directories the nested host replaces with private tmpfs.
+const SCRATCH_DIRS: &[&str] = &["/tmp", "/run", "/var/tmp", "/dev/shm"];
+
+/// The host root read-only, scratch tmpfs, then what must stay visible
+/// although it lies under a scratch dir (the current directory, the
+/// command's directory: read-only), then the writable shares.
+fn mount_plan(cwd: &Path, command: &str, cache_root: &Path, results: &Path) -> Vec<initrd::Mount> {
+    use initrd::Mount;
+    let mut plan = vec![Mount::Share {
+        tag: "hostroot".into(),
+        path: "/".into(),
+        writable: false,
+    }];
+    plan.extend(SCRATCH_DIRS.iter().map(|d| Mount::Tmpfs { path: d.into() }));
+    let hidden = |p: &Path| SCRATCH_DIRS.iter().any(|d| p.starts_with(d));
+    let mut visible: Vec<PathBuf> = vec![cwd.to_path_buf()];
+    if command.contains('/') {
+        if let Some(dir) = Path::new(command)
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            visible.push(dir);
+        }
+    }
+    let writable = [cache_root.to_path_buf(), results.to_path_buf()];
+    let mut shared: Vec<PathBuf> = Vec::new();
+    for p in visible.into_iter().filter(|p| hidden(p)) {
+        if shared.iter().chain(&writable).any(|s| p.starts_with(s)) {
+            continue;
+        }
+        shared.retain(|s| !s.starts_with(&p));
+        shared.push(p);
+    }
+    let mut n = 0;
+    let mut tag = || {
+        n += 1;
+        format!("share{n}")
+    };
+    for p in shared {
+        plan.push(Mount::Share {
+            tag: tag(),
+            path: p,
+            writable: false,
+        });
+    }
+    for (i, p) in writable.iter().enumerate() {
+        if i == 1 && p.starts_with(&writable[0]) {
+            continue;
+        }
+        plan.push(Mount::Share {
+            tag: tag(),
+            path: p.clone(),
+            writable: true,
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::initrd::Mount;
+    use super::*;
+
+    fn shares(plan: &[Mount]) -> Vec<(String, bool)> {
+        plan.iter()
+            .filter_map(|m| match m {
+                Mount::Share { path, writable, .. } => {
+                    Some((path.display().to_string(), *writable))
+                }
+                Mount::Tmpfs { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn root_first_then_scratch_then_visible_then_writable() {
+        let plan = mount_plan(
+            Path::new("/tmp/clone"),
+            "/tmp/clone/target/t",
+            Path::new("/root/.cache/schedrig"),
+            Path::new("/tmp/results"),
+        );
+        assert_eq!(
+            plan[1],
+            Mount::Tmpfs {
+                path: "/tmp".into()
+            }
+        );
+        assert_eq!(
+            shares(&plan),
+            [
+                ("/".into(), false),
+                ("/tmp/clone".into(), false),
+                ("/root/.cache/schedrig".into(), true),
+                ("/tmp/results".into(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_extra_when_cwd_is_not_hidden() {
+        let plan = mount_plan(
+            Path::new("/work/main"),
+            "cargo",
+            Path::new("/root/.cache/schedrig"),
+            Path::new("/root/.cache/schedrig/nested/results"),
+        );
+        assert_eq!(
+            shares(&plan),
+            [("/".into(), false), ("/root/.cache/schedrig".into(), true)]
+        );
+    }
 }

@@ -4,13 +4,14 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hostkernel::HostKernel;
+use super::initrd::Mount;
 use super::{NestedError, NestedOptions};
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -96,7 +97,7 @@ pub(super) fn boot(
     kernel: &HostKernel,
     base: &Path,
     job_cpio: &[u8],
-    shares: &[(String, PathBuf, bool)],
+    mounts: &[Mount],
 ) -> Result<NestedOutcome, NestedError> {
     remove_stale_run_dirs();
     let tmp = tempfile::Builder::new()
@@ -157,14 +158,22 @@ pub(super) fn boot(
             &format!("virtserialport,bus=vs.0,chardev={id},name={name}"),
         ]);
     }
-    for (i, (tag, path, rw)) in shares.iter().enumerate() {
+    let shares = mounts.iter().filter_map(|m| match m {
+        Mount::Share {
+            tag,
+            path,
+            writable,
+        } => Some((tag, path, *writable)),
+        Mount::Tmpfs { .. } => None,
+    });
+    for (i, (tag, path, rw)) in shares.enumerate() {
         let p = path.to_string_lossy();
         if p.contains(',') {
             return Err(NestedError::BadJob(format!(
                 "cannot share {p}: QEMU options cannot carry a comma in a path"
             )));
         }
-        let ro = if *rw { "" } else { ",readonly=on" };
+        let ro = if rw { "" } else { ",readonly=on" };
         cmd.args([
             "-fsdev",
             &format!("local,id=fs{i},path={p},security_model=none{ro}"),

@@ -8,8 +8,8 @@
 //!
 //! The job comes from files the host put in the initramfs under /job:
 //! `argv` and `env` (NUL-separated), `cwd`, `modules` (one path per
-//! line, in load order) and `mounts` (`tag<TAB>path<TAB>ro|rw` lines,
-//! the root first).
+//! line, in load order) and `mounts` (`kind<TAB>source<TAB>path<TAB>ro|rw`
+//! lines, kind 9p or tmpfs, the root first).
 //!
 //! Status port protocol (one line each): `ready <ms since boot>` just
 //! before the command starts, then `exit N`, `signal N` or `error TEXT`.
@@ -149,42 +149,46 @@ fn check_kvm() -> Result<(), String> {
     Ok(())
 }
 
-/// The host root read-only at NEW_ROOT, fresh pseudo filesystems and
-/// tmpfs scratch space in it, then the writable shares at their host
-/// paths (after the tmpfs, so a share under /tmp stays visible).
+/// Mounts the job's plan in order: the first line is the host root (at
+/// NEW_ROOT), after which the pseudo filesystems go into it; the rest
+/// (tmpfs scratch dirs, more 9p shares) follow at their host paths.
 fn mount_host(mounts: &str) -> Result<(), String> {
     let mut lines = mounts.lines().filter(|l| !l.is_empty());
-    let share = |line: &str| -> Result<(), String> {
-        let mut f = line.split('\t');
-        let (Some(tag), Some(path), Some(mode)) = (f.next(), f.next(), f.next()) else {
+    let mount_line = |line: &str| -> Result<(), String> {
+        let f: Vec<&str> = line.split('\t').collect();
+        let [kind, source, path, mode] = f[..] else {
             return Err(format!("bad mounts line {line:?}"));
         };
-        let (flags, cache) = match mode {
-            "ro" => (MsFlags::MS_RDONLY, "loose"),
-            _ => (MsFlags::empty(), "mmap"),
-        };
-        let opts = format!("trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache={cache}");
         let target = format!("{NEW_ROOT}{}", path.trim_end_matches('/'));
-        mount_fs(tag, &target, "9p", flags, Some(&opts)).map_err(|e| e.to_string())
+        let ro = if mode == "ro" {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        match kind {
+            "9p" => {
+                let cache = if mode == "ro" { "loose" } else { "mmap" };
+                let opts =
+                    format!("trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache={cache}");
+                mount_fs(source, &target, "9p", ro, Some(&opts))
+            }
+            "tmpfs" => mount_fs(
+                "tmpfs",
+                &target,
+                "tmpfs",
+                MsFlags::MS_NOSUID | ro,
+                Some("mode=1777"),
+            ),
+            _ => return Err(format!("unknown mount kind {kind:?}")),
+        }
+        .map_err(|e| e.to_string())
     };
-    let root = lines.next().ok_or("no root share")?;
-    share(root)?;
+    mount_line(lines.next().ok_or("no root share")?)?;
     mount_basics(NEW_ROOT).map_err(|e| e.to_string())?;
-    for dir in ["/tmp", "/run", "/dev/shm", "/var/tmp"] {
-        let target = format!("{NEW_ROOT}{dir}");
-        mount_fs(
-            "tmpfs",
-            &target,
-            "tmpfs",
-            MsFlags::MS_NOSUID,
-            Some("mode=1777"),
-        )
-        .map_err(|e| e.to_string())?;
-    }
     let cg = format!("{NEW_ROOT}/sys/fs/cgroup");
     let _ = mount_fs("cgroup2", &cg, "cgroup2", MsFlags::empty(), None);
     for line in lines {
-        share(line)?;
+        mount_line(line)?;
     }
     Ok(())
 }
