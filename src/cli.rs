@@ -31,6 +31,36 @@ enum Command {
     /// 128+N if it died of signal N, 124 on timeout, 125 if the nested host
     /// failed.
     Nested(NestedArgs),
+    /// Boot the kernel to guest-init in schedrig's own VMM and report: time to
+    /// SRDY, total time, the topology the guest saw, frames received by tag.
+    Boot(BootArgs),
+}
+
+#[derive(Debug, Args)]
+struct BootArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// CPU topology: NUMA nodes, LLCs per node, cores per LLC, threads per core.
+    #[arg(long, default_value = "1n1l1c1t")]
+    topology: schedrig_vmm::Topology,
+    /// Guest memory, e.g. 512M or 1G.
+    #[arg(long, default_value = "256M", value_parser = parse_mib)]
+    memory: u64,
+    /// Print exactly one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Seconds until SRDY must have arrived.
+    #[arg(long, default_value_t = 120)]
+    boot_timeout: u64,
+    /// Seconds until the guest must have ended.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Write the full kernel console (COM1) to this file.
+    #[arg(long, value_name = "FILE")]
+    console_log: Option<PathBuf>,
+    /// guest-init test mode (proves the host's checks fire).
+    #[arg(long, value_enum, default_value = "normal", hide = true)]
+    guest_mode: crate::boot::GuestMode,
 }
 
 #[derive(Debug, Args)]
@@ -177,8 +207,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Nested(a) => return run_nested(a),
+        Command::Boot(a) => return run_boot(a),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    anyhow::ensure!(
+        a.timeout > 0 && a.boot_timeout > 0,
+        "timeouts must be at least 1 second"
+    );
+    let opts = crate::boot::BootOptions {
+        kernel: a.kernel.request(),
+        topology: a.topology,
+        memory_mib: a.memory,
+        mode: a.guest_mode,
+        boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
+        timeout: std::time::Duration::from_secs(a.timeout),
+        console_file: a.console_log,
+    };
+    let report = crate::boot::boot(&opts, started)?;
+    if a.json {
+        println!("{}", crate::boot::report_json(&report));
+    } else {
+        print!("{}", crate::boot::report_text(&report));
+        if report.verdict != schedrig_vmm::Verdict::Ok {
+            eprintln!("--- console (last lines) ---\n{}", report.console_tail);
+            if !report.crash_text.is_empty() {
+                eprintln!("--- guest-init crash (COM2) ---\n{}", report.crash_text);
+            }
+        }
+    }
+    let ok = report.verdict == schedrig_vmm::Verdict::Ok && report.exit_code == Some(0);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@
 //! cache, the runner, checks, reports and the test harness (see
 //! `shared/spec/architecture.md`).
 
+pub mod boot;
 pub mod cli;
 pub mod initramfs;
 pub mod kernel;

@@ -1,9 +1,141 @@
-//! schedrig guest PID 1.
+//! schedrig guest PID 1 (`/init` of every test VM).
 //!
-//! Not implemented yet: the VMM issue fills this binary. Until then it
-//! refuses to run rather than pretend to be an init.
+//! Mounts the pseudo filesystems, opens the `schedrig-bulk` virtio port
+//! and reports to the host: LIFE(init started), KADR, TOPO, SRDY, EXIT,
+//! then restarts the machine (the VM has no ACPI; with `reboot=k` the
+//! restart goes through the i8042 and the VMM ends the VM). A
+//! `schedrig.mode=` kernel parameter selects a misbehaving test mode
+//! ([`Mode`]). Panics and fatal errors are reported on COM2, never on the
+//! virtio port (see `crash`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use schedrig_guest_init::comms::{BulkPort, CommsError};
+use schedrig_guest_init::console::{ensure_stdio, say};
+use schedrig_guest_init::crash::{fatal, install_panic_hook};
+use schedrig_guest_init::modes::{garbage_bytes, mode_from_cmdline, Mode};
+use schedrig_guest_init::{kaddr, mount, power, topology};
+use schedrig_wire::LifecyclePhase;
+
+/// How long the bulk port may take to appear (the control-queue
+/// handshake can finish after init starts; nested TCG guests are slow).
+const PORT_WAIT: Duration = Duration::from_secs(30);
+/// EXIT code when `schedrig.mode=` names no mode: the run must fail.
+const EXIT_UNKNOWN_MODE: i32 = 2;
 
 fn main() {
-    eprintln!("schedrig-guest-init: not implemented yet (see the VMM issue)");
-    std::process::exit(2);
+    install_panic_hook();
+    if let Err(e) = run() {
+        fatal(&e);
+    }
+    power::reboot()
+}
+
+/// What setting up the machine found: the mode, the EXIT code normal
+/// operation ends with, and the non-fatal problems.
+struct Setup {
+    mode: Mode,
+    exit_code: i32,
+    warnings: Vec<String>,
+}
+
+/// Mounts, stdio, mode. Nothing here is fatal: a missing /sys shows up
+/// as "no bulk port" next, with these warnings attached.
+fn setup() -> Setup {
+    let mount_errors = mount::mount_all(mount::TEST_GUEST_MOUNTS);
+    // After devtmpfs: /dev/console must exist to be opened.
+    let stdio = ensure_stdio();
+    let mut warnings: Vec<String> = mount_errors.iter().map(ToString::to_string).collect();
+    if let Err(e) = stdio {
+        warnings.push(format!("stdio: {e}"));
+    }
+    let (mode, exit_code) = match std::fs::read_to_string("/proc/cmdline") {
+        Ok(cmdline) => match mode_from_cmdline(&cmdline) {
+            Ok(mode) => (mode, 0),
+            Err(unknown) => {
+                warnings.push(unknown.to_string());
+                (Mode::Normal, EXIT_UNKNOWN_MODE)
+            }
+        },
+        Err(e) => {
+            warnings.push(format!("read /proc/cmdline: {e}; mode normal"));
+            (Mode::Normal, 0)
+        }
+    };
+    for warning in &warnings {
+        say(warning);
+    }
+    Setup {
+        mode,
+        exit_code,
+        warnings,
+    }
+}
+
+/// The whole life of the guest; returns only in modes that end with a
+/// restart. An error is fatal: the bulk port is gone or never came.
+fn run() -> Result<(), String> {
+    let Setup {
+        mode,
+        exit_code,
+        warnings,
+    } = setup();
+    say(&format!("mode {}", mode.name()));
+    let (mut port, path) = BulkPort::open(PORT_WAIT).map_err(|e| {
+        let mut text = e.to_string();
+        for warning in &warnings {
+            text.push_str("; after: ");
+            text.push_str(warning);
+        }
+        text
+    })?;
+    say(&format!("bulk port {}", path.display()));
+    let comms = |e: CommsError| e.to_string();
+
+    port.lifecycle(LifecyclePhase::InitStarted, &warnings.join("; "))
+        .map_err(comms)?;
+    if mode == Mode::Garbage {
+        port.send_raw("garbage-mode bytes", &garbage_bytes())
+            .map_err(comms)?;
+    }
+
+    let (addrs, problems) = kaddr::read_kern_addrs(Path::new("/proc"));
+    for problem in &problems {
+        say(&format!("KADR: {problem}"));
+    }
+    say(&format!("KADR: {addrs:x?}"));
+    port.kern_addrs(&addrs).map_err(comms)?;
+
+    match topology::read_topology(Path::new("/sys/devices/system")) {
+        Ok(topo) => {
+            say(&format!(
+                "TOPO: {} cpus, {} nodes, {} llcs, {} cores, {} threads per core",
+                topo.cpus(),
+                topo.nodes(),
+                topo.llcs(),
+                topo.cores(),
+                topo.threads_per_core()
+            ));
+            match port.topology(&topo) {
+                Err(CommsError::Topology(e)) => say(&format!("TOPO not sent: {e}")),
+                other => other.map_err(comms)?,
+            }
+        }
+        Err(e) => say(&format!("TOPO not sent: {e}")),
+    }
+
+    if mode == Mode::Hang {
+        say("hang mode: no SRDY; waiting for the host watchdog");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    port.system_ready().map_err(comms)?;
+    if mode == Mode::Panic {
+        panic!("schedrig test panic");
+    }
+    port.exit(exit_code).map_err(comms)?;
+    say(&format!("exit {exit_code}; restarting"));
+    Ok(())
 }

@@ -54,3 +54,115 @@ pub fn mount_basics(root: &str) -> Result<(), MountError> {
     )?;
     Ok(())
 }
+
+/// One pseudo filesystem an init mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PseudoFs {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// What the test guest mounts, in order: /dev first (the console and the
+/// virtio ports live there), then /proc and /sys, then the filesystems
+/// under /sys that sched_ext schedulers and their tools use.
+pub const TEST_GUEST_MOUNTS: &[PseudoFs] = &[
+    PseudoFs {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+    },
+    PseudoFs {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+    },
+    PseudoFs {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+    },
+    PseudoFs {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+    },
+    PseudoFs {
+        source: "debugfs",
+        target: "/sys/kernel/debug",
+        fstype: "debugfs",
+        flags: NOSUID_NODEV_NOEXEC,
+    },
+    PseudoFs {
+        source: "tracefs",
+        target: "/sys/kernel/tracing",
+        fstype: "tracefs",
+        flags: NOSUID_NODEV_NOEXEC,
+    },
+    PseudoFs {
+        source: "bpf",
+        target: "/sys/fs/bpf",
+        fstype: "bpf",
+        flags: NOSUID_NODEV_NOEXEC,
+    },
+];
+
+/// Mounts every entry, going on after a failure (a test may still run
+/// without, say, debugfs); returns the failures in order.
+pub fn mount_all(table: &[PseudoFs]) -> Vec<MountError> {
+    table
+        .iter()
+        .filter_map(|fs| mount_fs(fs.source, fs.target, fs.fstype, fs.flags, None).err())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_guest_mounts_cover_the_spec_and_keep_dev_first() {
+        let targets: Vec<&str> = TEST_GUEST_MOUNTS.iter().map(|m| m.target).collect();
+        assert_eq!(
+            targets,
+            [
+                "/dev",
+                "/proc",
+                "/sys",
+                "/sys/fs/cgroup",
+                "/sys/kernel/debug",
+                "/sys/kernel/tracing",
+                "/sys/fs/bpf"
+            ]
+        );
+        // Everything under /sys comes after /sys itself.
+        let sys = targets.iter().position(|t| *t == "/sys").unwrap();
+        for (i, t) in targets.iter().enumerate() {
+            if t.starts_with("/sys/") {
+                assert!(i > sys, "{t} mounted before /sys");
+            }
+        }
+    }
+
+    #[test]
+    fn mount_error_names_the_mount() {
+        let err = MountError {
+            what: "mount -t bpf bpf /sys/fs/bpf ()".into(),
+            errno: nix::Error::ENODEV,
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("/sys/fs/bpf") && text.contains("ENODEV"),
+            "{text}"
+        );
+    }
+}

@@ -3,5 +3,6 @@
 //! numbers by order), so their content hash can key a cache.
 
 pub mod cpio;
+pub mod guest;
 
 pub use cpio::CpioWriter;

@@ -176,7 +176,7 @@ pub(super) fn boot(
         let ro = if rw { "" } else { ",readonly=on" };
         cmd.args([
             "-fsdev",
-            &format!("local,id=fs{i},path={p},security_model=none{ro}"),
+            &format!("local,id=fs{i},path={p},security_model=none,multidevs=remap{ro}"),
             "-device",
             &format!("virtio-9p-pci,fsdev=fs{i},mount_tag={tag}"),
         ]);

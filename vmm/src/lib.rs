@@ -1,6 +1,17 @@
-//! The schedrig KVM machine.
+//! The schedrig KVM machine: x86_64 boot of a sched_ext kernel, vCPU
+//! threads, COM1/COM2, a virtio-mmio multiport console, and the watchdog.
 //!
-//! Not implemented yet: the VMM issue fills this crate (x86_64 boot,
-//! vCPU threads, serial, virtio-mmio multiport console, freeze
-//! coordinator, introspection). Its dependencies are declared so the
-//! lock file pins them.
+//! Layout follows Firecracker and the rust-vmm crates: one module per
+//! concern, an error enum per module.
+
+pub mod arch;
+pub mod devices;
+pub mod topology;
+
+pub use topology::Topology;
+pub mod machine;
+pub mod report;
+pub mod vcpu;
+
+pub use machine::{run, KernelFormat, MachineConfig, MachineError};
+pub use report::{RunReport, Verdict};

@@ -43,6 +43,7 @@ pub use payload::snapshot::{
     SnapshotError, SnapshotKind, SnapshotReply, SnapshotRequest, SnapshotStatus,
 };
 pub use payload::stimulus::{Stimulus, StimulusError};
+pub use payload::topology::{GuestTopology, TopologyError, TOPOLOGY_MAX_LEN};
 pub use tag::{FrameDirection, MsgTag, RawTag};
 
 /// Any error of this crate, for callers that handle them alike.
@@ -66,4 +67,6 @@ pub enum Error {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     KernelOp(#[from] KernelOpError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
 }

@@ -41,7 +41,8 @@ macro_rules! msg_tags {
         }
 
         impl MsgTag {
-            /// Every tag, in spec-table order.
+            /// Every tag, in spec-table order, then the tags this crate adds
+            /// to the spec (TOPO).
             pub const ALL: &'static [MsgTag] = &[$(MsgTag::$variant),*];
 
             /// The tag for an on-wire value, or `None` for a value this
@@ -119,6 +120,9 @@ msg_tags! {
     KernelOpRequest = 0x4B4F_5251, "KORQ", GuestToHost;
     /// KORP, postcard: [`crate::KernelOpReply`]. Coordinator-internal, host-only.
     KernelOpReply = 0x4B4F_5250, "KORP", HostToGuest;
+    /// TOPO, postcard: [`crate::GuestTopology`], the guest's CPU topology
+    /// from sysfs, sent before SRDY. Extends the spec table (wire/README.md).
+    Topology = 0x544F_504F, "TOPO", GuestToHost;
 }
 
 impl MsgTag {
@@ -197,7 +201,7 @@ mod tests {
 
     #[test]
     fn tag_values_and_names_are_unique_and_complete() {
-        assert_eq!(MsgTag::ALL.len(), 24, "spec table has 24 tags");
+        assert_eq!(MsgTag::ALL.len(), 25, "spec table has 24 tags, plus TOPO");
         let values: HashSet<u32> = MsgTag::ALL.iter().map(|t| t.as_u32()).collect();
         let names: HashSet<&str> = MsgTag::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(values.len(), MsgTag::ALL.len());
@@ -206,7 +210,7 @@ mod tests {
 
     #[test]
     fn values_match_spec_table() {
-        let table: [(&str, u32); 24] = [
+        let table: [(&str, u32); 25] = [
             ("STIM", 0x5354494D),
             ("SCST", 0x53435354),
             ("SCEN", 0x5343454E),
@@ -231,6 +235,7 @@ mod tests {
             ("SNRP", 0x534E5250),
             ("KORQ", 0x4B4F5251),
             ("KORP", 0x4B4F5250),
+            ("TOPO", 0x544F504F), // extends the spec table
         ];
         for (name, value) in table {
             let tag = MsgTag::from_u32(value).unwrap_or_else(|| panic!("{name} unknown"));
@@ -270,6 +275,9 @@ mod tests {
         }
         assert!(!MsgTag::Crash.travels_on_bulk_port());
         assert!(MsgTag::Stimulus.travels_on_bulk_port());
+        assert!(MsgTag::Topology.travels_on_bulk_port());
+        assert!(!MsgTag::Topology.is_coordinator_internal());
+        assert_eq!(MsgTag::Topology.direction(), FrameDirection::GuestToHost);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use schedrig_wire::payload::scalar;
 use schedrig_wire::{
-    FrameParser, KernAddrs, KernelOpReply, KernelOpRequest, Lifecycle, MsgTag, SnapshotReply,
-    SnapshotRequest, Stimulus, GUEST_TO_HOST_MAX_PAYLOAD,
+    FrameParser, GuestTopology, KernAddrs, KernelOpReply, KernelOpRequest, Lifecycle, MsgTag,
+    SnapshotReply, SnapshotRequest, Stimulus, GUEST_TO_HOST_MAX_PAYLOAD,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -76,6 +76,9 @@ fn decode(tag: MsgTag, payload: &[u8]) {
         }
         MsgTag::KernelOpReply => {
             let _ = KernelOpReply::decode(payload);
+        }
+        MsgTag::Topology => {
+            let _ = GuestTopology::decode(payload);
         }
         // Opaque or postcard payloads owned by other crates.
         MsgTag::TestResult

@@ -6,7 +6,8 @@ use libfuzzer_sys::fuzz_target;
 use schedrig_wire::console::parse_control;
 use schedrig_wire::payload::scalar;
 use schedrig_wire::{
-    KernAddrs, KernelOpReply, KernelOpRequest, Lifecycle, SnapshotReply, SnapshotRequest, Stimulus,
+    GuestTopology, KernAddrs, KernelOpReply, KernelOpRequest, Lifecycle, SnapshotReply,
+    SnapshotRequest, Stimulus,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -34,6 +35,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = KernelOpReply::decode(data) {
         let bytes = v.encode().expect("a decoded reply re-encodes");
         assert_eq!(KernelOpReply::decode(&bytes), Ok(v));
+    }
+    if let Ok(v) = GuestTopology::decode(data) {
+        let bytes = v.encode().expect("a decoded topology re-encodes");
+        assert_eq!(GuestTopology::decode(&bytes), Ok(v));
     }
     if let Ok(v) = scalar::decode_elapsed_ms(data) {
         assert_eq!(scalar::encode_elapsed_ms(v).as_slice(), data);

@@ -7,3 +7,4 @@ pub mod lifecycle;
 pub mod scalar;
 pub mod snapshot;
 pub mod stimulus;
+pub mod topology;

@@ -1,0 +1,51 @@
+//! The kernel console as init's stdio, and one-line diagnostics on it.
+//!
+//! The kernel gives PID 1 /dev/console as fds 0-2 only if the initramfs
+//! has a /dev/console node; otherwise they start closed, and the first
+//! file init opens (the bulk port, say) would silently become stderr.
+//! [`ensure_stdio`] closes that hole once devtmpfs is mounted.
+
+use std::io::Write;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{close, dup2};
+
+/// Prefix of every line this init prints.
+pub const PREFIX: &str = "schedrig-guest-init";
+
+/// Prints `schedrig-guest-init: <text>` on stderr (the console). Never
+/// panics: a console write error has nowhere else to go, so it is dropped.
+pub fn say(text: &str) {
+    let line = format!("{PREFIX}: {text}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Points every closed fd among 0, 1 and 2 at /dev/console (or
+/// /dev/null if the console cannot be opened).
+pub fn ensure_stdio() -> Result<(), String> {
+    let closed: Vec<RawFd> = (0..=2)
+        .filter(|&fd| fcntl(fd, FcntlArg::F_GETFD) == Err(Errno::EBADF))
+        .collect();
+    if closed.is_empty() {
+        return Ok(());
+    }
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY;
+    let fd = open("/dev/console", flags, Mode::empty()).or_else(|console| {
+        open("/dev/null", OFlag::O_RDWR, Mode::empty())
+            .map_err(|null| format!("open /dev/console: {console}; open /dev/null: {null}"))
+    })?;
+    for &target in &closed {
+        if target != fd {
+            dup2(fd, target).map_err(|e| format!("dup2({fd}, {target}): {e}"))?;
+        }
+    }
+    // open() returns the lowest free fd, so `fd` is one of the closed
+    // ones and stays; anything else would be a stray descriptor.
+    if !closed.contains(&fd) {
+        close(fd).map_err(|e| format!("close({fd}): {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Crash reports: panic text and fatal errors go to COM2 (/dev/ttyS1),
+//! where the host collects crash diagnostics, then the machine restarts.
+//!
+//! Never to the virtio bulk port: a full TX queue would block inside the
+//! panic handler and deadlock the guest (wire-protocol.md, "Serial"). The
+//! COM2 write is non-blocking with a deadline for the same reason.
+
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, ControlFlags, SetArg};
+use schedrig_wire::text::truncate_at_char_boundary;
+
+use crate::console::{say, PREFIX};
+use crate::power;
+
+/// The serial port that receives crash diagnostics.
+pub const COM2: &str = "/dev/ttyS1";
+/// Crash text is cut to this many bytes, well inside the UART's 4 KiB
+/// transmit buffer, so a write never waits on the device.
+const MAX_CRASH_TEXT: usize = 3 << 10;
+/// How long the text may take to leave the UART before the restart.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(5);
+
+/// Makes every panic a crash report followed by a restart, so PID 1
+/// never unwinds out of `main` (an exiting PID 1 panics the kernel).
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
+}
+
+/// Reports `what` on COM2 and the console, syncs, restarts the machine.
+pub fn fatal(what: &str) -> ! {
+    let text = format!("{PREFIX}: {what}\n");
+    let com2 = write_com2(truncate_at_char_boundary(&text, MAX_CRASH_TEXT));
+    say(what);
+    if let Err(e) = com2 {
+        say(&format!("could not write the crash report to {COM2}: {e}"));
+    }
+    power::reboot()
+}
+
+/// Writes `text` to COM2 and waits (bounded) until the UART has sent it.
+pub fn write_com2(text: &str) -> Result<(), String> {
+    let mut port = File::options()
+        .write(true)
+        // O_NONBLOCK: neither the open (carrier detect) nor a write may
+        // wait on the device.
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(COM2)
+        .map_err(|e| format!("open {COM2}: {e}"))?;
+    // Raw bytes, and CLOCAL so the line ignores modem control. Optional:
+    // a failure only means the text may arrive with \r\n line ends.
+    if let Ok(mut termios) = tcgetattr(&port) {
+        cfmakeraw(&mut termios);
+        termios.control_flags |= ControlFlags::CLOCAL;
+        let _ = tcsetattr(&port, SetArg::TCSANOW, &termios);
+    }
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        match port.write(rest) {
+            Ok(0) => return Err(format!("write {COM2}: wrote 0 bytes")),
+            Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(POLL);
+            }
+            Err(e) => {
+                return Err(format!("write {COM2}: {e} ({} bytes unsent)", rest.len()));
+            }
+        }
+    }
+    wait_until_sent(&port, deadline)
+}
+
+/// Polls TIOCOUTQ until the transmit queue is empty or `deadline` passes
+/// (tcdrain could wait forever on a UART that stopped interrupting).
+fn wait_until_sent(port: &File, deadline: Instant) -> Result<(), String> {
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one c_int through the pointer, which
+        // points at a live local; the fd is open for the whole call.
+        let rc = unsafe { libc::ioctl(port.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(format!("ioctl(TIOCOUTQ) on {COM2}: {err}"));
+        }
+        if queued <= 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{queued} bytes still queued on {COM2} after {DRAIN_DEADLINE:?}"
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}

@@ -1,0 +1,236 @@
+//! Test modes, chosen on the kernel command line with
+//! `schedrig.mode=<mode>`, that make the guest misbehave on purpose so the
+//! host's handling of each failure can be tested.
+//!
+//! The parameter has a dot, so the kernel keeps it (as an unknown module
+//! parameter) instead of passing it to init; init reads /proc/cmdline.
+
+use std::fmt;
+
+use schedrig_wire::frame::payload_crc;
+use schedrig_wire::{FrameHeader, MsgTag, FRAME_HEADER_LEN};
+use zerocopy::IntoBytes;
+
+/// The kernel command-line parameter that selects a mode.
+pub const MODE_PARAM: &str = "schedrig.mode";
+
+/// What the guest does after it has mounted its filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// LIFE 1, KADR, TOPO, SRDY, EXIT 0, restart.
+    #[default]
+    Normal,
+    /// LIFE 1, KADR, TOPO, then sleep forever: never SRDY, so the host
+    /// watchdog must end the VM.
+    Hang,
+    /// LIFE 1, then [`garbage_bytes`], then KADR, TOPO, SRDY, EXIT 0 and
+    /// restart as in normal mode.
+    Garbage,
+    /// As normal up to SRDY, then `panic!`: the panic text goes to COM2.
+    Panic,
+}
+
+impl Mode {
+    /// Every mode, with its command-line name.
+    pub const ALL: [(Mode, &'static str); 4] = [
+        (Mode::Normal, "normal"),
+        (Mode::Hang, "hang"),
+        (Mode::Garbage, "garbage"),
+        (Mode::Panic, "panic"),
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        Mode::ALL
+            .iter()
+            .find(|(mode, _)| *mode == self)
+            .map_or("?", |(_, name)| name)
+    }
+}
+
+/// `schedrig.mode=<value>` with a value that names no mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownMode(pub String);
+
+impl fmt::Display for UnknownMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Mode::ALL.iter().map(|(_, name)| *name).collect();
+        write!(
+            f,
+            "unknown {MODE_PARAM}={:?} (known: {})",
+            self.0,
+            names.join(", ")
+        )
+    }
+}
+
+/// The mode named on a kernel command line; [`Mode::Normal`] when the
+/// parameter is absent. As with kernel parameters, the last one wins.
+/// Double quotes around the value are removed.
+pub fn mode_from_cmdline(cmdline: &str) -> Result<Mode, UnknownMode> {
+    let value = cmdline
+        .split_whitespace()
+        .filter_map(|word| {
+            let word = word.strip_prefix('"').unwrap_or(word);
+            word.strip_prefix(MODE_PARAM)
+                .and_then(|rest| rest.strip_prefix('='))
+                .or_else(|| (word == MODE_PARAM).then_some(""))
+        })
+        .next_back();
+    let Some(value) = value else {
+        return Ok(Mode::Normal);
+    };
+    let value = value.trim_matches('"');
+    Mode::ALL
+        .iter()
+        .find(|(_, name)| *name == value)
+        .map(|(mode, _)| *mode)
+        .ok_or_else(|| UnknownMode(value.to_owned()))
+}
+
+/// How many 16-byte garbage blocks open the garbage stream.
+pub const GARBAGE_BLOCKS: usize = 8;
+/// The length the last header of the garbage stream claims.
+pub const OVERSIZE_LENGTH: u32 = 0xFFFF_FFF0;
+
+/// The bytes garbage mode writes on the bulk port, in order:
+///
+/// 1. [`GARBAGE_BLOCKS`] blocks of 16 pseudo-random bytes (fixed seed, so
+///    every run sends the same) whose bytes 4..8 are zero. A reader takes
+///    each as a frame header with an unknown tag, a zero length and a
+///    CRC that does not match the empty payload. The zero length keeps
+///    the reader walking, so the rest of the stream is still seen.
+/// 2. An SOUT frame whose CRC field is off by one.
+/// 3. A bare SOUT header claiming an [`OVERSIZE_LENGTH`] payload, which
+///    must make the reader stop trusting the stream without allocating.
+pub fn garbage_bytes() -> Vec<u8> {
+    let mut out = Vec::with_capacity(GARBAGE_BLOCKS * FRAME_HEADER_LEN + 64);
+    let mut state: u64 = 0x5EED_CAFE_F00D_D00D;
+    for _ in 0..GARBAGE_BLOCKS {
+        let mut block = [0u8; FRAME_HEADER_LEN];
+        for chunk in block.chunks_mut(8) {
+            state = xorshift64(state);
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+        // Tag: never a known one. Length: 0. CRC: never crc32("") = 0.
+        let tag = u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+        if MsgTag::from_u32(tag).is_some() {
+            block[0] ^= 0x80;
+        }
+        block[4..8].fill(0);
+        if block[8..12] == [0; 4] {
+            block[8] = 1;
+        }
+        out.extend_from_slice(&block);
+    }
+
+    let text = b"schedrig garbage mode: this frame's CRC is wrong\n";
+    if let Some(mut header) = FrameHeader::for_payload(MsgTag::Stdout.as_u32(), text) {
+        header.crc32.set(payload_crc(text).wrapping_add(1));
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(text);
+    }
+
+    let mut oversize = FrameHeader::default();
+    oversize.msg_type.set(MsgTag::Stdout.as_u32());
+    oversize.length.set(OVERSIZE_LENGTH);
+    out.extend_from_slice(oversize.as_bytes());
+    out
+}
+
+fn xorshift64(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schedrig_wire::{encode_frame, FrameDirection, FrameParser, ParseError, RawTag};
+
+    #[test]
+    fn modes_from_cmdline() {
+        let cases = [
+            ("", Mode::Normal),
+            ("console=ttyS0 reboot=k panic=-1\n", Mode::Normal),
+            ("console=ttyS0 schedrig.mode=hang quiet\n", Mode::Hang),
+            ("schedrig.mode=garbage", Mode::Garbage),
+            ("schedrig.mode=panic", Mode::Panic),
+            ("schedrig.mode=normal", Mode::Normal),
+            ("schedrig.mode=hang schedrig.mode=panic", Mode::Panic),
+            ("schedrig.mode=\"hang\"", Mode::Hang),
+            ("\"schedrig.mode=hang\"", Mode::Hang),
+            ("xschedrig.mode=hang schedrig.modes=panic", Mode::Normal),
+            ("init=/init -- schedrig.mode=garbage", Mode::Garbage),
+        ];
+        for (cmdline, mode) in cases {
+            assert_eq!(mode_from_cmdline(cmdline), Ok(mode), "{cmdline:?}");
+        }
+        assert_eq!(
+            mode_from_cmdline("schedrig.mode=HANG"),
+            Err(UnknownMode("HANG".into()))
+        );
+        assert_eq!(
+            mode_from_cmdline("schedrig.mode= x"),
+            Err(UnknownMode(String::new()))
+        );
+        assert_eq!(
+            mode_from_cmdline("schedrig.mode"),
+            Err(UnknownMode(String::new()))
+        );
+        let text = UnknownMode("boom".into()).to_string();
+        assert!(
+            text.contains("\"boom\"") && text.contains("garbage"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for (mode, name) in Mode::ALL {
+            assert_eq!(mode.name(), name);
+            assert_eq!(mode_from_cmdline(&format!("{MODE_PARAM}={name}")), Ok(mode));
+        }
+    }
+
+    /// What the host's parser makes of the garbage stream followed by the
+    /// frames normal mode sends: every piece lands where the docs say.
+    #[test]
+    fn host_parser_sees_unknown_tags_then_bad_crc_then_refuses_oversize() {
+        let garbage = garbage_bytes();
+        assert_eq!(garbage, garbage_bytes(), "deterministic");
+        let mut stream = garbage.clone();
+        stream.extend(encode_frame(MsgTag::SystemReady, &[]).unwrap());
+        stream.extend(encode_frame(MsgTag::Exit, &0i32.to_le_bytes()).unwrap());
+
+        let mut parser = FrameParser::for_direction(FrameDirection::GuestToHost);
+        parser.push(&stream);
+        let items: Vec<_> = parser.frames().collect();
+        assert_eq!(items.len(), GARBAGE_BLOCKS + 2);
+        for item in &items[..GARBAGE_BLOCKS] {
+            let frame = item.as_ref().unwrap();
+            assert_eq!(frame.tag, None, "tag {:#x}", frame.raw_tag);
+            assert!(frame.payload.is_empty());
+            assert!(!frame.crc_ok);
+        }
+        let bad_crc = items[GARBAGE_BLOCKS].as_ref().unwrap();
+        assert_eq!(bad_crc.tag, Some(MsgTag::Stdout));
+        assert!(!bad_crc.crc_ok);
+        assert_eq!(
+            items[GARBAGE_BLOCKS + 1],
+            Err(ParseError::PayloadTooLarge {
+                tag: RawTag(MsgTag::Stdout.as_u32()),
+                length: OVERSIZE_LENGTH,
+                max: FrameDirection::GuestToHost.max_payload(),
+            })
+        );
+        assert!(parser.is_poisoned());
+        let stats = parser.stats();
+        assert_eq!(stats.unknown_tags, GARBAGE_BLOCKS as u64);
+        assert_eq!(stats.crc_errors, GARBAGE_BLOCKS as u64 + 1);
+        // The oversize header, and SRDY and EXIT after it, are dropped unread.
+        assert_eq!(stats.discarded_bytes, 16 + 16 + (16 + 4));
+    }
+}

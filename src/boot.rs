@@ -1,0 +1,169 @@
+//! `schedrig boot`: boot the kernel to guest-init in our own VMM and
+//! report what came back. Also what the VM tests call.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use schedrig_vmm::{KernelFormat, MachineConfig, RunReport, Topology};
+
+use crate::kernel::{self, ImageFormat, KernelRequest};
+
+/// guest-init's behaviour (`schedrig.mode=` on the kernel command line):
+/// the non-normal modes exist to prove the host's checks fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GuestMode {
+    #[default]
+    Normal,
+    /// Never sends SRDY: the boot watchdog must end it.
+    Hang,
+    /// Writes garbage, bad CRCs and a huge length on the bulk port.
+    Garbage,
+    /// Panics after SRDY: the text must arrive on COM2.
+    Panic,
+}
+
+impl GuestMode {
+    fn as_str(&self) -> &'static str {
+        match self {
+            GuestMode::Normal => "normal",
+            GuestMode::Hang => "hang",
+            GuestMode::Garbage => "garbage",
+            GuestMode::Panic => "panic",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub kernel: KernelRequest,
+    pub topology: Topology,
+    pub memory_mib: u64,
+    pub mode: GuestMode,
+    /// SRDY deadline.
+    pub boot_timeout: Duration,
+    /// Whole-run deadline.
+    pub timeout: Duration,
+    pub console_file: Option<PathBuf>,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        Self {
+            kernel: KernelRequest::default(),
+            topology: Topology::new(1, 1, 1, 1).expect("1n1l1c1t is valid"),
+            memory_mib: 256,
+            mode: GuestMode::Normal,
+            boot_timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(300),
+            console_file: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Initramfs(#[from] crate::initramfs::guest::InitramfsError),
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error(transparent)]
+    Machine(#[from] schedrig_vmm::MachineError),
+}
+
+/// Boots once and returns the report. `started` is when the caller
+/// started (the CLI passes its process start).
+pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError> {
+    opts.topology
+        .check_supported()
+        .map_err(schedrig_vmm::MachineError::from)?;
+    let k = kernel::resolve(&opts.kernel)?;
+    let initrd_path = crate::initramfs::guest::cached(
+        crate::static_bins::GUEST_INIT,
+        &kernel::cache::cache_root().join("initramfs"),
+    )?;
+    let initrd = std::fs::read(&initrd_path)
+        .map_err(|e| BootError::Read(initrd_path.display().to_string(), e))?;
+    let config = MachineConfig {
+        kernel: k.image.clone(),
+        format: match k.format {
+            ImageFormat::Vmlinux => KernelFormat::Elf,
+            ImageFormat::BzImage => KernelFormat::BzImage,
+        },
+        initrd,
+        extra_cmdline: format!("schedrig.mode={}", opts.mode.as_str()),
+        topology: opts.topology,
+        memory_mib: opts.memory_mib,
+        boot_deadline: opts.boot_timeout,
+        run_deadline: opts.timeout,
+        console_file: opts.console_file.clone(),
+    };
+    Ok(schedrig_vmm::run(&config, started)?)
+}
+
+/// The report as one JSON object (the `--json` contract).
+pub fn report_json(r: &RunReport) -> serde_json::Value {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    let topo = r.guest_topology.as_ref().map(|t| {
+        serde_json::json!({
+            "cpus": t.cpus(),
+            "llcs": t.llcs(),
+            "cores": t.cores(),
+            "threads": t.threads_per_core(),
+            "llc_groups": t.llc_groups,
+            "smt_groups": t.smt_groups,
+            "core_ids": t.core_ids,
+            "package_ids": t.package_ids,
+        })
+    });
+    let ka = r.kern_addrs.map(|k| {
+        serde_json::json!({
+            "phys_base": k.phys_base,
+            "page_offset_base": k.page_offset_base_kva,
+            "text_kva": k.text_kva,
+        })
+    });
+    serde_json::json!({
+        "verdict": r.verdict.as_str(),
+        "reason": r.reason,
+        "exit_code": r.exit_code,
+        "setup_ms": ms(r.setup),
+        "ready_ms": ms(r.ready),
+        "total_ms": r.total.as_millis() as u64,
+        "guest_topology": topo,
+        "kern_addrs": ka,
+        "frames": r.frames,
+        "crc_errors": r.crc_errors,
+        "lifecycle": r.lifecycle,
+        "console_tail": r.console_tail,
+        "crash_text": r.crash_text,
+    })
+}
+
+/// Human-readable summary.
+pub fn report_text(r: &RunReport) -> String {
+    let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{} ms", d.as_millis()));
+    let mut s = format!(
+        "verdict:   {} ({})\nexit code: {}\nset-up:    {} (VMM start to first KVM_RUN)\nready:     {} (VMM start to SRDY)\ntotal:     {} ms\n",
+        r.verdict.as_str(),
+        r.reason,
+        r.exit_code.map_or("-".into(), |c| c.to_string()),
+        ms(r.setup),
+        ms(r.ready),
+        r.total.as_millis()
+    );
+    if let Some(t) = &r.guest_topology {
+        s += &format!(
+            "topology:  {} CPUs, {} LLCs {:?}, {} cores, {} threads/core\n",
+            t.cpus(),
+            t.llcs(),
+            t.llc_groups,
+            t.cores(),
+            t.threads_per_core()
+        );
+    }
+    let frames: Vec<String> = r.frames.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    s += &format!("frames:    {}\n", frames.join(" "));
+    s
+}

@@ -1,0 +1,82 @@
+//! The test guest's initramfs: `/init` (the static guest-init) plus the
+//! directories it mounts on, gzip-compressed, cached by content hash.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::CpioWriter;
+
+/// Bumped when the archive layout changes.
+const LAYOUT_VERSION: &str = "guest-initramfs-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str, path: &Path, source: std::io::Error) -> InitramfsError {
+    InitramfsError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The archive bytes (uncompressed cpio) for `init`.
+pub fn archive(init: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut w = CpioWriter::new(Vec::new());
+    for d in ["dev", "proc", "sys", "tmp", "run"] {
+        w.dir(d, 0o755)?;
+    }
+    w.file("init", 0o755, init)?;
+    w.finish()
+}
+
+/// The cached, compressed initramfs for `init`; built on first use.
+pub fn cached(init: &[u8], cache_dir: &Path) -> Result<PathBuf, InitramfsError> {
+    let mut h = Sha256::new();
+    h.update(LAYOUT_VERSION);
+    h.update(init);
+    let path = cache_dir.join(format!(
+        "guest-{}.cpio.gz",
+        &hex::encode(h.finalize())[..16]
+    ));
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(cache_dir).map_err(|e| io("create", cache_dir, e))?;
+    let cpio = archive(init).map_err(|e| io("build initramfs for", &path, e))?;
+    let tmp = tempfile::NamedTempFile::new_in(cache_dir)
+        .map_err(|e| io("create temp file in", cache_dir, e))?;
+    // Fast compression: the guest decompresses it under emulation too.
+    let mut gz = flate2::write::GzEncoder::new(tmp.as_file(), flate2::Compression::fast());
+    gz.write_all(&cpio)
+        .and_then(|_| gz.finish().map(drop))
+        .map_err(|e| io("write", tmp.path(), e))?;
+    tmp.persist(&path)
+        .map_err(|e| io("rename", &path, e.error))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_is_keyed_by_content() {
+        let d = tempfile::tempdir().unwrap();
+        let a = cached(b"\x7fELF one", d.path()).unwrap();
+        let b = cached(b"\x7fELF two", d.path()).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, cached(b"\x7fELF one", d.path()).unwrap());
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(&bytes[..2], &[0x1f, 0x8b]);
+    }
+}

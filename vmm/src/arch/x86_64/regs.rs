@@ -1,0 +1,203 @@
+//! vCPU state for the Linux 64-bit boot protocol: general registers,
+//! segments and control registers with identity page tables, FPU, MSRs
+//! and the local APIC's LINT pins.
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, Msrs};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::gdt::{segment, BOOT_GDT};
+use super::layout::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegsError {
+    #[error("vCPU ioctl {0} failed: {1}")]
+    Ioctl(&'static str, kvm_ioctls::Error),
+    #[error("writing boot structure {0} into guest memory failed")]
+    GuestMemory(&'static str),
+    #[error("KVM accepted {0} of {1} boot MSRs")]
+    Msrs(usize, usize),
+}
+
+// Control register and EFER bits (Intel SDM vol. 3, 2.5; AMD APM vol. 2).
+const X86_CR0_PE: u64 = 0x1;
+const X86_CR0_ET: u64 = 0x10;
+const X86_CR0_PG: u64 = 0x8000_0000;
+const X86_CR4_PAE: u64 = 0x20;
+const EFER_LME: u64 = 0x100;
+const EFER_LMA: u64 = 0x400;
+/// RFLAGS bit 1 is reserved and always set.
+const RFLAGS_RESERVED: u64 = 0x2;
+
+/// rip at the kernel's 64-bit entry, rsi pointing at the zero page.
+pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
+    let regs = kvm_regs {
+        rflags: RFLAGS_RESERVED,
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rbp: BOOT_STACK_POINTER,
+        rsi: ZERO_PAGE_START,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| RegsError::Ioctl("KVM_SET_REGS", e))
+}
+
+/// Writes the GDT, an empty IDT and identity page tables covering the
+/// first GiB (2 MiB pages) into guest memory. Shared by all vCPUs.
+pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
+    for (i, entry) in BOOT_GDT.iter().enumerate() {
+        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + i as u64 * 8))
+            .map_err(|_| RegsError::GuestMemory("GDT"))?;
+    }
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
+        .map_err(|_| RegsError::GuestMemory("IDT"))?;
+    // PML4[0] -> PDPT, PDPT[0] -> PD, PD[i] -> 2 MiB page i (present, rw, PS).
+    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
+        .map_err(|_| RegsError::GuestMemory("PML4"))?;
+    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))
+        .map_err(|_| RegsError::GuestMemory("PDPT"))?;
+    for i in 0..512u64 {
+        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8))
+            .map_err(|_| RegsError::GuestMemory("PD"))?;
+    }
+    Ok(())
+}
+
+/// Long mode with paging on, flat segments from the boot GDT.
+pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| RegsError::Ioctl("KVM_GET_SREGS", e))?;
+    let code = segment(&BOOT_GDT, 1);
+    let data = segment(&BOOT_GDT, 2);
+    let tss = segment(&BOOT_GDT, 3);
+    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.idt.base = BOOT_IDT_START;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+    sregs.cr3 = PML4_START;
+    sregs.cr4 = X86_CR4_PAE;
+    sregs.efer = EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| RegsError::Ioctl("KVM_SET_SREGS", e))
+}
+
+/// x87 control word and MXCSR at their reset values.
+pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| RegsError::Ioctl("KVM_SET_FPU", e))
+}
+
+// MSR indices (Intel SDM vol. 4).
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 0x1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// MTRRs enabled, default type write-back.
+const MTRR_DEF_TYPE_ENABLE_WB: u64 = (1 << 11) | 6;
+
+pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    let entry = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
+    let entries = [
+        entry(MSR_IA32_SYSENTER_CS, 0),
+        entry(MSR_IA32_SYSENTER_ESP, 0),
+        entry(MSR_IA32_SYSENTER_EIP, 0),
+        entry(MSR_STAR, 0),
+        entry(MSR_CSTAR, 0),
+        entry(MSR_KERNEL_GS_BASE, 0),
+        entry(MSR_SYSCALL_MASK, 0),
+        entry(MSR_LSTAR, 0),
+        entry(MSR_IA32_TSC, 0),
+        entry(MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
+        entry(MSR_MTRR_DEF_TYPE, MTRR_DEF_TYPE_ENABLE_WB),
+    ];
+    let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Msrs(0, entries.len()))?;
+    let n = vcpu
+        .set_msrs(&msrs)
+        .map_err(|e| RegsError::Ioctl("KVM_SET_MSRS", e))?;
+    if n != entries.len() {
+        return Err(RegsError::Msrs(n, entries.len()));
+    }
+    Ok(())
+}
+
+// Local APIC registers and delivery modes (Intel SDM vol. 3, 10.5.1).
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+fn set_delivery_mode(regs: &mut [std::os::raw::c_char; 1024], reg: usize, mode: u32) {
+    let mut b = [0u8; 4];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = regs[reg + i] as u8;
+    }
+    let v = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
+    for (i, x) in v.to_le_bytes().iter().enumerate() {
+        regs[reg + i] = *x as std::os::raw::c_char;
+    }
+}
+
+/// LINT0 as ExtINT (the PIC) and LINT1 as NMI, as a PC BIOS leaves them.
+pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(|e| RegsError::Ioctl("KVM_GET_LAPIC", e))?;
+    set_delivery_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+    set_delivery_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic)
+        .map_err(|e| RegsError::Ioctl("KVM_SET_LAPIC", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_tables_identity_map_the_first_gib() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        write_boot_tables(&mem).unwrap();
+        let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
+        assert_eq!(pml4, PDPTE_START | 3);
+        let pde5: u64 = mem.read_obj(GuestAddress(PDE_START + 5 * 8)).unwrap();
+        assert_eq!(pde5, (5 << 21) | 0x83);
+        let code: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 8)).unwrap();
+        assert_eq!(code, BOOT_GDT[1]);
+    }
+
+    #[test]
+    fn delivery_mode_keeps_other_bits() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[APIC_LVT0] = 0x30;
+        regs[APIC_LVT0 + 1] = 0x01; // old mode 1, vector 0x30
+        set_delivery_mode(&mut regs, APIC_LVT0, APIC_MODE_EXTINT);
+        assert_eq!(regs[APIC_LVT0] as u8, 0x30);
+        assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x07);
+    }
+}

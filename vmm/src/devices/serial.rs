@@ -1,0 +1,77 @@
+//! COM1/COM2: 16550 UARTs (vm-superio) whose interrupts go to KVM
+//! through irqfds and whose output lands in a bounded log.
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::log::BoundedLog;
+
+/// Legacy PC port bases and IRQs.
+pub const COM1_BASE: u16 = 0x3f8;
+pub const COM2_BASE: u16 = 0x2f8;
+pub const COM1_IRQ: u32 = 4;
+pub const COM2_IRQ: u32 = 3;
+/// Eight registers per UART.
+pub const UART_PORTS: u16 = 8;
+
+/// Raises the UART's interrupt by writing its irqfd.
+#[derive(Debug)]
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// One UART.
+pub struct SerialPort {
+    pub base: u16,
+    uart: Serial<EventFdTrigger, vm_superio::serial::NoEvents, BoundedLog>,
+}
+
+impl SerialPort {
+    /// `irq` is the eventfd the caller registered as an irqfd.
+    pub fn new(base: u16, irq: EventFd, log: BoundedLog) -> Self {
+        Self {
+            base,
+            uart: Serial::new(EventFdTrigger(irq), log),
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.base..self.base + UART_PORTS).contains(&port)
+    }
+
+    pub fn read(&mut self, port: u16, data: &mut [u8]) {
+        if let (Some(b), Some(off)) = (data.first_mut(), port.checked_sub(self.base)) {
+            *b = self.uart.read(off as u8);
+        }
+    }
+
+    pub fn write(&mut self, port: u16, data: &[u8]) {
+        if let (Some(b), Some(off)) = (data.first(), port.checked_sub(self.base)) {
+            if let Err(e) = self.uart.write(off as u8, *b) {
+                tracing::debug!("serial {:#x}: {e:?}", self.base);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmitted_bytes_reach_the_log() {
+        let log = BoundedLog::new(64);
+        let mut com = SerialPort::new(COM1_BASE, EventFd::new(0).unwrap(), log.clone());
+        for b in b"Linux version" {
+            com.write(COM1_BASE, &[*b]);
+        }
+        assert_eq!(log.text(), "Linux version");
+        assert!(com.contains(COM1_BASE + 5));
+        assert!(!com.contains(COM2_BASE));
+    }
+}

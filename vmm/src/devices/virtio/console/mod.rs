@@ -1,0 +1,271 @@
+//! The multiport virtio-console (device type 3, virtio 1.2 section 5.3):
+//! port 0 is the guest's hvc0 kernel console, port 1 the `schedrig-bulk`
+//! wire channel (both directions), port 2 the `schedrig-stats` relay.
+//! Queue layout, port names and control messages come from
+//! `schedrig_wire::console`.
+
+mod control;
+mod port;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::sync::Arc;
+
+use schedrig_wire::console::{
+    port_queues, queue_role, QueueRole, BULK_PORT_ID, CONTROL_RX_QUEUE, PORT_COUNT,
+    VIRTIO_CONSOLE_F_MULTIPORT, VIRTQUEUE_COUNT,
+};
+use tracing::warn;
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::GuestMemoryMmap;
+
+use self::control::ControlPlane;
+pub use self::port::{BulkError, BulkWriter, ByteSink, ConsoleSinks, PortStates, BULK_RX_CAPACITY};
+use super::chain::{read_chain, serve_queue, writable_capacity, write_chain, MAX_CHAIN_BYTES};
+use super::device::{
+    read_config_bytes, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
+};
+use super::interrupt::Interrupt;
+
+/// QueueNumMax of every console queue.
+pub const QUEUE_SIZE: u16 = 128;
+
+/// The bulk port's receive queue (host -> guest): pair it with
+/// [`BulkWriter::wake_event`] for the device thread.
+pub const BULK_RX_QUEUE: u16 = match port_queues(BULK_PORT_ID) {
+    Some((rx, _)) => rx,
+    None => panic!("the bulk port has no queues"),
+};
+
+/// `VIRTIO_CONSOLE_F_MULTIPORT` as a feature mask.
+pub const FEATURE_MULTIPORT: u64 = 1 << VIRTIO_CONSOLE_F_MULTIPORT;
+
+/// Control messages are 8 bytes (names only go host -> guest).
+const MAX_CONTROL_CHAIN_BYTES: usize = 4096;
+
+/// `struct virtio_console_config`: cols u16, rows u16, max_nr_ports u32,
+/// emerg_wr u32, little-endian.
+const CONFIG_SIZE: usize = 12;
+const CONFIG_MAX_NR_PORTS: usize = 4;
+
+/// Why the console could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("creating the bulk port wake eventfd: {0}")]
+    WakeEventFd(#[source] io::Error),
+}
+
+/// What the device holds between DRIVER_OK and reset.
+struct Running {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    interrupt: Arc<Interrupt>,
+}
+
+impl Running {
+    fn serve<F>(&mut self, index: u16, serve: F) -> Result<usize, DeviceError>
+    where
+        F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
+    {
+        let Some(queue) = self.queues.get_mut(usize::from(index)) else {
+            warn!(index, "console queue index out of range");
+            return Ok(0);
+        };
+        serve_queue(&self.mem, queue, index, &self.interrupt, serve)
+    }
+}
+
+/// The multiport console device model.
+pub struct VirtioConsole {
+    queue_sizes: [u16; VIRTQUEUE_COUNT as usize],
+    config: [u8; CONFIG_SIZE],
+    sinks: ConsoleSinks,
+    control: ControlPlane,
+    bulk: BulkWriter,
+    states: PortStates,
+    running: Option<Running>,
+}
+
+impl std::fmt::Debug for VirtioConsole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioConsole")
+            .field("states", &self.states)
+            .field("running", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VirtioConsole {
+    /// A console whose guest output goes to `sinks`.
+    pub fn new(sinks: ConsoleSinks) -> Result<VirtioConsole, ConsoleError> {
+        let mut config = [0u8; CONFIG_SIZE];
+        config[CONFIG_MAX_NR_PORTS..CONFIG_MAX_NR_PORTS + 4]
+            .copy_from_slice(&PORT_COUNT.to_le_bytes());
+        let states = PortStates::default();
+        Ok(VirtioConsole {
+            queue_sizes: [QUEUE_SIZE; VIRTQUEUE_COUNT as usize],
+            config,
+            sinks,
+            control: ControlPlane::new(states.clone()),
+            bulk: BulkWriter::new(BULK_RX_CAPACITY).map_err(ConsoleError::WakeEventFd)?,
+            states,
+            running: None,
+        })
+    }
+
+    /// The host-to-guest handle of the bulk port.
+    pub fn bulk_writer(&self) -> BulkWriter {
+        self.bulk.clone()
+    }
+
+    /// The guest's open state of each port.
+    pub fn port_states(&self) -> PortStates {
+        self.states.clone()
+    }
+
+    /// Copies pending host messages into c_ivq and pending bulk bytes into
+    /// the bulk port's receive queue, as far as guest buffers allow.
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        let Some(running) = self.running.as_mut() else {
+            return Ok(());
+        };
+        if self.control.next_outgoing().is_some() {
+            let control = &mut self.control;
+            running.serve(CONTROL_RX_QUEUE, |chain| {
+                let msg = control.next_outgoing()?;
+                let len = msg.len();
+                let written = if writable_capacity(&chain) < len as u64 {
+                    warn!(len, "c_ivq buffer too small for a control message; dropped");
+                    0
+                } else {
+                    let outcome = write_chain(chain, msg);
+                    if let Some(error) = outcome.error {
+                        warn!(%error, "control message lost");
+                    }
+                    outcome.written
+                };
+                control.pop_outgoing();
+                Some(written as u32)
+            })?;
+        }
+        if self.states.guest_open(BULK_PORT_ID) && self.bulk.pending() > 0 {
+            let bulk = &self.bulk;
+            running.serve(BULK_RX_QUEUE, |chain| {
+                let mut pending = bulk.lock();
+                if pending.is_empty() {
+                    return None;
+                }
+                let outcome = write_chain(chain, pending.make_contiguous());
+                if let Some(error) = &outcome.error {
+                    warn!(%error, "bulk receive buffer unusable");
+                }
+                pending.drain(..outcome.written);
+                Some(outcome.written as u32)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Serves a driver-to-device queue: port output or control messages.
+    fn drain_tx(&mut self, index: u16) -> Result<(), DeviceError> {
+        let Some(running) = self.running.as_mut() else {
+            return Ok(());
+        };
+        match queue_role(index) {
+            Some(QueueRole::PortTx(port)) => {
+                let sinks = &mut self.sinks;
+                running.serve(index, |chain| {
+                    match read_chain(chain, MAX_CHAIN_BYTES) {
+                        Ok(bytes) => sinks.deliver(port, &bytes),
+                        Err(error) => warn!(port, %error, "console transmit chain dropped"),
+                    }
+                    Some(0)
+                })?;
+            }
+            Some(QueueRole::ControlTx) => {
+                let control = &mut self.control;
+                running.serve(index, |chain| {
+                    match read_chain(chain, MAX_CONTROL_CHAIN_BYTES) {
+                        Ok(bytes) => control.handle(&bytes),
+                        Err(error) => warn!(%error, "console control chain dropped"),
+                    }
+                    Some(0)
+                })?;
+            }
+            // Receive queues are filled by `flush`; port 0 and 2 have no
+            // host input.
+            Some(QueueRole::PortRx(_) | QueueRole::ControlRx) => {}
+            None => warn!(index, "notification for a queue the console does not have"),
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for VirtioConsole {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | FEATURE_MULTIPORT
+    }
+
+    /// Ports 1 and 2 exist only with MULTIPORT.
+    fn required_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | FEATURE_MULTIPORT
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        if !read_config_bytes(&self.config, offset, data) {
+            warn!(offset, len = data.len(), "console config read out of range");
+        }
+    }
+
+    /// Nothing is writable: emerg_wr needs VIRTIO_CONSOLE_F_EMERG_WRITE,
+    /// which is not offered.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        warn!(offset, len = data.len(), "console config write ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), DeviceError> {
+        if queues.len() != self.queue_sizes.len() {
+            return Err(DeviceError::QueueCount {
+                expected: self.queue_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        self.running = Some(Running {
+            mem,
+            queues,
+            interrupt,
+        });
+        // Serve anything posted before DRIVER_OK (Linux posts nothing,
+        // but a notification read before activation would be lost).
+        for index in 0..VIRTQUEUE_COUNT {
+            self.drain_tx(index)?;
+        }
+        self.flush()
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+        self.drain_tx(index)?;
+        // A control message may have opened the bulk port or queued
+        // replies; new receive buffers may have arrived: flush either way.
+        self.flush()
+    }
+
+    fn reset(&mut self) {
+        self.running = None;
+        self.control.reset();
+    }
+}

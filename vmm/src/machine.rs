@@ -1,0 +1,586 @@
+//! Assembling and running one VM: memory, kernel, devices, vCPUs, then
+//! watching the guest until it ends or a deadline passes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use schedrig_wire::{
+    payload::scalar, FrameParser, GuestTopology, KernAddrs, Lifecycle, MsgTag,
+    GUEST_TO_HOST_MAX_PAYLOAD,
+};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
+use crate::devices::log::BoundedLog;
+use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
+use crate::devices::virtio::console::{self as virtio_console, VirtioConsole};
+use crate::devices::virtio::event_loop::spawn_device_thread;
+use crate::devices::virtio::interrupt::Interrupt;
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
+use crate::devices::virtio::ConsoleSinks;
+use crate::report::{RunReport, Verdict};
+use crate::topology::Topology;
+use crate::vcpu::{self, VcpuEvent, VcpuShared};
+
+pub use boot::KernelFormat;
+
+/// Kernel console bytes kept in memory (the tail shows on failure).
+const CONSOLE_LOG_CAP: usize = 1 << 20;
+const CRASH_LOG_CAP: usize = 64 << 10;
+/// The text Linux prints when it panics.
+const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// Once EXIT arrived the guest reboots; this long is allowed for it.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(20);
+/// How long stopping vCPU threads may take before we report it.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
+/// Where KVM puts its TSS (3 pages below the IO-APIC/BIOS area).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// Command line every guest gets; `extra_cmdline` is appended.
+/// - every console byte is a port write the VMM handles, so only
+///   notices and worse are printed (`loglevel=6` keeps the banner);
+/// - `reboot=k`: the guest resets through i8042 port 0x64, which ends
+///   the VM; `panic=-1` reboots at once on a panic;
+/// - the i8042 and CMOS RTC drivers would probe hardware we do not
+///   emulate and wait for timeouts: they are skipped.
+const BASE_CMDLINE: &str =
+    "console=ttyS0 loglevel=6 reboot=k panic=-1 oops=panic acpi=off pci=off \
+     8250.nr_uarts=2 initcall_blacklist=i8042_init,cmos_init no_timer_check tsc=reliable";
+/// Lines of console shown in a report.
+const CONSOLE_TAIL_LINES: usize = 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it? on machines without hardware KVM use `schedrig nested`)")]
+    NoKvm(kvm_ioctls::Error),
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("topology {topo} needs {vcpus} vCPUs (max APIC ID {max_id}); this KVM allows {kvm_max} vCPUs, IDs below {kvm_max_id}")]
+    TooManyVcpus {
+        topo: String,
+        vcpus: u32,
+        max_id: u32,
+        kvm_max: usize,
+        kvm_max_id: usize,
+    },
+    #[error(transparent)]
+    Topology(#[from] crate::topology::TopologyError),
+    #[error("memory {mib} MiB: {why}")]
+    Memory { mib: u64, why: String },
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error("virtio console: {0}")]
+    Virtio(String),
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+}
+
+/// Everything one run needs.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub kernel: PathBuf,
+    pub format: KernelFormat,
+    pub initrd: Vec<u8>,
+    /// Appended to the base command line (e.g. `schedrig.mode=hang`).
+    pub extra_cmdline: String,
+    pub topology: Topology,
+    pub memory_mib: u64,
+    /// SRDY must arrive by then (from VMM start).
+    pub boot_deadline: Duration,
+    /// The machine must end by then (from VMM start).
+    pub run_deadline: Duration,
+    /// Also write the full COM1 log here.
+    pub console_file: Option<PathBuf>,
+}
+
+/// What the controller hears while the guest runs.
+enum Event {
+    Vcpu(VcpuEvent),
+    Bulk(Vec<u8>),
+}
+
+/// Boots the guest and runs it to its end. `started` is when the VMM
+/// started (process start for the CLI), for the set-up figure.
+pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, MachineError> {
+    let topo = config.topology;
+    topo.check_supported()?;
+    let kvm = Kvm::new().map_err(MachineError::NoKvm)?;
+    let (kvm_max, kvm_max_id) = (kvm.get_max_vcpus(), kvm.get_max_vcpu_id());
+    if topo.vcpus() as usize > kvm_max || topo.max_apic_id() as usize >= kvm_max_id {
+        return Err(MachineError::TooManyVcpus {
+            topo: topo.to_string(),
+            vcpus: topo.vcpus(),
+            max_id: topo.max_apic_id(),
+            kvm_max,
+            kvm_max_id,
+        });
+    }
+    let vm = kvm.create_vm().map_err(|source| MachineError::Kvm {
+        what: "KVM_CREATE_VM",
+        source,
+    })?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|source| MachineError::Kvm {
+            what: "KVM_SET_TSS_ADDR",
+            source,
+        })?;
+    vm.create_irq_chip().map_err(|source| MachineError::Kvm {
+        what: "KVM_CREATE_IRQCHIP",
+        source,
+    })?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(|source| MachineError::Kvm {
+        what: "KVM_CREATE_PIT2",
+        source,
+    })?;
+
+    let mem = guest_memory(&vm, config.memory_mib)?;
+
+    // Devices.
+    let console_log = BoundedLog::new(CONSOLE_LOG_CAP);
+    if let Some(path) = &config.console_file {
+        let f = std::fs::File::create(path)
+            .map_err(|e| MachineError::Io("create console log file", e))?;
+        console_log.tee_to(f);
+    }
+    let crash_log = BoundedLog::new(CRASH_LOG_CAP);
+    let hvc0_log = BoundedLog::new(CRASH_LOG_CAP);
+    let com1_irq = irqfd(&vm, COM1_IRQ)?;
+    let com2_irq = irqfd(&vm, COM2_IRQ)?;
+    let serial = vec![
+        SerialPort::new(COM1_BASE, com1_irq, console_log.clone()),
+        SerialPort::new(COM2_BASE, com2_irq, crash_log.clone()),
+    ];
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let bulk_tx = tx.clone();
+    let sinks = ConsoleSinks {
+        console: Box::new(hvc0_log.clone()),
+        bulk: Box::new(move |bytes: &[u8]| {
+            let _ = bulk_tx.send(Event::Bulk(bytes.to_vec()));
+        }),
+        stats: Box::new(|_: &[u8]| {}),
+    };
+    let console = VirtioConsole::new(sinks).map_err(|e| MachineError::Virtio(e.to_string()))?;
+    let bulk_writer = console.bulk_writer();
+    let interrupt =
+        Arc::new(Interrupt::new().map_err(|e| MachineError::Io("virtio interrupt eventfd", e))?);
+    let console_irq = layout::IRQ_BASE;
+    vm.register_irqfd(interrupt.eventfd(), console_irq)
+        .map_err(|source| MachineError::Kvm {
+            what: "KVM_IRQFD (virtio console)",
+            source,
+        })?;
+    let transport = MmioTransport::new(mem.clone(), Box::new(console), interrupt)
+        .map_err(|e| MachineError::Virtio(e.to_string()))?;
+    let mmio_base = layout::MMIO_BASE;
+    for (fd, addr, datamatch) in transport.ioeventfds(mmio_base) {
+        vm.register_ioevent(fd, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| MachineError::Kvm {
+                what: "KVM_IOEVENTFD",
+                source,
+            })?;
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    let stop_devices = EventFd::new(0).map_err(|e| MachineError::Io("stop eventfd", e))?;
+    let bulk_wake = bulk_writer
+        .wake_event()
+        .map_err(|e| MachineError::Io("bulk wake eventfd", e))?;
+    let device_thread = spawn_device_thread(
+        transport.clone(),
+        vec![(bulk_wake, virtio_console::BULK_RX_QUEUE)],
+        stop_devices
+            .try_clone()
+            .map_err(|e| MachineError::Io("stop eventfd", e))?,
+    )
+    .map_err(|e| MachineError::Virtio(e.to_string()))?;
+
+    // Kernel.
+    let cmdline = format!(
+        "{BASE_CMDLINE} virtio_mmio.device={}K@{mmio_base:#x}:{console_irq} {}",
+        MMIO_SIZE / 1024,
+        config.extra_cmdline
+    );
+    let loaded = boot::load(
+        &mem,
+        &config.kernel,
+        config.format,
+        cmdline.trim(),
+        &config.initrd,
+    )?;
+    regs::write_boot_tables(&mem)?;
+    let apic_ids: Vec<u32> = (0..topo.vcpus()).map(|c| topo.apic_id(c)).collect();
+    mptable::write(&mem, &apic_ids)?;
+
+    // vCPUs.
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| MachineError::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    vcpu::install_kick_handler()
+        .map_err(|e| MachineError::Io("install vCPU kick signal handler", e))?;
+    let shared = Arc::new(VcpuShared {
+        serial: Mutex::new(serial),
+        mmio: vec![(mmio_base, transport.clone())],
+        events: {
+            let (vtx, vrx) = mpsc::channel::<VcpuEvent>();
+            let fwd = tx.clone();
+            std::thread::Builder::new()
+                .name("vcpu-events".into())
+                .spawn(move || {
+                    for e in vrx {
+                        if fwd.send(Event::Vcpu(e)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| MachineError::Io("spawn event thread", e))?;
+            vtx
+        },
+        stop: Default::default(),
+    });
+    drop(tx);
+    let mut vcpu_fds = Vec::new();
+    for cpu in 0..topo.vcpus() {
+        let fd = vm
+            .create_vcpu(topo.apic_id(cpu) as u64)
+            .map_err(|source| MachineError::Kvm {
+                what: "KVM_CREATE_VCPU",
+                source,
+            })?;
+        let table = cpuid::vcpu_cpuid(&supported, &topo, cpu)?;
+        fd.set_cpuid2(&table).map_err(|source| MachineError::Kvm {
+            what: "KVM_SET_CPUID2",
+            source,
+        })?;
+        regs::setup_msrs(&fd)?;
+        regs::setup_lint(&fd)?;
+        if cpu == 0 {
+            regs::setup_regs(&fd, loaded.entry)?;
+            regs::setup_sregs(&fd)?;
+            regs::setup_fpu(&fd)?;
+        }
+        vcpu_fds.push(fd);
+    }
+    let mut threads = Vec::new();
+    for (cpu, fd) in vcpu_fds.into_iter().enumerate() {
+        match vcpu::spawn(cpu as u32, fd, shared.clone()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop_all(&shared, threads, &stop_devices, device_thread);
+                return Err(MachineError::Io("spawn vCPU thread", e));
+            }
+        }
+    }
+
+    let mut watch = Watch::new(started, config);
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(Event::Bulk(bytes)) => watch.bulk(&bytes),
+            Ok(Event::Vcpu(e)) => watch.vcpu(e),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if watch.check_deadlines() {
+            break;
+        }
+    }
+    drop(bulk_writer);
+    let stopped_cleanly = stop_all(&shared, threads, &stop_devices, device_thread);
+    if !stopped_cleanly && watch.verdict.is_none() {
+        watch.end(Verdict::VmmError, "vCPU threads did not stop".into());
+    }
+    Ok(watch.finish(&console_log, &crash_log, &hvc0_log))
+}
+
+fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, MachineError> {
+    let bytes = mib
+        .checked_mul(1 << 20)
+        .filter(|b| *b >= 64 << 20)
+        .ok_or_else(|| MachineError::Memory {
+            mib,
+            why: "at least 64 MiB is needed".into(),
+        })?;
+    if bytes > layout::MAX_RAM {
+        return Err(MachineError::Memory {
+            mib,
+            why: format!(
+                "at most {} MiB is supported (RAM ends below the MMIO window)",
+                layout::MAX_RAM >> 20
+            ),
+        });
+    }
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes as usize)]).map_err(|e| {
+            MachineError::Memory {
+                mib,
+                why: format!("mmap: {e}"),
+            }
+        })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| MachineError::Memory {
+                mib,
+                why: format!("host address: {e}"),
+            })?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // caller keeps alive for as long as the VM runs (vCPU threads are
+        // joined before `mem` is dropped).
+        unsafe { vm.set_user_memory_region(r) }.map_err(|source| MachineError::Kvm {
+            what: "KVM_SET_USER_MEMORY_REGION",
+            source,
+        })?;
+    }
+    Ok(mem)
+}
+
+fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, MachineError> {
+    let fd = EventFd::new(0).map_err(|e| MachineError::Io("irq eventfd", e))?;
+    vm.register_irqfd(&fd, gsi)
+        .map_err(|source| MachineError::Kvm {
+            what: "KVM_IRQFD",
+            source,
+        })?;
+    Ok(fd)
+}
+
+/// Stops vCPUs (kicking them out of KVM_RUN until they notice) and the
+/// device thread; true when everything joined in time.
+fn stop_all(
+    shared: &VcpuShared,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop_devices: &EventFd,
+    device_thread: std::thread::JoinHandle<Result<(), crate::devices::virtio::EventLoopError>>,
+) -> bool {
+    shared.stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + STOP_DEADLINE;
+    let mut ok = true;
+    for t in threads {
+        while !t.is_finished() && Instant::now() < deadline {
+            let _ = t.kill(vcpu::kick_signal());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            ok = false;
+        }
+    }
+    let _ = stop_devices.write(1);
+    match device_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("virtio device thread: {e}"),
+        Err(_) => ok = false,
+    }
+    ok
+}
+
+/// A line without control characters and decoding debris (the 8250
+/// driver's probing leaves a stray byte on every UART).
+fn printable(line: &str) -> String {
+    line.chars()
+        .filter(|c| !c.is_control() && *c != char::REPLACEMENT_CHARACTER)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// The controller's view of the run.
+struct Watch {
+    started: Instant,
+    boot_deadline: Duration,
+    run_deadline: Duration,
+    parser: FrameParser,
+    frames: BTreeMap<String, u64>,
+    first_run: Option<Instant>,
+    ready: Option<Instant>,
+    exit_at: Option<Instant>,
+    exit_code: Option<i32>,
+    kern_addrs: Option<KernAddrs>,
+    topology: Option<GuestTopology>,
+    lifecycle: Vec<(u8, Option<String>)>,
+    reset: Option<&'static str>,
+    verdict: Option<(Verdict, String)>,
+}
+
+impl Watch {
+    fn new(started: Instant, config: &MachineConfig) -> Self {
+        Self {
+            started,
+            boot_deadline: config.boot_deadline,
+            run_deadline: config.run_deadline,
+            parser: FrameParser::new(GUEST_TO_HOST_MAX_PAYLOAD),
+            frames: BTreeMap::new(),
+            first_run: None,
+            ready: None,
+            exit_at: None,
+            exit_code: None,
+            kern_addrs: None,
+            topology: None,
+            lifecycle: Vec::new(),
+            reset: None,
+            verdict: None,
+        }
+    }
+
+    fn end(&mut self, v: Verdict, why: String) {
+        self.verdict.get_or_insert((v, why));
+    }
+
+    fn bulk(&mut self, bytes: &[u8]) {
+        if self.verdict.is_some() {
+            return;
+        }
+        self.parser.push(bytes);
+        while let Some(next) = self.parser.next_frame() {
+            let frame = match next {
+                Ok(f) => f,
+                Err(e) => {
+                    self.end(Verdict::ProtocolError, e.to_string());
+                    return;
+                }
+            };
+            let name = frame.tag.map_or_else(
+                || format!("{:#010x}", frame.raw_tag),
+                |t| t.as_str().to_string(),
+            );
+            *self.frames.entry(name).or_default() += 1;
+            if !frame.crc_ok {
+                continue;
+            }
+            match frame.tag {
+                Some(MsgTag::SystemReady) => {
+                    self.ready.get_or_insert_with(Instant::now);
+                }
+                Some(MsgTag::Exit) => {
+                    if let Ok(code) = scalar::decode_exit_code(&frame.payload) {
+                        self.exit_code = Some(code);
+                        self.exit_at = Some(Instant::now());
+                    }
+                }
+                Some(MsgTag::KernAddrs) => self.kern_addrs = KernAddrs::decode(&frame.payload).ok(),
+                Some(MsgTag::Topology) => {
+                    self.topology = GuestTopology::decode(&frame.payload).ok()
+                }
+                Some(MsgTag::Lifecycle) => {
+                    if let Ok(l) = Lifecycle::decode(&frame.payload) {
+                        self.lifecycle.push((l.phase as u8, l.reason));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn vcpu(&mut self, e: VcpuEvent) {
+        match e {
+            VcpuEvent::FirstRun(t) => self.first_run = Some(t),
+            VcpuEvent::Reset(why) => self.reset = Some(why),
+            VcpuEvent::Failed { cpu, reason } => {
+                self.end(Verdict::VmmError, format!("vCPU {cpu}: {reason}"))
+            }
+        }
+    }
+
+    /// True when the run is over.
+    fn check_deadlines(&mut self) -> bool {
+        if self.verdict.is_some() || self.reset.is_some() {
+            return true;
+        }
+        let elapsed = self.started.elapsed();
+        if self.ready.is_none() && elapsed >= self.boot_deadline {
+            self.end(
+                Verdict::Timeout,
+                format!(
+                    "no SRDY (system ready) from the guest within {:?}",
+                    self.boot_deadline
+                ),
+            );
+            return true;
+        }
+        if elapsed >= self.run_deadline {
+            self.end(
+                Verdict::Timeout,
+                format!("the guest did not end within {:?}", self.run_deadline),
+            );
+            return true;
+        }
+        if self.exit_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE) {
+            return true; // EXIT arrived; the reset never did, but the answer is in.
+        }
+        false
+    }
+
+    fn finish(mut self, console: &BoundedLog, crash: &BoundedLog, hvc0: &BoundedLog) -> RunReport {
+        let console_text = console.text();
+        let crash_text = crash.text();
+        if self.verdict.is_none() {
+            if let Some(line) = console_text
+                .lines()
+                .find(|l| l.contains(KERNEL_PANIC_MARKER))
+            {
+                let line = line.trim().to_string();
+                self.end(Verdict::Panic, line);
+            } else if let Some(first) = crash_text.lines().map(printable).find(|l| !l.is_empty()) {
+                self.end(Verdict::InitPanic, first);
+            } else if let Some(code) = self.exit_code {
+                self.end(Verdict::Ok, format!("guest exited with {code}"));
+            } else {
+                let why = self.reset.map_or("the machine ended".to_string(), |r| {
+                    format!("{r} without an EXIT frame")
+                });
+                self.end(Verdict::NoExit, why);
+            }
+        }
+        let (verdict, reason) = self.verdict.unwrap_or((Verdict::NoExit, String::new()));
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.started));
+        RunReport {
+            verdict,
+            reason,
+            exit_code: self.exit_code,
+            setup: since(self.first_run),
+            ready: since(self.ready),
+            total: self.started.elapsed(),
+            frames: self.frames,
+            crc_errors: self.parser.stats().crc_errors,
+            kern_addrs: self.kern_addrs,
+            guest_topology: self.topology,
+            lifecycle: self.lifecycle,
+            console_tail: console.tail(CONSOLE_TAIL_LINES),
+            console: console_text,
+            crash_text,
+            hvc0: hvc0.text(),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! What a VM run produced: the verdict and everything observed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schedrig_wire::{GuestTopology, KernAddrs};
+
+/// How the run ended, judged from all sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The guest sent EXIT and the machine ended.
+    Ok,
+    /// The guest kernel panicked.
+    Panic,
+    /// guest-init panicked (its text arrived on COM2).
+    InitPanic,
+    /// A deadline passed (the reason says which).
+    Timeout,
+    /// The bulk stream became untrustworthy (a length over the cap).
+    ProtocolError,
+    /// The machine ended without an EXIT frame and without a known cause.
+    NoExit,
+    /// The VMM itself failed while running the guest.
+    VmmError,
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Panic => "panic",
+            Verdict::InitPanic => "init_panic",
+            Verdict::Timeout => "timeout",
+            Verdict::ProtocolError => "protocol_error",
+            Verdict::NoExit => "no_exit",
+            Verdict::VmmError => "vmm_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub verdict: Verdict,
+    /// Why, in words (what was awaited on a timeout, the panic line, ...).
+    pub reason: String,
+    /// From the EXIT frame.
+    pub exit_code: Option<i32>,
+    /// VMM start to the boot vCPU's first KVM_RUN (set-up time).
+    pub setup: Option<Duration>,
+    /// VMM start to SRDY.
+    pub ready: Option<Duration>,
+    pub total: Duration,
+    /// Frames received, by tag name (unknown tags as `0x........`).
+    pub frames: BTreeMap<String, u64>,
+    pub crc_errors: u64,
+    pub kern_addrs: Option<KernAddrs>,
+    pub guest_topology: Option<GuestTopology>,
+    /// LIFE phases in order, with their reasons.
+    pub lifecycle: Vec<(u8, Option<String>)>,
+    /// Kernel console (COM1), last lines.
+    pub console_tail: String,
+    /// Whole COM1 text kept (bounded), for checks like the banner.
+    pub console: String,
+    /// guest-init crash text (COM2).
+    pub crash_text: String,
+    /// hvc0 (virtio console port 0) text, bounded.
+    pub hvc0: String,
+}

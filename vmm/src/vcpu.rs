@@ -1,0 +1,156 @@
+//! vCPU threads: run KVM_RUN in a loop, route port and MMIO exits to
+//! the devices, and report what ends the machine.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::devices::i8042::{self, I8042Action};
+use crate::devices::serial::SerialPort;
+use crate::devices::virtio::mmio::MmioTransport;
+
+/// Real-time signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+/// Installs a no-op handler for the kick signal, so it interrupts
+/// KVM_RUN (EINTR) instead of killing the process. Idempotent.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Why the machine should end, as seen by a vCPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The first KVM_RUN of the boot vCPU is about to start.
+    FirstRun(Instant),
+    /// i8042 reset, triple fault or a KVM system event.
+    Reset(&'static str),
+    /// KVM_RUN failed or returned an exit we cannot handle.
+    Failed { cpu: u32, reason: String },
+}
+
+/// What the vCPU threads share.
+pub struct VcpuShared {
+    pub serial: Mutex<Vec<SerialPort>>,
+    /// (base address, transport) per virtio-mmio device.
+    pub mmio: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
+    pub events: mpsc::Sender<VcpuEvent>,
+    pub stop: AtomicBool,
+}
+
+impl VcpuShared {
+    fn io_in(&self, port: u16, data: &mut [u8]) {
+        if let Ok(mut ports) = self.serial.lock() {
+            if let Some(s) = ports.iter_mut().find(|s| s.contains(port)) {
+                return s.read(port, data);
+            }
+        }
+        match port {
+            i8042::I8042_DATA_PORT | i8042::I8042_COMMAND_PORT => i8042::read(port, data),
+            // Nothing here: reads float high, as on real hardware.
+            _ => data.fill(0xff),
+        }
+    }
+
+    /// Returns a reset reason when the write asks for one.
+    fn io_out(&self, port: u16, data: &[u8]) -> Option<&'static str> {
+        if let Ok(mut ports) = self.serial.lock() {
+            if let Some(s) = ports.iter_mut().find(|s| s.contains(port)) {
+                s.write(port, data);
+                return None;
+            }
+        }
+        (i8042::write(port, data) == I8042Action::Reset).then_some("i8042 reset")
+    }
+
+    fn mmio(&self, addr: u64) -> Option<(u64, &Arc<Mutex<MmioTransport>>)> {
+        self.mmio
+            .iter()
+            .find(|(base, _)| {
+                (*base..*base + crate::devices::virtio::mmio::MMIO_SIZE).contains(&addr)
+            })
+            .map(|(b, t)| (addr - b, t))
+    }
+}
+
+/// Starts the thread for one vCPU. `cpu` is its index (0 boots).
+pub fn spawn(
+    cpu: u32,
+    mut vcpu: VcpuFd,
+    shared: Arc<VcpuShared>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{cpu}"))
+        .spawn(move || {
+            if cpu == 0 {
+                let _ = shared.events.send(VcpuEvent::FirstRun(Instant::now()));
+            }
+            run_loop(cpu, &mut vcpu, &shared)
+        })
+}
+
+fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
+    let fail = |reason: String| {
+        let _ = shared.events.send(VcpuEvent::Failed { cpu, reason });
+    };
+    while !shared.stop.load(Ordering::Acquire) {
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => shared.io_in(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if let Some(why) = shared.io_out(port, data) {
+                    let _ = shared.events.send(VcpuEvent::Reset(why));
+                    return;
+                }
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => match shared.mmio(addr) {
+                Some((off, t)) => {
+                    if let Ok(t) = t.lock() {
+                        t.read(off, data);
+                    }
+                }
+                None => data.fill(0xff),
+            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let Some((off, t)) = shared.mmio(addr) {
+                    if let Ok(mut t) = t.lock() {
+                        t.write(off, data);
+                    }
+                }
+            }
+            Ok(VcpuExit::Shutdown) => {
+                let _ = shared.events.send(VcpuEvent::Reset("triple fault"));
+                return;
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                let _ = shared.events.send(VcpuEvent::Reset(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "system shutdown",
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => "system reset",
+                    _ => "system event",
+                }));
+                return;
+            }
+            Ok(VcpuExit::Hlt) => {
+                // Only without an in-kernel LAPIC; treat like a stopped CPU.
+                return;
+            }
+            Ok(other) => {
+                fail(format!("unhandled exit {other:?}"));
+                return;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+            }
+            Err(e) => {
+                fail(format!("KVM_RUN: {e}"));
+                return;
+            }
+        }
+    }
+}
