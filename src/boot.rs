@@ -135,6 +135,8 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "kern_addrs": ka,
         "frames": r.frames,
         "crc_errors": r.crc_errors,
+        "peak_rss_kib": r.peak_rss_kib,
+        "vmm_overhead_kib": r.vmm_overhead_kib,
         "lifecycle": r.lifecycle,
         "console_tail": r.console_tail,
         "crash_text": r.crash_text,

@@ -159,6 +159,16 @@ impl KernelArgs {
 /// Entry point: parses flags, runs, and turns any error into one line
 /// on stderr and a non-zero exit.
 pub fn main() -> ExitCode {
+    let started = std::time::Instant::now();
+    // Diagnostics for developers: SCHEDRIG_LOG=debug (tracing's env filter).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SCHEDRIG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    PROCESS_START.get_or_init(|| started);
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -212,8 +222,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// When `main` started: the CLI's "VMM start" for set-up figures.
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
-    let started = std::time::Instant::now();
+    let started = *PROCESS_START.get_or_init(std::time::Instant::now);
     anyhow::ensure!(
         a.timeout > 0 && a.boot_timeout > 0,
         "timeouts must be at least 1 second"

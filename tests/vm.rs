@@ -21,7 +21,8 @@ fn main() -> ExitCode {
             return run_nested(&reason);
         }
     }
-    let tests = vec![Trial::test("kvm_smoke_io_out_and_hlt", kvm_smoke)];
+    let mut tests = vec![Trial::test("kvm_smoke_io_out_and_hlt", kvm_smoke)];
+    tests.extend(boot_tests());
     libtest_mimic::run(&args, tests).exit_code()
 }
 
@@ -53,6 +54,205 @@ fn run_nested(reason: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+// ---- Booting the project kernel in schedrig's own VMM ----
+
+use schedrig::boot::{boot, BootOptions, GuestMode};
+use schedrig::kernel::KernelRequest;
+use schedrig_vmm::introspect::symbols::SymbolTable;
+use schedrig_vmm::{RunReport, Topology, Verdict};
+
+/// The inner VM boots under emulation here: generous deadlines.
+const BOOT_DEADLINE: Duration = Duration::from_secs(150);
+const RUN_DEADLINE: Duration = Duration::from_secs(240);
+
+fn boot_tests() -> Vec<Trial> {
+    let mut t = vec![
+        Trial::test("boot_vmlinux_reaches_srdy_and_exits_0", || {
+            let r = run(opts("1n1l1c1t", None))?;
+            expect_ok(&r)?;
+            check_banner(&r)?;
+            check_kern_addrs(&r, false)
+        }),
+        Trial::test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
+            let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
+            let r = run(opts("1n1l1c1t", Some(entry.bzimage())))?;
+            expect_ok(&r)?;
+            check_kern_addrs(&r, true)
+        }),
+        Trial::test("watchdog_ends_a_guest_that_never_sends_srdy", || {
+            let mut o = opts("1n1l1c1t", None);
+            o.mode = GuestMode::Hang;
+            o.boot_timeout = Duration::from_secs(90);
+            let r = run(o)?;
+            expect(r.verdict == Verdict::Timeout, &r, "verdict timeout")?;
+            expect(r.reason.contains("SRDY"), &r, "the reason names SRDY")?;
+            expect(
+                r.frames.contains_key("LIFE"),
+                &r,
+                "the guest was alive (LIFE)",
+            )?;
+            expect(
+                r.total < Duration::from_secs(90 + 15),
+                &r,
+                "ended near its deadline",
+            )
+        }),
+        Trial::test("garbage_on_the_bulk_port_is_a_protocol_error", || {
+            let mut o = opts("1n1l1c1t", None);
+            o.mode = GuestMode::Garbage;
+            let r = run(o)?;
+            expect(
+                r.verdict == Verdict::ProtocolError,
+                &r,
+                "verdict protocol_error",
+            )?;
+            expect(r.reason.contains("cap"), &r, "the reason is the length cap")?;
+            expect(r.crc_errors >= 1, &r, "the bad CRC was counted")
+        }),
+        Trial::test("guest_init_panic_arrives_on_com2", || {
+            let mut o = opts("1n1l1c1t", None);
+            o.mode = GuestMode::Panic;
+            let r = run(o)?;
+            expect(r.verdict == Verdict::InitPanic, &r, "verdict init_panic")?;
+            expect(
+                r.crash_text.contains("schedrig test panic"),
+                &r,
+                "panic text on COM2",
+            )
+        }),
+    ];
+    for (topo, cpus, llcs, cores, threads) in [
+        ("1n1l1c1t", 1, 1, 1, 1),
+        ("1n2l2c1t", 4, 2, 4, 1),
+        ("1n1l2c2t", 4, 1, 2, 2),
+        ("1n2l2c2t", 8, 2, 4, 2),
+    ] {
+        t.push(Trial::test(
+            format!("guest_sees_topology_{topo}"),
+            move || {
+                let r = run(opts(topo, None))?;
+                expect_ok(&r)?;
+                let g = r.guest_topology.as_ref().ok_or("no TOPO frame")?;
+                let got = (g.cpus(), g.llcs(), g.cores(), g.threads_per_core());
+                expect(
+                    got == (cpus, llcs, cores, threads),
+                    &r,
+                    &format!("topology {got:?}"),
+                )?;
+                // CPUs are numbered thread-fastest: LLC groups are contiguous.
+                let per_llc = cpus / llcs;
+                let want: Vec<Vec<u32>> = (0..llcs as u32)
+                    .map(|l| (l * per_llc as u32..(l + 1) * per_llc as u32).collect())
+                    .collect();
+                expect(
+                    g.llc_groups == want,
+                    &r,
+                    &format!("LLC groups {:?}", g.llc_groups),
+                )
+            },
+        ));
+    }
+    t
+}
+
+fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {
+    let topology: Topology = topo.parse().expect("valid topology");
+    BootOptions {
+        kernel: KernelRequest {
+            kernel,
+            vmlinux: None,
+        },
+        topology,
+        memory_mib: 256,
+        boot_timeout: BOOT_DEADLINE,
+        timeout: RUN_DEADLINE,
+        ..Default::default()
+    }
+}
+
+fn run(o: BootOptions) -> Result<RunReport, Failed> {
+    boot(&o, std::time::Instant::now()).map_err(|e| format!("boot failed: {e}").into())
+}
+
+fn expect(ok: bool, r: &RunReport, what: &str) -> Result<(), Failed> {
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "expected {what}; got verdict {} ({}), exit {:?}, frames {:?}\n--- console tail ---\n{}\n--- COM2 ---\n{}",
+        r.verdict.as_str(),
+        r.reason,
+        r.exit_code,
+        r.frames,
+        r.console_tail,
+        r.crash_text
+    )
+    .into())
+}
+
+fn expect_ok(r: &RunReport) -> Result<(), Failed> {
+    expect(
+        r.verdict == Verdict::Ok && r.exit_code == Some(0),
+        r,
+        "verdict ok, exit 0",
+    )?;
+    for tag in ["LIFE", "KADR", "SRDY", "EXIT"] {
+        expect(
+            r.frames.get(tag) == Some(&1),
+            r,
+            &format!("exactly one {tag} frame"),
+        )?;
+    }
+    expect(
+        r.ready.is_some() && r.ready <= Some(r.total),
+        r,
+        "SRDY time recorded",
+    )
+}
+
+fn check_banner(r: &RunReport) -> Result<(), Failed> {
+    expect(
+        r.console.contains("Linux version 6.12"),
+        r,
+        "the kernel banner on COM1",
+    )
+}
+
+/// `_text` in the kernel half; `page_offset_base` = vmlinux symbol + slide.
+fn check_kern_addrs(r: &RunReport, kaslr: bool) -> Result<(), Failed> {
+    let k = r.kern_addrs.ok_or("no KADR")?;
+    let text = k.text_kva.ok_or("KADR without _text")?;
+    expect(
+        text >= 0xffff_ffff_8000_0000,
+        r,
+        &format!("_text {text:#x} in the kernel half"),
+    )?;
+    let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
+    let syms = SymbolTable::load(&entry.vmlinux(), &["_text", "page_offset_base"])
+        .map_err(|e| e.to_string())?;
+    let slide = syms.slide(text).ok_or("no _text in vmlinux")?;
+    let link = syms
+        .get("page_offset_base")
+        .ok_or("no page_offset_base in vmlinux")?;
+    let want = link.wrapping_add(slide as u64);
+    expect(
+        k.page_offset_base_kva == Some(want),
+        r,
+        &format!(
+            "page_offset_base {:#x?} == {want:#x} (slide {slide:#x})",
+            k.page_offset_base_kva
+        ),
+    )?;
+    if !kaslr {
+        expect(
+            slide == 0 && k.phys_base == Some(0),
+            r,
+            "no slide for a vmlinux (no decompressor)",
+        )?;
+    }
+    Ok(())
 }
 
 /// Proves /dev/kvm is a real KVM: a real-mode guest writes two bytes to

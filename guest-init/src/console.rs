@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
@@ -48,4 +49,53 @@ pub fn ensure_stdio() -> Result<(), String> {
         close(fd).map_err(|e| format!("close({fd}): {e}"))?;
     }
     Ok(())
+}
+
+/// How long [`drain`] waits for the console to send what init printed.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Waits (bounded) until the console has sent what init printed, so the
+/// last lines are not lost to the restart. Best effort: stderr may not
+/// be a terminal at all.
+pub fn drain() {
+    let _ = wait_until_sent(2, "stderr", Instant::now() + CONSOLE_DRAIN);
+}
+
+/// Polls TIOCOUTQ until the terminal behind `fd` (`name` in errors) has
+/// sent its queued output or `deadline` passes: tcdrain could wait
+/// forever on a UART that stopped interrupting.
+pub fn wait_until_sent(fd: RawFd, name: &str, deadline: Instant) -> Result<(), String> {
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one c_int through the pointer, which
+        // points at a live local; a bad fd only makes the call fail.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(format!("ioctl(TIOCOUTQ) on {name}: {err}"));
+        }
+        if queued <= 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{queued} bytes still queued on {name}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn wait_until_sent_names_a_non_terminal() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let err = wait_until_sent(null.as_raw_fd(), "/dev/null", Instant::now()).unwrap_err();
+        assert!(
+            err.contains("TIOCOUTQ") && err.contains("/dev/null"),
+            "{err}"
+        );
+    }
 }

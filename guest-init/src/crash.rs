@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, ControlFlags, SetArg};
 use schedrig_wire::text::truncate_at_char_boundary;
 
-use crate::console::{say, PREFIX};
+use crate::console::{self, say, wait_until_sent, PREFIX};
 use crate::power;
 
 /// The serial port that receives crash diagnostics.
@@ -40,6 +40,7 @@ pub fn fatal(what: &str) -> ! {
     if let Err(e) = com2 {
         say(&format!("could not write the crash report to {COM2}: {e}"));
     }
+    console::drain();
     power::reboot()
 }
 
@@ -74,29 +75,5 @@ pub fn write_com2(text: &str) -> Result<(), String> {
             }
         }
     }
-    wait_until_sent(&port, deadline)
-}
-
-/// Polls TIOCOUTQ until the transmit queue is empty or `deadline` passes
-/// (tcdrain could wait forever on a UART that stopped interrupting).
-fn wait_until_sent(port: &File, deadline: Instant) -> Result<(), String> {
-    loop {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ writes one c_int through the pointer, which
-        // points at a live local; the fd is open for the whole call.
-        let rc = unsafe { libc::ioctl(port.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(format!("ioctl(TIOCOUTQ) on {COM2}: {err}"));
-        }
-        if queued <= 0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{queued} bytes still queued on {COM2} after {DRAIN_DEADLINE:?}"
-            ));
-        }
-        std::thread::sleep(POLL);
-    }
+    wait_until_sent(port.as_raw_fd(), COM2, deadline)
 }

@@ -194,7 +194,8 @@ pub fn derive(text_phys: Option<u64>, hits: KallsymsHits) -> (KernAddrs, Vec<Str
 ///
 /// If kallsyms hides addresses (kptr_restrict 2), writes 0 to
 /// `sys/kernel/kptr_restrict` and reads it again: PID 1 is root, so
-/// with 0 it sees real addresses.
+/// with 0 it sees real addresses. The returned lines say what could not
+/// be derived, and note the kptr_restrict change.
 pub fn read_kern_addrs(proc: &Path) -> (KernAddrs, Vec<String>) {
     let mut problems = Vec::new();
     let iomem_path = proc.join("iomem");
@@ -216,7 +217,13 @@ pub fn read_kern_addrs(proc: &Path) -> (KernAddrs, Vec<String>) {
     if hits.as_ref().is_ok_and(KallsymsHits::hidden) {
         let knob = proc.join("sys/kernel/kptr_restrict");
         match std::fs::write(&knob, "0\n") {
-            Ok(()) => hits = scan(),
+            Ok(()) => {
+                problems.push(format!(
+                    "kallsyms hid addresses; wrote 0 to {} and read it again",
+                    knob.display()
+                ));
+                hits = scan();
+            }
             Err(e) => problems.push(format!("write 0 to {}: {e}", knob.display())),
         }
     }
@@ -415,6 +422,7 @@ ffffffff9e216d60 D vmalloc_base
         tree.write("sys/kernel/kptr_restrict", "2\n");
         let (addrs, problems) = read_kern_addrs(tree.path());
         assert_eq!(tree.read("sys/kernel/kptr_restrict"), "0\n");
+        assert!(problems[0].contains("wrote 0"), "{problems:?}");
         // The fake file does not change when the knob does: still hidden.
         assert_eq!(addrs, KernAddrs::default());
         assert!(!problems.is_empty());

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use schedrig_guest_init::comms::{BulkPort, CommsError};
-use schedrig_guest_init::console::{ensure_stdio, say};
+use schedrig_guest_init::console::{self, ensure_stdio, say};
 use schedrig_guest_init::crash::{fatal, install_panic_hook};
 use schedrig_guest_init::modes::{garbage_bytes, mode_from_cmdline, Mode};
 use schedrig_guest_init::{kaddr, mount, power, topology};
@@ -29,6 +29,7 @@ fn main() {
     if let Err(e) = run() {
         fatal(&e);
     }
+    console::drain();
     power::reboot()
 }
 

@@ -15,3 +15,4 @@ pub mod vcpu;
 
 pub use machine::{run, KernelFormat, MachineConfig, MachineError};
 pub use report::{RunReport, Verdict};
+pub mod introspect;

@@ -156,6 +156,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     })?;
 
     let mem = guest_memory(&vm, config.memory_mib)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "guest memory mapped");
 
     // Devices.
     let console_log = BoundedLog::new(CONSOLE_LOG_CAP);
@@ -290,12 +291,19 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         match vcpu::spawn(cpu as u32, fd, shared.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
-                stop_all(&shared, threads, &stop_devices, device_thread);
+                stop_all(&shared, threads, &stop_devices, device_thread, &transport);
                 return Err(MachineError::Io("spawn vCPU thread", e));
             }
         }
     }
 
+    tracing::debug!(elapsed = ?started.elapsed(), "vCPUs started");
+    let guest_ram = (
+        mem.iter()
+            .next()
+            .and_then(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()),
+        mem.iter().map(|r| r.len()).sum::<u64>(),
+    );
     let mut watch = Watch::new(started, config);
     loop {
         match rx.recv_timeout(POLL) {
@@ -309,11 +317,63 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         }
     }
     drop(bulk_writer);
-    let stopped_cleanly = stop_all(&shared, threads, &stop_devices, device_thread);
+    let stopped_cleanly = stop_all(&shared, threads, &stop_devices, device_thread, &transport);
+    // Frames the guest queued just before it reset (EXIT, typically) were
+    // served by the final queue pass in stop_all: collect them.
+    while let Ok(event) = rx.try_recv() {
+        match event {
+            Event::Bulk(bytes) => watch.bulk(&bytes),
+            Event::Vcpu(e) => watch.vcpu(e),
+        }
+    }
     if !stopped_cleanly && watch.verdict.is_none() {
         watch.end(Verdict::VmmError, "vCPU threads did not stop".into());
     }
-    Ok(watch.finish(&console_log, &crash_log, &hvc0_log))
+    let overhead = vmm_memory_overhead(guest_ram.0.map(|p| p as u64), guest_ram.1);
+    let mut report = watch.finish(&console_log, &crash_log, &hvc0_log);
+    report.peak_rss_kib = overhead.map(|o| o.0);
+    report.vmm_overhead_kib = overhead.map(|o| o.1);
+    Ok(report)
+}
+
+/// (peak RSS, peak RSS minus the guest RAM resident now) in KiB, from
+/// /proc/self/status VmHWM and the guest mapping's Rss in /proc/self/smaps.
+/// Guest RAM only grows while the guest runs, so its current Rss is its peak.
+fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hwm: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let start = guest_start?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut in_guest = false;
+    let mut guest_rss = 0u64;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                    in_guest = a >= start && b <= start + guest_len;
+                    continue;
+                }
+            }
+        }
+        if in_guest {
+            if let Some(v) = line.strip_prefix("Rss:") {
+                guest_rss += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Some((hwm, hwm.saturating_sub(guest_rss)))
 }
 
 fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, MachineError> {
@@ -375,13 +435,16 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, MachineError> {
     Ok(fd)
 }
 
-/// Stops vCPUs (kicking them out of KVM_RUN until they notice) and the
-/// device thread; true when everything joined in time.
+/// Stops vCPUs (kicking them out of KVM_RUN until they notice), serves
+/// every queue once more (a guest's last writes may still sit in its TX
+/// rings when it resets), then stops the device thread; true when
+/// everything joined in time.
 fn stop_all(
     shared: &VcpuShared,
     threads: Vec<std::thread::JoinHandle<()>>,
     stop_devices: &EventFd,
     device_thread: std::thread::JoinHandle<Result<(), crate::devices::virtio::EventLoopError>>,
+    transport: &Mutex<MmioTransport>,
 ) -> bool {
     shared.stop.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_DEADLINE;
@@ -395,6 +458,11 @@ fn stop_all(
             let _ = t.join();
         } else {
             ok = false;
+        }
+    }
+    if let Ok(mut t) = transport.lock() {
+        for q in 0..schedrig_wire::console::VIRTQUEUE_COUNT {
+            t.process_queue(q);
         }
     }
     let _ = stop_devices.write(1);
@@ -581,6 +649,8 @@ impl Watch {
             console: console_text,
             crash_text,
             hvc0: hvc0.text(),
+            peak_rss_kib: None,
+            vmm_overhead_kib: None,
         }
     }
 }

@@ -65,4 +65,8 @@ pub struct RunReport {
     pub crash_text: String,
     /// hvc0 (virtio console port 0) text, bounded.
     pub hvc0: String,
+    /// The VMM process's peak RSS, KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// Peak RSS minus the guest RAM it holds, KiB: the VMM's own cost.
+    pub vmm_overhead_kib: Option<u64>,
 }

@@ -1,0 +1,34 @@
+"""Runs `schedrig boot --json` repeatedly and prints the figures."""
+import json, os, statistics, subprocess, sys
+
+binary, runs = sys.argv[1], int(sys.argv[2])
+where = "nested test host (TCG-emulated SVM)" if os.environ.get("SCHEDRIG_IN_NESTED") == "1" else "this machine's KVM"
+print(f"boot benchmark: {runs} boots per configuration on {where}, vmlinux (ELF) entry")
+
+def stats(name, vals, unit):
+    print(f"  {name:<34} median {statistics.median(vals):9.1f} {unit}  min {min(vals):9.1f}  max {max(vals):9.1f}")
+
+for topo, mem in (("1n1l1c1t", "256M"), ("1n2l2c1t", "512M")):
+    rows = []
+    for i in range(runs):
+        out = subprocess.run([binary, "boot", "--json", "--topology", topo, "--memory", mem,
+                              "--boot-timeout", "300", "--timeout", "400"],
+                             capture_output=True, text=True)
+        try:
+            r = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            sys.exit(f"boot {i} failed: {out.stderr[-2000:]}")
+        if r["verdict"] != "ok":
+            sys.exit(f"boot {i}: verdict {r['verdict']}: {r['reason']}")
+        rows.append(r)
+    vcpus = {"1n1l1c1t": 1, "1n2l2c1t": 4}[topo]
+    print(f"{vcpus} vCPU(s), {mem} ({topo}):")
+    setup = [r["setup_ms"] for r in rows]
+    guest = [r["ready_ms"] - r["setup_ms"] for r in rows]
+    ready = [r["ready_ms"] for r in rows]
+    share = [100.0 * s / t for s, t in zip(setup, ready)]
+    stats("time to SRDY", ready, "ms")
+    stats("  VMM set-up (start -> KVM_RUN)", setup, "ms")
+    stats("  guest (KVM_RUN -> SRDY)", guest, "ms")
+    stats("  set-up share of time to SRDY", share, "% ")
+    stats("VMM peak RSS beyond guest RAM", [r["vmm_overhead_kib"] / 1024 for r in rows], "MiB")

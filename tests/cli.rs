@@ -1,0 +1,75 @@
+//! Bad input from a user gets one clear error line and a non-zero exit,
+//! before any VM starts. No VM needed.
+
+use std::process::Command;
+
+fn schedrig(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_schedrig"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_error(args: &[&str], needle: &str) {
+    let (code, stdout, stderr) = schedrig(args);
+    assert_ne!(code, 0, "{args:?} succeeded");
+    assert!(stdout.is_empty(), "{args:?} printed to stdout: {stdout}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {needle:?} not in {stderr:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+}
+
+#[test]
+fn invalid_topology_strings() {
+    assert_one_error(&["boot", "--topology", "2x2"], "expected the form 1n2l2c1t");
+    assert_one_error(&["boot", "--topology", "1n0l1c1t"], "at least 1");
+    assert_one_error(&["boot", "--topology", "1n16l16c2t"], "at most 254");
+}
+
+#[test]
+fn numa_is_refused_clearly() {
+    assert_one_error(
+        &["boot", "--topology", "2n1l1c1t"],
+        "more than one NUMA node is not supported yet",
+    );
+}
+
+#[test]
+fn missing_or_wrong_kernel_files() {
+    assert_one_error(
+        &["boot", "--kernel", "/nonexistent/bzImage"],
+        "kernel not found: /nonexistent/bzImage",
+    );
+    assert_one_error(&["boot", "--kernel", "/etc/hostname"], "not a kernel image");
+    let d = tempfile::tempdir().unwrap();
+    let k = d.path().join("vmlinux");
+    std::fs::write(&k, b"\x7fELF not really").unwrap();
+    std::fs::write(d.path().join("config"), b"CONFIG_BPF_SYSCALL=y\n").unwrap();
+    assert_one_error(
+        &["boot", "--kernel", k.to_str().unwrap()],
+        "CONFIG_SCHED_CLASS_EXT",
+    );
+}
+
+#[test]
+fn bad_memory_sizes() {
+    assert_one_error(&["boot", "--memory", "lots"], "invalid memory size");
+    assert_one_error(
+        &["nested", "--memory", "0", "--", "true"],
+        "invalid memory size",
+    );
+}
+
+#[test]
+fn nested_needs_a_command() {
+    let (code, _, stderr) = schedrig(&["nested"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("COMMAND"), "{stderr}");
+}
