@@ -15,7 +15,13 @@ use schedrig::nested::{self, KvmMode, NestedOptions, NestedStatus};
 const NESTED_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // Inside the nested host two VMs at once are many times slower than
+    // one after the other (every VM entry is emulated), so run serially
+    // there unless told otherwise.
+    if std::env::var(nested::IN_NESTED_ENV).as_deref() == Ok("1") && args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
     if let KvmMode::Nested(reason) = nested::kvm_mode() {
         if !args.list {
             return run_nested(&reason);
