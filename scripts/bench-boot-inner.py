@@ -2,13 +2,14 @@
 import json, os, statistics, subprocess, sys
 
 binary, runs = sys.argv[1], int(sys.argv[2])
+configs = [tuple(c.split(":")) for c in sys.argv[3:]] or [("1n1l1c1t", "256M"), ("1n2l2c1t", "512M")]
 where = "nested test host (TCG-emulated SVM)" if os.environ.get("SCHEDRIG_IN_NESTED") == "1" else "this machine's KVM"
 print(f"boot benchmark: {runs} boots per configuration on {where}, vmlinux (ELF) entry")
 
 def stats(name, vals, unit):
     print(f"  {name:<34} median {statistics.median(vals):9.1f} {unit}  min {min(vals):9.1f}  max {max(vals):9.1f}")
 
-for topo, mem in (("1n1l1c1t", "256M"), ("1n2l2c1t", "512M")):
+for topo, mem in configs:
     rows = []
     for i in range(runs):
         out = subprocess.run([binary, "boot", "--json", "--topology", topo, "--memory", mem,
@@ -21,7 +22,7 @@ for topo, mem in (("1n1l1c1t", "256M"), ("1n2l2c1t", "512M")):
         if r["verdict"] != "ok":
             sys.exit(f"boot {i}: verdict {r['verdict']}: {r['reason']}")
         rows.append(r)
-    vcpus = {"1n1l1c1t": 1, "1n2l2c1t": 4}[topo]
+    vcpus = rows[0]["guest_topology"]["cpus"]
     print(f"{vcpus} vCPU(s), {mem} ({topo}):")
     setup = [r["setup_ms"] for r in rows]
     guest = [r["ready_ms"] - r["setup_ms"] for r in rows]

@@ -20,6 +20,10 @@ pub enum GuestMode {
     Garbage,
     /// Panics after SRDY: the text must arrive on COM2.
     Panic,
+    /// Crashes the kernel after SRDY: the verdict must be a kernel panic.
+    KernelPanic,
+    /// Never ends after SRDY: the run deadline must end it.
+    Stall,
 }
 
 impl GuestMode {
@@ -29,6 +33,8 @@ impl GuestMode {
             GuestMode::Hang => "hang",
             GuestMode::Garbage => "garbage",
             GuestMode::Panic => "panic",
+            GuestMode::KernelPanic => "kernel-panic",
+            GuestMode::Stall => "stall",
         }
     }
 }

@@ -136,6 +136,18 @@ fn run() -> Result<(), String> {
     if mode == Mode::Panic {
         panic!("schedrig test panic");
     }
+    if mode == Mode::KernelPanic {
+        say("kernel-panic mode: crashing the kernel through sysrq");
+        if let Err(e) = std::fs::write("/proc/sysrq-trigger", b"c") {
+            say(&format!("sysrq-trigger: {e}"));
+        }
+    }
+    if matches!(mode, Mode::Stall | Mode::KernelPanic) {
+        say("stall mode: SRDY sent, never ending; waiting for the host watchdog");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     port.exit(exit_code).map_err(comms)?;
     say(&format!("exit {exit_code}; restarting"));
     Ok(())

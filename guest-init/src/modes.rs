@@ -28,15 +28,23 @@ pub enum Mode {
     Garbage,
     /// As normal up to SRDY, then `panic!`: the panic text goes to COM2.
     Panic,
+    /// As normal up to SRDY, then crashes the kernel (sysrq `c`): the host
+    /// must report a kernel panic.
+    KernelPanic,
+    /// As normal up to SRDY, then never ends: the host's run deadline must
+    /// end it.
+    Stall,
 }
 
 impl Mode {
     /// Every mode, with its command-line name.
-    pub const ALL: [(Mode, &'static str); 4] = [
+    pub const ALL: [(Mode, &'static str); 6] = [
         (Mode::Normal, "normal"),
         (Mode::Hang, "hang"),
         (Mode::Garbage, "garbage"),
         (Mode::Panic, "panic"),
+        (Mode::KernelPanic, "kernel-panic"),
+        (Mode::Stall, "stall"),
     ];
 
     /// The command-line name.

@@ -122,6 +122,7 @@ enum Event {
 pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, MachineError> {
     let topo = config.topology;
     topo.check_supported()?;
+    ram_bytes(config.memory_mib)?;
     let kvm = Kvm::new().map_err(MachineError::NoKvm)?;
     let (kvm_max, kvm_max_id) = (kvm.get_max_vcpus(), kvm.get_max_vcpu_id());
     if topo.vcpus() as usize > kvm_max || topo.max_apic_id() as usize >= kvm_max_id {
@@ -208,15 +209,6 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     let bulk_wake = bulk_writer
         .wake_event()
         .map_err(|e| MachineError::Io("bulk wake eventfd", e))?;
-    let device_thread = spawn_device_thread(
-        transport.clone(),
-        vec![(bulk_wake, virtio_console::BULK_RX_QUEUE)],
-        stop_devices
-            .try_clone()
-            .map_err(|e| MachineError::Io("stop eventfd", e))?,
-    )
-    .map_err(|e| MachineError::Virtio(e.to_string()))?;
-
     // Kernel.
     let cmdline = format!(
         "{BASE_CMDLINE} virtio_mmio.device={}K@{mmio_base:#x}:{console_irq} {}",
@@ -247,19 +239,10 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         serial: Mutex::new(serial),
         mmio: vec![(mmio_base, transport.clone())],
         events: {
-            let (vtx, vrx) = mpsc::channel::<VcpuEvent>();
-            let fwd = tx.clone();
-            std::thread::Builder::new()
-                .name("vcpu-events".into())
-                .spawn(move || {
-                    for e in vrx {
-                        if fwd.send(Event::Vcpu(e)).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| MachineError::Io("spawn event thread", e))?;
-            vtx
+            let tx = tx.clone();
+            Box::new(move |e| {
+                let _ = tx.send(Event::Vcpu(e));
+            })
         },
         stop: Default::default(),
     });
@@ -286,6 +269,18 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         }
         vcpu_fds.push(fd);
     }
+    // The device thread starts last among the fallible steps, so no
+    // error path above leaves it running; it must run before the vCPUs
+    // (the guest busy-waits on console buffers).
+    let device_thread = spawn_device_thread(
+        transport.clone(),
+        vec![(bulk_wake, virtio_console::BULK_RX_QUEUE)],
+        stop_devices
+            .try_clone()
+            .map_err(|e| MachineError::Io("stop eventfd", e))?,
+    )
+    .map_err(|e| MachineError::Virtio(e.to_string()))?;
+
     let mut threads = Vec::new();
     for (cpu, fd) in vcpu_fds.into_iter().enumerate() {
         match vcpu::spawn(cpu as u32, fd, shared.clone()) {
@@ -376,7 +371,8 @@ fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64,
     Some((hwm, hwm.saturating_sub(guest_rss)))
 }
 
-fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, MachineError> {
+/// Guest RAM in bytes, if `mib` is a size this machine can have.
+fn ram_bytes(mib: u64) -> Result<u64, MachineError> {
     let bytes = mib
         .checked_mul(1 << 20)
         .filter(|b| *b >= 64 << 20)
@@ -393,6 +389,11 @@ fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, MachineError> {
             ),
         });
     }
+    Ok(bytes)
+}
+
+fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, MachineError> {
+    let bytes = ram_bytes(mib)?;
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes as usize)]).map_err(|e| {
             MachineError::Memory {

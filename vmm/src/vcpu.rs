@@ -2,7 +2,7 @@
 //! the devices, and report what ends the machine.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -41,7 +41,8 @@ pub struct VcpuShared {
     pub serial: Mutex<Vec<SerialPort>>,
     /// (base address, transport) per virtio-mmio device.
     pub mmio: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
-    pub events: mpsc::Sender<VcpuEvent>,
+    /// Where the vCPUs report; called from vCPU threads.
+    pub events: Box<dyn Fn(VcpuEvent) + Send + Sync>,
     pub stop: AtomicBool,
 }
 
@@ -90,7 +91,7 @@ pub fn spawn(
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
             if cpu == 0 {
-                let _ = shared.events.send(VcpuEvent::FirstRun(Instant::now()));
+                (shared.events)(VcpuEvent::FirstRun(Instant::now()));
             }
             run_loop(cpu, &mut vcpu, &shared)
         })
@@ -98,14 +99,14 @@ pub fn spawn(
 
 fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
     let fail = |reason: String| {
-        let _ = shared.events.send(VcpuEvent::Failed { cpu, reason });
+        (shared.events)(VcpuEvent::Failed { cpu, reason });
     };
     while !shared.stop.load(Ordering::Acquire) {
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => shared.io_in(port, data),
             Ok(VcpuExit::IoOut(port, data)) => {
                 if let Some(why) = shared.io_out(port, data) {
-                    let _ = shared.events.send(VcpuEvent::Reset(why));
+                    (shared.events)(VcpuEvent::Reset(why));
                     return;
                 }
             }
@@ -125,11 +126,11 @@ fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
                 }
             }
             Ok(VcpuExit::Shutdown) => {
-                let _ = shared.events.send(VcpuEvent::Reset("triple fault"));
+                (shared.events)(VcpuEvent::Reset("triple fault"));
                 return;
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
-                let _ = shared.events.send(VcpuEvent::Reset(match kind {
+                (shared.events)(VcpuEvent::Reset(match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => "system shutdown",
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => "system reset",
                     _ => "system event",
