@@ -24,6 +24,8 @@ pub enum GuestMode {
     KernelPanic,
     /// Never ends after SRDY: the run deadline must end it.
     Stall,
+    /// Ends with a power-off instead of a reset.
+    Poweroff,
 }
 
 impl GuestMode {
@@ -35,6 +37,7 @@ impl GuestMode {
             GuestMode::Panic => "panic",
             GuestMode::KernelPanic => "kernel-panic",
             GuestMode::Stall => "stall",
+            GuestMode::Poweroff => "poweroff",
         }
     }
 }

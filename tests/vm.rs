@@ -97,6 +97,13 @@ fn boot_tests() -> Vec<Trial> {
             check_banner(&r)?;
             check_kern_addrs(&r, false)
         }),
+        Trial::test("guest_power_off_ends_the_vm", || {
+            let mut o = opts("1n1l1c1t", None);
+            o.mode = GuestMode::Poweroff;
+            let r = run(o)?;
+            expect_ok(&r)?;
+            expect(r.reason.contains("power-off"), &r, "ended by the power-off")
+        }),
         Trial::test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
             let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
             let r = run(opts("1n1l1c1t", Some(entry.bzimage())))?;

@@ -30,7 +30,19 @@ fn main() {
         fatal(&e);
     }
     console::drain();
+    if ends_with_power_off() {
+        power::power_off()
+    }
     power::reboot()
+}
+
+/// `schedrig.mode=poweroff`: end with a power-off (the host recognises
+/// the kernel's "reboot: Power down" line) instead of the i8042 reset.
+fn ends_with_power_off() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| mode_from_cmdline(&c).ok())
+        == Some(Mode::PowerOff)
 }
 
 /// What setting up the machine found: the mode, the EXIT code normal

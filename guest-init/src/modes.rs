@@ -34,17 +34,20 @@ pub enum Mode {
     /// As normal up to SRDY, then never ends: the host's run deadline must
     /// end it.
     Stall,
+    /// As normal, but ends with a power-off instead of a reset.
+    PowerOff,
 }
 
 impl Mode {
     /// Every mode, with its command-line name.
-    pub const ALL: [(Mode, &'static str); 6] = [
+    pub const ALL: [(Mode, &'static str); 7] = [
         (Mode::Normal, "normal"),
         (Mode::Hang, "hang"),
         (Mode::Garbage, "garbage"),
         (Mode::Panic, "panic"),
         (Mode::KernelPanic, "kernel-panic"),
         (Mode::Stall, "stall"),
+        (Mode::PowerOff, "poweroff"),
     ];
 
     /// The command-line name.

@@ -38,6 +38,10 @@ const CONSOLE_LOG_CAP: usize = 1 << 20;
 const CRASH_LOG_CAP: usize = 64 << 10;
 /// The text Linux prints when it panics.
 const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// What Linux prints when it powers off. Without ACPI it cannot actually
+/// power off: it returns, PID 1 exits and the kernel panics. So the VM is
+/// ended as soon as this line appears, and a panic after it does not count.
+const POWER_DOWN_MARKER: &str = "reboot: Power down";
 /// Once EXIT arrived the guest reboots; this long is allowed for it.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -166,6 +170,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             .map_err(|e| MachineError::Io("create console log file", e))?;
         console_log.tee_to(f);
     }
+    let power_down = console_log.watch_for(POWER_DOWN_MARKER);
     let crash_log = BoundedLog::new(CRASH_LOG_CAP);
     let hvc0_log = BoundedLog::new(CRASH_LOG_CAP);
     let com1_irq = irqfd(&vm, COM1_IRQ)?;
@@ -299,7 +304,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             .and_then(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()),
         mem.iter().map(|r| r.len()).sum::<u64>(),
     );
-    let mut watch = Watch::new(started, config);
+    let mut watch = Watch::new(started, config, power_down);
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Event::Bulk(bytes)) => watch.bulk(&bytes),
@@ -500,11 +505,16 @@ struct Watch {
     topology: Option<GuestTopology>,
     lifecycle: Vec<(u8, Option<String>)>,
     reset: Option<&'static str>,
+    power_down: Arc<std::sync::atomic::AtomicBool>,
     verdict: Option<(Verdict, String)>,
 }
 
 impl Watch {
-    fn new(started: Instant, config: &MachineConfig) -> Self {
+    fn new(
+        started: Instant,
+        config: &MachineConfig,
+        power_down: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         Self {
             started,
             boot_deadline: config.boot_deadline,
@@ -519,6 +529,7 @@ impl Watch {
             topology: None,
             lifecycle: Vec::new(),
             reset: None,
+            power_down,
             verdict: None,
         }
     }
@@ -587,6 +598,10 @@ impl Watch {
         if self.verdict.is_some() || self.reset.is_some() {
             return true;
         }
+        if self.power_down.load(Ordering::Acquire) {
+            self.reset.get_or_insert("power-off");
+            return true;
+        }
         let elapsed = self.started.elapsed();
         if self.ready.is_none() && elapsed >= self.boot_deadline {
             self.end(
@@ -624,7 +639,8 @@ impl Watch {
             } else if let Some(first) = crash_text.lines().map(printable).find(|l| !l.is_empty()) {
                 self.end(Verdict::InitPanic, first);
             } else if let Some(code) = self.exit_code {
-                self.end(Verdict::Ok, format!("guest exited with {code}"));
+                let how = self.reset.map_or(String::new(), |r| format!(" ({r})"));
+                self.end(Verdict::Ok, format!("guest exited with {code}{how}"));
             } else {
                 let why = self.reset.map_or("the machine ended".to_string(), |r| {
                     format!("{r} without an EXIT frame")

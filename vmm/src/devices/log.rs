@@ -5,7 +5,11 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Longest line the marker check looks at; longer lines are cut.
+const MARKER_LINE_MAX: usize = 512;
 
 #[derive(Debug)]
 struct Inner {
@@ -13,6 +17,10 @@ struct Inner {
     cap: usize,
     total: u64,
     file: Option<File>,
+    /// The current, unfinished line (for markers).
+    line: Vec<u8>,
+    /// Substrings to watch for in complete lines, and their flags.
+    markers: Vec<(&'static str, Arc<AtomicBool>)>,
 }
 
 /// Cloneable handle; all clones share the same log.
@@ -26,7 +34,19 @@ impl BoundedLog {
             cap,
             total: 0,
             file: None,
+            line: Vec::new(),
+            markers: Vec::new(),
         })))
+    }
+
+    /// A flag that turns true once a line containing `marker` is logged
+    /// (so a watcher need not rescan the log).
+    pub fn watch_for(&self, marker: &'static str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut g) = self.0.lock() {
+            g.markers.push((marker, flag.clone()));
+        }
+        flag
     }
 
     /// Also writes every byte to `file` (the full log on request).
@@ -39,6 +59,21 @@ impl BoundedLog {
     pub fn append(&self, bytes: &[u8]) {
         let Ok(mut g) = self.0.lock() else { return };
         g.total += bytes.len() as u64;
+        if !g.markers.is_empty() {
+            for &b in bytes {
+                if b == b'\n' {
+                    let line = String::from_utf8_lossy(&g.line).into_owned();
+                    for (m, flag) in &g.markers {
+                        if line.contains(m) {
+                            flag.store(true, Ordering::Release);
+                        }
+                    }
+                    g.line.clear();
+                } else if g.line.len() < MARKER_LINE_MAX {
+                    g.line.push(b);
+                }
+            }
+        }
         if let Some(f) = g.file.as_mut() {
             let _ = f.write_all(bytes);
         }
@@ -96,6 +131,19 @@ mod tests {
         assert_eq!(log.total(), 12);
         log.append(b"0123456789abc");
         assert_eq!(log.text(), "56789abc");
+    }
+
+    #[test]
+    fn markers_fire_on_complete_lines() {
+        let log = BoundedLog::new(4);
+        let flag = log.watch_for("Power down");
+        log.append(b"[ 1.0] reboot: Power ");
+        assert!(!flag.load(Ordering::Acquire));
+        log.append(b"down\n");
+        assert!(
+            flag.load(Ordering::Acquire),
+            "found across writes, beyond the ring's cap"
+        );
     }
 
     #[test]
