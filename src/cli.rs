@@ -85,7 +85,7 @@ struct NestedArgs {
     #[arg(long)]
     timings: bool,
     /// QEMU TCG threading: one host thread per vCPU (multi) or one for all.
-    #[arg(long, value_enum, default_value = "single")]
+    #[arg(long, value_enum, default_value = "multi")]
     tcg_thread: TcgThread,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]

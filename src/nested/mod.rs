@@ -45,7 +45,7 @@ impl Default for NestedOptions {
             timeout: Duration::from_secs(1800),
             results: None,
             console: false,
-            tcg_multi_thread: false,
+            tcg_multi_thread: true,
         }
     }
 }

@@ -38,10 +38,12 @@ const CONSOLE_LOG_CAP: usize = 1 << 20;
 const CRASH_LOG_CAP: usize = 64 << 10;
 /// The text Linux prints when it panics.
 const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
-/// What Linux prints when it powers off. Without ACPI it cannot actually
-/// power off: it returns, PID 1 exits and the kernel panics. So the VM is
-/// ended as soon as this line appears, and a panic after it does not count.
-const POWER_DOWN_MARKER: &str = "reboot: Power down";
+/// What Linux prints when asked to power off. Without ACPI it has no way
+/// to: the reboot syscall turns the request into a halt ("System halted",
+/// every CPU stops for good), or, if a power-off path exists but returns,
+/// PID 1 exits and the kernel panics. So the VM is ended as soon as either
+/// line appears, and a panic after it does not count.
+const POWER_DOWN_MARKERS: [&str; 2] = ["reboot: Power down", "reboot: System halted"];
 /// Once EXIT arrived the guest reboots; this long is allowed for it.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -170,7 +172,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             .map_err(|e| MachineError::Io("create console log file", e))?;
         console_log.tee_to(f);
     }
-    let power_down = console_log.watch_for(POWER_DOWN_MARKER);
+    let power_down = console_log.watch_for(&POWER_DOWN_MARKERS);
     let crash_log = BoundedLog::new(CRASH_LOG_CAP);
     let hvc0_log = BoundedLog::new(CRASH_LOG_CAP);
     let com1_irq = irqfd(&vm, COM1_IRQ)?;
@@ -621,7 +623,10 @@ impl Watch {
             return true;
         }
         if self.exit_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE) {
-            return true; // EXIT arrived; the reset never did, but the answer is in.
+            // EXIT arrived and the machine never reset: a guest that powered
+            // off (which, without ACPI, the kernel turns into a halt).
+            self.reset.get_or_insert("halted after EXIT");
+            return true;
         }
         false
     }

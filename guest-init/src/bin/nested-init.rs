@@ -82,6 +82,8 @@ fn run() -> Result<String, String> {
         load_module(module)?;
     }
     check_kvm()?;
+    // Kept open until power-off: see pin_kvm_static_keys.
+    let _pinned = pin_kvm_static_keys()?;
     let mut status = open_port(STATUS_PORT).ok_or("no status port")?;
     let stdout = open_port(STDOUT_PORT).ok_or("no stdout port")?;
     let stderr = open_port(STDERR_PORT).ok_or("no stderr port")?;
@@ -147,6 +149,50 @@ fn check_kvm() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `_IO(KVMIO, n)` numbers from include/uapi/linux/kvm.h.
+const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
+const KVM_CREATE_IRQCHIP: libc::c_ulong = 0xAE60;
+
+/// Creates a VM with one vCPU (and an in-kernel LAPIC) that lives as
+/// long as the nested host.
+///
+/// Why: creating the first vCPU and destroying the last flip static keys
+/// in the kernel (preempt notifiers, KVM's `apic_sw_disabled`), which
+/// patches kernel text with int3-based `text_poke`. QEMU's TCG does not
+/// reliably handle that cross-modifying code: the nested host oopsed
+/// ("int3" in finish_task_switch, a fault in kvm_cpu_has_pending_timer)
+/// after a dozen test VMs had come and gone. With this VM holding the
+/// counts above zero, test VMs never flip the keys.
+fn pin_kvm_static_keys() -> Result<Vec<File>, String> {
+    use std::os::fd::FromRawFd;
+    let kvm = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    let ioctl = |fd: &File, req: libc::c_ulong, what: &str| -> Result<File, String> {
+        // SAFETY: these KVM ioctls take an integer argument (0) and return
+        // a new file descriptor, which we own from here on.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, 0) };
+        if rc < 0 {
+            return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: rc is a fresh descriptor nobody else owns.
+        Ok(unsafe { File::from_raw_fd(rc) })
+    };
+    let vm = ioctl(&kvm, KVM_CREATE_VM, "KVM_CREATE_VM")?;
+    // SAFETY: KVM_CREATE_IRQCHIP takes no argument and returns 0 or -1.
+    if unsafe { libc::ioctl(vm.as_raw_fd(), KVM_CREATE_IRQCHIP, 0) } < 0 {
+        return Err(format!(
+            "KVM_CREATE_IRQCHIP: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let vcpu = ioctl(&vm, KVM_CREATE_VCPU, "KVM_CREATE_VCPU")?;
+    Ok(vec![kvm, vm, vcpu])
 }
 
 /// Mounts the job's plan in order: the first line is the host root (at

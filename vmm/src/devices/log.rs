@@ -20,7 +20,7 @@ struct Inner {
     /// The current, unfinished line (for markers).
     line: Vec<u8>,
     /// Substrings to watch for in complete lines, and their flags.
-    markers: Vec<(&'static str, Arc<AtomicBool>)>,
+    markers: Vec<(&'static [&'static str], Arc<AtomicBool>)>,
 }
 
 /// Cloneable handle; all clones share the same log.
@@ -39,9 +39,9 @@ impl BoundedLog {
         })))
     }
 
-    /// A flag that turns true once a line containing `marker` is logged
-    /// (so a watcher need not rescan the log).
-    pub fn watch_for(&self, marker: &'static str) -> Arc<AtomicBool> {
+    /// A flag that turns true once a line containing any of `markers` is
+    /// logged (so a watcher need not rescan the log).
+    pub fn watch_for(&self, marker: &'static [&'static str]) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
         if let Ok(mut g) = self.0.lock() {
             g.markers.push((marker, flag.clone()));
@@ -64,7 +64,7 @@ impl BoundedLog {
                 if b == b'\n' {
                     let line = String::from_utf8_lossy(&g.line).into_owned();
                     for (m, flag) in &g.markers {
-                        if line.contains(m) {
+                        if m.iter().any(|m| line.contains(m)) {
                             flag.store(true, Ordering::Release);
                         }
                     }
@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn markers_fire_on_complete_lines() {
         let log = BoundedLog::new(4);
-        let flag = log.watch_for("Power down");
+        let flag = log.watch_for(&["Power down", "System halted"]);
         log.append(b"[ 1.0] reboot: Power ");
         assert!(!flag.load(Ordering::Acquire));
         log.append(b"down\n");
