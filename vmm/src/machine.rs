@@ -240,6 +240,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             what: "KVM_GET_SUPPORTED_CPUID",
             source,
         })?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     vcpu::install_kick_handler()
         .map_err(|e| MachineError::Io("install vCPU kick signal handler", e))?;
     let shared = Arc::new(VcpuShared {
@@ -262,7 +263,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
                 what: "KVM_CREATE_VCPU",
                 source,
             })?;
-        let table = cpuid::vcpu_cpuid(&supported, &topo, cpu)?;
+        let table = cpuid::vcpu_cpuid(&supported, &topo, cpu, tsc_deadline)?;
         fd.set_cpuid2(&table).map_err(|source| MachineError::Kvm {
             what: "KVM_SET_CPUID2",
             source,

@@ -32,6 +32,12 @@ const LEAF_EXT_APIC_AMD: u32 = 0x8000_001e;
 const LEAF_EXT_TOPOLOGY_AMD: u32 = 0x8000_0026;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: TSC-deadline mode of the local APIC timer. KVM emulates it
+/// whenever it has KVM_CAP_TSC_DEADLINE_TIMER, even if the host CPU lacks
+/// it; with it Linux skips calibrating the APIC timer against the PIT,
+/// which under emulation fails now and then ("APIC timer disabled due to
+/// verification failure") and left guests without a working timer.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_TOPOEXT: u32 = 1 << 22;
 /// 0xB level types.
@@ -89,7 +95,12 @@ fn caches(t: &Topology) -> [(u32, u32, u32, u32, u32, u32); 4] {
 }
 
 /// The CPUID table for vCPU `cpu` of `topo`.
-pub fn vcpu_cpuid(supported: &CpuId, topo: &Topology, cpu: u32) -> Result<CpuId, CpuidError> {
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    topo: &Topology,
+    cpu: u32,
+    tsc_deadline: bool,
+) -> Result<CpuId, CpuidError> {
     let amd = is_amd(supported);
     let apic = topo.apic_id(cpu);
     let pkg_threads_padded = 1u32 << topo.package_shift();
@@ -104,6 +115,9 @@ pub fn vcpu_cpuid(supported: &CpuId, topo: &Topology, cpu: u32) -> Result<CpuId,
                 }
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic << 24) | (pkg_threads_padded.min(255) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if topo.threads_per_package() > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -218,11 +232,12 @@ mod tests {
     #[test]
     fn amd_two_llcs_of_two_cores() {
         let t: Topology = "1n2l2c1t".parse().unwrap();
-        let c = vcpu_cpuid(&amd_tcg(), &t, 3).unwrap();
+        let c = vcpu_cpuid(&amd_tcg(), &t, 3, true).unwrap();
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 3, "initial APIC ID");
         assert_eq!(family(l1.eax), 0x19);
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0);
         let l3 = find(&c, LEAF_CACHE_AMD, 3);
         assert_eq!(((l3.eax >> 14) & 0xfff) + 1, 2, "two threads share an LLC");
         assert_eq!((l3.eax >> 5) & 7, 3);
@@ -240,7 +255,7 @@ mod tests {
     #[test]
     fn smt_siblings_share_l1() {
         let t: Topology = "1n1l2c2t".parse().unwrap();
-        let c = vcpu_cpuid(&amd_tcg(), &t, 1).unwrap();
+        let c = vcpu_cpuid(&amd_tcg(), &t, 1, false).unwrap();
         let l1d = find(&c, LEAF_CACHE_AMD, 0);
         assert_eq!(((l1d.eax >> 14) & 0xfff) + 1, 2);
         let smt = find(&c, LEAF_EXT_TOPOLOGY, 0);
