@@ -8,38 +8,15 @@ use schedrig_vmm::{KernelFormat, MachineConfig, RunReport, Topology};
 
 use crate::kernel::{self, ImageFormat, KernelRequest};
 
-/// guest-init's behaviour (`schedrig.mode=` on the kernel command line):
-/// the non-normal modes exist to prove the host's checks fire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum GuestMode {
-    #[default]
-    Normal,
-    /// Never sends SRDY: the boot watchdog must end it.
-    Hang,
-    /// Writes garbage, bad CRCs and a huge length on the bulk port.
-    Garbage,
-    /// Panics after SRDY: the text must arrive on COM2.
-    Panic,
-    /// Crashes the kernel after SRDY: the verdict must be a kernel panic.
-    KernelPanic,
-    /// Never ends after SRDY: the run deadline must end it.
-    Stall,
-    /// Ends with a power-off instead of a reset.
-    Poweroff,
-}
+/// guest-init's behaviour, shared with the guest.
+pub use schedrig_scenarios::GuestMode;
 
-impl GuestMode {
-    fn as_str(&self) -> &'static str {
-        match self {
-            GuestMode::Normal => "normal",
-            GuestMode::Hang => "hang",
-            GuestMode::Garbage => "garbage",
-            GuestMode::Panic => "panic",
-            GuestMode::KernelPanic => "kernel-panic",
-            GuestMode::Stall => "stall",
-            GuestMode::Poweroff => "poweroff",
-        }
-    }
+/// Parses a `--guest-mode` value by the shared names.
+pub fn parse_guest_mode(s: &str) -> Result<GuestMode, String> {
+    GuestMode::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = GuestMode::ALL.iter().map(|(_, n)| *n).collect();
+        format!("unknown guest mode {s:?} (known: {})", names.join(", "))
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +78,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
             ImageFormat::BzImage => KernelFormat::BzImage,
         },
         initrd,
-        extra_cmdline: format!("schedrig.mode={}", opts.mode.as_str()),
+        extra_cmdline: opts.mode.cmdline_arg(),
         topology: opts.topology,
         memory_mib: opts.memory_mib,
         boot_deadline: opts.boot_timeout,

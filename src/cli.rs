@@ -59,7 +59,7 @@ struct BootArgs {
     #[arg(long, value_name = "FILE")]
     console_log: Option<PathBuf>,
     /// guest-init test mode (proves the host's checks fire).
-    #[arg(long, value_enum, default_value = "normal", hide = true)]
+    #[arg(long, default_value = "normal", value_parser = crate::boot::parse_guest_mode, hide = true)]
     guest_mode: crate::boot::GuestMode,
 }
 

@@ -99,7 +99,7 @@ fn boot_tests() -> Vec<Trial> {
         }),
         Trial::test("guest_power_off_ends_the_vm", || {
             let mut o = opts("1n1l1c1t", None);
-            o.mode = GuestMode::Poweroff;
+            o.mode = GuestMode::PowerOff;
             let r = run(o)?;
             expect_ok(&r)?;
             // Without ACPI the kernel halts instead: the host ends the VM

@@ -2,8 +2,8 @@
 //! `schedrig.mode=<mode>`, that make the guest misbehave on purpose so the
 //! host's handling of each failure can be tested.
 //!
-//! The parameter has a dot, so the kernel keeps it (as an unknown module
-//! parameter) instead of passing it to init; init reads /proc/cmdline.
+//! The modes themselves are defined in `schedrig-scenarios`, shared with
+//! the host; this module parses them and builds the garbage stream.
 
 use std::fmt;
 
@@ -11,53 +11,8 @@ use schedrig_wire::frame::payload_crc;
 use schedrig_wire::{FrameHeader, MsgTag, FRAME_HEADER_LEN};
 use zerocopy::IntoBytes;
 
-/// The kernel command-line parameter that selects a mode.
-pub const MODE_PARAM: &str = "schedrig.mode";
-
-/// What the guest does after it has mounted its filesystems.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// LIFE 1, KADR, TOPO, SRDY, EXIT 0, restart.
-    #[default]
-    Normal,
-    /// LIFE 1, KADR, TOPO, then sleep forever: never SRDY, so the host
-    /// watchdog must end the VM.
-    Hang,
-    /// LIFE 1, then [`garbage_bytes`], then KADR, TOPO, SRDY, EXIT 0 and
-    /// restart as in normal mode.
-    Garbage,
-    /// As normal up to SRDY, then `panic!`: the panic text goes to COM2.
-    Panic,
-    /// As normal up to SRDY, then crashes the kernel (sysrq `c`): the host
-    /// must report a kernel panic.
-    KernelPanic,
-    /// As normal up to SRDY, then never ends: the host's run deadline must
-    /// end it.
-    Stall,
-    /// As normal, but ends with a power-off instead of a reset.
-    PowerOff,
-}
-
-impl Mode {
-    /// Every mode, with its command-line name.
-    pub const ALL: [(Mode, &'static str); 7] = [
-        (Mode::Normal, "normal"),
-        (Mode::Hang, "hang"),
-        (Mode::Garbage, "garbage"),
-        (Mode::Panic, "panic"),
-        (Mode::KernelPanic, "kernel-panic"),
-        (Mode::Stall, "stall"),
-        (Mode::PowerOff, "poweroff"),
-    ];
-
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        Mode::ALL
-            .iter()
-            .find(|(mode, _)| *mode == self)
-            .map_or("?", |(_, name)| name)
-    }
-}
+/// The modes and their names are shared with the host.
+pub use schedrig_scenarios::{GuestMode as Mode, MODE_PARAM};
 
 /// `schedrig.mode=<value>` with a value that names no mode.
 #[derive(Debug, Clone, PartialEq, Eq)]

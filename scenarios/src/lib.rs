@@ -1,6 +1,8 @@
 //! The scenario model shared by host and guest.
 //!
-//! Not implemented yet: the scenario issue fills this crate (topology,
-//! cgroups, steps, ops, checks, TOML loading). Nothing here pretends to
-//! work; it exists so the workspace has the layout of
-//! `shared/spec/architecture.md`.
+//! So far only guest-init's test modes live here; the scenario issue
+//! fills the rest (topology, cgroups, steps, ops, checks, TOML loading).
+
+pub mod guest_mode;
+
+pub use guest_mode::{GuestMode, MODE_PARAM};

@@ -1,0 +1,83 @@
+//! guest-init's test modes: host and guest must agree on their names,
+//! so they are defined once, here. The host puts
+//! `schedrig.mode=<name>` on the kernel command line; guest-init reads it
+//! from /proc/cmdline and misbehaves on purpose, so each of the host's
+//! checks can be shown to fire.
+
+/// The kernel command-line parameter that selects a mode. It has a dot,
+/// so the kernel keeps it (as an unknown module parameter) instead of
+/// passing it to init.
+pub const MODE_PARAM: &str = "schedrig.mode";
+
+/// What guest-init does after it has mounted its filesystems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestMode {
+    /// LIFE 1, KADR, TOPO, SRDY, EXIT 0, restart.
+    #[default]
+    Normal,
+    /// LIFE 1, KADR, TOPO, then sleep forever: never SRDY, so the host
+    /// watchdog must end the VM.
+    Hang,
+    /// LIFE 1, then garbage on the bulk port (bad CRC, a huge length),
+    /// then as normal: the host must report a protocol error.
+    Garbage,
+    /// As normal up to SRDY, then `panic!`: the panic text goes to COM2.
+    Panic,
+    /// As normal up to SRDY, then crashes the kernel (sysrq `c`): the host
+    /// must report a kernel panic.
+    KernelPanic,
+    /// As normal up to SRDY, then never ends: the host's run deadline must
+    /// end it.
+    Stall,
+    /// As normal, but ends with a power-off instead of a reset.
+    PowerOff,
+}
+
+impl GuestMode {
+    /// Every mode, with its command-line name.
+    pub const ALL: [(GuestMode, &'static str); 7] = [
+        (GuestMode::Normal, "normal"),
+        (GuestMode::Hang, "hang"),
+        (GuestMode::Garbage, "garbage"),
+        (GuestMode::Panic, "panic"),
+        (GuestMode::KernelPanic, "kernel-panic"),
+        (GuestMode::Stall, "stall"),
+        (GuestMode::PowerOff, "poweroff"),
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        GuestMode::ALL
+            .iter()
+            .find(|(mode, _)| *mode == self)
+            .map_or("?", |(_, name)| name)
+    }
+
+    /// The mode called `name`, if any.
+    pub fn from_name(name: &str) -> Option<GuestMode> {
+        GuestMode::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(mode, _)| *mode)
+    }
+
+    /// The kernel command-line argument that selects this mode.
+    pub fn cmdline_arg(self) -> String {
+        format!("{MODE_PARAM}={}", self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        for (mode, name) in GuestMode::ALL {
+            assert_eq!(mode.name(), name);
+            assert_eq!(GuestMode::from_name(name), Some(mode));
+        }
+        assert_eq!(GuestMode::from_name("bogus"), None);
+        assert_eq!(GuestMode::Stall.cmdline_arg(), "schedrig.mode=stall");
+    }
+}
