@@ -11,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sha2::{Digest, Sha256};
+
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 const BINARIES: &[&str] = &["schedrig-guest-init", "schedrig-nested-init"];
 
@@ -65,6 +67,10 @@ fn main() {
         copy_if_changed(&built, &dest);
         let var = bin.to_uppercase().replace('-', "_");
         println!("cargo:rustc-env={var}_PATH={}", dest.display());
+        // The digest keys the cached initramfs; computing it here spares
+        // every boot from hashing the binary.
+        let digest = hex::encode(Sha256::digest(std::fs::read(&dest).expect("read copied init")));
+        println!("cargo:rustc-env={var}_SHA256={digest}");
     }
 }
 

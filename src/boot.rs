@@ -65,12 +65,14 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         .check_supported()
         .map_err(schedrig_vmm::MachineError::from)?;
     let k = kernel::resolve(&opts.kernel)?;
-    let initrd_path = crate::initramfs::guest::cached(
+    let initrd_path = crate::initramfs::guest::cached_by_digest(
         crate::static_bins::GUEST_INIT,
+        crate::static_bins::GUEST_INIT_SHA256,
         &kernel::cache::cache_root().join("initramfs"),
     )?;
     let initrd = std::fs::read(&initrd_path)
         .map_err(|e| BootError::Read(initrd_path.display().to_string(), e))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "kernel and initramfs resolved");
     let config = MachineConfig {
         kernel: k.image.clone(),
         format: match k.format {

@@ -2,12 +2,20 @@
 
 /// PID 1 of a test guest.
 pub const GUEST_INIT: &[u8] = include_bytes!(env!("SCHEDRIG_GUEST_INIT_PATH"));
+/// SHA-256 (hex) of [`GUEST_INIT`], computed by build.rs.
+pub const GUEST_INIT_SHA256: &str = env!("SCHEDRIG_GUEST_INIT_SHA256");
 /// PID 1 of the nested test host.
 pub const NESTED_INIT: &[u8] = include_bytes!(env!("SCHEDRIG_NESTED_INIT_PATH"));
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_time_digest_matches_the_embedded_init() {
+        use sha2::{Digest, Sha256};
+        assert_eq!(GUEST_INIT_SHA256, hex::encode(Sha256::digest(GUEST_INIT)));
+    }
 
     /// Both are static ELF executables: no PT_INTERP (dynamic loader).
     #[test]

@@ -229,6 +229,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         cmdline.trim(),
         &config.initrd,
     )?;
+    tracing::debug!(elapsed = ?started.elapsed(), "kernel loaded");
     regs::write_boot_tables(&mem)?;
     let apic_ids: Vec<u32> = (0..topo.vcpus()).map(|c| topo.apic_id(c)).collect();
     mptable::write(&mem, &apic_ids)?;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
+use linux_loader::loader::{load_cmdline, BzImage, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::layout::*;
@@ -83,19 +83,28 @@ pub fn load(
         path: path.clone(),
         source,
     })?;
-    let result = match format {
-        KernelFormat::Elf => Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))),
-        KernelFormat::BzImage => {
-            BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+    // (entry, end of the kernel image, the bzImage's setup header)
+    let (entry, kernel_end, setup_header) = match format {
+        KernelFormat::Elf => {
+            let k = super::elf_map::load(mem, &file).map_err(|e| BootError::Load {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            (k.entry, k.end, None)
         }
-    }
-    .map_err(|e| BootError::Load {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    let entry = match format {
-        KernelFormat::Elf => result.kernel_load.0,
-        KernelFormat::BzImage => result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+        KernelFormat::BzImage => {
+            let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
+                |e| BootError::Load {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                },
+            )?;
+            (
+                r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+                r.kernel_load.0 + r.kernel_end,
+                r.setup_header,
+            )
+        }
     };
 
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
@@ -105,7 +114,6 @@ pub fn load(
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
     let ram_end = mem.last_addr().0 + 1;
-    let kernel_end = result.kernel_load.0 + result.kernel_end;
     let initrd_addr = (ram_end.saturating_sub(initrd.len() as u64)) & !0xfff;
     if initrd.len() as u64 > ram_end || initrd_addr < kernel_end.max(HIMEM_START) {
         return Err(BootError::InitrdTooLarge {
@@ -118,7 +126,7 @@ pub fn load(
         .map_err(|_| BootError::GuestMemory("initramfs"))?;
 
     let mut params = BootParams::default();
-    if let Some(hdr) = result.setup_header {
+    if let Some(hdr) = setup_header {
         params.0.hdr = hdr;
     } else {
         params.0.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;

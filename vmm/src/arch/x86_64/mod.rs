@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod elf_map;
 pub mod gdt;
 pub mod layout;
 pub mod mptable;
