@@ -95,6 +95,12 @@ fn boot_tests() -> Vec<Trial> {
             let r = run(opts("1n1l1c1t", None))?;
             expect_ok(&r)?;
             check_banner(&r)?;
+            // No kernel WARN splat (e.g. the XSAVE size check on CPUID 0xD).
+            expect(
+                !r.console.contains("[ cut here ]"),
+                &r,
+                "a boot without kernel warnings",
+            )?;
             check_kern_addrs(&r, false)
         }),
         Trial::test("guest_power_off_ends_the_vm", || {
@@ -106,6 +112,27 @@ fn boot_tests() -> Vec<Trial> {
             // when the halt line shows or, at the latest, EXIT_GRACE after EXIT.
             let how = r.reason.contains("power-off") || r.reason.contains("halted after EXIT");
             expect(how, &r, "ended as a power-off/halt")
+        }),
+        Trial::test("host_replies_reach_the_guest_on_port1_rx", || {
+            // The guest sends SNRQ (kind 0, CAPTURE) and KORQ; it exits 0
+            // only if a well-formed reply echoing each id came back.
+            let mut o = opts("1n1l1c1t", None);
+            o.mode = GuestMode::Requests;
+            let r = run(o)?;
+            expect_ok(&r)?;
+            expect(
+                r.frames.get("SNRQ") == Some(&2) && r.frames.get("KORQ") == Some(&1),
+                &r,
+                "two SNRQ and one KORQ frames",
+            )?;
+            for line in ["SNRP 41: error (snapshot request kind 0 is invalid", "SNRP 42:", "KORP 43:"] {
+                expect(
+                    r.console.contains(&format!("requests: {line}")),
+                    &r,
+                    &format!("the guest logged the reply {line:?}"),
+                )?;
+            }
+            Ok(())
         }),
         Trial::test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
             let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;

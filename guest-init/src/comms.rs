@@ -153,6 +153,11 @@ impl<W: Write> BulkPort<W> {
             })
     }
 
+    /// The underlying port, e.g. to read host-to-guest frames.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// The underlying writer.
     pub fn into_inner(self) -> W {
         self.out

@@ -17,6 +17,7 @@ pub mod modes;
 pub mod mount;
 pub mod ports;
 pub mod power;
+pub mod requests;
 pub mod topology;
 
 #[cfg(test)]

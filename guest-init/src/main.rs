@@ -15,7 +15,7 @@ use schedrig_guest_init::comms::{BulkPort, CommsError};
 use schedrig_guest_init::console::{self, ensure_stdio, say};
 use schedrig_guest_init::crash::{fatal, install_panic_hook};
 use schedrig_guest_init::modes::{garbage_bytes, mode_from_cmdline, Mode};
-use schedrig_guest_init::{kaddr, mount, power, topology};
+use schedrig_guest_init::{kaddr, mount, power, requests, topology};
 use schedrig_wire::LifecyclePhase;
 
 /// How long the bulk port may take to appear (the control-queue
@@ -23,6 +23,10 @@ use schedrig_wire::LifecyclePhase;
 const PORT_WAIT: Duration = Duration::from_secs(30);
 /// EXIT code when `schedrig.mode=` names no mode: the run must fail.
 const EXIT_UNKNOWN_MODE: i32 = 2;
+/// EXIT code when requests mode got a missing or wrong reply.
+const EXIT_BAD_REPLIES: i32 = 3;
+/// How long requests mode waits for the host's replies.
+const REPLY_WAIT: Duration = Duration::from_secs(60);
 
 fn main() {
     install_panic_hook();
@@ -160,6 +164,19 @@ fn run() -> Result<(), String> {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    let exit_code = if mode == Mode::Requests {
+        let check = requests::exchange(&mut port, REPLY_WAIT).map_err(comms)?;
+        for line in check.seen.iter().chain(&check.problems) {
+            say(&format!("requests: {line}"));
+        }
+        if check.problems.is_empty() {
+            exit_code
+        } else {
+            EXIT_BAD_REPLIES
+        }
+    } else {
+        exit_code
+    };
     port.exit(exit_code).map_err(comms)?;
     say(&format!("exit {exit_code}; restarting"));
     Ok(())

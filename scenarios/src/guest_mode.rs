@@ -31,11 +31,15 @@ pub enum GuestMode {
     Stall,
     /// As normal, but ends with a power-off instead of a reset.
     PowerOff,
+    /// After SRDY, sends coordinator requests (SNRQ, KORQ) and waits for
+    /// the host's replies on the bulk port: EXIT 0 only if each came back
+    /// well-formed and echoing its id (host-to-guest frames end to end).
+    Requests,
 }
 
 impl GuestMode {
     /// Every mode, with its command-line name.
-    pub const ALL: [(GuestMode, &'static str); 7] = [
+    pub const ALL: [(GuestMode, &'static str); 8] = [
         (GuestMode::Normal, "normal"),
         (GuestMode::Hang, "hang"),
         (GuestMode::Garbage, "garbage"),
@@ -43,6 +47,7 @@ impl GuestMode {
         (GuestMode::KernelPanic, "kernel-panic"),
         (GuestMode::Stall, "stall"),
         (GuestMode::PowerOff, "poweroff"),
+        (GuestMode::Requests, "requests"),
     ];
 
     /// The command-line name.

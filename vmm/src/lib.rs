@@ -11,6 +11,7 @@ pub mod topology;
 pub use topology::Topology;
 pub mod machine;
 pub mod report;
+pub mod requests;
 pub mod vcpu;
 
 pub use machine::{run, KernelFormat, MachineConfig, MachineError};

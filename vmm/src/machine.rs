@@ -22,7 +22,7 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
 use crate::devices::log::BoundedLog;
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
-use crate::devices::virtio::console::{self as virtio_console, VirtioConsole};
+use crate::devices::virtio::console::{self as virtio_console, BulkWriter, VirtioConsole};
 use crate::devices::virtio::event_loop::spawn_device_thread;
 use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
@@ -242,6 +242,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             source,
         })?;
     let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    let has_xcrs = kvm.check_extension(kvm_ioctls::Cap::Xcrs);
     vcpu::install_kick_handler()
         .map_err(|e| MachineError::Io("install vCPU kick signal handler", e))?;
     let shared = Arc::new(VcpuShared {
@@ -271,6 +272,9 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         })?;
         regs::setup_msrs(&fd)?;
         regs::setup_lint(&fd)?;
+        if let Some(xcr0) = regs::xcr0_for(&table).filter(|_| has_xcrs) {
+            regs::setup_xcr0(&fd, xcr0)?;
+        }
         if cpu == 0 {
             regs::setup_regs(&fd, loaded.entry)?;
             regs::setup_sregs(&fd)?;
@@ -308,7 +312,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             .and_then(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()),
         mem.iter().map(|r| r.len()).sum::<u64>(),
     );
-    let mut watch = Watch::new(started, config, power_down);
+    let mut watch = Watch::new(started, config, power_down, bulk_writer);
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Event::Bulk(bytes)) => watch.bulk(&bytes),
@@ -320,7 +324,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             break;
         }
     }
-    drop(bulk_writer);
+    // Nothing more goes to the guest once it is stopping.
+    watch.replies = None;
     let stopped_cleanly = stop_all(&shared, threads, &stop_devices, device_thread, &transport);
     // Frames the guest queued just before it reset (EXIT, typically) were
     // served by the final queue pass in stop_all: collect them.
@@ -511,6 +516,8 @@ struct Watch {
     reset: Option<&'static str>,
     power_down: Arc<std::sync::atomic::AtomicBool>,
     verdict: Option<(Verdict, String)>,
+    /// Port 1 RX: answers to the guest's requests.
+    replies: Option<BulkWriter>,
 }
 
 impl Watch {
@@ -518,6 +525,7 @@ impl Watch {
         started: Instant,
         config: &MachineConfig,
         power_down: Arc<std::sync::atomic::AtomicBool>,
+        replies: BulkWriter,
     ) -> Self {
         Self {
             started,
@@ -535,6 +543,7 @@ impl Watch {
             reset: None,
             power_down,
             verdict: None,
+            replies: Some(replies),
         }
     }
 
@@ -580,6 +589,16 @@ impl Watch {
                 Some(MsgTag::Lifecycle) => {
                     if let Ok(l) = Lifecycle::decode(&frame.payload) {
                         self.lifecycle.push((l.phase as u8, l.reason));
+                    }
+                }
+                Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {
+                    let reply = crate::requests::answer(tag, &frame.payload);
+                    if let (Some(reply), Some(w)) = (reply, &self.replies) {
+                        // Full means the guest is not reading its replies;
+                        // dropping this one cannot hurt the host.
+                        if let Err(e) = w.send(&reply) {
+                            tracing::warn!("reply to {tag} dropped: {e}");
+                        }
                     }
                 }
                 _ => {}

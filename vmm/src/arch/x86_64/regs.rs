@@ -2,7 +2,7 @@
 //! segments and control registers with identity page tables, FPU, MSRs
 //! and the local APIC's LINT pins.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, Msrs};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_xcrs, CpuId, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -175,6 +175,44 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
         .map_err(|e| RegsError::Ioctl("KVM_SET_LAPIC", e))
 }
 
+/// XCR0, the only extended control register (Intel SDM vol. 1, 13.3).
+const XCR_XFEATURE_ENABLED_MASK: u32 = 0;
+/// CPUID leaf 0xD subleaf 0: EAX/EDX list the XSAVE features.
+const LEAF_XSTATE: u32 = 0xd;
+/// CPUID.1:ECX.XSAVE.
+const ECX_XSAVE: u32 = 1 << 26;
+
+/// The XCR0 value enabling every XSAVE feature `cpuid` announces, or
+/// None when it announces no XSAVE.
+pub fn xcr0_for(cpuid: &CpuId) -> Option<u64> {
+    let find = |f: u32| -> Option<&kvm_cpuid_entry2> {
+        cpuid.as_slice().iter().find(|e| e.function == f && e.index == 0)
+    };
+    if find(1)?.ecx & ECX_XSAVE == 0 {
+        return None;
+    }
+    let x = find(LEAF_XSTATE)?;
+    Some(u64::from(x.eax) | (u64::from(x.edx) << 32))
+}
+
+/// Starts the vCPU with XCR0 = every announced XSAVE feature, the value
+/// Linux itself sets early in boot. KVM sizes CPUID.0xD.0:EBX (the XSAVE
+/// area) from XCR0 when it is set through KVM; under emulated SVM (TCG)
+/// the guest's own XSETBV bypasses KVM, EBX stayed at 576 bytes, and the
+/// kernel found "XSAVE consistency problem" and disabled XSAVE. With
+/// hardware virtualization the guest's write is intercepted anyway.
+pub fn setup_xcr0(vcpu: &VcpuFd, xcr0: u64) -> Result<(), RegsError> {
+    let mut xcrs = kvm_xcrs {
+        nr_xcrs: 1,
+        ..Default::default()
+    };
+    xcrs.xcrs[0].xcr = XCR_XFEATURE_ENABLED_MASK;
+    xcrs.xcrs[0].value = xcr0;
+    vcpu.set_xcrs(&xcrs)
+        .map_err(|e| RegsError::Ioctl("KVM_SET_XCRS", e))
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +237,24 @@ mod tests {
         set_delivery_mode(&mut regs, APIC_LVT0, APIC_MODE_EXTINT);
         assert_eq!(regs[APIC_LVT0] as u8, 0x30);
         assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x07);
+    }
+
+    fn leaf(function: u32, eax: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            eax,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn xcr0_enables_every_announced_feature() {
+        let c = CpuId::from_entries(&[leaf(1, 0, ECX_XSAVE, 0), leaf(0xd, 0x207, 0xa88, 0x1)])
+            .unwrap();
+        assert_eq!(xcr0_for(&c), Some(0x1_0000_0207));
+        let no_xsave = CpuId::from_entries(&[leaf(1, 0, 0, 0), leaf(0xd, 0x7, 0, 0)]).unwrap();
+        assert_eq!(xcr0_for(&no_xsave), None);
     }
 }

@@ -1,0 +1,262 @@
+//! `schedrig.mode=requests`: host-to-guest frames end to end. The guest
+//! sends coordinator requests (SNRQ, KORQ) and waits, with a deadline,
+//! for a reply to each on the bulk port's receive side; the exit code
+//! says whether every reply came back well-formed and echoing its id.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use schedrig_wire::payload::kernel_op::{Direction, KernelOpEntry, Mode, Target, Value};
+use schedrig_wire::{
+    FrameParser, KernelOpReply, KernelOpRequest, MsgTag, SnapshotKind, SnapshotReply,
+    SnapshotRequest, SnapshotStatus, HOST_TO_GUEST_MAX_PAYLOAD,
+};
+
+use crate::comms::{BulkPort, CommsError};
+
+/// Ids of the three requests; distinct so a misrouted reply shows.
+pub const INVALID_SNAPSHOT_ID: u32 = 41;
+pub const CAPTURE_ID: u32 = 42;
+pub const KERNEL_OP_ID: u32 = 43;
+
+/// The requests, in the order they are sent: a snapshot of kind 0
+/// (invalid on the wire, so it must be refused), a CAPTURE, and a hot
+/// read of `jiffies`.
+pub fn request_frames() -> Vec<(MsgTag, Vec<u8>)> {
+    let mut invalid = SnapshotRequest::new(INVALID_SNAPSHOT_ID, SnapshotKind::Capture, "invalid");
+    invalid.kind.set(0);
+    let capture = SnapshotRequest::new(CAPTURE_ID, SnapshotKind::Capture, "requests-mode");
+    let read = KernelOpRequest {
+        request_id: KERNEL_OP_ID,
+        mode: Mode::Hot,
+        direction: Direction::Read,
+        tag: "requests-mode".into(),
+        entries: vec![KernelOpEntry {
+            target: Target::Symbol("jiffies".into()),
+            value: Value::U64(0),
+        }],
+    };
+    vec![
+        (MsgTag::SnapshotRequest, invalid.encode().to_vec()),
+        (MsgTag::SnapshotRequest, capture.encode().to_vec()),
+        (
+            MsgTag::KernelOpRequest,
+            // A fixed, small request: encoding cannot fail.
+            read.encode().unwrap_or_default(),
+        ),
+    ]
+}
+
+/// Checks the host's replies as their bytes arrive.
+pub struct ReplyCheck {
+    parser: FrameParser,
+    /// (reply tag, request id) still awaited.
+    pending: Vec<(MsgTag, u32)>,
+    /// One line per reply, for the console.
+    pub seen: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+impl Default for ReplyCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplyCheck {
+    pub fn new() -> ReplyCheck {
+        ReplyCheck {
+            // The guest never buffers more than 1 MiB of a reply.
+            parser: FrameParser::new(HOST_TO_GUEST_MAX_PAYLOAD),
+            pending: vec![
+                (MsgTag::SnapshotReply, INVALID_SNAPSHOT_ID),
+                (MsgTag::SnapshotReply, CAPTURE_ID),
+                (MsgTag::KernelOpReply, KERNEL_OP_ID),
+            ],
+            seen: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// True when every reply arrived.
+    pub fn done(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Request ids still without a reply.
+    pub fn pending_ids(&self) -> Vec<u32> {
+        self.pending.iter().map(|(_, id)| *id).collect()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.parser.push(bytes);
+        while let Some(next) = self.parser.next_frame() {
+            let frame = match next {
+                Ok(f) => f,
+                Err(e) => {
+                    self.problems.push(format!("reply stream: {e}"));
+                    // The parser no longer trusts the stream: nothing more
+                    // can be checked.
+                    self.pending.clear();
+                    return;
+                }
+            };
+            if !frame.crc_ok {
+                self.problems.push("a reply frame with a bad CRC".into());
+                continue;
+            }
+            let checked = match frame.tag {
+                Some(MsgTag::SnapshotReply) => SnapshotReply::decode(&frame.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        let status = r.status().map_err(|e| e.to_string())?;
+                        let reason = r.reason_str().unwrap_or("<not UTF-8>").to_string();
+                        Ok((MsgTag::SnapshotReply, r.request_id.get(), status == SnapshotStatus::Ok, reason))
+                    }),
+                Some(MsgTag::KernelOpReply) => KernelOpReply::decode(&frame.payload)
+                    .map_err(|e| e.to_string())
+                    .map(|r| (MsgTag::KernelOpReply, r.request_id, r.success, r.reason)),
+                _ => Err(format!("unexpected frame tag {:#010x}", frame.raw_tag)),
+            };
+            match checked {
+                Err(e) => self.problems.push(e),
+                Ok((tag, id, ok, reason)) => self.reply(tag, id, ok, reason),
+            }
+        }
+    }
+
+    fn reply(&mut self, tag: MsgTag, id: u32, ok: bool, reason: String) {
+        self.seen.push(format!(
+            "{tag} {id}: {}{}",
+            if ok { "ok" } else { "error" },
+            if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+        ));
+        let Some(at) = self.pending.iter().position(|p| *p == (tag, id)) else {
+            self.problems.push(format!("{tag} for request {id}, which is not pending"));
+            return;
+        };
+        self.pending.remove(at);
+        if id == INVALID_SNAPSHOT_ID && ok {
+            self.problems
+                .push("a snapshot request of kind 0 was answered ok".into());
+        }
+        if !ok && reason.is_empty() {
+            self.problems.push(format!("{tag} {id}: an error without a reason"));
+        }
+    }
+}
+
+/// Sends the requests and waits up to `wait` for their replies. Returns
+/// the check; a read error ends the wait early and is a problem.
+pub fn exchange(port: &mut BulkPort<File>, wait: Duration) -> Result<ReplyCheck, CommsError> {
+    for (tag, payload) in request_frames() {
+        port.send(tag, &payload)?;
+    }
+    let mut check = ReplyCheck::new();
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 4096];
+    while !check.done() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            check.problems.push(format!(
+                "no reply to requests {:?} within {wait:?}",
+                check.pending_ids()
+            ));
+            break;
+        }
+        let file = port.get_mut();
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                check.problems.push(format!("poll on the bulk port: {e}"));
+                break;
+            }
+        }
+        match file.read(&mut buf) {
+            Ok(0) => {
+                check.problems.push("the bulk port closed".into());
+                break;
+            }
+            Ok(n) => check.push(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                check.problems.push(format!("read from the bulk port: {e}"));
+                break;
+            }
+        }
+    }
+    Ok(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schedrig_wire::encode_frame;
+
+    fn snrp(id: u32, ok: bool) -> Vec<u8> {
+        let r = if ok {
+            SnapshotReply::ok(id)
+        } else {
+            SnapshotReply::error(id, "no coordinator")
+        };
+        encode_frame(MsgTag::SnapshotReply, &r.encode()).unwrap()
+    }
+
+    fn korp(id: u32) -> Vec<u8> {
+        let r = KernelOpReply::error(id, "no coordinator");
+        encode_frame(MsgTag::KernelOpReply, &r.encode().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_reply_in_any_order_and_split_reads_passes() {
+        let mut bytes = korp(KERNEL_OP_ID);
+        bytes.extend(snrp(CAPTURE_ID, true));
+        bytes.extend(snrp(INVALID_SNAPSHOT_ID, false));
+        let mut c = ReplyCheck::new();
+        for chunk in bytes.chunks(7) {
+            c.push(chunk);
+        }
+        assert!(c.done());
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.seen.len(), 3);
+    }
+
+    #[test]
+    fn kind_zero_answered_ok_is_a_problem() {
+        let mut c = ReplyCheck::new();
+        c.push(&snrp(INVALID_SNAPSHOT_ID, true));
+        assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
+    }
+
+    #[test]
+    fn missing_wrong_id_and_garbage_are_problems() {
+        let mut c = ReplyCheck::new();
+        c.push(&snrp(99, false));
+        c.push(&snrp(CAPTURE_ID, false));
+        assert!(!c.done());
+        assert_eq!(c.pending_ids(), vec![INVALID_SNAPSHOT_ID, KERNEL_OP_ID]);
+        assert_eq!(c.problems.len(), 1);
+        let mut bad = korp(KERNEL_OP_ID);
+        bad[8] ^= 1; // CRC
+        c.push(&bad);
+        assert_eq!(c.problems.len(), 2);
+    }
+
+    #[test]
+    fn request_frames_decode() {
+        let frames = request_frames();
+        assert_eq!(frames.len(), 3);
+        let invalid = SnapshotRequest::decode(&frames[0].1).unwrap();
+        assert!(invalid.kind().is_err());
+        assert_eq!(
+            KernelOpRequest::decode(&frames[2].1).unwrap().request_id,
+            KERNEL_OP_ID
+        );
+    }
+}
