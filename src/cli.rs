@@ -159,7 +159,7 @@ impl KernelArgs {
 /// Entry point: parses flags, runs, and turns any error into one line
 /// on stderr and a non-zero exit.
 pub fn main() -> ExitCode {
-    let started = std::time::Instant::now();
+    let started = process_start();
     // Diagnostics for developers: SCHEDRIG_LOG=debug (tracing's env filter).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -222,7 +222,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// When `main` started: the CLI's "VMM start" for set-up figures.
+/// When this process was started (exec), to the kernel's 10 ms tick:
+/// `main` runs after the dynamic loader and runtime start-up, which the
+/// set-up figure must include. Falls back to now if /proc is unreadable.
+fn process_start() -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let since_exec = || -> Option<std::time::Duration> {
+        // Field 22 of /proc/self/stat: start time in clock ticks after boot.
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let after_comm = &stat[stat.rfind(')')? + 2..];
+        let ticks: u64 = after_comm.split(' ').nth(19)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid, writable timespec.
+        if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 || hz == 0 {
+            return None;
+        }
+        let boot_now = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        let started = std::time::Duration::from_nanos(ticks.checked_mul(1_000_000_000)? / hz);
+        boot_now.checked_sub(started)
+    };
+    since_exec()
+        .and_then(|d| now.checked_sub(d))
+        .unwrap_or(now)
+}
+
+/// When the process started: the CLI's "VMM start" for set-up figures.
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
