@@ -178,6 +178,11 @@ fn run() -> Result<(), String> {
         exit_code
     };
     port.exit(exit_code).map_err(comms)?;
-    say(&format!("exit {exit_code}; restarting"));
+    let end = if mode == Mode::PowerOff {
+        "powering off"
+    } else {
+        "restarting"
+    };
+    say(&format!("exit {exit_code}; {end}"));
     Ok(())
 }

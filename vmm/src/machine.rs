@@ -39,11 +39,13 @@ const CRASH_LOG_CAP: usize = 64 << 10;
 /// The text Linux prints when it panics.
 const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
 /// What Linux prints when asked to power off. Without ACPI it has no way
-/// to: the reboot syscall turns the request into a halt ("System halted",
-/// every CPU stops for good), or, if a power-off path exists but returns,
-/// PID 1 exits and the kernel panics. So the VM is ended as soon as either
-/// line appears, and a panic after it does not count.
-const POWER_DOWN_MARKERS: [&str; 2] = ["reboot: Power down", "reboot: System halted"];
+/// to: the reboot syscall turns the request into a halt ("reboot: Power
+/// off not available: System halted instead" in 6.12, "reboot: System
+/// halted" for a plain halt; every CPU stops for good), or, if a
+/// power-off path exists but returns, PID 1 exits and the kernel panics.
+/// So the VM is ended as soon as either line appears, and a panic after
+/// it does not count.
+const POWER_DOWN_MARKERS: [&str; 2] = ["reboot: Power down", "System halted"];
 /// Once EXIT arrived the guest reboots; this long is allowed for it.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
