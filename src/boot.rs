@@ -56,15 +56,23 @@ pub enum BootError {
     Read(String, std::io::Error),
     #[error(transparent)]
     Machine(#[from] schedrig_vmm::MachineError),
+    #[error("{0}: a stock kernel would crawl and die here; boot it in the nested test host (`schedrig nested -- schedrig boot ...`), or set SCHEDRIG_NESTED=0 to try anyway")]
+    PvmKvm(String),
 }
 
 /// Boots once and returns the report. `started` is when the caller
 /// started (the CLI passes its process start).
 pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError> {
+    tracing::debug!(elapsed = ?started.elapsed(), "boot requested");
     opts.topology
         .check_supported()
         .map_err(schedrig_vmm::MachineError::from)?;
     let k = kernel::resolve(&opts.kernel)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "kernel resolved");
+    // After the user's own mistakes are reported: those come first.
+    if let Some(why) = crate::nested::detect::direct_boot_refusal() {
+        return Err(BootError::PvmKvm(why));
+    }
     let initrd_path = crate::initramfs::guest::cached_by_digest(
         crate::static_bins::GUEST_INIT,
         crate::static_bins::GUEST_INIT_SHA256,

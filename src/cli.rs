@@ -169,6 +169,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     PROCESS_START.get_or_init(|| started);
+    tracing::debug!(since_exec = ?started.elapsed(), "main started");
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -43,26 +43,27 @@ pub fn is_installed(package: &str) -> bool {
 pub fn installed_version(package: &str) -> Option<String> {
     let read = std::fs::File::open(DPKG_STATUS).and_then(|f| {
         use std::io::Read;
-        let mut text = String::new();
-        f.take(DPKG_STATUS_MAX).read_to_string(&mut text)?;
-        Ok(text)
+        let mut bytes = Vec::new();
+        f.take(DPKG_STATUS_MAX).read_to_end(&mut bytes)?;
+        Ok(bytes)
     });
     match read {
-        Ok(text) => version_in_status(&text, package),
+        Ok(bytes) => version_in_status(&bytes, package),
         Err(_) => dpkg_query_version(package),
     }
 }
 
 /// Finds `package`'s paragraph in dpkg status text and returns its
 /// version when its Status is "install ok installed".
-fn version_in_status(status: &str, package: &str) -> Option<String> {
-    // Jump straight to the paragraph: a full parse of the database is
-    // needless work on every boot.
+fn version_in_status(status: &[u8], package: &str) -> Option<String> {
+    // Jump straight to the paragraph: parsing (or even UTF-8 checking)
+    // the whole database is needless work on every boot.
     let needle = format!("Package: {package}\n");
-    let start = memchr::memmem::find_iter(status.as_bytes(), needle.as_bytes())
-        .find(|&i| i == 0 || status.as_bytes()[i - 1] == b'\n')?;
+    let start = memchr::memmem::find_iter(status, needle.as_bytes())
+        .find(|&i| i == 0 || status[i - 1] == b'\n')?;
     let para = &status[start..];
-    let para = &para[..para.find("\n\n").unwrap_or(para.len())];
+    let para = &para[..memchr::memmem::find(para, b"\n\n").unwrap_or(para.len())];
+    let para = std::str::from_utf8(para).ok()?;
     let field = |name: &str| {
         para.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -149,18 +150,18 @@ mod tests {
     #[test]
     fn installed_package_version_is_read() {
         assert_eq!(
-            version_in_status(STATUS, "linux-source-6.12").as_deref(),
+            version_in_status(STATUS.as_bytes(), "linux-source-6.12").as_deref(),
             Some("6.12.117-1~deb12u1")
         );
-        assert_eq!(version_in_status(STATUS, "linux-source-6.1").as_deref(), Some("6.1.0"));
+        assert_eq!(version_in_status(STATUS.as_bytes(), "linux-source-6.1").as_deref(), Some("6.1.0"));
     }
 
     #[test]
     fn removed_or_unknown_packages_are_not_installed() {
-        assert_eq!(version_in_status(STATUS, "flex"), None);
-        assert_eq!(version_in_status(STATUS, "bison"), None);
+        assert_eq!(version_in_status(STATUS.as_bytes(), "flex"), None);
+        assert_eq!(version_in_status(STATUS.as_bytes(), "bison"), None);
         // A name that is a prefix of another is not that package.
-        assert_eq!(version_in_status(STATUS, "linux-source"), None);
+        assert_eq!(version_in_status(STATUS.as_bytes(), "linux-source"), None);
     }
 
     /// The direct read agrees with dpkg-query on this machine.

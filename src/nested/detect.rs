@@ -23,6 +23,20 @@ pub fn kvm_mode() -> KvmMode {
     )
 }
 
+/// Why this machine's /dev/kvm cannot boot a stock kernel, if it cannot:
+/// it is PVM and nothing forces a direct run (`SCHEDRIG_NESTED=0`, or
+/// already inside the nested host).
+pub fn direct_boot_refusal() -> Option<String> {
+    let in_nested = std::env::var(super::IN_NESTED_ENV).ok();
+    let forced = std::env::var(NESTED_ENV).ok();
+    if in_nested.as_deref() == Some("1") || forced.as_deref() == Some("0") {
+        return None;
+    }
+    Path::new("/sys/module/kvm_pvm")
+        .exists()
+        .then(|| "/dev/kvm is PVM (kvm_pvm), which runs only PVM guest kernels".to_string())
+}
+
 fn decide(in_nested: Option<&str>, forced: Option<&str>, pvm: bool, dev_kvm: bool) -> KvmMode {
     if in_nested == Some("1") {
         return KvmMode::Direct;
