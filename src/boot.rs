@@ -65,7 +65,7 @@ pub enum BootError {
 pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError> {
     tracing::debug!(elapsed = ?started.elapsed(), "boot requested");
     opts.topology
-        .check_supported()
+        .check_memory(opts.memory_mib)
         .map_err(schedrig_vmm::MachineError::from)?;
     let k = kernel::resolve(&opts.kernel)?;
     tracing::debug!(elapsed = ?started.elapsed(), "kernel resolved");

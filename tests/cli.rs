@@ -34,10 +34,10 @@ fn invalid_topology_strings() {
 }
 
 #[test]
-fn numa_is_refused_clearly() {
+fn numa_nodes_need_enough_memory() {
     assert_one_error(
-        &["boot", "--topology", "2n1l1c1t"],
-        "more than one NUMA node is not supported yet",
+        &["boot", "--topology", "4n1l1c1t", "--memory", "100M"],
+        "4 NUMA nodes need at least 32 MiB of guest RAM each",
     );
 }
 

@@ -108,12 +108,12 @@ fn boot_tests() -> Vec<Trial> {
             o.mode = GuestMode::PowerOff;
             let r = run(o)?;
             expect_ok(&r)?;
-            // Without ACPI the kernel halts instead and says so on COM1;
-            // the host must end the VM on that line, not EXIT_GRACE later.
+            // The kernel powers off through ACPI: SLP_TYP=S5 with SLP_EN
+            // written to the PM1a control port the FADT names.
             expect(
-                r.reason.contains("power-off"),
+                r.reason.contains("ACPI power-off (S5)"),
                 &r,
-                "ended on the kernel's halt line (reason power-off)",
+                "ended by the guest's ACPI S5 write",
             )
         }),
         Trial::test("host_replies_reach_the_guest_on_port1_rx", || {
@@ -219,11 +219,12 @@ fn boot_tests() -> Vec<Trial> {
             )
         }),
     ];
-    for (topo, cpus, llcs, cores, threads) in [
-        ("1n1l1c1t", 1, 1, 1, 1),
-        ("1n2l2c1t", 4, 2, 4, 1),
-        ("1n1l2c2t", 4, 1, 2, 2),
-        ("1n2l2c2t", 8, 2, 4, 2),
+    for (topo, nodes, cpus, llcs, cores, threads) in [
+        ("1n1l1c1t", 1, 1, 1, 1, 1),
+        ("1n2l2c1t", 1, 4, 2, 4, 1),
+        ("1n1l2c2t", 1, 4, 1, 2, 2),
+        ("1n2l2c2t", 1, 8, 2, 4, 2),
+        ("2n1l2c1t", 2, 4, 2, 4, 1),
     ] {
         t.push(Trial::test(
             format!("guest_sees_topology_{topo}"),
@@ -246,6 +247,16 @@ fn boot_tests() -> Vec<Trial> {
                     g.llc_groups == want,
                     &r,
                     &format!("LLC groups {:?}", g.llc_groups),
+                )?;
+                // One NUMA node per package, CPUs contiguous (ACPI SRAT).
+                let per_node = cpus / nodes;
+                let want: Vec<Vec<u32>> = (0..nodes as u32)
+                    .map(|n| (n * per_node as u32..(n + 1) * per_node as u32).collect())
+                    .collect();
+                expect(
+                    g.numa_nodes == want,
+                    &r,
+                    &format!("NUMA nodes {:?}", g.numa_nodes),
                 )
             },
         ));

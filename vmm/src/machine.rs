@@ -19,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
+use crate::arch::x86_64::{acpi, boot, cpuid, layout, mptable, regs};
 use crate::devices::log::BoundedLog;
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
 use crate::devices::virtio::console::{self as virtio_console, BulkWriter, VirtioConsole};
@@ -48,6 +48,8 @@ const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
 const POWER_DOWN_MARKERS: [&str; 2] = ["reboot: Power down", "System halted"];
 /// Once EXIT arrived the guest reboots; this long is allowed for it.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// After the kernel's power-off line, how long the ACPI S5 write may take.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(20);
 /// How long stopping vCPU threads may take before we report it.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
@@ -61,7 +63,7 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// - the i8042 and CMOS RTC drivers would probe hardware we do not
 ///   emulate and wait for timeouts: they are skipped.
 const BASE_CMDLINE: &str =
-    "console=ttyS0 loglevel=6 reboot=k panic=-1 oops=panic acpi=off pci=off \
+    "console=ttyS0 loglevel=6 reboot=k panic=-1 oops=panic pci=off \
      8250.nr_uarts=2 initcall_blacklist=i8042_init,cmos_init no_timer_check tsc=reliable";
 /// Lines of console shown in a report.
 const CONSOLE_TAIL_LINES: usize = 40;
@@ -95,6 +97,8 @@ pub enum MachineError {
     Cpuid(#[from] cpuid::CpuidError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     #[error("virtio console: {0}")]
     Virtio(String),
     #[error("{0}: {1}")]
@@ -129,8 +133,8 @@ enum Event {
 /// started (process start for the CLI), for the set-up figure.
 pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, MachineError> {
     let topo = config.topology;
-    topo.check_supported()?;
     ram_bytes(config.memory_mib)?;
+    topo.check_memory(config.memory_mib)?;
     let kvm = Kvm::new().map_err(MachineError::NoKvm)?;
     let (kvm_max, kvm_max_id) = (kvm.get_max_vcpus(), kvm.get_max_vcpu_id());
     if topo.vcpus() as usize > kvm_max || topo.max_apic_id() as usize >= kvm_max_id {
@@ -235,6 +239,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     regs::write_boot_tables(&mem)?;
     let apic_ids: Vec<u32> = (0..topo.vcpus()).map(|c| topo.apic_id(c)).collect();
     mptable::write(&mem, &apic_ids)?;
+    let rsdp = acpi::write(&mem, &topo, &apic_ids, mem.last_addr().0 + 1)?;
+    boot::set_acpi_rsdp(&mem, rsdp)?;
 
     // vCPUs.
     let supported = kvm
@@ -249,6 +255,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         .map_err(|e| MachineError::Io("install vCPU kick signal handler", e))?;
     let shared = Arc::new(VcpuShared {
         serial: Mutex::new(serial),
+        pm: Default::default(),
         mmio: vec![(mmio_base, transport.clone())],
         events: {
             let tx = tx.clone();
@@ -517,6 +524,7 @@ struct Watch {
     lifecycle: Vec<(u8, Option<String>)>,
     reset: Option<&'static str>,
     power_down: Arc<std::sync::atomic::AtomicBool>,
+    power_down_at: Option<Instant>,
     verdict: Option<(Verdict, String)>,
     /// Port 1 RX: answers to the guest's requests.
     replies: Option<BulkWriter>,
@@ -544,6 +552,7 @@ impl Watch {
             lifecycle: Vec::new(),
             reset: None,
             power_down,
+            power_down_at: None,
             verdict: None,
             replies: Some(replies),
         }
@@ -624,8 +633,14 @@ impl Watch {
             return true;
         }
         if self.power_down.load(Ordering::Acquire) {
-            self.reset.get_or_insert("power-off");
-            return true;
+            // The kernel said it powers off or halts. With ACPI the S5
+            // write (a vCPU event, "ACPI power-off") follows at once; give
+            // it a moment so the report says which, then end the VM anyway.
+            let seen = *self.power_down_at.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= POWER_OFF_GRACE {
+                self.reset.get_or_insert("power-off (kernel halted)");
+                return true;
+            }
         }
         let elapsed = self.started.elapsed();
         if self.ready.is_none() && elapsed >= self.boot_deadline {

@@ -12,6 +12,9 @@ use std::str::FromStr;
 
 /// Most vCPUs one VM may have (MP table and our APIC ID space).
 pub const MAX_VCPUS: u32 = 254;
+/// Least RAM per NUMA node (Linux refuses nodes under 4 MiB; a node this
+/// small is useless for scheduling tests anyway).
+pub const MIN_NODE_MIB: u64 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Topology {
@@ -29,10 +32,13 @@ pub enum TopologyError {
     Zero(String),
     #[error("topology {topo} has {vcpus} vCPUs; at most {max} are supported")]
     TooManyVcpus { topo: String, vcpus: u64, max: u32 },
-    #[error(
-        "topology {0}: more than one NUMA node is not supported yet (it needs ACPI SRAT tables)"
-    )]
-    NumaUnsupported(String),
+    #[error("topology {topo}: {nodes} NUMA nodes need at least {min_mib} MiB of guest RAM each ({memory_mib} MiB given); give the VM more memory")]
+    NodeTooSmall {
+        topo: String,
+        nodes: u32,
+        min_mib: u64,
+        memory_mib: u64,
+    },
 }
 
 impl Topology {
@@ -77,10 +83,16 @@ impl Topology {
         Ok(())
     }
 
-    /// Refuses what this VMM cannot present yet.
-    pub fn check_supported(&self) -> Result<(), TopologyError> {
-        if self.numa_nodes > 1 {
-            return Err(TopologyError::NumaUnsupported(self.to_string()));
+    /// Refuses a machine this topology cannot be laid out on: each NUMA
+    /// node gets an equal slice of RAM, at least [`MIN_NODE_MIB`].
+    pub fn check_memory(&self, memory_mib: u64) -> Result<(), TopologyError> {
+        if memory_mib / u64::from(self.numa_nodes) < MIN_NODE_MIB {
+            return Err(TopologyError::NodeTooSmall {
+                topo: self.to_string(),
+                nodes: self.numa_nodes,
+                min_mib: MIN_NODE_MIB,
+                memory_mib,
+            });
         }
         Ok(())
     }
@@ -221,10 +233,12 @@ mod tests {
             "1n16l16c2t".parse::<Topology>(),
             Err(TopologyError::TooManyVcpus { .. })
         ));
+        let two_nodes = "2n1l1c1t".parse::<Topology>().unwrap();
         assert!(matches!(
-            "2n1l1c1t".parse::<Topology>().unwrap().check_supported(),
-            Err(TopologyError::NumaUnsupported(_))
+            two_nodes.check_memory(48),
+            Err(TopologyError::NodeTooSmall { .. })
         ));
+        assert_eq!(two_nodes.check_memory(64), Ok(()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use crate::devices::acpi_pm::{self, PmAction};
 use crate::devices::i8042::{self, I8042Action};
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -30,7 +31,7 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 pub enum VcpuEvent {
     /// The first KVM_RUN of the boot vCPU is about to start.
     FirstRun(Instant),
-    /// i8042 reset, triple fault or a KVM system event.
+    /// i8042 reset, ACPI power-off, triple fault or a KVM system event.
     Reset(&'static str),
     /// KVM_RUN failed or returned an exit we cannot handle.
     Failed { cpu: u32, reason: String },
@@ -39,6 +40,8 @@ pub enum VcpuEvent {
 /// What the vCPU threads share.
 pub struct VcpuShared {
     pub serial: Mutex<Vec<SerialPort>>,
+    /// ACPI PM1 registers (power-off).
+    pub pm: acpi_pm::AcpiPm,
     /// (base address, transport) per virtio-mmio device.
     pub mmio: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
     /// Where the vCPUs report; called from vCPU threads.
@@ -54,6 +57,7 @@ impl VcpuShared {
             }
         }
         match port {
+            p if acpi_pm::contains(p) => self.pm.read(port, data),
             i8042::I8042_DATA_PORT | i8042::I8042_COMMAND_PORT => i8042::read(port, data),
             // Nothing here: reads float high, as on real hardware.
             _ => data.fill(0xff),
@@ -67,6 +71,10 @@ impl VcpuShared {
                 s.write(port, data);
                 return None;
             }
+        }
+        if acpi_pm::contains(port) {
+            return (self.pm.write(port, data) == PmAction::PowerOff)
+                .then_some("ACPI power-off (S5)");
         }
         (i8042::write(port, data) == I8042Action::Reset).then_some("i8042 reset")
     }

@@ -1,5 +1,6 @@
 //! Emulated devices.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod log;
 pub mod serial;

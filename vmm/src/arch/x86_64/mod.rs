@@ -1,6 +1,7 @@
 //! x86_64: the guest-physical layout, boot structures and vCPU state
 //! for entering a Linux kernel directly in 64-bit mode.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod elf_map;

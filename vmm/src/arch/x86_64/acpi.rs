@@ -1,0 +1,309 @@
+//! ACPI tables (ACPI 6.5): what lets the guest see NUMA nodes (SRAT) and
+//! power off (the S5 sleep state through the PM1a control register).
+//!
+//! Tables live in the BIOS area at [`ACPI_START`]: RSDP, then XSDT, FADT,
+//! FACS, DSDT, MADT and SRAT. The FADT is a full (not hardware-reduced)
+//! one: hardware-reduced ACPI makes Linux drop the legacy PIC and with it
+//! the identity mapping of ISA IRQs, which our UARTs (IRQ 3, 4) and the
+//! virtio-mmio device named on the command line (IRQ 5) rely on. It
+//! names no SMI command port (so the machine is already in ACPI mode), no
+//! PM timer and no GPE blocks; the PM1a event and control blocks are the
+//! ports of [`crate::devices::acpi_pm`].
+//!
+//! Built with the rust-vmm `acpi_tables` crate; the x86 structures it
+//! lacks (SRAT processor affinity, MADT interrupt source overrides) are
+//! written here from the spec.
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::{APIC_DEFAULT_PHYS_BASE, IO_APIC_DEFAULT_PHYS_BASE};
+use crate::devices::acpi_pm::{PM1A_CNT_BLK, PM1A_CNT_LEN, PM1A_EVT_BLK, PM1A_EVT_LEN, S5_SLP_TYP};
+use crate::topology::{Topology, MIN_NODE_MIB};
+
+/// Start of the tables: the BIOS read-only area, where Linux also scans
+/// for the RSDP (the zero page names it too).
+pub const ACPI_START: u64 = 0xe_0000;
+/// Room up to the MP table.
+pub const ACPI_MAX_SIZE: u64 = 0x1_0000;
+
+const OEM_ID: [u8; 6] = *b"SCHEDR";
+const OEM_TABLE_ID: [u8; 8] = *b"SCHEDRIG";
+const OEM_REVISION: u32 = 1;
+/// The SCI's ISA IRQ (never raised: no fixed or GPE events exist).
+const SCI_IRQ: u16 = 9;
+/// IAPC_BOOT_ARCH: an 8042 exists (we reset through it).
+const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
+/// MADT flags: PCAT_COMPAT, dual 8259 PICs are present.
+const MADT_PCAT_COMPAT: u32 = 1;
+/// MADT / SRAT structure types (ACPI 6.5, 5.2.12 and 5.2.16).
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_IO_APIC: u8 = 1;
+const MADT_INTERRUPT_OVERRIDE: u8 = 2;
+const SRAT_LOCAL_APIC_AFFINITY: u8 = 0;
+const SRAT_MEMORY_AFFINITY: u8 = 1;
+/// MPS INTI flags: active high, level triggered (the SCI).
+const INTI_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
+/// Flags of an enabled SRAT/MADT entry.
+const ENABLED: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {0} bytes, more than the {ACPI_MAX_SIZE} reserved for them")]
+    TooLarge(u64),
+    #[error("writing the ACPI tables into guest memory failed")]
+    GuestMemory,
+    #[error("{nodes} NUMA nodes need at least {min_mib} MiB of guest RAM each; give the VM more memory")]
+    NodeTooSmall { nodes: u32, min_mib: u64 },
+}
+
+
+/// Writes the tables for `topo` (vCPU i has APIC ID `apic_ids[i]`, RAM
+/// ends at `ram_end`) and returns the RSDP's address.
+pub fn write(
+    mem: &GuestMemoryMmap,
+    topo: &Topology,
+    apic_ids: &[u32],
+    ram_end: u64,
+) -> Result<u64, AcpiError> {
+    let nodes = node_ranges(topo.numa_nodes, ram_end)?;
+    let mut next = ACPI_START + 64; // after the RSDP
+    let mut place = |bytes: &[u8], align: u64| -> Result<u64, AcpiError> {
+        let at = next.next_multiple_of(align);
+        next = at + bytes.len() as u64;
+        if next > ACPI_START + ACPI_MAX_SIZE {
+            return Err(AcpiError::TooLarge(next - ACPI_START));
+        }
+        mem.write_slice(bytes, GuestAddress(at))
+            .map_err(|_| AcpiError::GuestMemory)?;
+        Ok(at)
+    };
+
+    let facs = place(&facs(), 64)?;
+    let dsdt = place(dsdt().as_slice(), 16)?;
+    let fadt = place(&fadt(facs, dsdt), 16)?;
+    let madt = place(madt(apic_ids).as_slice(), 16)?;
+    let srat = place(srat(topo, apic_ids, &nodes).as_slice(), 16)?;
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for table in [fadt, madt, srat] {
+        xsdt.add_entry(table);
+    }
+    let xsdt = place(&to_bytes(&xsdt), 16)?;
+    mem.write_slice(&to_bytes(&Rsdp::new(OEM_ID, xsdt)), GuestAddress(ACPI_START))
+        .map_err(|_| AcpiError::GuestMemory)?;
+    Ok(ACPI_START)
+}
+
+fn to_bytes(t: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    t.to_aml_bytes(&mut v);
+    v
+}
+
+/// Each node's share of RAM: equal, 2 MiB-aligned slices of the address
+/// space, the last taking the rest. The hole below 1 MiB goes to node 0.
+pub fn node_ranges(nodes: u32, ram_end: u64) -> Result<Vec<(u64, u64)>, AcpiError> {
+    const ALIGN: u64 = 2 << 20;
+    let nodes_u64 = u64::from(nodes.max(1));
+    let slice = (ram_end / nodes_u64) & !(ALIGN - 1);
+    if slice < MIN_NODE_MIB << 20 {
+        return Err(AcpiError::NodeTooSmall {
+            nodes,
+            min_mib: MIN_NODE_MIB,
+        });
+    }
+    Ok((0..nodes_u64)
+        .map(|i| {
+            let start = i * slice;
+            let end = if i + 1 == nodes_u64 { ram_end } else { start + slice };
+            (start, end)
+        })
+        .collect())
+}
+
+/// FACS (5.2.10): required outside hardware-reduced mode; all zero
+/// besides its signature and length (no global lock, no waking vector).
+fn facs() -> [u8; 64] {
+    let mut f = [0u8; 64];
+    f[0..4].copy_from_slice(b"FACS");
+    f[4..8].copy_from_slice(&64u32.to_le_bytes());
+    f[32] = 2; // version
+    f
+}
+
+/// DSDT: only `\_S5_`, whose SLP_TYP the guest writes to power off.
+fn dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let s5 = aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP, &0u8, &0u8]),
+    );
+    s5.to_aml_bytes(&mut dsdt);
+    dsdt.write_u32(4, dsdt.len() as u32);
+    dsdt.update_checksum();
+    dsdt
+}
+
+fn io_gas(port: u16, bytes: u8) -> GAS {
+    let size = match bytes {
+        1 => AccessSize::ByteAccess,
+        2 => AccessSize::WordAccess,
+        _ => AccessSize::DwordAccess,
+    };
+    GAS::new(AddressSpace::SystemIo, bytes * 8, 0, size, u64::from(port))
+}
+
+fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
+    let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt)
+        .firmware_ctrl_64(facs)
+        // No fixed-feature power or sleep button.
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .flag(Flags::Wbinvd);
+    b.sci_int = SCI_IRQ.into();
+    b.pm1a_evt_blk = u32::from(PM1A_EVT_BLK).into();
+    b.pm1a_cnt_blk = u32::from(PM1A_CNT_BLK).into();
+    b.pm1_evt_len = PM1A_EVT_LEN;
+    b.pm1_cnt_len = PM1A_CNT_LEN;
+    b.x_pm1a_evt_blk = io_gas(PM1A_EVT_BLK, PM1A_EVT_LEN);
+    b.x_pm1a_cnt_blk = io_gas(PM1A_CNT_BLK, PM1A_CNT_LEN);
+    b.iapc_boot_arch = IAPC_BOOT_ARCH_8042.into();
+    to_bytes(&b.finalize())
+}
+
+/// MADT (5.2.12): a local APIC per vCPU (processor UID = CPU index), the
+/// IOAPIC, and the PC overrides: IRQ 0 on GSI 2, the SCI level-triggered.
+fn madt(apic_ids: &[u32]) -> Sdt {
+    let mut t = Sdt::new(*b"APIC", 44, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    t.write_u32(36, APIC_DEFAULT_PHYS_BASE);
+    t.write_u32(40, MADT_PCAT_COMPAT);
+    for (uid, &apic) in apic_ids.iter().enumerate() {
+        let mut e = [MADT_LOCAL_APIC, 8, uid as u8, apic as u8, 0, 0, 0, 0];
+        e[4..8].copy_from_slice(&ENABLED.to_le_bytes());
+        t.append_slice(&e);
+    }
+    let mut ioapic = [MADT_IO_APIC, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    // IOAPIC ID after every APIC ID, as the MP table has it.
+    ioapic[2] = apic_ids.iter().max().map_or(0, |m| *m as u8 + 1);
+    ioapic[4..8].copy_from_slice(&IO_APIC_DEFAULT_PHYS_BASE.to_le_bytes());
+    t.append_slice(&ioapic);
+    for (irq, gsi, flags) in [(0u8, 2u32, 0u16), (SCI_IRQ as u8, u32::from(SCI_IRQ), INTI_ACTIVE_HIGH_LEVEL)] {
+        let mut e = [MADT_INTERRUPT_OVERRIDE, 10, 0, irq, 0, 0, 0, 0, 0, 0];
+        e[4..8].copy_from_slice(&gsi.to_le_bytes());
+        e[8..10].copy_from_slice(&flags.to_le_bytes());
+        t.append_slice(&e);
+    }
+    t.write_u32(4, t.len() as u32);
+    t.update_checksum();
+    t
+}
+
+/// SRAT (5.2.16): each vCPU's APIC ID and each RAM slice in the
+/// proximity domain of its NUMA node (= its package).
+fn srat(topo: &Topology, apic_ids: &[u32], nodes: &[(u64, u64)]) -> Sdt {
+    let mut t = Sdt::new(*b"SRAT", 48, 3, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    t.write_u32(36, 1); // reserved, 1 for compatibility
+    for (cpu, &apic) in apic_ids.iter().enumerate() {
+        let (node, ..) = topo.position(cpu as u32);
+        let mut e = [0u8; 16];
+        e[0] = SRAT_LOCAL_APIC_AFFINITY;
+        e[1] = 16;
+        e[2] = node as u8; // proximity domain bits 7:0
+        e[3] = apic as u8;
+        e[4..8].copy_from_slice(&ENABLED.to_le_bytes());
+        e[9..12].copy_from_slice(&(node >> 8).to_le_bytes()[..3]);
+        t.append_slice(&e);
+    }
+    for (node, &(start, end)) in nodes.iter().enumerate() {
+        let mut e = [0u8; 40];
+        e[0] = SRAT_MEMORY_AFFINITY;
+        e[1] = 40;
+        e[2..6].copy_from_slice(&(node as u32).to_le_bytes());
+        e[8..16].copy_from_slice(&start.to_le_bytes());
+        e[16..24].copy_from_slice(&(end - start).to_le_bytes());
+        e[28..32].copy_from_slice(&ENABLED.to_le_bytes());
+        t.append_slice(&e);
+    }
+    t.write_u32(4, t.len() as u32);
+    t.update_checksum();
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(b: &[u8]) -> bool {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+    }
+
+    fn ram(mib: u64) -> u64 {
+        mib << 20
+    }
+
+    #[test]
+    fn tables_are_well_formed_and_linked() {
+        let t: Topology = "2n1l2c1t".parse().unwrap();
+        let ids: Vec<u32> = (0..t.vcpus()).map(|c| t.apic_id(c)).collect();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
+        let rsdp_at = write(&mem, &t, &ids, ram(256)).unwrap();
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, GuestAddress(rsdp_at)).unwrap();
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
+        let xsdt_at = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let table = |at: u64| {
+            let mut hdr = [0u8; 8];
+            mem.read_slice(&mut hdr, GuestAddress(at)).unwrap();
+            let len = u32::from_le_bytes(hdr[4..8].try_into().unwrap()) as usize;
+            let mut b = vec![0u8; len];
+            mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+            assert!(checksum_ok(&b), "{:?} checksum", String::from_utf8_lossy(&b[..4]));
+            b
+        };
+        let xsdt = table(xsdt_at);
+        let sigs: Vec<Vec<u8>> = xsdt[36..]
+            .chunks(8)
+            .map(|c| table(u64::from_le_bytes(c.try_into().unwrap()))[..4].to_vec())
+            .collect();
+        assert_eq!(sigs, [b"FACP".to_vec(), b"APIC".to_vec(), b"SRAT".to_vec()]);
+        let madt = table(u64::from_le_bytes(xsdt[44..52].try_into().unwrap()));
+        // 4 local APICs, an IOAPIC, two overrides.
+        assert_eq!(madt.len(), 44 + 4 * 8 + 12 + 2 * 10);
+        let srat = table(u64::from_le_bytes(xsdt[52..60].try_into().unwrap()));
+        // CPUs 2 and 3 (package 1) are in proximity domain 1.
+        let cpu = |i: usize| &srat[48 + i * 16..48 + (i + 1) * 16];
+        assert_eq!((cpu(1)[2], cpu(1)[3]), (0, ids[1] as u8));
+        assert_eq!((cpu(2)[2], cpu(2)[3]), (1, ids[2] as u8));
+        let mem1 = &srat[48 + 4 * 16 + 40..];
+        assert_eq!(u64::from_le_bytes(mem1[8..16].try_into().unwrap()), 128 << 20);
+        assert_eq!(u64::from_le_bytes(mem1[16..24].try_into().unwrap()), 128 << 20);
+    }
+
+    #[test]
+    fn dsdt_names_s5() {
+        let d = dsdt();
+        let b = d.as_slice();
+        assert!(checksum_ok(b));
+        assert!(b.windows(4).any(|w| w == b"_S5_"));
+    }
+
+    #[test]
+    fn nodes_split_ram_and_refuse_tiny_nodes() {
+        let r = node_ranges(3, ram(512)).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].0, 0);
+        assert_eq!(r[2].1, 512 << 20);
+        assert!(r.windows(2).all(|w| w[0].1 == w[1].0));
+        assert!(matches!(
+            node_ranges(8, ram(128)),
+            Err(AcpiError::NodeTooSmall { .. })
+        ));
+    }
+}
