@@ -104,6 +104,7 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
     let topo = r.guest_topology.as_ref().map(|t| {
         serde_json::json!({
             "cpus": t.cpus(),
+            "nodes": t.nodes(),
             "llcs": t.llcs(),
             "cores": t.cores(),
             "threads": t.threads_per_core(),
@@ -111,6 +112,7 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
             "smt_groups": t.smt_groups,
             "core_ids": t.core_ids,
             "package_ids": t.package_ids,
+            "numa_nodes": t.numa_nodes,
         })
     });
     let ka = r.kern_addrs.map(|k| {
@@ -153,8 +155,9 @@ pub fn report_text(r: &RunReport) -> String {
     );
     if let Some(t) = &r.guest_topology {
         s += &format!(
-            "topology:  {} CPUs, {} LLCs {:?}, {} cores, {} threads/core\n",
+            "topology:  {} CPUs, {} NUMA nodes, {} LLCs {:?}, {} cores, {} threads/core\n",
             t.cpus(),
+            t.nodes(),
             t.llcs(),
             t.llc_groups,
             t.cores(),

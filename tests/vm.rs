@@ -280,7 +280,25 @@ fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {
 }
 
 fn run(o: BootOptions) -> Result<RunReport, Failed> {
-    boot(&o, std::time::Instant::now()).map_err(|e| format!("boot failed: {e}").into())
+    let once = || boot(&o, std::time::Instant::now()).map_err(|e| format!("boot failed: {e}"));
+    let r = once()?;
+    // Inside the emulated nested host (QEMU TCG emulating SVM) a
+    // multi-vCPU guest now and then triple-faults during boot, about 1 in
+    // 15, before any frame. That is retried once, loudly; a second one
+    // fails the test. With hardware KVM nothing is retried.
+    let in_emulated_host = std::env::var("SCHEDRIG_IN_NESTED").as_deref() == Ok("1");
+    if in_emulated_host
+        && r.verdict == Verdict::NoExit
+        && r.reason.starts_with("triple fault")
+        && r.ready.is_none()
+    {
+        eprintln!(
+            "vm tests: RETRY after a guest triple fault in the emulated host: {}\n--- console tail ---\n{}",
+            r.reason, r.console_tail
+        );
+        return Ok(once()?);
+    }
+    Ok(r)
 }
 
 fn expect(ok: bool, r: &RunReport, what: &str) -> Result<(), Failed> {

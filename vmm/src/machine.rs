@@ -525,6 +525,8 @@ struct Watch {
     reset: Option<&'static str>,
     power_down: Arc<std::sync::atomic::AtomicBool>,
     power_down_at: Option<Instant>,
+    /// Registers of the vCPU that triple-faulted, for the report.
+    fault_state: Option<String>,
     verdict: Option<(Verdict, String)>,
     /// Port 1 RX: answers to the guest's requests.
     replies: Option<BulkWriter>,
@@ -553,6 +555,7 @@ impl Watch {
             reset: None,
             power_down,
             power_down_at: None,
+            fault_state: None,
             verdict: None,
             replies: Some(replies),
         }
@@ -621,6 +624,10 @@ impl Watch {
         match e {
             VcpuEvent::FirstRun(t) => self.first_run = Some(t),
             VcpuEvent::Reset(why) => self.reset = Some(why),
+            VcpuEvent::TripleFault { cpu, state } => {
+                self.reset = Some("triple fault");
+                self.fault_state.get_or_insert(format!("vCPU {cpu}: {state}"));
+            }
             VcpuEvent::Failed { cpu, reason } => {
                 self.end(Verdict::VmmError, format!("vCPU {cpu}: {reason}"))
             }
@@ -685,9 +692,12 @@ impl Watch {
                 let how = self.reset.map_or(String::new(), |r| format!(" ({r})"));
                 self.end(Verdict::Ok, format!("guest exited with {code}{how}"));
             } else {
-                let why = self.reset.map_or("the machine ended".to_string(), |r| {
+                let mut why = self.reset.map_or("the machine ended".to_string(), |r| {
                     format!("{r} without an EXIT frame")
                 });
+                if let Some(state) = &self.fault_state {
+                    why += &format!(" ({state})");
+                }
                 self.end(Verdict::NoExit, why);
             }
         }

@@ -33,6 +33,9 @@ pub enum VcpuEvent {
     FirstRun(Instant),
     /// i8042 reset, ACPI power-off, triple fault or a KVM system event.
     Reset(&'static str),
+    /// The vCPU triple-faulted (a reset); `state` is its registers then,
+    /// for the report (where it died: rip, and the paging state).
+    TripleFault { cpu: u32, state: String },
     /// KVM_RUN failed or returned an exit we cannot handle.
     Failed { cpu: u32, reason: String },
 }
@@ -105,6 +108,17 @@ pub fn spawn(
         })
 }
 
+/// The registers that say where a vCPU was, as one line.
+fn cpu_state(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "rip={:#x} rsp={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            r.rip, r.rsp, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
+    }
+}
+
 fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
     let fail = |reason: String| {
         (shared.events)(VcpuEvent::Failed { cpu, reason });
@@ -134,7 +148,10 @@ fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
                 }
             }
             Ok(VcpuExit::Shutdown) => {
-                (shared.events)(VcpuEvent::Reset("triple fault"));
+                (shared.events)(VcpuEvent::TripleFault {
+                    cpu,
+                    state: cpu_state(vcpu),
+                });
                 return;
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
