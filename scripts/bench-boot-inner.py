@@ -10,15 +10,23 @@ def stats(name, vals, unit):
     print(f"  {name:<34} median {statistics.median(vals):9.1f} {unit}  min {min(vals):9.1f}  max {max(vals):9.1f}")
 
 for topo, mem in configs:
-    rows = []
+    rows, retried = [], 0
     for i in range(runs):
-        out = subprocess.run([binary, "boot", "--json", "--topology", topo, "--memory", mem,
-                              "--boot-timeout", "300", "--timeout", "400"],
-                             capture_output=True, text=True)
-        try:
-            r = json.loads(out.stdout)
-        except json.JSONDecodeError:
-            sys.exit(f"boot {i} failed: {out.stderr[-2000:]}")
+        # Inside the emulated host a multi-vCPU guest now and then
+        # triple-faults while booting (see README); such a boot is retried
+        # once and counted, any other failure ends the benchmark.
+        for attempt in (1, 2):
+            out = subprocess.run([binary, "boot", "--json", "--topology", topo, "--memory", mem,
+                                  "--boot-timeout", "300", "--timeout", "400"],
+                                 capture_output=True, text=True)
+            try:
+                r = json.loads(out.stdout)
+            except json.JSONDecodeError:
+                sys.exit(f"boot {i} failed: {out.stderr[-2000:]}")
+            if attempt == 1 and r["verdict"] == "no_exit" and r["reason"].startswith("triple fault"):
+                retried += 1
+                continue
+            break
         if r["verdict"] != "ok":
             sys.exit(f"boot {i}: verdict {r['verdict']}: {r['reason']}")
         rows.append(r)
@@ -33,3 +41,4 @@ for topo, mem in configs:
     stats("  guest (KVM_RUN -> SRDY)", guest, "ms")
     stats("  set-up share of time to SRDY", share, "% ")
     stats("VMM peak RSS beyond guest RAM", [r["vmm_overhead_kib"] / 1024 for r in rows], "MiB")
+    print(f"  boots retried after a triple fault: {retried}")

@@ -108,9 +108,20 @@ pub fn spawn(
         })
 }
 
-/// The registers that say where a vCPU was, as one line.
+/// Real-mode reset vector offset (CS base 0xffff0000).
+const RESET_RIP: u64 = 0xfff0;
+const CR0_PE: u64 = 1;
+
+/// The registers that say where a vCPU was, as one line. On AMD, KVM
+/// resets the vCPU before it reports the shutdown (the VMCB is undefined
+/// after a SHUTDOWN intercept), so reset-state registers are said to be
+/// unknown rather than shown as if the guest died there.
 fn cpu_state(vcpu: &VcpuFd) -> String {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) if r.rip == RESET_RIP && s.cr0 & CR0_PE == 0 => {
+            "registers unknown: KVM reset the vCPU when it reported the triple fault (AMD SVM does)"
+                .to_string()
+        }
         (Ok(r), Ok(s)) => format!(
             "rip={:#x} rsp={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
             r.rip, r.rsp, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
