@@ -25,6 +25,8 @@ pub struct BootOptions {
     pub topology: Topology,
     pub memory_mib: u64,
     pub mode: GuestMode,
+    /// Appended to the kernel command line.
+    pub append: String,
     /// SRDY deadline.
     pub boot_timeout: Duration,
     /// Whole-run deadline.
@@ -39,6 +41,7 @@ impl Default for BootOptions {
             topology: Topology::new(1, 1, 1, 1).expect("1n1l1c1t is valid"),
             memory_mib: 256,
             mode: GuestMode::Normal,
+            append: String::new(),
             boot_timeout: Duration::from_secs(120),
             timeout: Duration::from_secs(300),
             console_file: None,
@@ -88,7 +91,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
             ImageFormat::BzImage => KernelFormat::BzImage,
         },
         initrd,
-        extra_cmdline: opts.mode.cmdline_arg(),
+        extra_cmdline: format!("{} {}", opts.mode.cmdline_arg(), opts.append),
         topology: opts.topology,
         memory_mib: opts.memory_mib,
         boot_deadline: opts.boot_timeout,

@@ -61,6 +61,10 @@ struct BootArgs {
     /// guest-init test mode (proves the host's checks fire).
     #[arg(long, default_value = "normal", value_parser = crate::boot::parse_guest_mode, hide = true)]
     guest_mode: crate::boot::GuestMode,
+    /// Extra kernel command-line arguments, appended last (e.g. "acpi=off"
+    /// or a sched_ext debug parameter).
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    append: String,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +267,7 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         topology: a.topology,
         memory_mib: a.memory,
         mode: a.guest_mode,
+        append: a.append,
         boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
         timeout: std::time::Duration::from_secs(a.timeout),
         console_file: a.console_log,

@@ -53,6 +53,45 @@ pub fn installed_version(package: &str) -> Option<String> {
     }
 }
 
+/// As [`installed_version`], remembered in `memo` (a small file) until
+/// dpkg's status file changes (its size or modification time). Every
+/// `schedrig boot` needs the kernel source version for the cache key;
+/// reading the status file (hundreds of KiB) was a visible part of the
+/// set-up time under emulation, a stat and a tiny read are not. A memo
+/// that cannot be read or written only costs the full read.
+pub fn installed_version_memo(package: &str, memo: &std::path::Path) -> Option<String> {
+    let Some(stamp) = status_stamp() else {
+        return installed_version(package);
+    };
+    let key = format!("{package}\t{stamp}\t");
+    if let Ok(text) = std::fs::read_to_string(memo) {
+        if let Some(version) = text.strip_prefix(&key) {
+            return (!version.is_empty()).then(|| version.to_string());
+        }
+    }
+    let version = installed_version(package);
+    // Written by rename, so a concurrent reader sees the old or the new.
+    let write = || -> std::io::Result<()> {
+        let dir = memo.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::fs::write(tmp.path(), format!("{key}{}", version.as_deref().unwrap_or("")))?;
+        tmp.persist(memo).map(drop).map_err(|e| e.error)
+    };
+    if let Err(e) = write() {
+        tracing::debug!("cannot write {}: {e}", memo.display());
+    }
+    version
+}
+
+/// Size and modification time (ns) of dpkg's status file: dpkg rewrites
+/// the file (by rename) whenever a package changes.
+fn status_stamp() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(DPKG_STATUS).ok()?;
+    Some(format!("{}:{}:{}:{}", m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
 /// Finds `package`'s paragraph in dpkg status text and returns its
 /// version when its Status is "install ok installed".
 fn version_in_status(status: &[u8], package: &str) -> Option<String> {
@@ -162,6 +201,20 @@ mod tests {
         assert_eq!(version_in_status(STATUS.as_bytes(), "bison"), None);
         // A name that is a prefix of another is not that package.
         assert_eq!(version_in_status(STATUS.as_bytes(), "linux-source"), None);
+    }
+
+    #[test]
+    fn memo_answers_like_the_status_file_and_is_rewritten_when_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let memo = d.path().join("memo");
+        for p in ["dpkg", "no-such-package-schedrig"] {
+            assert_eq!(installed_version_memo(p, &memo), installed_version(p), "{p}");
+            // Second call: from the memo.
+            assert_eq!(installed_version_memo(p, &memo), installed_version(p), "{p}");
+        }
+        // A memo for another status file identity is ignored.
+        std::fs::write(&memo, "dpkg\t0:0:0:0\tbogus").unwrap();
+        assert_eq!(installed_version_memo("dpkg", &memo), installed_version("dpkg"));
     }
 
     /// The direct read agrees with dpkg-query on this machine.

@@ -23,9 +23,11 @@ impl SourcePin {
         toml::from_str(SOURCE_TOML).expect("kernels/source.toml is valid")
     }
 
-    /// The installed package version, if the package is installed.
+    /// The installed package version, if the package is installed
+    /// (remembered in the kernel cache until dpkg's database changes).
     pub fn installed_version(&self) -> Option<String> {
-        crate::setup::installed_version(&self.package)
+        let memo = super::cache::kernels_dir().join(".source-version");
+        crate::setup::installed_version_memo(&self.package, &memo)
     }
 
     /// The top directory inside the tarball.
