@@ -69,7 +69,9 @@ fn main() {
         println!("cargo:rustc-env={var}_PATH={}", dest.display());
         // The digest keys the cached initramfs; computing it here spares
         // every boot from hashing the binary.
-        let digest = hex::encode(Sha256::digest(std::fs::read(&dest).expect("read copied init")));
+        let digest = hex::encode(Sha256::digest(
+            std::fs::read(&dest).expect("read copied init"),
+        ));
         println!("cargo:rustc-env={var}_SHA256={digest}");
     }
 }

@@ -239,7 +239,10 @@ fn process_start() -> std::time::Instant {
         let ticks: u64 = after_comm.split(' ').nth(19)?.parse().ok()?;
         // SAFETY: sysconf has no preconditions.
         let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: ts is a valid, writable timespec.
         if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 || hz == 0 {
             return None;
@@ -248,9 +251,7 @@ fn process_start() -> std::time::Instant {
         let started = std::time::Duration::from_nanos(ticks.checked_mul(1_000_000_000)? / hz);
         boot_now.checked_sub(started)
     };
-    since_exec()
-        .and_then(|d| now.checked_sub(d))
-        .unwrap_or(now)
+    since_exec().and_then(|d| now.checked_sub(d)).unwrap_or(now)
 }
 
 /// When the process started: the CLI's "VMM start" for set-up figures.

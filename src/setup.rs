@@ -75,7 +75,10 @@ pub fn installed_version_memo(package: &str, memo: &std::path::Path) -> Option<S
         let dir = memo.parent().unwrap_or(std::path::Path::new("."));
         std::fs::create_dir_all(dir)?;
         let tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::fs::write(tmp.path(), format!("{key}{}", version.as_deref().unwrap_or("")))?;
+        std::fs::write(
+            tmp.path(),
+            format!("{key}{}", version.as_deref().unwrap_or("")),
+        )?;
         tmp.persist(memo).map(drop).map_err(|e| e.error)
     };
     if let Err(e) = write() {
@@ -89,7 +92,13 @@ pub fn installed_version_memo(package: &str, memo: &std::path::Path) -> Option<S
 fn status_stamp() -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(DPKG_STATUS).ok()?;
-    Some(format!("{}:{}:{}:{}", m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    Some(format!(
+        "{}:{}:{}:{}",
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
 }
 
 /// Finds `package`'s paragraph in dpkg status text and returns its
@@ -192,7 +201,10 @@ mod tests {
             version_in_status(STATUS.as_bytes(), "linux-source-6.12").as_deref(),
             Some("6.12.117-1~deb12u1")
         );
-        assert_eq!(version_in_status(STATUS.as_bytes(), "linux-source-6.1").as_deref(), Some("6.1.0"));
+        assert_eq!(
+            version_in_status(STATUS.as_bytes(), "linux-source-6.1").as_deref(),
+            Some("6.1.0")
+        );
     }
 
     #[test]
@@ -208,13 +220,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let memo = d.path().join("memo");
         for p in ["dpkg", "no-such-package-schedrig"] {
-            assert_eq!(installed_version_memo(p, &memo), installed_version(p), "{p}");
+            assert_eq!(
+                installed_version_memo(p, &memo),
+                installed_version(p),
+                "{p}"
+            );
             // Second call: from the memo.
-            assert_eq!(installed_version_memo(p, &memo), installed_version(p), "{p}");
+            assert_eq!(
+                installed_version_memo(p, &memo),
+                installed_version(p),
+                "{p}"
+            );
         }
         // A memo for another status file identity is ignored.
         std::fs::write(&memo, "dpkg\t0:0:0:0\tbogus").unwrap();
-        assert_eq!(installed_version_memo("dpkg", &memo), installed_version("dpkg"));
+        assert_eq!(
+            installed_version_memo("dpkg", &memo),
+            installed_version("dpkg")
+        );
     }
 
     /// The direct read agrees with dpkg-query on this machine.

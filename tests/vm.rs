@@ -128,7 +128,11 @@ fn boot_tests() -> Vec<Trial> {
                 &r,
                 "two SNRQ and one KORQ frames",
             )?;
-            for line in ["SNRP 41: error (snapshot request kind 0 is invalid", "SNRP 42:", "KORP 43:"] {
+            for line in [
+                "SNRP 41: error (snapshot request kind 0 is invalid",
+                "SNRP 42:",
+                "KORP 43:",
+            ] {
                 expect(
                     r.console.contains(&format!("requests: {line}")),
                     &r,
@@ -286,8 +290,9 @@ fn run(o: BootOptions) -> Result<RunReport, Failed> {
     // multi-vCPU guest now and then dies while booting, before SRDY: a
     // triple fault, or "Oops: int3" where the kernel patches its own text
     // (TCG mishandles that cross-CPU code patching, as it does in the
-    // nested host's own kernel), or a hang before init. Such a boot is retried once, loudly; a
-    // second one fails the test. With hardware KVM nothing is retried.
+    // nested host's own kernel), or a hang before init. Such a boot is
+    // retried once, loudly; a second one fails the test. With hardware KVM
+    // nothing is retried.
     let in_emulated_host = std::env::var("SCHEDRIG_IN_NESTED").as_deref() == Ok("1");
     // A kernel that hung before starting init (no LIFE frame) counts too;
     // hang mode sends LIFE first, so its intended timeout is never retried.

@@ -114,7 +114,12 @@ impl ReplyCheck {
                     .and_then(|r| {
                         let status = r.status().map_err(|e| e.to_string())?;
                         let reason = r.reason_str().unwrap_or("<not UTF-8>").to_string();
-                        Ok((MsgTag::SnapshotReply, r.request_id.get(), status == SnapshotStatus::Ok, reason))
+                        Ok((
+                            MsgTag::SnapshotReply,
+                            r.request_id.get(),
+                            status == SnapshotStatus::Ok,
+                            reason,
+                        ))
                     }),
                 Some(MsgTag::KernelOpReply) => KernelOpReply::decode(&frame.payload)
                     .map_err(|e| e.to_string())
@@ -132,10 +137,15 @@ impl ReplyCheck {
         self.seen.push(format!(
             "{tag} {id}: {}{}",
             if ok { "ok" } else { "error" },
-            if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            }
         ));
         let Some(at) = self.pending.iter().position(|p| *p == (tag, id)) else {
-            self.problems.push(format!("{tag} for request {id}, which is not pending"));
+            self.problems
+                .push(format!("{tag} for request {id}, which is not pending"));
             return;
         };
         self.pending.remove(at);
@@ -144,7 +154,8 @@ impl ReplyCheck {
                 .push("a snapshot request of kind 0 was answered ok".into());
         }
         if !ok && reason.is_empty() {
-            self.problems.push(format!("{tag} {id}: an error without a reason"));
+            self.problems
+                .push(format!("{tag} {id}: an error without a reason"));
         }
     }
 }

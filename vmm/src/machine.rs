@@ -62,8 +62,7 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 ///   the VM; `panic=-1` reboots at once on a panic;
 /// - the i8042 and CMOS RTC drivers would probe hardware we do not
 ///   emulate and wait for timeouts: they are skipped.
-const BASE_CMDLINE: &str =
-    "console=ttyS0 loglevel=6 reboot=k panic=-1 oops=panic pci=off \
+const BASE_CMDLINE: &str = "console=ttyS0 loglevel=6 reboot=k panic=-1 oops=panic pci=off \
      8250.nr_uarts=2 initcall_blacklist=i8042_init,cmos_init no_timer_check tsc=reliable";
 /// Lines of console shown in a report.
 const CONSOLE_TAIL_LINES: usize = 40;
@@ -626,7 +625,8 @@ impl Watch {
             VcpuEvent::Reset(why) => self.reset = Some(why),
             VcpuEvent::TripleFault { cpu, state } => {
                 self.reset = Some("triple fault");
-                self.fault_state.get_or_insert(format!("vCPU {cpu}: {state}"));
+                self.fault_state
+                    .get_or_insert(format!("vCPU {cpu}: {state}"));
             }
             VcpuEvent::Failed { cpu, reason } => {
                 self.end(Verdict::VmmError, format!("vCPU {cpu}: {reason}"))

@@ -75,7 +75,11 @@ mod tests {
         let (_, payload) = parse_one(&answer(MsgTag::SnapshotRequest, &raw).unwrap());
         let reply = SnapshotReply::decode(&payload).unwrap();
         assert_eq!(reply.request_id.get(), 7);
-        assert!(reply.reason_str().unwrap().contains("kind 0"), "{:?}", reply.reason_str());
+        assert!(
+            reply.reason_str().unwrap().contains("kind 0"),
+            "{:?}",
+            reply.reason_str()
+        );
     }
 
     #[test]

@@ -58,10 +58,11 @@ pub enum AcpiError {
     TooLarge(u64),
     #[error("writing the ACPI tables into guest memory failed")]
     GuestMemory,
-    #[error("{nodes} NUMA nodes need at least {min_mib} MiB of guest RAM each; give the VM more memory")]
+    #[error(
+        "{nodes} NUMA nodes need at least {min_mib} MiB of guest RAM each; give the VM more memory"
+    )]
     NodeTooSmall { nodes: u32, min_mib: u64 },
 }
-
 
 /// Writes the tables for `topo` (vCPU i has APIC ID `apic_ids[i]`, RAM
 /// ends at `ram_end`) and returns the RSDP's address.
@@ -94,8 +95,11 @@ pub fn write(
         xsdt.add_entry(table);
     }
     let xsdt = place(&to_bytes(&xsdt), 16)?;
-    mem.write_slice(&to_bytes(&Rsdp::new(OEM_ID, xsdt)), GuestAddress(ACPI_START))
-        .map_err(|_| AcpiError::GuestMemory)?;
+    mem.write_slice(
+        &to_bytes(&Rsdp::new(OEM_ID, xsdt)),
+        GuestAddress(ACPI_START),
+    )
+    .map_err(|_| AcpiError::GuestMemory)?;
     Ok(ACPI_START)
 }
 
@@ -120,7 +124,11 @@ pub fn node_ranges(nodes: u32, ram_end: u64) -> Result<Vec<(u64, u64)>, AcpiErro
     Ok((0..nodes_u64)
         .map(|i| {
             let start = i * slice;
-            let end = if i + 1 == nodes_u64 { ram_end } else { start + slice };
+            let end = if i + 1 == nodes_u64 {
+                ram_end
+            } else {
+                start + slice
+            };
             (start, end)
         })
         .collect())
@@ -193,7 +201,10 @@ fn madt(apic_ids: &[u32]) -> Sdt {
     ioapic[2] = apic_ids.iter().max().map_or(0, |m| *m as u8 + 1);
     ioapic[4..8].copy_from_slice(&IO_APIC_DEFAULT_PHYS_BASE.to_le_bytes());
     t.append_slice(&ioapic);
-    for (irq, gsi, flags) in [(0u8, 2u32, 0u16), (SCI_IRQ as u8, u32::from(SCI_IRQ), INTI_ACTIVE_HIGH_LEVEL)] {
+    for (irq, gsi, flags) in [
+        (0u8, 2u32, 0u16),
+        (SCI_IRQ as u8, u32::from(SCI_IRQ), INTI_ACTIVE_HIGH_LEVEL),
+    ] {
         let mut e = [MADT_INTERRUPT_OVERRIDE, 10, 0, irq, 0, 0, 0, 0, 0, 0];
         e[4..8].copy_from_slice(&gsi.to_le_bytes());
         e[8..10].copy_from_slice(&flags.to_le_bytes());
@@ -264,7 +275,11 @@ mod tests {
             let len = u32::from_le_bytes(hdr[4..8].try_into().unwrap()) as usize;
             let mut b = vec![0u8; len];
             mem.read_slice(&mut b, GuestAddress(at)).unwrap();
-            assert!(checksum_ok(&b), "{:?} checksum", String::from_utf8_lossy(&b[..4]));
+            assert!(
+                checksum_ok(&b),
+                "{:?} checksum",
+                String::from_utf8_lossy(&b[..4])
+            );
             b
         };
         let xsdt = table(xsdt_at);
@@ -282,8 +297,14 @@ mod tests {
         assert_eq!((cpu(1)[2], cpu(1)[3]), (0, ids[1] as u8));
         assert_eq!((cpu(2)[2], cpu(2)[3]), (1, ids[2] as u8));
         let mem1 = &srat[48 + 4 * 16 + 40..];
-        assert_eq!(u64::from_le_bytes(mem1[8..16].try_into().unwrap()), 128 << 20);
-        assert_eq!(u64::from_le_bytes(mem1[16..24].try_into().unwrap()), 128 << 20);
+        assert_eq!(
+            u64::from_le_bytes(mem1[8..16].try_into().unwrap()),
+            128 << 20
+        );
+        assert_eq!(
+            u64::from_le_bytes(mem1[16..24].try_into().unwrap()),
+            128 << 20
+        );
     }
 
     #[test]

@@ -162,6 +162,9 @@ const ZERO_PAGE_ACPI_RSDP_ADDR: u64 = 0x070;
 
 /// Tells the kernel where the RSDP is, so it need not scan for it.
 pub fn set_acpi_rsdp(mem: &GuestMemoryMmap, rsdp: u64) -> Result<(), BootError> {
-    mem.write_obj(rsdp, GuestAddress(ZERO_PAGE_START + ZERO_PAGE_ACPI_RSDP_ADDR))
-        .map_err(|_| BootError::GuestMemory("zero page RSDP address"))
+    mem.write_obj(
+        rsdp,
+        GuestAddress(ZERO_PAGE_START + ZERO_PAGE_ACPI_RSDP_ADDR),
+    )
+    .map_err(|_| BootError::GuestMemory("zero page RSDP address"))
 }

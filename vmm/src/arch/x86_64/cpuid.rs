@@ -187,7 +187,12 @@ pub fn vcpu_cpuid(
             LEAF_EXT_APIC_AMD,
             0,
             // ECX: node id (one node per package, NodesPerProcessor = 1).
-            [apic, (core_id & 0xff) | ((smt - 1) << 8), topo.position(cpu).0 & 0xff, 0],
+            [
+                apic,
+                (core_id & 0xff) | ((smt - 1) << 8),
+                topo.position(cpu).0 & 0xff,
+                0,
+            ],
         ));
         if max_ext < LEAF_EXT_APIC_AMD {
             for e in out.iter_mut().filter(|e| e.function == LEAF_EXT_MAX) {

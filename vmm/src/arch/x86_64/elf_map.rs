@@ -98,8 +98,8 @@ fn read_segments(
     let mut hdr_bytes = [0u8; std::mem::size_of::<FileHeader64<LE>>()];
     file.read_exact_at(&mut hdr_bytes, 0)
         .map_err(|_| ElfMapError::NotElf64)?;
-    let (hdr, _) =
-        object::pod::from_bytes::<FileHeader64<LE>>(&hdr_bytes).map_err(|_| ElfMapError::NotElf64)?;
+    let (hdr, _) = object::pod::from_bytes::<FileHeader64<LE>>(&hdr_bytes)
+        .map_err(|_| ElfMapError::NotElf64)?;
     let id = &hdr.e_ident;
     if id.magic != object::elf::ELFMAG
         || id.class != ELFCLASS64
@@ -131,7 +131,9 @@ fn read_segments(
         let (filesz, memsz) = (ph.p_filesz.get(LE), ph.p_memsz.get(LE));
         let bad = |why: String| ElfMapError::BadSegment { index, why };
         if filesz > memsz {
-            return Err(bad(format!("file size {filesz:#x} > memory size {memsz:#x}")));
+            return Err(bad(format!(
+                "file size {filesz:#x} > memory size {memsz:#x}"
+            )));
         }
         if offset.checked_add(filesz).is_none_or(|e| e > file_len) {
             return Err(bad(format!(
@@ -320,11 +322,18 @@ mod tests {
         assert_eq!(k.end, b.0 + b.3);
         for (paddr, off, filesz, memsz) in [a, b] {
             let got = guest(&mem, paddr, memsz);
-            assert_eq!(&got[..filesz as usize], &bytes[off as usize..(off + filesz) as usize]);
-            assert!(got[filesz as usize..].iter().all(|&x| x == 0), "bss not zero");
+            assert_eq!(
+                &got[..filesz as usize],
+                &bytes[off as usize..(off + filesz) as usize]
+            );
+            assert!(
+                got[filesz as usize..].iter().all(|&x| x == 0),
+                "bss not zero"
+            );
         }
         // Guest writes stay private: the file is unchanged.
-        mem.write_slice(&[0xEE; 16], GuestAddress(0x100_1000)).unwrap();
+        mem.write_slice(&[0xEE; 16], GuestAddress(0x100_1000))
+            .unwrap();
         assert_eq!(std::fs::read(f.path()).unwrap(), bytes);
     }
 
@@ -332,21 +341,36 @@ mod tests {
     fn segments_outside_ram_or_file_are_refused() {
         let mem = ram();
         let (f, _) = elf(&[(RAM - 0x1000, 0x1000, 0x1000, 0x2000)], 0);
-        assert!(matches!(load(&mem, f.as_file()), Err(ElfMapError::DoesNotFit { .. })));
+        assert!(matches!(
+            load(&mem, f.as_file()),
+            Err(ElfMapError::DoesNotFit { .. })
+        ));
         let (f, _) = elf(&[(0x1000, 0x1000, 0x1000, 0x1000)], 0);
-        assert!(matches!(load(&mem, f.as_file()), Err(ElfMapError::DoesNotFit { .. })));
+        assert!(matches!(
+            load(&mem, f.as_file()),
+            Err(ElfMapError::DoesNotFit { .. })
+        ));
         // File data past the end of the file.
         let (f, _) = elf(&[(0x100_0000, 0x1000, 0x100_0000, 0x100_0000)], 0);
         f.as_file().set_len(0x2000).unwrap();
-        assert!(matches!(load(&mem, f.as_file()), Err(ElfMapError::BadSegment { .. })));
+        assert!(matches!(
+            load(&mem, f.as_file()),
+            Err(ElfMapError::BadSegment { .. })
+        ));
         let (f, _) = elf(&[(0x100_0000, 0x1000, 0x2000, 0x1000)], 0);
-        assert!(matches!(load(&mem, f.as_file()), Err(ElfMapError::BadSegment { .. })));
+        assert!(matches!(
+            load(&mem, f.as_file()),
+            Err(ElfMapError::BadSegment { .. })
+        ));
     }
 
     #[test]
     fn non_elf_is_refused() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&[0u8; 200]).unwrap();
-        assert!(matches!(load(&ram(), f.as_file()), Err(ElfMapError::NotElf64)));
+        assert!(matches!(
+            load(&ram(), f.as_file()),
+            Err(ElfMapError::NotElf64)
+        ));
     }
 }

@@ -186,7 +186,10 @@ const ECX_XSAVE: u32 = 1 << 26;
 /// None when it announces no XSAVE.
 pub fn xcr0_for(cpuid: &CpuId) -> Option<u64> {
     let find = |f: u32| -> Option<&kvm_cpuid_entry2> {
-        cpuid.as_slice().iter().find(|e| e.function == f && e.index == 0)
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == 0)
     };
     if find(1)?.ecx & ECX_XSAVE == 0 {
         return None;
@@ -211,7 +214,6 @@ pub fn setup_xcr0(vcpu: &VcpuFd, xcr0: u64) -> Result<(), RegsError> {
     vcpu.set_xcrs(&xcrs)
         .map_err(|e| RegsError::Ioctl("KVM_SET_XCRS", e))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -251,8 +253,8 @@ mod tests {
 
     #[test]
     fn xcr0_enables_every_announced_feature() {
-        let c = CpuId::from_entries(&[leaf(1, 0, ECX_XSAVE, 0), leaf(0xd, 0x207, 0xa88, 0x1)])
-            .unwrap();
+        let c =
+            CpuId::from_entries(&[leaf(1, 0, ECX_XSAVE, 0), leaf(0xd, 0x207, 0xa88, 0x1)]).unwrap();
         assert_eq!(xcr0_for(&c), Some(0x1_0000_0207));
         let no_xsave = CpuId::from_entries(&[leaf(1, 0, 0, 0), leaf(0xd, 0x7, 0, 0)]).unwrap();
         assert_eq!(xcr0_for(&no_xsave), None);
