@@ -132,8 +132,40 @@ pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, Neste
         mounts,
     };
     let job_cpio = initrd::job_archive(&job, &kernel)?;
-    qemu::boot(opts, &kernel, &base, &job_cpio, &job.mounts)
+    let started = std::time::Instant::now();
+    let first = qemu::boot(opts, &kernel, &base, &job_cpio, &job.mounts)?;
+    // The emulated host's own kernel sometimes dies while it boots (an
+    // "Oops: int3" where it patches its text: TCG mishandles that). If it
+    // died before the command started, nothing of the command ran, so
+    // booting it once more is safe; the time already spent counts against
+    // the timeout.
+    let left = opts.timeout.saturating_sub(started.elapsed());
+    if !host_kernel_died_before_command(&first) || left < RETRY_MIN_TIME {
+        return Ok(first);
+    }
+    eprintln!(
+        "schedrig nested: the nested host died before the command started; booting it once more\n--- nested host console (last lines) ---\n{}",
+        first.console_tail
+    );
+    let retry = NestedOptions {
+        timeout: left,
+        ..opts.clone()
+    };
+    qemu::boot(&retry, &kernel, &base, &job_cpio, &job.mounts)
 }
+
+/// True when the nested host's kernel panicked before the command
+/// started (a failure of the emulated host, not of the command). A
+/// failure the nested init reports itself (e.g. a mount) is not one: it
+/// would fail again.
+fn host_kernel_died_before_command(o: &qemu::NestedOutcome) -> bool {
+    matches!(o.status, qemu::NestedStatus::Failed(_))
+        && o.ready.is_none()
+        && o.console_tail.contains("Kernel panic")
+}
+
+/// A boot retry needs at least this much of the timeout left.
+const RETRY_MIN_TIME: Duration = Duration::from_secs(30);
 
 /// Host directories the nested host replaces with private tmpfs.
 const SCRATCH_DIRS: &[&str] = &["/tmp", "/run", "/var/tmp", "/dev/shm"];
@@ -208,6 +240,41 @@ mod tests {
                 Mount::Tmpfs { .. } => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn only_a_host_kernel_panic_before_the_command_is_retried() {
+        let outcome = |status, ready, console: &str| qemu::NestedOutcome {
+            status,
+            ready,
+            total: Duration::from_secs(9),
+            console_tail: console.into(),
+            qemu_stderr: String::new(),
+        };
+        let died = || qemu::NestedStatus::Failed("ended without status".into());
+        let panic = "Oops: int3\nKernel panic - not syncing: Fatal exception";
+        assert!(host_kernel_died_before_command(&outcome(
+            died(),
+            None,
+            panic
+        )));
+        // The command had started: it may have done things; no retry.
+        let started = Some(Duration::from_secs(8));
+        assert!(!host_kernel_died_before_command(&outcome(
+            died(),
+            started,
+            panic
+        )));
+        // The nested init reported a failure of its own: it would recur.
+        assert!(!host_kernel_died_before_command(&outcome(
+            died(),
+            None,
+            "mount failed"
+        )));
+        let exited = qemu::NestedStatus::Exited(1);
+        assert!(!host_kernel_died_before_command(&outcome(
+            exited, None, panic
+        )));
     }
 
     #[test]
