@@ -91,7 +91,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(240);
 
 fn boot_tests() -> Vec<Trial> {
     let mut t = vec![
-        Trial::test("boot_vmlinux_reaches_srdy_and_exits_0", || {
+        Trial::test("boot_vmlinux_reaches_srdy_exits_0_and_powers_off", || {
             let r = run(opts("1n1l1c1t", None))?;
             expect_ok(&r)?;
             check_banner(&r)?;
@@ -101,19 +101,25 @@ fn boot_tests() -> Vec<Trial> {
                 &r,
                 "a boot without kernel warnings",
             )?;
-            check_kern_addrs(&r, false)
-        }),
-        Trial::test("guest_power_off_ends_the_vm", || {
-            let mut o = opts("1n1l1c1t", None);
-            o.mode = GuestMode::PowerOff;
-            let r = run(o)?;
-            expect_ok(&r)?;
-            // The kernel powers off through ACPI: SLP_TYP=S5 with SLP_EN
+            // guest-init powers off through ACPI: SLP_TYP=S5 with SLP_EN
             // written to the PM1a control port the FADT names.
             expect(
                 r.reason.contains("ACPI power-off (S5)"),
                 &r,
-                "ended by the guest's ACPI S5 write",
+                "ended by the guest's ACPI S5 power-off",
+            )?;
+            check_kern_addrs(&r, false)
+        }),
+        Trial::test("guest_reboot_ends_the_vm", || {
+            let mut o = opts("1n1l1c1t", None);
+            o.mode = GuestMode::Reboot;
+            let r = run(o)?;
+            expect_ok(&r)?;
+            // reboot=k: the restart resets through the i8042.
+            expect(
+                r.reason.contains("i8042 reset"),
+                &r,
+                "ended by the i8042 reset",
             )
         }),
         Trial::test("host_replies_reach_the_guest_on_port1_rx", || {

@@ -32,7 +32,7 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
 }
 
-/// Reports `what` on COM2 and the console, syncs, restarts the machine.
+/// Reports `what` on COM2 and the console, syncs, powers off.
 pub fn fatal(what: &str) -> ! {
     let text = format!("{PREFIX}: {what}\n");
     let com2 = write_com2(truncate_at_char_boundary(&text, MAX_CRASH_TEXT));
@@ -41,7 +41,7 @@ pub fn fatal(what: &str) -> ! {
         say(&format!("could not write the crash report to {COM2}: {e}"));
     }
     console::drain();
-    power::reboot()
+    power::power_off()
 }
 
 /// Writes `text` to COM2 and waits (bounded) until the UART has sent it.

@@ -2,8 +2,8 @@
 //!
 //! Mounts the pseudo filesystems, opens the `schedrig-bulk` virtio port
 //! and reports to the host: LIFE(init started), KADR, TOPO, SRDY, EXIT,
-//! then restarts the machine (the VM has no ACPI; with `reboot=k` the
-//! restart goes through the i8042 and the VMM ends the VM). A
+//! then powers off (ACPI S5, which ends the VM; `schedrig.mode=reboot`
+//! restarts through the i8042 instead). A
 //! `schedrig.mode=` kernel parameter selects a misbehaving test mode
 //! ([`Mode`]). Panics and fatal errors are reported on COM2, never on the
 //! virtio port (see `crash`).
@@ -34,19 +34,19 @@ fn main() {
         fatal(&e);
     }
     console::drain();
-    if ends_with_power_off() {
-        power::power_off()
+    if ends_with_reboot() {
+        power::reboot()
     }
-    power::reboot()
+    power::power_off()
 }
 
-/// `schedrig.mode=poweroff`: end with a power-off (the host recognises
-/// the kernel's "reboot: Power down" line) instead of the i8042 reset.
-fn ends_with_power_off() -> bool {
+/// `schedrig.mode=reboot`: end with a restart (`reboot=k`: an i8042
+/// reset) instead of the power-off.
+fn ends_with_reboot() -> bool {
     std::fs::read_to_string("/proc/cmdline")
         .ok()
         .and_then(|c| mode_from_cmdline(&c).ok())
-        == Some(Mode::PowerOff)
+        == Some(Mode::Reboot)
 }
 
 /// What setting up the machine found: the mode, the EXIT code normal
@@ -178,10 +178,10 @@ fn run() -> Result<(), String> {
         exit_code
     };
     port.exit(exit_code).map_err(comms)?;
-    let end = if mode == Mode::PowerOff {
-        "powering off"
-    } else {
+    let end = if mode == Mode::Reboot {
         "restarting"
+    } else {
+        "powering off"
     };
     say(&format!("exit {exit_code}; {end}"));
     Ok(())

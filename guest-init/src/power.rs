@@ -13,11 +13,10 @@ pub fn power_off() -> ! {
 
 /// Flushes filesystems and restarts the machine (`reboot(RB_AUTOBOOT)`).
 ///
-/// The schedrig test VM has no ACPI, so power-off cannot end it; its
-/// kernel runs with `reboot=k`, so a restart resets through the i8042
-/// (port 0x64), which the VMM takes as the end of the VM. A failure is
-/// printed to the console (stderr), then this spins for the same reason
-/// as [`power_off`].
+/// The schedrig test VM's kernel runs with `reboot=k`, so a restart
+/// resets through the i8042 (port 0x64), which the VMM takes as the end
+/// of the VM. A failure is printed to the console (stderr), then this
+/// spins for the same reason as [`power_off`].
 pub fn reboot() -> ! {
     nix::unistd::sync();
     let Err(errno) = reboot_syscall(RebootMode::RB_AUTOBOOT);

@@ -12,7 +12,7 @@ pub const MODE_PARAM: &str = "schedrig.mode";
 /// What guest-init does after it has mounted its filesystems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GuestMode {
-    /// LIFE 1, KADR, TOPO, SRDY, EXIT 0, restart.
+    /// LIFE 1, KADR, TOPO, SRDY, EXIT 0, power-off.
     #[default]
     Normal,
     /// LIFE 1, KADR, TOPO, then sleep forever: never SRDY, so the host
@@ -29,8 +29,9 @@ pub enum GuestMode {
     /// As normal up to SRDY, then never ends: the host's run deadline must
     /// end it.
     Stall,
-    /// As normal, but ends with a power-off instead of a reset.
-    PowerOff,
+    /// As normal, but ends with a restart (an i8042 reset with the test
+    /// kernel's `reboot=k`) instead of the power-off.
+    Reboot,
     /// After SRDY, sends coordinator requests (SNRQ, KORQ) and waits for
     /// the host's replies on the bulk port: EXIT 0 only if each came back
     /// well-formed and echoing its id (host-to-guest frames end to end).
@@ -46,7 +47,7 @@ impl GuestMode {
         (GuestMode::Panic, "panic"),
         (GuestMode::KernelPanic, "kernel-panic"),
         (GuestMode::Stall, "stall"),
-        (GuestMode::PowerOff, "poweroff"),
+        (GuestMode::Reboot, "reboot"),
         (GuestMode::Requests, "requests"),
     ];
 
