@@ -668,8 +668,9 @@ impl Watch {
             return true;
         }
         if self.exit_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE) {
-            // EXIT arrived and the machine never reset: a guest that powered
-            // off (which, without ACPI, the kernel turns into a halt).
+            // EXIT arrived and the machine neither reset nor powered off
+            // (e.g. a kernel booted with acpi=off halts instead): the
+            // last fallback.
             self.reset.get_or_insert("halted after EXIT");
             return true;
         }
