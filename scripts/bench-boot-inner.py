@@ -24,10 +24,7 @@ for topo, mem in configs:
                 r = json.loads(out.stdout)
             except json.JSONDecodeError:
                 sys.exit(f"boot {i} failed: {out.stderr[-2000:]}")
-            artefact = (r["verdict"] == "no_exit" and r["reason"].startswith("triple fault")) \
-                or (r["verdict"] == "panic" and "Oops: int3" in r["console_tail"]) \
-                or (r["verdict"] == "timeout" and "LIFE" not in r["frames"])
-            if attempt == 1 and artefact:
+            if attempt == 1 and r["emulation_artefact"]:
                 retried += 1
                 continue
             break

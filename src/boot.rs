@@ -141,6 +141,7 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "lifecycle": r.lifecycle,
         "console_tail": r.console_tail,
         "crash_text": r.crash_text,
+        "emulation_artefact": r.is_emulation_artefact(),
     })
 }
 

@@ -292,20 +292,12 @@ fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {
 fn run(o: BootOptions) -> Result<RunReport, Failed> {
     let once = || boot(&o, std::time::Instant::now()).map_err(|e| format!("boot failed: {e}"));
     let r = once()?;
-    // Inside the emulated nested host (QEMU TCG emulating SVM) a
-    // multi-vCPU guest now and then dies while booting, before SRDY: a
-    // triple fault, or "Oops: int3" where the kernel patches its own text
-    // (TCG mishandles that cross-CPU code patching, as it does in the
-    // nested host's own kernel), or a hang before init. Such a boot is
-    // retried once, loudly; a second one fails the test. With hardware KVM
+    // Inside the emulated nested host a boot that died in one of the
+    // known emulation ways (RunReport::is_emulation_artefact) is retried
+    // once, loudly; a second one fails the test. With hardware KVM
     // nothing is retried.
     let in_emulated_host = std::env::var("SCHEDRIG_IN_NESTED").as_deref() == Ok("1");
-    // A kernel that hung before starting init (no LIFE frame) counts too;
-    // hang mode sends LIFE first, so its intended timeout is never retried.
-    let emulation_artefact = (r.verdict == Verdict::NoExit && r.reason.starts_with("triple fault"))
-        || (r.verdict == Verdict::Panic && r.console.contains("Oops: int3"))
-        || (r.verdict == Verdict::Timeout && !r.frames.contains_key("LIFE"));
-    if in_emulated_host && emulation_artefact && r.ready.is_none() {
+    if in_emulated_host && r.is_emulation_artefact() {
         eprintln!(
             "vm tests: RETRY after a guest {} in the emulated host: {}\n--- console tail ---\n{}",
             r.verdict.as_str(),

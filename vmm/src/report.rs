@@ -70,3 +70,67 @@ pub struct RunReport {
     /// Peak RSS minus the guest RAM it holds, KiB: the VMM's own cost.
     pub vmm_overhead_kib: Option<u64>,
 }
+
+impl RunReport {
+    /// True when the guest died before SRDY in one of the ways the
+    /// emulated nested host (QEMU TCG emulating SVM) causes now and then:
+    /// a triple fault, "Oops: int3" while the kernel patches its own text
+    /// (TCG mishandles cross-CPU code patching), or a hang before init
+    /// (a timeout with no LIFE frame; guest-init's hang mode sends LIFE
+    /// first). Callers running in the emulated host may retry such a
+    /// boot once; on hardware KVM it is a real failure.
+    pub fn is_emulation_artefact(&self) -> bool {
+        self.ready.is_none()
+            && ((self.verdict == Verdict::NoExit && self.reason.starts_with("triple fault"))
+                || (self.verdict == Verdict::Panic && self.console.contains("Oops: int3"))
+                || (self.verdict == Verdict::Timeout && !self.frames.contains_key("LIFE")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(verdict: Verdict, reason: &str, console: &str, frames: &[&str]) -> RunReport {
+        RunReport {
+            verdict,
+            reason: reason.into(),
+            exit_code: None,
+            setup: None,
+            ready: None,
+            total: Duration::from_secs(1),
+            frames: frames.iter().map(|f| (f.to_string(), 1)).collect(),
+            crc_errors: 0,
+            kern_addrs: None,
+            guest_topology: None,
+            lifecycle: Vec::new(),
+            console_tail: String::new(),
+            console: console.into(),
+            crash_text: String::new(),
+            hvc0: String::new(),
+            peak_rss_kib: None,
+            vmm_overhead_kib: None,
+        }
+    }
+
+    #[test]
+    fn only_known_early_emulation_deaths_are_artefacts() {
+        let tf = report(
+            Verdict::NoExit,
+            "triple fault without an EXIT frame",
+            "",
+            &[],
+        );
+        assert!(tf.is_emulation_artefact());
+        let int3 = report(Verdict::Panic, "Kernel panic", "Oops: int3: 0000", &[]);
+        assert!(int3.is_emulation_artefact());
+        assert!(report(Verdict::Timeout, "no SRDY", "", &[]).is_emulation_artefact());
+        // Hang mode: LIFE came, so the timeout is the guest's own doing.
+        assert!(!report(Verdict::Timeout, "no SRDY", "", &["LIFE"]).is_emulation_artefact());
+        // Any other panic, or anything after SRDY, is a real failure.
+        assert!(!report(Verdict::Panic, "Kernel panic", "sysrq", &[]).is_emulation_artefact());
+        let mut late = tf.clone();
+        late.ready = Some(Duration::from_secs(1));
+        assert!(!late.is_emulation_artefact());
+    }
+}
