@@ -98,7 +98,49 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         run_deadline: opts.timeout,
         console_file: opts.console_file.clone(),
     };
-    Ok(schedrig_vmm::run(&config, started)?)
+    let mut report = schedrig_vmm::run(&config, started)?;
+    name_hung_code(&mut report, &k);
+    Ok(report)
+}
+
+/// Adds the function name to each stopped vCPU's `rip=` (a hang report
+/// then says "halted at rip=0x... (default_idle+0x1b)"). Needs the
+/// vmlinux, and the KASLR slide: known from KADR, or zero when the
+/// vmlinux itself was booted. Best effort: a report without names is
+/// still a report.
+fn name_hung_code(report: &mut RunReport, k: &kernel::ResolvedKernel) {
+    let Some(vmlinux) = &k.vmlinux else { return };
+    if report.vcpus_at_stop.is_empty() {
+        return;
+    }
+    let slide = match (&report.kern_addrs, k.format) {
+        (Some(ka), _) if ka.text_kva.is_some() => ka
+            .text_kva
+            .map(|t| t.wrapping_sub(schedrig_vmm::introspect::symbols::DEFAULT_TEXT_KVA) as i64),
+        (_, ImageFormat::Vmlinux) => Some(0),
+        _ => None,
+    };
+    let Some(slide) = slide else { return };
+    let rips: Vec<Option<u64>> = report
+        .vcpus_at_stop
+        .iter()
+        .map(|l| {
+            let hex = l.split("rip=0x").nth(1)?.split(' ').next()?;
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .collect();
+    let wanted: Vec<u64> = rips.iter().flatten().copied().collect();
+    let Ok(names) = schedrig_vmm::introspect::symbols::symbolize(vmlinux, slide, &wanted) else {
+        return;
+    };
+    let mut names = names.into_iter();
+    for (line, rip) in report.vcpus_at_stop.iter_mut().zip(rips) {
+        if rip.is_some() {
+            if let Some(Some(name)) = names.next() {
+                line.push_str(&format!(" ({name})"));
+            }
+        }
+    }
 }
 
 /// The report as one JSON object (the `--json` contract).
@@ -141,6 +183,7 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "lifecycle": r.lifecycle,
         "console_tail": r.console_tail,
         "crash_text": r.crash_text,
+        "vcpus_at_stop": r.vcpus_at_stop,
         "emulation_artefact": r.is_emulation_artefact(),
     })
 }
@@ -170,5 +213,8 @@ pub fn report_text(r: &RunReport) -> String {
     }
     let frames: Vec<String> = r.frames.iter().map(|(k, v)| format!("{k}={v}")).collect();
     s += &format!("frames:    {}\n", frames.join(" "));
+    for line in &r.vcpus_at_stop {
+        s += &format!("stopped:   {line}\n");
+    }
     s
 }

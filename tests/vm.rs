@@ -165,6 +165,16 @@ fn boot_tests() -> Vec<Trial> {
                 &r,
                 "the guest was alive (LIFE)",
             )?;
+            // The hang report says where the one vCPU was, by function
+            // name (a vmlinux boot is never relocated).
+            expect(
+                r.vcpus_at_stop.len() == 1
+                    && r.vcpus_at_stop[0].starts_with("vCPU 0: ")
+                    && r.vcpus_at_stop[0].contains("rip=0xffffffff")
+                    && r.vcpus_at_stop[0].contains("+0x"),
+                &r,
+                "the stopped vCPU's rip, named",
+            )?;
             expect(
                 r.total < Duration::from_secs(90 + 15),
                 &r,
@@ -299,9 +309,10 @@ fn run(o: BootOptions) -> Result<RunReport, Failed> {
     let in_emulated_host = std::env::var("SCHEDRIG_IN_NESTED").as_deref() == Ok("1");
     if in_emulated_host && r.is_emulation_artefact() {
         eprintln!(
-            "vm tests: RETRY after a guest {} in the emulated host: {}\n--- console tail ---\n{}",
+            "vm tests: RETRY after a guest {} in the emulated host: {}\n{}--- console tail ---\n{}",
             r.verdict.as_str(),
             r.reason,
+            stopped_vcpus(&r),
             r.console_tail
         );
         return Ok(once()?);
@@ -309,16 +320,22 @@ fn run(o: BootOptions) -> Result<RunReport, Failed> {
     Ok(r)
 }
 
+/// Where the vCPUs were when the watchdog stopped them (hangs only).
+fn stopped_vcpus(r: &RunReport) -> String {
+    r.vcpus_at_stop.iter().map(|l| format!("{l}\n")).collect()
+}
+
 fn expect(ok: bool, r: &RunReport, what: &str) -> Result<(), Failed> {
     if ok {
         return Ok(());
     }
     Err(format!(
-        "expected {what}; got verdict {} ({}), exit {:?}, frames {:?}\n--- console tail ---\n{}\n--- COM2 ---\n{}",
+        "expected {what}; got verdict {} ({}), exit {:?}, frames {:?}\n{}--- console tail ---\n{}\n--- COM2 ---\n{}",
         r.verdict.as_str(),
         r.reason,
         r.exit_code,
         r.frames,
+        stopped_vcpus(r),
         r.console_tail,
         r.crash_text
     )

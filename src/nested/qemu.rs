@@ -126,7 +126,11 @@ pub(super) fn boot(
             "-machine",
             "pc",
             "-accel",
-            "tcg,thread=multi",
+            if opts.tcg_multi_thread {
+                "tcg,thread=multi"
+            } else {
+                "tcg,thread=single"
+            },
             "-cpu",
             "max",
         ])

@@ -334,7 +334,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     }
     // Nothing more goes to the guest once it is stopping.
     watch.replies = None;
-    let stopped_cleanly = stop_all(&shared, threads, &stop_devices, device_thread, &transport);
+    let (stopped_cleanly, at_stop) =
+        stop_all(&shared, threads, &stop_devices, device_thread, &transport);
     // Frames the guest queued just before it reset (EXIT, typically) were
     // served by the final queue pass in stop_all: collect them.
     while let Ok(event) = rx.try_recv() {
@@ -348,6 +349,9 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     }
     let overhead = vmm_memory_overhead(guest_ram.0.map(|p| p as u64), guest_ram.1);
     let mut report = watch.finish(&console_log, &crash_log, &hvc0_log);
+    if report.verdict == Verdict::Timeout {
+        report.vcpus_at_stop = at_stop;
+    }
     report.peak_rss_kib = overhead.map(|o| o.0);
     report.vmm_overhead_kib = overhead.map(|o| o.1);
     Ok(report)
@@ -460,25 +464,28 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, MachineError> {
 
 /// Stops vCPUs (kicking them out of KVM_RUN until they notice), serves
 /// every queue once more (a guest's last writes may still sit in its TX
-/// rings when it resets), then stops the device thread; true when
-/// everything joined in time.
+/// rings when it resets), then stops the device thread. Returns true when
+/// everything joined in time, and where each stopped vCPU was.
 fn stop_all(
     shared: &VcpuShared,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<Option<String>>>,
     stop_devices: &EventFd,
     device_thread: std::thread::JoinHandle<Result<(), crate::devices::virtio::EventLoopError>>,
     transport: &Mutex<MmioTransport>,
-) -> bool {
+) -> (bool, Vec<String>) {
     shared.stop.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_DEADLINE;
     let mut ok = true;
-    for t in threads {
+    let mut at_stop = Vec::new();
+    for (cpu, t) in threads.into_iter().enumerate() {
         while !t.is_finished() && Instant::now() < deadline {
             let _ = t.kill(vcpu::kick_signal());
             std::thread::sleep(Duration::from_millis(2));
         }
         if t.is_finished() {
-            let _ = t.join();
+            if let Ok(Some(state)) = t.join() {
+                at_stop.push(format!("vCPU {cpu}: {state}"));
+            }
         } else {
             ok = false;
         }
@@ -494,7 +501,7 @@ fn stop_all(
         Ok(Err(e)) => tracing::warn!("virtio device thread: {e}"),
         Err(_) => ok = false,
     }
-    ok
+    (ok, at_stop)
 }
 
 /// A line without control characters and decoding debris (the 8250
@@ -722,6 +729,7 @@ impl Watch {
             hvc0: hvc0.text(),
             peak_rss_kib: None,
             vmm_overhead_kib: None,
+            vcpus_at_stop: Vec::new(),
         }
     }
 }

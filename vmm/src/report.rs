@@ -69,6 +69,9 @@ pub struct RunReport {
     pub peak_rss_kib: Option<u64>,
     /// Peak RSS minus the guest RAM it holds, KiB: the VMM's own cost.
     pub vmm_overhead_kib: Option<u64>,
+    /// On a timeout: where each vCPU was when the watchdog stopped it
+    /// ("vCPU 0: halted at rip=..."), so a hang says where it hung.
+    pub vcpus_at_stop: Vec<String>,
 }
 
 impl RunReport {
@@ -110,6 +113,7 @@ mod tests {
             hvc0: String::new(),
             peak_rss_kib: None,
             vmm_overhead_kib: None,
+            vcpus_at_stop: Vec::new(),
         }
     }
 

@@ -92,12 +92,14 @@ impl VcpuShared {
     }
 }
 
-/// Starts the thread for one vCPU. `cpu` is its index (0 boots).
+/// Starts the thread for one vCPU. `cpu` is its index (0 boots). The
+/// thread returns where the vCPU was when the controller stopped it
+/// (`None` when the vCPU itself ended the machine), for hang reports.
 pub fn spawn(
     cpu: u32,
     mut vcpu: VcpuFd,
     shared: Arc<VcpuShared>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<JoinHandle<Option<String>>> {
     std::thread::Builder::new()
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
@@ -130,7 +132,37 @@ fn cpu_state(vcpu: &VcpuFd) -> String {
     }
 }
 
-fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
+/// Where a vCPU the controller stopped was: its run state (an AP still
+/// waiting for its start-up IPI is not a hung one) and registers.
+fn stopped_state(vcpu: &VcpuFd) -> String {
+    use kvm_bindings::*;
+    let run_state = match vcpu.get_mp_state().map(|s| s.mp_state) {
+        Ok(KVM_MP_STATE_RUNNABLE) => "running",
+        Ok(KVM_MP_STATE_HALTED) => "halted",
+        Ok(KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED) => {
+            return "never started (waiting for INIT/SIPI)".to_string()
+        }
+        Ok(_) => "other state",
+        Err(_) => "state unknown",
+    };
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "{run_state} at rip={:#x} rsp={:#x} rflags={:#x} cr3={:#x}",
+            r.rip, r.rsp, r.rflags, s.cr3
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("{run_state}, registers unavailable: {e}"),
+    }
+}
+
+fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) -> Option<String> {
+    run_until_end(cpu, vcpu, shared);
+    shared
+        .stop
+        .load(Ordering::Acquire)
+        .then(|| stopped_state(vcpu))
+}
+
+fn run_until_end(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
     let fail = |reason: String| {
         (shared.events)(VcpuEvent::Failed { cpu, reason });
     };

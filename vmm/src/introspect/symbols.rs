@@ -67,3 +67,54 @@ impl SymbolTable {
             .map(|link| runtime_text_kva.wrapping_sub(link) as i64)
     }
 }
+
+/// Names code addresses (`rip` of a hung vCPU) as `symbol+0xoff`, from
+/// the vmlinux's function symbols. `slide` is the KASLR slide (0 for a
+/// vmlinux entered directly, which is never relocated).
+pub fn symbolize(vmlinux: &Path, slide: i64, addrs: &[u64]) -> Result<Vec<Option<String>>, SymbolError> {
+    let path = vmlinux.display().to_string();
+    let data = std::fs::read(vmlinux).map_err(|source| SymbolError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let file = object::File::parse(&*data).map_err(|e| SymbolError::Parse {
+        path,
+        reason: e.to_string(),
+    })?;
+    let mut funcs: Vec<(u64, &str)> = file
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+        .filter_map(|s| Some((s.address(), s.name().ok()?)))
+        .collect();
+    funcs.sort_unstable();
+    Ok(addrs
+        .iter()
+        .map(|a| nearest(&funcs, a.wrapping_sub(slide as u64)))
+        .collect())
+}
+
+/// `name+0xoff` of the last symbol at or below `addr` in `sorted`, if
+/// `addr` is within a plausible function size (1 MiB) of it.
+fn nearest(sorted: &[(u64, &str)], addr: u64) -> Option<String> {
+    const MAX_FUNCTION: u64 = 1 << 20;
+    let i = sorted.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
+    let (start, name) = sorted[i];
+    let off = addr - start;
+    (off < MAX_FUNCTION).then(|| format!("{name}+{off:#x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_names_the_enclosing_symbol() {
+        let syms = [(0x1000, "a"), (0x1010, "b"), (0x2000, "c")];
+        assert_eq!(nearest(&syms, 0x1000).as_deref(), Some("a+0x0"));
+        assert_eq!(nearest(&syms, 0x100f).as_deref(), Some("a+0xf"));
+        assert_eq!(nearest(&syms, 0x1fff).as_deref(), Some("b+0xfef"));
+        assert_eq!(nearest(&syms, 0xfff), None);
+        assert_eq!(nearest(&syms, 0x2000 + (1 << 20)), None);
+        assert_eq!(nearest(&[], 0x1000), None);
+    }
+}
