@@ -91,6 +91,10 @@ struct NestedArgs {
     /// QEMU TCG threading: one host thread per vCPU (multi) or one for all.
     #[arg(long, value_enum, default_value = "multi")]
     tcg_thread: TcgThread,
+    /// Appended to the nested host kernel's command line (e.g. a module
+    /// parameter: kvm_amd.npt=0).
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    append: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -300,6 +304,7 @@ fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {
         results: a.results,
         console: a.console,
         tcg_multi_thread: matches!(a.tcg_thread, TcgThread::Multi),
+        append: a.append,
         ..Default::default()
     };
     anyhow::ensure!(a.timeout > 0, "--timeout must be at least 1 second");

@@ -35,6 +35,9 @@ pub struct NestedOptions {
     pub console: bool,
     /// Multi-threaded TCG (one host thread per vCPU) or one thread for all.
     pub tcg_multi_thread: bool,
+    /// Appended to the nested host kernel's command line (module
+    /// parameters such as `kvm_amd.npt=0` included).
+    pub append: String,
 }
 
 impl Default for NestedOptions {
@@ -46,6 +49,7 @@ impl Default for NestedOptions {
             results: None,
             console: false,
             tcg_multi_thread: true,
+            append: String::new(),
         }
     }
 }

@@ -144,7 +144,7 @@ pub(super) fn boot(
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", CMDLINE])
+        .args(["-append", format!("{CMDLINE} {}", opts.append).trim()])
         .args([
             "-chardev",
             &chardev("con", &serial.path()),
