@@ -81,8 +81,6 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         crate::static_bins::GUEST_INIT_SHA256,
         &kernel::cache::cache_root().join("initramfs"),
     )?;
-    let initrd = std::fs::read(&initrd_path)
-        .map_err(|e| BootError::Read(initrd_path.display().to_string(), e))?;
     tracing::debug!(elapsed = ?started.elapsed(), "kernel and initramfs resolved");
     let config = MachineConfig {
         kernel: k.image.clone(),
@@ -90,7 +88,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
             ImageFormat::Vmlinux => KernelFormat::Elf,
             ImageFormat::BzImage => KernelFormat::BzImage,
         },
-        initrd,
+        initrd: initrd_path,
         extra_cmdline: format!("{} {}", opts.mode.cmdline_arg(), opts.append),
         topology: opts.topology,
         memory_mib: opts.memory_mib,

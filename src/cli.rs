@@ -169,13 +169,18 @@ impl KernelArgs {
 pub fn main() -> ExitCode {
     let started = process_start();
     // Diagnostics for developers: SCHEDRIG_LOG=debug (tracing's env filter).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SCHEDRIG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Without SCHEDRIG_LOG a plain level filter: building an EnvFilter
+    // is start-up work every boot would pay for.
+    let _ = match tracing_subscriber::EnvFilter::try_from_env("SCHEDRIG_LOG") {
+        Ok(filter) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        Err(_) => tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
     PROCESS_START.get_or_init(|| started);
     tracing::debug!(since_exec = ?started.elapsed(), "main started");
     let cli = Cli::parse();

@@ -28,6 +28,7 @@ pub struct ResolvedKernel {
     pub vmlinux: Option<PathBuf>,
     /// Where the configuration was read from (a file, or "IKCONFIG in ...").
     pub config_source: String,
+    /// The options resolution checks (`REQUIRED_TO_RUN`), not the whole file.
     #[serde(skip)]
     pub config: KernelConfig,
 }
@@ -84,12 +85,15 @@ fn find_config(image_path: &Path, dir: &Path) -> Result<(KernelConfig, String), 
     for name in [cache::CONFIG, ".config"] {
         let p = dir.join(name);
         if let Ok(text) = std::fs::read_to_string(&p) {
-            return Ok((KernelConfig::parse(&text), p.display().to_string()));
+            return Ok((
+                KernelConfig::parse_only(&text, REQUIRED_TO_RUN),
+                p.display().to_string(),
+            ));
         }
     }
     match image::read_ikconfig(image_path)? {
         Some(text) => Ok((
-            KernelConfig::parse(&text),
+            KernelConfig::parse_only(&text, REQUIRED_TO_RUN),
             format!("IKCONFIG in {}", image_path.display()),
         )),
         None => Err(KernelError::NoConfig(image_path.display().to_string())),
@@ -107,7 +111,7 @@ fn cached_default(vmlinux: Option<&Path>) -> Result<ResolvedKernel, KernelError>
         format: ImageFormat::Vmlinux,
         vmlinux: Some(vmlinux.map_or_else(|| entry.vmlinux(), Path::to_path_buf)),
         config_source: config_path.display().to_string(),
-        config: KernelConfig::parse(&text),
+        config: KernelConfig::parse_only(&text, REQUIRED_TO_RUN),
     })
 }
 

@@ -109,7 +109,8 @@ pub enum MachineError {
 pub struct MachineConfig {
     pub kernel: PathBuf,
     pub format: KernelFormat,
-    pub initrd: Vec<u8>,
+    /// The initramfs file (mapped into guest RAM, not read).
+    pub initrd: PathBuf,
     /// Appended to the base command line (e.g. `schedrig.mode=hang`).
     pub extra_cmdline: String,
     pub topology: Topology,

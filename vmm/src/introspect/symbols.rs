@@ -71,7 +71,11 @@ impl SymbolTable {
 /// Names code addresses (`rip` of a hung vCPU) as `symbol+0xoff`, from
 /// the vmlinux's function symbols. `slide` is the KASLR slide (0 for a
 /// vmlinux entered directly, which is never relocated).
-pub fn symbolize(vmlinux: &Path, slide: i64, addrs: &[u64]) -> Result<Vec<Option<String>>, SymbolError> {
+pub fn symbolize(
+    vmlinux: &Path,
+    slide: i64,
+    addrs: &[u64],
+) -> Result<Vec<Option<String>>, SymbolError> {
     let path = vmlinux.display().to_string();
     let data = std::fs::read(vmlinux).map_err(|source| SymbolError::Read {
         path: path.clone(),

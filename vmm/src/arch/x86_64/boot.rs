@@ -31,6 +31,8 @@ pub enum BootError {
     },
     #[error("writing {0} into guest memory failed")]
     GuestMemory(&'static str),
+    #[error("cannot load initramfs {path}: {reason}")]
+    Initrd { path: String, reason: String },
 }
 
 /// Which entry the kernel image offers.
@@ -76,7 +78,7 @@ pub fn load(
     kernel: &Path,
     format: KernelFormat,
     cmdline: &str,
-    initrd: &[u8],
+    initrd: &Path,
 ) -> Result<LoadedKernel, BootError> {
     let path = kernel.display().to_string();
     let mut file = File::open(kernel).map_err(|source| BootError::Open {
@@ -114,16 +116,25 @@ pub fn load(
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
     let ram_end = mem.last_addr().0 + 1;
-    let initrd_addr = (ram_end.saturating_sub(initrd.len() as u64)) & !0xfff;
-    if initrd.len() as u64 > ram_end || initrd_addr < kernel_end.max(HIMEM_START) {
+    let initrd_err = |reason: String| BootError::Initrd {
+        path: initrd.display().to_string(),
+        reason,
+    };
+    let initrd_file = File::open(initrd).map_err(|e| initrd_err(e.to_string()))?;
+    let initrd_len = initrd_file
+        .metadata()
+        .map_err(|e| initrd_err(e.to_string()))?
+        .len();
+    let initrd_addr = (ram_end.saturating_sub(initrd_len)) & !0xfff;
+    if initrd_len > ram_end || initrd_addr < kernel_end.max(HIMEM_START) {
         return Err(BootError::InitrdTooLarge {
-            size: initrd.len(),
+            size: initrd_len as usize,
             kernel_end,
             ram_end,
         });
     }
-    mem.write_slice(initrd, GuestAddress(initrd_addr))
-        .map_err(|_| BootError::GuestMemory("initramfs"))?;
+    super::elf_map::map_file(mem, &initrd_file, initrd_addr, initrd_len)
+        .map_err(|e| initrd_err(e.to_string()))?;
 
     let mut params = BootParams::default();
     if let Some(hdr) = setup_header {
@@ -140,7 +151,7 @@ pub fn load(
         .map(|c| c.as_bytes().len() as u32)
         .unwrap_or(0);
     params.0.hdr.ramdisk_image = initrd_addr as u32;
-    params.0.hdr.ramdisk_size = initrd.len() as u32;
+    params.0.hdr.ramdisk_size = initrd_len as u32;
 
     let e820 = [(0u64, EBDA_START), (HIMEM_START, ram_end - HIMEM_START)];
     for (i, (addr, size)) in e820.iter().enumerate().take(E820_MAX_ENTRIES) {

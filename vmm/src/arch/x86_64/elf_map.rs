@@ -88,6 +88,29 @@ pub fn load(mem: &GuestMemoryMmap, file: &File) -> Result<MappedKernel, ElfMapEr
     Ok(MappedKernel { entry, end })
 }
 
+/// Maps the first `len` bytes of `file` at page-aligned guest address
+/// `gpa`, as a kernel segment is (whole pages mapped privately, the
+/// partial last page copied): the initramfs, which would otherwise be
+/// read and copied on every boot. The caller checks that it fits in RAM.
+pub fn map_file(mem: &GuestMemoryMmap, file: &File, gpa: u64, len: u64) -> Result<(), ElfMapError> {
+    if gpa % PAGE_SIZE != 0 {
+        return Err(ElfMapError::BadSegment {
+            index: 0,
+            why: format!("address {gpa:#x} is not page-aligned"),
+        });
+    }
+    place(
+        mem,
+        file,
+        Segment {
+            index: 0,
+            paddr: gpa,
+            offset: 0,
+            filesz: len,
+        },
+    )
+}
+
 /// Parses and validates the headers; returns the entry point and the
 /// non-empty PT_LOAD segments with their memory sizes.
 fn read_segments(
@@ -335,6 +358,24 @@ mod tests {
         mem.write_slice(&[0xEE; 16], GuestAddress(0x100_1000))
             .unwrap();
         assert_eq!(std::fs::read(f.path()).unwrap(), bytes);
+    }
+
+    /// A whole file (the initramfs) lands byte-exact, its partial last
+    /// page included, with zeros after it; guest writes stay private.
+    #[test]
+    fn map_file_places_a_whole_file() {
+        let bytes: Vec<u8> = (0..0x3456u32).map(|i| (i % 251) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&bytes).unwrap();
+        let mem = ram();
+        let at = 0x200_0000;
+        map_file(&mem, f.as_file(), at, bytes.len() as u64).unwrap();
+        let got = guest(&mem, at, 0x4000);
+        assert_eq!(&got[..bytes.len()], &bytes[..]);
+        assert!(got[bytes.len()..].iter().all(|&x| x == 0));
+        mem.write_slice(&[0xEE; 16], GuestAddress(at)).unwrap();
+        assert_eq!(std::fs::read(f.path()).unwrap(), bytes);
+        assert!(map_file(&mem, f.as_file(), at + 1, 16).is_err());
     }
 
     #[test]
