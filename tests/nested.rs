@@ -168,8 +168,16 @@ fn interrupting_or_killing_the_caller_ends_the_nested_host() {
     }
 }
 
+/// Run dirs left behind by dead callers. A live `schedrig nested` (another
+/// session on this machine) owns its dir and is not counted.
 fn leftover_temp_dirs_are_bounded() {
     let tmp: PathBuf = std::env::temp_dir();
+    let owner_alive = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
     let n = std::fs::read_dir(tmp)
         .unwrap()
         .flatten()
@@ -177,6 +185,7 @@ fn leftover_temp_dirs_are_bounded() {
             e.file_name()
                 .to_string_lossy()
                 .starts_with("schedrig-run-nested-")
+                && !owner_alive(&e.path())
         })
         .count();
     // A SIGKILLed caller cannot clean up; the next run removes its leftovers.
