@@ -73,12 +73,64 @@ pub fn cached_by_digest(
         .map_err(|e| io("write", tmp.path(), e))?;
     tmp.persist(&path)
         .map_err(|e| io("rename", &path, e.error))?;
+    prune(cache_dir, KEEP);
     Ok(path)
+}
+
+/// Initramfs archives kept: one per guest-init build, so a developer's
+/// rebuilds would otherwise pile up (~0.75 MB each). A running VM maps its
+/// archive; removing the file does not disturb it.
+const KEEP: usize = 4;
+
+/// Removes all but the `keep` newest `guest-*.cpio.gz` in `dir`. Best
+/// effort: a file another process removed first is no error.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("guest-") && n.ends_with(".cpio.gz")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    archives.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in archives.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_archives_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..KEEP + 2)
+            .map(|i| {
+                let p = cached(format!("\x7fELF {i}").as_bytes(), d.path()).unwrap();
+                // Distinct mtimes, oldest first.
+                let t = std::time::SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_secs(i as u64 + 1);
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+                p
+            })
+            .collect();
+        std::fs::write(d.path().join("unrelated"), b"x").unwrap();
+        prune(d.path(), KEEP);
+        assert!(!paths[0].exists() && !paths[1].exists());
+        assert!(paths[2..].iter().all(|p| p.exists()));
+        assert!(d.path().join("unrelated").exists());
+    }
 
     #[test]
     fn cache_is_keyed_by_content() {

@@ -31,30 +31,23 @@ impl SymbolTable {
     /// Reads `vmlinux` and keeps the addresses of `wanted` (a full
     /// kernel has ~100k symbols; callers know which they need).
     pub fn load(vmlinux: &Path, wanted: &[&str]) -> Result<Self, SymbolError> {
-        let path = vmlinux.display().to_string();
-        let data = std::fs::read(vmlinux).map_err(|source| SymbolError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let file = object::File::parse(&*data).map_err(|e| SymbolError::Parse {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut addrs = HashMap::new();
-        for sym in file.symbols() {
-            if let Ok(name) = sym.name() {
-                if wanted.contains(&name) {
-                    addrs.insert(name.to_string(), sym.address());
+        with_elf(vmlinux, |file, path| {
+            let mut addrs = HashMap::new();
+            for sym in file.symbols() {
+                if let Ok(name) = sym.name() {
+                    if wanted.contains(&name) {
+                        addrs.insert(name.to_string(), sym.address());
+                    }
                 }
             }
-        }
-        if addrs.is_empty() && !wanted.is_empty() {
-            return Err(SymbolError::Parse {
-                path,
-                reason: format!("none of {wanted:?} found"),
-            });
-        }
-        Ok(Self { addrs })
+            if addrs.is_empty() && !wanted.is_empty() {
+                return Err(SymbolError::Parse {
+                    path,
+                    reason: format!("none of {wanted:?} found"),
+                });
+            }
+            Ok(Self { addrs })
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<u64> {
@@ -76,25 +69,36 @@ pub fn symbolize(
     slide: i64,
     addrs: &[u64],
 ) -> Result<Vec<Option<String>>, SymbolError> {
+    with_elf(vmlinux, |file, _| {
+        let mut funcs: Vec<(u64, &str)> = file
+            .symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+            .filter_map(|s| Some((s.address(), s.name().ok()?)))
+            .collect();
+        funcs.sort_unstable();
+        Ok(addrs
+            .iter()
+            .map(|a| nearest(&funcs, a.wrapping_sub(slide as u64)))
+            .collect())
+    })
+}
+
+/// Reads and parses `vmlinux`, then runs `f` on it (with the path, for
+/// errors).
+fn with_elf<T>(
+    vmlinux: &Path,
+    f: impl FnOnce(&object::File<'_>, String) -> Result<T, SymbolError>,
+) -> Result<T, SymbolError> {
     let path = vmlinux.display().to_string();
     let data = std::fs::read(vmlinux).map_err(|source| SymbolError::Read {
         path: path.clone(),
         source,
     })?;
     let file = object::File::parse(&*data).map_err(|e| SymbolError::Parse {
-        path,
+        path: path.clone(),
         reason: e.to_string(),
     })?;
-    let mut funcs: Vec<(u64, &str)> = file
-        .symbols()
-        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
-        .filter_map(|s| Some((s.address(), s.name().ok()?)))
-        .collect();
-    funcs.sort_unstable();
-    Ok(addrs
-        .iter()
-        .map(|a| nearest(&funcs, a.wrapping_sub(slide as u64)))
-        .collect())
+    f(&file, path)
 }
 
 /// `name+0xoff` of the last symbol at or below `addr` in `sorted`, if
