@@ -32,6 +32,8 @@ pub struct BootOptions {
     /// Whole-run deadline.
     pub timeout: Duration,
     pub console_file: Option<PathBuf>,
+    /// Guest RAM on transparent huge pages.
+    pub huge_pages: bool,
 }
 
 impl Default for BootOptions {
@@ -45,6 +47,7 @@ impl Default for BootOptions {
             boot_timeout: Duration::from_secs(120),
             timeout: Duration::from_secs(300),
             console_file: None,
+            huge_pages: false,
         }
     }
 }
@@ -95,6 +98,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         boot_deadline: opts.boot_timeout,
         run_deadline: opts.timeout,
         console_file: opts.console_file.clone(),
+        huge_pages: opts.huge_pages,
     };
     let mut report = schedrig_vmm::run(&config, started)?;
     name_hung_code(&mut report, &k);
@@ -178,6 +182,7 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "crc_errors": r.crc_errors,
         "peak_rss_kib": r.peak_rss_kib,
         "vmm_overhead_kib": r.vmm_overhead_kib,
+        "guest_huge_kib": r.guest_huge_kib,
         "lifecycle": r.lifecycle,
         "console_tail": r.console_tail,
         "crash_text": r.crash_text,

@@ -138,6 +138,16 @@ fn boot_tests() -> Vec<Trial> {
                 &r,
                 "ended by the guest's ACPI S5 power-off",
             )?;
+            // Guest RAM is on 4 KiB pages unless asked (whatever the
+            // host's THP default; the nested host's is "always").
+            expect(
+                r.guest_huge_kib == Some(0),
+                &r,
+                &format!(
+                    "no huge pages in guest RAM (got {:?} KiB)",
+                    r.guest_huge_kib
+                ),
+            )?;
             check_kern_addrs(&r, false)
         }),
         Trial::test("guest_reboot_ends_the_vm", || {
@@ -179,8 +189,19 @@ fn boot_tests() -> Vec<Trial> {
         }),
         Trial::test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
             let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
-            let r = run(opts("1n1l1c1t", Some(entry.bzimage())))?;
+            let mut o = opts("1n1l1c1t", Some(entry.bzimage()));
+            // This boot also asks for huge pages (--huge-pages): the
+            // decompressor alone writes many MiB of guest RAM.
+            o.huge_pages = true;
+            let r = run(o)?;
             expect_ok(&r)?;
+            if thp_available() {
+                expect(
+                    r.guest_huge_kib.is_some_and(|k| k > 0),
+                    &r,
+                    &format!("huge pages in guest RAM (got {:?} KiB)", r.guest_huge_kib),
+                )?;
+            }
             check_kern_addrs(&r, true)
         }),
         Trial::test("watchdog_ends_a_guest_that_never_sends_srdy", || {
@@ -358,6 +379,13 @@ fn run(o: BootOptions) -> Result<RunReport, Failed> {
         );
         attempt += 1;
     }
+}
+
+/// True when this host's kernel would back memory with transparent huge
+/// pages on request (`enabled` is not `[never]`).
+fn thp_available() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| !s.contains("[never]"))
 }
 
 /// Where the vCPUs were when the watchdog stopped them (hangs only).

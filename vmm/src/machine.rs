@@ -121,6 +121,9 @@ pub struct MachineConfig {
     pub run_deadline: Duration,
     /// Also write the full COM1 log here.
     pub console_file: Option<PathBuf>,
+    /// Back guest RAM with transparent huge pages (MADV_HUGEPAGE);
+    /// otherwise MADV_NOHUGEPAGE, whatever the host's THP default.
+    pub huge_pages: bool,
 }
 
 /// What the controller hears while the guest runs.
@@ -168,7 +171,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         source,
     })?;
 
-    let mem = guest_memory(&vm, config.memory_mib)?;
+    let mem = guest_memory(&vm, config.memory_mib, config.huge_pages)?;
     tracing::debug!(elapsed = ?started.elapsed(), "guest memory mapped");
 
     // Devices.
@@ -355,13 +358,15 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     }
     report.peak_rss_kib = overhead.map(|o| o.0);
     report.vmm_overhead_kib = overhead.map(|o| o.1);
+    report.guest_huge_kib = overhead.map(|o| o.2);
     Ok(report)
 }
 
-/// (peak RSS, peak RSS minus the guest RAM resident now) in KiB, from
-/// /proc/self/status VmHWM and the guest mapping's Rss in /proc/self/smaps.
-/// Guest RAM only grows while the guest runs, so its current Rss is its peak.
-fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64, u64)> {
+/// (peak RSS, peak RSS minus the guest RAM resident now, guest RAM on
+/// huge pages) in KiB, from /proc/self/status VmHWM and the guest
+/// mapping's Rss and AnonHugePages in /proc/self/smaps. Guest RAM only
+/// grows while the guest runs, so its current Rss is its peak.
+fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hwm: u64 = status
         .lines()
@@ -374,7 +379,14 @@ fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64,
     let start = guest_start?;
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     let mut in_guest = false;
-    let mut guest_rss = 0u64;
+    let (mut guest_rss, mut guest_huge) = (0u64, 0u64);
+    let kib = |v: &str| {
+        v.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
     for line in smaps.lines() {
         if let Some((range, _)) = line.split_once(' ') {
             if let Some((a, b)) = range.split_once('-') {
@@ -386,16 +398,13 @@ fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64,
         }
         if in_guest {
             if let Some(v) = line.strip_prefix("Rss:") {
-                guest_rss += v
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0);
+                guest_rss += kib(v);
+            } else if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                guest_huge += kib(v);
             }
         }
     }
-    Some((hwm, hwm.saturating_sub(guest_rss)))
+    Some((hwm, hwm.saturating_sub(guest_rss), guest_huge))
 }
 
 /// Guest RAM in bytes, if `mib` is a size this machine can have.
@@ -419,7 +428,13 @@ fn ram_bytes(mib: u64) -> Result<u64, MachineError> {
     Ok(bytes)
 }
 
-fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, MachineError> {
+/// Guest RAM: anonymous memory registered as slot 0. Transparent huge
+/// pages only when asked (`huge_pages`): with the host's THP on
+/// "always", each first touch of a 2 MiB range zeroes all of it, which
+/// made set-up (writing the boot tables, the partial kernel pages) cost
+/// 0.2-0.5 s under emulation, and khugepaged's later collapsing would
+/// move guest memory under a running test.
+fn guest_memory(vm: &VmFd, mib: u64, huge_pages: bool) -> Result<GuestMemoryMmap, MachineError> {
     let bytes = ram_bytes(mib)?;
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes as usize)]).map_err(|e| {
@@ -435,6 +450,20 @@ fn guest_memory(vm: &VmFd, mib: u64) -> Result<GuestMemoryMmap, MachineError> {
                 mib,
                 why: format!("host address: {e}"),
             })?;
+        let advice = if huge_pages {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        // SAFETY: madvise only changes the paging policy of this live
+        // mapping, which `mem` owns; no memory is accessed.
+        if unsafe { libc::madvise(host.cast(), region.len() as usize, advice) } != 0 {
+            // Advice only: a kernel without THP refuses it, harmlessly.
+            tracing::debug!(
+                "madvise(guest RAM, huge pages {huge_pages}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -730,6 +759,7 @@ impl Watch {
             hvc0: hvc0.text(),
             peak_rss_kib: None,
             vmm_overhead_kib: None,
+            guest_huge_kib: None,
             vcpus_at_stop: Vec::new(),
         }
     }

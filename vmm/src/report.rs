@@ -69,6 +69,8 @@ pub struct RunReport {
     pub peak_rss_kib: Option<u64>,
     /// Peak RSS minus the guest RAM it holds, KiB: the VMM's own cost.
     pub vmm_overhead_kib: Option<u64>,
+    /// Guest RAM backed by transparent huge pages at the end, KiB.
+    pub guest_huge_kib: Option<u64>,
     /// On a timeout: where each vCPU was when the watchdog stopped it
     /// ("vCPU 0: halted at rip=..."), so a hang says where it hung.
     pub vcpus_at_stop: Vec<String>,
@@ -113,6 +115,7 @@ mod tests {
             hvc0: String::new(),
             peak_rss_kib: None,
             vmm_overhead_kib: None,
+            guest_huge_kib: None,
             vcpus_at_stop: Vec::new(),
         }
     }
