@@ -93,7 +93,7 @@ pub fn load(mem: &GuestMemoryMmap, file: &File) -> Result<MappedKernel, ElfMapEr
 /// partial last page copied): the initramfs, which would otherwise be
 /// read and copied on every boot. The caller checks that it fits in RAM.
 pub fn map_file(mem: &GuestMemoryMmap, file: &File, gpa: u64, len: u64) -> Result<(), ElfMapError> {
-    if gpa % PAGE_SIZE != 0 {
+    if !gpa.is_multiple_of(PAGE_SIZE) {
         return Err(ElfMapError::BadSegment {
             index: 0,
             why: format!("address {gpa:#x} is not page-aligned"),
