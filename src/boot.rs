@@ -105,43 +105,29 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     Ok(report)
 }
 
-/// Adds the function name to each stopped vCPU's `rip=` (a hang report
+/// Names the function each stopped vCPU's `rip` is in (a hang report
 /// then says "halted at rip=0x... (default_idle+0x1b)"). Needs the
 /// vmlinux, and the KASLR slide: known from KADR, or zero when the
 /// vmlinux itself was booted. Best effort: a report without names is
 /// still a report.
 fn name_hung_code(report: &mut RunReport, k: &kernel::ResolvedKernel) {
+    use schedrig_vmm::introspect::symbols;
     let Some(vmlinux) = &k.vmlinux else { return };
-    if report.vcpus_at_stop.is_empty() {
+    let rips: Vec<u64> = report.vcpus_at_stop.iter().filter_map(|v| v.rip).collect();
+    if rips.is_empty() {
         return;
     }
-    let slide = match (&report.kern_addrs, k.format) {
-        (Some(ka), _) if ka.text_kva.is_some() => ka
-            .text_kva
-            .map(|t| t.wrapping_sub(schedrig_vmm::introspect::symbols::DEFAULT_TEXT_KVA) as i64),
-        (_, ImageFormat::Vmlinux) => Some(0),
-        _ => None,
+    let slide = match (report.kern_addrs.and_then(|ka| ka.text_kva), k.format) {
+        (Some(text), _) => text.wrapping_sub(symbols::DEFAULT_TEXT_KVA) as i64,
+        (None, ImageFormat::Vmlinux) => 0,
+        (None, ImageFormat::BzImage) => return,
     };
-    let Some(slide) = slide else { return };
-    let rips: Vec<Option<u64>> = report
-        .vcpus_at_stop
-        .iter()
-        .map(|l| {
-            let hex = l.split("rip=0x").nth(1)?.split(' ').next()?;
-            u64::from_str_radix(hex, 16).ok()
-        })
-        .collect();
-    let wanted: Vec<u64> = rips.iter().flatten().copied().collect();
-    let Ok(names) = schedrig_vmm::introspect::symbols::symbolize(vmlinux, slide, &wanted) else {
+    let Ok(names) = symbols::symbolize(vmlinux, slide, &rips) else {
         return;
     };
-    let mut names = names.into_iter();
-    for (line, rip) in report.vcpus_at_stop.iter_mut().zip(rips) {
-        if rip.is_some() {
-            if let Some(Some(name)) = names.next() {
-                line.push_str(&format!(" ({name})"));
-            }
-        }
+    let stopped = report.vcpus_at_stop.iter_mut().filter(|v| v.rip.is_some());
+    for (v, name) in stopped.zip(names) {
+        v.function = name;
     }
 }
 
@@ -186,7 +172,13 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "lifecycle": r.lifecycle,
         "console_tail": r.console_tail,
         "crash_text": r.crash_text,
-        "vcpus_at_stop": r.vcpus_at_stop,
+        "vcpus_at_stop": r.vcpus_at_stop.iter().map(|v| serde_json::json!({
+            "cpu": v.cpu,
+            "state": v.state,
+            "rip": v.rip,
+            "function": v.function,
+            "detail": v.detail,
+        })).collect::<Vec<_>>(),
         "emulation_artefact": r.is_emulation_artefact(),
     })
 }
@@ -216,8 +208,8 @@ pub fn report_text(r: &RunReport) -> String {
     }
     let frames: Vec<String> = r.frames.iter().map(|(k, v)| format!("{k}={v}")).collect();
     s += &format!("frames:    {}\n", frames.join(" "));
-    for line in &r.vcpus_at_stop {
-        s += &format!("stopped:   {line}\n");
+    for v in &r.vcpus_at_stop {
+        s += &format!("stopped:   {v}\n");
     }
     s
 }

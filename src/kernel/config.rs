@@ -21,29 +21,20 @@ impl KernelConfig {
     /// Parses `.config` text. Lines that are neither `CONFIG_X=v` nor
     /// comments are ignored: IKCONFIG text and hand-edited files vary.
     pub fn parse(text: &str) -> Self {
-        let options = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("CONFIG_"))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Self { options }
+        Self::collect(assignments(text))
     }
 
     /// Like `parse`, keeping only the options in `wanted`. Resolution
     /// checks two options of a ~6000-line file on every boot; building
     /// the whole map was most of the CLI's start-up instructions.
     pub fn parse_only(text: &str, wanted: &[&str]) -> Self {
-        let options = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("CONFIG_"))
-            .filter_map(|l| l.split_once('='))
-            .filter(|(k, _)| wanted.contains(k))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Self { options }
+        Self::collect(assignments(text).filter(|(k, _)| wanted.contains(k)))
+    }
+
+    fn collect<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            options: pairs.map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -71,6 +62,14 @@ impl KernelConfig {
             .filter(|o| !self.is_builtin(o))
             .collect()
     }
+}
+
+/// The `CONFIG_X=v` lines of `.config` text, as (name, value).
+fn assignments(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("CONFIG_"))
+        .filter_map(|l| l.split_once('='))
 }
 
 /// Every `CONFIG_X=y` line of the fragment: after olddefconfig each must

@@ -15,5 +15,5 @@ pub mod requests;
 pub mod vcpu;
 
 pub use machine::{run, KernelFormat, MachineConfig, MachineError};
-pub use report::{RunReport, Verdict};
+pub use report::{RunReport, StoppedVcpu, Verdict};
 pub mod introspect;

@@ -27,7 +27,7 @@ use crate::devices::virtio::event_loop::spawn_device_thread;
 use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use crate::devices::virtio::ConsoleSinks;
-use crate::report::{RunReport, Verdict};
+use crate::report::{RunReport, StoppedVcpu, Verdict};
 use crate::topology::Topology;
 use crate::vcpu::{self, VcpuEvent, VcpuShared};
 
@@ -367,26 +367,14 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
 /// mapping's Rss and AnonHugePages in /proc/self/smaps. Guest RAM only
 /// grows while the guest runs, so its current Rss is its peak.
 fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64, u64, u64)> {
+    // "   1234 kB" -> 1234
+    let kib = |v: &str| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok();
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hwm: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let hwm = kib(status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?)?;
     let start = guest_start?;
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     let mut in_guest = false;
     let (mut guest_rss, mut guest_huge) = (0u64, 0u64);
-    let kib = |v: &str| {
-        v.trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0)
-    };
     for line in smaps.lines() {
         if let Some((range, _)) = line.split_once(' ') {
             if let Some((a, b)) = range.split_once('-') {
@@ -398,9 +386,9 @@ fn vmm_memory_overhead(guest_start: Option<u64>, guest_len: u64) -> Option<(u64,
         }
         if in_guest {
             if let Some(v) = line.strip_prefix("Rss:") {
-                guest_rss += kib(v);
+                guest_rss += kib(v).unwrap_or(0);
             } else if let Some(v) = line.strip_prefix("AnonHugePages:") {
-                guest_huge += kib(v);
+                guest_huge += kib(v).unwrap_or(0);
             }
         }
     }
@@ -498,23 +486,23 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, MachineError> {
 /// everything joined in time, and where each stopped vCPU was.
 fn stop_all(
     shared: &VcpuShared,
-    threads: Vec<std::thread::JoinHandle<Option<String>>>,
+    threads: Vec<std::thread::JoinHandle<Option<StoppedVcpu>>>,
     stop_devices: &EventFd,
     device_thread: std::thread::JoinHandle<Result<(), crate::devices::virtio::EventLoopError>>,
     transport: &Mutex<MmioTransport>,
-) -> (bool, Vec<String>) {
+) -> (bool, Vec<StoppedVcpu>) {
     shared.stop.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_DEADLINE;
     let mut ok = true;
     let mut at_stop = Vec::new();
-    for (cpu, t) in threads.into_iter().enumerate() {
+    for t in threads {
         while !t.is_finished() && Instant::now() < deadline {
             let _ = t.kill(vcpu::kick_signal());
             std::thread::sleep(Duration::from_millis(2));
         }
         if t.is_finished() {
             if let Ok(Some(state)) = t.join() {
-                at_stop.push(format!("vCPU {cpu}: {state}"));
+                at_stop.push(state);
             }
         } else {
             ok = false;

@@ -71,9 +71,39 @@ pub struct RunReport {
     pub vmm_overhead_kib: Option<u64>,
     /// Guest RAM backed by transparent huge pages at the end, KiB.
     pub guest_huge_kib: Option<u64>,
-    /// On a timeout: where each vCPU was when the watchdog stopped it
-    /// ("vCPU 0: halted at rip=..."), so a hang says where it hung.
-    pub vcpus_at_stop: Vec<String>,
+    /// On a timeout: where each vCPU was when the watchdog stopped it,
+    /// so a hang says where it hung.
+    pub vcpus_at_stop: Vec<StoppedVcpu>,
+}
+
+/// Where a vCPU was when the controller stopped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoppedVcpu {
+    pub cpu: u32,
+    /// "running", "halted", "never started (waiting for INIT/SIPI)", ...
+    pub state: &'static str,
+    pub rip: Option<u64>,
+    /// The other registers (rsp, rflags, cr3), or why they are unknown.
+    pub detail: String,
+    /// The kernel function `rip` is in (`name+0xoff`), when the caller
+    /// could name it from the vmlinux.
+    pub function: Option<String>,
+}
+
+impl std::fmt::Display for StoppedVcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vCPU {}: {}", self.cpu, self.state)?;
+        if let Some(rip) = self.rip {
+            write!(f, " at rip={rip:#x}")?;
+        }
+        if !self.detail.is_empty() {
+            write!(f, " {}", self.detail)?;
+        }
+        if let Some(func) = &self.function {
+            write!(f, " ({func})")?;
+        }
+        Ok(())
+    }
 }
 
 impl RunReport {
@@ -82,8 +112,8 @@ impl RunReport {
     /// a triple fault, "Oops: int3" while the kernel patches its own text
     /// (TCG mishandles cross-CPU code patching), or a hang before init
     /// (a timeout with no LIFE frame; guest-init's hang mode sends LIFE
-    /// first). Callers running in the emulated host may retry such a
-    /// boot once; on hardware KVM it is a real failure.
+    /// first). Callers running in the emulated host may boot again; on
+    /// hardware KVM it is a real failure.
     pub fn is_emulation_artefact(&self) -> bool {
         self.ready.is_none()
             && ((self.verdict == Verdict::NoExit && self.reason.starts_with("triple fault"))
@@ -118,6 +148,25 @@ mod tests {
             guest_huge_kib: None,
             vcpus_at_stop: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_stopped_vcpu_reads_as_one_line() {
+        let mut v = StoppedVcpu {
+            cpu: 3,
+            state: "halted",
+            rip: Some(0xffff_ffff_8100_1000),
+            detail: "rsp=0x1".into(),
+            function: Some("default_idle+0x4".into()),
+        };
+        assert_eq!(
+            v.to_string(),
+            "vCPU 3: halted at rip=0xffffffff81001000 rsp=0x1 (default_idle+0x4)"
+        );
+        v.rip = None;
+        v.function = None;
+        v.detail.clear();
+        assert_eq!(v.to_string(), "vCPU 3: halted");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use crate::report::StoppedVcpu;
+
 use crate::devices::acpi_pm::{self, PmAction};
 use crate::devices::i8042::{self, I8042Action};
 use crate::devices::serial::SerialPort;
@@ -99,7 +101,7 @@ pub fn spawn(
     cpu: u32,
     mut vcpu: VcpuFd,
     shared: Arc<VcpuShared>,
-) -> std::io::Result<JoinHandle<Option<String>>> {
+) -> std::io::Result<JoinHandle<Option<StoppedVcpu>>> {
     std::thread::Builder::new()
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
@@ -134,32 +136,42 @@ fn cpu_state(vcpu: &VcpuFd) -> String {
 
 /// Where a vCPU the controller stopped was: its run state (an AP still
 /// waiting for its start-up IPI is not a hung one) and registers.
-fn stopped_state(vcpu: &VcpuFd) -> String {
+fn stopped_state(cpu: u32, vcpu: &VcpuFd) -> StoppedVcpu {
     use kvm_bindings::*;
-    let run_state = match vcpu.get_mp_state().map(|s| s.mp_state) {
-        Ok(KVM_MP_STATE_RUNNABLE) => "running",
-        Ok(KVM_MP_STATE_HALTED) => "halted",
-        Ok(KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED) => {
-            return "never started (waiting for INIT/SIPI)".to_string()
-        }
-        Ok(_) => "other state",
-        Err(_) => "state unknown",
+    let mut s = StoppedVcpu {
+        cpu,
+        state: match vcpu.get_mp_state().map(|s| s.mp_state) {
+            Ok(KVM_MP_STATE_RUNNABLE) => "running",
+            Ok(KVM_MP_STATE_HALTED) => "halted",
+            Ok(KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED) => {
+                "never started (waiting for INIT/SIPI)"
+            }
+            Ok(_) => "other state",
+            Err(_) => "state unknown",
+        },
+        rip: None,
+        detail: String::new(),
+        function: None,
     };
-    match (vcpu.get_regs(), vcpu.get_sregs()) {
-        (Ok(r), Ok(s)) => format!(
-            "{run_state} at rip={:#x} rsp={:#x} rflags={:#x} cr3={:#x}",
-            r.rip, r.rsp, r.rflags, s.cr3
-        ),
-        (Err(e), _) | (_, Err(e)) => format!("{run_state}, registers unavailable: {e}"),
+    if s.state.starts_with("never started") {
+        return s;
     }
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(sr)) => {
+            s.rip = Some(r.rip);
+            s.detail = format!("rsp={:#x} rflags={:#x} cr3={:#x}", r.rsp, r.rflags, sr.cr3);
+        }
+        (Err(e), _) | (_, Err(e)) => s.detail = format!("(registers unavailable: {e})"),
+    }
+    s
 }
 
-fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) -> Option<String> {
+fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) -> Option<StoppedVcpu> {
     run_until_end(cpu, vcpu, shared);
     shared
         .stop
         .load(Ordering::Acquire)
-        .then(|| stopped_state(vcpu))
+        .then(|| stopped_state(cpu, vcpu))
 }
 
 fn run_until_end(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {

@@ -31,6 +31,8 @@ const MAX_PHDRS: u16 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfMapError {
+    #[error("guest address {0:#x} is not page-aligned")]
+    Unaligned(u64),
     #[error("not an x86_64 ELF64 little-endian executable")]
     NotElf64,
     #[error("reading the ELF headers: {0}")]
@@ -94,10 +96,7 @@ pub fn load(mem: &GuestMemoryMmap, file: &File) -> Result<MappedKernel, ElfMapEr
 /// read and copied on every boot. The caller checks that it fits in RAM.
 pub fn map_file(mem: &GuestMemoryMmap, file: &File, gpa: u64, len: u64) -> Result<(), ElfMapError> {
     if !gpa.is_multiple_of(PAGE_SIZE) {
-        return Err(ElfMapError::BadSegment {
-            index: 0,
-            why: format!("address {gpa:#x} is not page-aligned"),
-        });
+        return Err(ElfMapError::Unaligned(gpa));
     }
     place(
         mem,
@@ -375,7 +374,10 @@ mod tests {
         assert!(got[bytes.len()..].iter().all(|&x| x == 0));
         mem.write_slice(&[0xEE; 16], GuestAddress(at)).unwrap();
         assert_eq!(std::fs::read(f.path()).unwrap(), bytes);
-        assert!(map_file(&mem, f.as_file(), at + 1, 16).is_err());
+        assert!(matches!(
+            map_file(&mem, f.as_file(), at + 1, 16),
+            Err(ElfMapError::Unaligned(_))
+        ));
     }
 
     #[test]
