@@ -170,6 +170,13 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "vmm_overhead_kib": r.vmm_overhead_kib,
         "guest_huge_kib": r.guest_huge_kib,
         "lifecycle": r.lifecycle,
+        "lifecycle_dropped": r.lifecycle_dropped,
+        "guest_errors": r.guest_errors,
+        "guest_errors_not_logged": r.guest_errors_not_logged,
+        "console_log": r.console_file.as_ref().map(|f| serde_json::json!({
+            "bytes": f.written,
+            "truncated": f.truncated,
+        })),
         "console_tail": r.console_tail,
         "crash_text": r.crash_text,
         "vcpus_at_stop": r.vcpus_at_stop.iter().map(|v| serde_json::json!({
@@ -208,6 +215,24 @@ pub fn report_text(r: &RunReport) -> String {
     }
     let frames: Vec<String> = r.frames.iter().map(|(k, v)| format!("{k}={v}")).collect();
     s += &format!("frames:    {}\n", frames.join(" "));
+    if !r.guest_errors.is_empty() {
+        let errors: Vec<String> = r
+            .guest_errors
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        s += &format!(
+            "refused:   {} (guest problems; {} not logged)\n",
+            errors.join(" "),
+            r.guest_errors_not_logged
+        );
+    }
+    if r.lifecycle_dropped > 0 {
+        s += &format!("LIFE:      {} frames beyond the first kept\n", r.lifecycle_dropped);
+    }
+    if let Some(f) = r.console_file.as_ref().filter(|f| f.truncated) {
+        s += &format!("console log: cut at {} bytes\n", f.written);
+    }
     for v in &r.vcpus_at_stop {
         s += &format!("stopped:   {v}\n");
     }

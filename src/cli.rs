@@ -21,6 +21,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Prepare this machine for tests and runs: the Debian packages (installed
+    /// when run as root), the project kernel (built once, cached), and, where
+    /// this machine's KVM cannot boot it directly, the nested test host (its
+    /// Debian kernel and initramfs, cached). Idempotent; the README's two
+    /// commands run it first, so no timed test pays for a first download.
+    Setup {
+        /// Parallel make jobs for a kernel build [default: number of CPUs].
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+    },
     /// Build, locate and check the kernels tests boot.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -199,27 +209,28 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Setup { jobs } => {
+            let entry = build_kernel(jobs, false)?;
+            eprintln!("schedrig: kernel: {}", entry.display());
+            match crate::nested::kvm_mode() {
+                crate::nested::KvmMode::Direct => {
+                    eprintln!("schedrig: nested test host: not needed (this machine's /dev/kvm boots the kernel)")
+                }
+                crate::nested::KvmMode::Nested(why) => {
+                    let started = std::time::Instant::now();
+                    let p = crate::nested::prepare()?;
+                    eprintln!(
+                        "schedrig: nested test host ready in {:.1}s ({why}): {}, {}",
+                        started.elapsed().as_secs_f64(),
+                        p.vmlinuz.display(),
+                        p.initramfs.display()
+                    );
+                }
+            }
+        }
         Command::Kernel(KernelCommand::Build { jobs, force }) => {
-            let mut opts = BuildOptions::default();
-            if let Some(j) = jobs {
-                anyhow::ensure!(j > 0, "--jobs must be at least 1");
-                opts.jobs = j;
-            }
-            opts.force = force;
-            let out = kernel::build(&opts)?;
-            if out.cached {
-                eprintln!(
-                    "schedrig: kernel is cached ({:.2}s)",
-                    out.duration.as_secs_f64()
-                );
-            } else {
-                eprintln!(
-                    "schedrig: kernel built in {}m{:02}s",
-                    out.duration.as_secs() / 60,
-                    out.duration.as_secs() % 60
-                );
-            }
-            println!("{}", out.entry.dir.display());
+            let dir = build_kernel(jobs, force)?;
+            println!("{}", dir.display());
         }
         Command::Kernel(KernelCommand::Resolve { kernel, json }) => {
             let r = kernel::resolve(&kernel.request())?;
@@ -238,6 +249,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Boot(a) => return run_boot(a),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `schedrig kernel build` (also the first step of `schedrig setup`):
+/// returns the cache entry's directory.
+fn build_kernel(jobs: Option<usize>, force: bool) -> anyhow::Result<PathBuf> {
+    let mut opts = BuildOptions::default();
+    if let Some(j) = jobs {
+        anyhow::ensure!(j > 0, "--jobs must be at least 1");
+        opts.jobs = j;
+    }
+    opts.force = force;
+    let out = kernel::build(&opts)?;
+    if out.cached {
+        eprintln!(
+            "schedrig: kernel is cached ({:.2}s)",
+            out.duration.as_secs_f64()
+        );
+    } else {
+        eprintln!(
+            "schedrig: kernel built in {}m{:02}s",
+            out.duration.as_secs() / 60,
+            out.duration.as_secs() % 60
+        );
+    }
+    Ok(out.entry.dir)
 }
 
 /// When this process was started (exec), to the kernel's 10 ms tick:

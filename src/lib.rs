@@ -10,6 +10,7 @@ pub mod cli;
 pub mod initramfs;
 pub mod kernel;
 pub mod nested;
+pub mod process;
 pub mod progress;
 pub mod setup;
 pub mod static_bins;

@@ -6,16 +6,19 @@
 //! run.
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("missing Debian packages: {missing}; install them with `sudo apt-get install {missing}` (schedrig installs them itself when run as root)")]
     NotRoot { missing: String },
-    #[error("`apt-get {args}` failed ({status}); install the packages by hand: {missing}")]
+    #[error("`apt-get {args}` failed ({status}); install the packages by hand: {missing}{}", if said.is_empty() { String::new() } else { format!("\napt-get said:\n{said}") })]
     AptFailed {
         args: String,
         status: String,
         missing: String,
+        /// The last lines apt printed on stderr.
+        said: String,
     },
     #[error("cannot run {tool}: {source}")]
     Spawn {
@@ -140,25 +143,37 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn apt(args: &[&str], missing: &str) -> Result<(), SetupError> {
-    let status = Command::new("apt-get")
-        .args(args)
+/// How long `apt-get update` may take (a few MiB of package lists).
+const APT_UPDATE_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// How long `apt-get install` may take (the kernel source and clang are
+/// hundreds of MiB).
+const APT_INSTALL_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// Runs apt-get with a deadline; on failure the error carries the tail
+/// of what apt said.
+pub(crate) fn apt(args: &[&str], missing: &str, limit: Duration) -> Result<(), SetupError> {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        // apt's progress is noise in a test log; its errors go to stderr.
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|source| SetupError::Spawn {
-            tool: "apt-get",
-            source,
-        })?;
-    if status.success() {
+        // apt's progress is noise in a test log; its errors are kept.
+        .stdout(Stdio::null());
+    let what = format!("apt-get {}", args.join(" "));
+    let done = crate::process::run_with(&mut cmd, &what, limit, false, true).map_err(|e| {
+        SetupError::AptFailed {
+            args: args.join(" "),
+            status: e.to_string(),
+            missing: missing.to_string(),
+            said: String::new(),
+        }
+    })?;
+    if done.status.success() {
         Ok(())
     } else {
         Err(SetupError::AptFailed {
             args: args.join(" "),
-            status: status.to_string(),
+            status: done.status.to_string(),
             missing: missing.to_string(),
+            said: crate::process::tail_lines(&String::from_utf8_lossy(&done.stderr), 5),
         })
     }
 }
@@ -179,14 +194,12 @@ pub fn ensure_packages(packages: &[&str]) -> Result<(), SetupError> {
         return Err(SetupError::NotRoot { missing: list });
     }
     eprintln!("schedrig: installing Debian packages: {list}");
+    // Update first: on a fresh machine the package lists may be missing
+    // or stale, and an install from them prints errors that are not ones.
+    apt(&["update", "-qq"], &list, APT_UPDATE_LIMIT)?;
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
     install.extend(missing.iter().copied());
-    // A fresh machine may have empty package lists: update once and retry.
-    if apt(&install, &list).is_err() {
-        apt(&["update", "-qq"], &list)?;
-        apt(&install, &list)?;
-    }
-    Ok(())
+    apt(&install, &list, APT_INSTALL_LIMIT)
 }
 
 #[cfg(test)]

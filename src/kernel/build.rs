@@ -2,7 +2,7 @@
 //! a cached bzImage, vmlinux (with DWARF and BTF) and a stripped vmlinux.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,27 +151,22 @@ fn lock(path: &Path) -> Result<File, KernelError> {
     }
 }
 
+/// How long one non-compiling step (tar, defconfig, objcopy) may take.
+const STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 fn run(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| KernelError::Spawn(what.to_string(), e))?;
-    if out.status.success() {
+    let done = crate::process::run(cmd, what, STEP_LIMIT)?;
+    if done.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
     Err(KernelError::StepFailed {
         step: what.to_string(),
-        status: out.status.to_string(),
-        log_tail: tail_lines(&text, FAILURE_LOG_TAIL),
+        status: done.status.to_string(),
+        log_tail: tail_lines(&done.text(), FAILURE_LOG_TAIL),
     })
 }
 
-fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+use crate::process::tail_lines;
 
 /// Extracts the source tarball once per source version.
 fn extract(pin: &SourcePin, work: &Path, ver: &str) -> Result<PathBuf, KernelError> {
@@ -288,8 +283,9 @@ fn make(src: &Path, obj: &Path, jobs: usize, work: &Path) -> Result<(), KernelEr
     let progress = StepProgress::new("building kernel", Some(estimate));
     let mut steps = 0u64;
     let mut tail: std::collections::VecDeque<String> = Default::default();
-    for line in BufReader::new(reader).lines() {
-        let Ok(line) = line else { break };
+    // Lossy: one non-UTF-8 byte in a compiler message must not stop the
+    // reader (make would then block on a full pipe).
+    for line in crate::process::LossyLines::new(reader, 64 << 10) {
         let _ = writeln!(log, "{line}");
         if is_kbuild_step(&line) {
             steps += 1;
@@ -402,9 +398,4 @@ mod tests {
         assert!(!is_kbuild_step("kernel/sched/ext.c:12: warning: x"));
     }
 
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(tail_lines("a", 5), "a");
-    }
 }

@@ -26,7 +26,9 @@ pub enum KernelError {
         source: std::io::Error,
     },
     #[error("cannot run {0}: {1}")]
-    Spawn(String, std::io::Error),
+    Spawn(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
     #[error("{step} failed ({status}); last lines:\n{log_tail}")]
     StepFailed {
         step: String,

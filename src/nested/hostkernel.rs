@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use super::NestedError;
 
@@ -147,11 +148,11 @@ fn version_number(s: &str) -> u32 {
 /// The newest generic 6.12 kernel package apt knows.
 fn pick_package() -> Result<String, NestedError> {
     let list = || -> Result<Vec<String>, NestedError> {
-        let out = Command::new("apt-cache")
-            .args(["pkgnames", PACKAGE_PREFIX])
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| NestedError::Spawn("apt-cache".into(), e))?;
+        let out = crate::process::run(
+            Command::new("apt-cache").args(["pkgnames", PACKAGE_PREFIX]),
+            "apt-cache pkgnames",
+            Duration::from_secs(120),
+        )?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|p| is_generic_kernel_package(p))
@@ -161,7 +162,11 @@ fn pick_package() -> Result<String, NestedError> {
     let mut names = list()?;
     if names.is_empty() {
         // A fresh machine may have empty package lists.
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        let _ = crate::process::run(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+            STEP_LIMIT,
+        );
         names = list()?;
     }
     names
@@ -247,11 +252,11 @@ fn collect_modules(dir: &Path, out: &mut BTreeMap<String, PathBuf>) {
 
 /// `modinfo -F depends` (kmod reads compressed modules).
 fn module_depends(path: &Path) -> Result<Vec<String>, NestedError> {
-    let out = Command::new("modinfo")
-        .args(["-F", "depends"])
-        .arg(path)
-        .output()
-        .map_err(|e| NestedError::Spawn("modinfo".into(), e))?;
+    let out = crate::process::run(
+        Command::new("modinfo").args(["-F", "depends"]).arg(path),
+        "modinfo",
+        Duration::from_secs(60),
+    )?;
     if !out.status.success() {
         return Err(NestedError::HostKernel(format!(
             "modinfo {}: {}",
@@ -273,18 +278,18 @@ fn copy(from: &Path, to: &Path) -> Result<(), NestedError> {
         .map_err(|e| NestedError::io("copy", from, e))
 }
 
+/// apt-get download of one kernel package (about 100 MiB), or dpkg-deb.
+const STEP_LIMIT: Duration = Duration::from_secs(15 * 60);
+
 fn run(cmd: &mut Command, what: &str) -> Result<(), NestedError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| NestedError::Spawn(what.into(), e))?;
-    if out.status.success() {
+    let done = crate::process::run(cmd, what, STEP_LIMIT)?;
+    if done.status.success() {
         Ok(())
     } else {
         Err(NestedError::HostKernel(format!(
             "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            done.status,
+            crate::process::tail_lines(String::from_utf8_lossy(&done.stderr).trim(), 10)
         )))
     }
 }

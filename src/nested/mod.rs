@@ -65,7 +65,9 @@ pub enum NestedError {
         source: std::io::Error,
     },
     #[error("cannot run {0}: {1}")]
-    Spawn(String, std::io::Error),
+    Spawn(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
     #[error("nested host kernel: {0}")]
     HostKernel(String),
     #[error("bad command for the nested host: {0}")]
@@ -89,6 +91,35 @@ pub fn nested_dir() -> PathBuf {
     crate::kernel::cache::cache_root().join("nested")
 }
 
+/// What booting the nested host needs, ready in the cache.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The Debian kernel image the nested host boots.
+    pub vmlinuz: PathBuf,
+    /// Its base initramfs (nested init and modules).
+    pub initramfs: PathBuf,
+}
+
+/// Installs QEMU if missing, fetches the Debian kernel package and builds
+/// the nested host's base initramfs, all cached. The README's commands
+/// run this before any test, so no timed test pays for a first download.
+pub fn prepare() -> Result<Prepared, NestedError> {
+    let (_, kernel, base) = prepare_parts()?;
+    Ok(Prepared {
+        vmlinuz: kernel.vmlinuz.clone(),
+        initramfs: base,
+    })
+}
+
+fn prepare_parts() -> Result<(PathBuf, hostkernel::HostKernel, PathBuf), NestedError> {
+    crate::setup::ensure_packages(&["qemu-system-x86"])?;
+    let dir = nested_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| NestedError::io("create", &dir, e))?;
+    let kernel = hostkernel::ensure(&dir)?;
+    let base = initrd::base(&dir, &kernel)?;
+    Ok((dir, kernel, base))
+}
+
 /// Boots the nested host, runs `argv` in it and returns how it ended.
 pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, NestedError> {
     if argv.is_empty() {
@@ -106,11 +137,7 @@ pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, Neste
             opts.memory_mib
         )));
     }
-    crate::setup::ensure_packages(&["qemu-system-x86"])?;
-    let dir = nested_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| NestedError::io("create", &dir, e))?;
-    let kernel = hostkernel::ensure(&dir)?;
-    let base = initrd::base(&dir, &kernel)?;
+    let (dir, kernel, base) = prepare_parts()?;
 
     let cwd = std::env::current_dir().map_err(|e| NestedError::io("read", Path::new("."), e))?;
     let results = match &opts.results {

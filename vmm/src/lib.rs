@@ -1,19 +1,26 @@
 //! The schedrig KVM machine: x86_64 boot of a sched_ext kernel, vCPU
-//! threads, COM1/COM2, a virtio-mmio multiport console, and the watchdog.
+//! threads, COM1/COM2, a virtio-mmio multiport console, and the controller
+//! (frames, replies, deadlines).
 //!
 //! Layout follows Firecracker and the rust-vmm crates: one module per
-//! concern, an error enum per module.
+//! concern, an error enum per module. `builder` assembles a machine from
+//! its config, `controller` watches the running guest, `requests` answers
+//! what the guest asks of the host, `machine::run` ties them together.
 
 pub mod arch;
+pub mod builder;
+pub mod controller;
 pub mod devices;
-pub mod topology;
-
-pub use topology::Topology;
+pub mod guest_errors;
+pub mod introspect;
 pub mod machine;
+pub mod memory;
+pub mod metrics;
 pub mod report;
 pub mod requests;
+pub mod topology;
 pub mod vcpu;
 
 pub use machine::{run, KernelFormat, MachineConfig, MachineError};
 pub use report::{RunReport, StoppedVcpu, Verdict};
-pub mod introspect;
+pub use topology::Topology;

@@ -50,13 +50,25 @@ pub struct RunReport {
     /// VMM start to SRDY.
     pub ready: Option<Duration>,
     pub total: Duration,
-    /// Frames received, by tag name (unknown tags as `0x........`).
+    /// Frames received, by tag name; every tag not in the spec counts
+    /// under one key, `unknown`.
     pub frames: BTreeMap<String, u64>,
     pub crc_errors: u64,
     pub kern_addrs: Option<KernAddrs>,
     pub guest_topology: Option<GuestTopology>,
-    /// LIFE phases in order, with their reasons.
+    /// LIFE phases in order, with their reasons: the first
+    /// `controller::LIFECYCLE_MAX_ENTRIES`, reasons capped at
+    /// `controller::LIFECYCLE_REASON_MAX` bytes.
     pub lifecycle: Vec<(u8, Option<String>)>,
+    /// LIFE frames received beyond the kept ones.
+    pub lifecycle_dropped: u64,
+    /// Guest misbehaviour the devices and the controller refused, by kind
+    /// (`mmio`, `virtqueue`, `console`, `control`, `frame`).
+    pub guest_errors: BTreeMap<&'static str, u64>,
+    /// How many of those were not logged (rate limit).
+    pub guest_errors_not_logged: u64,
+    /// What went to `--console-log`, if it was asked for.
+    pub console_file: Option<crate::devices::log::TeeStats>,
     /// Kernel console (COM1), last lines.
     pub console_tail: String,
     /// Whole COM1 text kept (bounded), for checks like the banner.
@@ -139,6 +151,10 @@ mod tests {
             kern_addrs: None,
             guest_topology: None,
             lifecycle: Vec::new(),
+            lifecycle_dropped: 0,
+            guest_errors: BTreeMap::new(),
+            guest_errors_not_logged: 0,
+            console_file: None,
             console_tail: String::new(),
             console: console.into(),
             crash_text: String::new(),

@@ -14,33 +14,67 @@ use schedrig_wire::{
 /// Why the frames cannot be served yet; part of every refusal.
 pub const NO_COORDINATOR: &str = "this VMM has no freeze coordinator yet";
 
-/// The frame (header and payload) answering a guest frame, if it is a
-/// request that can be answered. A request too malformed to carry a
-/// readable `request_id` cannot be answered and gets `None`: echoing a
-/// made-up id could satisfy a different pending request.
-pub fn answer(tag: MsgTag, payload: &[u8]) -> Option<Vec<u8>> {
-    let (reply_tag, reply) = match tag {
-        MsgTag::SnapshotRequest => {
-            let req = SnapshotRequest::decode(payload).ok()?;
-            let id = req.request_id.get();
-            let reason = match req.kind() {
-                Err(e) => e.to_string(),
-                Ok(kind) => format!("snapshot {kind:?} is not available: {NO_COORDINATOR}"),
-            };
-            (
-                MsgTag::SnapshotReply,
-                SnapshotReply::error(id, &reason).encode().to_vec(),
-            )
-        }
-        MsgTag::KernelOpRequest => {
-            let req = KernelOpRequest::decode(payload).ok()?;
-            let reason = format!("kernel-memory ops are not available: {NO_COORDINATOR}");
-            let reply = KernelOpReply::error(req.request_id, reason).encode().ok()?;
-            (MsgTag::KernelOpReply, reply)
-        }
-        _ => return None,
-    };
-    encode_frame(reply_tag, &reply).ok()
+/// What the host makes of one request frame.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The reply frame (header and payload), if the request can be
+    /// answered.
+    pub frame: Option<Vec<u8>>,
+    /// Why the request itself was refused (malformed, over a cap), for
+    /// the guest-problem count; `None` for a well-formed request.
+    pub refused: Option<String>,
+}
+
+/// Answers a guest frame that is a request. A request too malformed to
+/// carry a readable `request_id` cannot be answered: echoing a made-up
+/// id could satisfy a different pending request. A KORQ is size-checked
+/// before it is decoded ([`schedrig_wire::KERNEL_OP_REQUEST_MAX`]).
+pub fn answer(tag: MsgTag, payload: &[u8]) -> Answer {
+    match tag {
+        MsgTag::SnapshotRequest => match SnapshotRequest::decode(payload) {
+            Ok(req) => {
+                let id = req.request_id.get();
+                let reason = match req.kind() {
+                    Err(e) => e.to_string(),
+                    Ok(kind) => format!("snapshot {kind:?} is not available: {NO_COORDINATOR}"),
+                };
+                Answer {
+                    frame: encode_frame(
+                        MsgTag::SnapshotReply,
+                        &SnapshotReply::error(id, &reason).encode(),
+                    )
+                    .ok(),
+                    refused: None,
+                }
+            }
+            Err(e) => Answer {
+                frame: None,
+                refused: Some(format!("SNRQ refused: {e}")),
+            },
+        },
+        MsgTag::KernelOpRequest => match KernelOpRequest::decode(payload) {
+            Ok(req) => {
+                let reason = format!("kernel-memory ops are not available: {NO_COORDINATOR}");
+                Answer {
+                    frame: kernel_op_error(req.request_id, reason),
+                    refused: None,
+                }
+            }
+            Err(e) => Answer {
+                // The id is the first field: a request refused whole
+                // (over the cap, too many entries) still gets its answer.
+                frame: KernelOpRequest::peek_request_id(payload)
+                    .and_then(|id| kernel_op_error(id, format!("request refused: {e}"))),
+                refused: Some(format!("KORQ of {} bytes refused: {e}", payload.len())),
+            },
+        },
+        _ => Answer::default(),
+    }
+}
+
+fn kernel_op_error(id: u32, reason: String) -> Option<Vec<u8>> {
+    let reply = KernelOpReply::error(id, reason).encode().ok()?;
+    encode_frame(MsgTag::KernelOpReply, &reply).ok()
 }
 
 #[cfg(test)]
@@ -60,7 +94,8 @@ mod tests {
     #[test]
     fn snapshot_requests_get_an_error_echoing_their_id() {
         let req = SnapshotRequest::new(41, SnapshotKind::Capture, "before");
-        let (tag, payload) = parse_one(&answer(MsgTag::SnapshotRequest, &req.encode()).unwrap());
+        let (tag, payload) =
+            parse_one(&answer(MsgTag::SnapshotRequest, &req.encode()).frame.unwrap());
         assert_eq!(tag, MsgTag::SnapshotReply);
         let reply = SnapshotReply::decode(&payload).unwrap();
         assert_eq!(reply.request_id.get(), 41);
@@ -72,7 +107,7 @@ mod tests {
     fn invalid_snapshot_kind_is_refused_by_name() {
         let mut raw = SnapshotRequest::new(7, SnapshotKind::Watch, "jiffies").encode();
         raw[4..8].copy_from_slice(&0u32.to_le_bytes());
-        let (_, payload) = parse_one(&answer(MsgTag::SnapshotRequest, &raw).unwrap());
+        let (_, payload) = parse_one(&answer(MsgTag::SnapshotRequest, &raw).frame.unwrap());
         let reply = SnapshotReply::decode(&payload).unwrap();
         assert_eq!(reply.request_id.get(), 7);
         assert!(
@@ -94,7 +129,9 @@ mod tests {
                 value: Value::U64(0),
             }],
         };
-        let bytes = answer(MsgTag::KernelOpRequest, &req.encode().unwrap()).unwrap();
+        let bytes = answer(MsgTag::KernelOpRequest, &req.encode().unwrap())
+            .frame
+            .unwrap();
         let (tag, payload) = parse_one(&bytes);
         assert_eq!(tag, MsgTag::KernelOpReply);
         let reply = KernelOpReply::decode(&payload).unwrap();
@@ -103,10 +140,27 @@ mod tests {
 
     #[test]
     fn malformed_requests_and_other_tags_get_no_answer() {
-        assert!(answer(MsgTag::SnapshotRequest, &[0u8; 10]).is_none());
-        assert!(answer(MsgTag::KernelOpRequest, &[0xff; 5]).is_none());
-        assert!(answer(MsgTag::Exit, &0i32.to_le_bytes()).is_none());
+        let a = answer(MsgTag::SnapshotRequest, &[0u8; 10]);
+        assert!(a.frame.is_none() && a.refused.is_some());
+        let a = answer(MsgTag::KernelOpRequest, &[0xff; 5]);
+        assert!(a.frame.is_none() && a.refused.is_some());
+        let a = answer(MsgTag::Exit, &0i32.to_le_bytes());
+        assert!(a.frame.is_none() && a.refused.is_none());
         // A guest cannot make the host send a host-only frame for it.
-        assert!(answer(MsgTag::SnapshotReply, &[0u8; 520]).is_none());
+        assert!(answer(MsgTag::SnapshotReply, &[0u8; 520]).frame.is_none());
+    }
+
+    #[test]
+    fn an_oversized_kernel_op_request_is_refused_unread_but_answered() {
+        // 100 KiB: a readable id, then bytes postcard never sees.
+        let mut raw = vec![0u8; 100 << 10];
+        raw[0] = 44;
+        let a = answer(MsgTag::KernelOpRequest, &raw);
+        assert!(a.refused.unwrap().contains("cap"));
+        let (tag, payload) = parse_one(&a.frame.unwrap());
+        assert_eq!(tag, MsgTag::KernelOpReply);
+        let reply = KernelOpReply::decode(&payload).unwrap();
+        assert_eq!((reply.request_id, reply.success), (44, false));
+        assert!(reply.reason.contains("above"), "{}", reply.reason);
     }
 }

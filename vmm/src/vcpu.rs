@@ -15,6 +15,19 @@ use crate::devices::i8042::{self, I8042Action};
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::mmio::MmioTransport;
 
+/// Why a vCPU thread could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("installing the vCPU kick signal handler: {0}")]
+    KickHandler(#[source] std::io::Error),
+    #[error("spawning the thread of vCPU {cpu}: {source}")]
+    Spawn {
+        cpu: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Real-time signal that kicks a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
     libc::SIGRTMIN()
@@ -22,10 +35,10 @@ pub fn kick_signal() -> i32 {
 
 /// Installs a no-op handler for the kick signal, so it interrupts
 /// KVM_RUN (EINTR) instead of killing the process. Idempotent.
-pub fn install_kick_handler() -> std::io::Result<()> {
+pub fn install_kick_handler() -> Result<(), VcpuError> {
     extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
     vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        .map_err(|e| VcpuError::KickHandler(std::io::Error::from_raw_os_error(e.errno())))
 }
 
 /// Why the machine should end, as seen by a vCPU.
@@ -73,7 +86,9 @@ impl VcpuShared {
     fn io_out(&self, port: u16, data: &[u8]) -> Option<&'static str> {
         if let Ok(mut ports) = self.serial.lock() {
             if let Some(s) = ports.iter_mut().find(|s| s.contains(port)) {
-                s.write(port, data);
+                if let Err(e) = s.write(port, data) {
+                    tracing::debug!("{e}");
+                }
                 return None;
             }
         }
@@ -101,7 +116,7 @@ pub fn spawn(
     cpu: u32,
     mut vcpu: VcpuFd,
     shared: Arc<VcpuShared>,
-) -> std::io::Result<JoinHandle<Option<StoppedVcpu>>> {
+) -> Result<JoinHandle<Option<StoppedVcpu>>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
@@ -110,6 +125,7 @@ pub fn spawn(
             }
             run_loop(cpu, &mut vcpu, &shared)
         })
+        .map_err(|source| VcpuError::Spawn { cpu, source })
 }
 
 /// Real-mode reset vector offset (CS base 0xffff0000).

@@ -36,7 +36,10 @@ pub use parser::{
     HOST_TO_GUEST_MAX_PAYLOAD,
 };
 pub use payload::kern_addrs::{KernAddrs, KernAddrsError};
-pub use payload::kernel_op::{KernelOpError, KernelOpReply, KernelOpRequest, GUEST_MAX_REPLY};
+pub use payload::kernel_op::{
+    KernelOpError, KernelOpReply, KernelOpRequest, GUEST_MAX_REPLY, KERNEL_OP_ENTRIES_MAX,
+    KERNEL_OP_REQUEST_MAX,
+};
 pub use payload::lifecycle::{Lifecycle, LifecycleError, LifecyclePhase};
 pub use payload::scalar::ScalarError;
 pub use payload::snapshot::{

@@ -14,6 +14,21 @@ pub const COM2_IRQ: u32 = 3;
 /// Eight registers per UART.
 pub const UART_PORTS: u16 = 8;
 
+/// Why a UART access could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    /// Raising the UART's interrupt (writing its irqfd) failed.
+    #[error("serial port {base:#x}: raising its interrupt: {source}")]
+    Interrupt {
+        base: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    /// vm-superio refused the write for another reason.
+    #[error("serial port {base:#x}: {what}")]
+    Uart { base: u16, what: String },
+}
+
 /// Raises the UART's interrupt by writing its irqfd.
 #[derive(Debug)]
 pub struct EventFdTrigger(pub EventFd);
@@ -50,12 +65,18 @@ impl SerialPort {
         }
     }
 
-    pub fn write(&mut self, port: u16, data: &[u8]) {
-        if let (Some(b), Some(off)) = (data.first(), port.checked_sub(self.base)) {
-            if let Err(e) = self.uart.write(off as u8, *b) {
-                tracing::debug!("serial {:#x}: {e:?}", self.base);
-            }
-        }
+    pub fn write(&mut self, port: u16, data: &[u8]) -> Result<(), SerialError> {
+        let (Some(b), Some(off)) = (data.first(), port.checked_sub(self.base)) else {
+            return Ok(());
+        };
+        let base = self.base;
+        self.uart.write(off as u8, *b).map_err(|e| match e {
+            vm_superio::serial::Error::Trigger(source) => SerialError::Interrupt { base, source },
+            other => SerialError::Uart {
+                base,
+                what: format!("{other:?}"),
+            },
+        })
     }
 }
 
@@ -68,7 +89,7 @@ mod tests {
         let log = BoundedLog::new(64);
         let mut com = SerialPort::new(COM1_BASE, EventFd::new(0).unwrap(), log.clone());
         for b in b"Linux version" {
-            com.write(COM1_BASE, &[*b]);
+            com.write(COM1_BASE, &[*b]).unwrap();
         }
         assert_eq!(log.text(), "Linux version");
         assert!(com.contains(COM1_BASE + 5));

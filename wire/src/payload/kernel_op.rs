@@ -17,6 +17,13 @@ use crate::text::truncate_at_char_boundary;
 pub const KERNEL_OP_TAG_MAX: usize = 256;
 /// Longest `reason` in a reply, in bytes; longer reasons are cut on encode.
 pub const KERNEL_OP_REASON_MAX: usize = 256;
+/// The largest KORQ payload a host decodes. Checked before postcard sees
+/// the bytes: a request's decoded form can be ~20 times its wire size
+/// (a 4-byte entry becomes a ~90-byte `KernelOpEntry`).
+pub const KERNEL_OP_REQUEST_MAX: usize = 64 << 10;
+/// The most entries one request may carry.
+pub const KERNEL_OP_ENTRIES_MAX: usize = 1024;
+
 /// The most reply bytes a guest accepts, so the host cannot make a guest
 /// allocate without bound.
 pub const GUEST_MAX_REPLY: usize = 1 << 20;
@@ -119,6 +126,10 @@ pub enum KernelOpError {
     ReasonTooLong { len: usize },
     #[error("reply is {len} bytes, above the {GUEST_MAX_REPLY}-byte cap a guest accepts")]
     ReplyTooLarge { len: usize },
+    #[error("request is {len} bytes, above the {KERNEL_OP_REQUEST_MAX}-byte cap")]
+    RequestTooLarge { len: usize },
+    #[error("request has {count} entries, above the cap of {KERNEL_OP_ENTRIES_MAX}")]
+    TooManyEntries { count: usize },
     #[error("entry {index}: OrU32 is a read-modify-write and needs a Cold Write, not {mode:?} {direction:?}")]
     OrU32NotColdWrite {
         index: usize,
@@ -131,17 +142,35 @@ impl KernelOpRequest {
     /// The KORQ payload. A tag over 256 bytes is cut at a char boundary.
     pub fn encode(&self) -> Result<Vec<u8>, KernelOpError> {
         self.check_entries()?;
-        if self.tag.len() <= KERNEL_OP_TAG_MAX {
-            return postcard::to_allocvec(self).map_err(KernelOpError::Encode);
+        let bytes = if self.tag.len() <= KERNEL_OP_TAG_MAX {
+            postcard::to_allocvec(self).map_err(KernelOpError::Encode)?
+        } else {
+            let mut cut = self.clone();
+            cut.tag = truncate_at_char_boundary(&self.tag, KERNEL_OP_TAG_MAX).to_owned();
+            postcard::to_allocvec(&cut).map_err(KernelOpError::Encode)?
+        };
+        if bytes.len() > KERNEL_OP_REQUEST_MAX {
+            return Err(KernelOpError::RequestTooLarge { len: bytes.len() });
         }
-        let mut cut = self.clone();
-        cut.tag = truncate_at_char_boundary(&self.tag, KERNEL_OP_TAG_MAX).to_owned();
-        postcard::to_allocvec(&cut).map_err(KernelOpError::Encode)
+        Ok(bytes)
     }
 
-    /// Reads a KORQ payload. A tag over the cap or an OrU32 outside a
-    /// Cold Write is refused: this crate's encoder never produces either.
+    /// The request id at the start of a KORQ payload (a postcard varint),
+    /// if it can be read: lets the host answer a request it refuses
+    /// whole, such as one above [`KERNEL_OP_REQUEST_MAX`].
+    pub fn peek_request_id(payload: &[u8]) -> Option<u32> {
+        let head = payload.get(..payload.len().min(5))?;
+        postcard::take_from_bytes::<u32>(head).ok().map(|(id, _)| id)
+    }
+
+    /// Reads a KORQ payload. A payload over [`KERNEL_OP_REQUEST_MAX`] is
+    /// refused before it is decoded; a tag over the cap, more than
+    /// [`KERNEL_OP_ENTRIES_MAX`] entries or an OrU32 outside a Cold Write
+    /// is refused: this crate's encoder never produces any of them.
     pub fn decode(payload: &[u8]) -> Result<KernelOpRequest, KernelOpError> {
+        if payload.len() > KERNEL_OP_REQUEST_MAX {
+            return Err(KernelOpError::RequestTooLarge { len: payload.len() });
+        }
         let req: KernelOpRequest = decode_exact(payload)?;
         if req.tag.len() > KERNEL_OP_TAG_MAX {
             return Err(KernelOpError::TagTooLong { len: req.tag.len() });
@@ -151,6 +180,11 @@ impl KernelOpRequest {
     }
 
     fn check_entries(&self) -> Result<(), KernelOpError> {
+        if self.entries.len() > KERNEL_OP_ENTRIES_MAX {
+            return Err(KernelOpError::TooManyEntries {
+                count: self.entries.len(),
+            });
+        }
         let cold_write = self.mode == Mode::Cold && self.direction == Direction::Write;
         match self
             .entries
@@ -468,5 +502,47 @@ mod tests {
         );
         // Unknown variant index.
         assert!(KernelOpRequest::decode(&[1, 2, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn oversized_requests_are_refused_before_decoding_but_their_id_is_readable() {
+        let entry = KernelOpEntry {
+            target: Target::Direct(0),
+            value: Value::U32(0),
+        };
+        // Many small entries: valid postcard, above both caps.
+        let mut req = request(Mode::Hot, Direction::Read, vec![entry; 20_000]);
+        req.request_id = 300;
+        let raw = postcard::to_allocvec(&req).unwrap();
+        assert!(raw.len() > KERNEL_OP_REQUEST_MAX);
+        assert_eq!(
+            KernelOpRequest::decode(&raw),
+            Err(KernelOpError::RequestTooLarge { len: raw.len() })
+        );
+        assert_eq!(
+            req.encode(),
+            Err(KernelOpError::TooManyEntries { count: 20_000 })
+        );
+        assert_eq!(KernelOpRequest::peek_request_id(&raw), Some(300));
+        // Under the byte cap but over the entry cap.
+        req.entries.truncate(KERNEL_OP_ENTRIES_MAX + 1);
+        let raw = postcard::to_allocvec(&req).unwrap();
+        assert!(raw.len() <= KERNEL_OP_REQUEST_MAX);
+        assert_eq!(
+            KernelOpRequest::decode(&raw),
+            Err(KernelOpError::TooManyEntries {
+                count: KERNEL_OP_ENTRIES_MAX + 1
+            })
+        );
+        // A claimed entry count far beyond the bytes: no allocation of it.
+        let mut lying = postcard::to_allocvec(&(7u32, Mode::Hot, Direction::Read, "t")).unwrap();
+        lying.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(
+            KernelOpRequest::decode(&lying),
+            Err(KernelOpError::Decode(_))
+        ));
+        assert_eq!(KernelOpRequest::peek_request_id(&lying), Some(7));
+        assert_eq!(KernelOpRequest::peek_request_id(&[]), None);
+        assert_eq!(KernelOpRequest::peek_request_id(&[0xff; 8]), None);
     }
 }

@@ -91,10 +91,29 @@ impl Lifecycle {
     /// rather than refused: the phase is the message, the reason is
     /// diagnostic text that may have been cut mid-character.
     pub fn decode(payload: &[u8]) -> Result<Lifecycle, LifecycleError> {
+        Self::decode_capped(payload, usize::MAX).map(|(l, _)| l)
+    }
+
+    /// As [`Lifecycle::decode`], keeping at most `max_reason` bytes of
+    /// the reason: the raw bytes are cut before decoding (so invalid
+    /// UTF-8, which grows threefold as U+FFFD, is bounded too) and the
+    /// text is cut again at a char boundary. Also returns how many reason
+    /// bytes were dropped. A reader of untrusted input uses this one.
+    pub fn decode_capped(
+        payload: &[u8],
+        max_reason: usize,
+    ) -> Result<(Lifecycle, usize), LifecycleError> {
         let (&phase, reason) = payload.split_first().ok_or(LifecycleError::Empty)?;
         let phase = LifecyclePhase::from_u8(phase).ok_or(LifecycleError::UnknownPhase(phase))?;
-        let reason = (!reason.is_empty()).then(|| String::from_utf8_lossy(reason).into_owned());
-        Ok(Lifecycle { phase, reason })
+        let kept = reason.get(..max_reason).unwrap_or(reason);
+        let mut dropped = reason.len() - kept.len();
+        let reason = (!kept.is_empty()).then(|| {
+            let text = String::from_utf8_lossy(kept);
+            let cut = crate::text::truncate_at_char_boundary(&text, max_reason);
+            dropped += text.len() - cut.len();
+            cut.to_owned()
+        });
+        Ok((Lifecycle { phase, reason }, dropped))
     }
 }
 
@@ -142,6 +161,23 @@ mod tests {
         );
         assert_eq!(Lifecycle::decode(&[]), Err(LifecycleError::Empty));
         assert!(LifecycleError::UnknownPhase(9).to_string().contains('9'));
+    }
+
+    #[test]
+    fn capped_decode_bounds_the_reason_whatever_its_bytes() {
+        let mut huge = vec![3u8];
+        huge.extend(std::iter::repeat_n(0xffu8, 1 << 20));
+        let (l, dropped) = Lifecycle::decode_capped(&huge, 512).unwrap();
+        let reason = l.reason.unwrap();
+        assert!(reason.len() <= 512, "{}", reason.len());
+        assert!(reason.chars().all(|c| c == '\u{FFFD}'));
+        assert!(dropped > (1 << 20) - 512);
+        let (l, dropped) = Lifecycle::decode_capped(&[1, b'o', b'k'], 512).unwrap();
+        assert_eq!((l.reason.as_deref(), dropped), (Some("ok"), 0));
+        assert_eq!(
+            Lifecycle::decode_capped(&[1, b'a', b'b', b'c'], 2).unwrap(),
+            (Lifecycle::with_reason(LifecyclePhase::InitStarted, "ab"), 1)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::io;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -21,6 +21,8 @@ use super::device::{
     STATUS_FAILED, STATUS_FEATURES_OK,
 };
 use super::interrupt::Interrupt;
+use crate::guest_error;
+use crate::guest_errors::GuestErrors;
 
 mod queue_config;
 mod regs;
@@ -64,6 +66,7 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     activated: bool,
+    errors: GuestErrors,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -78,11 +81,12 @@ impl std::fmt::Debug for MmioTransport {
 
 impl MmioTransport {
     /// A transport in reset state for `device`; creates one notify
-    /// eventfd per queue.
+    /// eventfd per queue. Bad guest accesses are counted in `errors`.
     pub fn new(
         mem: GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
         interrupt: Arc<Interrupt>,
+        errors: GuestErrors,
     ) -> Result<MmioTransport, MmioError> {
         let sizes = device.queue_max_sizes();
         if sizes.len() > usize::from(u16::MAX) {
@@ -113,6 +117,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             activated: false,
+            errors,
         })
     }
 
@@ -141,6 +146,11 @@ impl MmioTransport {
         self.status
     }
 
+    /// Where this transport counts the guest's bad accesses.
+    pub fn guest_errors(&self) -> &GuestErrors {
+        &self.errors
+    }
+
     /// Whether DRIVER_OK started the device.
     pub fn is_activated(&self) -> bool {
         self.activated
@@ -154,7 +164,7 @@ impl MmioTransport {
             return;
         }
         if let Err(error) = self.device.process_queue(index) {
-            warn!(index, %error, "virtio queue processing failed");
+            guest_error!(self.errors, Virtqueue, "virtio queue {index} processing failed: {error}");
             if error.needs_reset() {
                 self.set_needs_reset();
             }
@@ -167,7 +177,7 @@ impl MmioTransport {
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         if offset >= REG_CONFIG {
             if !Self::in_window(offset, data.len()) {
-                warn!(offset, len = data.len(), "config read past the MMIO window");
+                guest_error!(self.errors, Mmio, "config read of {} bytes at {offset:#x}, past the MMIO window", data.len());
                 data.fill(0);
                 return;
             }
@@ -175,7 +185,7 @@ impl MmioTransport {
             return;
         }
         if !Self::register_access(offset, data.len()) {
-            warn!(offset, len = data.len(), "bad virtio-mmio register read");
+            guest_error!(self.errors, Mmio, "bad virtio-mmio register read: {} bytes at {offset:#x}", data.len());
             data.fill(0);
             return;
         }
@@ -197,7 +207,7 @@ impl MmioTransport {
             // Config space never changes after reset.
             REG_CONFIG_GENERATION => 0,
             _ => {
-                warn!(offset, "read of unknown or write-only virtio-mmio register");
+                guest_error!(self.errors, Mmio, "read of unknown or write-only virtio-mmio register {offset:#x}");
                 0
             }
         };
@@ -209,11 +219,7 @@ impl MmioTransport {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= REG_CONFIG {
             if !Self::in_window(offset, data.len()) {
-                warn!(
-                    offset,
-                    len = data.len(),
-                    "config write past the MMIO window"
-                );
+                guest_error!(self.errors, Mmio, "config write of {} bytes at {offset:#x}, past the MMIO window", data.len());
                 return;
             }
             self.device.write_config(offset - REG_CONFIG, data);
@@ -224,7 +230,7 @@ impl MmioTransport {
             .flatten()
             .map(u32::from_le_bytes)
         else {
-            warn!(offset, len = data.len(), "bad virtio-mmio register write");
+            guest_error!(self.errors, Mmio, "bad virtio-mmio register write: {} bytes at {offset:#x}", data.len());
             return;
         };
         match offset {
@@ -243,10 +249,7 @@ impl MmioTransport {
             REG_QUEUE_NOTIFY => self.notify(value),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.set_status(value),
-            _ => warn!(
-                offset,
-                value, "write to unknown or read-only virtio-mmio register"
-            ),
+            _ => guest_error!(self.errors, Mmio, "write of {value:#x} to unknown or read-only virtio-mmio register {offset:#x}"),
         }
     }
 
@@ -266,16 +269,13 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & (STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_FAILED) != STATUS_DRIVER {
-            warn!(
-                status = self.status,
-                "DriverFeatures written outside negotiation"
-            );
+            guest_error!(self.errors, Mmio, "DriverFeatures written outside negotiation (status {:#x})", self.status);
             return;
         }
         match self.driver_features_sel {
             0 => set_half(&mut self.driver_features, value, false),
             1 => set_half(&mut self.driver_features, value, true),
-            sel => warn!(sel, value, "DriverFeatures word out of range"),
+            sel => guest_error!(self.errors, Mmio, "DriverFeatures word {sel} out of range (value {value:#x})"),
         }
     }
 
@@ -284,10 +284,7 @@ impl MmioTransport {
             == STATUS_FEATURES_OK;
         let sel = self.queue_sel;
         let Some(queue) = self.queues.get_mut(sel as usize) else {
-            warn!(
-                sel,
-                offset, "queue register write for a queue that does not exist"
-            );
+            guest_error!(self.errors, Mmio, "queue register {offset:#x} written for queue {sel}, which does not exist");
             return;
         };
         // Linux writes QueueReady=0 while tearing queues down after a reset.
@@ -296,18 +293,13 @@ impl MmioTransport {
             return;
         }
         if !configurable {
-            warn!(
-                sel,
-                offset,
-                status = self.status,
-                "queue register write outside queue setup"
-            );
+            guest_error!(self.errors, Mmio, "queue register {offset:#x} of queue {sel} written outside queue setup (status {:#x})", self.status);
             return;
         }
         match offset {
             REG_QUEUE_NUM => match u16::try_from(value) {
                 Ok(size) => queue.size = size,
-                Err(_) => warn!(sel, value, "QueueNum out of range"),
+                Err(_) => guest_error!(self.errors, Mmio, "QueueNum {value} of queue {sel} out of range"),
             },
             REG_QUEUE_READY => queue.ready = value == 1,
             REG_QUEUE_DESC_LOW => set_half(&mut queue.desc, value, false),
@@ -323,7 +315,7 @@ impl MmioTransport {
     fn notify(&mut self, value: u32) {
         match u16::try_from(value) {
             Ok(index) if usize::from(index) < self.queues.len() => self.process_queue(index),
-            _ => warn!(value, "QueueNotify for a queue that does not exist"),
+            _ => guest_error!(self.errors, Mmio, "QueueNotify for queue {value}, which does not exist"),
         }
     }
 
@@ -337,27 +329,18 @@ impl MmioTransport {
         let requested = value & !STATUS_DEVICE_NEEDS_RESET;
         let current = self.status & !STATUS_DEVICE_NEEDS_RESET;
         if requested & STATUS_FAILED != 0 {
-            warn!(
-                status = value,
-                "guest driver marked the virtio device FAILED"
-            );
+            guest_error!(self.errors, Mmio, "guest driver marked the virtio device FAILED (status {value:#x})");
             self.status |= STATUS_FAILED;
             return;
         }
         if current & !requested != 0 {
-            warn!(
-                current,
-                requested, "driver cleared status bits without a reset"
-            );
+            guest_error!(self.errors, Mmio, "driver cleared status bits without a reset ({current:#x} -> {requested:#x})");
             return;
         }
         let added = requested & !current;
         let known = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
         if added & !known != 0 {
-            warn!(
-                bits = added & !known,
-                "driver set unknown status bits; ignored"
-            );
+            guest_error!(self.errors, Mmio, "driver set unknown status bits {:#x}; ignored", added & !known);
         }
         let steps = [
             (STATUS_ACKNOWLEDGE, 0),
@@ -370,11 +353,7 @@ impl MmioTransport {
                 continue;
             }
             if self.status & prerequisite != prerequisite {
-                warn!(
-                    bit,
-                    status = self.status,
-                    "status bit set out of order; ignored"
-                );
+                guest_error!(self.errors, Mmio, "status bit {bit:#x} set out of order (status {:#x}); ignored", self.status);
                 return;
             }
             if bit == STATUS_FEATURES_OK && !self.features_acceptable() {
@@ -397,10 +376,7 @@ impl MmioTransport {
         let unknown = self.driver_features & !offered;
         let missing = required & !self.driver_features;
         if unknown != 0 || missing != 0 {
-            warn!(
-                driver = self.driver_features,
-                offered, unknown, missing, "refusing FEATURES_OK"
-            );
+            guest_error!(self.errors, Mmio, "refusing FEATURES_OK: driver features {:#x}, offered {offered:#x}, unknown {unknown:#x}, missing {missing:#x}", self.driver_features);
             return false;
         }
         true
@@ -408,7 +384,7 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         if self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
-            warn!("DRIVER_OK on a device that needs a reset");
+            guest_error!(self.errors, Mmio, "DRIVER_OK on a device that needs a reset");
             return;
         }
         let result = (0u16..)
@@ -423,7 +399,7 @@ impl MmioTransport {
         match result {
             Ok(()) => self.activated = true,
             Err(error) => {
-                warn!(%error, "virtio device not activated");
+                guest_error!(self.errors, Virtqueue, "virtio device not activated: {error}");
                 self.set_needs_reset();
             }
         }
@@ -433,7 +409,7 @@ impl MmioTransport {
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         if self.status & STATUS_DRIVER_OK != 0 {
             if let Err(error) = self.interrupt.signal_config_change() {
-                warn!(%error, "signalling DEVICE_NEEDS_RESET failed");
+                tracing::warn!(%error, "signalling DEVICE_NEEDS_RESET failed");
             }
         }
     }

@@ -12,7 +12,10 @@ use schedrig_wire::console::{
     encode_port_name, parse_control, ControlEvent, VirtioConsoleControl, BULK_PORT_ID,
     BULK_PORT_NAME, CONSOLE_PORT_ID, PORT_COUNT, STATS_PORT_ID, STATS_PORT_NAME,
 };
-use tracing::{debug, info, warn};
+use tracing::debug;
+
+use crate::guest_error;
+use crate::guest_errors::GuestErrors;
 
 use super::port::PortStates;
 
@@ -35,14 +38,16 @@ pub(crate) struct ControlPlane {
     ready: [bool; PORT_COUNT as usize],
     outbox: VecDeque<Vec<u8>>,
     states: PortStates,
+    errors: GuestErrors,
 }
 
 impl ControlPlane {
-    pub(crate) fn new(states: PortStates) -> ControlPlane {
+    pub(crate) fn new(states: PortStates, errors: GuestErrors) -> ControlPlane {
         ControlPlane {
             ready: [false; PORT_COUNT as usize],
             outbox: VecDeque::new(),
             states,
+            errors,
         }
     }
 
@@ -69,7 +74,7 @@ impl ControlPlane {
         let msg = match parse_control(buf) {
             Ok(msg) => msg,
             Err(error) => {
-                warn!(%error, "malformed console control message");
+                guest_error!(self.errors, Control, "malformed console control message: {error}");
                 return;
             }
         };
@@ -79,20 +84,23 @@ impl ControlPlane {
             Some(ControlEvent::DeviceReady) => self.device_ready(value),
             Some(ControlEvent::PortReady) => self.port_ready(id, value),
             Some(ControlEvent::PortOpen) => self.port_open(id, value),
-            Some(event) => warn!(
-                ?event,
-                id, value, "unexpected console control event from guest"
+            Some(event) => guest_error!(
+                self.errors,
+                Control,
+                "unexpected console control event {event:?} (id {id}, value {value})"
             ),
-            None => warn!(
-                event = msg.header.event.get(),
-                id, value, "unknown console control event from guest; skipped"
+            None => guest_error!(
+                self.errors,
+                Control,
+                "unknown console control event {} (id {id}, value {value}); skipped",
+                msg.header.event.get()
             ),
         }
     }
 
     fn device_ready(&mut self, value: u16) {
         if value != 1 {
-            warn!(value, "guest console driver failed to initialise");
+            guest_error!(self.errors, Control, "guest console driver failed to initialise (DEVICE_READY {value})");
             return;
         }
         debug!("console DEVICE_READY; adding ports");
@@ -107,11 +115,11 @@ impl ControlPlane {
 
     fn port_ready(&mut self, id: u32, value: u16) {
         let Some(ready) = usize::try_from(id).ok().and_then(|i| self.ready.get_mut(i)) else {
-            warn!(id, "PORT_READY for a port that does not exist");
+            guest_error!(self.errors, Control, "PORT_READY for port {id}, which does not exist");
             return;
         };
         if value != 1 {
-            warn!(id, "guest failed to set up console port");
+            guest_error!(self.errors, Control, "guest failed to set up console port {id}");
             return;
         }
         if *ready {
@@ -138,17 +146,17 @@ impl ControlPlane {
 
     fn port_open(&mut self, id: u32, value: u16) {
         if id >= PORT_COUNT {
-            warn!(id, "PORT_OPEN for a port that does not exist");
+            guest_error!(self.errors, Control, "PORT_OPEN for port {id}, which does not exist");
             return;
         }
         let open = value != 0;
-        info!(id, open, "guest console port open state");
+        debug!(id, open, "guest console port open state");
         self.states.set_guest_open(id, open);
     }
 
     fn send(&mut self, msg: Vec<u8>) {
         if self.outbox.len() >= MAX_PENDING_MESSAGES {
-            warn!("console control queue full; message dropped");
+            guest_error!(self.errors, Control, "console control queue full (the guest posts no c_ivq buffers); message dropped");
             return;
         }
         self.outbox.push_back(msg);
@@ -184,7 +192,7 @@ mod tests {
     #[test]
     fn handshake_sequence() {
         let states = PortStates::default();
-        let mut plane = ControlPlane::new(states.clone());
+        let mut plane = ControlPlane::new(states.clone(), GuestErrors::default());
         plane.handle(&msg(u32::MAX, ControlEvent::DeviceReady, 1));
         let adds = drain(&mut plane);
         assert_eq!(
@@ -222,7 +230,7 @@ mod tests {
 
     #[test]
     fn bad_messages_are_skipped() {
-        let mut plane = ControlPlane::new(PortStates::default());
+        let mut plane = ControlPlane::new(PortStates::default(), GuestErrors::default());
         plane.handle(&[1, 2, 3]);
         let mut unknown = msg(0, ControlEvent::PortOpen, 1);
         unknown[4] = 0x42;
@@ -237,7 +245,7 @@ mod tests {
 
     #[test]
     fn outbox_is_bounded() {
-        let mut plane = ControlPlane::new(PortStates::default());
+        let mut plane = ControlPlane::new(PortStates::default(), GuestErrors::default());
         for _ in 0..1000 {
             plane.handle(&msg(0, ControlEvent::DeviceReady, 1));
         }

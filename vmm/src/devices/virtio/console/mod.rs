@@ -16,13 +16,19 @@ use schedrig_wire::console::{
     port_queues, queue_role, QueueRole, BULK_PORT_ID, CONTROL_RX_QUEUE, PORT_COUNT,
     VIRTIO_CONSOLE_F_MULTIPORT, VIRTQUEUE_COUNT,
 };
-use tracing::warn;
-use virtio_queue::{DescriptorChain, Queue};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use self::control::ControlPlane;
-pub use self::port::{BulkError, BulkWriter, ByteSink, ConsoleSinks, PortStates, BULK_RX_CAPACITY};
-use super::chain::{read_chain, serve_queue, writable_capacity, write_chain, MAX_CHAIN_BYTES};
+pub use self::port::{
+    BulkBudget, BulkError, BulkWriter, ByteSink, ConsoleSinks, PortStates, BULK_RX_CAPACITY,
+    BULK_TX_BUDGET,
+};
+use super::chain::{
+    read_chain, serve_queue, writable_capacity, write_chain, Chain, MAX_CHAIN_BYTES,
+};
+use crate::guest_error;
+use crate::guest_errors::GuestErrors;
 use super::device::{
     read_config_bytes, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
 };
@@ -35,6 +41,14 @@ pub const QUEUE_SIZE: u16 = 128;
 /// [`BulkWriter::wake_event`] for the device thread.
 pub const BULK_RX_QUEUE: u16 = match port_queues(BULK_PORT_ID) {
     Some((rx, _)) => rx,
+    None => panic!("the bulk port has no queues"),
+};
+
+/// The bulk port's transmit queue (guest -> host): pair it with
+/// [`BulkBudget::room_event`] for the device thread, so chains left in
+/// the ring while the controller was behind are served once it caught up.
+pub const BULK_TX_QUEUE: u16 = match port_queues(BULK_PORT_ID) {
+    Some((_, tx)) => tx,
     None => panic!("the bulk port has no queues"),
 };
 
@@ -66,10 +80,9 @@ struct Running {
 impl Running {
     fn serve<F>(&mut self, index: u16, serve: F) -> Result<usize, DeviceError>
     where
-        F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
+        F: FnMut(&Chain<'_>) -> Option<u32>,
     {
         let Some(queue) = self.queues.get_mut(usize::from(index)) else {
-            warn!(index, "console queue index out of range");
             return Ok(0);
         };
         serve_queue(&self.mem, queue, index, &self.interrupt, serve)
@@ -85,6 +98,7 @@ pub struct VirtioConsole {
     bulk: BulkWriter,
     states: PortStates,
     running: Option<Running>,
+    errors: GuestErrors,
 }
 
 impl std::fmt::Debug for VirtioConsole {
@@ -97,8 +111,9 @@ impl std::fmt::Debug for VirtioConsole {
 }
 
 impl VirtioConsole {
-    /// A console whose guest output goes to `sinks`.
-    pub fn new(sinks: ConsoleSinks) -> Result<VirtioConsole, ConsoleError> {
+    /// A console whose guest output goes to `sinks`; guest misbehaviour is
+    /// counted (and logged at a limited rate) in `errors`.
+    pub fn new(sinks: ConsoleSinks, errors: GuestErrors) -> Result<VirtioConsole, ConsoleError> {
         let mut config = [0u8; CONFIG_SIZE];
         config[CONFIG_MAX_NR_PORTS..CONFIG_MAX_NR_PORTS + 4]
             .copy_from_slice(&PORT_COUNT.to_le_bytes());
@@ -107,10 +122,11 @@ impl VirtioConsole {
             queue_sizes: [QUEUE_SIZE; VIRTQUEUE_COUNT as usize],
             config,
             sinks,
-            control: ControlPlane::new(states.clone()),
+            control: ControlPlane::new(states.clone(), errors.clone()),
             bulk: BulkWriter::new(BULK_RX_CAPACITY).map_err(ConsoleError::WakeEventFd)?,
             states,
             running: None,
+            errors,
         })
     }
 
@@ -130,18 +146,23 @@ impl VirtioConsole {
         let Some(running) = self.running.as_mut() else {
             return Ok(());
         };
+        let errors = &self.errors;
         if self.control.next_outgoing().is_some() {
             let control = &mut self.control;
             running.serve(CONTROL_RX_QUEUE, |chain| {
                 let msg = control.next_outgoing()?;
                 let len = msg.len();
-                let written = if writable_capacity(&chain) < len as u64 {
-                    warn!(len, "c_ivq buffer too small for a control message; dropped");
+                let written = if writable_capacity(chain) < len as u64 {
+                    guest_error!(
+                        errors,
+                        Control,
+                        "c_ivq buffer too small for a {len}-byte control message; dropped"
+                    );
                     0
                 } else {
                     let outcome = write_chain(chain, msg);
                     if let Some(error) = outcome.error {
-                        warn!(%error, "control message lost");
+                        guest_error!(errors, Control, "control message lost: {error}");
                     }
                     outcome.written
                 };
@@ -158,7 +179,7 @@ impl VirtioConsole {
                 }
                 let outcome = write_chain(chain, pending.make_contiguous());
                 if let Some(error) = &outcome.error {
-                    warn!(%error, "bulk receive buffer unusable");
+                    guest_error!(errors, Console, "bulk receive buffer unusable: {error}");
                 }
                 pending.drain(..outcome.written);
                 Some(outcome.written as u32)
@@ -172,13 +193,21 @@ impl VirtioConsole {
         let Some(running) = self.running.as_mut() else {
             return Ok(());
         };
+        let errors = &self.errors;
         match queue_role(index) {
             Some(QueueRole::PortTx(port)) => {
                 let sinks = &mut self.sinks;
                 running.serve(index, |chain| {
+                    // Backpressure: while the controller is behind, the
+                    // chain stays in the ring and the guest waits for it.
+                    if !sinks.has_room(port) {
+                        return None;
+                    }
                     match read_chain(chain, MAX_CHAIN_BYTES) {
-                        Ok(bytes) => sinks.deliver(port, &bytes),
-                        Err(error) => warn!(port, %error, "console transmit chain dropped"),
+                        Ok(bytes) => sinks.deliver(port, bytes, errors),
+                        Err(error) => {
+                            guest_error!(errors, Virtqueue, "port {port} transmit chain dropped: {error}")
+                        }
                     }
                     Some(0)
                 })?;
@@ -188,7 +217,9 @@ impl VirtioConsole {
                 running.serve(index, |chain| {
                     match read_chain(chain, MAX_CONTROL_CHAIN_BYTES) {
                         Ok(bytes) => control.handle(&bytes),
-                        Err(error) => warn!(%error, "console control chain dropped"),
+                        Err(error) => {
+                            guest_error!(errors, Virtqueue, "console control chain dropped: {error}")
+                        }
                     }
                     Some(0)
                 })?;
@@ -196,7 +227,11 @@ impl VirtioConsole {
             // Receive queues are filled by `flush`; port 0 and 2 have no
             // host input.
             Some(QueueRole::PortRx(_) | QueueRole::ControlRx) => {}
-            None => warn!(index, "notification for a queue the console does not have"),
+            None => guest_error!(
+                errors,
+                Virtqueue,
+                "notification for console queue {index}, which does not exist"
+            ),
         }
         Ok(())
     }
@@ -222,14 +257,24 @@ impl VirtioDevice for VirtioConsole {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         if !read_config_bytes(&self.config, offset, data) {
-            warn!(offset, len = data.len(), "console config read out of range");
+            guest_error!(
+                self.errors,
+                Mmio,
+                "console config read of {} bytes at {offset:#x} out of range",
+                data.len()
+            );
         }
     }
 
     /// Nothing is writable: emerg_wr needs VIRTIO_CONSOLE_F_EMERG_WRITE,
     /// which is not offered.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(offset, len = data.len(), "console config write ignored");
+        guest_error!(
+            self.errors,
+            Mmio,
+            "console config write of {} bytes at {offset:#x} ignored",
+            data.len()
+        );
     }
 
     fn activate(

@@ -3,46 +3,136 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use schedrig_wire::console::{BULK_PORT_ID, CONSOLE_PORT_ID, PORT_COUNT, STATS_PORT_ID};
-use tracing::warn;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::guest_error;
+use crate::guest_errors::GuestErrors;
 
 /// Most bytes [`BulkWriter`] holds for a guest that is not reading.
 pub const BULK_RX_CAPACITY: usize = 4 << 20;
 
+/// Guest-to-host bulk bytes handed to the controller and not yet
+/// processed, above which the device leaves further transmit chains in
+/// the ring: the host then holds at most this plus one chain
+/// ([`super::MAX_CHAIN_BYTES`]) of a guest's output, however fast it
+/// writes.
+pub const BULK_TX_BUDGET: usize = 1 << 20;
+
 /// A consumer of one port's guest output, called once per TX chain.
 pub type ByteSink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// The consumer of the bulk port's output: each TX chain's bytes, owned.
+pub type BulkSink = Box<dyn FnMut(Vec<u8>) + Send>;
 
 /// Where each port's guest output (TX) goes.
 pub struct ConsoleSinks {
     /// Port 0 (`/dev/hvc0`): kernel console text.
     pub console: Box<dyn Write + Send>,
-    /// Port 1 (`schedrig-bulk`): wire frames, in guest write order.
-    pub bulk: ByteSink,
+    /// Port 1 (`schedrig-bulk`): wire frames, in guest write order. The
+    /// receiver calls [`BulkBudget::release`] once it is done with them.
+    pub bulk: BulkSink,
+    /// Bounds the port 1 bytes in flight between device and receiver.
+    pub bulk_budget: BulkBudget,
     /// Port 2 (`schedrig-stats`): raw scheduler stats.
     pub stats: ByteSink,
 }
 
 impl ConsoleSinks {
+    /// Whether `port`'s sink takes another chain now.
+    pub(crate) fn has_room(&self, port: u32) -> bool {
+        port != BULK_PORT_ID || self.bulk_budget.has_room()
+    }
+
     /// Hands one TX chain's bytes to the sink of `port`.
-    pub(crate) fn deliver(&mut self, port: u32, bytes: &[u8]) {
+    pub(crate) fn deliver(&mut self, port: u32, bytes: Vec<u8>, errors: &GuestErrors) {
         match port {
             CONSOLE_PORT_ID => {
                 let result = self
                     .console
-                    .write_all(bytes)
+                    .write_all(&bytes)
                     .and_then(|()| self.console.flush());
                 if let Err(error) = result {
-                    warn!(%error, "console sink write failed");
+                    tracing::warn!(%error, "console sink write failed");
                 }
             }
-            BULK_PORT_ID => (self.bulk)(bytes),
-            STATS_PORT_ID => (self.stats)(bytes),
-            _ => warn!(port, len = bytes.len(), "output on a port without a sink"),
+            BULK_PORT_ID => {
+                self.bulk_budget.take(bytes.len());
+                (self.bulk)(bytes)
+            }
+            STATS_PORT_ID => (self.stats)(&bytes),
+            _ => guest_error!(
+                errors,
+                Console,
+                "{} bytes of output on port {port}, which has no sink",
+                bytes.len()
+            ),
         }
+    }
+}
+
+#[derive(Debug)]
+struct Budget {
+    pending: AtomicUsize,
+    cap: usize,
+    room: EventFd,
+}
+
+/// The bulk port's bytes in flight from the device to the controller,
+/// with a cap: the device takes no new transmit chain while `cap` or more
+/// are pending (the guest then waits, as on a slow console), and the
+/// receiver's [`BulkBudget::release`] wakes the device thread through
+/// [`BulkBudget::room_event`] when room comes back. Never blocks.
+#[derive(Debug, Clone)]
+pub struct BulkBudget(Arc<Budget>);
+
+impl BulkBudget {
+    pub fn new(cap: usize) -> io::Result<BulkBudget> {
+        Ok(BulkBudget(Arc::new(Budget {
+            pending: AtomicUsize::new(0),
+            cap,
+            room: EventFd::new(EFD_NONBLOCK)?,
+        })))
+    }
+
+    /// Whether the device may hand over another chain.
+    pub fn has_room(&self) -> bool {
+        self.0.pending.load(Ordering::Acquire) < self.0.cap
+    }
+
+    /// Bytes handed over and not yet released.
+    pub fn pending(&self) -> usize {
+        self.0.pending.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: usize) {
+        self.0.pending.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The receiver is done with `n` bytes. Crossing back below the cap
+    /// wakes the device thread, which serves the chains it left waiting.
+    pub fn release(&self, n: usize) {
+        let before = self
+            .0
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if before >= self.0.cap && before.saturating_sub(n) < self.0.cap {
+            if let Err(error) = self.0.room.write(1) {
+                tracing::warn!(%error, "waking the console device thread failed");
+            }
+        }
+    }
+
+    /// A duplicate of the eventfd [`BulkBudget::release`] writes: give it
+    /// to `spawn_device_thread` paired with [`super::BULK_TX_QUEUE`].
+    pub fn room_event(&self) -> io::Result<EventFd> {
+        self.0.room.try_clone()
     }
 }
 
@@ -189,6 +279,25 @@ mod tests {
             writer.lock().iter().copied().collect::<Vec<_>>(),
             b"helloabc"
         );
+    }
+
+    #[test]
+    fn bulk_budget_fills_and_wakes_once_room_returns() {
+        let b = BulkBudget::new(100).unwrap();
+        let room = b.room_event().unwrap();
+        assert!(b.has_room());
+        b.take(60);
+        assert!(b.has_room());
+        b.take(60);
+        assert!(!b.has_room(), "120 of 100 pending");
+        b.release(10);
+        assert!(!b.has_room());
+        assert!(room.read().is_err(), "no wake while still full");
+        b.release(60);
+        assert!(b.has_room());
+        assert_eq!(room.read().unwrap(), 1, "woken when room came back");
+        b.release(1000);
+        assert_eq!(b.pending(), 0, "never below zero");
     }
 
     #[test]

@@ -18,7 +18,6 @@ use crate::devices::virtio::test_utils::*;
 
 /// Ring size the mock driver chooses (QueueNum).
 const RING: u16 = 16;
-const BULK_TX_QUEUE: u16 = BULK_RX_QUEUE + 1;
 const CONSOLE_TX_QUEUE: u16 = 1;
 const STATS_TX_QUEUE: u16 = 7;
 
@@ -56,24 +55,38 @@ struct Guest<'a> {
     stats: Shared,
     writer: BulkWriter,
     states: PortStates,
+    budget: BulkBudget,
+    errors: GuestErrors,
 }
 
 impl<'a> Guest<'a> {
     /// Probes, negotiates VERSION_1 | MULTIPORT, sets up all 8 queues and
     /// sets DRIVER_OK, as Linux's virtio_console does.
     fn boot(mem: &'a GuestMemoryMmap) -> Guest<'a> {
+        Self::boot_with_budget(mem, usize::MAX)
+    }
+
+    /// As `boot`, with at most `budget` bulk bytes in flight to the host.
+    fn boot_with_budget(mem: &'a GuestMemoryMmap, budget: usize) -> Guest<'a> {
         let (console, bulk, stats) = (Shared::default(), Shared::default(), Shared::default());
         let (b, s) = (bulk.clone(), stats.clone());
-        let device = VirtioConsole::new(ConsoleSinks {
-            console: Box::new(SharedWriter(console.clone())),
-            bulk: Box::new(move |bytes| b.lock().unwrap().extend_from_slice(bytes)),
-            stats: Box::new(move |bytes| s.lock().unwrap().extend_from_slice(bytes)),
-        })
+        let bulk_budget = BulkBudget::new(budget).unwrap();
+        let errors = GuestErrors::default();
+        let device = VirtioConsole::new(
+            ConsoleSinks {
+                console: Box::new(SharedWriter(console.clone())),
+                bulk: Box::new(move |bytes: Vec<u8>| b.lock().unwrap().extend_from_slice(&bytes)),
+                bulk_budget: bulk_budget.clone(),
+                stats: Box::new(move |bytes| s.lock().unwrap().extend_from_slice(bytes)),
+            },
+            errors.clone(),
+        )
         .unwrap();
         let writer = device.bulk_writer();
         let states = device.port_states();
         let irq = Arc::new(Interrupt::new().unwrap());
-        let mut t = MmioTransport::new(mem.clone(), Box::new(device), irq).unwrap();
+        let mut t =
+            MmioTransport::new(mem.clone(), Box::new(device), irq, errors.clone()).unwrap();
         let features = VIRTIO_F_VERSION_1 | FEATURE_MULTIPORT;
         assert_eq!(device_features(&mut t), features);
         assert_ne!(negotiate(&mut t, features) & STATUS_FEATURES_OK, 0);
@@ -96,6 +109,8 @@ impl<'a> Guest<'a> {
             stats,
             writer,
             states,
+            budget: bulk_budget,
+            errors,
         }
     }
 
@@ -191,14 +206,19 @@ impl<'a> Guest<'a> {
 #[test]
 fn probe_reports_a_multiport_console() {
     let mem = guest_memory();
-    let device = VirtioConsole::new(ConsoleSinks {
-        console: Box::new(io::sink()),
-        bulk: Box::new(|_| {}),
-        stats: Box::new(|_| {}),
-    })
+    let device = VirtioConsole::new(
+        ConsoleSinks {
+            console: Box::new(io::sink()),
+            bulk: Box::new(|_| {}),
+            bulk_budget: BulkBudget::new(usize::MAX).unwrap(),
+            stats: Box::new(|_| {}),
+        },
+        GuestErrors::default(),
+    )
     .unwrap();
     let irq = Arc::new(Interrupt::new().unwrap());
-    let mut t = MmioTransport::new(mem.clone(), Box::new(device), irq).unwrap();
+    let mut t =
+        MmioTransport::new(mem.clone(), Box::new(device), irq, GuestErrors::default()).unwrap();
     assert_eq!(read_reg(&t, REG_MAGIC_VALUE), 0x7472_6976);
     assert_eq!(read_reg(&t, REG_VERSION), 2);
     assert_eq!(read_reg(&t, REG_DEVICE_ID), 3);
@@ -333,6 +353,35 @@ fn port_tx_bytes_reach_the_sinks_in_order() {
     );
     assert_eq!(g.stats.lock().unwrap().as_slice(), b"stats");
     assert_eq!(port_queues(STATS_PORT_ID), Some((6, STATS_TX_QUEUE)));
+}
+
+/// Backpressure: past the budget, transmit chains stay in the ring (not
+/// used, not copied) until the receiver releases bytes; then the device
+/// serves them, in order, on the next pass over the queue.
+#[test]
+fn bulk_chains_wait_in_the_ring_while_the_host_is_behind() {
+    let mem = guest_memory();
+    let mut g = Guest::boot_with_budget(&mem, 10);
+    g.handshake();
+    let room = g.budget.room_event().unwrap();
+    g.post_out(BULK_TX_QUEUE, &[b"0123456789ab"]);
+    g.post_out(BULK_TX_QUEUE, &[b"second"]);
+    g.post_out(BULK_TX_QUEUE, &[b"third"]);
+    g.notify(BULK_TX_QUEUE);
+    assert_eq!(g.bulk.lock().unwrap().as_slice(), b"0123456789ab");
+    assert_eq!(g.queues[usize::from(BULK_TX_QUEUE)].take_used().len(), 1);
+    assert_eq!(g.budget.pending(), 12);
+    // Another notification changes nothing while the host is behind.
+    g.notify(BULK_TX_QUEUE);
+    assert!(g.queues[usize::from(BULK_TX_QUEUE)].take_used().is_empty());
+    // The host processed the first chain: the device thread is woken and
+    // serves the queue again.
+    g.budget.release(12);
+    assert_eq!(room.read().unwrap(), 1);
+    g.t.process_queue(BULK_TX_QUEUE);
+    assert_eq!(g.bulk.lock().unwrap().as_slice(), b"0123456789absecondthird");
+    assert_eq!(g.queues[usize::from(BULK_TX_QUEUE)].take_used().len(), 2);
+    assert_eq!(g.errors.counts().len(), 0);
 }
 
 #[test]

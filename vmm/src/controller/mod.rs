@@ -1,0 +1,323 @@
+//! The controller: the host's side of a running guest. Frames from the
+//! bulk port in, replies out, vCPU events, and the deadlines (SRDY, the
+//! whole run, the grace after EXIT or a power-off line). It decides the
+//! verdict; `machine::run` feeds it and turns it into a report.
+
+mod record;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use schedrig_wire::{
+    payload::scalar, FrameParser, GuestTopology, KernAddrs, MsgTag, GUEST_TO_HOST_MAX_PAYLOAD,
+};
+
+pub use self::record::{
+    FrameCounts, LifecycleLog, LIFECYCLE_MAX_ENTRIES, LIFECYCLE_REASON_MAX, UNKNOWN_TAG_KEY,
+};
+use crate::devices::log::BoundedLog;
+use crate::devices::virtio::BulkWriter;
+use crate::guest_error;
+use crate::guest_errors::GuestErrors;
+use crate::report::{RunReport, Verdict};
+use crate::vcpu::VcpuEvent;
+
+/// The text Linux prints when it panics.
+const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// Once EXIT arrived the guest reboots; this long is allowed for it.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// After the kernel's power-off line, how long the ACPI S5 write may take.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+/// Lines of console shown in a report.
+const CONSOLE_TAIL_LINES: usize = 40;
+
+/// What the controller hears while the guest runs.
+pub enum Event {
+    Vcpu(VcpuEvent),
+    /// One bulk-port transmit chain's bytes, in guest order.
+    Bulk(Vec<u8>),
+}
+
+/// The run's deadlines, from VMM start.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// SRDY must arrive by then.
+    pub boot: Duration,
+    /// The machine must end by then.
+    pub run: Duration,
+}
+
+/// The guest's output the report quotes.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    /// COM1: the kernel console.
+    pub console: BoundedLog,
+    /// COM2: guest-init's crash text.
+    pub crash: BoundedLog,
+    /// Virtio console port 0 (hvc0).
+    pub hvc0: BoundedLog,
+}
+
+/// The controller's view of the run.
+pub struct Controller {
+    started: Instant,
+    deadlines: Deadlines,
+    parser: FrameParser,
+    frames: FrameCounts,
+    lifecycle: LifecycleLog,
+    first_run: Option<Instant>,
+    ready: Option<Instant>,
+    exit_at: Option<Instant>,
+    exit_code: Option<i32>,
+    kern_addrs: Option<KernAddrs>,
+    topology: Option<GuestTopology>,
+    reset: Option<&'static str>,
+    power_down: Arc<AtomicBool>,
+    power_down_at: Option<Instant>,
+    /// Registers of the vCPU that triple-faulted, for the report.
+    fault_state: Option<String>,
+    verdict: Option<(Verdict, String)>,
+    /// Port 1 RX: answers to the guest's requests.
+    replies: Option<BulkWriter>,
+    errors: GuestErrors,
+}
+
+impl Controller {
+    /// `power_down` turns true when the kernel prints its power-off or
+    /// halt line; `replies` carries answers to the guest.
+    pub fn new(
+        started: Instant,
+        deadlines: Deadlines,
+        power_down: Arc<AtomicBool>,
+        replies: BulkWriter,
+        errors: GuestErrors,
+    ) -> Self {
+        Self {
+            started,
+            deadlines,
+            parser: FrameParser::new(GUEST_TO_HOST_MAX_PAYLOAD),
+            frames: FrameCounts::default(),
+            lifecycle: LifecycleLog::default(),
+            first_run: None,
+            ready: None,
+            exit_at: None,
+            exit_code: None,
+            kern_addrs: None,
+            topology: None,
+            reset: None,
+            power_down,
+            power_down_at: None,
+            fault_state: None,
+            verdict: None,
+            replies: Some(replies),
+            errors,
+        }
+    }
+
+    /// Sets the verdict, unless one is set already.
+    pub fn end(&mut self, v: Verdict, why: String) {
+        self.verdict.get_or_insert((v, why));
+    }
+
+    pub fn has_verdict(&self) -> bool {
+        self.verdict.is_some()
+    }
+
+    /// Nothing more goes to the guest (it is stopping).
+    pub fn stop_replies(&mut self) {
+        self.replies = None;
+    }
+
+    pub fn on_event(&mut self, event: &Event) {
+        match event {
+            Event::Bulk(bytes) => self.on_bulk(bytes),
+            Event::Vcpu(e) => self.on_vcpu(e),
+        }
+    }
+
+    /// Bytes from the bulk port: every complete frame is handled now.
+    pub fn on_bulk(&mut self, bytes: &[u8]) {
+        if self.verdict.is_some() {
+            return;
+        }
+        self.parser.push(bytes);
+        while let Some(next) = self.parser.next_frame() {
+            let frame = match next {
+                Ok(f) => f,
+                Err(e) => {
+                    self.end(Verdict::ProtocolError, e.to_string());
+                    return;
+                }
+            };
+            self.frames.count(frame.tag);
+            if !frame.crc_ok {
+                continue;
+            }
+            let payload = &frame.payload;
+            match frame.tag {
+                Some(MsgTag::SystemReady) => {
+                    self.ready.get_or_insert_with(Instant::now);
+                }
+                Some(MsgTag::Exit) => {
+                    if let Ok(code) = scalar::decode_exit_code(payload) {
+                        self.exit_code = Some(code);
+                        self.exit_at = Some(Instant::now());
+                    }
+                }
+                Some(MsgTag::KernAddrs) => self.kern_addrs = KernAddrs::decode(payload).ok(),
+                Some(MsgTag::Topology) => self.topology = GuestTopology::decode(payload).ok(),
+                Some(MsgTag::Lifecycle) => {
+                    if let Err(e) = self.lifecycle.record(payload) {
+                        guest_error!(self.errors, Frame, "LIFE refused: {e}");
+                    }
+                }
+                Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {
+                    let answer = crate::requests::answer(tag, payload);
+                    if let Some(why) = &answer.refused {
+                        guest_error!(self.errors, Frame, "{why}");
+                    }
+                    if let (Some(reply), Some(w)) = (answer.frame, &self.replies) {
+                        // Full means the guest is not reading its replies;
+                        // dropping this one cannot hurt the host.
+                        if let Err(e) = w.send(&reply) {
+                            guest_error!(self.errors, Frame, "reply to {tag} dropped: {e}");
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn on_vcpu(&mut self, e: &VcpuEvent) {
+        match e {
+            VcpuEvent::FirstRun(t) => self.first_run = Some(*t),
+            VcpuEvent::Reset(why) => self.reset = Some(why),
+            VcpuEvent::TripleFault { cpu, state } => {
+                self.reset = Some("triple fault");
+                self.fault_state
+                    .get_or_insert(format!("vCPU {cpu}: {state}"));
+            }
+            VcpuEvent::Failed { cpu, reason } => {
+                self.end(Verdict::VmmError, format!("vCPU {cpu}: {reason}"))
+            }
+        }
+    }
+
+    /// True when the run is over.
+    pub fn check_deadlines(&mut self) -> bool {
+        if self.verdict.is_some() || self.reset.is_some() {
+            return true;
+        }
+        if self.power_down.load(Ordering::Acquire) {
+            // The kernel said it powers off or halts. With ACPI the S5
+            // write (a vCPU event, "ACPI power-off") follows at once; give
+            // it a moment so the report says which, then end the VM anyway.
+            let seen = *self.power_down_at.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= POWER_OFF_GRACE {
+                self.reset.get_or_insert("power-off (kernel halted)");
+                return true;
+            }
+        }
+        let elapsed = self.started.elapsed();
+        if self.ready.is_none() && elapsed >= self.deadlines.boot {
+            self.end(
+                Verdict::Timeout,
+                format!(
+                    "no SRDY (system ready) from the guest within {:?}",
+                    self.deadlines.boot
+                ),
+            );
+            return true;
+        }
+        if elapsed >= self.deadlines.run {
+            self.end(
+                Verdict::Timeout,
+                format!("the guest did not end within {:?}", self.deadlines.run),
+            );
+            return true;
+        }
+        if self.exit_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE) {
+            // EXIT arrived and the machine neither reset nor powered off
+            // (e.g. a kernel booted with acpi=off halts instead): the
+            // last fallback.
+            self.reset.get_or_insert("halted after EXIT");
+            return true;
+        }
+        false
+    }
+
+    /// The verdict (judged from the logs when no event decided it) and
+    /// everything observed.
+    pub fn finish(mut self, logs: &Logs) -> RunReport {
+        let console_text = logs.console.text();
+        let crash_text = logs.crash.text();
+        if self.verdict.is_none() {
+            if let Some(line) = console_text
+                .lines()
+                .find(|l| l.contains(KERNEL_PANIC_MARKER))
+            {
+                let line = line.trim().to_string();
+                self.end(Verdict::Panic, line);
+            } else if let Some(first) = crash_text.lines().map(printable).find(|l| !l.is_empty()) {
+                self.end(Verdict::InitPanic, first);
+            } else if let Some(code) = self.exit_code {
+                let how = self.reset.map_or(String::new(), |r| format!(" ({r})"));
+                self.end(Verdict::Ok, format!("guest exited with {code}{how}"));
+            } else {
+                let mut why = self.reset.map_or("the machine ended".to_string(), |r| {
+                    format!("{r} without an EXIT frame")
+                });
+                if let Some(state) = &self.fault_state {
+                    why += &format!(" ({state})");
+                }
+                self.end(Verdict::NoExit, why);
+            }
+        }
+        if self.errors.suppressed() > 0 {
+            tracing::warn!(
+                "guest problems: {:?} ({} not logged)",
+                self.errors.counts(),
+                self.errors.suppressed()
+            );
+        }
+        let (verdict, reason) = self.verdict.unwrap_or((Verdict::NoExit, String::new()));
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.started));
+        RunReport {
+            verdict,
+            reason,
+            exit_code: self.exit_code,
+            setup: since(self.first_run),
+            ready: since(self.ready),
+            total: self.started.elapsed(),
+            frames: self.frames.by_name(),
+            crc_errors: self.parser.stats().crc_errors,
+            kern_addrs: self.kern_addrs,
+            guest_topology: self.topology,
+            lifecycle: self.lifecycle.entries,
+            lifecycle_dropped: self.lifecycle.dropped,
+            guest_errors: self.errors.counts(),
+            guest_errors_not_logged: self.errors.suppressed(),
+            console_tail: logs.console.tail(CONSOLE_TAIL_LINES),
+            console: console_text,
+            crash_text,
+            hvc0: logs.hvc0.text(),
+            console_file: None,
+            peak_rss_kib: None,
+            vmm_overhead_kib: None,
+            guest_huge_kib: None,
+            vcpus_at_stop: Vec::new(),
+        }
+    }
+}
+
+/// A line without control characters and decoding debris (the 8250
+/// driver's probing leaves a stray byte on every UART).
+fn printable(line: &str) -> String {
+    line.chars()
+        .filter(|c| !c.is_control() && *c != char::REPLACEMENT_CHARACTER)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}

@@ -1,0 +1,123 @@
+//! What the controller keeps of the guest's frames, bounded whatever the
+//! guest sends: counts by tag (every unknown tag in one bucket) and the
+//! first LIFE messages with capped reasons.
+
+use std::collections::BTreeMap;
+
+use schedrig_wire::{Lifecycle, MsgTag};
+
+/// LIFE messages kept; later ones are counted, not kept.
+pub const LIFECYCLE_MAX_ENTRIES: usize = 32;
+/// Bytes of each LIFE reason kept (the guest sends at most 2 KiB; the
+/// scheduler issue's LIFE 3/4 carry an output tail).
+pub const LIFECYCLE_REASON_MAX: usize = 2048;
+/// The report's key for frames whose tag is not in the spec.
+pub const UNKNOWN_TAG_KEY: &str = "unknown";
+
+/// Frames received, by tag: one counter per known tag and one for all
+/// unknown tags, so a guest cannot grow the host's map by making up tags.
+#[derive(Debug, Clone)]
+pub struct FrameCounts {
+    known: [u64; MsgTag::ALL.len()],
+    unknown: u64,
+}
+
+impl Default for FrameCounts {
+    fn default() -> Self {
+        FrameCounts {
+            known: [0; MsgTag::ALL.len()],
+            unknown: 0,
+        }
+    }
+}
+
+impl FrameCounts {
+    pub fn count(&mut self, tag: Option<MsgTag>) {
+        match tag.and_then(|t| MsgTag::ALL.iter().position(|k| *k == t)) {
+            Some(i) => self.known[i] += 1,
+            None => self.unknown += 1,
+        }
+    }
+
+    /// Non-zero counts by tag name, unknown tags as [`UNKNOWN_TAG_KEY`].
+    pub fn by_name(&self) -> BTreeMap<String, u64> {
+        let mut m: BTreeMap<String, u64> = MsgTag::ALL
+            .iter()
+            .zip(self.known)
+            .filter(|&(_, n)| n > 0)
+            .map(|(t, n)| (t.as_str().to_string(), n))
+            .collect();
+        if self.unknown > 0 {
+            m.insert(UNKNOWN_TAG_KEY.to_string(), self.unknown);
+        }
+        m
+    }
+}
+
+/// The LIFE messages of a run: the first [`LIFECYCLE_MAX_ENTRIES`], each
+/// reason cut to [`LIFECYCLE_REASON_MAX`] bytes.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleLog {
+    pub entries: Vec<(u8, Option<String>)>,
+    /// Messages received but not kept (over the entry cap).
+    pub dropped: u64,
+    /// Reason bytes cut from the kept messages.
+    pub reason_bytes_cut: u64,
+}
+
+impl LifecycleLog {
+    /// Records one LIFE payload; an invalid one is refused (and counted
+    /// by the caller).
+    pub fn record(&mut self, payload: &[u8]) -> Result<(), schedrig_wire::LifecycleError> {
+        if self.entries.len() >= LIFECYCLE_MAX_ENTRIES {
+            // Checked before decoding: a flood costs no decoding at all.
+            // The phase must still be valid for it to count as LIFE.
+            Lifecycle::decode_capped(payload, 0)?;
+            self.dropped += 1;
+            return Ok(());
+        }
+        let (l, cut) = Lifecycle::decode_capped(payload, LIFECYCLE_REASON_MAX)?;
+        self.reason_bytes_cut += cut as u64;
+        self.entries.push((l.phase.as_u8(), l.reason));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_tags_share_one_bucket() {
+        let mut c = FrameCounts::default();
+        c.count(Some(MsgTag::Lifecycle));
+        c.count(Some(MsgTag::Lifecycle));
+        for _ in 0..1000 {
+            c.count(None);
+        }
+        let m = c.by_name();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["LIFE"], 2);
+        assert_eq!(m[UNKNOWN_TAG_KEY], 1000);
+    }
+
+    #[test]
+    fn lifecycle_keeps_a_bounded_number_of_capped_entries() {
+        let mut log = LifecycleLog::default();
+        let mut huge = vec![4u8];
+        huge.extend(std::iter::repeat_n(0xfe, 4 << 20));
+        for _ in 0..100 {
+            log.record(&huge).unwrap();
+        }
+        assert!(log.record(&[9]).is_err());
+        assert_eq!(log.entries.len(), LIFECYCLE_MAX_ENTRIES);
+        assert_eq!(log.dropped, 100 - LIFECYCLE_MAX_ENTRIES as u64);
+        let kept: usize = log
+            .entries
+            .iter()
+            .map(|(_, r)| r.as_ref().map_or(0, String::len))
+            .sum();
+        assert!(kept <= LIFECYCLE_MAX_ENTRIES * LIFECYCLE_REASON_MAX);
+        assert!(log.reason_bytes_cut > 0);
+    }
+}
