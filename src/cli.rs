@@ -189,11 +189,23 @@ pub fn main() -> ExitCode {
         Ok(filter) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
-            .try_init(),
-        Err(_) => tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(std::io::stderr)
-            .try_init(),
+            .try_init()
+            .map_err(|e| e.to_string()),
+        Err(_) => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            // virtio-queue logs (through `log`) every queue problem a
+            // guest causes, without a rate limit; our devices count each
+            // of them and log at a limited rate (vmm::guest_errors).
+            let filter = tracing_subscriber::filter::Targets::new()
+                .with_default(tracing::Level::WARN)
+                .with_target("virtio_queue", tracing::level_filters::LevelFilter::OFF);
+            tracing_subscriber::registry()
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(filter)
+                .try_init()
+                .map_err(|e| e.to_string())
+        }
     };
     PROCESS_START.get_or_init(|| started);
     tracing::debug!(since_exec = ?started.elapsed(), "main started");

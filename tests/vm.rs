@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     }
     let mut tests = vec![Trial::test("kvm_smoke_io_out_and_hlt", kvm_smoke)];
     tests.extend(boot_tests());
+    tests.extend(hostile_tests());
     libtest_mimic::run(&args, tests).exit_code()
 }
 
@@ -336,6 +337,206 @@ fn boot_tests() -> Vec<Trial> {
         ));
     }
     t
+}
+
+// ---- A hostile guest cannot grow the host, flood it or outlive it ----
+
+/// Most the VMM may hold beyond guest RAM while a guest attacks it.
+const HOSTILE_OVERHEAD_MAX_KIB: u64 = 32 << 10;
+/// Most lines the VMM may print on stderr during one hostile run.
+const HOSTILE_LOG_LINES_MAX: usize = 30;
+/// The deadlines the hostile runs get (each must end well within them).
+const HOSTILE_BOOT_TIMEOUT_S: u64 = 150;
+const HOSTILE_TIMEOUT_S: u64 = 240;
+
+/// One hostile run, through the CLI as a user would run it (so its
+/// stderr, the log, can be counted, and its exit shows nothing of it is
+/// left running): `schedrig boot --guest-mode MODE --json`.
+struct Hostile {
+    json: serde_json::Value,
+    stderr: String,
+    wall: Duration,
+}
+
+impl Hostile {
+    fn frames(&self, tag: &str) -> u64 {
+        self.json["frames"][tag].as_u64().unwrap_or(0)
+    }
+    fn guest_errors(&self, kind: &str) -> u64 {
+        self.json["guest_errors"][kind].as_u64().unwrap_or(0)
+    }
+    fn console_tail(&self) -> &str {
+        self.json["console_tail"].as_str().unwrap_or("")
+    }
+    /// The number after `prefix` in the guest's console line.
+    fn said(&self, prefix: &str) -> Option<u64> {
+        let at = self.console_tail().find(prefix)? + prefix.len();
+        self.console_tail()[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+    fn check(&self, ok: bool, what: &str) -> Result<(), Failed> {
+        if ok {
+            return Ok(());
+        }
+        let mut j = self.json.clone();
+        if let Some(o) = j.as_object_mut() {
+            o.remove("guest_topology");
+            o.remove("lifecycle");
+        }
+        Err(format!(
+            "expected {what}; got {j:#}\n--- stderr ---\n{}",
+            self.stderr
+        )
+        .into())
+    }
+}
+
+fn run_hostile(mode: &str) -> Result<Hostile, Failed> {
+    let once = || -> Result<Hostile, Failed> {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_schedrig"))
+            .args(["boot", "--json", "--guest-mode", mode])
+            .args(["--boot-timeout", &HOSTILE_BOOT_TIMEOUT_S.to_string()])
+            .args(["--timeout", &HOSTILE_TIMEOUT_S.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("run schedrig boot: {e}"))?;
+        let wall = t.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "schedrig boot --guest-mode {mode} printed no JSON ({e}; {}):\n{stderr}",
+                out.status
+            )
+        })?;
+        Ok(Hostile { json, stderr, wall })
+    };
+    let mut attempt = 1;
+    loop {
+        let h = once()?;
+        let artefact = h.json["emulation_artefact"].as_bool() == Some(true);
+        if !(in_emulated_host() && artefact) || attempt == EMULATION_ATTEMPTS {
+            return Ok(h);
+        }
+        eprintln!(
+            "vm tests: RETRY ({attempt}/{}) of {mode} after an emulation death: {}",
+            EMULATION_ATTEMPTS - 1,
+            h.json["reason"]
+        );
+        attempt += 1;
+    }
+}
+
+/// What every hostile run must show: it ended with exit 0 (the guest did
+/// its worst and still got its answers) within its deadline, the VMM
+/// stayed small, and its log stayed short.
+fn hostile_common(h: &Hostile) -> Result<(), Failed> {
+    h.check(
+        h.json["verdict"] == "ok" && h.json["exit_code"] == 0,
+        "verdict ok, exit 0",
+    )?;
+    h.check(
+        h.wall < Duration::from_secs(HOSTILE_TIMEOUT_S),
+        &format!("the run to end within its deadline (took {:?})", h.wall),
+    )?;
+    let overhead = h.json["vmm_overhead_kib"].as_u64().unwrap_or(u64::MAX);
+    h.check(
+        overhead < HOSTILE_OVERHEAD_MAX_KIB,
+        &format!("VMM memory beyond guest RAM under {HOSTILE_OVERHEAD_MAX_KIB} KiB (got {overhead} KiB)"),
+    )?;
+    eprintln!(
+        "vm tests: hostile run: vmm_overhead_kib {overhead}, {} stderr lines, {:?}",
+        h.stderr.lines().count(),
+        h.wall
+    );
+    h.check(
+        h.stderr.lines().count() <= HOSTILE_LOG_LINES_MAX,
+        &format!("at most {HOSTILE_LOG_LINES_MAX} lines on stderr"),
+    )
+}
+
+fn hostile_tests() -> Vec<Trial> {
+    vec![
+        Trial::test("hostile_life_flood_is_kept_bounded", || {
+            let h = run_hostile("life-flood")?;
+            hostile_common(&h)?;
+            let life = h.json["lifecycle"].as_array().cloned().unwrap_or_default();
+            h.check(
+                life.len() == schedrig_vmm::controller::LIFECYCLE_MAX_ENTRIES,
+                "the LIFE log at its entry cap",
+            )?;
+            let longest = life
+                .iter()
+                .filter_map(|e| e[1].as_str())
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            h.check(
+                longest <= schedrig_vmm::controller::LIFECYCLE_REASON_MAX,
+                &format!("every LIFE reason capped (longest {longest} bytes)"),
+            )?;
+            let sent = h.said("life-flood: sent ").ok_or("no life-flood line")? + 1;
+            h.check(h.frames("LIFE") == sent, &format!("{sent} LIFE frames counted"))?;
+            h.check(
+                h.json["lifecycle_dropped"].as_u64()
+                    == Some(sent - schedrig_vmm::controller::LIFECYCLE_MAX_ENTRIES as u64),
+                "the LIFE frames beyond the cap counted as dropped",
+            )
+        }),
+        Trial::test("hostile_unknown_tags_share_one_bucket", || {
+            let h = run_hostile("tag-flood")?;
+            hostile_common(&h)?;
+            let sent = h.said("tag-flood: sent ").ok_or("no tag-flood line")?;
+            h.check(sent == 100_000, "100000 distinct tags sent")?;
+            h.check(h.frames("unknown") == sent, "every unknown frame counted in one bucket")?;
+            let keys = h.json["frames"].as_object().map_or(usize::MAX, |m| m.len());
+            h.check(keys <= 6, &format!("a handful of frame keys (got {keys})"))
+        }),
+        Trial::test("hostile_frame_flood_is_paced_by_backpressure", || {
+            let h = run_hostile("frame-flood")?;
+            hostile_common(&h)?;
+            let sent = h.said("frame-flood: sent ").ok_or("no frame-flood line")?;
+            h.check(sent > 0, "frames sent")?;
+            // Nothing is dropped on the way: backpressure, not loss.
+            h.check(h.frames("SOUT") == sent, &format!("all {sent} frames counted"))?;
+            h.check(h.guest_errors("virtqueue") == 0, "no chain dropped")
+        }),
+        Trial::test("hostile_kernel_op_requests_are_refused_and_answered", || {
+            let h = run_hostile("korq-abuse")?;
+            // Exit 0: the guest got an error reply echoing each id.
+            hostile_common(&h)?;
+            h.check(h.frames("KORQ") == 3, "three KORQ frames")?;
+            h.check(h.guest_errors("frame") == 3, "each of them refused")?;
+            for id in [501, 502, 503] {
+                h.check(
+                    h.console_tail().contains(&format!("korq-abuse: KORP {id}: error")),
+                    &format!("an error reply to request {id}"),
+                )?;
+            }
+            Ok(())
+        }),
+        Trial::test("hostile_mmio_storm_is_counted_not_logged", || {
+            let h = run_hostile("mmio-storm")?;
+            hostile_common(&h)?;
+            let made = h.said("mmio-storm: made ").ok_or("no mmio-storm line")?;
+            let counted = h.guest_errors("mmio");
+            h.check(made > 1000, &format!("a storm (made {made})"))?;
+            h.check(
+                counted >= made && counted <= made + 10,
+                &format!("every bad access counted (made {made}, counted {counted})"),
+            )?;
+            // Logged: a burst of 10, then at most one a second.
+            let secs = h.wall.as_secs() + 1;
+            let not_logged = h.json["guest_errors_not_logged"].as_u64().unwrap_or(0);
+            h.check(
+                not_logged + schedrig_vmm::guest_errors::LOG_BURST + secs >= counted,
+                &format!("all but a few not logged ({not_logged} of {counted})"),
+            )
+        }),
+    ]
 }
 
 fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {

@@ -12,6 +12,7 @@
 pub mod comms;
 pub mod console;
 pub mod crash;
+pub mod hostile;
 pub mod kaddr;
 pub mod modes;
 pub mod mount;

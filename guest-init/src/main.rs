@@ -15,7 +15,7 @@ use schedrig_guest_init::comms::{BulkPort, CommsError};
 use schedrig_guest_init::console::{self, ensure_stdio, say};
 use schedrig_guest_init::crash::{fatal, install_panic_hook};
 use schedrig_guest_init::modes::{garbage_bytes, mode_from_cmdline, Mode};
-use schedrig_guest_init::{kaddr, mount, power, requests, topology};
+use schedrig_guest_init::{hostile, kaddr, mount, power, requests, topology};
 use schedrig_wire::LifecyclePhase;
 
 /// How long the bulk port may take to appear (the control-queue
@@ -38,6 +38,19 @@ fn main() {
         power::reboot()
     }
     power::power_off()
+}
+
+/// Prints what came back and picks the EXIT code: `ok` when there was no
+/// problem, [`EXIT_BAD_REPLIES`] otherwise.
+fn replies_exit_code(what: &str, check: &requests::ReplyCheck, ok: i32) -> i32 {
+    for line in check.seen.iter().chain(&check.problems) {
+        say(&format!("{what}: {line}"));
+    }
+    if check.problems.is_empty() {
+        ok
+    } else {
+        EXIT_BAD_REPLIES
+    }
 }
 
 /// `schedrig.mode=reboot`: end with a restart (`reboot=k`: an i8042
@@ -164,18 +177,48 @@ fn run() -> Result<(), String> {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    let exit_code = if mode == Mode::Requests {
-        let check = requests::exchange(&mut port, REPLY_WAIT).map_err(comms)?;
-        for line in check.seen.iter().chain(&check.problems) {
-            say(&format!("requests: {line}"));
+    let exit_code = match mode {
+        Mode::Requests => {
+            let check = requests::exchange(&mut port, REPLY_WAIT).map_err(comms)?;
+            replies_exit_code("requests", &check, exit_code)
         }
-        if check.problems.is_empty() {
+        Mode::KorqAbuse => {
+            let check = hostile::korq_abuse(&mut port, REPLY_WAIT).map_err(comms)?;
+            replies_exit_code("korq-abuse", &check, exit_code)
+        }
+        Mode::LifeFlood => {
+            let n = hostile::life_flood(&mut port).map_err(comms)?;
+            say(&format!("life-flood: sent {n} LIFE frames"));
             exit_code
-        } else {
-            EXIT_BAD_REPLIES
         }
-    } else {
-        exit_code
+        Mode::TagFlood => {
+            let n = hostile::tag_flood(&mut port).map_err(comms)?;
+            say(&format!("tag-flood: sent {n} frames of distinct unknown tags"));
+            exit_code
+        }
+        Mode::FrameFlood => {
+            let (n, took) = hostile::frame_flood(&mut port).map_err(comms)?;
+            say(&format!(
+                "frame-flood: sent {n} frames in {} ms",
+                took.as_millis()
+            ));
+            exit_code
+        }
+        Mode::MmioStorm => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline")
+                .map_err(|e| format!("read /proc/cmdline: {e}"))?;
+            match hostile::mmio_storm(&cmdline) {
+                Ok(n) => {
+                    say(&format!("mmio-storm: made {n} bad accesses"));
+                    exit_code
+                }
+                Err(e) => {
+                    say(&format!("mmio-storm: {e}"));
+                    EXIT_BAD_REPLIES
+                }
+            }
+        }
+        _ => exit_code,
     };
     port.exit(exit_code).map_err(comms)?;
     let end = if mode == Mode::Reboot {

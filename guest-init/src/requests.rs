@@ -67,15 +67,21 @@ impl Default for ReplyCheck {
 }
 
 impl ReplyCheck {
+    /// Awaits the replies to [`request_frames`].
     pub fn new() -> ReplyCheck {
+        Self::expecting(vec![
+            (MsgTag::SnapshotReply, INVALID_SNAPSHOT_ID),
+            (MsgTag::SnapshotReply, CAPTURE_ID),
+            (MsgTag::KernelOpReply, KERNEL_OP_ID),
+        ])
+    }
+
+    /// Awaits one reply of each (tag, request id).
+    pub fn expecting(pending: Vec<(MsgTag, u32)>) -> ReplyCheck {
         ReplyCheck {
             // The guest never buffers more than 1 MiB of a reply.
             parser: FrameParser::new(HOST_TO_GUEST_MAX_PAYLOAD),
-            pending: vec![
-                (MsgTag::SnapshotReply, INVALID_SNAPSHOT_ID),
-                (MsgTag::SnapshotReply, CAPTURE_ID),
-                (MsgTag::KernelOpReply, KERNEL_OP_ID),
-            ],
+            pending,
             seen: Vec::new(),
             problems: Vec::new(),
         }
@@ -166,7 +172,12 @@ pub fn exchange(port: &mut BulkPort<File>, wait: Duration) -> Result<ReplyCheck,
     for (tag, payload) in request_frames() {
         port.send(tag, &payload)?;
     }
-    let mut check = ReplyCheck::new();
+    Ok(await_replies(port, ReplyCheck::new(), wait))
+}
+
+/// Reads the bulk port until `check` has every reply it awaits, or `wait`
+/// passed (a problem then), or the port failed (a problem too).
+pub fn await_replies(port: &mut BulkPort<File>, mut check: ReplyCheck, wait: Duration) -> ReplyCheck {
     let deadline = Instant::now() + wait;
     let mut buf = vec![0u8; 4096];
     while !check.done() {
@@ -202,7 +213,7 @@ pub fn exchange(port: &mut BulkPort<File>, wait: Duration) -> Result<ReplyCheck,
             }
         }
     }
-    Ok(check)
+    check
 }
 
 #[cfg(test)]

@@ -36,11 +36,25 @@ pub enum GuestMode {
     /// the host's replies on the bulk port: EXIT 0 only if each came back
     /// well-formed and echoing its id (host-to-guest frames end to end).
     Requests,
+    /// After SRDY, LIFE frames with megabyte reasons of invalid UTF-8,
+    /// then more LIFE frames than the host keeps; then EXIT 0.
+    LifeFlood,
+    /// After SRDY, one empty frame for each of 100,000 made-up tags.
+    TagFlood,
+    /// After SRDY, empty valid frames as fast as the guest can write, for
+    /// five seconds; then EXIT 0. The host's backpressure paces it.
+    FrameFlood,
+    /// After SRDY, an oversized, a lying and a crowded KORQ; EXIT 0 only
+    /// if each got an error reply echoing its id.
+    KorqAbuse,
+    /// After SRDY, bad accesses to the virtio-mmio registers through
+    /// /dev/mem for five seconds; then EXIT 0.
+    MmioStorm,
 }
 
 impl GuestMode {
     /// Every mode, with its command-line name.
-    pub const ALL: [(GuestMode, &'static str); 8] = [
+    pub const ALL: [(GuestMode, &'static str); 13] = [
         (GuestMode::Normal, "normal"),
         (GuestMode::Hang, "hang"),
         (GuestMode::Garbage, "garbage"),
@@ -49,6 +63,11 @@ impl GuestMode {
         (GuestMode::Stall, "stall"),
         (GuestMode::Reboot, "reboot"),
         (GuestMode::Requests, "requests"),
+        (GuestMode::LifeFlood, "life-flood"),
+        (GuestMode::TagFlood, "tag-flood"),
+        (GuestMode::FrameFlood, "frame-flood"),
+        (GuestMode::KorqAbuse, "korq-abuse"),
+        (GuestMode::MmioStorm, "mmio-storm"),
     ];
 
     /// The command-line name.

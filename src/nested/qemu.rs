@@ -1,7 +1,7 @@
 //! Starting, watching and ending the nested host's QEMU.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -11,6 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hostkernel::HostKernel;
+use crate::process::LossyLines;
 use super::initrd::Mount;
 use super::{NestedError, NestedOptions};
 
@@ -19,6 +20,13 @@ const QEMU: &str = "qemu-system-x86_64";
 const RUN_DIR_PREFIX: &str = "schedrig-run-nested-";
 /// Kernel console lines kept for failure reports.
 const CONSOLE_TAIL_LINES: usize = 60;
+/// Longest console or status line kept whole; longer ones are split.
+const LINE_MAX: usize = 4096;
+/// Bytes of QEMU's stderr kept (the rest is read and dropped, so QEMU
+/// never blocks on a full pipe).
+const QEMU_STDERR_CAP: usize = 64 << 10;
+/// After QEMU exited, how long its output readers may take to finish.
+const READER_DEADLINE: Duration = Duration::from_secs(5);
 /// After the command's status arrives, QEMU gets this long to power off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
@@ -236,8 +244,9 @@ pub(super) fn boot(
     let copy_err = spawn_copy(err.reader, std::io::stderr());
     let (status_tx, status_rx) = mpsc::channel();
     let status_thread = std::thread::spawn(move || {
-        for line in BufReader::new(status.reader).lines() {
-            let Ok(line) = line else { break };
+        // Lossy and bounded: one bad byte must not end the reader (the
+        // status line after it would be lost).
+        for line in LossyLines::new(status.reader, LINE_MAX) {
             if status_tx.send(line).is_err() {
                 break;
             }
@@ -248,8 +257,9 @@ pub(super) fn boot(
         let console = console.clone();
         let echo = opts.console;
         std::thread::spawn(move || {
-            for line in BufReader::new(serial.reader).lines() {
-                let Ok(line) = line else { break };
+            // Lossy and bounded: the tail decides whether a boot is retried,
+            // so it must not stop at the first non-UTF-8 byte.
+            for line in LossyLines::new(serial.reader, LINE_MAX) {
                 if echo {
                     eprintln!("[nested console] {line}");
                 }
@@ -264,11 +274,20 @@ pub(super) fn boot(
     };
     let mut qemu_stderr_pipe = child.stderr.take();
     let qemu_stderr_thread = std::thread::spawn(move || {
-        let mut s = String::new();
+        let mut kept = Vec::new();
         if let Some(p) = qemu_stderr_pipe.as_mut() {
-            let _ = p.take(64 * 1024).read_to_string(&mut s);
+            let mut buf = [0u8; 8192];
+            loop {
+                match p.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let room = QEMU_STDERR_CAP.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+            }
         }
-        s
+        String::from_utf8_lossy(&kept).into_owned()
     });
 
     let mut ready = None;
@@ -321,16 +340,20 @@ pub(super) fn boot(
     unregister(sig_ids);
     // QEMU is gone: closing our write ends lets every reader see EOF.
     drop((out.writer, err.writer, status.writer, serial.writer));
-    let _ = copy_out.join();
-    let _ = copy_err.join();
-    let _ = status_thread.join();
+    // Each reader ends at EOF now; a deadline all the same (e.g. our own
+    // stdout blocked by a reader that stopped reading).
+    let readers_deadline = Instant::now() + READER_DEADLINE;
+    join_by(copy_out, readers_deadline, "stdout copy");
+    join_by(copy_err, readers_deadline, "stderr copy");
+    join_by(status_thread, readers_deadline, "status reader");
     while let Ok(line) = status_rx.try_recv() {
         if let Some(s) = handle_line(&line, &mut ready) {
             final_status.get_or_insert(s);
         }
     }
-    let _ = console_thread.join();
-    let qemu_stderr = qemu_stderr_thread.join().unwrap_or_default();
+    join_by(console_thread, readers_deadline, "console reader");
+    let qemu_stderr =
+        join_by(qemu_stderr_thread, readers_deadline, "QEMU stderr reader").unwrap_or_default();
     let console_tail = console
         .lock()
         .map(|c| Vec::from(c.clone()).join("\n"))
@@ -345,6 +368,20 @@ pub(super) fn boot(
         console_tail,
         qemu_stderr,
     })
+}
+
+/// Joins `t` if it ends by `deadline`; otherwise says so and leaves it
+/// (it only reads a pipe whose writers are gone, and ends on its own).
+fn join_by<T>(t: std::thread::JoinHandle<T>, deadline: Instant, what: &str) -> Option<T> {
+    while !t.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if t.is_finished() {
+        t.join().ok()
+    } else {
+        eprintln!("schedrig nested: the {what} thread did not finish within {READER_DEADLINE:?}; left behind");
+        None
+    }
 }
 
 /// Removes run directories whose owner died without cleaning up

@@ -321,3 +321,6 @@ fn printable(line: &str) -> String {
         .trim()
         .to_string()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,798 @@
+//! Drives the virtio-console device model through its virtio-mmio
+//! transport from a fuzzed guest driver, in the manner of cloud-hypervisor's
+//! and Firecracker's virtio device fuzzers.
+//!
+//! Each input gets a fresh 960 KiB guest memory (two regions with a hole,
+//! so buffers can straddle a gap or the end of RAM), a `VirtioConsole`
+//! behind an `MmioTransport`, and sinks that only count bytes. The first
+//! byte picks the start: even brings the device to DRIVER_OK with every
+//! queue at a fixed, valid layout (ring size `1 << (first >> 1) % 8`), odd
+//! starts from reset so the fuzzer has to negotiate through the registers.
+//! The rest is up to [`MAX_OPS`] operations, decoded byte by byte (see
+//! [`Op`]); a short read at the end of the input reads as zeros.
+//!
+//! Must never panic: besides the device's own code paths it asserts a few
+//! transport and console contracts after every operation.
+#![no_main]
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use schedrig_vmm::devices::virtio::chain::MAX_CHAIN_BYTES;
+use schedrig_vmm::devices::virtio::console::BulkBudget;
+use schedrig_vmm::devices::virtio::device::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+};
+use schedrig_vmm::devices::virtio::mmio::{
+    MMIO_SIZE, REG_CONFIG, REG_CONFIG_GENERATION, REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL,
+    REG_DEVICE_ID, REG_DRIVER_FEATURES, REG_DRIVER_FEATURES_SEL, REG_INTERRUPT_ACK,
+    REG_INTERRUPT_STATUS, REG_MAGIC_VALUE, REG_QUEUE_DESC_HIGH, REG_QUEUE_DESC_LOW,
+    REG_QUEUE_DEVICE_HIGH, REG_QUEUE_DEVICE_LOW, REG_QUEUE_DRIVER_HIGH, REG_QUEUE_DRIVER_LOW,
+    REG_QUEUE_NOTIFY, REG_QUEUE_NUM, REG_QUEUE_NUM_MAX, REG_QUEUE_READY, REG_QUEUE_SEL,
+    REG_SHM_LEN_HIGH, REG_SHM_LEN_LOW, REG_STATUS, REG_VENDOR_ID, REG_VERSION,
+};
+use schedrig_vmm::devices::virtio::{
+    BulkWriter, ConsoleSinks, Interrupt, MmioTransport, VirtioConsole,
+};
+use schedrig_vmm::guest_errors::GuestErrors;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Operations per input.
+const MAX_OPS: usize = 256;
+
+/// The bulk TX budget: small (the machine's is `BULK_TX_BUDGET`, 1 MiB) so
+/// that a few chains already reach the backpressure path.
+const BULK_BUDGET: usize = 16 << 10;
+
+/// Guest RAM: [0, LOW_END) and [HIGH_START, MEM_END), a hole between.
+const LOW_END: u64 = 0x8_0000;
+const HIGH_START: u64 = 0x9_0000;
+const MEM_END: u64 = 0x10_0000;
+
+/// Queue `q`'s rings sit in the page at `RING_BASE + q * RING_STRIDE`:
+/// descriptor table at +0, avail ring at +AVAIL_OFF, used ring at
+/// +USED_OFF; room for rings of up to `MAX_RING` entries.
+const RING_BASE: u64 = 0x1000;
+const RING_STRIDE: u64 = 0x1000;
+const AVAIL_OFF: u64 = 0x800;
+const USED_OFF: u64 = 0xa00;
+const MAX_RING: u16 = 128;
+/// Queues with a ring page (the console has 8).
+const MAX_QUEUES: usize = 15;
+/// Data buffers are carved from here to MEM_END.
+const BUF_BASE: u64 = RING_BASE + RING_STRIDE * MAX_QUEUES as u64;
+
+/// virtio-console control queue the driver writes (c_ovq, virtio 1.2
+/// section 5.3.2) and `struct virtio_console_control` events.
+const CONTROL_TX_QUEUE: usize = 3;
+const CONTROL_EVENTS: u16 = 9;
+
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
+
+/// Registers the fuzzer picks by index most of the time.
+const REGS: [u64; 30] = [
+    REG_MAGIC_VALUE,
+    REG_VERSION,
+    REG_DEVICE_ID,
+    REG_VENDOR_ID,
+    REG_DEVICE_FEATURES,
+    REG_DEVICE_FEATURES_SEL,
+    REG_DRIVER_FEATURES,
+    REG_DRIVER_FEATURES_SEL,
+    REG_QUEUE_SEL,
+    REG_QUEUE_NUM_MAX,
+    REG_QUEUE_NUM,
+    REG_QUEUE_READY,
+    REG_QUEUE_NOTIFY,
+    REG_INTERRUPT_STATUS,
+    REG_INTERRUPT_ACK,
+    REG_STATUS,
+    REG_QUEUE_DESC_LOW,
+    REG_QUEUE_DESC_HIGH,
+    REG_QUEUE_DRIVER_LOW,
+    REG_QUEUE_DRIVER_HIGH,
+    REG_QUEUE_DEVICE_LOW,
+    REG_QUEUE_DEVICE_HIGH,
+    REG_SHM_LEN_LOW,
+    REG_SHM_LEN_HIGH,
+    REG_CONFIG_GENERATION,
+    REG_CONFIG,
+    REG_CONFIG + 2,
+    REG_CONFIG + 4,
+    REG_CONFIG + 8,
+    MMIO_SIZE - 4,
+];
+
+/// The fuzz input, read front to back; past the end everything is zero.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let (head, tail) = self.0.split_at(n.min(self.0.len()));
+        self.0 = tail;
+        head
+    }
+
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        let got = self.bytes(N);
+        out[..got.len()].copy_from_slice(got);
+        out
+    }
+
+    fn u8(&mut self) -> u8 {
+        self.array::<1>()[0]
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.array())
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.array())
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.array())
+    }
+
+    /// A guest-physical address, mostly somewhere a buffer can live.
+    fn addr(&mut self) -> u64 {
+        let mode = self.u8();
+        let v = self.u32();
+        match mode % 8 {
+            0..=3 => BUF_BASE + u64::from(v) % (MEM_END - BUF_BASE),
+            4 => u64::from(v) % (MEM_END + 0x1000),
+            5 => LOW_END - 0x100 + u64::from(v % 0x200),
+            6 => MEM_END - 0x100 + u64::from(v % 0x200),
+            _ => (u64::from(self.u32()) << 32) | u64::from(v),
+        }
+    }
+
+    /// A buffer length, mostly small.
+    fn len(&mut self) -> u32 {
+        match self.u8() % 4 {
+            0 | 1 => u32::from(self.u8()),
+            2 => u32::from(self.u16()),
+            _ => self.u32(),
+        }
+    }
+
+    fn queue(&mut self) -> usize {
+        usize::from(self.u8()) % MAX_QUEUES
+    }
+
+    /// An MMIO window offset: a known register, or anything.
+    fn reg_offset(&mut self) -> u64 {
+        let b = self.u8();
+        match b {
+            0..=0xdf => REGS[usize::from(b) % REGS.len()],
+            0xe0..=0xfe => u64::from(self.u16()) % (MMIO_SIZE + 0x100),
+            0xff => self.u64(),
+        }
+    }
+
+    /// An access width: 4 mostly, else 1, 2, 8 or up to 16 bytes.
+    fn width(&mut self) -> usize {
+        match self.u8() % 8 {
+            0..=4 => 4,
+            5 => 1,
+            6 => 2,
+            _ => usize::from(self.u8() % 17),
+        }
+    }
+}
+
+/// The operations an input is made of; the op byte is taken modulo the
+/// count.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// `addr`, `n: u8`, `n` bytes: raw guest memory write (partial at an
+    /// edge).
+    WriteMem,
+    /// `queue`, `slot: u8`, `addr`, `len`, `flags: u16`, `next: u16`: one
+    /// descriptor-table entry of the fixed layout.
+    WriteDesc,
+    /// `queue`, `head: u16`: appends `head` to the avail ring and
+    /// publishes the new avail index.
+    PushAvail,
+    /// `queue`, `which: u8`, `value: u16`: overwrites avail flags or idx,
+    /// or the used ring's idx.
+    SetRing,
+    /// `queue`, `n: u8`, then per buffer `kind: u8`, `len`, maybe `addr`,
+    /// data if device-readable: posts a chain of up to 4 buffers (in the
+    /// data arena, at a fuzzed address, or flagged INDIRECT) and makes it
+    /// available.
+    PostChain,
+    /// `id: u8`, `event: u8`, `value: u8`: posts one well-formed control
+    /// message on c_ovq (value bit 7: and notify it).
+    Control,
+    /// `offset`, `width`, `value: u64`: a transport register/config write.
+    MmioWrite,
+    /// `offset`, `width`: a transport register/config read.
+    MmioRead,
+    /// `index`: `MmioTransport::process_queue`, as the device thread after
+    /// a QueueNotify ioeventfd.
+    Process,
+    /// `value`: a QueueNotify write that reaches userspace.
+    Notify,
+    /// `mode: u8`, `n: u8`, data: host bytes for the bulk port.
+    BulkSend,
+    /// `mode: u8`, `n`: the controller releases `n` bulk TX bytes of the
+    /// budget (waking the device when room comes back).
+    BulkRelease,
+    /// `what: u8`, ...: reset; bring-up; interrupt ack; reset + bring-up;
+    /// negotiation only (queues and DRIVER_OK left to the fuzzer); or a
+    /// bring-up with one queue's size, rings and readiness fuzzed.
+    Lifecycle,
+}
+
+const OPS: [Op; 13] = [
+    Op::WriteMem,
+    Op::WriteDesc,
+    Op::PushAvail,
+    Op::SetRing,
+    Op::PostChain,
+    Op::Control,
+    Op::MmioWrite,
+    Op::MmioRead,
+    Op::Process,
+    Op::Notify,
+    Op::BulkSend,
+    Op::BulkRelease,
+    Op::Lifecycle,
+];
+
+/// The driver's view of one queue of the fixed layout.
+#[derive(Debug, Clone, Copy)]
+struct Ring {
+    size: u16,
+    avail_idx: u16,
+    next_desc: u16,
+}
+
+impl Ring {
+    fn new(size: u16) -> Ring {
+        Ring {
+            size,
+            avail_idx: 0,
+            next_desc: 0,
+        }
+    }
+}
+
+fn desc_table(q: usize) -> u64 {
+    RING_BASE + RING_STRIDE * q as u64
+}
+
+fn avail_ring(q: usize) -> u64 {
+    desc_table(q) + AVAIL_OFF
+}
+
+fn used_ring(q: usize) -> u64 {
+    desc_table(q) + USED_OFF
+}
+
+/// A bump allocator for data buffers that wraps around and skips the hole.
+struct Arena {
+    next: u64,
+}
+
+impl Arena {
+    fn alloc(&mut self, len: u32) -> u64 {
+        let len = u64::from(len);
+        if self.next < HIGH_START && self.next + len > LOW_END {
+            self.next = HIGH_START;
+        }
+        if self.next + len > MEM_END {
+            self.next = BUF_BASE;
+        }
+        let addr = self.next;
+        self.next = (self.next + len + 15) & !15;
+        addr
+    }
+}
+
+/// Counts a sink's bytes and checks the one-chain-per-call cap.
+fn counting_sink(count: Arc<AtomicUsize>) -> Box<dyn FnMut(&[u8]) + Send> {
+    Box::new(move |bytes| {
+        assert!(
+            bytes.len() <= MAX_CHAIN_BYTES,
+            "sink got {} bytes",
+            bytes.len()
+        );
+        count.fetch_add(bytes.len(), Ordering::Relaxed);
+    })
+}
+
+/// Counts the bulk port's bytes; the budget is released by the fuzzer.
+fn counting_bulk_sink(count: Arc<AtomicUsize>) -> Box<dyn FnMut(Vec<u8>) + Send> {
+    let mut sink = counting_sink(count);
+    Box::new(move |bytes| sink(&bytes))
+}
+
+struct CountingWriter(Arc<AtomicUsize>);
+
+impl Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        assert!(
+            buf.len() <= MAX_CHAIN_BYTES,
+            "console got {} bytes",
+            buf.len()
+        );
+        self.0.fetch_add(buf.len(), Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn read_reg(t: &MmioTransport, offset: u64) -> u32 {
+    let mut buf = [0u8; 4];
+    t.read(offset, &mut buf);
+    u32::from_le_bytes(buf)
+}
+
+fn write_reg(t: &mut MmioTransport, offset: u64, value: u32) {
+    t.write(offset, &value.to_le_bytes());
+}
+
+/// Selects queue `q` and writes its QueueNum, the descriptor table, avail
+/// and used ring addresses (`rings`, in that order) and QueueReady.
+fn program_queue(t: &mut MmioTransport, q: u32, size: u16, rings: [u64; 3], ready: bool) {
+    write_reg(t, REG_QUEUE_SEL, q);
+    write_reg(t, REG_QUEUE_NUM, u32::from(size));
+    let halves = [
+        (REG_QUEUE_DESC_LOW, REG_QUEUE_DESC_HIGH),
+        (REG_QUEUE_DRIVER_LOW, REG_QUEUE_DRIVER_HIGH),
+        (REG_QUEUE_DEVICE_LOW, REG_QUEUE_DEVICE_HIGH),
+    ];
+    for ((low, high), addr) in halves.into_iter().zip(rings) {
+        write_reg(t, low, addr as u32);
+        write_reg(t, high, (addr >> 32) as u32);
+    }
+    write_reg(t, REG_QUEUE_READY, u32::from(ready));
+}
+
+struct Harness {
+    mem: GuestMemoryMmap,
+    t: MmioTransport,
+    bulk: BulkWriter,
+    budget: BulkBudget,
+    /// Bytes the bulk port's sink got so far.
+    bulk_out: Arc<AtomicUsize>,
+    /// What the budget must say: bulk sink bytes minus releases (clamped
+    /// at zero), and the sink total it has seen.
+    budget_model: usize,
+    bulk_out_seen: usize,
+    rings: [Ring; MAX_QUEUES],
+    arena: Arena,
+    /// Bytes sent to the bulk port and accepted.
+    bulk_sent: usize,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), LOW_END as usize),
+            (GuestAddress(HIGH_START), (MEM_END - HIGH_START) as usize),
+        ])
+        .expect("guest memory");
+        let counts: [Arc<AtomicUsize>; 3] = Default::default();
+        let budget = BulkBudget::new(BULK_BUDGET).expect("budget eventfd");
+        let errors = GuestErrors::default();
+        let console = VirtioConsole::new(
+            ConsoleSinks {
+                console: Box::new(CountingWriter(counts[0].clone())),
+                bulk: counting_bulk_sink(counts[1].clone()),
+                bulk_budget: budget.clone(),
+                stats: counting_sink(counts[2].clone()),
+            },
+            errors.clone(),
+        )
+        .expect("console");
+        let bulk = console.bulk_writer();
+        let irq = Arc::new(Interrupt::new().expect("interrupt eventfd"));
+        let t = MmioTransport::new(mem.clone(), Box::new(console), irq, errors).expect("transport");
+        Harness {
+            mem,
+            t,
+            bulk,
+            budget,
+            bulk_out: counts[1].clone(),
+            budget_model: 0,
+            bulk_out_seen: 0,
+            rings: [Ring::new(MAX_RING); MAX_QUEUES],
+            arena: Arena { next: BUF_BASE },
+            bulk_sent: 0,
+        }
+    }
+
+    /// Resets the device, zeroes the rings and brings it to DRIVER_OK with
+    /// every offered feature and every queue at the fixed layout, the way
+    /// Linux's virtio_mmio probes a device.
+    fn bring_up(&mut self, ring: u16) {
+        self.reset();
+        self.negotiate();
+        let count = self.configure_queues(ring);
+        let status = read_reg(&self.t, REG_STATUS);
+        write_reg(&mut self.t, REG_STATUS, status | STATUS_DRIVER_OK);
+        if count <= MAX_QUEUES {
+            assert!(self.t.is_activated(), "a valid layout did not activate");
+        }
+    }
+
+    /// ACKNOWLEDGE, DRIVER, every offered feature, FEATURES_OK.
+    fn negotiate(&mut self) {
+        let t = &mut self.t;
+        write_reg(t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        write_reg(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        for sel in [1, 0] {
+            write_reg(t, REG_DEVICE_FEATURES_SEL, sel);
+            let offered = read_reg(t, REG_DEVICE_FEATURES);
+            write_reg(t, REG_DRIVER_FEATURES_SEL, sel);
+            write_reg(t, REG_DRIVER_FEATURES, offered);
+        }
+        let negotiated = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        write_reg(t, REG_STATUS, negotiated);
+        assert_eq!(read_reg(t, REG_STATUS), negotiated, "FEATURES_OK refused");
+    }
+
+    /// Zeroes the ring pages and programs every queue the device has at
+    /// the fixed layout with `ring` entries (capped by QueueNumMax), ready.
+    /// Returns the number of queues.
+    fn configure_queues(&mut self, ring: u16) -> usize {
+        let zeros = [0u8; RING_STRIDE as usize];
+        for q in 0..MAX_QUEUES {
+            self.mem
+                .write_slice(&zeros, GuestAddress(desc_table(q)))
+                .expect("ring page");
+        }
+        let t = &mut self.t;
+        let mut count = 0;
+        while count <= MAX_QUEUES {
+            write_reg(t, REG_QUEUE_SEL, count as u32);
+            let max = read_reg(t, REG_QUEUE_NUM_MAX);
+            if max == 0 {
+                break;
+            }
+            if count < MAX_QUEUES {
+                let size = ring.min(max.min(u32::from(MAX_RING)) as u16);
+                self.rings[count] = Ring::new(size);
+                let rings = [desc_table(count), avail_ring(count), used_ring(count)];
+                program_queue(t, count as u32, size, rings, true);
+            }
+            count += 1;
+        }
+        count
+    }
+
+    fn reset(&mut self) {
+        write_reg(&mut self.t, REG_STATUS, 0);
+        assert_eq!(self.t.status(), 0, "status survived a reset");
+        assert!(!self.t.is_activated(), "device still running after reset");
+        assert_eq!(
+            read_reg(&self.t, REG_INTERRUPT_STATUS),
+            0,
+            "interrupt bits survived a reset"
+        );
+    }
+
+    /// Writes descriptor `slot` of queue `q` (wrapped to the table room).
+    fn write_desc(&self, q: usize, slot: u16, desc: Descriptor) {
+        let addr = desc_table(q) + 16 * u64::from(slot % MAX_RING);
+        self.mem
+            .write_obj(desc, GuestAddress(addr))
+            .expect("descriptor table");
+    }
+
+    /// Appends `head` to queue `q`'s avail ring and publishes it.
+    fn push_avail(&mut self, q: usize, head: u16) {
+        let ring = &mut self.rings[q];
+        let slot = u64::from(ring.avail_idx % ring.size.max(1) % MAX_RING);
+        ring.avail_idx = ring.avail_idx.wrapping_add(1);
+        let idx = ring.avail_idx;
+        let avail = avail_ring(q);
+        self.mem
+            .write_obj(head.to_le(), GuestAddress(avail + 4 + 2 * slot))
+            .expect("avail ring");
+        self.mem
+            .write_obj(idx.to_le(), GuestAddress(avail + 2))
+            .expect("avail ring");
+    }
+
+    /// Posts `bufs` (address, length, flags) as one chain on queue `q`.
+    fn post(&mut self, q: usize, bufs: &[(u64, u32, u16)]) {
+        let size = self.rings[q].size.clamp(1, MAX_RING);
+        let first = self.rings[q].next_desc % size;
+        for (i, &(addr, len, flags)) in (0u16..).zip(bufs) {
+            let slot = (first + i) % size;
+            let last = usize::from(i) + 1 == bufs.len();
+            let flags = if last {
+                flags
+            } else {
+                flags | VRING_DESC_F_NEXT
+            };
+            let next = (slot + 1) % size;
+            self.write_desc(q, slot, Descriptor::new(addr, len, flags, next));
+        }
+        self.rings[q].next_desc = (first + bufs.len() as u16) % size;
+        self.push_avail(q, first);
+    }
+
+    /// Runs one operation; returns false at the end of the input.
+    fn step(&mut self, input: &mut Input) -> bool {
+        if input.is_empty() {
+            return false;
+        }
+        let op = OPS[usize::from(input.u8()) % OPS.len()];
+        let pending_before = self.bulk.pending();
+        let mut accepted = 0;
+        match op {
+            Op::WriteMem => {
+                let addr = input.addr();
+                let n = usize::from(input.u8());
+                let data = input.bytes(n);
+                let _ = self.mem.write(data, GuestAddress(addr));
+            }
+            Op::WriteDesc => {
+                let q = input.queue();
+                let slot = u16::from(input.u8());
+                let (addr, len) = (input.addr(), input.len());
+                let (flags, next) = (input.u16(), input.u16());
+                self.write_desc(q, slot, Descriptor::new(addr, len, flags, next));
+            }
+            Op::PushAvail => {
+                let q = input.queue();
+                let head = input.u16();
+                let size = self.rings[q].size.max(1);
+                let head = if head & 0x8000 == 0 {
+                    head % size
+                } else {
+                    head
+                };
+                self.push_avail(q, head);
+            }
+            Op::SetRing => {
+                let q = input.queue();
+                let which = input.u8();
+                let value = input.u16();
+                let addr = match which % 3 {
+                    0 => avail_ring(q),
+                    1 => {
+                        self.rings[q].avail_idx = value;
+                        avail_ring(q) + 2
+                    }
+                    _ => used_ring(q) + 2,
+                };
+                self.mem
+                    .write_obj(value.to_le(), GuestAddress(addr))
+                    .expect("ring page");
+            }
+            Op::PostChain => {
+                let q = input.queue();
+                let n = 1 + usize::from(input.u8() % 4);
+                let mut bufs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let kind = input.u8();
+                    let len = match kind >> 4 {
+                        0..=11 => u32::from(input.u8()),
+                        12..=14 => u32::from(input.u16()),
+                        _ => input.len(),
+                    };
+                    let placement = (kind >> 1) & 7;
+                    let addr = if placement == 5 || placement == 6 {
+                        input.addr()
+                    } else {
+                        // At most 64 KiB of arena; anything longer runs
+                        // past it.
+                        self.arena.alloc(len.min(0x1_0000))
+                    };
+                    let mut flags = 0;
+                    if kind & 1 != 0 {
+                        flags |= VRING_DESC_F_WRITE;
+                    } else {
+                        // A readable indirect buffer's data is the
+                        // indirect descriptor table.
+                        let data = input.bytes(len as usize);
+                        let _ = self.mem.write(data, GuestAddress(addr));
+                    }
+                    if placement == 7 {
+                        flags |= VRING_DESC_F_INDIRECT;
+                    }
+                    bufs.push((addr, len, flags));
+                }
+                self.post(q, &bufs);
+            }
+            Op::Control => {
+                let id = match input.u8() {
+                    0xff => u32::MAX,
+                    id => u32::from(id % 8),
+                };
+                let event = u16::from(input.u8()) % (CONTROL_EVENTS + 1);
+                let value = input.u8();
+                let mut msg = [0u8; 8];
+                msg[..4].copy_from_slice(&id.to_le_bytes());
+                msg[4..6].copy_from_slice(&event.to_le_bytes());
+                msg[6..].copy_from_slice(&u16::from(value % 3).to_le_bytes());
+                let addr = self.arena.alloc(msg.len() as u32);
+                self.mem
+                    .write_slice(&msg, GuestAddress(addr))
+                    .expect("arena");
+                self.post(CONTROL_TX_QUEUE, &[(addr, msg.len() as u32, 0)]);
+                if value & 0x80 != 0 {
+                    self.t.process_queue(CONTROL_TX_QUEUE as u16);
+                }
+            }
+            Op::MmioWrite => {
+                let offset = input.reg_offset();
+                let width = input.width();
+                let value = input.u64().to_le_bytes();
+                let mut data = [0u8; 16];
+                data[..8].copy_from_slice(&value);
+                self.t.write(offset, &data[..width]);
+                if offset == REG_STATUS && width == 4 && value[..4] == [0; 4] {
+                    assert_eq!(self.t.status(), 0, "status survived a reset");
+                    assert!(!self.t.is_activated(), "device running after reset");
+                }
+            }
+            Op::MmioRead => {
+                let offset = input.reg_offset();
+                let width = input.width();
+                let mut data = [0xa5u8; 16];
+                self.t.read(offset, &mut data[..width]);
+                if offset == REG_MAGIC_VALUE && width == 4 {
+                    assert_eq!(&data[..4], b"virt");
+                }
+            }
+            Op::Process => {
+                let index = match input.u8() {
+                    b @ 0..=0xef => u16::from(b) % 10,
+                    _ => input.u16(),
+                };
+                self.t.process_queue(index);
+            }
+            Op::Notify => {
+                let value = match input.u8() {
+                    b @ 0..=0xef => u32::from(b) % 10,
+                    _ => input.u32(),
+                };
+                write_reg(&mut self.t, REG_QUEUE_NOTIFY, value);
+            }
+            Op::BulkSend => {
+                let mode = input.u8();
+                let n = usize::from(input.u8());
+                let result = if mode == 0xff {
+                    // Rarely, a large send to reach the 4 MiB cap.
+                    let data = vec![mode; (n + 1) << 14];
+                    self.bulk.send(&data).map(|()| data.len())
+                } else {
+                    let data = input.bytes(n);
+                    self.bulk.send(data).map(|()| data.len())
+                };
+                if let Ok(len) = result {
+                    accepted = len;
+                    self.bulk_sent += len;
+                }
+            }
+            Op::BulkRelease => {
+                let n = match input.u8() {
+                    0..=0xef => usize::from(input.u16()),
+                    0xf0..=0xfe => input.u32() as usize,
+                    0xff => usize::MAX,
+                };
+                let room = self.budget.room_event().expect("room eventfd");
+                let _ = room.read();
+                let before = self.budget.pending();
+                self.budget.release(n);
+                let after = self.budget.pending();
+                assert_eq!(after, before.saturating_sub(n), "release of {n}");
+                self.budget_model = self.budget_model.saturating_sub(n);
+                let crossed = before >= BULK_BUDGET && after < BULK_BUDGET;
+                assert_eq!(
+                    room.read().is_ok(),
+                    crossed,
+                    "room wake after a release of {n}: {before} -> {after} pending"
+                );
+            }
+            Op::Lifecycle => match input.u8() % 6 {
+                0 => self.reset(),
+                1 => {
+                    let ring = 1 << (input.u8() % 8);
+                    self.bring_up(ring);
+                }
+                2 => {
+                    let bits = read_reg(&self.t, REG_INTERRUPT_STATUS);
+                    write_reg(&mut self.t, REG_INTERRUPT_ACK, bits);
+                    let _ = self.t.interrupt().eventfd().read();
+                }
+                3 => {
+                    self.reset();
+                    let ring = 1 << (input.u8() % 8);
+                    self.bring_up(ring);
+                }
+                4 => {
+                    // Queues and DRIVER_OK are then the fuzzer's to write.
+                    self.reset();
+                    self.negotiate();
+                }
+                _ => {
+                    // A full bring-up with one queue programmed from the
+                    // input: DRIVER_OK may then fail to activate.
+                    let q = input.queue() as u32;
+                    let size = match input.u8() {
+                        b @ 0..=7 => 1 << b,
+                        _ => input.u16(),
+                    };
+                    let (desc, avail, used) = (input.addr(), input.addr(), input.addr());
+                    let ready = input.u8() % 4 != 0;
+                    self.reset();
+                    self.negotiate();
+                    self.configure_queues(MAX_RING);
+                    let t = &mut self.t;
+                    program_queue(t, q, size, [desc, avail, used], ready);
+                    let status = read_reg(t, REG_STATUS);
+                    write_reg(t, REG_STATUS, status | STATUS_DRIVER_OK);
+                }
+            },
+        }
+        self.check(op, pending_before, accepted);
+        true
+    }
+
+    /// Contracts that hold after any operation.
+    fn check(&mut self, op: Op, pending_before: usize, accepted: usize) {
+        if self.t.is_activated() {
+            assert_ne!(
+                self.t.status() & STATUS_DRIVER_OK,
+                0,
+                "running without DRIVER_OK after {op:?}"
+            );
+        }
+        let pending = self.bulk.pending();
+        assert!(
+            pending <= pending_before + accepted,
+            "bulk backlog grew from {pending_before} to {pending} after {op:?} (+{accepted})"
+        );
+        assert!(
+            pending <= self.bulk_sent,
+            "more bulk bytes pending than sent"
+        );
+        // Every byte the bulk sink got was taken from the budget, and the
+        // device takes a chain only while the budget has room.
+        let out = self.bulk_out.load(Ordering::Relaxed);
+        self.budget_model += out - self.bulk_out_seen;
+        self.bulk_out_seen = out;
+        let in_flight = self.budget.pending();
+        assert_eq!(in_flight, self.budget_model, "budget after {op:?}");
+        assert!(
+            in_flight < BULK_BUDGET + MAX_CHAIN_BYTES,
+            "{in_flight} bulk bytes in flight after {op:?}"
+        );
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input(data);
+    let mut h = Harness::new();
+    let first = input.u8();
+    if first % 2 == 0 {
+        h.bring_up(1 << ((first >> 1) % 8));
+    }
+    for _ in 0..MAX_OPS {
+        if !h.step(&mut input) {
+            break;
+        }
+    }
+});
