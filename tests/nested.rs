@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Takes the serialization lock and makes sure the nested host is
+/// prepared (cached after the first call): a first download of its
+/// kernel must not count against any test's time bound. The README's
+/// commands run `schedrig setup` first, so this is normally instant.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = schedrig::nested::prepare() {
+        panic!("cannot prepare the nested test host: {e}");
+    }
+    g
+}
+
 fn schedrig() -> Command {
     Command::new(env!("CARGO_BIN_EXE_schedrig"))
 }
@@ -58,7 +70,7 @@ fn wait_gone(needle: &Path, within: Duration) -> Vec<String> {
 
 #[test]
 fn command_sees_host_files_streams_output_and_returns_its_status() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let results = unique_results("status");
     let cwd = std::env::current_dir().unwrap();
     let script = "pwd; test -r Cargo.toml && echo cargo-toml-visible; \
@@ -91,7 +103,7 @@ fn command_sees_host_files_streams_output_and_returns_its_status() {
 
 #[test]
 fn success_is_zero_and_a_missing_command_is_127() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let results = unique_results("missing");
     let st = schedrig()
         .args(["nested", "--memory", "1G", "--timeout", "300", "--results"])
@@ -112,7 +124,7 @@ fn success_is_zero_and_a_missing_command_is_127() {
 
 #[test]
 fn a_hanging_command_is_killed_at_its_timeout_with_nothing_left() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let results = unique_results("timeout");
     let timeout = 25;
     let start = Instant::now();
@@ -142,7 +154,7 @@ fn a_hanging_command_is_killed_at_its_timeout_with_nothing_left() {
 /// SIGINT (Ctrl-C) and SIGKILL of `schedrig nested` both take QEMU down.
 #[test]
 fn interrupting_or_killing_the_caller_ends_the_nested_host() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     for (sig, want) in [(libc::SIGINT, Some(130)), (libc::SIGKILL, None)] {
         let results = unique_results("signal");
         let mut child = schedrig()

@@ -353,6 +353,7 @@ const HOSTILE_TIMEOUT_S: u64 = 240;
 /// stderr, the log, can be counted, and its exit shows nothing of it is
 /// left running): `schedrig boot --guest-mode MODE --json`.
 struct Hostile {
+    mode: String,
     json: serde_json::Value,
     stderr: String,
     wall: Duration,
@@ -412,7 +413,12 @@ fn run_hostile(mode: &str) -> Result<Hostile, Failed> {
                 out.status
             )
         })?;
-        Ok(Hostile { json, stderr, wall })
+        Ok(Hostile {
+            mode: mode.to_string(),
+            json,
+            stderr,
+            wall,
+        })
     };
     let mut attempt = 1;
     loop {
@@ -448,9 +454,18 @@ fn hostile_common(h: &Hostile) -> Result<(), Failed> {
         &format!("VMM memory beyond guest RAM under {HOSTILE_OVERHEAD_MAX_KIB} KiB (got {overhead} KiB)"),
     )?;
     eprintln!(
-        "vm tests: hostile run: vmm_overhead_kib {overhead}, {} stderr lines, {:?}",
+        "vm tests: hostile {}: vmm_overhead_kib {overhead}, peak_rss_kib {}, {} stderr lines, {:.1} s, frames {}, guest_errors {}, guest: {}",
+        h.mode,
+        h.json["peak_rss_kib"],
         h.stderr.lines().count(),
-        h.wall
+        h.wall.as_secs_f64(),
+        h.json["frames"],
+        h.json["guest_errors"],
+        h.console_tail()
+            .lines()
+            .filter(|l| l.contains(&format!("{}:", h.mode)))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     h.check(
         h.stderr.lines().count() <= HOSTILE_LOG_LINES_MAX,

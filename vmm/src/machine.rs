@@ -114,20 +114,8 @@ struct Threads {
 /// Boots the guest and runs it to its end. `started` is when the VMM
 /// started (process start for the CLI), for the set-up figure.
 pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, MachineError> {
-    let Machine {
-        vm,
-        mem,
-        vcpus,
-        shared,
-        transport,
-        device_wakes,
-        events,
-        logs,
-        power_down,
-        replies,
-        bulk_budget,
-        errors,
-    } = builder::build(config, started)?;
+    let m: Machine = builder::build(config, started)?;
+    let (shared, transport, logs) = (m.shared, m.transport, m.logs);
 
     // The device thread starts before the vCPUs (the guest busy-waits on
     // console buffers) and after every fallible set-up step.
@@ -137,7 +125,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     })?;
     let device = spawn_device_thread(
         transport.clone(),
-        device_wakes,
+        m.device_wakes,
         stop_devices.try_clone().map_err(|source| MachineError::Io {
             what: "stop eventfd",
             source,
@@ -148,7 +136,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         device,
         stop_devices,
     };
-    for (cpu, fd) in (0u32..).zip(vcpus) {
+    for (cpu, fd) in (0u32..).zip(m.vcpus) {
         match vcpu::spawn(cpu, fd, shared.clone()) {
             Ok(t) => threads.vcpus.push(t),
             Err(e) => {
@@ -163,7 +151,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         boot: config.boot_deadline,
         run: config.run_deadline,
     };
-    let mut ctl = Controller::new(started, deadlines, power_down, replies, errors);
+    let mut ctl = Controller::new(started, deadlines, m.power_down, m.replies, m.errors);
+    let (events, bulk_budget, mem) = (m.events, m.bulk_budget, m.mem);
     let handle = |ctl: &mut Controller, event: Event| {
         ctl.on_event(&event);
         // The controller is done with these bytes: the device may take
@@ -208,7 +197,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     report.guest_huge_kib = figures.map(|f| f.guest_huge_kib);
     report.console_file = console_file?;
     // Every thread that could touch guest memory is joined: now it may go.
-    drop((shared, transport, vm, mem));
+    drop((shared, transport, m.vm, mem));
     Ok(report)
 }
 

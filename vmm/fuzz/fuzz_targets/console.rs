@@ -43,9 +43,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// Operations per input.
 const MAX_OPS: usize = 256;
 
-/// The bulk TX budget: small (the machine's is `BULK_TX_BUDGET`, 1 MiB) so
+/// The bulk TX budget: tiny (the machine's is `BULK_TX_BUDGET`, 1 MiB) so
 /// that a few chains already reach the backpressure path.
-const BULK_BUDGET: usize = 16 << 10;
+const BULK_BUDGET: usize = 2 << 10;
 
 /// Guest RAM: [0, LOW_END) and [HIGH_START, MEM_END), a hole between.
 const LOW_END: u64 = 0x8_0000;
@@ -65,10 +65,17 @@ const MAX_QUEUES: usize = 15;
 /// Data buffers are carved from here to MEM_END.
 const BUF_BASE: u64 = RING_BASE + RING_STRIDE * MAX_QUEUES as u64;
 
-/// virtio-console control queue the driver writes (c_ovq, virtio 1.2
-/// section 5.3.2) and `struct virtio_console_control` events.
+/// virtio-console control queues (c_ivq, c_ovq; virtio 1.2 section
+/// 5.3.2), `struct virtio_console_control` events (section 5.3.6.2; the
+/// fuzzer also picks one past the last known), and where config space
+/// keeps max_nr_ports.
+const CONTROL_RX_QUEUE: usize = 2;
 const CONTROL_TX_QUEUE: usize = 3;
-const CONTROL_EVENTS: u16 = 9;
+const CONTROL_EVENTS: u16 = 8;
+const EVENT_DEVICE_READY: u16 = 0;
+const EVENT_PORT_READY: u16 = 3;
+const EVENT_PORT_OPEN: u16 = 6;
+const CONFIG_MAX_NR_PORTS: u64 = 4;
 
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
@@ -208,10 +215,10 @@ enum Op {
     /// `queue`, `which: u8`, `value: u16`: overwrites avail flags or idx,
     /// or the used ring's idx.
     SetRing,
-    /// `queue`, `n: u8`, then per buffer `kind: u8`, `len`, maybe `addr`,
-    /// data if device-readable: posts a chain of up to 4 buffers (in the
-    /// data arena, at a fuzzed address, or flagged INDIRECT) and makes it
-    /// available.
+    /// `queue`, `shape: u8`, then per buffer `kind: u8`, `len`, maybe
+    /// `addr`, data if device-readable: posts a chain of up to 4 buffers
+    /// (in the data arena, at a fuzzed address, or flagged INDIRECT),
+    /// possibly linked into a loop, and makes it available.
     PostChain,
     /// `id: u8`, `event: u8`, `value: u8`: posts one well-formed control
     /// message on c_ovq (value bit 7: and notify it).
@@ -231,8 +238,9 @@ enum Op {
     /// budget (waking the device when room comes back).
     BulkRelease,
     /// `what: u8`, ...: reset; bring-up; interrupt ack; reset + bring-up;
-    /// negotiation only (queues and DRIVER_OK left to the fuzzer); or a
-    /// bring-up with one queue's size, rings and readiness fuzzed.
+    /// negotiation only (queues and DRIVER_OK left to the fuzzer); a
+    /// bring-up with one queue's size, rings and readiness fuzzed; or the
+    /// console control handshake (all ports ready and open).
     Lifecycle,
 }
 
@@ -512,23 +520,59 @@ impl Harness {
             .expect("avail ring");
     }
 
-    /// Posts `bufs` (address, length, flags) as one chain on queue `q`.
-    fn post(&mut self, q: usize, bufs: &[(u64, u32, u16)]) {
+    /// Posts `bufs` (address, length, flags) as one chain on queue `q`;
+    /// `cyclic`: the last descriptor links back to the first (a loop).
+    fn post(&mut self, q: usize, bufs: &[(u64, u32, u16)], cyclic: bool) {
         let size = self.rings[q].size.clamp(1, MAX_RING);
         let first = self.rings[q].next_desc % size;
         for (i, &(addr, len, flags)) in (0u16..).zip(bufs) {
             let slot = (first + i) % size;
             let last = usize::from(i) + 1 == bufs.len();
-            let flags = if last {
+            let flags = if last && !cyclic {
                 flags
             } else {
                 flags | VRING_DESC_F_NEXT
             };
-            let next = (slot + 1) % size;
+            let next = if last { first } else { (slot + 1) % size };
             self.write_desc(q, slot, Descriptor::new(addr, len, flags, next));
         }
         self.rings[q].next_desc = (first + bufs.len() as u16) % size;
         self.push_avail(q, first);
+    }
+
+    /// Posts one control message on c_ovq; `notify`: and serves it.
+    fn send_control(&mut self, id: u32, event: u16, value: u16, notify: bool) {
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&id.to_le_bytes());
+        msg[4..6].copy_from_slice(&event.to_le_bytes());
+        msg[6..].copy_from_slice(&value.to_le_bytes());
+        let addr = self.arena.alloc(msg.len() as u32);
+        self.mem
+            .write_slice(&msg, GuestAddress(addr))
+            .expect("arena");
+        self.post(CONTROL_TX_QUEUE, &[(addr, msg.len() as u32, 0)], false);
+        if notify {
+            self.t.process_queue(CONTROL_TX_QUEUE as u16);
+        }
+    }
+
+    /// What Linux's virtio_console does after DRIVER_OK: posts c_ivq
+    /// buffers, sends DEVICE_READY, then PORT_READY and PORT_OPEN for
+    /// every port the config space announces.
+    fn handshake(&mut self, rx_buffers: u8) {
+        let ring = self.rings[CONTROL_RX_QUEUE].size;
+        for _ in 0..u16::from(rx_buffers % 16 + 1).min(ring) {
+            let addr = self.arena.alloc(64);
+            self.post(CONTROL_RX_QUEUE, &[(addr, 64, VRING_DESC_F_WRITE)], false);
+        }
+        self.t.process_queue(CONTROL_RX_QUEUE as u16);
+        self.send_control(u32::MAX, EVENT_DEVICE_READY, 1, true);
+        let ports = read_reg(&self.t, REG_CONFIG + CONFIG_MAX_NR_PORTS).min(8);
+        for event in [EVENT_PORT_READY, EVENT_PORT_OPEN] {
+            for port in 0..ports {
+                self.send_control(port, event, 1, true);
+            }
+        }
     }
 
     /// Runs one operation; returns false at the end of the input.
@@ -582,7 +626,9 @@ impl Harness {
             }
             Op::PostChain => {
                 let q = input.queue();
-                let n = 1 + usize::from(input.u8() % 4);
+                let shape = input.u8();
+                let n = 1 + usize::from(shape % 4);
+                let cyclic = shape & 0x80 != 0;
                 let mut bufs = Vec::with_capacity(n);
                 for _ in 0..n {
                     let kind = input.u8();
@@ -613,7 +659,7 @@ impl Harness {
                     }
                     bufs.push((addr, len, flags));
                 }
-                self.post(q, &bufs);
+                self.post(q, &bufs, cyclic);
             }
             Op::Control => {
                 let id = match input.u8() {
@@ -622,18 +668,7 @@ impl Harness {
                 };
                 let event = u16::from(input.u8()) % (CONTROL_EVENTS + 1);
                 let value = input.u8();
-                let mut msg = [0u8; 8];
-                msg[..4].copy_from_slice(&id.to_le_bytes());
-                msg[4..6].copy_from_slice(&event.to_le_bytes());
-                msg[6..].copy_from_slice(&u16::from(value % 3).to_le_bytes());
-                let addr = self.arena.alloc(msg.len() as u32);
-                self.mem
-                    .write_slice(&msg, GuestAddress(addr))
-                    .expect("arena");
-                self.post(CONTROL_TX_QUEUE, &[(addr, msg.len() as u32, 0)]);
-                if value & 0x80 != 0 {
-                    self.t.process_queue(CONTROL_TX_QUEUE as u16);
-                }
+                self.send_control(id, event, u16::from(value % 3), value & 0x80 != 0);
             }
             Op::MmioWrite => {
                 let offset = input.reg_offset();
@@ -706,7 +741,7 @@ impl Harness {
                     "room wake after a release of {n}: {before} -> {after} pending"
                 );
             }
-            Op::Lifecycle => match input.u8() % 6 {
+            Op::Lifecycle => match input.u8() % 7 {
                 0 => self.reset(),
                 1 => {
                     let ring = 1 << (input.u8() % 8);
@@ -726,6 +761,10 @@ impl Harness {
                     // Queues and DRIVER_OK are then the fuzzer's to write.
                     self.reset();
                     self.negotiate();
+                }
+                6 => {
+                    let rx_buffers = input.u8();
+                    self.handshake(rx_buffers);
                 }
                 _ => {
                     // A full bring-up with one queue programmed from the
