@@ -228,7 +228,10 @@ pub fn report_text(r: &RunReport) -> String {
         );
     }
     if r.lifecycle_dropped > 0 {
-        s += &format!("LIFE:      {} frames beyond the first kept\n", r.lifecycle_dropped);
+        s += &format!(
+            "LIFE:      {} frames beyond the first kept\n",
+            r.lifecycle_dropped
+        );
     }
     if let Some(f) = r.console_file.as_ref().filter(|f| f.truncated) {
         s += &format!("console log: cut at {} bytes\n", f.written);

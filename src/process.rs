@@ -277,10 +277,7 @@ mod tests {
     #[test]
     fn only_the_newest_output_is_kept_and_non_utf8_survives() {
         let f = run(
-            Command::new("sh").args([
-                "-c",
-                "head -c 600000 /dev/zero; printf '\\377end'",
-            ]),
+            Command::new("sh").args(["-c", "head -c 600000 /dev/zero; printf '\\377end'"]),
             "sh",
             Duration::from_secs(20),
         )
@@ -294,10 +291,7 @@ mod tests {
     fn lossy_lines_survive_bad_bytes_and_split_long_lines() {
         let input: &[u8] = b"one\r\ntw\xffo\nabcdefghij\nlast";
         let lines: Vec<String> = LossyLines::new(input, 4).collect();
-        assert_eq!(
-            lines,
-            ["one", "tw\u{fffd}o", "abcd", "efgh", "ij", "last"]
-        );
+        assert_eq!(lines, ["one", "tw\u{fffd}o", "abcd", "efgh", "ij", "last"]);
         assert_eq!(LossyLines::new(&b""[..], 8).count(), 0);
     }
 

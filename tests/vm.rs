@@ -451,7 +451,9 @@ fn hostile_common(h: &Hostile) -> Result<(), Failed> {
     let overhead = h.json["vmm_overhead_kib"].as_u64().unwrap_or(u64::MAX);
     h.check(
         overhead < HOSTILE_OVERHEAD_MAX_KIB,
-        &format!("VMM memory beyond guest RAM under {HOSTILE_OVERHEAD_MAX_KIB} KiB (got {overhead} KiB)"),
+        &format!(
+            "VMM memory beyond guest RAM under {HOSTILE_OVERHEAD_MAX_KIB} KiB (got {overhead} KiB)"
+        ),
     )?;
     eprintln!(
         "vm tests: hostile {}: vmm_overhead_kib {overhead}, peak_rss_kib {}, {} stderr lines, {:.1} s, frames {}, guest_errors {}, guest: {}",
@@ -494,7 +496,10 @@ fn hostile_tests() -> Vec<Trial> {
                 &format!("every LIFE reason capped (longest {longest} bytes)"),
             )?;
             let sent = h.said("life-flood: sent ").ok_or("no life-flood line")? + 1;
-            h.check(h.frames("LIFE") == sent, &format!("{sent} LIFE frames counted"))?;
+            h.check(
+                h.frames("LIFE") == sent,
+                &format!("{sent} LIFE frames counted"),
+            )?;
             h.check(
                 h.json["lifecycle_dropped"].as_u64()
                     == Some(sent - schedrig_vmm::controller::LIFECYCLE_MAX_ENTRIES as u64),
@@ -506,7 +511,10 @@ fn hostile_tests() -> Vec<Trial> {
             hostile_common(&h)?;
             let sent = h.said("tag-flood: sent ").ok_or("no tag-flood line")?;
             h.check(sent == 100_000, "100000 distinct tags sent")?;
-            h.check(h.frames("unknown") == sent, "every unknown frame counted in one bucket")?;
+            h.check(
+                h.frames("unknown") == sent,
+                "every unknown frame counted in one bucket",
+            )?;
             let keys = h.json["frames"].as_object().map_or(usize::MAX, |m| m.len());
             h.check(keys <= 6, &format!("a handful of frame keys (got {keys})"))
         }),
@@ -516,23 +524,30 @@ fn hostile_tests() -> Vec<Trial> {
             let sent = h.said("frame-flood: sent ").ok_or("no frame-flood line")?;
             h.check(sent > 0, "frames sent")?;
             // Nothing is dropped on the way: backpressure, not loss.
-            h.check(h.frames("SOUT") == sent, &format!("all {sent} frames counted"))?;
+            h.check(
+                h.frames("SOUT") == sent,
+                &format!("all {sent} frames counted"),
+            )?;
             h.check(h.guest_errors("virtqueue") == 0, "no chain dropped")
         }),
-        Trial::test("hostile_kernel_op_requests_are_refused_and_answered", || {
-            let h = run_hostile("korq-abuse")?;
-            // Exit 0: the guest got an error reply echoing each id.
-            hostile_common(&h)?;
-            h.check(h.frames("KORQ") == 3, "three KORQ frames")?;
-            h.check(h.guest_errors("frame") == 3, "each of them refused")?;
-            for id in [501, 502, 503] {
-                h.check(
-                    h.console_tail().contains(&format!("korq-abuse: KORP {id}: error")),
-                    &format!("an error reply to request {id}"),
-                )?;
-            }
-            Ok(())
-        }),
+        Trial::test(
+            "hostile_kernel_op_requests_are_refused_and_answered",
+            || {
+                let h = run_hostile("korq-abuse")?;
+                // Exit 0: the guest got an error reply echoing each id.
+                hostile_common(&h)?;
+                h.check(h.frames("KORQ") == 3, "three KORQ frames")?;
+                h.check(h.guest_errors("frame") == 3, "each of them refused")?;
+                for id in [501, 502, 503] {
+                    h.check(
+                        h.console_tail()
+                            .contains(&format!("korq-abuse: KORP {id}: error")),
+                        &format!("an error reply to request {id}"),
+                    )?;
+                }
+                Ok(())
+            },
+        ),
         Trial::test("hostile_mmio_storm_is_counted_not_logged", || {
             let h = run_hostile("mmio-storm")?;
             hostile_common(&h)?;

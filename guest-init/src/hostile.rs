@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use schedrig_wire::payload::kernel_op::{Direction, KernelOpEntry, Mode, Target, Value};
 use schedrig_wire::{
-    FrameHeader, KernelOpRequest, LifecyclePhase, MsgTag, FRAME_HEADER_LEN,
-    KERNEL_OP_ENTRIES_MAX,
+    FrameHeader, KernelOpRequest, LifecyclePhase, MsgTag, FRAME_HEADER_LEN, KERNEL_OP_ENTRIES_MAX,
 };
 use zerocopy::IntoBytes;
 
@@ -107,7 +106,10 @@ pub fn korq_abuse_frames() -> Vec<(u32, Vec<u8>)> {
     oversized[0] = (KORQ_OVERSIZED_ID as u8 & 0x7f) | 0x80;
     oversized[1] = (KORQ_OVERSIZED_ID >> 7) as u8;
 
-    let mut lying = vec![(KORQ_LYING_ID as u8 & 0x7f) | 0x80, (KORQ_LYING_ID >> 7) as u8];
+    let mut lying = vec![
+        (KORQ_LYING_ID as u8 & 0x7f) | 0x80,
+        (KORQ_LYING_ID >> 7) as u8,
+    ];
     // mode Hot, direction Read, tag "" then an entry count near 2^32.
     lying.extend_from_slice(&[0, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]);
 
@@ -144,7 +146,9 @@ pub fn korq_abuse(port: &mut BulkPort<File>, wait: Duration) -> Result<ReplyChec
     }
     let mut check = await_replies(port, ReplyCheck::expecting(pending), wait);
     if check.seen.iter().any(|line| line.contains(": ok")) {
-        check.problems.push("an abusive KORQ was answered ok".into());
+        check
+            .problems
+            .push("an abusive KORQ was answered ok".into());
     }
     Ok(check)
 }
@@ -245,7 +249,9 @@ pub fn mmio_storm(cmdline: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schedrig_wire::{FrameDirection, FrameParser, KernelOpError, MsgTag, KERNEL_OP_REQUEST_MAX};
+    use schedrig_wire::{
+        FrameDirection, FrameParser, KernelOpError, MsgTag, KERNEL_OP_REQUEST_MAX,
+    };
 
     #[test]
     fn the_mmio_window_comes_from_the_command_line() {
@@ -259,7 +265,11 @@ mod tests {
     fn each_abusive_korq_is_refused_and_keeps_a_readable_id() {
         let frames = korq_abuse_frames();
         assert!(frames[0].1.len() > KERNEL_OP_REQUEST_MAX);
-        assert!(frames[2].1.len() <= KERNEL_OP_REQUEST_MAX, "{}", frames[2].1.len());
+        assert!(
+            frames[2].1.len() <= KERNEL_OP_REQUEST_MAX,
+            "{}",
+            frames[2].1.len()
+        );
         for (id, payload) in &frames {
             assert_eq!(KernelOpRequest::peek_request_id(payload), Some(*id));
             assert!(KernelOpRequest::decode(payload).is_err());

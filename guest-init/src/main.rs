@@ -193,7 +193,9 @@ fn run() -> Result<(), String> {
         }
         Mode::TagFlood => {
             let n = hostile::tag_flood(&mut port).map_err(comms)?;
-            say(&format!("tag-flood: sent {n} frames of distinct unknown tags"));
+            say(&format!(
+                "tag-flood: sent {n} frames of distinct unknown tags"
+            ));
             exit_code
         }
         Mode::FrameFlood => {

@@ -177,7 +177,11 @@ pub fn exchange(port: &mut BulkPort<File>, wait: Duration) -> Result<ReplyCheck,
 
 /// Reads the bulk port until `check` has every reply it awaits, or `wait`
 /// passed (a problem then), or the port failed (a problem too).
-pub fn await_replies(port: &mut BulkPort<File>, mut check: ReplyCheck, wait: Duration) -> ReplyCheck {
+pub fn await_replies(
+    port: &mut BulkPort<File>,
+    mut check: ReplyCheck,
+    wait: Duration,
+) -> ReplyCheck {
     let deadline = Instant::now() + wait;
     let mut buf = vec![0u8; 4096];
     while !check.done() {

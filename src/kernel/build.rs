@@ -397,5 +397,4 @@ mod tests {
         assert!(!is_kbuild_step("    int x = 1;"));
         assert!(!is_kbuild_step("kernel/sched/ext.c:12: warning: x"));
     }
-
 }

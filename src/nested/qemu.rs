@@ -11,9 +11,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hostkernel::HostKernel;
-use crate::process::LossyLines;
 use super::initrd::Mount;
 use super::{NestedError, NestedOptions};
+use crate::process::LossyLines;
 
 const QEMU: &str = "qemu-system-x86_64";
 /// Per-run temporary directories (initramfs, pid file).

@@ -102,7 +102,8 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -154,9 +155,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
     let transport = Arc::new(Mutex::new(transport));
     let device_wakes = vec![
         (
-            replies
-                .wake_event()
-                .map_err(io_err("bulk wake eventfd"))?,
+            replies.wake_event().map_err(io_err("bulk wake eventfd"))?,
             virtio_console::BULK_RX_QUEUE,
         ),
         (

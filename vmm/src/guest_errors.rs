@@ -106,7 +106,9 @@ impl GuestErrors {
         }
         let mut w = self.0.window.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if w.0.is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL) {
+        if w.0
+            .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL)
+        {
             let suppressed = std::mem::take(&mut w.1);
             w.0 = Some(now);
             Some(suppressed)

@@ -126,10 +126,12 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     let device = spawn_device_thread(
         transport.clone(),
         m.device_wakes,
-        stop_devices.try_clone().map_err(|source| MachineError::Io {
-            what: "stop eventfd",
-            source,
-        })?,
+        stop_devices
+            .try_clone()
+            .map_err(|source| MachineError::Io {
+                what: "stop eventfd",
+                source,
+            })?,
     )?;
     let mut threads = Threads {
         vcpus: Vec::new(),
@@ -183,9 +185,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     }
     let console_file = logs.console.flush_file();
     let figures = mem.iter().next().and_then(|r| {
-        let host = r
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .ok()?;
+        let host = r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()?;
         crate::metrics::memory_figures(host as u64, mem.iter().map(|r| r.len()).sum())
     });
     let mut report = ctl.finish(&logs);
@@ -222,7 +222,10 @@ impl Threads {
                 std::thread::sleep(Duration::from_millis(2));
             }
             if !t.is_finished() {
-                abandon(&format!("the thread of vCPU {cpu} (stuck in KVM_RUN?)"), logs);
+                abandon(
+                    &format!("the thread of vCPU {cpu} (stuck in KVM_RUN?)"),
+                    logs,
+                );
             }
             match t.join() {
                 Ok(Some(state)) => at_stop.push(state),

@@ -98,9 +98,18 @@ mod tests {
     #[test]
     fn ram_sizes_are_checked() {
         assert_eq!(ram_bytes(64).unwrap(), 64 << 20);
-        assert!(matches!(ram_bytes(63), Err(MemoryError::TooSmall { mib: 63 })));
-        assert!(matches!(ram_bytes(u64::MAX), Err(MemoryError::TooSmall { .. })));
+        assert!(matches!(
+            ram_bytes(63),
+            Err(MemoryError::TooSmall { mib: 63 })
+        ));
+        assert!(matches!(
+            ram_bytes(u64::MAX),
+            Err(MemoryError::TooSmall { .. })
+        ));
         let too_big = (layout::MAX_RAM >> 20) + 1;
-        assert!(matches!(ram_bytes(too_big), Err(MemoryError::TooLarge { .. })));
+        assert!(matches!(
+            ram_bytes(too_big),
+            Err(MemoryError::TooLarge { .. })
+        ));
     }
 }

@@ -94,8 +94,11 @@ mod tests {
     #[test]
     fn snapshot_requests_get_an_error_echoing_their_id() {
         let req = SnapshotRequest::new(41, SnapshotKind::Capture, "before");
-        let (tag, payload) =
-            parse_one(&answer(MsgTag::SnapshotRequest, &req.encode()).frame.unwrap());
+        let (tag, payload) = parse_one(
+            &answer(MsgTag::SnapshotRequest, &req.encode())
+                .frame
+                .unwrap(),
+        );
         assert_eq!(tag, MsgTag::SnapshotReply);
         let reply = SnapshotReply::decode(&payload).unwrap();
         assert_eq!(reply.request_id.get(), 41);

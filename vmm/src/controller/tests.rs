@@ -74,7 +74,12 @@ fn made_up_tags_make_one_key_however_many() {
     stream.push(b'x');
     c.on_bulk(&stream);
     let r = c.finish(&logs());
-    assert_eq!(r.frames.len(), 1, "{:?}", r.frames.keys().collect::<Vec<_>>());
+    assert_eq!(
+        r.frames.len(),
+        1,
+        "{:?}",
+        r.frames.keys().collect::<Vec<_>>()
+    );
     assert_eq!(r.frames[UNKNOWN_TAG_KEY], 10_001);
     assert_eq!(r.crc_errors, 1);
 }

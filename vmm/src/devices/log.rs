@@ -259,7 +259,11 @@ mod tests {
         for b in b"0123456" {
             log.append(&[*b]);
         }
-        assert_eq!(std::fs::read(&path).unwrap(), b"", "buffered, not yet written");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"",
+            "buffered, not yet written"
+        );
         assert_eq!(
             log.flush_file().unwrap(),
             Some(TeeStats {
@@ -273,7 +277,10 @@ mod tests {
         let stats = log.flush_file().unwrap().unwrap();
         assert_eq!((stats.written, stats.truncated), (10, true));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "0123456789\n[schedrig: console log cut at 10 bytes]\n");
+        assert_eq!(
+            text,
+            "0123456789\n[schedrig: console log cut at 10 bytes]\n"
+        );
         assert!(BoundedLog::new(4).flush_file().unwrap().is_none());
         let err = log
             .tee_to_file(&d.path().join("no/such/dir/x"), 1)

@@ -160,7 +160,9 @@ impl KernelOpRequest {
     /// whole, such as one above [`KERNEL_OP_REQUEST_MAX`].
     pub fn peek_request_id(payload: &[u8]) -> Option<u32> {
         let head = payload.get(..payload.len().min(5))?;
-        postcard::take_from_bytes::<u32>(head).ok().map(|(id, _)| id)
+        postcard::take_from_bytes::<u32>(head)
+            .ok()
+            .map(|(id, _)| id)
     }
 
     /// Reads a KORQ payload. A payload over [`KERNEL_OP_REQUEST_MAX`] is

@@ -127,7 +127,9 @@ impl Iterator for Descriptors<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let index = self.next.take()?;
-        let Chain { mem, table, size, .. } = self.chain;
+        let Chain {
+            mem, table, size, ..
+        } = self.chain;
         if self.left == 0 {
             return Some(Err(ChainError::Loop { size }));
         }
@@ -289,15 +291,15 @@ where
     }
     let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
     let mut used = 0usize;
-    loop {
-        // One head at a time: `iter` borrows the queue, `add_used` needs it.
-        // Its error (an avail index the guest moved too far meanwhile) is
-        // returned, not logged by virtio-queue as `pop_descriptor_chain`
-        // would.
-        let head = match queue.iter(mem).map_err(queue_err)?.next() {
-            Some(chain) => chain.head_index(),
-            None => break,
-        };
+    // One head at a time: `iter` borrows the queue, `add_used` needs it.
+    // Its error (an avail index the guest moved too far meanwhile) is
+    // returned, not logged by virtio-queue as `pop_descriptor_chain` would.
+    while let Some(head) = queue
+        .iter(mem)
+        .map_err(queue_err)?
+        .next()
+        .map(|chain| chain.head_index())
+    {
         match serve(&Chain::new(mem, table, size, head)) {
             Some(len) => {
                 queue.add_used(mem, head, len).map_err(queue_err)?;
@@ -359,7 +361,10 @@ mod tests {
         ];
         let c = chain(&mem, &vq, &descs);
         assert_eq!(read_chain(&c, 5).unwrap(), b"abcde");
-        assert!(matches!(read_chain(&c, 4), Err(ChainError::TooLong { cap: 4 })));
+        assert!(matches!(
+            read_chain(&c, 4),
+            Err(ChainError::TooLong { cap: 4 })
+        ));
         let outside = chain(&mem, &vq, &[desc(MEM_SIZE as u64, 1, 0)]);
         assert!(matches!(
             read_chain(&outside, 64),
@@ -433,14 +438,20 @@ mod tests {
             looped.descriptors().last(),
             Some(Err(ChainError::Loop { size: SIZE }))
         ));
-        assert!(matches!(read_chain(&looped, 1 << 20), Err(ChainError::Loop { .. })));
+        assert!(matches!(
+            read_chain(&looped, 1 << 20),
+            Err(ChainError::Loop { .. })
+        ));
         // A next index past the table.
         let d = SplitDescriptor::new(0x10_0000, 1, VIRTQ_DESC_F_NEXT, SIZE + 5);
         mem.write_obj(d, t.unchecked_add(2 * 16)).unwrap();
         let bad = Chain::new(&mem, t, SIZE, 2);
         assert!(matches!(
             bad.descriptors().nth(1),
-            Some(Err(ChainError::BadIndex { index: 21, size: SIZE }))
+            Some(Err(ChainError::BadIndex {
+                index: 21,
+                size: SIZE
+            }))
         ));
         // A table at the very end of the address space.
         let edge = Chain::new(&mem, GuestAddress(u64::MAX - 8), SIZE, 3);

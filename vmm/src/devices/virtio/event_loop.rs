@@ -195,7 +195,13 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let device = Probe { tx, sizes: [4, 4] };
         let irq = Arc::new(Interrupt::new().unwrap());
-        let mut t = MmioTransport::new(mem.clone(), Box::new(device), irq, crate::guest_errors::GuestErrors::default()).unwrap();
+        let mut t = MmioTransport::new(
+            mem.clone(),
+            Box::new(device),
+            irq,
+            crate::guest_errors::GuestErrors::default(),
+        )
+        .unwrap();
         // Activate so processing reaches the device.
         let queues: Vec<DriverQueue> = (0..2)
             .map(|i| DriverQueue::new(&mem, GuestAddress(QUEUE_BASE + i * QUEUE_STRIDE), 4))

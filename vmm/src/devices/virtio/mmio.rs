@@ -164,7 +164,11 @@ impl MmioTransport {
             return;
         }
         if let Err(error) = self.device.process_queue(index) {
-            guest_error!(self.errors, Virtqueue, "virtio queue {index} processing failed: {error}");
+            guest_error!(
+                self.errors,
+                Virtqueue,
+                "virtio queue {index} processing failed: {error}"
+            );
             if error.needs_reset() {
                 self.set_needs_reset();
             }
@@ -177,7 +181,12 @@ impl MmioTransport {
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         if offset >= REG_CONFIG {
             if !Self::in_window(offset, data.len()) {
-                guest_error!(self.errors, Mmio, "config read of {} bytes at {offset:#x}, past the MMIO window", data.len());
+                guest_error!(
+                    self.errors,
+                    Mmio,
+                    "config read of {} bytes at {offset:#x}, past the MMIO window",
+                    data.len()
+                );
                 data.fill(0);
                 return;
             }
@@ -185,7 +194,12 @@ impl MmioTransport {
             return;
         }
         if !Self::register_access(offset, data.len()) {
-            guest_error!(self.errors, Mmio, "bad virtio-mmio register read: {} bytes at {offset:#x}", data.len());
+            guest_error!(
+                self.errors,
+                Mmio,
+                "bad virtio-mmio register read: {} bytes at {offset:#x}",
+                data.len()
+            );
             data.fill(0);
             return;
         }
@@ -207,7 +221,11 @@ impl MmioTransport {
             // Config space never changes after reset.
             REG_CONFIG_GENERATION => 0,
             _ => {
-                guest_error!(self.errors, Mmio, "read of unknown or write-only virtio-mmio register {offset:#x}");
+                guest_error!(
+                    self.errors,
+                    Mmio,
+                    "read of unknown or write-only virtio-mmio register {offset:#x}"
+                );
                 0
             }
         };
@@ -219,7 +237,12 @@ impl MmioTransport {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= REG_CONFIG {
             if !Self::in_window(offset, data.len()) {
-                guest_error!(self.errors, Mmio, "config write of {} bytes at {offset:#x}, past the MMIO window", data.len());
+                guest_error!(
+                    self.errors,
+                    Mmio,
+                    "config write of {} bytes at {offset:#x}, past the MMIO window",
+                    data.len()
+                );
                 return;
             }
             self.device.write_config(offset - REG_CONFIG, data);
@@ -230,7 +253,12 @@ impl MmioTransport {
             .flatten()
             .map(u32::from_le_bytes)
         else {
-            guest_error!(self.errors, Mmio, "bad virtio-mmio register write: {} bytes at {offset:#x}", data.len());
+            guest_error!(
+                self.errors,
+                Mmio,
+                "bad virtio-mmio register write: {} bytes at {offset:#x}",
+                data.len()
+            );
             return;
         };
         match offset {
@@ -249,7 +277,11 @@ impl MmioTransport {
             REG_QUEUE_NOTIFY => self.notify(value),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.set_status(value),
-            _ => guest_error!(self.errors, Mmio, "write of {value:#x} to unknown or read-only virtio-mmio register {offset:#x}"),
+            _ => guest_error!(
+                self.errors,
+                Mmio,
+                "write of {value:#x} to unknown or read-only virtio-mmio register {offset:#x}"
+            ),
         }
     }
 
@@ -269,13 +301,22 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & (STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_FAILED) != STATUS_DRIVER {
-            guest_error!(self.errors, Mmio, "DriverFeatures written outside negotiation (status {:#x})", self.status);
+            guest_error!(
+                self.errors,
+                Mmio,
+                "DriverFeatures written outside negotiation (status {:#x})",
+                self.status
+            );
             return;
         }
         match self.driver_features_sel {
             0 => set_half(&mut self.driver_features, value, false),
             1 => set_half(&mut self.driver_features, value, true),
-            sel => guest_error!(self.errors, Mmio, "DriverFeatures word {sel} out of range (value {value:#x})"),
+            sel => guest_error!(
+                self.errors,
+                Mmio,
+                "DriverFeatures word {sel} out of range (value {value:#x})"
+            ),
         }
     }
 
@@ -284,7 +325,11 @@ impl MmioTransport {
             == STATUS_FEATURES_OK;
         let sel = self.queue_sel;
         let Some(queue) = self.queues.get_mut(sel as usize) else {
-            guest_error!(self.errors, Mmio, "queue register {offset:#x} written for queue {sel}, which does not exist");
+            guest_error!(
+                self.errors,
+                Mmio,
+                "queue register {offset:#x} written for queue {sel}, which does not exist"
+            );
             return;
         };
         // Linux writes QueueReady=0 while tearing queues down after a reset.
@@ -299,7 +344,11 @@ impl MmioTransport {
         match offset {
             REG_QUEUE_NUM => match u16::try_from(value) {
                 Ok(size) => queue.size = size,
-                Err(_) => guest_error!(self.errors, Mmio, "QueueNum {value} of queue {sel} out of range"),
+                Err(_) => guest_error!(
+                    self.errors,
+                    Mmio,
+                    "QueueNum {value} of queue {sel} out of range"
+                ),
             },
             REG_QUEUE_READY => queue.ready = value == 1,
             REG_QUEUE_DESC_LOW => set_half(&mut queue.desc, value, false),
@@ -315,7 +364,11 @@ impl MmioTransport {
     fn notify(&mut self, value: u32) {
         match u16::try_from(value) {
             Ok(index) if usize::from(index) < self.queues.len() => self.process_queue(index),
-            _ => guest_error!(self.errors, Mmio, "QueueNotify for queue {value}, which does not exist"),
+            _ => guest_error!(
+                self.errors,
+                Mmio,
+                "QueueNotify for queue {value}, which does not exist"
+            ),
         }
     }
 
@@ -329,18 +382,31 @@ impl MmioTransport {
         let requested = value & !STATUS_DEVICE_NEEDS_RESET;
         let current = self.status & !STATUS_DEVICE_NEEDS_RESET;
         if requested & STATUS_FAILED != 0 {
-            guest_error!(self.errors, Mmio, "guest driver marked the virtio device FAILED (status {value:#x})");
+            guest_error!(
+                self.errors,
+                Mmio,
+                "guest driver marked the virtio device FAILED (status {value:#x})"
+            );
             self.status |= STATUS_FAILED;
             return;
         }
         if current & !requested != 0 {
-            guest_error!(self.errors, Mmio, "driver cleared status bits without a reset ({current:#x} -> {requested:#x})");
+            guest_error!(
+                self.errors,
+                Mmio,
+                "driver cleared status bits without a reset ({current:#x} -> {requested:#x})"
+            );
             return;
         }
         let added = requested & !current;
         let known = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
         if added & !known != 0 {
-            guest_error!(self.errors, Mmio, "driver set unknown status bits {:#x}; ignored", added & !known);
+            guest_error!(
+                self.errors,
+                Mmio,
+                "driver set unknown status bits {:#x}; ignored",
+                added & !known
+            );
         }
         let steps = [
             (STATUS_ACKNOWLEDGE, 0),
@@ -353,7 +419,12 @@ impl MmioTransport {
                 continue;
             }
             if self.status & prerequisite != prerequisite {
-                guest_error!(self.errors, Mmio, "status bit {bit:#x} set out of order (status {:#x}); ignored", self.status);
+                guest_error!(
+                    self.errors,
+                    Mmio,
+                    "status bit {bit:#x} set out of order (status {:#x}); ignored",
+                    self.status
+                );
                 return;
             }
             if bit == STATUS_FEATURES_OK && !self.features_acceptable() {
@@ -384,7 +455,11 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         if self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
-            guest_error!(self.errors, Mmio, "DRIVER_OK on a device that needs a reset");
+            guest_error!(
+                self.errors,
+                Mmio,
+                "DRIVER_OK on a device that needs a reset"
+            );
             return;
         }
         let result = (0u16..)
@@ -399,7 +474,11 @@ impl MmioTransport {
         match result {
             Ok(()) => self.activated = true,
             Err(error) => {
-                guest_error!(self.errors, Virtqueue, "virtio device not activated: {error}");
+                guest_error!(
+                    self.errors,
+                    Virtqueue,
+                    "virtio device not activated: {error}"
+                );
                 self.set_needs_reset();
             }
         }

@@ -74,7 +74,11 @@ impl ControlPlane {
         let msg = match parse_control(buf) {
             Ok(msg) => msg,
             Err(error) => {
-                guest_error!(self.errors, Control, "malformed console control message: {error}");
+                guest_error!(
+                    self.errors,
+                    Control,
+                    "malformed console control message: {error}"
+                );
                 return;
             }
         };
@@ -100,7 +104,11 @@ impl ControlPlane {
 
     fn device_ready(&mut self, value: u16) {
         if value != 1 {
-            guest_error!(self.errors, Control, "guest console driver failed to initialise (DEVICE_READY {value})");
+            guest_error!(
+                self.errors,
+                Control,
+                "guest console driver failed to initialise (DEVICE_READY {value})"
+            );
             return;
         }
         debug!("console DEVICE_READY; adding ports");
@@ -115,11 +123,19 @@ impl ControlPlane {
 
     fn port_ready(&mut self, id: u32, value: u16) {
         let Some(ready) = usize::try_from(id).ok().and_then(|i| self.ready.get_mut(i)) else {
-            guest_error!(self.errors, Control, "PORT_READY for port {id}, which does not exist");
+            guest_error!(
+                self.errors,
+                Control,
+                "PORT_READY for port {id}, which does not exist"
+            );
             return;
         };
         if value != 1 {
-            guest_error!(self.errors, Control, "guest failed to set up console port {id}");
+            guest_error!(
+                self.errors,
+                Control,
+                "guest failed to set up console port {id}"
+            );
             return;
         }
         if *ready {
@@ -146,7 +162,11 @@ impl ControlPlane {
 
     fn port_open(&mut self, id: u32, value: u16) {
         if id >= PORT_COUNT {
-            guest_error!(self.errors, Control, "PORT_OPEN for port {id}, which does not exist");
+            guest_error!(
+                self.errors,
+                Control,
+                "PORT_OPEN for port {id}, which does not exist"
+            );
             return;
         }
         let open = value != 0;
@@ -156,7 +176,11 @@ impl ControlPlane {
 
     fn send(&mut self, msg: Vec<u8>) {
         if self.outbox.len() >= MAX_PENDING_MESSAGES {
-            guest_error!(self.errors, Control, "console control queue full (the guest posts no c_ivq buffers); message dropped");
+            guest_error!(
+                self.errors,
+                Control,
+                "console control queue full (the guest posts no c_ivq buffers); message dropped"
+            );
             return;
         }
         self.outbox.push_back(msg);

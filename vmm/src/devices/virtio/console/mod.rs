@@ -27,12 +27,12 @@ pub use self::port::{
 use super::chain::{
     read_chain, serve_queue, writable_capacity, write_chain, Chain, MAX_CHAIN_BYTES,
 };
-use crate::guest_error;
-use crate::guest_errors::GuestErrors;
 use super::device::{
     read_config_bytes, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_CONSOLE,
 };
 use super::interrupt::Interrupt;
+use crate::guest_error;
+use crate::guest_errors::GuestErrors;
 
 /// QueueNumMax of every console queue.
 pub const QUEUE_SIZE: u16 = 128;
@@ -206,7 +206,11 @@ impl VirtioConsole {
                     match read_chain(chain, MAX_CHAIN_BYTES) {
                         Ok(bytes) => sinks.deliver(port, bytes, errors),
                         Err(error) => {
-                            guest_error!(errors, Virtqueue, "port {port} transmit chain dropped: {error}")
+                            guest_error!(
+                                errors,
+                                Virtqueue,
+                                "port {port} transmit chain dropped: {error}"
+                            )
                         }
                     }
                     Some(0)
@@ -218,7 +222,11 @@ impl VirtioConsole {
                     match read_chain(chain, MAX_CONTROL_CHAIN_BYTES) {
                         Ok(bytes) => control.handle(&bytes),
                         Err(error) => {
-                            guest_error!(errors, Virtqueue, "console control chain dropped: {error}")
+                            guest_error!(
+                                errors,
+                                Virtqueue,
+                                "console control chain dropped: {error}"
+                            )
                         }
                     }
                     Some(0)

@@ -85,8 +85,7 @@ impl<'a> Guest<'a> {
         let writer = device.bulk_writer();
         let states = device.port_states();
         let irq = Arc::new(Interrupt::new().unwrap());
-        let mut t =
-            MmioTransport::new(mem.clone(), Box::new(device), irq, errors.clone()).unwrap();
+        let mut t = MmioTransport::new(mem.clone(), Box::new(device), irq, errors.clone()).unwrap();
         let features = VIRTIO_F_VERSION_1 | FEATURE_MULTIPORT;
         assert_eq!(device_features(&mut t), features);
         assert_ne!(negotiate(&mut t, features) & STATUS_FEATURES_OK, 0);
@@ -379,7 +378,10 @@ fn bulk_chains_wait_in_the_ring_while_the_host_is_behind() {
     g.budget.release(12);
     assert_eq!(room.read().unwrap(), 1);
     g.t.process_queue(BULK_TX_QUEUE);
-    assert_eq!(g.bulk.lock().unwrap().as_slice(), b"0123456789absecondthird");
+    assert_eq!(
+        g.bulk.lock().unwrap().as_slice(),
+        b"0123456789absecondthird"
+    );
     assert_eq!(g.queues[usize::from(BULK_TX_QUEUE)].take_used().len(), 2);
     assert_eq!(g.errors.counts().len(), 0);
 }

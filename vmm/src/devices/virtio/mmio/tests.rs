@@ -80,7 +80,13 @@ fn transport(mem: &GuestMemoryMmap, fail_process: bool) -> (MmioTransport, Arc<M
         fail_process,
     };
     let irq = Arc::new(Interrupt::new().unwrap());
-    let t = MmioTransport::new(mem.clone(), Box::new(device), irq, crate::guest_errors::GuestErrors::default()).unwrap();
+    let t = MmioTransport::new(
+        mem.clone(),
+        Box::new(device),
+        irq,
+        crate::guest_errors::GuestErrors::default(),
+    )
+    .unwrap();
     (t, record)
 }
 
@@ -336,7 +342,13 @@ fn invalid_queue_max_size_is_an_error() {
         fail_process: false,
     };
     let irq = Arc::new(Interrupt::new().unwrap());
-    let err = MmioTransport::new(mem, Box::new(device), irq, crate::guest_errors::GuestErrors::default()).unwrap_err();
+    let err = MmioTransport::new(
+        mem,
+        Box::new(device),
+        irq,
+        crate::guest_errors::GuestErrors::default(),
+    )
+    .unwrap_err();
     assert!(matches!(
         err,
         MmioError::InvalidMaxSize {
