@@ -173,6 +173,7 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
         "lifecycle_dropped": r.lifecycle_dropped,
         "guest_errors": r.guest_errors,
         "guest_errors_not_logged": r.guest_errors_not_logged,
+        "bulk_tx_deferred": r.bulk_tx_deferred,
         "console_log": r.console_file.as_ref().map(|f| serde_json::json!({
             "bytes": f.written,
             "truncated": f.truncated,

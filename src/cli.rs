@@ -187,7 +187,14 @@ pub fn main() -> ExitCode {
     // is start-up work every boot would pay for.
     let _ = match tracing_subscriber::EnvFilter::try_from_env("SCHEDRIG_LOG") {
         Ok(filter) => tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            // virtio-queue's own log stays off (see below) unless asked for.
+            .with_env_filter(
+                if std::env::var("SCHEDRIG_LOG").is_ok_and(|v| v.contains("virtio_queue")) {
+                    filter
+                } else {
+                    filter.add_directive("virtio_queue=off".parse().expect("a valid directive"))
+                },
+            )
             .with_writer(std::io::stderr)
             .try_init()
             .map_err(|e| e.to_string()),

@@ -79,8 +79,18 @@ pub fn run_with(
     if capture_stderr {
         cmd.stderr(Stdio::piped());
     }
-    // Its own process group, so a timeout can end everything it started.
+    // Its own process group, so a timeout can end everything it started;
+    // and it dies with us (it is no longer in the terminal's group, so a
+    // Ctrl-C would not reach it).
     cmd.process_group(0);
+    // SAFETY: the closure runs between fork and exec and only calls
+    // prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
         what: what.to_string(),
         source,
@@ -129,41 +139,45 @@ fn kill_group(pid: u32) {
     }
 }
 
+type Kept = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>;
+
 /// Reads a stream to its end, keeping the newest [`OUTPUT_CAP`] bytes.
-fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut kept = std::collections::VecDeque::new();
+fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> (JoinHandle<()>, Kept) {
+    let kept = Kept::default();
+    let k = kept.clone();
+    let t = std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         loop {
             match r.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let mut kept = k.lock().unwrap_or_else(|p| p.into_inner());
                     kept.extend(&buf[..n]);
                     let over = kept.len().saturating_sub(OUTPUT_CAP);
                     kept.drain(..over);
                 }
             }
         }
-        kept.into()
-    })
+    });
+    (t, kept)
 }
 
-/// A reader's bytes; empty if it does not end soon after the child (a
-/// grandchild holding the pipe open). The thread then ends by itself at
-/// that grandchild's exit: it only reads and drops.
-fn collect(reader: Option<JoinHandle<Vec<u8>>>) -> Vec<u8> {
-    let Some(reader) = reader else {
+/// A reader's bytes. If it does not end soon after the child (a
+/// grandchild holding the pipe open), what it read so far; the thread
+/// then ends by itself at that grandchild's exit: it only reads and drops.
+fn collect(reader: Option<(JoinHandle<()>, Kept)>) -> Vec<u8> {
+    let Some((thread, kept)) = reader else {
         return Vec::new();
     };
     let deadline = Instant::now() + READER_GRACE;
-    while !reader.is_finished() && Instant::now() < deadline {
+    while !thread.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    if reader.is_finished() {
-        reader.join().unwrap_or_default()
-    } else {
-        Vec::new()
+    if thread.is_finished() {
+        let _ = thread.join();
     }
+    let kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+    kept.iter().copied().collect()
 }
 
 /// The last `n` lines of `text`.
@@ -293,6 +307,21 @@ mod tests {
         let lines: Vec<String> = LossyLines::new(input, 4).collect();
         assert_eq!(lines, ["one", "tw\u{fffd}o", "abcd", "efgh", "ij", "last"]);
         assert_eq!(LossyLines::new(&b""[..], 8).count(), 0);
+    }
+
+    /// A grandchild keeping the pipe open does not hold us, and what came
+    /// before is kept.
+    #[test]
+    fn a_grandchild_holding_the_pipe_does_not_hold_us() {
+        let t = Instant::now();
+        let f = run(
+            Command::new("sh").args(["-c", "echo early; (sleep 20 &) ; exit 0"]),
+            "sh",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(f.stdout, b"early\n");
     }
 
     #[test]

@@ -127,11 +127,12 @@ fn version_in_status(status: &[u8], package: &str) -> Option<String> {
 }
 
 fn dpkg_query_version(package: &str) -> Option<String> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}\t${Version}", package])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let out = crate::process::run(
+        Command::new("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]),
+        "dpkg-query",
+        Duration::from_secs(60),
+    )
+    .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (status, version) = text.split_once('\t')?;
     (status.trim() == "install ok installed" && !version.trim().is_empty())

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,6 +152,8 @@ fn lock(path: &Path) -> Result<File, KernelError> {
     }
 }
 
+/// How long `make bzImage` may take (a full build is 16-20 min on 2 cores).
+const MAKE_LIMIT: Duration = Duration::from_secs(3 * 60 * 60);
 /// How long one non-compiling step (tar, defconfig, objcopy) may take.
 const STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
 
@@ -273,11 +276,39 @@ fn make(src: &Path, obj: &Path, jobs: usize, work: &Path) -> Result<(), KernelEr
             .arg("bzImage")
             .stdin(Stdio::null())
             .stdout(writer)
-            .stderr(writer2);
+            .stderr(writer2)
+            // Its own group, so the deadline below ends every compiler.
+            .process_group(0);
+        // SAFETY: runs between fork and exec; prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         cmd.spawn()
             .map_err(|e| KernelError::Spawn("make bzImage".into(), e))?
         // `cmd` drops here, closing our copies of the pipe's write end,
         // so the reader sees EOF when make exits.
+    };
+    // Every wait has a deadline: a build that hangs is killed (which
+    // closes the pipe and ends the reader below).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        let pid = child.id() as libc::pid_t;
+        std::thread::spawn(move || {
+            let end = Instant::now() + MAKE_LIMIT;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                if Instant::now() >= end {
+                    // SAFETY: kill(2) on make's process group; no memory.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            false
+        })
     };
 
     let progress = StepProgress::new("building kernel", Some(estimate));
@@ -299,7 +330,15 @@ fn make(src: &Path, obj: &Path, jobs: usize, work: &Path) -> Result<(), KernelEr
     let status = child
         .wait()
         .map_err(|e| KernelError::Spawn("make bzImage".into(), e))?;
+    done.store(true, std::sync::atomic::Ordering::Release);
     progress.finish();
+    if watchdog.join().unwrap_or(false) {
+        return Err(KernelError::StepFailed {
+            step: format!("make bzImage (full log: {})", log_path.display()),
+            status: format!("killed after {MAKE_LIMIT:?}"),
+            log_tail: Vec::from(tail).join("\n"),
+        });
+    }
     if !status.success() {
         return Err(KernelError::StepFailed {
             step: format!("make bzImage (full log: {})", log_path.display()),

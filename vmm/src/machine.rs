@@ -15,6 +15,7 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::x86_64::{acpi, boot, cpuid, mptable, regs};
 use crate::builder::{self, Machine};
 use crate::controller::{Controller, Deadlines, Event, Logs};
+use crate::devices::virtio::console::BulkBudget;
 use crate::devices::virtio::event_loop::spawn_device_thread;
 use crate::devices::virtio::EventLoopError;
 use crate::report::{RunReport, StoppedVcpu, Verdict};
@@ -160,7 +161,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         // The controller is done with these bytes: the device may take
         // more transmit chains (backpressure, see BulkBudget).
         if let Event::Bulk(bytes) = event {
-            bulk_budget.release(bytes.len());
+            bulk_budget.release(BulkBudget::charge(bytes.len()));
         }
     };
     loop {
@@ -177,6 +178,9 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     }
     // Nothing more goes to the guest once it is stopping.
     ctl.stop_replies();
+    // The last pass over the queues takes all the guest left (at most one
+    // ring of chains), whatever the controller had not yet released.
+    bulk_budget.lift();
     let at_stop = threads.stop(&shared, &transport, &logs);
     // Frames the guest queued just before it reset (EXIT, typically) were
     // served by the final queue pass in `stop`: collect them.
@@ -196,6 +200,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     report.vmm_overhead_kib = figures.map(|f| f.overhead_kib);
     report.guest_huge_kib = figures.map(|f| f.guest_huge_kib);
     report.console_file = console_file?;
+    report.bulk_tx_deferred = bulk_budget.deferred();
     // Every thread that could touch guest memory is joined: now it may go.
     drop((shared, transport, m.vm, mem));
     Ok(report)
@@ -233,9 +238,26 @@ impl Threads {
                 Err(_) => tracing::error!("the thread of vCPU {cpu} panicked"),
             }
         }
-        if let Ok(mut t) = transport.lock() {
-            for q in 0..schedrig_wire::console::VIRTQUEUE_COUNT {
-                t.process_queue(q);
+        // The device thread may hold the lock for one pass; never wait for
+        // it past the deadline.
+        let mut locked = transport.try_lock();
+        while matches!(locked, Err(std::sync::TryLockError::WouldBlock))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+            locked = transport.try_lock();
+        }
+        match locked {
+            Ok(mut t) => {
+                for q in 0..schedrig_wire::console::VIRTQUEUE_COUNT {
+                    t.process_queue(q);
+                }
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                abandon("the virtio device thread (holding the transport)", logs)
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                tracing::error!("the virtio transport lock is poisoned; last queue pass skipped")
             }
         }
         if let Err(e) = self.stop_devices.write(1) {

@@ -67,6 +67,9 @@ pub struct RunReport {
     pub guest_errors: BTreeMap<&'static str, u64>,
     /// How many of those were not logged (rate limit).
     pub guest_errors_not_logged: u64,
+    /// Times the bulk port left guest chains in the ring because the
+    /// controller was behind (backpressure at work).
+    pub bulk_tx_deferred: u64,
     /// What went to `--console-log`, if it was asked for.
     pub console_file: Option<crate::devices::log::TeeStats>,
     /// Kernel console (COM1), last lines.
@@ -155,6 +158,7 @@ mod tests {
             guest_errors: BTreeMap::new(),
             guest_errors_not_logged: 0,
             console_file: None,
+            bulk_tx_deferred: 0,
             console_tail: String::new(),
             console: console.into(),
             crash_text: String::new(),

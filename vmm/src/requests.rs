@@ -25,10 +25,13 @@ pub struct Answer {
     pub refused: Option<String>,
 }
 
-/// Answers a guest frame that is a request. A request too malformed to
-/// carry a readable `request_id` cannot be answered: echoing a made-up
-/// id could satisfy a different pending request. A KORQ is size-checked
-/// before it is decoded ([`schedrig_wire::KERNEL_OP_REQUEST_MAX`]).
+/// Answers a guest frame that is a request. A SNRQ that does not decode
+/// gets no answer, nor does a KORQ whose payload does not even start
+/// with a varint; a KORQ refused for any other reason (over
+/// [`schedrig_wire::KERNEL_OP_REQUEST_MAX`], which is checked before it
+/// is decoded, too many entries, bad postcard after the id) is answered
+/// with an error echoing the id it starts with: that is what the guest
+/// sent, so a guest waiting on it does not wait for nothing.
 pub fn answer(tag: MsgTag, payload: &[u8]) -> Answer {
     match tag {
         MsgTag::SnapshotRequest => match SnapshotRequest::decode(payload) {

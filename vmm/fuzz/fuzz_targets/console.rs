@@ -4,7 +4,8 @@
 //!
 //! Each input gets a fresh 960 KiB guest memory (two regions with a hole,
 //! so buffers can straddle a gap or the end of RAM), a `VirtioConsole`
-//! behind an `MmioTransport`, and sinks that only count bytes. The first
+//! behind an `MmioTransport`, and sinks that only count bytes (the bulk
+//! port's against a deliberately tiny `BulkBudget`). The first
 //! byte picks the start: even brings the device to DRIVER_OK with every
 //! queue at a fixed, valid layout (ring size `1 << (first >> 1) % 8`), odd
 //! starts from reset so the fuzzer has to negotiate through the registers.
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use schedrig_vmm::devices::virtio::chain::MAX_CHAIN_BYTES;
-use schedrig_vmm::devices::virtio::console::BulkBudget;
+use schedrig_vmm::devices::virtio::console::{BulkBudget, ByteSink, QUEUE_SIZE};
 use schedrig_vmm::devices::virtio::device::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
@@ -216,7 +217,8 @@ enum Op {
     /// or the used ring's idx.
     SetRing,
     /// `queue`, `shape: u8`, then per buffer `kind: u8`, `len`, maybe
-    /// `addr`, data if device-readable: posts a chain of up to 4 buffers
+    /// `addr`, and if device-readable `min(len, 256)` bytes of data: posts
+    /// a chain of up to 4 buffers
     /// (in the data arena, at a fuzzed address, or flagged INDIRECT),
     /// possibly linked into a loop, and makes it available.
     PostChain,
@@ -311,7 +313,7 @@ impl Arena {
 }
 
 /// Counts a sink's bytes and checks the one-chain-per-call cap.
-fn counting_sink(count: Arc<AtomicUsize>) -> Box<dyn FnMut(&[u8]) + Send> {
+fn counting_sink(count: Arc<AtomicUsize>) -> ByteSink {
     Box::new(move |bytes| {
         assert!(
             bytes.len() <= MAX_CHAIN_BYTES,
@@ -322,10 +324,18 @@ fn counting_sink(count: Arc<AtomicUsize>) -> Box<dyn FnMut(&[u8]) + Send> {
     })
 }
 
-/// Counts the bulk port's bytes; the budget is released by the fuzzer.
-fn counting_bulk_sink(count: Arc<AtomicUsize>) -> Box<dyn FnMut(Vec<u8>) + Send> {
-    let mut sink = counting_sink(count);
-    Box::new(move |bytes| sink(&bytes))
+/// Sums what the bulk port's chains are charged; the budget is released
+/// by the fuzzer.
+fn charging_bulk_sink(charged: Arc<AtomicUsize>) -> Box<dyn FnMut(Vec<u8>) + Send> {
+    Box::new(move |bytes| {
+        assert!(!bytes.is_empty(), "an empty bulk chain made an event");
+        assert!(
+            bytes.len() <= MAX_CHAIN_BYTES,
+            "bulk sink got {} bytes",
+            bytes.len()
+        );
+        charged.fetch_add(BulkBudget::charge(bytes.len()), Ordering::Relaxed);
+    })
 }
 
 struct CountingWriter(Arc<AtomicUsize>);
@@ -378,12 +388,18 @@ struct Harness {
     t: MmioTransport,
     bulk: BulkWriter,
     budget: BulkBudget,
-    /// Bytes the bulk port's sink got so far.
-    bulk_out: Arc<AtomicUsize>,
-    /// What the budget must say: bulk sink bytes minus releases (clamped
-    /// at zero), and the sink total it has seen.
+    /// What the bulk port's chains were charged so far.
+    bulk_charged: Arc<AtomicUsize>,
+    /// What the budget must say: charges minus releases (clamped at
+    /// zero), and the charge total it has seen.
     budget_model: usize,
-    bulk_out_seen: usize,
+    bulk_charged_seen: usize,
+    /// Charges of chains a device reset delivered past the budget, and
+    /// whether the current operation may have reset the device.
+    forced: usize,
+    reset_in_op: bool,
+    /// `BulkBudget::lift` was called: no limit any more.
+    lifted: bool,
     rings: [Ring; MAX_QUEUES],
     arena: Arena,
     /// Bytes sent to the bulk port and accepted.
@@ -403,7 +419,7 @@ impl Harness {
         let console = VirtioConsole::new(
             ConsoleSinks {
                 console: Box::new(CountingWriter(counts[0].clone())),
-                bulk: counting_bulk_sink(counts[1].clone()),
+                bulk: charging_bulk_sink(counts[1].clone()),
                 bulk_budget: budget.clone(),
                 stats: counting_sink(counts[2].clone()),
             },
@@ -418,9 +434,12 @@ impl Harness {
             t,
             bulk,
             budget,
-            bulk_out: counts[1].clone(),
+            bulk_charged: counts[1].clone(),
             budget_model: 0,
-            bulk_out_seen: 0,
+            bulk_charged_seen: 0,
+            forced: 0,
+            reset_in_op: false,
+            lifted: false,
             rings: [Ring::new(MAX_RING); MAX_QUEUES],
             arena: Arena { next: BUF_BASE },
             bulk_sent: 0,
@@ -487,6 +506,7 @@ impl Harness {
     }
 
     fn reset(&mut self) {
+        self.reset_in_op = true;
         write_reg(&mut self.t, REG_STATUS, 0);
         assert_eq!(self.t.status(), 0, "status survived a reset");
         assert!(!self.t.is_activated(), "device still running after reset");
@@ -583,6 +603,7 @@ impl Harness {
         let op = OPS[usize::from(input.u8()) % OPS.len()];
         let pending_before = self.bulk.pending();
         let mut accepted = 0;
+        self.reset_in_op = false;
         match op {
             Op::WriteMem => {
                 let addr = input.addr();
@@ -649,9 +670,11 @@ impl Harness {
                     if kind & 1 != 0 {
                         flags |= VRING_DESC_F_WRITE;
                     } else {
-                        // A readable indirect buffer's data is the
-                        // indirect descriptor table.
-                        let data = input.bytes(len as usize);
+                        // Its first (up to) 256 bytes come from the input,
+                        // so a long buffer does not eat the rest of it. A
+                        // readable indirect buffer's data is the indirect
+                        // descriptor table.
+                        let data = input.bytes(len.min(256) as usize);
                         let _ = self.mem.write(data, GuestAddress(addr));
                     }
                     if placement == 7 {
@@ -676,8 +699,10 @@ impl Harness {
                 let value = input.u64().to_le_bytes();
                 let mut data = [0u8; 16];
                 data[..8].copy_from_slice(&value);
+                let reset = offset == REG_STATUS && width == 4 && value[..4] == [0; 4];
+                self.reset_in_op |= reset;
                 self.t.write(offset, &data[..width]);
-                if offset == REG_STATUS && width == 4 && value[..4] == [0; 4] {
+                if reset {
                     assert_eq!(self.t.status(), 0, "status survived a reset");
                     assert!(!self.t.is_activated(), "device running after reset");
                 }
@@ -724,7 +749,14 @@ impl Harness {
             Op::BulkRelease => {
                 let n = match input.u8() {
                     0..=0xef => usize::from(input.u16()),
-                    0xf0..=0xfe => input.u32() as usize,
+                    0xf0..=0xfc => input.u32() as usize,
+                    0xfd => BulkBudget::charge(usize::from(input.u16())),
+                    0xfe => {
+                        // The run is stopping: no limit from now on.
+                        self.budget.lift();
+                        self.lifted = true;
+                        0
+                    }
                     0xff => usize::MAX,
                 };
                 let room = self.budget.room_event().expect("room eventfd");
@@ -775,7 +807,7 @@ impl Harness {
                         _ => input.u16(),
                     };
                     let (desc, avail, used) = (input.addr(), input.addr(), input.addr());
-                    let ready = input.u8() % 4 != 0;
+                    let ready = !input.u8().is_multiple_of(4);
                     self.reset();
                     self.negotiate();
                     self.configure_queues(MAX_RING);
@@ -808,17 +840,27 @@ impl Harness {
             pending <= self.bulk_sent,
             "more bulk bytes pending than sent"
         );
-        // Every byte the bulk sink got was taken from the budget, and the
-        // device takes a chain only while the budget has room.
-        let out = self.bulk_out.load(Ordering::Relaxed);
-        self.budget_model += out - self.bulk_out_seen;
-        self.bulk_out_seen = out;
+        // Every chain the bulk sink got was charged to the budget, and
+        // the device takes a chain only while the budget has room, except
+        // that a reset delivers what the guest left (at most one ring).
+        let charged = self.bulk_charged.load(Ordering::Relaxed);
+        let delta = charged - self.bulk_charged_seen;
+        self.bulk_charged_seen = charged;
+        self.budget_model += delta;
+        if self.reset_in_op {
+            let ring = usize::from(QUEUE_SIZE) * BulkBudget::charge(MAX_CHAIN_BYTES);
+            assert!(delta <= ring, "a reset delivered {delta} charged bytes");
+            self.forced += delta;
+        }
         let in_flight = self.budget.pending();
         assert_eq!(in_flight, self.budget_model, "budget after {op:?}");
-        assert!(
-            in_flight < BULK_BUDGET + MAX_CHAIN_BYTES,
-            "{in_flight} bulk bytes in flight after {op:?}"
-        );
+        if !self.lifted {
+            let bound = BULK_BUDGET + BulkBudget::charge(MAX_CHAIN_BYTES) + self.forced;
+            assert!(
+                in_flight < bound,
+                "{in_flight} bulk bytes in flight after {op:?} (bound {bound})"
+            );
+        }
     }
 }
 

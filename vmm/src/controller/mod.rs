@@ -304,6 +304,7 @@ impl Controller {
             crash_text,
             hvc0: logs.hvc0.text(),
             console_file: None,
+            bulk_tx_deferred: 0,
             peak_rss_kib: None,
             vmm_overhead_kib: None,
             guest_huge_kib: None,

@@ -417,9 +417,27 @@ mod tests {
             read_chain(&c, 1024),
             Err(ChainError::Indirect { index: 1 })
         ));
-        assert_eq!(writable_capacity(&c), 0);
-        let out = write_chain(&c, b"data");
+        // A writable indirect table (6 bytes) is not counted or written:
+        // only the 3 direct writable bytes before it.
+        let wtable = GuestAddress(0x60_0000);
+        let winner = SplitDescriptor::new(0x70_0000, 6, DESC_F_WRITE, 0);
+        mem.write_obj(winner, wtable).unwrap();
+        let w = chain(
+            &mem,
+            &vq,
+            &[
+                desc(0x30_0000, 3, DESC_F_WRITE),
+                desc(wtable.0, 16, VIRTQ_DESC_F_INDIRECT | DESC_F_WRITE),
+            ],
+        );
+        assert_eq!(writable_capacity(&w), 3);
+        let out = write_chain(&w, b"datadata");
+        assert_eq!(out.written, 3);
         assert!(matches!(out.error, Some(ChainError::Indirect { .. })));
+        let mut untouched = [0u8; 6];
+        mem.read_slice(&mut untouched, GuestAddress(0x70_0000))
+            .unwrap();
+        assert_eq!(untouched, [0; 6]);
     }
 
     #[test]

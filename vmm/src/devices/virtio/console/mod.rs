@@ -22,7 +22,7 @@ use vm_memory::GuestMemoryMmap;
 use self::control::ControlPlane;
 pub use self::port::{
     BulkBudget, BulkError, BulkWriter, ByteSink, ConsoleSinks, PortStates, BULK_RX_CAPACITY,
-    BULK_TX_BUDGET,
+    BULK_TX_BUDGET, CHAIN_CHARGE,
 };
 use super::chain::{
     read_chain, serve_queue, writable_capacity, write_chain, Chain, MAX_CHAIN_BYTES,
@@ -189,7 +189,9 @@ impl VirtioConsole {
     }
 
     /// Serves a driver-to-device queue: port output or control messages.
-    fn drain_tx(&mut self, index: u16) -> Result<(), DeviceError> {
+    /// `force` serves the bulk port past its budget (a reset, which would
+    /// otherwise drop what the guest left in the ring).
+    fn drain_tx(&mut self, index: u16, force: bool) -> Result<(), DeviceError> {
         let Some(running) = self.running.as_mut() else {
             return Ok(());
         };
@@ -200,7 +202,7 @@ impl VirtioConsole {
                 running.serve(index, |chain| {
                     // Backpressure: while the controller is behind, the
                     // chain stays in the ring and the guest waits for it.
-                    if !sinks.has_room(port) {
+                    if !force && !sinks.has_room(port) {
                         return None;
                     }
                     match read_chain(chain, MAX_CHAIN_BYTES) {
@@ -305,19 +307,25 @@ impl VirtioDevice for VirtioConsole {
         // Serve anything posted before DRIVER_OK (Linux posts nothing,
         // but a notification read before activation would be lost).
         for index in 0..VIRTQUEUE_COUNT {
-            self.drain_tx(index)?;
+            self.drain_tx(index, false)?;
         }
         self.flush()
     }
 
     fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
-        self.drain_tx(index)?;
+        self.drain_tx(index, false)?;
         // A control message may have opened the bulk port or queued
         // replies; new receive buffers may have arrived: flush either way.
         self.flush()
     }
 
     fn reset(&mut self) {
+        // What the guest wrote before the reset is delivered, whatever the
+        // budget (at most one ring of chains): a reset at shutdown must
+        // not lose the last frames.
+        if let Err(error) = self.drain_tx(BULK_TX_QUEUE, true) {
+            guest_error!(self.errors, Virtqueue, "bulk queue at reset: {error}");
+        }
         self.running = None;
         self.control.reset();
     }

@@ -16,11 +16,17 @@ use crate::guest_errors::GuestErrors;
 pub const BULK_RX_CAPACITY: usize = 4 << 20;
 
 /// Guest-to-host bulk bytes handed to the controller and not yet
-/// processed, above which the device leaves further transmit chains in
-/// the ring: the host then holds at most this plus one chain
-/// ([`super::MAX_CHAIN_BYTES`]) of a guest's output, however fast it
-/// writes.
+/// processed (each chain charged [`BulkBudget::charge`]: its bytes plus
+/// [`CHAIN_CHARGE`]), above which the device leaves further transmit
+/// chains in the ring: the host then holds at most this plus one chain
+/// ([`super::MAX_CHAIN_BYTES`]) of a guest's output, however fast and in
+/// however small pieces it writes.
 pub const BULK_TX_BUDGET: usize = 1 << 20;
+
+/// What one chain costs beyond its bytes on its way to the controller
+/// (a channel slot and an allocation): charged so that a flood of tiny
+/// chains fills the budget too.
+pub const CHAIN_CHARGE: usize = 256;
 
 /// A consumer of one port's guest output, called once per TX chain.
 pub type ByteSink = Box<dyn FnMut(&[u8]) + Send>;
@@ -59,8 +65,10 @@ impl ConsoleSinks {
                     tracing::warn!(%error, "console sink write failed");
                 }
             }
+            // An empty chain carries nothing: no event, no charge.
+            BULK_PORT_ID if bytes.is_empty() => {}
             BULK_PORT_ID => {
-                self.bulk_budget.take(bytes.len());
+                self.bulk_budget.take(BulkBudget::charge(bytes.len()));
                 (self.bulk)(bytes)
             }
             STATS_PORT_ID => (self.stats)(&bytes),
@@ -79,6 +87,10 @@ struct Budget {
     pending: AtomicUsize,
     cap: usize,
     room: EventFd,
+    /// Times the device left chains in the ring for lack of room.
+    deferred: std::sync::atomic::AtomicU64,
+    /// Set when the run stops: the last pass takes everything.
+    lifted: AtomicBool,
 }
 
 /// The bulk port's bytes in flight from the device to the controller,
@@ -95,12 +107,36 @@ impl BulkBudget {
             pending: AtomicUsize::new(0),
             cap,
             room: EventFd::new(EFD_NONBLOCK)?,
+            deferred: Default::default(),
+            lifted: AtomicBool::new(false),
         })))
     }
 
-    /// Whether the device may hand over another chain.
+    /// What a chain of `len` bytes is charged: pass the same to
+    /// [`BulkBudget::release`].
+    pub const fn charge(len: usize) -> usize {
+        len.saturating_add(CHAIN_CHARGE)
+    }
+
+    /// Whether the device may hand over another chain; counts a refusal.
     pub fn has_room(&self) -> bool {
-        self.0.pending.load(Ordering::Acquire) < self.0.cap
+        let room = self.0.lifted.load(Ordering::Acquire)
+            || self.0.pending.load(Ordering::Acquire) < self.0.cap;
+        if !room {
+            self.0.deferred.fetch_add(1, Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// Times a chain was left in the ring for lack of room.
+    pub fn deferred(&self) -> u64 {
+        self.0.deferred.load(Ordering::Relaxed)
+    }
+
+    /// No more limit: the run is stopping and its last queue pass must
+    /// take everything the guest left (at most one ring of chains).
+    pub fn lift(&self) {
+        self.0.lifted.store(true, Ordering::Release);
     }
 
     /// Bytes handed over and not yet released.
@@ -298,6 +334,12 @@ mod tests {
         assert_eq!(room.read().unwrap(), 1, "woken when room came back");
         b.release(1000);
         assert_eq!(b.pending(), 0, "never below zero");
+        assert_eq!(b.deferred(), 2, "the two refusals counted");
+        b.take(500);
+        assert!(!b.has_room());
+        b.lift();
+        assert!(b.has_room(), "lifted for the last pass");
+        assert_eq!(BulkBudget::charge(1), 1 + CHAIN_CHARGE);
     }
 
     #[test]
