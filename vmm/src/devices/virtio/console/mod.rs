@@ -99,6 +99,10 @@ pub struct VirtioConsole {
     states: PortStates,
     running: Option<Running>,
     errors: GuestErrors,
+    /// Whether a reset has already delivered chains past the bulk budget:
+    /// that happens once per device, so a guest cannot repeat resets to
+    /// push ring after ring past the budget.
+    reset_drain_spent: bool,
 }
 
 impl std::fmt::Debug for VirtioConsole {
@@ -127,6 +131,7 @@ impl VirtioConsole {
             states,
             running: None,
             errors,
+            reset_drain_spent: false,
         })
     }
 
@@ -189,8 +194,9 @@ impl VirtioConsole {
     }
 
     /// Serves a driver-to-device queue: port output or control messages.
-    /// `force` serves the bulk port past its budget (a reset, which would
-    /// otherwise drop what the guest left in the ring).
+    /// `force` serves the bulk port past its budget, at most one ring of
+    /// chains (a reset, which would otherwise drop what the guest left in
+    /// the ring).
     fn drain_tx(&mut self, index: u16, force: bool) -> Result<(), DeviceError> {
         let Some(running) = self.running.as_mut() else {
             return Ok(());
@@ -199,11 +205,18 @@ impl VirtioConsole {
         match queue_role(index) {
             Some(QueueRole::PortTx(port)) => {
                 let sinks = &mut self.sinks;
+                // A forced pass takes one ring's worth, however fast another
+                // vCPU refills it meanwhile.
+                let mut forced_left = usize::from(QUEUE_SIZE);
                 running.serve(index, |chain| {
                     // Backpressure: while the controller is behind, the
                     // chain stays in the ring and the guest waits for it.
-                    if !force && !sinks.has_room(port) {
+                    let room = sinks.has_room(port);
+                    if !room && !(force && forced_left > 0) {
                         return None;
+                    }
+                    if !room {
+                        forced_left -= 1;
                     }
                     match read_chain(chain, MAX_CHAIN_BYTES) {
                         Ok(bytes) => sinks.deliver(port, bytes, errors),
@@ -320,11 +333,17 @@ impl VirtioDevice for VirtioConsole {
     }
 
     fn reset(&mut self) {
-        // What the guest wrote before the reset is delivered, whatever the
-        // budget (at most one ring of chains): a reset at shutdown must
-        // not lose the last frames.
-        if let Err(error) = self.drain_tx(BULK_TX_QUEUE, true) {
-            guest_error!(self.errors, Virtqueue, "bulk queue at reset: {error}");
+        // What the guest wrote before a reset is delivered: Linux resets
+        // every virtio device at shutdown (virtio_dev_shutdown), and the
+        // last frames, EXIT among them, must not be lost. Past the budget
+        // only once (at most one ring of chains); later resets deliver
+        // what the budget allows and drop the rest with the ring.
+        if self.running.is_some() {
+            let force = !self.reset_drain_spent;
+            self.reset_drain_spent = true;
+            if let Err(error) = self.drain_tx(BULK_TX_QUEUE, force) {
+                guest_error!(self.errors, Virtqueue, "bulk queue at reset: {error}");
+            }
         }
         self.running = None;
         self.control.reset();

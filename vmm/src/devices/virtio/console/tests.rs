@@ -86,17 +86,7 @@ impl<'a> Guest<'a> {
         let states = device.port_states();
         let irq = Arc::new(Interrupt::new().unwrap());
         let mut t = MmioTransport::new(mem.clone(), Box::new(device), irq, errors.clone()).unwrap();
-        let features = VIRTIO_F_VERSION_1 | FEATURE_MULTIPORT;
-        assert_eq!(device_features(&mut t), features);
-        assert_ne!(negotiate(&mut t, features) & STATUS_FEATURES_OK, 0);
-        let queues: Vec<DriverQueue> = (0..u64::from(VIRTQUEUE_COUNT))
-            .map(|i| DriverQueue::new(mem, GuestAddress(QUEUE_BASE + i * QUEUE_STRIDE), RING))
-            .collect();
-        for (i, q) in (0u32..).zip(&queues) {
-            configure_queue(&mut t, i, q);
-        }
-        driver_ok(&mut t);
-        assert!(t.is_activated());
+        let queues = Self::bring_up(&mut t, mem);
         Guest {
             mem,
             t,
@@ -111,6 +101,31 @@ impl<'a> Guest<'a> {
             budget: bulk_budget,
             errors,
         }
+    }
+
+    /// Negotiates and sets up all queues (fresh rings) up to DRIVER_OK.
+    fn bring_up(t: &mut MmioTransport, mem: &'a GuestMemoryMmap) -> Vec<DriverQueue<'a>> {
+        let features = VIRTIO_F_VERSION_1 | FEATURE_MULTIPORT;
+        assert_eq!(device_features(t), features);
+        assert_ne!(negotiate(t, features) & STATUS_FEATURES_OK, 0);
+        let queues: Vec<DriverQueue> = (0..u64::from(VIRTQUEUE_COUNT))
+            .map(|i| DriverQueue::new(mem, GuestAddress(QUEUE_BASE + i * QUEUE_STRIDE), RING))
+            .collect();
+        for (i, q) in (0u32..).zip(&queues) {
+            configure_queue(t, i, q);
+        }
+        driver_ok(t);
+        assert!(t.is_activated());
+        queues
+    }
+
+    /// The same device brought up again after a reset, as a rebooted
+    /// driver would.
+    fn reboot(mut g: Guest<'a>, mem: &'a GuestMemoryMmap) -> Guest<'a> {
+        g.queues.clear();
+        g.queues = Self::bring_up(&mut g.t, mem);
+        g.rx_bufs.clear();
+        g
     }
 
     fn notify(&mut self, queue: u16) {
@@ -428,6 +443,26 @@ fn a_reset_delivers_the_chains_left_in_the_ring() {
     assert_eq!(g.bulk.lock().unwrap().as_slice(), b"first ");
     write_reg(&mut g.t, REG_STATUS, 0);
     assert_eq!(g.bulk.lock().unwrap().as_slice(), b"first EXIT");
+}
+
+/// Only the first reset delivers past the budget: a guest cannot reset
+/// again and again to push ring after ring past it.
+#[test]
+fn later_resets_do_not_get_past_the_budget() {
+    let mem = guest_memory();
+    let mut g = Guest::boot_with_budget(&mem, 1);
+    g.handshake();
+    g.post_out(BULK_TX_QUEUE, &[b"a"]);
+    g.post_out(BULK_TX_QUEUE, &[b"b"]);
+    g.notify(BULK_TX_QUEUE);
+    write_reg(&mut g.t, REG_STATUS, 0);
+    assert_eq!(g.bulk.lock().unwrap().as_slice(), b"ab");
+    // Bring it up again (fresh rings), fill, reset: nothing passes now.
+    let mut g2 = Guest::reboot(g, &mem);
+    g2.post_out(BULK_TX_QUEUE, &[b"c"]);
+    g2.notify(BULK_TX_QUEUE);
+    write_reg(&mut g2.t, REG_STATUS, 0);
+    assert_eq!(g2.bulk.lock().unwrap().as_slice(), b"ab");
 }
 
 #[test]
