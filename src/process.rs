@@ -169,15 +169,22 @@ fn collect(reader: Option<(JoinHandle<()>, Kept)>) -> Vec<u8> {
     let Some((thread, kept)) = reader else {
         return Vec::new();
     };
-    let deadline = Instant::now() + READER_GRACE;
-    while !thread.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if thread.is_finished() {
-        let _ = thread.join();
-    }
+    let _ = join_by(thread, Instant::now() + READER_GRACE);
     let kept = kept.lock().unwrap_or_else(|p| p.into_inner());
     kept.iter().copied().collect()
+}
+
+/// Joins `t` if it ends by `deadline`, polling; `None` if it is still
+/// running then (the caller says why it may be left) or it panicked.
+pub fn join_by<T>(t: JoinHandle<T>, deadline: Instant) -> Option<T> {
+    while !t.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if t.is_finished() {
+        t.join().ok()
+    } else {
+        None
+    }
 }
 
 /// The last `n` lines of `text`.

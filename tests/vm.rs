@@ -661,6 +661,15 @@ fn expect_ok(r: &RunReport) -> Result<(), Failed> {
         r.ready.is_some() && r.ready <= Some(r.total),
         r,
         "SRDY time recorded",
+    )?;
+    // The hostile-guest checks stay quiet on a well-behaved guest.
+    expect(
+        r.guest_errors.is_empty() && r.lifecycle_dropped == 0 && !r.frames.contains_key("unknown"),
+        r,
+        &format!(
+            "no guest problems (guest_errors {:?}, LIFE dropped {})",
+            r.guest_errors, r.lifecycle_dropped
+        ),
     )
 }
 

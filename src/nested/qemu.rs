@@ -373,15 +373,11 @@ pub(super) fn boot(
 /// Joins `t` if it ends by `deadline`; otherwise says so and leaves it
 /// (it only reads a pipe whose writers are gone, and ends on its own).
 fn join_by<T>(t: std::thread::JoinHandle<T>, deadline: Instant, what: &str) -> Option<T> {
-    while !t.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if t.is_finished() {
-        t.join().ok()
-    } else {
+    let joined = crate::process::join_by(t, deadline);
+    if joined.is_none() && Instant::now() >= deadline {
         eprintln!("schedrig nested: the {what} thread did not finish within {READER_DEADLINE:?}; left behind");
-        None
     }
+    joined
 }
 
 /// Removes run directories whose owner died without cleaning up
