@@ -34,7 +34,29 @@ pub struct BootOptions {
     pub console_file: Option<PathBuf>,
     /// Guest RAM on transparent huge pages.
     pub huge_pages: bool,
+    /// What guest-init runs after SRDY (None: a plain boot).
+    pub job: Option<Job>,
 }
+
+/// A scheduler (or the selftests) for the guest to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub kind: schedrig_scenarios::JobKind,
+    /// None with `JobKind::Default`: EEVDF under the same load.
+    pub scheduler: Option<crate::sched::Chosen>,
+    pub args: Vec<String>,
+    pub times: crate::sched::JobTimes,
+    /// Gets each chunk of the program's output as it arrives.
+    pub sink: Option<schedrig_vmm::controller::LogSink>,
+}
+
+/// Default seconds a scheduler may take to attach: BPF loading and
+/// verification are slow in the emulated nested host.
+pub const DEFAULT_ATTACH_TIMEOUT: u64 = 60;
+/// Default seconds an attached scheduler is held under load.
+pub const DEFAULT_HOLD: u64 = 5;
+/// Seconds a stopped scheduler may take to detach.
+pub const STOP_TIMEOUT: u64 = 10;
 
 impl Default for BootOptions {
     fn default() -> Self {
@@ -48,6 +70,7 @@ impl Default for BootOptions {
             timeout: Duration::from_secs(300),
             console_file: None,
             huge_pages: false,
+            job: None,
         }
     }
 }
@@ -62,6 +85,10 @@ pub enum BootError {
     Read(String, std::io::Error),
     #[error(transparent)]
     Machine(#[from] schedrig_vmm::MachineError),
+    #[error(transparent)]
+    Sched(#[from] crate::sched::SchedError),
+    #[error("{0}")]
+    BadOptions(String),
     #[error("{0}: a stock kernel would crawl and die here; boot it in the nested test host (`schedrig nested -- schedrig boot ...`), or set SCHEDRIG_NESTED=0 to try anyway")]
     PvmKvm(String),
 }
@@ -73,6 +100,16 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     opts.topology
         .check_memory(opts.memory_mib)
         .map_err(schedrig_vmm::MachineError::from)?;
+    // The scheduler and its archive first: a bad path or name is the
+    // user's mistake and is reported before anything else happens.
+    let extra = match &opts.job {
+        Some(j) => {
+            check_times(j, opts.timeout)?;
+            crate::sched::archive(j.kind, j.scheduler.as_ref(), j.args.clone(), j.times)?
+        }
+        None => Vec::new(),
+    };
+    tracing::debug!(elapsed = ?started.elapsed(), bytes = extra.len(), "per-test archive built");
     let k = kernel::resolve(&opts.kernel)?;
     tracing::debug!(elapsed = ?started.elapsed(), "kernel resolved");
     // After the user's own mistakes are reported: those come first.
@@ -99,10 +136,50 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         run_deadline: opts.timeout,
         console_file: opts.console_file.clone(),
         huge_pages: opts.huge_pages,
+        initrd_extra: extra,
+        scheduler: schedrig_vmm::controller::SchedExpect {
+            name: opts
+                .job
+                .as_ref()
+                .and_then(|j| j.scheduler.as_ref())
+                .map(|c| c.name.clone()),
+            wants_exit_info: opts
+                .job
+                .as_ref()
+                .is_some_and(|j| j.kind == schedrig_scenarios::JobKind::Scheduler),
+            sink: opts.job.as_ref().and_then(|j| j.sink.clone()),
+        },
     };
     let mut report = schedrig_vmm::run(&config, started)?;
     name_hung_code(&mut report, &k);
     Ok(report)
+}
+
+/// A hold of 0, or one that with attaching and stopping cannot end
+/// before the run deadline, is refused before anything starts.
+fn check_times(j: &Job, timeout: Duration) -> Result<(), BootError> {
+    let t = &j.times;
+    if j.kind != schedrig_scenarios::JobKind::Selftest && t.hold.is_zero() {
+        return Err(BootError::BadOptions("--hold must be at least 1 second".into()));
+    }
+    if t.attach_timeout.is_zero() {
+        return Err(BootError::BadOptions(
+            "--attach-timeout must be at least 1 second".into(),
+        ));
+    }
+    let need = t.hold + if j.kind == schedrig_scenarios::JobKind::Scheduler {
+        t.attach_timeout.min(Duration::from_secs(1)) + t.stop_timeout.min(Duration::from_secs(1))
+    } else {
+        Duration::ZERO
+    };
+    if need >= timeout {
+        return Err(BootError::BadOptions(format!(
+            "--hold {}s does not fit in the run deadline --timeout {}s (boot, attach and stop need time too)",
+            t.hold.as_secs(),
+            timeout.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 /// Names the function each stopped vCPU's `rip` is in (a hang report
@@ -132,7 +209,7 @@ fn name_hung_code(report: &mut RunReport, k: &kernel::ResolvedKernel) {
 }
 
 /// The report as one JSON object (the `--json` contract).
-pub fn report_json(r: &RunReport) -> serde_json::Value {
+pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
     let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
     let topo = r.guest_topology.as_ref().map(|t| {
         serde_json::json!({
@@ -188,6 +265,35 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
             "detail": v.detail,
         })).collect::<Vec<_>>(),
         "emulation_artefact": r.is_emulation_artefact(),
+        "scheduler": scheduler_json(r, args),
+    })
+}
+
+/// The `scheduler` section: what ran, whether it attached and how it
+/// ended, in the kernel's words.
+fn scheduler_json(r: &RunReport, args: &[String]) -> serde_json::Value {
+    let s = &r.scheduler;
+    let e = s.exit.as_ref();
+    serde_json::json!({
+        "name": s.name,
+        "args": args,
+        "attached": s.attached,
+        "attach_ms": s.attach.map(|d| d.as_millis() as u64),
+        "ops": e.map(|e| e.ops.clone()),
+        "outcome": e.and_then(|e| e.outcome).map(|o| o.as_str()),
+        "exit_kind": s.kind().map(|k| k.name()),
+        "exit_kind_value": e.and_then(|e| e.kind),
+        "reason": e.map(|e| e.reason.clone()),
+        "message": e.map(|e| e.message.clone()),
+        "detail": e.map(|e| e.detail.clone()),
+        "sched_ext_state": e.map(|e| e.final_state.clone()),
+        "exit_status": e.and_then(|e| e.status).or(s.exit_code),
+        "signal": e.and_then(|e| e.signal),
+        "ended_early": e.map(|e| e.early),
+        "log_tail": s.log_tail(),
+        "log_bytes": s.log_bytes,
+        "log_kept_bytes": schedrig_vmm::controller::SCHED_LOG_KEEP,
+        "log_dropped_in_guest": e.map(|e| e.log_dropped),
     })
 }
 
@@ -239,6 +345,36 @@ pub fn report_text(r: &RunReport) -> String {
     }
     for v in &r.vcpus_at_stop {
         s += &format!("stopped:   {v}\n");
+    }
+    s += &scheduler_text(r);
+    s
+}
+
+fn scheduler_text(r: &RunReport) -> String {
+    let sc = &r.scheduler;
+    let Some(e) = &sc.exit else {
+        return format!("scheduler: {} (no report from the guest)\n", sc.name);
+    };
+    let mut s = format!("scheduler: {}", sc.name);
+    if e.outcome == Some(schedrig_wire::SchedOutcome::NoScheduler) {
+        return s + &format!(" (sched_ext {})\n", e.final_state);
+    }
+    match sc.attach {
+        Some(t) => s += &format!(", attached as {:?} at {} ms", e.ops, t.as_millis()),
+        None if sc.attached => s += ", attached",
+        None => s += ", never attached",
+    }
+    s += "\n";
+    if let Some(k) = sc.kind() {
+        s += &format!("exit kind: {} ({})", k.name(), e.reason);
+        if !e.message.is_empty() {
+            s += &format!(": {}", e.message);
+        }
+        s += "\n";
+    }
+    s += &format!("sched_ext: {} at the end\n", e.final_state);
+    if r.verdict != schedrig_vmm::Verdict::Ok && !e.detail.is_empty() {
+        s += &format!("--- scheduler output / verifier (last lines) ---\n{}\n", e.detail);
     }
     s
 }

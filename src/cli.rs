@@ -43,7 +43,13 @@ enum Command {
     Nested(NestedArgs),
     /// Boot the kernel to guest-init in schedrig's own VMM and report: time to
     /// SRDY, total time, the topology the guest saw, frames received by tag.
+    /// With --scheduler: attach it, hold it under load, stop it, and report
+    /// how it ended (the kernel's exit kind, reason and message).
     Boot(BootArgs),
+    /// Run the kernel's own sched_ext selftests (one `runner`) in one VM on
+    /// our kernel and VMM: one line per test, then the counts; non-zero
+    /// exit on any failure.
+    Selftest(SelftestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +85,46 @@ struct BootArgs {
     /// the fastest start and no khugepaged activity under a test).
     #[arg(long)]
     huge_pages: bool,
+    /// The scheduler to attach: a built one by NAME (scx_simple, scx_qmap,
+    /// scx_central, scx_flatcg) or the PATH of any x86_64 executable (a
+    /// dynamic one is shipped with its libraries) [default: none, the
+    /// kernel's EEVDF].
+    #[arg(long, value_name = "NAME|PATH")]
+    scheduler: Option<String>,
+    /// The scheduler's arguments, split as a shell would (e.g. "-e 50").
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true, requires = "scheduler")]
+    sched_args: Option<String>,
+    /// Seconds the attached scheduler is held under a light load (a
+    /// spinning and a sleeping process per CPU) before it is stopped
+    /// [default: 5 with --scheduler; no hold without].
+    #[arg(long, value_name = "SECS")]
+    hold: Option<u64>,
+    /// Seconds the scheduler may take to attach (the nested test host
+    /// loads and verifies BPF slowly).
+    #[arg(long, value_name = "SECS", default_value_t = crate::boot::DEFAULT_ATTACH_TIMEOUT)]
+    attach_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct SelftestArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// Only the tests whose name contains SUBSTR (the runner's -t).
+    #[arg(long, value_name = "SUBSTR")]
+    filter: Option<String>,
+    /// CPU topology (hotplug needs 2 or more CPUs).
+    #[arg(long, default_value = "1n1l2c1t")]
+    topology: schedrig_vmm::Topology,
+    /// Guest memory, e.g. 512M or 1G.
+    #[arg(long, default_value = "512M", value_parser = parse_mib)]
+    memory: u64,
+    /// Seconds the whole suite may take (about 11 minutes in the nested
+    /// test host on a fast machine).
+    #[arg(long, default_value_t = 2400)]
+    timeout: u64,
+    /// Print one JSON object listing every test.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +312,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Nested(a) => return run_nested(a),
         Command::Boot(a) => return run_boot(a),
+        Command::Selftest(a) => return crate::selftest::run_cli(
+            a.kernel.request(),
+            a.filter,
+            a.topology,
+            a.memory,
+            a.timeout,
+            a.json,
+            *PROCESS_START.get_or_init(std::time::Instant::now),
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -280,6 +335,25 @@ fn build_kernel(jobs: Option<usize>, force: bool) -> anyhow::Result<PathBuf> {
     }
     opts.force = force;
     let out = kernel::build(&opts)?;
+    report_kernel(&out);
+    // The tree's schedulers and selftests, built for this kernel.
+    let key = out
+        .entry
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let t = std::time::Instant::now();
+    let (sched, cached) = crate::sched::build::build(&key, &out.entry.vmlinux(), opts.jobs)?;
+    if cached {
+        eprintln!("schedrig: schedulers are cached ({:.2}s)", t.elapsed().as_secs_f64());
+    } else {
+        eprintln!("schedrig: schedulers built in {:.0}s: {}", t.elapsed().as_secs_f64(), sched.dir.display());
+    }
+    Ok(out.entry.dir)
+}
+
+fn report_kernel(out: &kernel::BuildOutcome) {
     if out.cached {
         eprintln!(
             "schedrig: kernel is cached ({:.2}s)",
@@ -292,7 +366,6 @@ fn build_kernel(jobs: Option<usize>, force: bool) -> anyhow::Result<PathBuf> {
             out.duration.as_secs() % 60
         );
     }
-    Ok(out.entry.dir)
 }
 
 /// When this process was started (exec), to the kernel's 10 ms tick:
@@ -331,7 +404,10 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         a.timeout > 0 && a.boot_timeout > 0,
         "timeouts must be at least 1 second"
     );
+    let job = boot_job(&a)?;
+    let args = job.as_ref().map(|j| j.args.clone()).unwrap_or_default();
     let opts = crate::boot::BootOptions {
+        job,
         kernel: a.kernel.request(),
         topology: a.topology,
         memory_mib: a.memory,
@@ -344,7 +420,7 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
     };
     let report = crate::boot::boot(&opts, started)?;
     if a.json {
-        println!("{}", crate::boot::report_json(&report));
+        println!("{}", crate::boot::report_json(&report, &args));
     } else {
         print!("{}", crate::boot::report_text(&report));
         if report.verdict != schedrig_vmm::Verdict::Ok {
@@ -360,6 +436,39 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The job `schedrig boot` gives the guest: the scheduler, or EEVDF
+/// under load when only --hold is given, or none.
+fn boot_job(a: &BootArgs) -> anyhow::Result<Option<crate::boot::Job>> {
+    use schedrig_scenarios::JobKind;
+    let hold = a.hold.unwrap_or(crate::boot::DEFAULT_HOLD);
+    anyhow::ensure!(hold > 0, "--hold must be at least 1 second");
+    anyhow::ensure!(
+        a.attach_timeout > 0,
+        "--attach-timeout must be at least 1 second"
+    );
+    let times = crate::sched::JobTimes {
+        attach_timeout: std::time::Duration::from_secs(a.attach_timeout),
+        hold: std::time::Duration::from_secs(hold),
+        stop_timeout: std::time::Duration::from_secs(crate::boot::STOP_TIMEOUT),
+    };
+    let (kind, scheduler) = match &a.scheduler {
+        Some(spec) => (JobKind::Scheduler, Some(crate::sched::choose(spec)?)),
+        None if a.hold.is_some() => (JobKind::Default, None),
+        None => return Ok(None),
+    };
+    let args = match &a.sched_args {
+        Some(s) => crate::sched::split_args(s)?,
+        None => Vec::new(),
+    };
+    Ok(Some(crate::boot::Job {
+        kind,
+        scheduler,
+        args,
+        times,
+        sink: None,
+    }))
 }
 
 fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,8 @@ pub mod initramfs;
 pub mod kernel;
 pub mod nested;
 pub mod process;
+pub mod sched;
+pub mod selftest;
 pub mod progress;
 pub mod setup;
 pub mod static_bins;

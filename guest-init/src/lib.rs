@@ -13,12 +13,18 @@ pub mod comms;
 pub mod console;
 pub mod crash;
 pub mod hostile;
+pub mod jobs;
 pub mod kaddr;
+pub mod kmsg;
+pub mod load;
 pub mod modes;
 pub mod mount;
+pub mod outputs;
 pub mod ports;
 pub mod power;
 pub mod requests;
+pub mod sched;
+pub mod selftest;
 pub mod topology;
 
 #[cfg(test)]

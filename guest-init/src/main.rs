@@ -15,7 +15,7 @@ use schedrig_guest_init::comms::{BulkPort, CommsError};
 use schedrig_guest_init::console::{self, ensure_stdio, say};
 use schedrig_guest_init::crash::{fatal, install_panic_hook};
 use schedrig_guest_init::modes::{garbage_bytes, mode_from_cmdline, Mode};
-use schedrig_guest_init::{hostile, kaddr, mount, power, requests, topology};
+use schedrig_guest_init::{hostile, jobs, kaddr, mount, power, requests, topology};
 use schedrig_wire::LifecyclePhase;
 
 /// How long the bulk port may take to appear (the control-queue
@@ -25,6 +25,8 @@ const PORT_WAIT: Duration = Duration::from_secs(30);
 const EXIT_UNKNOWN_MODE: i32 = 2;
 /// EXIT code when requests mode got a missing or wrong reply.
 const EXIT_BAD_REPLIES: i32 = 3;
+/// EXIT code when the host's job file is unreadable.
+const EXIT_BAD_JOB: i32 = 4;
 /// How long requests mode waits for the host's replies.
 const REPLY_WAIT: Duration = Duration::from_secs(60);
 
@@ -220,6 +222,13 @@ fn run() -> Result<(), String> {
                 }
             }
         }
+        Mode::Normal => match jobs::read_job() {
+            Ok(job) => jobs::run(&mut port, job.as_ref()).map_err(comms)?.unwrap_or(exit_code),
+            Err(e) => {
+                say(&e);
+                EXIT_BAD_JOB
+            }
+        },
         _ => exit_code,
     };
     port.exit(exit_code).map_err(comms)?;

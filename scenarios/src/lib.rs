@@ -6,3 +6,6 @@
 pub mod guest_mode;
 
 pub use guest_mode::{GuestMode, MODE_PARAM};
+pub mod sched_job;
+
+pub use sched_job::{JobKind, SchedJob};

@@ -131,12 +131,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome, KernelError> {
     })
 }
 
-fn mkdir(p: &Path) -> Result<(), KernelError> {
+pub(crate) fn mkdir(p: &Path) -> Result<(), KernelError> {
     std::fs::create_dir_all(p).map_err(|e| KernelError::io("create directory", p, e))
 }
 
 /// Holds an exclusive lock on the work directory for the whole build.
-fn lock(path: &Path) -> Result<File, KernelError> {
+pub(crate) fn lock(path: &Path) -> Result<File, KernelError> {
     let f = File::create(path).map_err(|e| KernelError::io("create lock file", path, e))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
@@ -170,6 +170,26 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
 }
 
 use crate::process::tail_lines;
+
+/// The extracted kernel source tree of the installed source package
+/// (extracted now if it is not), for builds beside the kernel's (the
+/// tree's own sched_ext schedulers). The caller holds the work lock.
+pub(crate) fn source_tree() -> Result<PathBuf, KernelError> {
+    let pin = SourcePin::builtin();
+    let version = pin
+        .installed_version()
+        .ok_or_else(|| KernelError::NoSource(pin.package.clone()))?;
+    let work = cache::kernels_dir().join(".work");
+    mkdir(&work)?;
+    extract(&pin, &work, &cache::path_safe(&version))
+}
+
+/// The kernel build's work lock (`kernels/.work/lock`).
+pub(crate) fn work_lock() -> Result<File, KernelError> {
+    let work = cache::kernels_dir().join(".work");
+    mkdir(&work)?;
+    lock(&work.join("lock"))
+}
 
 /// Extracts the source tarball once per source version.
 fn extract(pin: &SourcePin, work: &Path, ver: &str) -> Result<PathBuf, KernelError> {

@@ -102,6 +102,11 @@ pub struct MachineConfig {
     /// Back guest RAM with transparent huge pages (MADV_HUGEPAGE);
     /// otherwise MADV_NOHUGEPAGE, whatever the host's THP default.
     pub huge_pages: bool,
+    /// The per-test archive (uncompressed cpio), appended to `initrd`
+    /// in guest RAM; empty for none.
+    pub initrd_extra: Vec<u8>,
+    /// The scheduler the guest runs, and where its output goes.
+    pub scheduler: crate::controller::SchedExpect,
 }
 
 /// The threads a run started. [`Threads::stop`] joins all of them or
@@ -154,7 +159,14 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         boot: config.boot_deadline,
         run: config.run_deadline,
     };
-    let mut ctl = Controller::new(started, deadlines, m.power_down, m.replies, m.errors);
+    let mut ctl = Controller::new(
+        started,
+        deadlines,
+        m.power_down,
+        m.replies,
+        m.errors,
+        config.scheduler.clone(),
+    );
     let (events, bulk_budget, mem) = (m.events, m.bulk_budget, m.mem);
     let handle = |ctl: &mut Controller, event: Event| {
         ctl.on_event(&event);

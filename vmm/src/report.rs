@@ -22,6 +22,16 @@ pub enum Verdict {
     NoExit,
     /// The VMM itself failed while running the guest.
     VmmError,
+    /// The scheduler was ejected with an error kind (ERROR, ERROR_BPF),
+    /// or did not detach cleanly (no UNREG, state not `disabled`).
+    SchedError,
+    /// The scheduler was ejected for a runnable task stall (ERROR_STALL).
+    SchedStall,
+    /// The scheduler never attached (its BPF was refused, or the attach
+    /// deadline passed).
+    SchedNotAttached,
+    /// The scheduler's process ended before attaching, or during the hold.
+    SchedDied,
 }
 
 impl Verdict {
@@ -34,6 +44,10 @@ impl Verdict {
             Verdict::ProtocolError => "protocol_error",
             Verdict::NoExit => "no_exit",
             Verdict::VmmError => "vmm_error",
+            Verdict::SchedError => "sched_error",
+            Verdict::SchedStall => "sched_stall",
+            Verdict::SchedNotAttached => "sched_not_attached",
+            Verdict::SchedDied => "sched_died",
         }
     }
 }
@@ -89,6 +103,8 @@ pub struct RunReport {
     /// On a timeout: where each vCPU was when the watchdog stopped it,
     /// so a hang says where it hung.
     pub vcpus_at_stop: Vec<StoppedVcpu>,
+    /// The scheduler's run (`EEVDF` when none was asked for).
+    pub scheduler: crate::controller::SchedulerReport,
 }
 
 /// Where a vCPU was when the controller stopped it.
@@ -167,6 +183,7 @@ mod tests {
             vmm_overhead_kib: None,
             guest_huge_kib: None,
             vcpus_at_stop: Vec::new(),
+            scheduler: Default::default(),
         }
     }
 

@@ -42,6 +42,9 @@ pub use payload::kernel_op::{
 };
 pub use payload::lifecycle::{Lifecycle, LifecycleError, LifecyclePhase};
 pub use payload::scalar::ScalarError;
+pub use payload::sched::{
+    SchedExit, SchedExitKind, SchedOutcome, SchedPayloadError, SCHED_EXIT_MAX_LEN,
+};
 pub use payload::snapshot::{
     SnapshotError, SnapshotKind, SnapshotReply, SnapshotRequest, SnapshotStatus,
 };
@@ -72,4 +75,6 @@ pub enum Error {
     KernelOp(#[from] KernelOpError),
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Sched(#[from] SchedPayloadError),
 }

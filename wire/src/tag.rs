@@ -123,6 +123,13 @@ msg_tags! {
     /// TOPO, postcard: [`crate::GuestTopology`], the guest's CPU topology
     /// from sysfs, sent before SRDY. Extends the spec table (wire/README.md).
     Topology = 0x544F_504F, "TOPO", GuestToHost;
+    /// SCAT, UTF-8 ops name: the scheduler attached (`state` is
+    /// `enabled` and `root/ops` names it). Extends the spec table.
+    SchedulerAttached = 0x5343_4154, "SCAT", GuestToHost;
+    /// SCXI, postcard: [`crate::SchedExit`], how the scheduler's run
+    /// ended (outcome, exit kind, the kernel's reason and message).
+    /// Extends the spec table.
+    SchedulerExitInfo = 0x5343_5849, "SCXI", GuestToHost;
 }
 
 impl MsgTag {
@@ -201,7 +208,7 @@ mod tests {
 
     #[test]
     fn tag_values_and_names_are_unique_and_complete() {
-        assert_eq!(MsgTag::ALL.len(), 25, "spec table has 24 tags, plus TOPO");
+        assert_eq!(MsgTag::ALL.len(), 27, "spec table has 24 tags, plus TOPO, SCAT, SCXI");
         let values: HashSet<u32> = MsgTag::ALL.iter().map(|t| t.as_u32()).collect();
         let names: HashSet<&str> = MsgTag::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(values.len(), MsgTag::ALL.len());
@@ -210,7 +217,7 @@ mod tests {
 
     #[test]
     fn values_match_spec_table() {
-        let table: [(&str, u32); 25] = [
+        let table: [(&str, u32); 27] = [
             ("STIM", 0x5354494D),
             ("SCST", 0x53435354),
             ("SCEN", 0x5343454E),
@@ -236,6 +243,8 @@ mod tests {
             ("KORQ", 0x4B4F5251),
             ("KORP", 0x4B4F5250),
             ("TOPO", 0x544F504F), // extends the spec table
+            ("SCAT", 0x53434154), // extends the spec table
+            ("SCXI", 0x53435849), // extends the spec table
         ];
         for (name, value) in table {
             let tag = MsgTag::from_u32(value).unwrap_or_else(|| panic!("{name} unknown"));

@@ -4,6 +4,7 @@
 //! verdict; `machine::run` feeds it and turns it into a report.
 
 mod record;
+mod sched;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use schedrig_wire::{
     payload::scalar, FrameParser, GuestTopology, KernAddrs, MsgTag, GUEST_TO_HOST_MAX_PAYLOAD,
 };
 
+pub use self::sched::{
+    LogSink, SchedExpect, SchedulerReport, KMSG_KEEP, LOG_TAIL_LINES, SCHED_LOG_KEEP,
+};
 pub use self::record::{
     FrameCounts, LifecycleLog, LIFECYCLE_MAX_ENTRIES, LIFECYCLE_REASON_MAX, UNKNOWN_TAG_KEY,
 };
@@ -81,6 +85,7 @@ pub struct Controller {
     /// Port 1 RX: answers to the guest's requests.
     replies: Option<BulkWriter>,
     errors: GuestErrors,
+    sched: sched::SchedState,
 }
 
 impl Controller {
@@ -92,6 +97,7 @@ impl Controller {
         power_down: Arc<AtomicBool>,
         replies: BulkWriter,
         errors: GuestErrors,
+        expect: SchedExpect,
     ) -> Self {
         Self {
             started,
@@ -112,6 +118,7 @@ impl Controller {
             verdict: None,
             replies: Some(replies),
             errors,
+            sched: sched::SchedState::new(started, expect),
         }
     }
 
@@ -172,6 +179,22 @@ impl Controller {
                         guest_error!(self.errors, Frame, "LIFE refused: {e}");
                     }
                 }
+                Some(MsgTag::SchedulerAttached) => {
+                    if let Err(e) = self.sched.on_attached(payload) {
+                        guest_error!(self.errors, Frame, "SCAT refused: {e}");
+                    }
+                }
+                Some(MsgTag::SchedulerExitInfo) => {
+                    if let Err(e) = self.sched.on_exit_info(payload) {
+                        guest_error!(self.errors, Frame, "SCXI refused: {e}");
+                    }
+                }
+                Some(MsgTag::SchedulerExit) => match scalar::decode_exit_code(payload) {
+                    Ok(code) => self.sched.on_exit_code(code),
+                    Err(e) => guest_error!(self.errors, Frame, "SCDX refused: {e}"),
+                },
+                Some(MsgTag::SchedulerLog) => self.sched.on_log(payload),
+                Some(MsgTag::Dmesg) => self.sched.on_kmsg(payload),
                 Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {
                     let answer = crate::requests::answer(tag, payload);
                     if let Some(why) = &answer.refused {
@@ -275,6 +298,12 @@ impl Controller {
                 self.end(Verdict::NoExit, why);
             }
         }
+        let scheduler = self.sched.report();
+        if self.verdict.as_ref().is_some_and(|(v, _)| *v == Verdict::Ok) {
+            if let Some((v, why)) = self.sched.judge(&scheduler) {
+                self.verdict = Some((v, why));
+            }
+        }
         if self.errors.suppressed() > 0 {
             tracing::warn!(
                 "guest problems: {:?} ({} not logged)",
@@ -309,6 +338,7 @@ impl Controller {
             vmm_overhead_kib: None,
             guest_huge_kib: None,
             vcpus_at_stop: Vec::new(),
+            scheduler,
         }
     }
 }

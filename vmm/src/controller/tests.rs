@@ -23,6 +23,7 @@ fn controller(boot: Duration) -> (Controller, BulkWriter, GuestErrors) {
         Arc::new(AtomicBool::new(false)),
         replies.clone(),
         errors.clone(),
+        SchedExpect::default(),
     );
     (c, replies, errors)
 }

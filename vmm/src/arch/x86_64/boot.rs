@@ -79,6 +79,7 @@ pub fn load(
     format: KernelFormat,
     cmdline: &str,
     initrd: &Path,
+    initrd_extra: &[u8],
 ) -> Result<LoadedKernel, BootError> {
     let path = kernel.display().to_string();
     let mut file = File::open(kernel).map_err(|source| BootError::Open {
@@ -125,16 +126,32 @@ pub fn load(
         .metadata()
         .map_err(|e| initrd_err(e.to_string()))?
         .len();
-    let initrd_addr = (ram_end.saturating_sub(initrd_len)) & !0xfff;
-    if initrd_len > ram_end || initrd_addr < kernel_end.max(HIMEM_START) {
+    // The per-test archive follows the base one at the next 4-byte
+    // boundary: the kernel's unpacker skips zero padding between
+    // concatenated archives and wants each to start 4-aligned
+    // (init/initramfs.c, unpack_to_rootfs).
+    let extra_at = initrd_len.next_multiple_of(4);
+    let total_len = if initrd_extra.is_empty() {
+        initrd_len
+    } else {
+        extra_at + initrd_extra.len() as u64
+    };
+    let initrd_addr = (ram_end.saturating_sub(total_len)) & !0xfff;
+    if total_len > ram_end || initrd_addr < kernel_end.max(HIMEM_START) {
         return Err(BootError::InitrdTooLarge {
-            size: initrd_len as usize,
+            size: total_len as usize,
             kernel_end,
             ram_end,
         });
     }
     super::elf_map::map_file(mem, &initrd_file, initrd_addr, initrd_len)
         .map_err(|e| initrd_err(e.to_string()))?;
+    if !initrd_extra.is_empty() {
+        mem.write_slice(&[0u8; 4][..(extra_at - initrd_len) as usize], GuestAddress(initrd_addr + initrd_len))
+            .and_then(|_| mem.write_slice(initrd_extra, GuestAddress(initrd_addr + extra_at)))
+            .map_err(|e| initrd_err(format!("per-test archive: {e}")))?;
+    }
+    let initrd_len = total_len;
 
     let mut params = BootParams::default();
     if let Some(hdr) = setup_header {

@@ -1,0 +1,69 @@
+//! The host's job for this boot (`/schedrig/job`, from the per-test
+//! archive): a scheduler, the selftests, or none (EEVDF).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use schedrig_scenarios::sched_job::{JOB_MAX_LEN, JOB_PATH};
+use schedrig_scenarios::{JobKind, SchedJob};
+use schedrig_wire::{MsgTag, SchedExit, SchedOutcome};
+
+use crate::comms::{BulkPort, CommsError};
+use crate::console::say;
+use crate::load::{online_cpus, Load};
+use crate::{sched, selftest};
+
+/// The job, None when there is no job file (plain boot), or why the
+/// file is unusable.
+pub fn read_job() -> Result<Option<SchedJob>, String> {
+    let f = match std::fs::File::open(JOB_PATH) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open {JOB_PATH}: {e}")),
+    };
+    let mut bytes = Vec::new();
+    f.take(JOB_MAX_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read {JOB_PATH}: {e}"))?;
+    SchedJob::decode(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{JOB_PATH}: {e}"))
+}
+
+/// Runs the job (None: report that EEVDF ran). Returns an EXIT code to
+/// use instead of the normal one, if the job decides it.
+pub fn run<W: Write>(
+    port: &mut BulkPort<W>,
+    job: Option<&SchedJob>,
+) -> Result<Option<i32>, CommsError> {
+    match job.map(|j| j.kind) {
+        Some(JobKind::Scheduler) => {
+            sched::run(port, job.expect("kind came from it"))?;
+            Ok(None)
+        }
+        Some(JobKind::Selftest) => {
+            selftest::run(port, job.expect("kind came from it"))?;
+            Ok(None)
+        }
+        Some(JobKind::Default) | None => {
+            let hold = job.map_or(0, |j| j.hold_ms);
+            if hold > 0 {
+                let mut load = Load::start(&online_cpus());
+                say(&format!("holding EEVDF for {hold} ms with {} load processes", load.len()));
+                std::thread::sleep(Duration::from_millis(hold));
+                load.stop();
+            }
+            let exit = SchedExit {
+                outcome: Some(SchedOutcome::NoScheduler),
+                final_state: sched::scx_state(),
+                ..SchedExit::default()
+            };
+            let bytes = exit.encode().map_err(|e| CommsError::Write {
+                what: "SCXI frame".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            port.send(MsgTag::SchedulerExitInfo, &bytes)?;
+            Ok(None)
+        }
+    }
+}

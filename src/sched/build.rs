@@ -1,0 +1,322 @@
+//! Builds the kernel tree's own sched_ext schedulers (tools/sched_ext)
+//! and its sched_ext selftests `runner` for a cached kernel, from the
+//! same source package, with clang-19 and the tree's own libbpf and
+//! bpftool (Debian's bpftool 7.1 breaks the skeletons), linked
+//! statically so they run in the guest as they are.
+//!
+//! Cache layout, beside the kernels (`<cache>/schedulers/`):
+//!
+//! ```text
+//! <kernel key>-<recipe hash>/{scx_simple, scx_qmap, scx_central,
+//!     scx_flatcg, scx_reject, scx_simple-dynamic, runner, build.json}
+//! .tmp-*/        an unfinished build; never an entry
+//! ```
+//!
+//! Builds run in a copy of tools/sched_ext inside the extracted tree
+//! (its Makefile finds libbpf and bpftool by relative paths) with the
+//! test fixture added, so the fixture is built exactly like the rest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::kernel::{self, cache as kcache, KernelError};
+use crate::process::tail_lines;
+use crate::progress::StepProgress;
+
+/// Bumped when the recipe (targets, flags, outputs) changes.
+const RECIPE_VERSION: u32 = 1;
+/// The tree's schedulers, in the order they are built.
+pub const TREE_SCHEDULERS: &[&str] = &["scx_simple", "scx_qmap", "scx_central", "scx_flatcg"];
+/// Our fixture scheduler whose BPF the verifier refuses (tests/fixtures).
+pub const REJECT_FIXTURE: &str = "scx_reject";
+/// scx_simple linked dynamically, to test shipping a library closure.
+pub const DYNAMIC_SIMPLE: &str = "scx_simple-dynamic";
+/// The selftests runner.
+pub const RUNNER: &str = "runner";
+const BUILD_INFO: &str = "build.json";
+
+const FIXTURE_BPF: &str = include_str!("../../tests/fixtures/scx_reject.bpf.c");
+const FIXTURE_C: &str = include_str!("../../tests/fixtures/scx_reject.c");
+
+/// Debian packages the build needs beyond the kernel's.
+pub const PACKAGES: &[&str] = &[
+    "clang-19",
+    "llvm-19",
+    "lld-19",
+    "libelf-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "make",
+    "pkg-config",
+];
+const CLANG: &str = "clang-19";
+/// Libraries of a static link: libelf.a wants zlib and zstd.
+const STATIC_LDFLAGS: &str = "-static -lelf -lz -lzstd -lpthread";
+/// How long one make step may take (all four schedulers: ~30 s on a
+/// fast machine of this kind, the selftests ~40 s).
+const STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
+const FAILURE_LOG_TAIL: usize = 40;
+
+/// A complete cache entry of built schedulers.
+#[derive(Debug, Clone)]
+pub struct SchedEntry {
+    pub dir: PathBuf,
+}
+
+impl SchedEntry {
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn names() -> impl Iterator<Item = &'static str> {
+        TREE_SCHEDULERS
+            .iter()
+            .copied()
+            .chain([REJECT_FIXTURE, DYNAMIC_SIMPLE, RUNNER, BUILD_INFO])
+    }
+
+    pub fn is_complete(&self) -> bool {
+        Self::names().all(|n| self.dir.join(n).is_file())
+    }
+}
+
+pub fn schedulers_dir() -> PathBuf {
+    kcache::cache_root().join("schedulers")
+}
+
+/// The entry's name for a kernel: its key, then a hash of the recipe and
+/// the fixture's sources (the kernel key already covers source + config).
+pub fn key(kernel_key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("schedrig-sched-recipe-v{RECIPE_VERSION}\n{CLANG}\n{STATIC_LDFLAGS}\n"));
+    h.update(TREE_SCHEDULERS.join(" "));
+    h.update(FIXTURE_BPF);
+    h.update(FIXTURE_C);
+    format!("{kernel_key}-{}", &hex::encode(h.finalize())[..12])
+}
+
+/// The cached entry for the kernel with key `kernel_key`, if complete.
+pub fn lookup(kernel_key: &str) -> Option<SchedEntry> {
+    let e = SchedEntry {
+        dir: schedulers_dir().join(key(kernel_key)),
+    };
+    e.is_complete().then_some(e)
+}
+
+/// The entry for the default kernel (building the kernel first if it is
+/// not cached), built now if needed.
+pub fn build_for_default_kernel(jobs: usize) -> Result<(SchedEntry, bool), KernelError> {
+    let k = kernel::build(&kernel::BuildOptions {
+        jobs,
+        force: false,
+    })?;
+    let kernel_key = k
+        .entry
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    build(&kernel_key, &k.entry.vmlinux(), jobs)
+}
+
+/// Builds (or finds) the schedulers for the kernel `kernel_key` whose
+/// BTF is in `vmlinux`. Returns the entry and whether it was cached.
+pub fn build(kernel_key: &str, vmlinux: &Path, jobs: usize) -> Result<(SchedEntry, bool), KernelError> {
+    if let Some(e) = lookup(kernel_key) {
+        return Ok((e, true));
+    }
+    crate::setup::ensure_packages(PACKAGES)?;
+    let _lock = kernel::build::work_lock()?;
+    if let Some(e) = lookup(kernel_key) {
+        return Ok((e, true));
+    }
+    let started = Instant::now();
+    let dir = schedulers_dir();
+    kernel::build::mkdir(&dir)?;
+    kcache::remove_stale_temporaries(&dir);
+    let tree = kernel::build::source_tree()?;
+    let name = key(kernel_key);
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    kernel::build::mkdir(&tmp)?;
+    eprintln!("schedrig: building sched_ext schedulers and selftests for kernel {kernel_key} (about 2 minutes on 2 cores; cached afterwards)");
+    let result = build_into(&tree, vmlinux, jobs, &tmp, kernel_key, started);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let dest = dir.join(&name);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest).map_err(|e| io("rename", &tmp, e))?;
+    Ok((SchedEntry { dir: dest }, false))
+}
+
+fn io(what: &'static str, p: &Path, e: std::io::Error) -> KernelError {
+    KernelError::Io {
+        what,
+        path: p.display().to_string(),
+        source: e,
+    }
+}
+
+fn make_step(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
+    let done = crate::process::run(cmd, what, STEP_LIMIT)?;
+    if done.status.success() {
+        return Ok(());
+    }
+    Err(KernelError::StepFailed {
+        step: what.to_string(),
+        status: done.status.to_string(),
+        log_tail: tail_lines(&done.text(), FAILURE_LOG_TAIL),
+    })
+}
+
+fn build_into(
+    tree: &Path,
+    vmlinux: &Path,
+    jobs: usize,
+    out: &Path,
+    kernel_key: &str,
+    started: Instant,
+) -> Result<(), KernelError> {
+    // A private copy of tools/sched_ext beside the original, plus the
+    // fixture: the Makefile's relative paths (../lib/bpf, ../bpf/bpftool)
+    // still hold.
+    let tools = tree.join("tools");
+    let scx = tools.join("sched_ext_schedrig");
+    let _ = std::fs::remove_dir_all(&scx);
+    make_step(
+        Command::new("cp")
+            .arg("-a")
+            .arg(tools.join("sched_ext"))
+            .arg(&scx),
+        "copy tools/sched_ext",
+    )?;
+    for (name, text) in [
+        (format!("{REJECT_FIXTURE}.bpf.c"), FIXTURE_BPF),
+        (format!("{REJECT_FIXTURE}.c"), FIXTURE_C),
+    ] {
+        let p = scx.join(name);
+        std::fs::write(&p, text).map_err(|e| io("write", &p, e))?;
+    }
+    let obj = out.join("obj");
+    let common = |cmd: &mut Command| {
+        cmd.arg(format!("-j{jobs}"))
+            .arg(format!("CLANG={CLANG}"))
+            .arg("LLVM_STRIP=llvm-strip-19")
+            .arg(format!("VMLINUX_BTF={}", vmlinux.display()));
+    };
+    let mut targets: Vec<&str> = TREE_SCHEDULERS.to_vec();
+    targets.push(REJECT_FIXTURE);
+    let progress = StepProgress::new("building schedulers", Some(5));
+    // Pass 1 builds libbpf, bpftool and every target as the Makefile
+    // links them (dynamically). Pass 2 links them again statically: an
+    // LDFLAGS given to the first pass would reach libbpf's own sub-make
+    // and break its shared library, while in the second pass everything
+    // but the final links is up to date.
+    let sched_make = |ldflags: Option<&str>| {
+        let mut cmd = Command::new("make");
+        cmd.arg("-C").arg(&scx);
+        common(&mut cmd);
+        cmd.arg(format!("O={}", obj.display()))
+            .arg(format!("c-sched-targets={}", targets.join(" ")));
+        if let Some(l) = ldflags {
+            cmd.arg(format!("LDFLAGS={l}"));
+        }
+        cmd.args(&targets);
+        cmd
+    };
+    let st = tools.join("testing/selftests/sched_ext");
+    let st_out = out.join("selftests");
+    let st_make = |ldflags: Option<&str>| {
+        let mut cmd = Command::new("make");
+        cmd.arg("-C").arg(&st);
+        common(&mut cmd);
+        cmd.arg(format!("OUTPUT={}", st_out.display()));
+        if let Some(l) = ldflags {
+            cmd.arg(format!("LDFLAGS={l}"));
+        }
+        // The Makefile's rule is for $(OUTPUT)/runner; a bare `runner`
+        // would hit make's built-in rule.
+        cmd.arg(st_out.join(RUNNER));
+        cmd
+    };
+    let bin = obj.join("build/bin");
+    let result = (|| {
+        kernel::build::mkdir(&obj)?;
+        progress.step("schedulers (libbpf, bpftool, BPF programs)");
+        make_step(&mut sched_make(None), "make tools/sched_ext")?;
+        copy(&bin.join("scx_simple"), &out.join(DYNAMIC_SIMPLE))?;
+        progress.step("schedulers, static link");
+        for t in &targets {
+            let _ = std::fs::remove_file(bin.join(t));
+        }
+        make_step(&mut sched_make(Some(STATIC_LDFLAGS)), "make tools/sched_ext (static)")?;
+        for t in &targets {
+            copy(&bin.join(t), &out.join(t))?;
+        }
+        progress.step("selftests runner");
+        kernel::build::mkdir(&st_out)?;
+        make_step(&mut st_make(None), "make selftests runner")?;
+        progress.step("selftests runner, static link");
+        let _ = std::fs::remove_file(st_out.join(RUNNER));
+        make_step(&mut st_make(Some(STATIC_LDFLAGS)), "make selftests runner (static)")?;
+        copy(&st_out.join(RUNNER), &out.join(RUNNER))?;
+        progress.step("strip");
+        let mut strip = Command::new("strip");
+        strip.arg("--strip-debug");
+        for n in targets.iter().copied().chain([DYNAMIC_SIMPLE, RUNNER]) {
+            strip.arg(out.join(n));
+        }
+        make_step(&mut strip, "strip --strip-debug")
+    })();
+    progress.finish();
+    let _ = std::fs::remove_dir_all(&scx);
+    result?;
+    let _ = std::fs::remove_dir_all(&obj);
+    let _ = std::fs::remove_dir_all(out.join("selftests"));
+    let info = serde_json::json!({
+        "kernel_key": kernel_key,
+        "recipe_version": RECIPE_VERSION,
+        "clang": CLANG,
+        "ldflags": STATIC_LDFLAGS,
+        "build_seconds": started.elapsed().as_secs(),
+    });
+    let p = out.join(BUILD_INFO);
+    std::fs::write(&p, format!("{info:#}\n")).map_err(|e| io("write", &p, e))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), KernelError> {
+    std::fs::copy(from, to)
+        .map(drop)
+        .map_err(|e| io("copy", from, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_the_kernel_and_covers_the_fixture() {
+        let k = key("6.12.117-1_deb12u1-64f45c5536f6578a");
+        assert!(k.starts_with("6.12.117-1_deb12u1-64f45c5536f6578a-"));
+        assert_ne!(k, key("6.12.117-1_deb12u1-0000000000000000"));
+        assert!(FIXTURE_BPF.contains("map_value_or_null"));
+    }
+
+    #[test]
+    fn incomplete_entry_is_not_found() {
+        let d = tempfile::tempdir().unwrap();
+        let e = SchedEntry {
+            dir: d.path().to_path_buf(),
+        };
+        assert!(!e.is_complete());
+        for n in SchedEntry::names() {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        assert!(e.is_complete());
+    }
+}

@@ -1,0 +1,242 @@
+//! `schedrig selftest`: the kernel's own sched_ext selftests (one
+//! `runner`, built beside the kernel) in one VM on our kernel and VMM.
+//! A conformance check of the kernel config and the VMM: every test must
+//! pass on the default topology.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use schedrig_scenarios::JobKind;
+use schedrig_vmm::controller::LogSink;
+use schedrig_vmm::{Topology, Verdict};
+
+use crate::boot::{BootOptions, Job};
+use crate::kernel::KernelRequest;
+use crate::sched::{Chosen, JobTimes};
+
+/// One test's result, as the runner printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    pub number: u32,
+    pub name: String,
+    /// `ok`, `not ok` or `skip`.
+    pub status: &'static str,
+}
+
+/// Parses one runner line: `ok N name # ` / `not ok N name # ` /
+/// `ok N name # SKIP `.
+pub fn parse_line(line: &str) -> Option<TestResult> {
+    let line = line.trim_end_matches(['\r', '\n']).trim();
+    let (failed, rest) = if let Some(r) = line.strip_prefix("not ok ") {
+        (true, r)
+    } else {
+        (false, line.strip_prefix("ok ")?)
+    };
+    let (num, rest) = rest.split_once(' ')?;
+    let number = num.parse().ok()?;
+    let (name, directive) = rest.split_once(" #").unwrap_or((rest, ""));
+    let status = match (failed, directive.trim()) {
+        (true, _) => "not ok",
+        (false, "SKIP") => "skip",
+        (false, _) => "ok",
+    };
+    Some(TestResult {
+        number,
+        name: name.trim().to_string(),
+        status,
+    })
+}
+
+/// Collects results from output chunks as they arrive: lines are
+/// assembled across chunks, and the first result per test number wins
+/// (a forked test can print its parent's unflushed lines again).
+#[derive(Debug, Default)]
+pub struct Collector {
+    partial: Vec<u8>,
+    pub results: Vec<TestResult>,
+}
+
+/// Longest line kept while waiting for its end.
+const LINE_MAX: usize = 64 << 10;
+
+impl Collector {
+    /// Feeds a chunk; returns the new results (to print).
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<TestResult> {
+        let mut new = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                self.partial.clear();
+                if let Some(r) = parse_line(&line) {
+                    if self.results.iter().all(|x| x.number != r.number) {
+                        self.results.push(r.clone());
+                        new.push(r);
+                    }
+                }
+            } else if self.partial.len() < LINE_MAX {
+                self.partial.push(b);
+            }
+        }
+        new
+    }
+
+    pub fn count(&self, status: &str) -> usize {
+        self.results.iter().filter(|r| r.status == status).count()
+    }
+}
+
+/// Runs the suite; returns the results and the run's report.
+pub fn run(
+    kernel: KernelRequest,
+    filter: Option<String>,
+    topology: Topology,
+    memory_mib: u64,
+    timeout: Duration,
+    on_result: impl Fn(&TestResult) + Send + Sync + 'static,
+    started: Instant,
+) -> Result<(Vec<TestResult>, schedrig_vmm::RunReport), crate::boot::BootError> {
+    let runner = crate::sched::runner()?;
+    let collector = Arc::new(Mutex::new(Collector::default()));
+    let c2 = collector.clone();
+    let sink = LogSink(Arc::new(move |b: &[u8]| {
+        let new = c2.lock().map(|mut c| c.feed(b)).unwrap_or_default();
+        for r in &new {
+            on_result(r);
+        }
+    }));
+    let mut args = Vec::new();
+    if let Some(f) = filter {
+        args.push("-t".to_string());
+        args.push(f);
+    }
+    let opts = BootOptions {
+        kernel,
+        topology,
+        memory_mib,
+        timeout,
+        job: Some(Job {
+            kind: JobKind::Selftest,
+            scheduler: Some(Chosen {
+                name: "runner".into(),
+                host_path: runner,
+                expect_ops: None,
+            }),
+            args,
+            // The guest's own limit: a little less than the host's, so the
+            // guest can still report what ran.
+            times: JobTimes {
+                attach_timeout: Duration::from_secs(1),
+                hold: timeout.saturating_sub(Duration::from_secs(90)).max(Duration::from_secs(1)),
+                stop_timeout: Duration::from_secs(1),
+            },
+            sink: Some(sink),
+        }),
+        ..BootOptions::default()
+    };
+    let report = crate::boot::boot(&opts, started)?;
+    let results = collector
+        .lock()
+        .map(|c| c.results.clone())
+        .unwrap_or_default();
+    Ok((results, report))
+}
+
+/// The CLI: one line per test as it finishes, then the counts.
+pub fn run_cli(
+    kernel: KernelRequest,
+    filter: Option<String>,
+    topology: Topology,
+    memory_mib: u64,
+    timeout: u64,
+    json: bool,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(timeout > 90, "--timeout must be above 90 seconds");
+    let (results, report) = run(
+        kernel,
+        filter,
+        topology,
+        memory_mib,
+        Duration::from_secs(timeout),
+        move |r| {
+            if !json {
+                println!("{:<6} {:>2} {}", r.status, r.number, r.name);
+            }
+        },
+        started,
+    )?;
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    let (passed, failed, skipped) = (count("ok"), count("not ok"), count("skip"));
+    let vm_ok = report.verdict == Verdict::Ok;
+    let ok = vm_ok && failed == 0 && !results.is_empty();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "passed": passed,
+                "failed": failed,
+                "skipped": skipped,
+                "tests": results.iter().map(|r| serde_json::json!({
+                    "number": r.number, "name": r.name, "status": r.status,
+                })).collect::<Vec<_>>(),
+                "runner_exit_code": report.scheduler.exit_code,
+                "verdict": report.verdict.as_str(),
+                "reason": report.reason,
+                "total_ms": report.total.as_millis() as u64,
+            })
+        );
+    } else {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+        if !vm_ok {
+            eprintln!(
+                "schedrig selftest: the VM ended badly: {} ({})\n--- console (last lines) ---\n{}",
+                report.verdict.as_str(),
+                report.reason,
+                report.console_tail
+            );
+        } else if results.is_empty() {
+            eprintln!(
+                "schedrig selftest: the runner reported no test; its output:\n{}",
+                report.scheduler.log_tail()
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_lines_parse() {
+        assert_eq!(
+            parse_line("ok 3 create_dsq # \r\n"),
+            Some(TestResult {
+                number: 3,
+                name: "create_dsq".into(),
+                status: "ok"
+            })
+        );
+        assert_eq!(parse_line("not ok 12 hotplug # ").unwrap().status, "not ok");
+        assert_eq!(parse_line("ok 5 exit # SKIP ").unwrap().status, "skip");
+        assert_eq!(parse_line("TEST: exit"), None);
+        assert_eq!(parse_line("ok x y"), None);
+    }
+
+    #[test]
+    fn collector_joins_chunks_and_keeps_the_first_result() {
+        let mut c = Collector::default();
+        assert!(c.feed(b"===== START =====\nok 1 mini").is_empty());
+        let new = c.feed(b"mal # \nok 1 minimal # \nnot ok 2 exit # \n");
+        assert_eq!(new.len(), 2);
+        assert_eq!(c.results[0].name, "minimal");
+        assert_eq!(c.count("not ok"), 1);
+        assert_eq!(c.count("ok"), 1);
+    }
+}

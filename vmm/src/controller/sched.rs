@@ -1,0 +1,355 @@
+//! The scheduler's frames (SCAT, SCLG, DMSG, SCDX, SCXI), kept bounded,
+//! and the verdict they make: a scheduler exits 0 after an error or a
+//! stall, so the verdict comes from SCXI (the kernel's exit kind), never
+//! from SCDX alone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use schedrig_wire::payload::sched::decode_attached;
+use schedrig_wire::{SchedExit, SchedExitKind, SchedOutcome};
+
+use crate::devices::log::BoundedLog;
+use crate::report::Verdict;
+
+/// Scheduler output kept (SCLG): the newest 256 KiB; the rest is counted.
+pub const SCHED_LOG_KEEP: usize = 256 << 10;
+/// Kernel log kept (DMSG): the newest 64 KiB.
+pub const KMSG_KEEP: usize = 64 << 10;
+/// Lines of the scheduler's output a report quotes.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// Called with every SCLG chunk as it arrives (the CLI streams the
+/// selftests' lines with it).
+#[derive(Clone)]
+pub struct LogSink(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSink")
+    }
+}
+
+/// What the run expects of a scheduler.
+#[derive(Debug, Clone, Default)]
+pub struct SchedExpect {
+    /// The scheduler's name; None means the kernel's default (EEVDF).
+    pub name: Option<String>,
+    /// The guest must send SCXI (false for selftest runs).
+    pub wants_exit_info: bool,
+    pub sink: Option<LogSink>,
+}
+
+/// The scheduler section of a report.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerReport {
+    /// `EEVDF` when none was asked for.
+    pub name: String,
+    pub attached: bool,
+    /// VMM start to SCAT (the guest saw it enabled).
+    pub attach: Option<Duration>,
+    /// SCXI as decoded.
+    pub exit: Option<SchedExit>,
+    /// SCDX: the process's exit code.
+    pub exit_code: Option<i32>,
+    /// Scheduler output, the newest [`SCHED_LOG_KEEP`] bytes.
+    pub log: String,
+    /// All SCLG bytes received.
+    pub log_bytes: u64,
+    /// Kernel log lines the guest forwarded, the newest [`KMSG_KEEP`].
+    pub kmsg: String,
+}
+
+impl SchedulerReport {
+    /// The last lines of the scheduler's output.
+    pub fn log_tail(&self) -> String {
+        let lines: Vec<&str> = self.log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    pub fn kind(&self) -> Option<SchedExitKind> {
+        self.exit.as_ref().and_then(SchedExit::exit_kind)
+    }
+}
+
+/// The controller's scheduler state.
+pub struct SchedState {
+    started: Instant,
+    expect: SchedExpect,
+    attached: Option<(Instant, String)>,
+    exit: Option<SchedExit>,
+    exit_code: Option<i32>,
+    log: BoundedLog,
+    kmsg: BoundedLog,
+}
+
+impl SchedState {
+    pub fn new(started: Instant, expect: SchedExpect) -> Self {
+        SchedState {
+            started,
+            expect,
+            attached: None,
+            exit: None,
+            exit_code: None,
+            log: BoundedLog::new(SCHED_LOG_KEEP),
+            kmsg: BoundedLog::new(KMSG_KEEP),
+        }
+    }
+
+    pub fn on_attached(&mut self, payload: &[u8]) -> Result<(), String> {
+        let ops = decode_attached(payload).map_err(|e| e.to_string())?;
+        self.attached.get_or_insert((Instant::now(), ops));
+        Ok(())
+    }
+
+    pub fn on_log(&mut self, payload: &[u8]) {
+        self.log.append(payload);
+        if let Some(s) = &self.expect.sink {
+            (s.0)(payload);
+        }
+    }
+
+    pub fn on_kmsg(&mut self, payload: &[u8]) {
+        self.kmsg.append(payload);
+    }
+
+    pub fn on_exit_code(&mut self, code: i32) {
+        self.exit_code = Some(code);
+    }
+
+    pub fn on_exit_info(&mut self, payload: &[u8]) -> Result<(), String> {
+        let m = SchedExit::decode(payload).map_err(|e| e.to_string())?;
+        // The first one counts: a guest cannot rewrite its verdict.
+        self.exit.get_or_insert(m);
+        Ok(())
+    }
+
+    pub fn report(&self) -> SchedulerReport {
+        SchedulerReport {
+            name: self
+                .expect
+                .name
+                .clone()
+                .unwrap_or_else(|| "EEVDF".to_string()),
+            attached: self.attached.is_some(),
+            attach: self
+                .attached
+                .as_ref()
+                .map(|(t, _)| t.saturating_duration_since(self.started)),
+            exit: self.exit.clone(),
+            exit_code: self.exit_code,
+            log: self.log.text(),
+            log_bytes: self.log.total(),
+            kmsg: self.kmsg.text(),
+        }
+    }
+
+    /// The scheduler verdict, for a run that otherwise ended well.
+    pub fn judge(&self, r: &SchedulerReport) -> Option<(Verdict, String)> {
+        let Some(exit) = &r.exit else {
+            return self.expect.wants_exit_info.then(|| {
+                (
+                    Verdict::NoExit,
+                    "the guest ended without reporting how the scheduler ended (no SCXI)".into(),
+                )
+            });
+        };
+        let name = &r.name;
+        let kind = r.kind();
+        let kind_text = |k: Option<SchedExitKind>| {
+            k.map_or_else(
+                || format!("kind {:?}", exit.kind),
+                |k| k.name().to_string(),
+            )
+        };
+        let first_line = |s: &str| s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        match exit.outcome? {
+            SchedOutcome::NoScheduler => (exit.final_state != "disabled").then(|| {
+                (
+                    Verdict::SchedError,
+                    format!(
+                        "no scheduler was asked for, yet sched_ext is {}",
+                        exit.final_state
+                    ),
+                )
+            }),
+            SchedOutcome::NotAttached => Some((
+                Verdict::SchedNotAttached,
+                format!("{name} did not attach: {}", first_line(&exit.detail)),
+            )),
+            SchedOutcome::Died => Some((
+                Verdict::SchedDied,
+                format!(
+                    "{name} ended before attaching ({}): {}",
+                    status_text(exit),
+                    first_line(&exit.detail)
+                ),
+            )),
+            SchedOutcome::Detached => {
+                let said = |e: &SchedExit| {
+                    let mut s = format!("{} ({})", kind_text(kind), e.reason);
+                    if !e.message.is_empty() {
+                        s += &format!(": {}", e.message);
+                    }
+                    s
+                };
+                if kind == Some(SchedExitKind::ErrorStall) {
+                    Some((Verdict::SchedStall, format!("{name} ejected: {}", said(exit))))
+                } else if kind.is_some_and(SchedExitKind::is_error) {
+                    Some((Verdict::SchedError, format!("{name} ejected: {}", said(exit))))
+                } else if exit.early {
+                    Some((
+                        Verdict::SchedDied,
+                        format!(
+                            "{name} ended during the hold ({}; {})",
+                            status_text(exit),
+                            said(exit)
+                        ),
+                    ))
+                } else if exit.final_state != "disabled" {
+                    Some((
+                        Verdict::SchedError,
+                        format!(
+                            "{name} was stopped but sched_ext stayed {}",
+                            exit.final_state
+                        ),
+                    ))
+                } else if !kind.is_some_and(SchedExitKind::is_unreg) {
+                    Some((
+                        Verdict::SchedError,
+                        format!(
+                            "{name} detached with {} instead of UNREG (reason {:?})",
+                            kind_text(kind),
+                            exit.reason
+                        ),
+                    ))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn status_text(e: &SchedExit) -> String {
+    match (e.status, e.signal) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "no exit status".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(name: Option<&str>) -> SchedState {
+        SchedState::new(
+            Instant::now(),
+            SchedExpect {
+                name: name.map(String::from),
+                wants_exit_info: name.is_some(),
+                sink: None,
+            },
+        )
+    }
+
+    fn judged(name: Option<&str>, exit: Option<SchedExit>) -> Option<(Verdict, String)> {
+        let mut s = state(name);
+        if let Some(e) = exit {
+            s.on_exit_info(&e.encode().unwrap()).unwrap();
+        }
+        let r = s.report();
+        s.judge(&r)
+    }
+
+    fn detached(kind: SchedExitKind, reason: &str, message: &str) -> SchedExit {
+        SchedExit {
+            outcome: Some(SchedOutcome::Detached),
+            status: Some(0),
+            kind: Some(kind.value()),
+            reason: reason.into(),
+            message: message.into(),
+            final_state: "disabled".into(),
+            ..SchedExit::default()
+        }
+    }
+
+    #[test]
+    fn each_ending_gets_its_verdict() {
+        let ok = detached(SchedExitKind::Unreg, "unregistered from user space", "");
+        assert_eq!(judged(Some("scx_simple"), Some(ok.clone())), None);
+        let stall = detached(
+            SchedExitKind::ErrorStall,
+            "runnable task stall",
+            "spin0[88] failed to run for 5.120s",
+        );
+        let (v, why) = judged(Some("scx_qmap"), Some(stall)).unwrap();
+        assert_eq!(v, Verdict::SchedStall);
+        assert!(why.contains("ERROR_STALL") && why.contains("spin0[88]"), "{why}");
+        let err = detached(SchedExitKind::ErrorBpf, "scx_bpf_error", "boom");
+        assert_eq!(judged(Some("q"), Some(err)).unwrap().0, Verdict::SchedError);
+        let mut early = ok.clone();
+        early.early = true;
+        assert_eq!(judged(Some("q"), Some(early)).unwrap().0, Verdict::SchedDied);
+        let mut stuck = ok.clone();
+        stuck.final_state = "enabled".into();
+        assert_eq!(judged(Some("q"), Some(stuck)).unwrap().0, Verdict::SchedError);
+        let sysrq = detached(SchedExitKind::Sysrq, "disabled by sysrq-S", "");
+        assert_eq!(judged(Some("q"), Some(sysrq)).unwrap().0, Verdict::SchedError);
+        let died = SchedExit {
+            outcome: Some(SchedOutcome::Died),
+            status: Some(3),
+            detail: "out\nbye\n".into(),
+            ..SchedExit::default()
+        };
+        let (v, why) = judged(Some("x"), Some(died)).unwrap();
+        assert_eq!(v, Verdict::SchedDied);
+        assert!(why.contains("exit status 3") && why.contains("bye"), "{why}");
+        let na = SchedExit {
+            outcome: Some(SchedOutcome::NotAttached),
+            detail: "R0 invalid mem access 'map_value_or_null'".into(),
+            ..SchedExit::default()
+        };
+        let (v, why) = judged(Some("r"), Some(na)).unwrap();
+        assert_eq!(v, Verdict::SchedNotAttached);
+        assert!(why.contains("map_value_or_null"));
+        // Nothing asked for, nothing said: fine; asked for and silent: not.
+        assert_eq!(judged(None, None), None);
+        assert_eq!(judged(Some("x"), None).unwrap().0, Verdict::NoExit);
+        let eevdf = SchedExit {
+            outcome: Some(SchedOutcome::NoScheduler),
+            final_state: "disabled".into(),
+            ..SchedExit::default()
+        };
+        assert_eq!(judged(None, Some(eevdf.clone())), None);
+        let mut odd = eevdf;
+        odd.final_state = "enabled".into();
+        assert_eq!(judged(None, Some(odd)).unwrap().0, Verdict::SchedError);
+    }
+
+    #[test]
+    fn output_is_bounded_and_streamed() {
+        let seen = Arc::new(std::sync::Mutex::new(0usize));
+        let s2 = seen.clone();
+        let mut s = SchedState::new(
+            Instant::now(),
+            SchedExpect {
+                name: Some("x".into()),
+                wants_exit_info: true,
+                sink: Some(LogSink(Arc::new(move |b| *s2.lock().unwrap() += b.len()))),
+            },
+        );
+        for _ in 0..1000 {
+            s.on_log(&[b'a'; 1024]);
+        }
+        let r = s.report();
+        assert!(r.log.len() <= SCHED_LOG_KEEP);
+        assert_eq!(r.log_bytes, 1000 * 1024);
+        assert_eq!(*seen.lock().unwrap(), 1000 * 1024);
+        assert!(s.on_attached(&[0xff]).is_err());
+        assert!(s.on_exit_info(&[1, 2, 3]).is_err());
+        s.on_attached(b"simple").unwrap();
+        assert!(s.report().attached);
+    }
+}
