@@ -197,8 +197,9 @@ pub fn run_cli(
             );
         } else if results.is_empty() {
             eprintln!(
-                "schedrig selftest: the runner reported no test; its output:\n{}",
-                report.scheduler.log_tail()
+                "schedrig selftest: the runner reported no test; its output:\n{}\n--- console (last lines) ---\n{}",
+                report.scheduler.log_tail(),
+                report.console_tail
             );
         }
     }

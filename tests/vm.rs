@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     let mut tests = vec![Trial::test("kvm_smoke_io_out_and_hlt", kvm_smoke)];
     tests.extend(boot_tests());
     tests.extend(hostile_tests());
+    tests.extend(sched_tests());
     libtest_mimic::run(&args, tests).exit_code()
 }
 
@@ -119,6 +120,7 @@ use schedrig::boot::{boot, BootOptions, GuestMode};
 use schedrig::kernel::KernelRequest;
 use schedrig_vmm::introspect::symbols::SymbolTable;
 use schedrig_vmm::{RunReport, Topology, Verdict};
+use schedrig_wire::SchedOutcome;
 
 /// The inner VM boots under emulation here: generous deadlines.
 const BOOT_DEADLINE: Duration = Duration::from_secs(150);
@@ -152,6 +154,16 @@ fn boot_tests() -> Vec<Trial> {
                     "no huge pages in guest RAM (got {:?} KiB)",
                     r.guest_huge_kib
                 ),
+            )?;
+            // No --scheduler: the kernel's own EEVDF, sched_ext untouched.
+            let e = r.scheduler.exit.as_ref();
+            expect(
+                r.scheduler.name == "EEVDF"
+                    && e.and_then(|e| e.outcome) == Some(SchedOutcome::NoScheduler)
+                    && e.is_some_and(|e| e.final_state == "disabled")
+                    && !r.scheduler.attached,
+                &r,
+                "scheduler EEVDF with sched_ext disabled",
             )?;
             check_kern_addrs(&r, false)
         }),
@@ -339,6 +351,154 @@ fn boot_tests() -> Vec<Trial> {
     t
 }
 
+// ---- Real sched_ext schedulers: attach, hold, stop, and every ending ----
+
+/// `schedrig boot --scheduler ...` as a user runs it.
+fn run_sched(label: &str, args: &[&str]) -> Result<Hostile, Failed> {
+    run_cli(label, args)
+}
+
+fn sched_field<'a>(h: &'a Hostile, k: &str) -> &'a serde_json::Value {
+    &h.json["scheduler"][k]
+}
+
+/// It attached, was held, and detached cleanly on our SIGINT.
+fn expect_clean_attach(h: &Hostile, name: &str, ops: &str) -> Result<(), Failed> {
+    h.check(h.json["verdict"] == "ok" && h.json["exit_code"] == 0, "verdict ok, exit 0")?;
+    h.check(
+        sched_field(h, "name") == name
+            && sched_field(h, "attached") == true
+            && sched_field(h, "ops") == ops
+            && sched_field(h, "attach_ms").as_u64().is_some_and(|t| t > 0),
+        &format!("{name} attached as {ops:?} with an attach time"),
+    )?;
+    h.check(
+        sched_field(h, "exit_kind") == "UNREG"
+            && sched_field(h, "reason") == "unregistered from user space"
+            && sched_field(h, "sched_ext_state") == "disabled"
+            && sched_field(h, "ended_early") == false,
+        "an UNREG exit after the hold, sched_ext disabled again",
+    )?;
+    h.check(h.frames("SCAT") == 1 && h.frames("SCXI") == 1 && h.frames("SCDX") == 1, "SCAT, SCDX and SCXI once each")?;
+    h.check(h.json["guest_errors"].as_object().is_none_or(|m| m.is_empty()), "no guest errors")
+}
+
+fn sched_tests() -> Vec<Trial> {
+    let mut t = Vec::new();
+    for topo in ["1n1l1c1t", "1n2l2c1t"] {
+        t.push(Trial::test(format!("scx_simple_attaches_holds_and_detaches_on_{topo}"), move || {
+            let h = run_sched(topo, &["--scheduler", "scx_simple", "--hold", "3", "--topology", topo])?;
+            expect_clean_attach(&h, "scx_simple", "simple")?;
+            // Its per-second stats line reached the host as SCLG.
+            h.check(
+                sched_field(&h, "log_tail").as_str().is_some_and(|l| l.contains("local=")),
+                "scx_simple's own output in the log tail",
+            )
+        }));
+    }
+    t.push(Trial::test("scx_simple_linked_dynamically_attaches_from_its_packed_closure", || {
+        let h = run_sched("dynamic", &["--scheduler", "scx_simple-dynamic", "--hold", "2"])?;
+        expect_clean_attach(&h, "scx_simple-dynamic", "simple")
+    }));
+    t.push(Trial::test("scx_qmap_error_injection_is_sched_error_error_bpf", || {
+        let h = run_sched("qmap-e", &["--scheduler", "scx_qmap", "--sched-args", "-e 50", "--hold", "20"])?;
+        h.check(h.json["verdict"] == "sched_error", "verdict sched_error")?;
+        h.check(
+            sched_field(&h, "exit_kind") == "ERROR_BPF"
+                && sched_field(&h, "reason") == "scx_bpf_error"
+                && sched_field(&h, "message").as_str().is_some_and(|m| m.contains("test triggering error")),
+            "kind ERROR_BPF with the kernel's reason and qmap's message",
+        )?;
+        h.check(
+            h.json["reason"].as_str().is_some_and(|r| r.contains("ERROR_BPF")),
+            "the verdict's reason names the kind",
+        )
+    }));
+    t.push(Trial::test("scx_qmap_stall_injection_is_sched_stall_naming_the_task", || {
+        let h = run_sched("qmap-t", &["--scheduler", "scx_qmap", "--sched-args", "-t 5", "--hold", "30"])?;
+        h.check(h.json["verdict"] == "sched_stall", "verdict sched_stall")?;
+        h.check(
+            sched_field(&h, "exit_kind") == "ERROR_STALL"
+                && sched_field(&h, "reason") == "runnable task stall",
+            "kind ERROR_STALL",
+        )?;
+        // "comm[pid] failed to run for X.XXXs": the task is named.
+        let msg = sched_field(&h, "message").as_str().unwrap_or("");
+        h.check(
+            msg.contains("failed to run for") && msg.contains('[') && msg.contains(']'),
+            &format!("the stalled task named in the message (got {msg:?})"),
+        )
+    }));
+    t.push(Trial::test("a_verifier_rejection_is_sched_not_attached_with_the_verifiers_words", || {
+        let h = run_sched("reject", &["--scheduler", "scx_reject", "--hold", "3"])?;
+        h.check(h.json["verdict"] == "sched_not_attached", "verdict sched_not_attached")?;
+        h.check(
+            h.json["reason"].as_str().is_some_and(|r| r.contains("invalid mem access 'map_value_or_null'")),
+            "the verifier's own message in the verdict's reason",
+        )?;
+        h.check(
+            sched_field(&h, "detail").as_str().is_some_and(|d| d.contains("processed") && d.contains("bpf_map_lookup_elem")),
+            "the verifier log in the report",
+        )?;
+        h.check(sched_field(&h, "attached") == false && h.frames("SCAT") == 0, "never attached")?;
+        let life3 = h.json["lifecycle"].as_array().is_some_and(|l| l.iter().any(|e| e[0] == 3));
+        h.check(life3, "LIFE 3 (died during start)")
+    }));
+    t.push(Trial::test("a_scheduler_that_exits_at_once_is_sched_died_with_status_and_output", || {
+        // /bin/sh is dynamically linked: it also travels with its closure.
+        let h = run_sched(
+            "exit3",
+            &["--scheduler", "/bin/sh", "--sched-args", "-c 'echo early-bye; exit 3'", "--hold", "3"],
+        )?;
+        h.check(h.json["verdict"] == "sched_died", "verdict sched_died")?;
+        h.check(
+            sched_field(&h, "exit_status") == 3
+                && sched_field(&h, "detail").as_str().is_some_and(|d| d.contains("early-bye")),
+            "exit status 3 and its output",
+        )?;
+        h.check(
+            h.json["reason"].as_str().is_some_and(|r| r.contains("exit status 3") && r.contains("early-bye")),
+            "status and output in the verdict's reason",
+        )
+    }));
+    t.push(Trial::test("selftest_subset_passes_and_is_counted", || selftest_check(Some("minimal"), 1)));
+    t.push(
+        Trial::test("selftest_full_suite_passes_every_test", || selftest_check(None, FULL_SELFTESTS))
+            .with_ignored_flag(std::env::var("SCHEDRIG_FULL_SELFTEST").as_deref() != Ok("1")),
+    );
+    t
+}
+
+/// Tests the 6.12 runner has (all must pass on our kernel and VMM).
+const FULL_SELFTESTS: usize = 21;
+
+/// `schedrig selftest [--filter F] --json`: exactly `want` tests seen,
+/// every one passed.
+fn selftest_check(filter: Option<&str>, want: usize) -> Result<(), Failed> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_schedrig"));
+    cmd.args(["selftest", "--json"]);
+    if let Some(f) = filter {
+        cmd.args(["--filter", f]);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("run schedrig selftest: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("schedrig selftest printed no JSON ({e}; {}):\n{stderr}", out.status))?;
+    let tests = j["tests"].as_array().map_or(0, Vec::len);
+    let passed = j["passed"].as_u64().unwrap_or(0) as usize;
+    eprintln!(
+        "vm tests: selftest {filter:?}: {passed}/{tests} passed, {} failed, {} skipped, {} ms",
+        j["failed"], j["skipped"], j["total_ms"]
+    );
+    if tests == want && passed == want && j["verdict"] == "ok" && out.status.success() {
+        return Ok(());
+    }
+    Err(format!("expected {want} tests all passing; got {j:#}\n--- stderr ---\n{stderr}").into())
+}
+
 // ---- A hostile guest cannot grow the host, flood it or outlive it ----
 
 /// Most the VMM may hold beyond guest RAM while a guest attacks it.
@@ -396,10 +556,18 @@ impl Hostile {
 }
 
 fn run_hostile(mode: &str) -> Result<Hostile, Failed> {
+    run_cli(mode, &["--guest-mode", mode])
+}
+
+/// `schedrig boot --json ARGS` through the CLI, retried after an
+/// emulation death in the nested host; `label` names it in messages.
+fn run_cli(label: &str, args: &[&str]) -> Result<Hostile, Failed> {
+    let mode = label;
     let once = || -> Result<Hostile, Failed> {
         let t = std::time::Instant::now();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_schedrig"))
-            .args(["boot", "--json", "--guest-mode", mode])
+            .args(["boot", "--json"])
+            .args(args)
             .args(["--boot-timeout", &HOSTILE_BOOT_TIMEOUT_S.to_string()])
             .args(["--timeout", &HOSTILE_TIMEOUT_S.to_string()])
             .stdin(std::process::Stdio::null())
@@ -409,7 +577,7 @@ fn run_hostile(mode: &str) -> Result<Hostile, Failed> {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
             format!(
-                "schedrig boot --guest-mode {mode} printed no JSON ({e}; {}):\n{stderr}",
+                "schedrig boot {args:?} printed no JSON ({e}; {}):\n{stderr}",
                 out.status
             )
         })?;

@@ -78,6 +78,13 @@ pub const TEST_GUEST_MOUNTS: &[PseudoFs] = &[
         fstype: "devtmpfs",
         flags: MsFlags::MS_NOSUID,
     },
+    // Ptys: the selftests runner's stdout is one (line-buffered output).
+    PseudoFs {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+    },
     PseudoFs {
         source: "proc",
         target: "/proc",
@@ -136,6 +143,7 @@ mod tests {
             targets,
             [
                 "/dev",
+                "/dev/pts",
                 "/proc",
                 "/sys",
                 "/sys/fs/cgroup",

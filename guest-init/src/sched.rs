@@ -92,6 +92,18 @@ pub fn verifier_log(output: &str) -> Option<String> {
     Some(text)
 }
 
+/// The verifier's verdict in its log: the line before its closing
+/// "processed N insns" line, else the log's last line.
+pub fn verifier_verdict(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let i = lines.iter().position(|l| l.starts_with("processed ") && l.contains(" insns"));
+    let line = match i {
+        Some(i) if i > 0 => lines[i - 1],
+        _ => *lines.iter().rev().find(|l| !l.trim().is_empty())?,
+    };
+    Some(line.trim().to_string())
+}
+
 /// The scheduler's own "EXIT: reason (msg)" line, if it printed one.
 pub fn exit_line(output: &str) -> Option<String> {
     output
@@ -195,7 +207,10 @@ pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<SchedExit
                 Some(s) => {
                     let tail = last_lines(&output, TAIL_LINES);
                     let (outcome, detail) = match verifier_log(&output) {
-                        Some(v) => (SchedOutcome::NotAttached, v),
+                        Some(v) => {
+                            exit.message = verifier_verdict(&v).unwrap_or_default();
+                            (SchedOutcome::NotAttached, v)
+                        }
                         None => (SchedOutcome::Died, tail.clone()),
                     };
                     let why = format!("{} ended before it attached ({}); output:\n{tail}", job.name, status_text(s));
@@ -409,6 +424,10 @@ mod tests {
         assert!(v.contains("failed to load object"));
         assert!(!v.contains("BEGIN"));
         assert_eq!(verifier_log("no log here\n"), None);
+        assert_eq!(
+            verifier_verdict(&v).as_deref(),
+            Some("R0 invalid mem access 'map_value_or_null'")
+        );
     }
 
     #[test]

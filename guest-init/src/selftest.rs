@@ -31,7 +31,10 @@ pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<i32, Comm
     let pty = match openpty(None, None) {
         Ok(p) => p,
         Err(e) => {
-            port.lifecycle(LifecyclePhase::SchedulerDiedDuringStart, &format!("openpty: {e}"))?;
+            let why = format!("openpty for the runner's output: {e}");
+            say(&why);
+            port.lifecycle(LifecyclePhase::SchedulerDiedDuringStart, &why)?;
+            port.send(MsgTag::SchedulerExit, &encode_exit_code(127))?;
             return Ok(127);
         }
     };
@@ -53,9 +56,11 @@ pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<i32, Comm
             let why = format!("cannot start {}: {e}", job.exec);
             say(&why);
             port.lifecycle(LifecyclePhase::SchedulerDiedDuringStart, &why)?;
+            port.send(MsgTag::SchedulerExit, &encode_exit_code(127))?;
             return Ok(127);
         }
     };
+    say(&format!("running {} {:?}", job.exec, job.args));
     // The Command held the only slave ends; they are closed now, so the
     // master reads EIO once the runner and its children are gone.
     let reader = sink.read_output(File::from(pty.master), "pty");

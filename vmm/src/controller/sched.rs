@@ -175,7 +175,14 @@ impl SchedState {
             }),
             SchedOutcome::NotAttached => Some((
                 Verdict::SchedNotAttached,
-                format!("{name} did not attach: {}", first_line(&exit.detail)),
+                format!(
+                    "{name} did not attach: {}",
+                    if exit.message.is_empty() {
+                        first_line(&exit.detail)
+                    } else {
+                        format!("BPF verifier: {}", exit.message)
+                    }
+                ),
             )),
             SchedOutcome::Died => Some((
                 Verdict::SchedDied,
