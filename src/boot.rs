@@ -102,6 +102,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         .map_err(schedrig_vmm::MachineError::from)?;
     // The scheduler and its archive first: a bad path or name is the
     // user's mistake and is reported before anything else happens.
+    let prep_started = Instant::now();
     let extra = match &opts.job {
         Some(j) => {
             check_times(j, opts.timeout)?;
@@ -109,6 +110,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         }
         None => Vec::new(),
     };
+    let prep = (prep_started.elapsed(), extra.len());
     tracing::debug!(elapsed = ?started.elapsed(), bytes = extra.len(), "per-test archive built");
     let k = kernel::resolve(&opts.kernel)?;
     tracing::debug!(elapsed = ?started.elapsed(), "kernel resolved");
@@ -151,6 +153,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         },
     };
     let mut report = schedrig_vmm::run(&config, started)?;
+    report.per_test_archive = Some(prep);
     name_hung_code(&mut report, &k);
     Ok(report)
 }
@@ -266,6 +269,10 @@ pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "emulation_artefact": r.is_emulation_artefact(),
         "scheduler": scheduler_json(r, args),
+        "per_test_archive": r.per_test_archive.map(|(t, n)| serde_json::json!({
+            "prep_us": t.as_micros() as u64,
+            "bytes": n,
+        })),
     })
 }
 

@@ -92,3 +92,61 @@ fn direct_boot_on_pvm_kvm_is_refused_with_the_way_out() {
     assert!(stderr.contains("schedrig nested --"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// Exactly one line on stderr, naming the problem, and no VM started
+/// (the command returns at once; nothing is left running).
+fn assert_one_line(args: &[&str], needle: &str) {
+    let t = std::time::Instant::now();
+    assert_one_error(args, needle);
+    let (_, _, stderr) = schedrig(args);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "{args:?} took {:?}", t.elapsed());
+}
+
+#[test]
+fn bad_scheduler_choices_are_refused_before_any_vm() {
+    assert_one_line(
+        &["boot", "--scheduler", "scx_nope"],
+        "unknown scheduler \"scx_nope\"; built ones: scx_simple, scx_qmap, scx_central, scx_flatcg",
+    );
+    assert_one_line(
+        &["boot", "--scheduler", "/nonexistent/scx_x"],
+        "scheduler /nonexistent/scx_x: no such file",
+    );
+    assert_one_line(&["boot", "--scheduler", "/etc/hostname"], "not an ELF file");
+    let d = tempfile::tempdir().unwrap();
+    let arm = d.path().join("scx_arm");
+    let mut h = vec![0u8; 64];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = 2;
+    h[5] = 1;
+    h[16] = 2;
+    h[18] = 183; // EM_AARCH64
+    std::fs::write(&arm, &h).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&arm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_one_line(
+        &["boot", "--scheduler", arm.to_str().unwrap()],
+        "built for ELF machine 183, not x86_64",
+    );
+}
+
+#[test]
+fn bad_scheduler_options_are_refused_before_any_vm() {
+    assert_one_line(
+        &["boot", "--scheduler", "/bin/true", "--sched-args", "-x 'open"],
+        "--sched-args \"-x 'open\": missing closing quote",
+    );
+    assert_one_line(
+        &["boot", "--scheduler", "/bin/true", "--hold", "0"],
+        "--hold must be at least 1 second",
+    );
+    assert_one_line(
+        &["boot", "--scheduler", "/bin/true", "--hold", "500"],
+        "--hold 500s does not fit in the run deadline --timeout 300s",
+    );
+    assert_one_line(
+        &["boot", "--scheduler", "/bin/true", "--attach-timeout", "0"],
+        "--attach-timeout must be at least 1 second",
+    );
+}

@@ -258,7 +258,13 @@ fn configure(src: &Path, obj: &Path) -> Result<(), KernelError> {
 
     let text = std::fs::read_to_string(&dot_config)
         .map_err(|e| KernelError::io("read", &dot_config, e))?;
-    let missing = KernelConfig::parse(&text).missing_builtins(&fragment_builtins());
+    let parsed = KernelConfig::parse(&text);
+    // Refused first with its own reason: a kernel that boots but on which
+    // no sched_ext scheduler can load is worse than no kernel.
+    if let Some(gaps) = super::config::scheduler_load_gaps(&parsed) {
+        return Err(KernelError::CannotLoadSchedulers(gaps));
+    }
+    let missing = parsed.missing_builtins(&fragment_builtins());
     if !missing.is_empty() {
         return Err(KernelError::FragmentDropped(missing.join(", ")));
     }

@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 pub const FRAGMENT: &str = include_str!("../../kernels/schedrig.config");
 
 /// Options without which no schedrig test can run: a kernel lacking one
-/// is refused at resolution time, whatever its origin.
-pub const REQUIRED_TO_RUN: &[&str] = &["CONFIG_SCHED_CLASS_EXT", "CONFIG_BPF_SYSCALL"];
+/// is refused at resolution time, whatever its origin, and a build whose
+/// config lacks one is refused before it compiles. CONFIG_NET: libbpf
+/// probes "global data" with a socket-filter program, a type that exists
+/// only with it; without it libbpf skips every scheduler's .rodata/.data/
+/// .bss map and no sched_ext scheduler loads ("fd 4 is not pointing to
+/// valid bpf_map", measured on 6.12.117).
+pub const REQUIRED_TO_RUN: &[&str] = &["CONFIG_SCHED_CLASS_EXT", "CONFIG_BPF_SYSCALL", "CONFIG_NET"];
 
 /// A parsed kernel configuration: option name -> value (`y`, `m`, a
 /// number or a quoted string). Options that are "not set" are absent.
@@ -73,6 +78,13 @@ fn assignments(text: &str) -> impl Iterator<Item = (&str, &str)> {
         .filter_map(|l| l.split_once('='))
 }
 
+/// Why a config cannot load sched_ext schedulers: the options of
+/// [`REQUIRED_TO_RUN`] it lacks, or None when it has them all.
+pub fn scheduler_load_gaps(c: &KernelConfig) -> Option<String> {
+    let missing = c.missing_builtins(REQUIRED_TO_RUN);
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 /// Every `CONFIG_X=y` line of the fragment: after olddefconfig each must
 /// still be `=y`, or Kconfig dropped it (an unmet dependency) and the
 /// build is refused before it starts.
@@ -120,8 +132,23 @@ mod tests {
         let c = KernelConfig::parse("CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=m\n");
         assert_eq!(
             c.missing_builtins(REQUIRED_TO_RUN),
-            vec!["CONFIG_BPF_SYSCALL"]
+            vec!["CONFIG_BPF_SYSCALL", "CONFIG_NET"]
         );
+    }
+
+    #[test]
+    fn a_config_without_net_cannot_load_schedulers() {
+        let no_net = KernelConfig::parse(
+            "CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\n# CONFIG_NET is not set\n",
+        );
+        assert_eq!(scheduler_load_gaps(&no_net).as_deref(), Some("CONFIG_NET"));
+        let ok = KernelConfig::parse(
+            "CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\nCONFIG_NET=y\n",
+        );
+        assert_eq!(scheduler_load_gaps(&ok), None);
+        // The fragment itself asks for all of them.
+        let f = fragment_builtins();
+        assert!(REQUIRED_TO_RUN.iter().all(|o| f.contains(o)));
     }
 
     #[test]
@@ -145,6 +172,7 @@ mod tests {
             "CONFIG_SCHEDSTATS",
             "CONFIG_DEBUG_FS",
             "CONFIG_KVM_GUEST",
+            "CONFIG_NET",
         ] {
             assert!(f.contains(&o), "{o} missing from kernels/schedrig.config");
         }

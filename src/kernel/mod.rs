@@ -41,6 +41,8 @@ pub enum KernelError {
     NoSource(String),
     #[error("the kernel config dropped options kernels/schedrig.config requires (unmet dependencies?): {0}")]
     FragmentDropped(String),
+    #[error("the kernel config lacks {0}: no sched_ext scheduler can load on such a kernel (libbpf needs CONFIG_NET for its global-data probe; see kernels/schedrig.config)")]
+    CannotLoadSchedulers(String),
     #[error("kernel not found: {0}")]
     NotFound(String),
     #[error("{0}: cannot tell whether this kernel has sched_ext: no `config` or `.config` beside it and no IKCONFIG inside")]

@@ -201,7 +201,7 @@ mod tests {
         write(
             d.path(),
             ".config",
-            b"CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\n",
+            b"CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\nCONFIG_NET=y\n",
         );
         let r = resolve(&KernelRequest {
             kernel: Some(p),

@@ -105,6 +105,9 @@ pub struct RunReport {
     pub vcpus_at_stop: Vec<StoppedVcpu>,
     /// The scheduler's run (`EEVDF` when none was asked for).
     pub scheduler: crate::controller::SchedulerReport,
+    /// The host's per-test archive: how long it took to build, its bytes
+    /// (set by the caller that built it).
+    pub per_test_archive: Option<(Duration, usize)>,
 }
 
 /// Where a vCPU was when the controller stopped it.
@@ -184,6 +187,7 @@ mod tests {
             guest_huge_kib: None,
             vcpus_at_stop: Vec::new(),
             scheduler: Default::default(),
+            per_test_archive: None,
         }
     }
 

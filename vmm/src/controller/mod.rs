@@ -339,6 +339,7 @@ impl Controller {
             guest_huge_kib: None,
             vcpus_at_stop: Vec::new(),
             scheduler,
+            per_test_archive: None,
         }
     }
 }
