@@ -113,6 +113,15 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     let prep = (prep_started.elapsed(), extra.len());
     tracing::debug!(elapsed = ?started.elapsed(), bytes = extra.len(), "per-test archive built");
     let k = kernel::resolve(&opts.kernel)?;
+    if let Some(max) = k.config.get("CONFIG_NR_CPUS").and_then(|v| v.parse::<u32>().ok()) {
+        if opts.topology.vcpus() > max {
+            return Err(BootError::BadOptions(format!(
+                "--topology {} has {} CPUs; this kernel supports at most {max} (CONFIG_NR_CPUS), so a scheduler would not see them all",
+                opts.topology,
+                opts.topology.vcpus()
+            )));
+        }
+    }
     tracing::debug!(elapsed = ?started.elapsed(), "kernel resolved");
     // After the user's own mistakes are reported: those come first.
     if let Some(why) = crate::nested::detect::direct_boot_refusal() {

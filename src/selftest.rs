@@ -59,6 +59,9 @@ pub struct Collector {
 
 /// Longest line kept while waiting for its end.
 const LINE_MAX: usize = 64 << 10;
+/// Results kept: far above the runner's 21 tests; a guest printing
+/// endless distinct numbers cannot grow the host past it.
+pub const RESULTS_MAX: usize = 4096;
 
 impl Collector {
     /// Feeds a chunk; returns the new results (to print).
@@ -69,7 +72,9 @@ impl Collector {
                 let line = String::from_utf8_lossy(&self.partial).into_owned();
                 self.partial.clear();
                 if let Some(r) = parse_line(&line) {
-                    if self.results.iter().all(|x| x.number != r.number) {
+                    if self.results.len() < RESULTS_MAX
+                        && self.results.iter().all(|x| x.number != r.number)
+                    {
                         self.results.push(r.clone());
                         new.push(r);
                     }
@@ -239,5 +244,8 @@ mod tests {
         assert_eq!(c.results[0].name, "minimal");
         assert_eq!(c.count("not ok"), 1);
         assert_eq!(c.count("ok"), 1);
+        let flood: String = (0..RESULTS_MAX as u32 + 100).map(|i| format!("ok {i} t # \n")).collect();
+        c.feed(flood.as_bytes());
+        assert_eq!(c.results.len(), RESULTS_MAX);
     }
 }

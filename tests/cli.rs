@@ -150,3 +150,17 @@ fn bad_scheduler_options_are_refused_before_any_vm() {
         "--attach-timeout must be at least 1 second",
     );
 }
+
+#[test]
+fn a_topology_above_the_kernels_cpu_limit_is_refused() {
+    // Needs the cached project kernel (CONFIG_NR_CPUS=64); `scripts/test`
+    // builds it first.
+    if schedrig(&["kernel", "resolve"]).0 != 0 {
+        eprintln!("no cached kernel: skipping");
+        return;
+    }
+    assert_one_line(
+        &["boot", "--topology", "2n4l8c2t", "--scheduler", "/bin/true"],
+        "--topology 2n4l8c2t has 128 CPUs; this kernel supports at most 64 (CONFIG_NR_CPUS)",
+    );
+}

@@ -15,6 +15,15 @@ pub const FRAGMENT: &str = include_str!("../../kernels/schedrig.config");
 /// valid bpf_map", measured on 6.12.117).
 pub const REQUIRED_TO_RUN: &[&str] = &["CONFIG_SCHED_CLASS_EXT", "CONFIG_BPF_SYSCALL", "CONFIG_NET"];
 
+/// What resolution keeps of a kernel's config: the required options and
+/// the CPU limit (a topology above it is refused before the VM starts).
+pub const READ_AT_RESOLUTION: &[&str] = &[
+    "CONFIG_SCHED_CLASS_EXT",
+    "CONFIG_BPF_SYSCALL",
+    "CONFIG_NET",
+    "CONFIG_NR_CPUS",
+];
+
 /// A parsed kernel configuration: option name -> value (`y`, `m`, a
 /// number or a quoted string). Options that are "not set" are absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,6 +155,7 @@ mod tests {
             "CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\nCONFIG_NET=y\n",
         );
         assert_eq!(scheduler_load_gaps(&ok), None);
+        assert!(REQUIRED_TO_RUN.iter().all(|o| READ_AT_RESOLUTION.contains(o)));
         // The fragment itself asks for all of them.
         let f = fragment_builtins();
         assert!(REQUIRED_TO_RUN.iter().all(|o| f.contains(o)));

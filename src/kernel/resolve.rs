@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::cache::{self, Entry};
-use super::config::{KernelConfig, REQUIRED_TO_RUN};
+use super::config::{KernelConfig, READ_AT_RESOLUTION, REQUIRED_TO_RUN};
 use super::image::{self, ImageFormat};
 use super::source::SourcePin;
 use super::KernelError;
@@ -28,7 +28,7 @@ pub struct ResolvedKernel {
     pub vmlinux: Option<PathBuf>,
     /// Where the configuration was read from (a file, or "IKCONFIG in ...").
     pub config_source: String,
-    /// The options resolution checks (`REQUIRED_TO_RUN`), not the whole file.
+    /// The options resolution reads (`READ_AT_RESOLUTION`), not the whole file.
     #[serde(skip)]
     pub config: KernelConfig,
 }
@@ -86,14 +86,14 @@ fn find_config(image_path: &Path, dir: &Path) -> Result<(KernelConfig, String), 
         let p = dir.join(name);
         if let Ok(text) = std::fs::read_to_string(&p) {
             return Ok((
-                KernelConfig::parse_only(&text, REQUIRED_TO_RUN),
+                KernelConfig::parse_only(&text, READ_AT_RESOLUTION),
                 p.display().to_string(),
             ));
         }
     }
     match image::read_ikconfig(image_path)? {
         Some(text) => Ok((
-            KernelConfig::parse_only(&text, REQUIRED_TO_RUN),
+            KernelConfig::parse_only(&text, READ_AT_RESOLUTION),
             format!("IKCONFIG in {}", image_path.display()),
         )),
         None => Err(KernelError::NoConfig(image_path.display().to_string())),
@@ -111,7 +111,7 @@ fn cached_default(vmlinux: Option<&Path>) -> Result<ResolvedKernel, KernelError>
         format: ImageFormat::Vmlinux,
         vmlinux: Some(vmlinux.map_or_else(|| entry.vmlinux(), Path::to_path_buf)),
         config_source: config_path.display().to_string(),
-        config: KernelConfig::parse_only(&text, REQUIRED_TO_RUN),
+        config: KernelConfig::parse_only(&text, READ_AT_RESOLUTION),
     })
 }
 

@@ -77,6 +77,12 @@ fn decode(tag: MsgTag, payload: &[u8]) {
         MsgTag::KernelOpReply => {
             let _ = KernelOpReply::decode(payload);
         }
+        MsgTag::SchedulerAttached => {
+            let _ = schedrig_wire::payload::sched::decode_attached(payload);
+        }
+        MsgTag::SchedulerExitInfo => {
+            let _ = schedrig_wire::SchedExit::decode(payload);
+        }
         MsgTag::Topology => {
             let _ = GuestTopology::decode(payload);
         }

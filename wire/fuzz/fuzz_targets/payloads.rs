@@ -6,8 +6,8 @@ use libfuzzer_sys::fuzz_target;
 use schedrig_wire::console::parse_control;
 use schedrig_wire::payload::scalar;
 use schedrig_wire::{
-    GuestTopology, KernAddrs, KernelOpReply, KernelOpRequest, Lifecycle, SnapshotReply,
-    SnapshotRequest, Stimulus,
+    GuestTopology, KernAddrs, KernelOpReply, KernelOpRequest, Lifecycle, SchedExit,
+    SnapshotReply, SnapshotRequest, Stimulus,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -35,6 +35,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = KernelOpReply::decode(data) {
         let bytes = v.encode().expect("a decoded reply re-encodes");
         assert_eq!(KernelOpReply::decode(&bytes), Ok(v));
+    }
+    if let Ok(v) = SchedExit::decode(data) {
+        let bytes = v.encode().expect("a decoded SCXI re-encodes");
+        assert_eq!(SchedExit::decode(&bytes), Ok(v));
+    }
+    if let Ok(v) = schedrig_wire::payload::sched::decode_attached(data) {
+        let bytes = schedrig_wire::payload::sched::encode_attached(&v);
+        assert_eq!(bytes, data);
     }
     if let Ok(v) = GuestTopology::decode(data) {
         let bytes = v.encode().expect("a decoded topology re-encodes");

@@ -20,6 +20,8 @@ pub const SCHED_EXIT_MAX_LEN: usize = 32 << 10;
 pub const SCHED_TEXT_MAX: usize = 1024;
 /// Longest `detail` kept (a verifier log tail or an output tail).
 pub const SCHED_DETAIL_MAX: usize = 16 << 10;
+/// Longest `final_state` (sysfs says "disabled" at most).
+const FINAL_STATE_MAX: usize = 64;
 
 /// How the scheduler's run ended, from the guest's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -192,6 +194,12 @@ pub enum SchedPayloadError {
     TrailingBytes(usize),
     #[error("SCXI has no outcome")]
     NoOutcome,
+    #[error("SCXI field {field} is {len} bytes, above its {max}-byte cap")]
+    TextTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
 
 /// SCAT payload: the ops name, cut to [`SCHED_ATTACHED_MAX_LEN`].
@@ -237,7 +245,7 @@ impl SchedExit {
         cut(&mut m.ops, SCHED_ATTACHED_MAX_LEN);
         cut(&mut m.reason, SCHED_TEXT_MAX);
         cut(&mut m.message, SCHED_TEXT_MAX);
-        cut(&mut m.final_state, 64);
+        cut(&mut m.final_state, FINAL_STATE_MAX);
         cut_front(&mut m.detail, SCHED_DETAIL_MAX);
         let bytes = postcard::to_allocvec(&m).map_err(SchedPayloadError::Encode)?;
         if bytes.len() > SCHED_EXIT_MAX_LEN {
@@ -267,6 +275,23 @@ impl SchedExit {
         }
         if m.outcome.is_none() {
             return Err(SchedPayloadError::NoOutcome);
+        }
+        // What `encode` would have cut is refused, so a decoded value
+        // always encodes back to itself.
+        for (field, text, max) in [
+            ("ops", &m.ops, SCHED_ATTACHED_MAX_LEN),
+            ("reason", &m.reason, SCHED_TEXT_MAX),
+            ("message", &m.message, SCHED_TEXT_MAX),
+            ("final_state", &m.final_state, FINAL_STATE_MAX),
+            ("detail", &m.detail, SCHED_DETAIL_MAX),
+        ] {
+            if text.len() > max {
+                return Err(SchedPayloadError::TextTooLong {
+                    field,
+                    len: text.len(),
+                    max,
+                });
+            }
         }
         Ok(m)
     }
@@ -340,6 +365,15 @@ mod tests {
             Err(SchedPayloadError::TrailingBytes(1))
         );
         assert!(SchedExit::decode(&ok[..ok.len() - 1]).is_err());
+        let long = SchedExit {
+            outcome: Some(SchedOutcome::Died),
+            reason: "x".repeat(SCHED_TEXT_MAX + 1),
+            ..SchedExit::default()
+        };
+        assert!(matches!(
+            SchedExit::decode(&postcard::to_allocvec(&long).unwrap()),
+            Err(SchedPayloadError::TextTooLong { field: "reason", .. })
+        ));
         let none = postcard::to_allocvec(&SchedExit::default()).unwrap();
         assert_eq!(SchedExit::decode(&none), Err(SchedPayloadError::NoOutcome));
         // A claimed string length far beyond the payload allocates nothing.
