@@ -306,6 +306,7 @@ fn scheduler_json(r: &RunReport, args: &[String]) -> serde_json::Value {
         "exit_status": e.and_then(|e| e.status).or(s.exit_code),
         "signal": e.and_then(|e| e.signal),
         "ended_early": e.map(|e| e.early),
+        "steal_ms_per_cpu": e.map(|e| e.steal_ms.clone()),
         "log_tail": s.log_tail(),
         "log_bytes": s.log_bytes,
         "log_kept_bytes": schedrig_vmm::controller::SCHED_LOG_KEEP,

@@ -81,6 +81,41 @@ fn worker(cpu: usize, spin: bool) -> ! {
     }
 }
 
+/// Steal time per CPU (`cpuN` lines of /proc/stat, 8th value), in ms;
+/// empty when unreadable.
+pub fn steal_ms() -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    parse_steal_ms(&text, user_hz())
+}
+
+fn user_hz() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
+}
+
+/// The steal column of each `cpuN` line, ticks turned into ms.
+pub fn parse_steal_ms(stat: &str, hz: u64) -> Vec<u64> {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(8)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(0, |t| t.saturating_mul(1000) / hz)
+        })
+        .collect()
+}
+
+/// Per-CPU differences `after - before` (0 where a CPU is missing).
+pub fn steal_delta(before: &[u64], after: &[u64]) -> Vec<u64> {
+    after
+        .iter()
+        .enumerate()
+        .map(|(i, a)| a.saturating_sub(before.get(i).copied().unwrap_or(*a)))
+        .collect()
+}
+
 impl Load {
     /// Starts a spinner and a sleeper on each CPU of `cpus`. A fork that
     /// fails is reported; the rest of the load still runs.
@@ -127,5 +162,17 @@ impl Load {
 impl Drop for Load {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_value_of_each_cpu_line() {
+        let stat = "cpu  10 0 5 100 0 0 0 9 0 0\ncpu0 5 0 2 50 0 0 0 4 0 0\ncpu1 5 0 3 50 0 0 0 5 0 0\nintr 1\n";
+        assert_eq!(parse_steal_ms(stat, 100), [40, 50]);
+        assert_eq!(steal_delta(&[40, 50], &[90, 50, 7]), [50, 0, 0]);
     }
 }

@@ -23,6 +23,7 @@ use crate::comms::{BulkPort, CommsError};
 use crate::console::say;
 use crate::kmsg;
 use crate::load::{online_cpus, Load};
+
 use crate::outputs::{self, Pump, Shared};
 
 const SCX: &str = "/sys/kernel/sched_ext";
@@ -309,7 +310,22 @@ fn hold<W: Write>(
     exit: &mut SchedExit,
 ) -> Result<Option<ExitStatus>, CommsError> {
     let cpus = online_cpus();
+    let steal_before = crate::load::steal_ms();
     let mut load = Load::start(&cpus);
+    let result = hold_loaded(port, pump, job, child, exit, &mut load, &cpus);
+    exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
+    result
+}
+
+fn hold_loaded<W: Write>(
+    port: &mut BulkPort<W>,
+    pump: &Pump,
+    job: &SchedJob,
+    child: &mut Child,
+    exit: &mut SchedExit,
+    load: &mut Load,
+    cpus: &[usize],
+) -> Result<Option<ExitStatus>, CommsError> {
     say(&format!(
         "holding {} for {} ms with {} load processes on {} CPUs",
         job.name,

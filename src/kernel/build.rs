@@ -157,7 +157,9 @@ const MAKE_LIMIT: Duration = Duration::from_secs(3 * 60 * 60);
 /// How long one non-compiling step (tar, defconfig, objcopy) may take.
 const STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
+/// Runs one non-compiling step with its deadline; a failure carries the
+/// step's last lines.
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
     let done = crate::process::run(cmd, what, STEP_LIMIT)?;
     if done.status.success() {
         return Ok(());

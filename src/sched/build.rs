@@ -18,12 +18,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::kernel::build::run as make_step;
 use crate::kernel::{self, cache as kcache, KernelError};
-use crate::process::tail_lines;
 use crate::progress::StepProgress;
 
 /// Bumped when the recipe (targets, flags, outputs) changes.
@@ -55,10 +55,6 @@ pub const PACKAGES: &[&str] = &[
 const CLANG: &str = "clang-19";
 /// Libraries of a static link: libelf.a wants zlib and zstd.
 const STATIC_LDFLAGS: &str = "-static -lelf -lz -lzstd -lpthread";
-/// How long one make step may take (all four schedulers: ~30 s on a
-/// fast machine of this kind, the selftests ~40 s).
-const STEP_LIMIT: Duration = Duration::from_secs(30 * 60);
-const FAILURE_LOG_TAIL: usize = 40;
 
 /// A complete cache entry of built schedulers.
 #[derive(Debug, Clone)]
@@ -106,22 +102,6 @@ pub fn lookup(kernel_key: &str) -> Option<SchedEntry> {
     e.is_complete().then_some(e)
 }
 
-/// The entry for the default kernel (building the kernel first if it is
-/// not cached), built now if needed.
-pub fn build_for_default_kernel(jobs: usize) -> Result<(SchedEntry, bool), KernelError> {
-    let k = kernel::build(&kernel::BuildOptions {
-        jobs,
-        force: false,
-    })?;
-    let kernel_key = k
-        .entry
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    build(&kernel_key, &k.entry.vmlinux(), jobs)
-}
-
 /// Builds (or finds) the schedulers for the kernel `kernel_key` whose
 /// BTF is in `vmlinux`. Returns the entry and whether it was cached.
 pub fn build(kernel_key: &str, vmlinux: &Path, jobs: usize) -> Result<(SchedEntry, bool), KernelError> {
@@ -160,18 +140,6 @@ fn io(what: &'static str, p: &Path, e: std::io::Error) -> KernelError {
         path: p.display().to_string(),
         source: e,
     }
-}
-
-fn make_step(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
-    let done = crate::process::run(cmd, what, STEP_LIMIT)?;
-    if done.status.success() {
-        return Ok(());
-    }
-    Err(KernelError::StepFailed {
-        step: what.to_string(),
-        status: done.status.to_string(),
-        log_tail: tail_lines(&done.text(), FAILURE_LOG_TAIL),
-    })
 }
 
 fn build_into(

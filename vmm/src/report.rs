@@ -32,6 +32,10 @@ pub enum Verdict {
     SchedNotAttached,
     /// The scheduler's process ended before attaching, or during the hold.
     SchedDied,
+    /// What happened cannot be blamed on the scheduler: the host did not
+    /// run the guest's vCPUs for much of the time a check measured (steal
+    /// time), e.g. a "stall" no longer than the time a vCPU was not run.
+    Inconclusive,
 }
 
 impl Verdict {
@@ -48,6 +52,7 @@ impl Verdict {
             Verdict::SchedStall => "sched_stall",
             Verdict::SchedNotAttached => "sched_not_attached",
             Verdict::SchedDied => "sched_died",
+            Verdict::Inconclusive => "inconclusive",
         }
     }
 }

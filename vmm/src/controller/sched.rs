@@ -201,7 +201,7 @@ impl SchedState {
                     s
                 };
                 if kind == Some(SchedExitKind::ErrorStall) {
-                    Some((Verdict::SchedStall, format!("{name} ejected: {}", said(exit))))
+                    Some(stall_verdict(name, exit, said(exit)))
                 } else if kind.is_some_and(SchedExitKind::is_error) {
                     Some((Verdict::SchedError, format!("{name} ejected: {}", said(exit))))
                 } else if exit.early {
@@ -235,6 +235,39 @@ impl SchedState {
                 }
             }
         }
+    }
+}
+
+/// The stall's length from the kernel's message ("comm[pid] failed to
+/// run for 5.005s").
+pub fn stall_ms(message: &str) -> Option<u64> {
+    let (_, rest) = message.rsplit_once("failed to run for ")?;
+    let secs: f64 = rest.trim().trim_end_matches('s').parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0) as u64)
+}
+
+/// ERROR_STALL is the scheduler's fault only if the host ran the vCPUs:
+/// when some vCPU was not run (steal time) for at least half as long as
+/// the stall, the watchdog may have measured the host, not the scheduler.
+fn stall_verdict(name: &str, exit: &SchedExit, said: String) -> (Verdict, String) {
+    let (cpu, steal) = exit
+        .steal_ms
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by_key(|&(_, s)| s)
+        .unwrap_or((0, 0));
+    match stall_ms(&exit.message) {
+        Some(stall) if steal.saturating_mul(2) >= stall && steal > 0 => (
+            Verdict::Inconclusive,
+            format!(
+                "{name} ejected ({said}), but the host did not run CPU {cpu} for {steal} ms of the hold (steal time), at least half the {stall} ms stall: not judged"
+            ),
+        ),
+        _ => (
+            Verdict::SchedStall,
+            format!("{name} ejected: {said} (most steal time on any CPU during the hold: {steal} ms)"),
+        ),
     }
 }
 
@@ -294,6 +327,20 @@ mod tests {
         let (v, why) = judged(Some("scx_qmap"), Some(stall)).unwrap();
         assert_eq!(v, Verdict::SchedStall);
         assert!(why.contains("ERROR_STALL") && why.contains("spin0[88]"), "{why}");
+        // The same stall while the host left a vCPU unrun for 4 s.
+        let mut starved = detached(
+            SchedExitKind::ErrorStall,
+            "runnable task stall",
+            "spin0[88] failed to run for 5.120s",
+        );
+        starved.steal_ms = vec![10, 4000];
+        let (v, why) = judged(Some("scx_qmap"), Some(starved.clone())).unwrap();
+        assert_eq!(v, Verdict::Inconclusive);
+        assert!(why.contains("CPU 1 for 4000 ms"), "{why}");
+        starved.steal_ms = vec![10, 1000];
+        assert_eq!(judged(Some("q"), Some(starved)).unwrap().0, Verdict::SchedStall);
+        assert_eq!(stall_ms("init[1] failed to run for 5.005s"), Some(5005));
+        assert_eq!(stall_ms("nothing"), None);
         let err = detached(SchedExitKind::ErrorBpf, "scx_bpf_error", "boom");
         assert_eq!(judged(Some("q"), Some(err)).unwrap().0, Verdict::SchedError);
         let mut early = ok.clone();

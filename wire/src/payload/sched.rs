@@ -173,7 +173,14 @@ pub struct SchedExit {
     pub log_dropped: u64,
     /// It ended (exited or was ejected) before the hold was over.
     pub early: bool,
+    /// Per CPU, the time the host did not run that vCPU during the hold
+    /// (steal time from /proc/stat), in ms: a "stall" the host caused is
+    /// not the scheduler's. At most [`STEAL_CPUS_MAX`] entries.
+    pub steal_ms: Vec<u64>,
 }
+
+/// CPUs whose steal time SCXI carries.
+pub const STEAL_CPUS_MAX: usize = 4096;
 
 /// An SCAT or SCXI payload that is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,6 +254,7 @@ impl SchedExit {
         cut(&mut m.message, SCHED_TEXT_MAX);
         cut(&mut m.final_state, FINAL_STATE_MAX);
         cut_front(&mut m.detail, SCHED_DETAIL_MAX);
+        m.steal_ms.truncate(STEAL_CPUS_MAX);
         let bytes = postcard::to_allocvec(&m).map_err(SchedPayloadError::Encode)?;
         if bytes.len() > SCHED_EXIT_MAX_LEN {
             return Err(SchedPayloadError::TooLarge {
@@ -278,6 +286,13 @@ impl SchedExit {
         }
         // What `encode` would have cut is refused, so a decoded value
         // always encodes back to itself.
+        if m.steal_ms.len() > STEAL_CPUS_MAX {
+            return Err(SchedPayloadError::TextTooLong {
+                field: "steal_ms",
+                len: m.steal_ms.len(),
+                max: STEAL_CPUS_MAX,
+            });
+        }
         for (field, text, max) in [
             ("ops", &m.ops, SCHED_ATTACHED_MAX_LEN),
             ("reason", &m.reason, SCHED_TEXT_MAX),
@@ -337,6 +352,7 @@ mod tests {
             final_state: "disabled".into(),
             log_dropped: 7,
             early: false,
+            steal_ms: vec![0, 120],
         };
         let back = SchedExit::decode(&m.encode().unwrap()).unwrap();
         assert_eq!(back.exit_kind(), Some(SchedExitKind::ErrorStall));
@@ -344,6 +360,7 @@ mod tests {
         assert!(back.detail.len() <= SCHED_DETAIL_MAX);
         assert!(back.detail.ends_with("last line"));
         assert_eq!(back.log_dropped, 7);
+        assert_eq!(back.steal_ms, [0, 120]);
     }
 
     #[test]
