@@ -115,7 +115,8 @@ impl Sink {
     /// and offering each read as output.
     pub fn read_output<R: Read + Send + 'static>(&self, mut src: R, what: &'static str) -> JoinHandle<()> {
         let sink = self.clone();
-        std::thread::spawn(move || {
+        // Named, so a stall report names the reader ("out-stdout[41]").
+        spawn_named(format!("out-{what}"), move || {
             let mut buf = vec![0u8; CHUNK];
             loop {
                 match src.read(&mut buf) {
@@ -156,7 +157,7 @@ impl Sink {
             ));
         }
         let sink = self.clone();
-        std::thread::spawn(move || {
+        spawn_named("kmsg".into(), move || {
             let mut f = f;
             // One read is one record; records are at most 8 KiB.
             let mut buf = vec![0u8; 8192];
@@ -182,6 +183,25 @@ impl Sink {
             }
         });
     }
+}
+
+/// A thread with a name (its comm in the guest); a thread that cannot
+/// be named is started unnamed rather than not at all.
+fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    let f = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+    let f2 = f.clone();
+    let run = move || {
+        if let Some(f) = f2.lock().ok().and_then(|mut g| g.take()) {
+            f();
+        }
+    };
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(run.clone())
+        .unwrap_or_else(|e| {
+            say(&format!("spawn a named reader thread: {e}; unnamed"));
+            std::thread::spawn(run)
+        })
 }
 
 /// The writer's side: owns nothing but the queue's receiving end.
