@@ -103,15 +103,33 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     // The scheduler and its archive first: a bad path or name is the
     // user's mistake and is reported before anything else happens.
     let prep_started = Instant::now();
-    let extra = match &opts.job {
+    let (extra_files, extra) = match &opts.job {
         Some(j) => {
             check_times(j, opts.timeout)?;
-            crate::sched::archive(j.kind, j.scheduler.as_ref(), j.args.clone(), j.times)?
+            let files = match &j.scheduler {
+                Some(c) => vec![crate::sched::binary_archive(
+                    c,
+                    &kernel::cache::cache_root().join("initramfs"),
+                )?],
+                None => Vec::new(),
+            };
+            let job = crate::sched::job_archive(j.kind, j.scheduler.as_ref(), j.args.clone(), j.times)?;
+            (files, job)
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
-    let prep = (prep_started.elapsed(), extra.len());
-    tracing::debug!(elapsed = ?started.elapsed(), bytes = extra.len(), "per-test archive built");
+    let extra_file_bytes: u64 = extra_files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let prep = (prep_started.elapsed(), extra.len() + extra_file_bytes as usize);
+    tracing::debug!(
+        elapsed = ?started.elapsed(),
+        prep_us = prep.0.as_micros() as u64,
+        bytes = prep.1,
+        "per-test archives ready"
+    );
     let k = kernel::resolve(&opts.kernel)?;
     if let Some(max) = k.config.get("CONFIG_NR_CPUS").and_then(|v| v.parse::<u32>().ok()) {
         if opts.topology.vcpus() > max {
@@ -147,6 +165,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         run_deadline: opts.timeout,
         console_file: opts.console_file.clone(),
         huge_pages: opts.huge_pages,
+        initrd_extra_files: extra_files,
         initrd_extra: extra,
         scheduler: schedrig_vmm::controller::SchedExpect {
             name: opts

@@ -85,6 +85,11 @@ const KEEP: usize = 4;
 /// Removes all but the `keep` newest `guest-*.cpio.gz` in `dir`. Best
 /// effort: a file another process removed first is no error.
 fn prune(dir: &Path, keep: usize) {
+    prune_matching(dir, "guest-", ".cpio.gz", keep)
+}
+
+/// Removes all but the `keep` newest files named `PREFIX*SUFFIX` in `dir`.
+pub fn prune_matching(dir: &Path, prefix: &str, suffix: &str, keep: usize) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -93,7 +98,7 @@ fn prune(dir: &Path, keep: usize) {
         .filter(|e| {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            n.starts_with("guest-") && n.ends_with(".cpio.gz")
+            n.starts_with(prefix) && n.ends_with(suffix)
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();

@@ -120,59 +120,131 @@ pub struct JobTimes {
     pub stop_timeout: Duration,
 }
 
-/// The per-test archive: the job file, the program at
-/// `/schedrig/bin/NAME`, and, for a dynamic one, its loader and
-/// libraries at their host paths. Uncompressed cpio (appended to the
-/// cached compressed base archive; the kernel reads both).
-pub fn archive(
+/// Bumped when the binary archive's layout changes.
+const BINARY_ARCHIVE_LAYOUT: &str = "sched-binary-archive-v1";
+/// Binary archives kept in the cache.
+const BINARY_ARCHIVES_KEPT: usize = 16;
+
+/// A file's identity without reading it: a changed file changes this.
+fn identity(p: &Path) -> Result<String, SchedError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SchedError::Binary(binary::BinaryError::Missing(p.display().to_string()))
+        } else {
+            SchedError::Io {
+                path: p.display().to_string(),
+                source,
+            }
+        }
+    })?;
+    Ok(format!(
+        "{}\t{}\t{}.{}\t{}\t{}",
+        p.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino(),
+        m.dev()
+    ))
+}
+
+/// The program at `/schedrig/bin/NAME` and, for a dynamic one, its loader
+/// and libraries, as a cached uncompressed cpio file (mapped into the
+/// guest like the base initramfs). Keyed by the file's identity (path,
+/// size, mtime, inode), so a cached scheduler costs a few `stat`s, not a
+/// read; the libraries' identities are checked on every hit.
+pub fn binary_archive(c: &Chosen, cache_dir: &Path) -> Result<PathBuf, SchedError> {
+    use sha2::{Digest, Sha256};
+    let id = identity(&c.host_path)?;
+    let mut h = Sha256::new();
+    h.update(BINARY_ARCHIVE_LAYOUT);
+    h.update(&c.name);
+    h.update(&id);
+    let stem = format!("sched-{}", &hex::encode(h.finalize())[..16]);
+    let path = cache_dir.join(format!("{stem}.cpio"));
+    let deps_path = cache_dir.join(format!("{stem}.deps"));
+    // One read answers "is it cached": the deps file is written after
+    // the archive, so it exists only beside a complete archive (in the
+    // nested test host every file operation on the cache is a 9p round
+    // trip of tens of ms: fewer operations is what makes this fast).
+    if let Ok(deps) = std::fs::read_to_string(&deps_path) {
+        let deps_ok = deps.lines().all(|line| {
+            line.split('\t')
+                .next()
+                .is_some_and(|p| identity(Path::new(p)).is_ok_and(|now| now == line))
+        });
+        if deps_ok {
+            return Ok(path);
+        }
+    }
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |source| SchedError::Io { path: what, source }
+    };
+    let arch = |e: std::io::Error| SchedError::Archive(e.to_string());
+    let (bytes, info) = binary::inspect(&c.host_path)?;
+    let mut w = CpioWriter::new(Vec::new());
+    w.dir("schedrig", 0o755).map_err(arch)?;
+    w.dir(BIN_DIR, 0o755).map_err(arch)?;
+    w.file(&format!("{BIN_DIR}/{}", c.name), 0o755, &bytes).map_err(arch)?;
+    let mut deps = String::new();
+    if let Some(interp) = &info.interp {
+        let mut dirs: Vec<String> = Vec::new();
+        for f in binary::closure(&c.host_path, interp)? {
+            let parts: Vec<&str> = f.guest.trim_start_matches('/').split('/').collect();
+            let mut parent = String::new();
+            for part in &parts[..parts.len().saturating_sub(1)] {
+                parent = if parent.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{parent}/{part}")
+                };
+                if !dirs.contains(&parent) {
+                    w.dir(&parent, 0o755).map_err(arch)?;
+                    dirs.push(parent.clone());
+                }
+            }
+            let bytes = std::fs::read(&f.host).map_err(io(&f.host))?;
+            w.file(&f.guest, 0o755, &bytes).map_err(arch)?;
+            deps += &identity(&f.host)?;
+            deps.push('\n');
+        }
+    }
+    let cpio = w.finish().map_err(arch)?;
+    std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
+    let persist = |target: &Path, data: &[u8]| -> Result<(), SchedError> {
+        let mut tmp = tempfile::NamedTempFile::new_in(cache_dir).map_err(io(cache_dir))?;
+        std::io::Write::write_all(&mut tmp, data).map_err(io(tmp.path()))?;
+        tmp.persist(target).map_err(|e| SchedError::Io {
+            path: target.display().to_string(),
+            source: e.error,
+        })?;
+        Ok(())
+    };
+    // The archive first: the deps file marks it complete.
+    let _ = std::fs::remove_file(&deps_path);
+    persist(&path, &cpio)?;
+    persist(&deps_path, deps.as_bytes())?;
+    crate::initramfs::guest::prune_matching(cache_dir, "sched-", ".cpio", BINARY_ARCHIVES_KEPT);
+    Ok(path)
+}
+
+/// The job archive: `/schedrig/job` (postcard `SchedJob`), a few hundred
+/// bytes, built per test and appended last.
+pub fn job_archive(
     kind: JobKind,
     chosen: Option<&Chosen>,
     args: Vec<String>,
     times: JobTimes,
 ) -> Result<Vec<u8>, SchedError> {
-    let mut w = CpioWriter::new(Vec::new());
     let arch = |e: std::io::Error| SchedError::Archive(e.to_string());
-    w.dir("schedrig", 0o755).map_err(arch)?;
-    w.dir(BIN_DIR, 0o755).map_err(arch)?;
-    let mut exec = String::new();
-    let mut name = "EEVDF".to_string();
-    let mut expect_ops = None;
-    if let Some(c) = chosen {
-        let (bytes, info) = binary::inspect(&c.host_path)?;
-        exec = format!("{BIN_DIR}/{}", c.name);
-        name = c.name.clone();
-        expect_ops = c.expect_ops.clone();
-        w.file(&exec, 0o755, &bytes).map_err(arch)?;
-        if let Some(interp) = &info.interp {
-            let mut dirs: Vec<String> = Vec::new();
-            for f in binary::closure(&c.host_path, interp)? {
-                let mut parent = String::new();
-                let parts: Vec<&str> = f.guest.trim_start_matches('/').split('/').collect();
-                for part in &parts[..parts.len().saturating_sub(1)] {
-                    parent = if parent.is_empty() {
-                        part.to_string()
-                    } else {
-                        format!("{parent}/{part}")
-                    };
-                    if !dirs.contains(&parent) {
-                        w.dir(&parent, 0o755).map_err(arch)?;
-                        dirs.push(parent.clone());
-                    }
-                }
-                let bytes = std::fs::read(&f.host).map_err(|source| SchedError::Io {
-                    path: f.host.display().to_string(),
-                    source,
-                })?;
-                w.file(&f.guest, 0o755, &bytes).map_err(arch)?;
-            }
-        }
-    }
     let job = SchedJob {
         kind,
-        name,
-        exec,
+        name: chosen.map_or_else(|| "EEVDF".to_string(), |c| c.name.clone()),
+        exec: chosen.map_or_else(String::new, |c| format!("{BIN_DIR}/{}", c.name)),
         args,
-        expect_ops,
+        expect_ops: chosen.and_then(|c| c.expect_ops.clone()),
         attach_timeout_ms: times.attach_timeout.as_millis() as u64,
         hold_ms: times.hold.as_millis() as u64,
         stop_timeout_ms: times.stop_timeout.as_millis() as u64,
@@ -180,6 +252,8 @@ pub fn archive(
     let bytes = job
         .encode()
         .map_err(|e| SchedError::Archive(e.to_string()))?;
+    let mut w = CpioWriter::new(Vec::new());
+    w.dir("schedrig", 0o755).map_err(arch)?;
     w.file(schedrig_scenarios::sched_job::JOB_PATH, 0o644, &bytes)
         .map_err(arch)?;
     w.finish().map_err(arch)
@@ -205,29 +279,46 @@ mod tests {
     }
 
     #[test]
-    fn a_dynamic_binary_ships_with_its_closure() {
+    fn a_dynamic_binary_ships_with_its_closure_and_is_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let sh = d.path().join("sh");
+        std::fs::copy("/bin/sh", &sh).unwrap();
         let c = Chosen {
             name: "sh".into(),
-            host_path: "/bin/sh".into(),
+            host_path: sh.clone(),
             expect_ops: None,
         };
-        let times = JobTimes {
-            attach_timeout: Duration::from_secs(1),
-            hold: Duration::from_secs(1),
-            stop_timeout: Duration::from_secs(1),
-        };
-        let a = archive(JobKind::Scheduler, Some(&c), vec!["-c".into()], times).unwrap();
-        let has = |s: &str| a.windows(s.len()).any(|w| w == s.as_bytes());
-        assert!(has("schedrig/bin/sh\0"));
-        assert!(has("schedrig/job\0"));
-        assert!(has("ld-linux-x86-64.so.2\0"));
-        assert!(has("libc.so.6\0"));
+        let cache = d.path().join("cache");
+        let p = binary_archive(&c, &cache).unwrap();
+        let a = std::fs::read(&p).unwrap();
+        let has = |a: &[u8], s: &str| a.windows(s.len()).any(|w| w == s.as_bytes());
+        assert!(has(&a, "schedrig/bin/sh\0"));
+        assert!(has(&a, "ld-linux-x86-64.so.2\0"));
+        assert!(has(&a, "libc.so.6\0"));
+        // A hit is the same file; a changed binary is a new archive.
+        let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+        assert_eq!(binary_archive(&c, &cache).unwrap(), p);
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), t);
+        std::fs::write(&sh, std::fs::read("/bin/true").unwrap()).unwrap();
+        assert_ne!(binary_archive(&c, &cache).unwrap(), p);
+        let job = job_archive(
+            JobKind::Scheduler,
+            Some(&c),
+            vec!["-c".into()],
+            JobTimes {
+                attach_timeout: Duration::from_secs(1),
+                hold: Duration::from_secs(1),
+                stop_timeout: Duration::from_secs(1),
+            },
+        )
+        .unwrap();
+        assert!(has(&job, "schedrig/job\0") && job.len() < 1024);
         let bad = Chosen {
             host_path: "/nonexistent/x".into(),
             ..c
         };
         assert!(matches!(
-            archive(JobKind::Scheduler, Some(&bad), vec![], times),
+            binary_archive(&bad, &cache),
             Err(SchedError::Binary(binary::BinaryError::Missing(_)))
         ));
     }

@@ -178,6 +178,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
         config.format,
         cmdline.trim(),
         &config.initrd,
+        &config.initrd_extra_files,
         &config.initrd_extra,
     )?;
     tracing::debug!(elapsed = ?started.elapsed(), "kernel loaded");

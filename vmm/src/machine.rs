@@ -102,8 +102,10 @@ pub struct MachineConfig {
     /// Back guest RAM with transparent huge pages (MADV_HUGEPAGE);
     /// otherwise MADV_NOHUGEPAGE, whatever the host's THP default.
     pub huge_pages: bool,
-    /// The per-test archive (uncompressed cpio), appended to `initrd`
-    /// in guest RAM; empty for none.
+    /// More archives (cpio files), each mapped into guest RAM after
+    /// `initrd` at a page boundary, like `initrd` (not read).
+    pub initrd_extra_files: Vec<PathBuf>,
+    /// The per-test archive bytes (uncompressed cpio), last; empty for none.
     pub initrd_extra: Vec<u8>,
     /// The scheduler the guest runs, and where its output goes.
     pub scheduler: crate::controller::SchedExpect,

@@ -79,6 +79,7 @@ pub fn load(
     format: KernelFormat,
     cmdline: &str,
     initrd: &Path,
+    initrd_extra_files: &[std::path::PathBuf],
     initrd_extra: &[u8],
 ) -> Result<LoadedKernel, BootError> {
     let path = kernel.display().to_string();
@@ -126,15 +127,30 @@ pub fn load(
         .metadata()
         .map_err(|e| initrd_err(e.to_string()))?
         .len();
-    // The per-test archive follows the base one at the next 4-byte
-    // boundary: the kernel's unpacker skips zero padding between
-    // concatenated archives and wants each to start 4-aligned
-    // (init/initramfs.c, unpack_to_rootfs).
-    let extra_at = initrd_len.next_multiple_of(4);
+    // The per-test archives follow the base one, each at the next page
+    // boundary, so files can be mapped like the base (no copy); the
+    // kernel's unpacker skips the zero bytes between concatenated
+    // archives (init/initramfs.c, unpack_to_rootfs). The job bytes come
+    // last.
+    let page = |n: u64| n.next_multiple_of(0x1000);
+    let mut extras = Vec::new();
+    let mut end = initrd_len;
+    for path in initrd_extra_files {
+        let err = |reason: String| BootError::Initrd {
+            path: path.display().to_string(),
+            reason,
+        };
+        let f = File::open(path).map_err(|e| err(e.to_string()))?;
+        let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
+        let at = page(end);
+        end = at + len;
+        extras.push((f, at, len, path));
+    }
+    let bytes_at = page(end);
     let total_len = if initrd_extra.is_empty() {
-        initrd_len
+        end
     } else {
-        extra_at + initrd_extra.len() as u64
+        bytes_at + initrd_extra.len() as u64
     };
     let initrd_addr = (ram_end.saturating_sub(total_len)) & !0xfff;
     if total_len > ram_end || initrd_addr < kernel_end.max(HIMEM_START) {
@@ -146,9 +162,14 @@ pub fn load(
     }
     super::elf_map::map_file(mem, &initrd_file, initrd_addr, initrd_len)
         .map_err(|e| initrd_err(e.to_string()))?;
+    for (f, at, len, path) in &extras {
+        super::elf_map::map_file(mem, f, initrd_addr + at, *len).map_err(|e| BootError::Initrd {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
     if !initrd_extra.is_empty() {
-        mem.write_slice(&[0u8; 4][..(extra_at - initrd_len) as usize], GuestAddress(initrd_addr + initrd_len))
-            .and_then(|_| mem.write_slice(initrd_extra, GuestAddress(initrd_addr + extra_at)))
+        mem.write_slice(initrd_extra, GuestAddress(initrd_addr + bytes_at))
             .map_err(|e| initrd_err(format!("per-test archive: {e}")))?;
     }
     let initrd_len = total_len;
