@@ -113,17 +113,15 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
                 )?],
                 None => Vec::new(),
             };
-            let job = crate::sched::job_archive(j.kind, j.scheduler.as_ref(), j.args.clone(), j.times)?;
+            let job =
+                crate::sched::job_archive(j.kind, j.scheduler.as_ref(), j.args.clone(), j.times)?;
             (files, job)
         }
         None => (Vec::new(), Vec::new()),
     };
-    let extra_file_bytes: u64 = extra_files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
-    let prep = (prep_started.elapsed(), extra.len() + extra_file_bytes as usize);
+    // Only the job's bytes are counted: a stat of the cached archive would
+    // cost a 9p round trip per boot in the nested host.
+    let prep = (prep_started.elapsed(), extra.len());
     tracing::debug!(
         elapsed = ?started.elapsed(),
         prep_us = prep.0.as_micros() as u64,
@@ -131,7 +129,11 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         "per-test archives ready"
     );
     let k = kernel::resolve(&opts.kernel)?;
-    if let Some(max) = k.config.get("CONFIG_NR_CPUS").and_then(|v| v.parse::<u32>().ok()) {
+    if let Some(max) = k
+        .config
+        .get("CONFIG_NR_CPUS")
+        .and_then(|v| v.parse::<u32>().ok())
+    {
         if opts.topology.vcpus() > max {
             return Err(BootError::BadOptions(format!(
                 "--topology {} has {} CPUs; this kernel supports at most {max} (CONFIG_NR_CPUS), so a scheduler would not see them all",
@@ -191,18 +193,22 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
 fn check_times(j: &Job, timeout: Duration) -> Result<(), BootError> {
     let t = &j.times;
     if j.kind != schedrig_scenarios::JobKind::Selftest && t.hold.is_zero() {
-        return Err(BootError::BadOptions("--hold must be at least 1 second".into()));
+        return Err(BootError::BadOptions(
+            "--hold must be at least 1 second".into(),
+        ));
     }
     if t.attach_timeout.is_zero() {
         return Err(BootError::BadOptions(
             "--attach-timeout must be at least 1 second".into(),
         ));
     }
-    let need = t.hold + if j.kind == schedrig_scenarios::JobKind::Scheduler {
-        t.attach_timeout.min(Duration::from_secs(1)) + t.stop_timeout.min(Duration::from_secs(1))
-    } else {
-        Duration::ZERO
-    };
+    let need = t.hold
+        + if j.kind == schedrig_scenarios::JobKind::Scheduler {
+            t.attach_timeout.min(Duration::from_secs(1))
+                + t.stop_timeout.min(Duration::from_secs(1))
+        } else {
+            Duration::ZERO
+        };
     if need >= timeout {
         return Err(BootError::BadOptions(format!(
             "--hold {}s does not fit in the run deadline --timeout {}s (boot, attach and stop need time too)",
@@ -410,7 +416,10 @@ fn scheduler_text(r: &RunReport) -> String {
     }
     s += &format!("sched_ext: {} at the end\n", e.final_state);
     if r.verdict != schedrig_vmm::Verdict::Ok && !e.detail.is_empty() {
-        s += &format!("--- scheduler output / verifier (last lines) ---\n{}\n", e.detail);
+        s += &format!(
+            "--- scheduler output / verifier (last lines) ---\n{}\n",
+            e.detail
+        );
     }
     s
 }

@@ -92,7 +92,12 @@ struct BootArgs {
     #[arg(long, value_name = "NAME|PATH")]
     scheduler: Option<String>,
     /// The scheduler's arguments, split as a shell would (e.g. "-e 50").
-    #[arg(long, value_name = "ARGS", allow_hyphen_values = true, requires = "scheduler")]
+    #[arg(
+        long,
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        requires = "scheduler"
+    )]
     sched_args: Option<String>,
     /// Seconds the attached scheduler is held under a light load (a
     /// spinning and a sleeping process per CPU) before it is stopped
@@ -312,15 +317,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Nested(a) => return run_nested(a),
         Command::Boot(a) => return run_boot(a),
-        Command::Selftest(a) => return crate::selftest::run_cli(
-            a.kernel.request(),
-            a.filter,
-            a.topology,
-            a.memory,
-            a.timeout,
-            a.json,
-            *PROCESS_START.get_or_init(std::time::Instant::now),
-        ),
+        Command::Selftest(a) => {
+            return crate::selftest::run_cli(
+                a.kernel.request(),
+                a.filter,
+                a.topology,
+                a.memory,
+                a.timeout,
+                a.json,
+                *PROCESS_START.get_or_init(std::time::Instant::now),
+            )
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -346,9 +353,16 @@ fn build_kernel(jobs: Option<usize>, force: bool) -> anyhow::Result<PathBuf> {
     let t = std::time::Instant::now();
     let (sched, cached) = crate::sched::build::build(&key, &out.entry.vmlinux(), opts.jobs)?;
     if cached {
-        eprintln!("schedrig: schedulers are cached ({:.2}s)", t.elapsed().as_secs_f64());
+        eprintln!(
+            "schedrig: schedulers are cached ({:.2}s)",
+            t.elapsed().as_secs_f64()
+        );
     } else {
-        eprintln!("schedrig: schedulers built in {:.0}s: {}", t.elapsed().as_secs_f64(), sched.dir.display());
+        eprintln!(
+            "schedrig: schedulers built in {:.0}s: {}",
+            t.elapsed().as_secs_f64(),
+            sched.dir.display()
+        );
     }
     Ok(out.entry.dir)
 }

@@ -132,7 +132,9 @@ pub fn run(
             // guest can still report what ran.
             times: JobTimes {
                 attach_timeout: Duration::from_secs(1),
-                hold: timeout.saturating_sub(Duration::from_secs(90)).max(Duration::from_secs(1)),
+                hold: timeout
+                    .saturating_sub(Duration::from_secs(90))
+                    .max(Duration::from_secs(1)),
                 stop_timeout: Duration::from_secs(1),
             },
             sink: Some(sink),
@@ -244,7 +246,9 @@ mod tests {
         assert_eq!(c.results[0].name, "minimal");
         assert_eq!(c.count("not ok"), 1);
         assert_eq!(c.count("ok"), 1);
-        let flood: String = (0..RESULTS_MAX as u32 + 100).map(|i| format!("ok {i} t # \n")).collect();
+        let flood: String = (0..RESULTS_MAX as u32 + 100)
+            .map(|i| format!("ok {i} t # \n"))
+            .collect();
         c.feed(flood.as_bytes());
         assert_eq!(c.results.len(), RESULTS_MAX);
     }

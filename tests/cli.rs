@@ -100,7 +100,11 @@ fn assert_one_line(args: &[&str], needle: &str) {
     assert_one_error(args, needle);
     let (_, _, stderr) = schedrig(args);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-    assert!(t.elapsed() < std::time::Duration::from_secs(20), "{args:?} took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{args:?} took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -134,7 +138,13 @@ fn bad_scheduler_choices_are_refused_before_any_vm() {
 #[test]
 fn bad_scheduler_options_are_refused_before_any_vm() {
     assert_one_line(
-        &["boot", "--scheduler", "/bin/true", "--sched-args", "-x 'open"],
+        &[
+            "boot",
+            "--scheduler",
+            "/bin/true",
+            "--sched-args",
+            "-x 'open",
+        ],
         "--sched-args \"-x 'open\": missing closing quote",
     );
     assert_one_line(

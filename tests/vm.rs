@@ -364,7 +364,10 @@ fn sched_field<'a>(h: &'a Hostile, k: &str) -> &'a serde_json::Value {
 
 /// It attached, was held, and detached cleanly on our SIGINT.
 fn expect_clean_attach(h: &Hostile, name: &str, ops: &str) -> Result<(), Failed> {
-    h.check(h.json["verdict"] == "ok" && h.json["exit_code"] == 0, "verdict ok, exit 0")?;
+    h.check(
+        h.json["verdict"] == "ok" && h.json["exit_code"] == 0,
+        "verdict ok, exit 0",
+    )?;
     h.check(
         sched_field(h, "name") == name
             && sched_field(h, "attached") == true
@@ -379,92 +382,184 @@ fn expect_clean_attach(h: &Hostile, name: &str, ops: &str) -> Result<(), Failed>
             && sched_field(h, "ended_early") == false,
         "an UNREG exit after the hold, sched_ext disabled again",
     )?;
-    h.check(h.frames("SCAT") == 1 && h.frames("SCXI") == 1 && h.frames("SCDX") == 1, "SCAT, SCDX and SCXI once each")?;
-    h.check(h.json["guest_errors"].as_object().is_none_or(|m| m.is_empty()), "no guest errors")
+    h.check(
+        h.frames("SCAT") == 1 && h.frames("SCXI") == 1 && h.frames("SCDX") == 1,
+        "SCAT, SCDX and SCXI once each",
+    )?;
+    h.check(
+        h.json["guest_errors"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "no guest errors",
+    )
 }
 
 fn sched_tests() -> Vec<Trial> {
     let mut t = Vec::new();
     for topo in ["1n1l1c1t", "1n2l2c1t"] {
-        t.push(Trial::test(format!("scx_simple_attaches_holds_and_detaches_on_{topo}"), move || {
-            let h = run_sched(topo, &["--scheduler", "scx_simple", "--hold", "3", "--topology", topo])?;
-            expect_clean_attach(&h, "scx_simple", "simple")?;
-            // Its per-second stats line reached the host as SCLG.
-            h.check(
-                sched_field(&h, "log_tail").as_str().is_some_and(|l| l.contains("local=")),
-                "scx_simple's own output in the log tail",
-            )
-        }));
+        t.push(Trial::test(
+            format!("scx_simple_attaches_holds_and_detaches_on_{topo}"),
+            move || {
+                let h = run_sched(
+                    topo,
+                    &[
+                        "--scheduler",
+                        "scx_simple",
+                        "--hold",
+                        "3",
+                        "--topology",
+                        topo,
+                    ],
+                )?;
+                expect_clean_attach(&h, "scx_simple", "simple")?;
+                // Its per-second stats line reached the host as SCLG.
+                h.check(
+                    sched_field(&h, "log_tail")
+                        .as_str()
+                        .is_some_and(|l| l.contains("local=")),
+                    "scx_simple's own output in the log tail",
+                )
+            },
+        ));
     }
-    t.push(Trial::test("scx_simple_linked_dynamically_attaches_from_its_packed_closure", || {
-        let h = run_sched("dynamic", &["--scheduler", "scx_simple-dynamic", "--hold", "2"])?;
-        expect_clean_attach(&h, "scx_simple-dynamic", "simple")
+    t.push(Trial::test(
+        "scx_simple_linked_dynamically_attaches_from_its_packed_closure",
+        || {
+            let h = run_sched(
+                "dynamic",
+                &["--scheduler", "scx_simple-dynamic", "--hold", "2"],
+            )?;
+            expect_clean_attach(&h, "scx_simple-dynamic", "simple")
+        },
+    ));
+    t.push(Trial::test(
+        "scx_qmap_error_injection_is_sched_error_error_bpf",
+        || {
+            let h = run_sched(
+                "qmap-e",
+                &[
+                    "--scheduler",
+                    "scx_qmap",
+                    "--sched-args",
+                    "-e 50",
+                    "--hold",
+                    "20",
+                ],
+            )?;
+            h.check(h.json["verdict"] == "sched_error", "verdict sched_error")?;
+            h.check(
+                sched_field(&h, "exit_kind") == "ERROR_BPF"
+                    && sched_field(&h, "reason") == "scx_bpf_error"
+                    && sched_field(&h, "message")
+                        .as_str()
+                        .is_some_and(|m| m.contains("test triggering error")),
+                "kind ERROR_BPF with the kernel's reason and qmap's message",
+            )?;
+            h.check(
+                h.json["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("ERROR_BPF")),
+                "the verdict's reason names the kind",
+            )
+        },
+    ));
+    t.push(Trial::test(
+        "scx_qmap_stall_injection_is_sched_stall_naming_the_task",
+        || {
+            let h = run_sched(
+                "qmap-t",
+                &[
+                    "--scheduler",
+                    "scx_qmap",
+                    "--sched-args",
+                    "-t 5",
+                    "--hold",
+                    "30",
+                ],
+            )?;
+            h.check(h.json["verdict"] == "sched_stall", "verdict sched_stall")?;
+            h.check(
+                sched_field(&h, "exit_kind") == "ERROR_STALL"
+                    && sched_field(&h, "reason") == "runnable task stall",
+                "kind ERROR_STALL",
+            )?;
+            // "comm[pid] failed to run for X.XXXs": the task is named.
+            let msg = sched_field(&h, "message").as_str().unwrap_or("");
+            h.check(
+                msg.contains("failed to run for") && msg.contains('[') && msg.contains(']'),
+                &format!("the stalled task named in the message (got {msg:?})"),
+            )
+        },
+    ));
+    t.push(Trial::test(
+        "a_verifier_rejection_is_sched_not_attached_with_the_verifiers_words",
+        || {
+            let h = run_sched("reject", &["--scheduler", "scx_reject", "--hold", "3"])?;
+            h.check(
+                h.json["verdict"] == "sched_not_attached",
+                "verdict sched_not_attached",
+            )?;
+            h.check(
+                h.json["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("invalid mem access 'map_value_or_null'")),
+                "the verifier's own message in the verdict's reason",
+            )?;
+            h.check(
+                sched_field(&h, "detail")
+                    .as_str()
+                    .is_some_and(|d| d.contains("processed") && d.contains("bpf_map_lookup_elem")),
+                "the verifier log in the report",
+            )?;
+            h.check(
+                sched_field(&h, "attached") == false && h.frames("SCAT") == 0,
+                "never attached",
+            )?;
+            let life3 = h.json["lifecycle"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|e| e[0] == 3));
+            h.check(life3, "LIFE 3 (died during start)")
+        },
+    ));
+    t.push(Trial::test(
+        "a_scheduler_that_exits_at_once_is_sched_died_with_status_and_output",
+        || {
+            // /bin/sh is dynamically linked: it also travels with its closure.
+            let h = run_sched(
+                "exit3",
+                &[
+                    "--scheduler",
+                    "/bin/sh",
+                    "--sched-args",
+                    "-c 'echo early-bye; exit 3'",
+                    "--hold",
+                    "3",
+                ],
+            )?;
+            h.check(h.json["verdict"] == "sched_died", "verdict sched_died")?;
+            h.check(
+                sched_field(&h, "exit_status") == 3
+                    && sched_field(&h, "detail")
+                        .as_str()
+                        .is_some_and(|d| d.contains("early-bye")),
+                "exit status 3 and its output",
+            )?;
+            h.check(
+                h.json["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("exit status 3") && r.contains("early-bye")),
+                "status and output in the verdict's reason",
+            )
+        },
+    ));
+    t.push(Trial::test("selftest_subset_passes_and_is_counted", || {
+        selftest_check(Some("minimal"), 1)
     }));
-    t.push(Trial::test("scx_qmap_error_injection_is_sched_error_error_bpf", || {
-        let h = run_sched("qmap-e", &["--scheduler", "scx_qmap", "--sched-args", "-e 50", "--hold", "20"])?;
-        h.check(h.json["verdict"] == "sched_error", "verdict sched_error")?;
-        h.check(
-            sched_field(&h, "exit_kind") == "ERROR_BPF"
-                && sched_field(&h, "reason") == "scx_bpf_error"
-                && sched_field(&h, "message").as_str().is_some_and(|m| m.contains("test triggering error")),
-            "kind ERROR_BPF with the kernel's reason and qmap's message",
-        )?;
-        h.check(
-            h.json["reason"].as_str().is_some_and(|r| r.contains("ERROR_BPF")),
-            "the verdict's reason names the kind",
-        )
-    }));
-    t.push(Trial::test("scx_qmap_stall_injection_is_sched_stall_naming_the_task", || {
-        let h = run_sched("qmap-t", &["--scheduler", "scx_qmap", "--sched-args", "-t 5", "--hold", "30"])?;
-        h.check(h.json["verdict"] == "sched_stall", "verdict sched_stall")?;
-        h.check(
-            sched_field(&h, "exit_kind") == "ERROR_STALL"
-                && sched_field(&h, "reason") == "runnable task stall",
-            "kind ERROR_STALL",
-        )?;
-        // "comm[pid] failed to run for X.XXXs": the task is named.
-        let msg = sched_field(&h, "message").as_str().unwrap_or("");
-        h.check(
-            msg.contains("failed to run for") && msg.contains('[') && msg.contains(']'),
-            &format!("the stalled task named in the message (got {msg:?})"),
-        )
-    }));
-    t.push(Trial::test("a_verifier_rejection_is_sched_not_attached_with_the_verifiers_words", || {
-        let h = run_sched("reject", &["--scheduler", "scx_reject", "--hold", "3"])?;
-        h.check(h.json["verdict"] == "sched_not_attached", "verdict sched_not_attached")?;
-        h.check(
-            h.json["reason"].as_str().is_some_and(|r| r.contains("invalid mem access 'map_value_or_null'")),
-            "the verifier's own message in the verdict's reason",
-        )?;
-        h.check(
-            sched_field(&h, "detail").as_str().is_some_and(|d| d.contains("processed") && d.contains("bpf_map_lookup_elem")),
-            "the verifier log in the report",
-        )?;
-        h.check(sched_field(&h, "attached") == false && h.frames("SCAT") == 0, "never attached")?;
-        let life3 = h.json["lifecycle"].as_array().is_some_and(|l| l.iter().any(|e| e[0] == 3));
-        h.check(life3, "LIFE 3 (died during start)")
-    }));
-    t.push(Trial::test("a_scheduler_that_exits_at_once_is_sched_died_with_status_and_output", || {
-        // /bin/sh is dynamically linked: it also travels with its closure.
-        let h = run_sched(
-            "exit3",
-            &["--scheduler", "/bin/sh", "--sched-args", "-c 'echo early-bye; exit 3'", "--hold", "3"],
-        )?;
-        h.check(h.json["verdict"] == "sched_died", "verdict sched_died")?;
-        h.check(
-            sched_field(&h, "exit_status") == 3
-                && sched_field(&h, "detail").as_str().is_some_and(|d| d.contains("early-bye")),
-            "exit status 3 and its output",
-        )?;
-        h.check(
-            h.json["reason"].as_str().is_some_and(|r| r.contains("exit status 3") && r.contains("early-bye")),
-            "status and output in the verdict's reason",
-        )
-    }));
-    t.push(Trial::test("selftest_subset_passes_and_is_counted", || selftest_check(Some("minimal"), 1)));
     t.push(
-        Trial::test("selftest_full_suite_passes_every_test", || selftest_check(None, FULL_SELFTESTS))
-            .with_ignored_flag(std::env::var("SCHEDRIG_FULL_SELFTEST").as_deref() != Ok("1")),
+        Trial::test("selftest_full_suite_passes_every_test", || {
+            selftest_check(None, FULL_SELFTESTS)
+        })
+        .with_ignored_flag(std::env::var("SCHEDRIG_FULL_SELFTEST").as_deref() != Ok("1")),
     );
     t
 }
@@ -485,8 +580,12 @@ fn selftest_check(filter: Option<&str>, want: usize) -> Result<(), Failed> {
         .output()
         .map_err(|e| format!("run schedrig selftest: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("schedrig selftest printed no JSON ({e}; {}):\n{stderr}", out.status))?;
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "schedrig selftest printed no JSON ({e}; {}):\n{stderr}",
+            out.status
+        )
+    })?;
     let tests = j["tests"].as_array().map_or(0, Vec::len);
     let passed = j["passed"].as_u64().unwrap_or(0) as usize;
     eprintln!(

@@ -36,20 +36,23 @@ pub fn run<W: Write>(
     port: &mut BulkPort<W>,
     job: Option<&SchedJob>,
 ) -> Result<Option<i32>, CommsError> {
-    match job.map(|j| j.kind) {
-        Some(JobKind::Scheduler) => {
-            sched::run(port, job.expect("kind came from it"))?;
+    match job {
+        Some(j) if j.kind == JobKind::Scheduler => {
+            sched::run(port, j)?;
             Ok(None)
         }
-        Some(JobKind::Selftest) => {
-            selftest::run(port, job.expect("kind came from it"))?;
+        Some(j) if j.kind == JobKind::Selftest => {
+            selftest::run(port, j)?;
             Ok(None)
         }
-        Some(JobKind::Default) | None => {
+        _ => {
             let hold = job.map_or(0, |j| j.hold_ms);
             if hold > 0 {
                 let mut load = Load::start(&online_cpus());
-                say(&format!("holding EEVDF for {hold} ms with {} load processes", load.len()));
+                say(&format!(
+                    "holding EEVDF for {hold} ms with {} load processes",
+                    load.len()
+                ));
                 std::thread::sleep(Duration::from_millis(hold));
                 load.stop();
             }
@@ -58,10 +61,7 @@ pub fn run<W: Write>(
                 final_state: sched::scx_state(),
                 ..SchedExit::default()
             };
-            let bytes = exit.encode().map_err(|e| CommsError::Write {
-                what: "SCXI frame".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            let bytes = exit.encode().map_err(sched::encode_err)?;
             port.send(MsgTag::SchedulerExitInfo, &bytes)?;
             Ok(None)
         }

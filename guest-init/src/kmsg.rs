@@ -71,8 +71,10 @@ mod tests {
     #[test]
     fn records_lose_their_prefix_and_continuations() {
         assert_eq!(
-            record_text(b"6,339,5140900,-;sched_ext: BPF scheduler \"simple\" enabled\n SUBSYSTEM=x\n")
-                .as_deref(),
+            record_text(
+                b"6,339,5140900,-;sched_ext: BPF scheduler \"simple\" enabled\n SUBSYSTEM=x\n"
+            )
+            .as_deref(),
             Some("sched_ext: BPF scheduler \"simple\" enabled")
         );
         assert_eq!(record_text(b"no separator"), None);
@@ -101,7 +103,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(unreg.kind, Some(SchedExitKind::Unreg));
-        assert_eq!(parse_disabled("sched_ext: BPF scheduler \"x\" enabled"), None);
+        assert_eq!(
+            parse_disabled("sched_ext: BPF scheduler \"x\" enabled"),
+            None
+        );
         assert_eq!(last_disabled(&lines[..1]), None);
         let odd = parse_disabled("sched_ext: BPF scheduler \"a\" disabled (new reason)").unwrap();
         assert_eq!(odd.kind, None);

@@ -223,7 +223,9 @@ fn run() -> Result<(), String> {
             }
         }
         Mode::Normal => match jobs::read_job() {
-            Ok(job) => jobs::run(&mut port, job.as_ref()).map_err(comms)?.unwrap_or(exit_code),
+            Ok(job) => jobs::run(&mut port, job.as_ref())
+                .map_err(comms)?
+                .unwrap_or(exit_code),
             Err(e) => {
                 say(&e);
                 EXIT_BAD_JOB

@@ -113,7 +113,11 @@ impl Sink {
 
     /// Reads `src` to its end (or an error) on a thread, keeping a tail
     /// and offering each read as output.
-    pub fn read_output<R: Read + Send + 'static>(&self, mut src: R, what: &'static str) -> JoinHandle<()> {
+    pub fn read_output<R: Read + Send + 'static>(
+        &self,
+        mut src: R,
+        what: &'static str,
+    ) -> JoinHandle<()> {
         let sink = self.clone();
         // Named, so a stall report names the reader ("out-stdout[41]").
         spawn_named(format!("out-{what}"), move || {
@@ -144,7 +148,9 @@ impl Sink {
         let f = match File::open("/dev/kmsg") {
             Ok(f) => f,
             Err(e) => {
-                say(&format!("open /dev/kmsg: {e}; the kernel's exit reason will be missing"));
+                say(&format!(
+                    "open /dev/kmsg: {e}; the kernel's exit reason will be missing"
+                ));
                 return;
             }
         };
@@ -185,22 +191,16 @@ impl Sink {
     }
 }
 
-/// A thread with a name (its comm in the guest); a thread that cannot
-/// be named is started unnamed rather than not at all.
+/// A thread with a name (its comm in the guest). A thread that cannot be
+/// started is reported; its stream is then not read (the scheduler's
+/// stop deadlines still end it).
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    let f = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
-    let f2 = f.clone();
-    let run = move || {
-        if let Some(f) = f2.lock().ok().and_then(|mut g| g.take()) {
-            f();
-        }
-    };
     std::thread::Builder::new()
-        .name(name)
-        .spawn(run.clone())
+        .name(name.clone())
+        .spawn(f)
         .unwrap_or_else(|e| {
-            say(&format!("spawn a named reader thread: {e}; unnamed"));
-            std::thread::spawn(run)
+            say(&format!("cannot start reader thread {name}: {e}"));
+            std::thread::spawn(|| {})
         })
 }
 

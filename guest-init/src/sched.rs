@@ -77,7 +77,9 @@ pub fn last_lines(text: &str, n: usize) -> String {
 /// lines after it. None when the output has no such block.
 pub fn verifier_log(output: &str) -> Option<String> {
     let lines: Vec<&str> = output.lines().collect();
-    let begin = lines.iter().rposition(|l| l.contains("BEGIN PROG LOAD LOG"))?;
+    let begin = lines
+        .iter()
+        .rposition(|l| l.contains("BEGIN PROG LOAD LOG"))?;
     let end = lines[begin..]
         .iter()
         .position(|l| l.contains("END PROG LOAD LOG"))
@@ -97,7 +99,9 @@ pub fn verifier_log(output: &str) -> Option<String> {
 /// "processed N insns" line, else the log's last line.
 pub fn verifier_verdict(log: &str) -> Option<String> {
     let lines: Vec<&str> = log.lines().collect();
-    let i = lines.iter().position(|l| l.starts_with("processed ") && l.contains(" insns"));
+    let i = lines
+        .iter()
+        .position(|l| l.starts_with("processed ") && l.contains(" insns"));
     let line = match i {
         Some(i) if i > 0 => lines[i - 1],
         _ => *lines.iter().rev().find(|l| !l.trim().is_empty())?,
@@ -150,7 +154,10 @@ pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<SchedExit
                 final_state: scx_state(),
                 ..SchedExit::default()
             };
-            port.send(MsgTag::SchedulerExitInfo, &exit.encode().map_err(encode_err)?)?;
+            port.send(
+                MsgTag::SchedulerExitInfo,
+                &exit.encode().map_err(encode_err)?,
+            )?;
             return Ok(exit);
         }
     };
@@ -214,7 +221,11 @@ pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<SchedExit
                         }
                         None => (SchedOutcome::Died, tail.clone()),
                     };
-                    let why = format!("{} ended before it attached ({}); output:\n{tail}", job.name, status_text(s));
+                    let why = format!(
+                        "{} ended before it attached ({}); output:\n{tail}",
+                        job.name,
+                        status_text(s)
+                    );
                     say(&why);
                     port.lifecycle(LifecyclePhase::SchedulerDiedDuringStart, &why)?;
                     exit.outcome = Some(outcome);
@@ -272,11 +283,15 @@ pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<SchedExit
         exit.message,
         exit.final_state
     ));
-    port.send(MsgTag::SchedulerExitInfo, &exit.encode().map_err(encode_err)?)?;
+    port.send(
+        MsgTag::SchedulerExitInfo,
+        &exit.encode().map_err(encode_err)?,
+    )?;
     Ok(exit)
 }
 
-fn encode_err(e: schedrig_wire::SchedPayloadError) -> CommsError {
+/// An SCXI that cannot be encoded, as a write error naming the frame.
+pub(crate) fn encode_err(e: schedrig_wire::SchedPayloadError) -> CommsError {
     CommsError::Write {
         what: "SCXI frame".into(),
         source: std::io::Error::other(e.to_string()),
@@ -344,23 +359,41 @@ fn hold_loaded<W: Write>(
         if let Some(status) = gone {
             exit.early = true;
             load.stop();
-            say(&format!("{} ended during the hold: state {}", job.name, scx_state()));
+            say(&format!(
+                "{} ended during the hold: state {}",
+                job.name,
+                scx_state()
+            ));
             if let Some(s) = status {
                 return Ok(Some(s));
             }
             // Ejected: it prints its dump and exits by itself.
-            let by = Instant::now() + Duration::from_millis(job.stop_timeout_ms).max(EJECT_EXIT_WAIT);
-            while Instant::now() < by {
-                pump.run(port, WATCH_POLL)?;
-                if let Ok(Some(s)) = child.try_wait() {
-                    return Ok(Some(s));
-                }
+            let wait = Duration::from_millis(job.stop_timeout_ms).max(EJECT_EXIT_WAIT);
+            if let Some(s) = wait_exit(port, pump, child, wait)? {
+                return Ok(Some(s));
             }
             return stop(port, pump, job, child);
         }
     }
     load.stop();
     stop(port, pump, job, child)
+}
+
+/// Forwards output while waiting up to `limit` for the child to exit.
+fn wait_exit<W: Write>(
+    port: &mut BulkPort<W>,
+    pump: &Pump,
+    child: &mut Child,
+    limit: Duration,
+) -> Result<Option<ExitStatus>, CommsError> {
+    let by = Instant::now() + limit;
+    while Instant::now() < by {
+        pump.run(port, ATTACH_POLL)?;
+        if let Ok(Some(s)) = child.try_wait() {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
 }
 
 /// SIGINT, then SIGKILL after the stop timeout.
@@ -374,12 +407,13 @@ fn stop<W: Write>(
     if let Err(e) = kill(pid, Signal::SIGINT) {
         say(&format!("SIGINT {}: {e}", job.name));
     }
-    let by = Instant::now() + Duration::from_millis(job.stop_timeout_ms);
-    while Instant::now() < by {
-        pump.run(port, ATTACH_POLL)?;
-        if let Ok(Some(s)) = child.try_wait() {
-            return Ok(Some(s));
-        }
+    if let Some(s) = wait_exit(
+        port,
+        pump,
+        child,
+        Duration::from_millis(job.stop_timeout_ms),
+    )? {
+        return Ok(Some(s));
     }
     say(&format!(
         "{} ignored SIGINT for {} ms: SIGKILL",
@@ -448,7 +482,8 @@ mod tests {
 
     #[test]
     fn exit_line_and_tails() {
-        let out = "stats\nDEBUG DUMP\nEXIT: runnable task stall (spin0[8] failed to run for 5.1s)\n";
+        let out =
+            "stats\nDEBUG DUMP\nEXIT: runnable task stall (spin0[8] failed to run for 5.1s)\n";
         assert_eq!(
             exit_line(out).as_deref(),
             Some("runnable task stall (spin0[8] failed to run for 5.1s)")

@@ -71,7 +71,10 @@ pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<i32, Comm
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
             Ok(None) if Instant::now() >= limit => {
-                say(&format!("selftests still running after {} ms: SIGKILL", job.hold_ms));
+                say(&format!(
+                    "selftests still running after {} ms: SIGKILL",
+                    job.hold_ms
+                ));
                 let _ = child.kill();
                 break child.wait().ok();
             }

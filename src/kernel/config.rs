@@ -13,7 +13,8 @@ pub const FRAGMENT: &str = include_str!("../../kernels/schedrig.config");
 /// only with it; without it libbpf skips every scheduler's .rodata/.data/
 /// .bss map and no sched_ext scheduler loads ("fd 4 is not pointing to
 /// valid bpf_map", measured on 6.12.117).
-pub const REQUIRED_TO_RUN: &[&str] = &["CONFIG_SCHED_CLASS_EXT", "CONFIG_BPF_SYSCALL", "CONFIG_NET"];
+pub const REQUIRED_TO_RUN: &[&str] =
+    &["CONFIG_SCHED_CLASS_EXT", "CONFIG_BPF_SYSCALL", "CONFIG_NET"];
 
 /// What resolution keeps of a kernel's config: the required options and
 /// the CPU limit (a topology above it is refused before the VM starts).
@@ -151,11 +152,12 @@ mod tests {
             "CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\n# CONFIG_NET is not set\n",
         );
         assert_eq!(scheduler_load_gaps(&no_net).as_deref(), Some("CONFIG_NET"));
-        let ok = KernelConfig::parse(
-            "CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\nCONFIG_NET=y\n",
-        );
+        let ok =
+            KernelConfig::parse("CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\nCONFIG_NET=y\n");
         assert_eq!(scheduler_load_gaps(&ok), None);
-        assert!(REQUIRED_TO_RUN.iter().all(|o| READ_AT_RESOLUTION.contains(o)));
+        assert!(REQUIRED_TO_RUN
+            .iter()
+            .all(|o| READ_AT_RESOLUTION.contains(o)));
         // The fragment itself asks for all of them.
         let f = fragment_builtins();
         assert!(REQUIRED_TO_RUN.iter().all(|o| f.contains(o)));

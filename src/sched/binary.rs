@@ -82,7 +82,9 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<ElfInfo, BinaryError> {
     }
     let machine = rd_u16(bytes, 18);
     if machine != EM_X86_64 {
-        return Err(kind(format!("built for ELF machine {machine}, not x86_64 (62)")));
+        return Err(kind(format!(
+            "built for ELF machine {machine}, not x86_64 (62)"
+        )));
     }
     let e_type = rd_u16(bytes, 16);
     if e_type != ET_EXEC && e_type != ET_DYN {
@@ -129,7 +131,12 @@ pub fn inspect(path: &Path) -> Result<(Vec<u8>, ElfInfo), BinaryError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(BinaryError::Missing(shown))
         }
-        Err(source) => return Err(BinaryError::Io { path: shown, source }),
+        Err(source) => {
+            return Err(BinaryError::Io {
+                path: shown,
+                source,
+            })
+        }
     };
     if !meta.is_file() {
         return Err(BinaryError::NotElf(shown));
@@ -231,7 +238,10 @@ mod tests {
         assert!(interp.contains("ld-linux"), "{interp}");
         let files = closure(Path::new("/bin/sh"), &interp).unwrap();
         assert_eq!(files[0].guest, interp);
-        assert!(files.iter().any(|f| f.guest.contains("libc.so")), "{files:?}");
+        assert!(
+            files.iter().any(|f| f.guest.contains("libc.so")),
+            "{files:?}"
+        );
         assert!(files.iter().all(|f| f.host.is_file()));
     }
 
@@ -278,7 +288,10 @@ mod tests {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibelf.so.1 => /lib/x86_64-linux-gnu/libelf.so.1 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
         assert_eq!(
             parse_list(text).unwrap(),
-            ["/lib/x86_64-linux-gnu/libelf.so.1", "/lib64/ld-linux-x86-64.so.2"]
+            [
+                "/lib/x86_64-linux-gnu/libelf.so.1",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
         );
         assert_eq!(
             parse_list("\tlibfoo.so.2 => not found\n").unwrap_err(),

@@ -87,7 +87,9 @@ pub fn schedulers_dir() -> PathBuf {
 /// the fixture's sources (the kernel key already covers source + config).
 pub fn key(kernel_key: &str) -> String {
     let mut h = Sha256::new();
-    h.update(format!("schedrig-sched-recipe-v{RECIPE_VERSION}\n{CLANG}\n{STATIC_LDFLAGS}\n"));
+    h.update(format!(
+        "schedrig-sched-recipe-v{RECIPE_VERSION}\n{CLANG}\n{STATIC_LDFLAGS}\n"
+    ));
     h.update(TREE_SCHEDULERS.join(" "));
     h.update(FIXTURE_BPF);
     h.update(FIXTURE_C);
@@ -104,7 +106,11 @@ pub fn lookup(kernel_key: &str) -> Option<SchedEntry> {
 
 /// Builds (or finds) the schedulers for the kernel `kernel_key` whose
 /// BTF is in `vmlinux`. Returns the entry and whether it was cached.
-pub fn build(kernel_key: &str, vmlinux: &Path, jobs: usize) -> Result<(SchedEntry, bool), KernelError> {
+pub fn build(
+    kernel_key: &str,
+    vmlinux: &Path,
+    jobs: usize,
+) -> Result<(SchedEntry, bool), KernelError> {
     if let Some(e) = lookup(kernel_key) {
         return Ok((e, true));
     }
@@ -222,7 +228,10 @@ fn build_into(
         for t in &targets {
             let _ = std::fs::remove_file(bin.join(t));
         }
-        make_step(&mut sched_make(Some(STATIC_LDFLAGS)), "make tools/sched_ext (static)")?;
+        make_step(
+            &mut sched_make(Some(STATIC_LDFLAGS)),
+            "make tools/sched_ext (static)",
+        )?;
         for t in &targets {
             copy(&bin.join(t), &out.join(t))?;
         }
@@ -231,7 +240,10 @@ fn build_into(
         make_step(&mut st_make(None), "make selftests runner")?;
         progress.step("selftests runner, static link");
         let _ = std::fs::remove_file(st_out.join(RUNNER));
-        make_step(&mut st_make(Some(STATIC_LDFLAGS)), "make selftests runner (static)")?;
+        make_step(
+            &mut st_make(Some(STATIC_LDFLAGS)),
+            "make selftests runner (static)",
+        )?;
         copy(&st_out.join(RUNNER), &out.join(RUNNER))?;
         progress.step("strip");
         let mut strip = Command::new("strip");

@@ -94,9 +94,7 @@ pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
         .ok_or_else(|| SchedError::UnknownName {
             name: spec.to_string(),
         })?;
-    let entry = crate::kernel::build::current_key()
-        .and_then(|k| build::lookup(&k))
-        .ok_or(SchedError::NotBuilt)?;
+    let entry = built_entry()?;
     Ok(Chosen {
         name: name.to_string(),
         host_path: entry.binary(name),
@@ -106,9 +104,13 @@ pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
 
 /// The selftests runner of the cache entry for the default kernel.
 pub fn runner() -> Result<PathBuf, SchedError> {
+    Ok(built_entry()?.binary(build::RUNNER))
+}
+
+/// The built schedulers of the default kernel.
+fn built_entry() -> Result<build::SchedEntry, SchedError> {
     crate::kernel::build::current_key()
         .and_then(|k| build::lookup(&k))
-        .map(|e| e.binary(build::RUNNER))
         .ok_or(SchedError::NotBuilt)
 }
 
@@ -187,7 +189,8 @@ pub fn binary_archive(c: &Chosen, cache_dir: &Path) -> Result<PathBuf, SchedErro
     let mut w = CpioWriter::new(Vec::new());
     w.dir("schedrig", 0o755).map_err(arch)?;
     w.dir(BIN_DIR, 0o755).map_err(arch)?;
-    w.file(&format!("{BIN_DIR}/{}", c.name), 0o755, &bytes).map_err(arch)?;
+    w.file(&format!("{BIN_DIR}/{}", c.name), 0o755, &bytes)
+        .map_err(arch)?;
     let mut deps = String::new();
     if let Some(interp) = &info.interp {
         let mut dirs: Vec<String> = Vec::new();
@@ -266,7 +269,10 @@ mod tests {
     #[test]
     fn args_split_like_a_shell() {
         assert_eq!(split_args("-e 50").unwrap(), ["-e", "50"]);
-        assert_eq!(split_args("-x 'a b' \"c d\"").unwrap(), ["-x", "a b", "c d"]);
+        assert_eq!(
+            split_args("-x 'a b' \"c d\"").unwrap(),
+            ["-x", "a b", "c d"]
+        );
         assert!(split_args("").unwrap().is_empty());
         let e = split_args("-x 'open").unwrap_err().to_string();
         assert!(e.contains("'open"), "{e}");
@@ -275,7 +281,10 @@ mod tests {
     #[test]
     fn unknown_names_list_the_built_ones() {
         let e = choose("no_such_sched").unwrap_err().to_string();
-        assert!(e.contains("scx_simple, scx_qmap, scx_central, scx_flatcg"), "{e}");
+        assert!(
+            e.contains("scx_simple, scx_qmap, scx_central, scx_flatcg"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -110,8 +110,8 @@ pub struct RunReport {
     pub vcpus_at_stop: Vec<StoppedVcpu>,
     /// The scheduler's run (`EEVDF` when none was asked for).
     pub scheduler: crate::controller::SchedulerReport,
-    /// The host's per-test archive: how long it took to build, its bytes
-    /// (set by the caller that built it).
+    /// The host's per-test archives: how long they took to prepare, and
+    /// the bytes of the job archive built for this run (set by the caller).
     pub per_test_archive: Option<(Duration, usize)>,
 }
 

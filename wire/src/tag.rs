@@ -208,7 +208,11 @@ mod tests {
 
     #[test]
     fn tag_values_and_names_are_unique_and_complete() {
-        assert_eq!(MsgTag::ALL.len(), 27, "spec table has 24 tags, plus TOPO, SCAT, SCXI");
+        assert_eq!(
+            MsgTag::ALL.len(),
+            27,
+            "spec table has 24 tags, plus TOPO, SCAT, SCXI"
+        );
         let values: HashSet<u32> = MsgTag::ALL.iter().map(|t| t.as_u32()).collect();
         let names: HashSet<&str> = MsgTag::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(values.len(), MsgTag::ALL.len());

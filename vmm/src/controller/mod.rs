@@ -14,11 +14,11 @@ use schedrig_wire::{
     payload::scalar, FrameParser, GuestTopology, KernAddrs, MsgTag, GUEST_TO_HOST_MAX_PAYLOAD,
 };
 
-pub use self::sched::{
-    LogSink, SchedExpect, SchedulerReport, KMSG_KEEP, LOG_TAIL_LINES, SCHED_LOG_KEEP,
-};
 pub use self::record::{
     FrameCounts, LifecycleLog, LIFECYCLE_MAX_ENTRIES, LIFECYCLE_REASON_MAX, UNKNOWN_TAG_KEY,
+};
+pub use self::sched::{
+    LogSink, SchedExpect, SchedulerReport, KMSG_KEEP, LOG_TAIL_LINES, SCHED_LOG_KEEP,
 };
 use crate::devices::log::BoundedLog;
 use crate::devices::virtio::BulkWriter;
@@ -299,7 +299,11 @@ impl Controller {
             }
         }
         let scheduler = self.sched.report();
-        if self.verdict.as_ref().is_some_and(|(v, _)| *v == Verdict::Ok) {
+        if self
+            .verdict
+            .as_ref()
+            .is_some_and(|(v, _)| *v == Verdict::Ok)
+        {
             if let Some((v, why)) = self.sched.judge(&scheduler) {
                 self.verdict = Some((v, why));
             }

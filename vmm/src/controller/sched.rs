@@ -157,12 +157,16 @@ impl SchedState {
         let name = &r.name;
         let kind = r.kind();
         let kind_text = |k: Option<SchedExitKind>| {
-            k.map_or_else(
-                || format!("kind {:?}", exit.kind),
-                |k| k.name().to_string(),
-            )
+            k.map_or_else(|| format!("kind {:?}", exit.kind), |k| k.name().to_string())
         };
-        let first_line = |s: &str| s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let first_line = |s: &str| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
         match exit.outcome? {
             SchedOutcome::NoScheduler => (exit.final_state != "disabled").then(|| {
                 (
@@ -203,7 +207,10 @@ impl SchedState {
                 if kind == Some(SchedExitKind::ErrorStall) {
                     Some(stall_verdict(name, exit, said(exit)))
                 } else if kind.is_some_and(SchedExitKind::is_error) {
-                    Some((Verdict::SchedError, format!("{name} ejected: {}", said(exit))))
+                    Some((
+                        Verdict::SchedError,
+                        format!("{name} ejected: {}", said(exit)),
+                    ))
                 } else if exit.early {
                     Some((
                         Verdict::SchedDied,
@@ -326,7 +333,10 @@ mod tests {
         );
         let (v, why) = judged(Some("scx_qmap"), Some(stall)).unwrap();
         assert_eq!(v, Verdict::SchedStall);
-        assert!(why.contains("ERROR_STALL") && why.contains("spin0[88]"), "{why}");
+        assert!(
+            why.contains("ERROR_STALL") && why.contains("spin0[88]"),
+            "{why}"
+        );
         // The same stall while the host left a vCPU unrun for 4 s.
         let mut starved = detached(
             SchedExitKind::ErrorStall,
@@ -338,19 +348,31 @@ mod tests {
         assert_eq!(v, Verdict::Inconclusive);
         assert!(why.contains("CPU 1 for 4000 ms"), "{why}");
         starved.steal_ms = vec![10, 1000];
-        assert_eq!(judged(Some("q"), Some(starved)).unwrap().0, Verdict::SchedStall);
+        assert_eq!(
+            judged(Some("q"), Some(starved)).unwrap().0,
+            Verdict::SchedStall
+        );
         assert_eq!(stall_ms("init[1] failed to run for 5.005s"), Some(5005));
         assert_eq!(stall_ms("nothing"), None);
         let err = detached(SchedExitKind::ErrorBpf, "scx_bpf_error", "boom");
         assert_eq!(judged(Some("q"), Some(err)).unwrap().0, Verdict::SchedError);
         let mut early = ok.clone();
         early.early = true;
-        assert_eq!(judged(Some("q"), Some(early)).unwrap().0, Verdict::SchedDied);
+        assert_eq!(
+            judged(Some("q"), Some(early)).unwrap().0,
+            Verdict::SchedDied
+        );
         let mut stuck = ok.clone();
         stuck.final_state = "enabled".into();
-        assert_eq!(judged(Some("q"), Some(stuck)).unwrap().0, Verdict::SchedError);
+        assert_eq!(
+            judged(Some("q"), Some(stuck)).unwrap().0,
+            Verdict::SchedError
+        );
         let sysrq = detached(SchedExitKind::Sysrq, "disabled by sysrq-S", "");
-        assert_eq!(judged(Some("q"), Some(sysrq)).unwrap().0, Verdict::SchedError);
+        assert_eq!(
+            judged(Some("q"), Some(sysrq)).unwrap().0,
+            Verdict::SchedError
+        );
         let died = SchedExit {
             outcome: Some(SchedOutcome::Died),
             status: Some(3),
@@ -359,7 +381,10 @@ mod tests {
         };
         let (v, why) = judged(Some("x"), Some(died)).unwrap();
         assert_eq!(v, Verdict::SchedDied);
-        assert!(why.contains("exit status 3") && why.contains("bye"), "{why}");
+        assert!(
+            why.contains("exit status 3") && why.contains("bye"),
+            "{why}"
+        );
         let na = SchedExit {
             outcome: Some(SchedOutcome::NotAttached),
             detail: "R0 invalid mem access 'map_value_or_null'".into(),

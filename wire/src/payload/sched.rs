@@ -389,7 +389,10 @@ mod tests {
         };
         assert!(matches!(
             SchedExit::decode(&postcard::to_allocvec(&long).unwrap()),
-            Err(SchedPayloadError::TextTooLong { field: "reason", .. })
+            Err(SchedPayloadError::TextTooLong {
+                field: "reason",
+                ..
+            })
         ));
         let none = postcard::to_allocvec(&SchedExit::default()).unwrap();
         assert_eq!(SchedExit::decode(&none), Err(SchedPayloadError::NoOutcome));
@@ -399,8 +402,14 @@ mod tests {
 
     #[test]
     fn attached_is_capped_text() {
-        assert_eq!(decode_attached(&encode_attached("simple")).unwrap(), "simple");
-        assert_eq!(encode_attached(&"x".repeat(500)).len(), SCHED_ATTACHED_MAX_LEN);
+        assert_eq!(
+            decode_attached(&encode_attached("simple")).unwrap(),
+            "simple"
+        );
+        assert_eq!(
+            encode_attached(&"x".repeat(500)).len(),
+            SCHED_ATTACHED_MAX_LEN
+        );
         assert!(decode_attached(&[0xff]).is_err());
         assert!(decode_attached(&[b'a'; SCHED_ATTACHED_MAX_LEN + 1]).is_err());
     }

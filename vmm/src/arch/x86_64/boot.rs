@@ -163,9 +163,11 @@ pub fn load(
     super::elf_map::map_file(mem, &initrd_file, initrd_addr, initrd_len)
         .map_err(|e| initrd_err(e.to_string()))?;
     for (f, at, len, path) in &extras {
-        super::elf_map::map_file(mem, f, initrd_addr + at, *len).map_err(|e| BootError::Initrd {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        super::elf_map::map_file(mem, f, initrd_addr + at, *len).map_err(|e| {
+            BootError::Initrd {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }
         })?;
     }
     if !initrd_extra.is_empty() {
