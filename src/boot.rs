@@ -48,6 +48,10 @@ pub struct Job {
     pub times: crate::sched::JobTimes,
     /// Gets each chunk of the program's output as it arrives.
     pub sink: Option<schedrig_vmm::controller::LogSink>,
+    /// Scenarios to run instead of the plain hold (`schedrig run`).
+    pub scenarios: Vec<schedrig_scenarios::Scenario>,
+    /// Gets each scenario's result as it arrives.
+    pub results: Option<schedrig_vmm::controller::ResultSink>,
 }
 
 /// Default seconds a scheduler may take to attach: BPF loading and
@@ -114,7 +118,13 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
                 None => Vec::new(),
             };
             let job =
-                crate::sched::job_archive(j.kind, j.scheduler.as_ref(), j.args.clone(), j.times)?;
+                crate::sched::job_archive(
+                j.kind,
+                j.scheduler.as_ref(),
+                j.args.clone(),
+                j.times,
+                j.scenarios.clone(),
+            )?;
             (files, job)
         }
         None => (Vec::new(), Vec::new()),
@@ -180,6 +190,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
                 .as_ref()
                 .is_some_and(|j| j.kind == schedrig_scenarios::JobKind::Scheduler),
             sink: opts.job.as_ref().and_then(|j| j.sink.clone()),
+            results: opts.job.as_ref().and_then(|j| j.results.clone()),
         },
     };
     let mut report = schedrig_vmm::run(&config, started)?;

@@ -50,6 +50,65 @@ enum Command {
     /// our kernel and VMM: one line per test, then the counts; non-zero
     /// exit on any failure.
     Selftest(SelftestArgs),
+    /// Run scenarios (the whole catalogue by default) under a scheduler and
+    /// judge them: a progress line per scenario, then a table. Several
+    /// scenarios share one VM; the scheduler is attached once. Exit status 0
+    /// only if every scenario passed. Where this machine's KVM cannot boot
+    /// the kernel, it runs itself inside the nested test host.
+    Run(RunArgs),
+    /// List the scenario catalogue (for a topology), or print one scenario
+    /// as TOML to start a file from.
+    Scenarios(ScenariosArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// The scheduler: a built one by NAME (scx_simple, scx_qmap, scx_central,
+    /// scx_flatcg), the PATH of an x86_64 executable, or `eevdf` for the
+    /// kernel's own scheduler.
+    #[arg(long, value_name = "NAME|PATH|eevdf", default_value = "scx_simple")]
+    scheduler: String,
+    /// The scheduler's arguments, split as a shell would (e.g. "-t 5").
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    sched_args: Option<String>,
+    /// CPU topology: NUMA nodes, LLCs per node, cores per LLC, threads per core.
+    #[arg(long, default_value = "1n2l1c1t")]
+    topology: schedrig_vmm::Topology,
+    /// A catalogue scenario by NAME, or a scenario FILE.toml; repeat for
+    /// several [default: the whole catalogue; see `schedrig scenarios`].
+    #[arg(long = "scenario", value_name = "NAME|FILE.toml")]
+    scenarios: Vec<String>,
+    /// Seconds each scenario runs (replaces every scenario's own duration).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// One JSON object per scenario on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// One VM per scenario (default: one VM for all, a fresh one only
+    /// after a scheduler or VM failure).
+    #[arg(long)]
+    isolate: bool,
+    /// Guest memory, e.g. 512M or 1G.
+    #[arg(long, default_value = "512M", value_parser = parse_mib)]
+    memory: u64,
+    /// Seconds the scheduler may take to attach.
+    #[arg(long, value_name = "SECS", default_value_t = crate::boot::DEFAULT_ATTACH_TIMEOUT)]
+    attach_timeout: u64,
+    /// Seconds until each VM must have reached guest-init.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    boot_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct ScenariosArgs {
+    /// The topology the catalogue is sized for.
+    #[arg(long, default_value = "1n2l1c1t")]
+    topology: schedrig_vmm::Topology,
+    /// Print this scenario as TOML.
+    #[arg(long, value_name = "NAME")]
+    toml: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +376,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Nested(a) => return run_nested(a),
         Command::Boot(a) => return run_boot(a),
+        Command::Run(a) => return run_scenarios(a),
+        Command::Scenarios(a) => return list_scenarios(a),
         Command::Selftest(a) => {
             return crate::selftest::run_cli(
                 a.kernel.request(),
@@ -482,7 +543,100 @@ fn boot_job(a: &BootArgs) -> anyhow::Result<Option<crate::boot::Job>> {
         args,
         times,
         sink: None,
+        scenarios: Vec::new(),
+            results: None,
     }))
+}
+
+/// `schedrig scenarios`.
+fn list_scenarios(a: ScenariosArgs) -> anyhow::Result<ExitCode> {
+    let layout = crate::run::layout_of(&a.topology);
+    let all = schedrig_scenarios::catalogue::catalogue(&layout);
+    if let Some(name) = a.toml {
+        let s = all.iter().find(|s| s.name == name).ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+            anyhow::anyhow!("unknown scenario {name:?}; known: {}", known.join(", "))
+        })?;
+        print!("{}", schedrig_scenarios::toml_file::to_toml(s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let w = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in &all {
+        println!("{:<w$}  {:>4.1}s  {}", s.name, s.duration, s.description);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `schedrig run`: everything the user gave is checked first (one line
+/// and a non-zero exit, no VM), then it nests itself where needed.
+fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = *PROCESS_START.get_or_init(std::time::Instant::now);
+    anyhow::ensure!(a.attach_timeout > 0, "--attach-timeout must be at least 1 second");
+    anyhow::ensure!(a.boot_timeout > 0, "--boot-timeout must be at least 1 second");
+    let scenarios = crate::run::resolve_scenarios(&a.scenarios, &a.topology, a.duration)?;
+    a.topology
+        .check_memory(a.memory)
+        .map_err(schedrig_vmm::MachineError::from)?;
+    let eevdf = a.scheduler.eq_ignore_ascii_case("eevdf");
+    anyhow::ensure!(
+        !(eevdf && a.sched_args.is_some()),
+        "--sched-args needs a scheduler; EEVDF takes none"
+    );
+    let scheduler = if eevdf {
+        None
+    } else {
+        Some(crate::sched::choose(&a.scheduler)?)
+    };
+    let sched_args = match &a.sched_args {
+        Some(s) => crate::sched::split_args(s)?,
+        None => Vec::new(),
+    };
+    let opts = crate::run::RunOptions {
+        kernel: a.kernel.request(),
+        topology: a.topology,
+        memory_mib: a.memory,
+        scheduler,
+        sched_args,
+        scenarios,
+        isolate: a.isolate,
+        attach_timeout: std::time::Duration::from_secs(a.attach_timeout),
+        boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
+    };
+    if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
+        // Boots, holds and teardown, with room for the emulation.
+        let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();
+        let per_vm = if opts.isolate { opts.scenarios.len() as u64 } else { 2 };
+        let timeout = std::time::Duration::from_millis(holds)
+            + crate::run::SCENARIO_OVERHEAD * opts.scenarios.len() as u32
+            + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout) + 300);
+        return Ok(crate::nested::rerun::rerun_self("schedrig run", &why, timeout));
+    }
+    if crate::nested::rerun::in_emulated_host() {
+        crate::nested::rerun::pin_to_first_cpu("schedrig run");
+    }
+    let total = opts.scenarios.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let progress = |o: &crate::run::Outcome| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        eprintln!("{}", crate::run::output::progress_line(o, n, total));
+    };
+    let summary = crate::run::run(&opts, started, &progress)?;
+    if a.json {
+        for o in &summary.outcomes {
+            println!("{}", crate::run::output::json(&opts, o));
+        }
+    } else {
+        print!("{}", crate::run::output::table(&opts, &summary));
+    }
+    let all_pass = summary
+        .outcomes
+        .iter()
+        .all(|o| o.judgement.verdict == schedrig_scenarios::checks::Verdict::Pass);
+    Ok(if all_pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod nested;
 pub mod process;
+pub mod run;
 pub mod progress;
 pub mod sched;
 pub mod selftest;

@@ -138,6 +138,8 @@ pub fn run(
                 stop_timeout: Duration::from_secs(1),
             },
             sink: Some(sink),
+            scenarios: Vec::new(),
+            results: None,
         }),
         ..BootOptions::default()
     };

@@ -9,12 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use schedrig::nested::{self, KvmMode, NestedOptions, NestedStatus};
+use schedrig::nested::{self, KvmMode};
 
 /// Generous: the nested host emulates every instruction.
 const NESTED_TIMEOUT: Duration = Duration::from_secs(40 * 60);
-/// Runs of the whole suite when the nested host itself dies.
-const NESTED_ATTEMPTS: u32 = 2;
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
@@ -39,79 +37,16 @@ fn main() -> ExitCode {
     libtest_mimic::run(&args, tests).exit_code()
 }
 
-/// True when this runs inside the emulated nested host.
 fn in_emulated_host() -> bool {
-    std::env::var(nested::IN_NESTED_ENV).as_deref() == Ok("1")
+    nested::rerun::in_emulated_host()
 }
 
-/// Inside the emulated host, keeps this process (and so every vCPU thread
-/// of the test VMs, which inherit it) on the nested host's CPU 0.
-/// Measured with 8-vCPU boots in one nested session
-/// (`schedrig nested -- loop of schedrig boot --topology 1n2l2c2t`):
-/// unpinned, 3 of 35 boots died of the emulation (two triple faults, one
-/// hang before init) and the nested host itself panicked once; pinned
-/// with `taskset -c 0`, 28 of 28 booted, at about 1.3x the boot time.
-/// What the emulation gets wrong (QEMU TCG emulating SVM, with guest
-/// vCPUs running on two emulated CPUs at once) is not known; this is a
-/// workaround for the test host only, never applied on hardware KVM.
 fn pin_to_first_cpu() {
-    // SAFETY: cpu_set_t is plain data (all-zero is the empty set);
-    // sched_setaffinity reads `set` for the duration of the call only.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        eprintln!(
-            "vm tests: cannot pin to CPU 0 in the emulated host: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    nested::rerun::pin_to_first_cpu("vm tests");
 }
 
 fn run_nested(reason: &str) -> ExitCode {
-    eprintln!("vm tests: {reason}; running them inside the nested test host");
-    let mut argv: Vec<String> = std::env::args().collect();
-    match std::env::current_exe() {
-        Ok(exe) => argv[0] = exe.display().to_string(),
-        Err(e) => {
-            eprintln!("vm tests: cannot find my own executable: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    let opts = NestedOptions {
-        timeout: NESTED_TIMEOUT,
-        ..Default::default()
-    };
-    // The emulated host itself (QEMU TCG emulating SVM, kvm-amd inside)
-    // occasionally dies mid-run; that is the test host failing, not a
-    // test, so the suite is retried once and the failure is shown.
-    for attempt in 1..=NESTED_ATTEMPTS {
-        match nested::run(&opts, &argv) {
-            Ok(out) => {
-                if let NestedStatus::Exited(_) | NestedStatus::Signaled(_) = out.status {
-                    return ExitCode::from(out.exit_code().clamp(0, 255) as u8);
-                }
-                eprintln!("vm tests: nested host attempt {attempt}: {:?}", out.status);
-                eprintln!("--- nested console tail ---\n{}", out.console_tail);
-                eprintln!("--- qemu stderr ---\n{}", out.qemu_stderr);
-                let retry =
-                    matches!(out.status, NestedStatus::Failed(_)) && attempt < NESTED_ATTEMPTS;
-                if !retry {
-                    return ExitCode::from(out.exit_code().clamp(0, 255) as u8);
-                }
-                eprintln!(
-                    "vm tests: the nested host died without a status; retrying the suite once"
-                );
-            }
-            Err(e) => {
-                eprintln!("vm tests: cannot start the nested host: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    ExitCode::FAILURE
+    nested::rerun::rerun_self("vm tests", reason, NESTED_TIMEOUT)
 }
 
 // ---- Booting the project kernel in schedrig's own VMM ----

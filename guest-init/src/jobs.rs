@@ -47,7 +47,15 @@ pub fn run<W: Write>(
         }
         _ => {
             let hold = job.map_or(0, |j| j.hold_ms);
-            if hold > 0 {
+            let scenarios = job.map(|j| j.scenarios.as_slice()).unwrap_or_default();
+            if !scenarios.is_empty() {
+                say(&format!("running {} scenarios under EEVDF", scenarios.len()));
+                let mut tick = |_: &mut BulkPort<W>, d: Duration| {
+                    std::thread::sleep(d);
+                    Ok(None)
+                };
+                crate::scenario::run(port, scenarios, &mut tick)?;
+            } else if hold > 0 {
                 let mut load = Load::start(&online_cpus());
                 say(&format!(
                     "holding EEVDF for {hold} ms with {} load processes",

@@ -23,6 +23,7 @@ pub mod outputs;
 pub mod ports;
 pub mod power;
 pub mod requests;
+pub mod scenario;
 pub mod sched;
 pub mod selftest;
 pub mod topology;

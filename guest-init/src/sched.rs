@@ -324,6 +324,9 @@ fn hold<W: Write>(
     child: &mut Child,
     exit: &mut SchedExit,
 ) -> Result<Option<ExitStatus>, CommsError> {
+    if !job.scenarios.is_empty() {
+        return hold_scenarios(port, pump, job, child, exit);
+    }
     let cpus = online_cpus();
     let steal_before = crate::load::steal_ms();
     let mut load = Load::start(&cpus);
@@ -376,6 +379,50 @@ fn hold_loaded<W: Write>(
         }
     }
     load.stop();
+    stop(port, pump, job, child)
+}
+
+/// Runs the job's scenarios while the scheduler is attached, watching it
+/// between and during them; returns its status if it ended by itself,
+/// else stops it after the last scenario.
+fn hold_scenarios<W: Write>(
+    port: &mut BulkPort<W>,
+    pump: &Pump,
+    job: &SchedJob,
+    child: &mut Child,
+    exit: &mut SchedExit,
+) -> Result<Option<ExitStatus>, CommsError> {
+    let steal_before = crate::load::steal_ms();
+    let mut status = None;
+    let lost = {
+        let mut tick = |port: &mut BulkPort<W>, d: Duration| -> Result<Option<String>, CommsError> {
+            pump.run(port, d)?;
+            if status.is_none() {
+                if let Ok(Some(s)) = child.try_wait() {
+                    status = Some(s);
+                }
+            }
+            let state = scx_state();
+            Ok(match status {
+                Some(s) => Some(format!("{state}; {} exited, {}", job.name, status_text(s))),
+                None if state != "enabled" => Some(state),
+                None => None,
+            })
+        };
+        crate::scenario::run(port, &job.scenarios, &mut tick)?
+    };
+    exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
+    if let Some(i) = lost {
+        exit.early = true;
+        say(&format!("{} lost during scenario {i}: state {}", job.name, scx_state()));
+        if status.is_some() {
+            return Ok(status);
+        }
+        let wait = Duration::from_millis(job.stop_timeout_ms).max(EJECT_EXIT_WAIT);
+        if let Some(s) = wait_exit(port, pump, child, wait)? {
+            return Ok(Some(s));
+        }
+    }
     stop(port, pump, job, child)
 }
 

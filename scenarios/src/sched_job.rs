@@ -25,7 +25,7 @@ pub enum JobKind {
 
 /// One job. postcard is positional: the field order is the format, and
 /// host and guest are always built together (the guest is embedded).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedJob {
     pub kind: JobKind,
     /// Shown in messages: `scx_simple`, or the user's file name.
@@ -43,6 +43,9 @@ pub struct SchedJob {
     pub hold_ms: u64,
     /// How long a stopped scheduler (SIGINT) may take to detach.
     pub stop_timeout_ms: u64,
+    /// Scenarios to run, in order, while the scheduler (or EEVDF) is held;
+    /// when there are any they replace the light load and `hold_ms`.
+    pub scenarios: Vec<crate::Scenario>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +90,7 @@ mod tests {
             attach_timeout_ms: 60_000,
             hold_ms: 5_000,
             stop_timeout_ms: 10_000,
+            scenarios: crate::catalogue::catalogue(&crate::CpuLayout::uniform(1, 2, 2)),
         };
         assert_eq!(SchedJob::decode(&j.encode().unwrap()).unwrap(), j);
         assert!(SchedJob::decode(&[9, 9]).is_err());

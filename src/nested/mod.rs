@@ -12,6 +12,7 @@ pub mod detect;
 pub mod hostkernel;
 pub mod initrd;
 mod qemu;
+pub mod rerun;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

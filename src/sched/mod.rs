@@ -240,6 +240,7 @@ pub fn job_archive(
     chosen: Option<&Chosen>,
     args: Vec<String>,
     times: JobTimes,
+    scenarios: Vec<schedrig_scenarios::Scenario>,
 ) -> Result<Vec<u8>, SchedError> {
     let arch = |e: std::io::Error| SchedError::Archive(e.to_string());
     let job = SchedJob {
@@ -251,6 +252,7 @@ pub fn job_archive(
         attach_timeout_ms: times.attach_timeout.as_millis() as u64,
         hold_ms: times.hold.as_millis() as u64,
         stop_timeout_ms: times.stop_timeout.as_millis() as u64,
+        scenarios,
     };
     let bytes = job
         .encode()
@@ -319,6 +321,7 @@ mod tests {
                 hold: Duration::from_secs(1),
                 stop_timeout: Duration::from_secs(1),
             },
+            Vec::new(),
         )
         .unwrap();
         assert!(has(&job, "schedrig/job\0") && job.len() < 1024);

@@ -113,6 +113,12 @@ pub struct RunReport {
     /// The host's per-test archives: how long they took to prepare, and
     /// the bytes of the job archive built for this run (set by the caller).
     pub per_test_archive: Option<(Duration, usize)>,
+    /// SCST frames: scenarios the guest started.
+    pub scenarios_started: u32,
+    /// TEST frames, decoded, in arrival order (bounded).
+    pub scenario_results: Vec<schedrig_wire::ScenarioResult>,
+    /// TEST frames past the cap, counted only.
+    pub scenario_results_dropped: u64,
 }
 
 /// Where a vCPU was when the controller stopped it.
@@ -193,6 +199,9 @@ mod tests {
             vcpus_at_stop: Vec::new(),
             scheduler: Default::default(),
             per_test_archive: None,
+            scenarios_started: 0,
+            scenario_results: Vec::new(),
+            scenario_results_dropped: 0,
         }
     }
 

@@ -42,6 +42,9 @@ pub use payload::kernel_op::{
 };
 pub use payload::lifecycle::{Lifecycle, LifecycleError, LifecyclePhase};
 pub use payload::scalar::ScalarError;
+pub use payload::scenario::{
+    ScenarioResult, ScenarioResultError, WorkerResult, SCENARIO_RESULT_MAX_LEN,
+};
 pub use payload::sched::{
     SchedExit, SchedExitKind, SchedOutcome, SchedPayloadError, SCHED_EXIT_MAX_LEN,
 };

@@ -18,7 +18,7 @@ pub use self::record::{
     FrameCounts, LifecycleLog, LIFECYCLE_MAX_ENTRIES, LIFECYCLE_REASON_MAX, UNKNOWN_TAG_KEY,
 };
 pub use self::sched::{
-    LogSink, SchedExpect, SchedulerReport, KMSG_KEEP, LOG_TAIL_LINES, SCHED_LOG_KEEP,
+    LogSink, ResultSink, SchedExpect, SchedulerReport, KMSG_KEEP, LOG_TAIL_LINES, SCHED_LOG_KEEP,
 };
 use crate::devices::log::BoundedLog;
 use crate::devices::virtio::BulkWriter;
@@ -86,6 +86,7 @@ pub struct Controller {
     replies: Option<BulkWriter>,
     errors: GuestErrors,
     sched: sched::SchedState,
+    scenarios: record::ScenarioLog,
 }
 
 impl Controller {
@@ -119,6 +120,7 @@ impl Controller {
             replies: Some(replies),
             errors,
             sched: sched::SchedState::new(started, expect),
+            scenarios: record::ScenarioLog::default(),
         }
     }
 
@@ -193,6 +195,18 @@ impl Controller {
                     Ok(code) => self.sched.on_exit_code(code),
                     Err(e) => guest_error!(self.errors, Frame, "SCDX refused: {e}"),
                 },
+                Some(MsgTag::ScenarioStart) => self.scenarios.started += 1,
+                Some(MsgTag::TestResult) => {
+                    match self.scenarios.record(payload) {
+                        Ok(Some(r)) => {
+                            if let Some(sink) = self.sched.result_sink() {
+                                (sink.0)(r);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => guest_error!(self.errors, Frame, "TEST refused: {e}"),
+                    }
+                }
                 Some(MsgTag::SchedulerLog) => self.sched.on_log(payload),
                 Some(MsgTag::Dmesg) => self.sched.on_kmsg(payload),
                 Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {
@@ -344,6 +358,9 @@ impl Controller {
             vcpus_at_stop: Vec::new(),
             scheduler,
             per_test_archive: None,
+            scenarios_started: self.scenarios.started,
+            scenario_results: self.scenarios.results,
+            scenario_results_dropped: self.scenarios.dropped,
         }
     }
 }

@@ -80,9 +80,60 @@ impl LifecycleLog {
     }
 }
 
+/// TEST results kept per run; later ones are counted, not kept.
+pub const SCENARIO_RESULTS_MAX: usize = 1024;
+/// Bytes of TEST payloads kept per run.
+pub const SCENARIO_BYTES_MAX: usize = 32 << 20;
+
+/// The scenarios of a run: SCST count and the decoded TEST results,
+/// bounded in number and bytes.
+#[derive(Debug, Clone, Default)]
+pub struct ScenarioLog {
+    pub started: u32,
+    pub results: Vec<schedrig_wire::ScenarioResult>,
+    pub dropped: u64,
+    bytes: usize,
+}
+
+impl ScenarioLog {
+    /// Keeps one TEST payload; returns it decoded, or None past the caps.
+    pub fn record(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<Option<&schedrig_wire::ScenarioResult>, schedrig_wire::ScenarioResultError> {
+        if self.results.len() >= SCENARIO_RESULTS_MAX
+            || self.bytes + payload.len() > SCENARIO_BYTES_MAX
+        {
+            self.dropped += 1;
+            return Ok(None);
+        }
+        let r = schedrig_wire::ScenarioResult::decode(payload)?;
+        self.bytes += payload.len();
+        self.results.push(r);
+        Ok(self.results.last())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scenario_results_are_bounded_and_validated() {
+        let mut log = ScenarioLog::default();
+        assert!(log.record(&[0xff; 3]).is_err());
+        let one = schedrig_wire::ScenarioResult {
+            name: "x".into(),
+            ..Default::default()
+        }
+        .encode()
+        .unwrap();
+        for _ in 0..SCENARIO_RESULTS_MAX + 5 {
+            log.record(&one).unwrap();
+        }
+        assert_eq!(log.results.len(), SCENARIO_RESULTS_MAX);
+        assert_eq!(log.dropped, 5);
+    }
 
     #[test]
     fn unknown_tags_share_one_bucket() {

@@ -30,6 +30,17 @@ impl std::fmt::Debug for LogSink {
     }
 }
 
+/// Called with every scenario result as it arrives (the CLI prints a
+/// progress line per scenario with it).
+#[derive(Clone)]
+pub struct ResultSink(pub Arc<dyn Fn(&schedrig_wire::ScenarioResult) + Send + Sync>);
+
+impl std::fmt::Debug for ResultSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResultSink")
+    }
+}
+
 /// What the run expects of a scheduler.
 #[derive(Debug, Clone, Default)]
 pub struct SchedExpect {
@@ -38,6 +49,7 @@ pub struct SchedExpect {
     /// The guest must send SCXI (false for selftest runs).
     pub wants_exit_info: bool,
     pub sink: Option<LogSink>,
+    pub results: Option<ResultSink>,
 }
 
 /// The scheduler section of a report.
@@ -94,6 +106,11 @@ impl SchedState {
             log: BoundedLog::new(SCHED_LOG_KEEP),
             kmsg: BoundedLog::new(KMSG_KEEP),
         }
+    }
+
+    /// Where scenario results go as they arrive, if anywhere.
+    pub fn result_sink(&self) -> Option<&ResultSink> {
+        self.expect.results.as_ref()
     }
 
     pub fn on_attached(&mut self, payload: &[u8]) -> Result<(), String> {
@@ -297,6 +314,7 @@ mod tests {
                 name: name.map(String::from),
                 wants_exit_info: name.is_some(),
                 sink: None,
+                results: None,
             },
         )
     }
@@ -417,6 +435,7 @@ mod tests {
                 name: Some("x".into()),
                 wants_exit_info: true,
                 sink: Some(LogSink(Arc::new(move |b| *s2.lock().unwrap() += b.len()))),
+                results: None,
             },
         );
         for _ in 0..1000 {

@@ -5,6 +5,7 @@ pub mod kern_addrs;
 pub mod kernel_op;
 pub mod lifecycle;
 pub mod scalar;
+pub mod scenario;
 pub mod sched;
 pub mod snapshot;
 pub mod stimulus;

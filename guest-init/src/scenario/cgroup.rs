@@ -1,0 +1,77 @@
+//! The scenario's cgroups: /sys/fs/cgroup/schedrig/<name>, with the cpu
+//! and cpuset controllers enabled on the way down.
+
+use std::path::{Path, PathBuf};
+
+use schedrig_scenarios::cpuset::cpu_list;
+
+/// The parent of every scenario cgroup.
+pub const ROOT: &str = "/sys/fs/cgroup/schedrig";
+const CONTROLLERS: &str = "+cpu +cpuset";
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
+}
+
+/// Enables the controllers in the root and creates [`ROOT`] (once).
+pub fn prepare() -> Result<(), String> {
+    write(Path::new("/sys/fs/cgroup/cgroup.subtree_control"), CONTROLLERS)?;
+    match std::fs::create_dir(ROOT) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("mkdir {ROOT}: {e}")),
+    }
+    write(&Path::new(ROOT).join("cgroup.subtree_control"), CONTROLLERS)
+}
+
+pub fn path(name: &str) -> PathBuf {
+    Path::new(ROOT).join(name)
+}
+
+pub fn create(name: &str) -> Result<PathBuf, String> {
+    let p = path(name);
+    std::fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+pub fn set_weight(name: &str, weight: u32) -> Result<(), String> {
+    write(&path(name).join("cpu.weight"), &weight.to_string())
+}
+
+/// None: the parent's CPUs (an empty cpuset.cpus).
+pub fn set_cpus(name: &str, cpus: Option<&[u32]>) -> Result<(), String> {
+    write(
+        &path(name).join("cpuset.cpus"),
+        &cpus.map_or(String::new(), cpu_list),
+    )
+}
+
+pub fn add_pid(name: &str, pid: i32) -> Result<(), String> {
+    write(&path(name).join("cgroup.procs"), &pid.to_string())
+}
+
+pub fn pids(name: &str) -> Result<Vec<i32>, String> {
+    let p = path(name).join("cgroup.procs");
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// Removes the cgroup; its processes must be gone (a killed one takes a
+/// moment to leave, so this retries for a while).
+pub fn remove(name: &str) -> Result<(), String> {
+    let p = path(name);
+    let mut last = None;
+    for _ in 0..100 {
+        match std::fs::remove_dir(&p) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(format!(
+        "rmdir {}: {}",
+        p.display(),
+        last.map_or("?".into(), |e| e.to_string())
+    ))
+}

@@ -1,0 +1,863 @@
+//! The scenario engine: for each scenario of the job, SCST, its cgroups
+//! and workers, each step's ops and hold (STIM after each), the workers'
+//! figures as a TEST frame, SCEN; everything torn down before the next.
+//!
+//! The caller's `tick` runs during holds (it relays the scheduler's
+//! output and says when the scheduler is gone); a scheduler lost in a
+//! scenario ends that scenario and the sequence.
+
+pub mod cgroup;
+pub mod worker;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering::*;
+use std::time::Duration;
+
+use schedrig_scenarios::cpuset::CpuLayout;
+use schedrig_scenarios::{CgroupDef, CpusetSpec, Op, Scenario, WorkType};
+use schedrig_wire::payload::scalar::encode_elapsed_ms;
+use schedrig_wire::{MsgTag, ScenarioResult, Stimulus, WorkerResult};
+use zerocopy::little_endian::{U16, U32, U64};
+
+use crate::comms::{BulkPort, CommsError};
+use crate::console::say;
+use worker::{now_ns, Slots, Spec};
+
+/// Worker slots mapped once: enough for every worker a scenario may
+/// start over its life (alive at once is capped lower, by validation).
+pub const SLOTS: usize = 1024;
+/// After a cpuset change, how long a worker may still be seen on its old
+/// CPUs (the kernel migrates synchronously; this covers our own sample
+/// taken across the write).
+pub const SETTLE_NS: u64 = 20_000_000;
+/// Longest wait inside a hold between ticks.
+const TICK: Duration = Duration::from_millis(100);
+/// How long the calibration's lone spinners run.
+const CALIBRATION: Duration = Duration::from_millis(500);
+/// Steal samples kept per scenario (one per tick).
+const STEAL_SAMPLES_MAX: usize = 40_000;
+
+/// What a hold's tick reports: None while the scheduler is attached,
+/// else sched_ext's state.
+pub type Lost = Option<String>;
+
+struct Cg {
+    def: CgroupDef,
+    cpus: Option<Vec<u32>>,
+    expect: Option<Vec<u32>>,
+    alive: bool,
+}
+
+struct Wk {
+    slot: usize,
+    cg: usize,
+    /// Its cgroup at the start (the name it is reported under).
+    cg_name: String,
+    index: u32,
+    pid: i32,
+    work: WorkType,
+    started: u64,
+    stopped: Option<u64>,
+    cpu_us: u64,
+    vcsw: u64,
+    ivcsw: u64,
+    /// (epoch, allowed mask) not yet folded into `outside`.
+    history: Vec<(u32, Option<u64>)>,
+    outside: u64,
+    last_allowed: Option<u64>,
+    nice: i32,
+    weight: u32,
+}
+
+fn mask(cpus: &[u32]) -> u64 {
+    cpus.iter()
+        .fold(0, |m, &c| m | 1u64.checked_shl(c).unwrap_or(0))
+}
+
+fn bits(m: u64) -> Vec<u32> {
+    (0..64).filter(|b| m & (1 << b) != 0).collect()
+}
+
+/// The CPUs as the guest's sysfs shows them (one LLC and node of the
+/// online CPUs when unreadable).
+pub fn layout() -> CpuLayout {
+    match crate::topology::read_topology(Path::new("/sys/devices/system")) {
+        Ok(t) => CpuLayout::from_guest(&t),
+        Err(e) => {
+            say(&format!("scenarios: topology unreadable ({e}); one LLC of the online CPUs"));
+            let cpus: Vec<u32> = crate::load::online_cpus().iter().map(|&c| c as u32).collect();
+            CpuLayout {
+                llcs: vec![cpus.clone()],
+                nodes: vec![cpus.clone()],
+                cpus,
+            }
+        }
+    }
+}
+
+/// Runs the job's scenarios (see [`Engine::run_all`]); an engine that
+/// cannot start gives each scenario a result naming why.
+pub fn run<W: Write>(
+    port: &mut BulkPort<W>,
+    scenarios: &[Scenario],
+    tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+) -> Result<Option<usize>, CommsError> {
+    match Engine::new(layout()) {
+        Ok(mut e) => e.run_all(port, scenarios, tick),
+        Err(err) => {
+            say(&format!("scenarios: cannot map worker slots: {err}"));
+            for (i, s) in scenarios.iter().enumerate() {
+                port.send(MsgTag::ScenarioStart, &[])?;
+                let r = ScenarioResult {
+                    index: i as u32,
+                    name: s.name.clone(),
+                    errors: vec![format!("cannot map worker slots: {err}")],
+                    ..ScenarioResult::default()
+                };
+                let bytes = r.encode().map_err(|e| CommsError::Write {
+                    what: "TEST frame".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                port.send(MsgTag::TestResult, &bytes)?;
+                port.send(MsgTag::ScenarioEnd, &encode_elapsed_ms(0))?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Runs scenarios; lives for the whole job.
+pub struct Engine {
+    slots: Slots,
+    layout: CpuLayout,
+    loops_per_us: u64,
+    calibration_gap_us: Option<u64>,
+    prepared: Option<Result<(), String>>,
+}
+
+impl Engine {
+    pub fn new(layout: CpuLayout) -> std::io::Result<Engine> {
+        Ok(Engine {
+            slots: Slots::map(SLOTS)?,
+            layout,
+            loops_per_us: worker::calibrate_loops_per_us(),
+            calibration_gap_us: None,
+            prepared: None,
+        })
+    }
+
+    /// Runs `scenarios` in order. Returns the index of the scenario in
+    /// which the scheduler was lost, if it was.
+    pub fn run_all<W: Write>(
+        &mut self,
+        port: &mut BulkPort<W>,
+        scenarios: &[Scenario],
+        tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+    ) -> Result<Option<usize>, CommsError> {
+        say(&format!(
+            "scenarios: {} to run; {} spin loops per µs",
+            scenarios.len(),
+            self.loops_per_us
+        ));
+        for (i, s) in scenarios.iter().enumerate() {
+            port.send(MsgTag::ScenarioStart, &[])?;
+            let t0 = now_ns();
+            let r = self.run_one(port, i as u32, s, tick)?;
+            let lost = r.sched_lost.is_some();
+            say(&format!(
+                "scenario {} ({}): {} workers, {} errors{}",
+                i,
+                s.name,
+                r.workers.len(),
+                r.errors.len(),
+                if lost { ", scheduler lost" } else { "" }
+            ));
+            let bytes = r.encode().map_err(|e| CommsError::Write {
+                what: "TEST frame".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            port.send(MsgTag::TestResult, &bytes)?;
+            port.send(
+                MsgTag::ScenarioEnd,
+                &encode_elapsed_ms((now_ns() - t0) / 1_000_000),
+            )?;
+            if lost {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    fn run_one<W: Write>(
+        &mut self,
+        port: &mut BulkPort<W>,
+        index: u32,
+        s: &Scenario,
+        tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+    ) -> Result<ScenarioResult, CommsError> {
+        let mut result = ScenarioResult {
+            index,
+            name: s.name.clone(),
+            ..ScenarioResult::default()
+        };
+        if let Err(e) = s.validate(&self.layout) {
+            result.errors.push(format!("in the guest: {e}"));
+            return Ok(result);
+        }
+        let prepared = self.prepared.get_or_insert_with(cgroup::prepare).clone();
+        if let Err(e) = prepared {
+            result.errors.push(format!("cgroups: {e}"));
+            return Ok(result);
+        }
+        if self.calibration_gap_us.is_none() {
+            let (gap, lost) = self.calibrate(port, tick)?;
+            self.calibration_gap_us = Some(gap);
+            say(&format!("calibration: lone spinners' longest gap {gap} µs"));
+            if lost.is_some() {
+                result.sched_lost = lost;
+                return Ok(result);
+            }
+        }
+        result.calibration_gap_us = self.calibration_gap_us.unwrap_or(0);
+        self.slots.reset();
+        let mut run = Run {
+            slots: &self.slots,
+            layout: &self.layout,
+            loops_per_us: self.loops_per_us,
+            cgs: Vec::new(),
+            wks: Vec::new(),
+            next_slot: 0,
+            errors: Vec::new(),
+            t0: now_ns(),
+            steal: Vec::new(),
+        };
+        run.sample_steal();
+        for def in &s.cgroups {
+            run.add_cgroup(def);
+        }
+        let steps = s.effective_steps();
+        let mut holds_ms = 0;
+        let mut lost = None;
+        'steps: for (si, step) in steps.iter().enumerate() {
+            for op in &step.ops {
+                run.apply(op);
+            }
+            let hold = Duration::from_millis(step.hold.ms(s.duration));
+            let started = now_ns();
+            let end = started + hold.as_nanos() as u64;
+            loop {
+                let now = now_ns();
+                if now >= end {
+                    break;
+                }
+                let l = tick(port, TICK.min(Duration::from_nanos(end - now)))?;
+                run.sample_steal();
+                if l.is_some() {
+                    lost = l;
+                    holds_ms += (now_ns() - started) / 1_000_000;
+                    break 'steps;
+                }
+            }
+            holds_ms += (now_ns() - started) / 1_000_000;
+            result.steps_done += 1;
+            let stim = Stimulus {
+                elapsed_ms: U32::new(((now_ns() - run.t0) / 1_000_000) as u32),
+                step_index: U16::new(si as u16),
+                op_count: U16::new(step.ops.len() as u16),
+                op_kinds: U32::new(step.ops.iter().fold(0, |m, o| m | o.kind_bit())),
+                cgroup_count: U16::new(run.cgs.iter().filter(|c| c.alive).count() as u16),
+                worker_count: U16::new(
+                    run.wks.iter().filter(|w| w.stopped.is_none()).count() as u16,
+                ),
+                total_iterations: U64::new(run.total_units()),
+            };
+            port.send(MsgTag::Stimulus, &stim.encode())?;
+        }
+        run.stop_all();
+        run.sample_steal();
+        result.holds_ms = holds_ms;
+        result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
+        result.steal_ms = run.steal_over(0, u64::MAX);
+        result.workers = run.results();
+        run.teardown();
+        result.errors = run.errors;
+        result.sched_lost = lost;
+        Ok(result)
+    }
+
+    /// One lone CPU-bound spinner pinned to each CPU, briefly: the
+    /// longest gap they see is the host's own noise (interrupts, vCPU
+    /// threads the host did not run), reported with every result.
+    fn calibrate<W: Write>(
+        &mut self,
+        port: &mut BulkPort<W>,
+        tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+    ) -> Result<(u64, Lost), CommsError> {
+        self.slots.reset();
+        let mut pids = Vec::new();
+        for (i, &cpu) in self.layout.cpus.iter().enumerate().take(64) {
+            let spec = Spec {
+                work: WorkType::CpuSpin,
+                slot: i,
+                peer: None,
+                leader: false,
+                rd: -1,
+                wr: -1,
+                loops_per_us: self.loops_per_us,
+                policy: schedrig_scenarios::Policy::Other,
+                name: name_of("calib", i as u32),
+            };
+            if let Some(pid) = fork_worker(&self.slots, &spec) {
+                pin(pid, cpu);
+                pids.push((pid, i));
+            }
+        }
+        for &(_, i) in &pids {
+            release(self.slots.get(i));
+        }
+        let end = now_ns() + CALIBRATION.as_nanos() as u64;
+        let mut lost = None;
+        while now_ns() < end && lost.is_none() {
+            lost = tick(port, TICK)?;
+        }
+        let mut gap = 0;
+        for &(pid, i) in &pids {
+            gap = gap.max(self.slots.get(i).max_gap_ns.load(Relaxed) / 1000);
+            kill_and_reap(pid);
+        }
+        Ok((gap, lost))
+    }
+}
+
+/// `prefix` then the index, as a NUL-terminated 16-byte comm.
+fn name_of(prefix: &str, i: u32) -> [u8; 16] {
+    let text = format!("{}{i}", &prefix[..prefix.len().min(10)]);
+    let mut name = [0u8; 16];
+    let n = text.len().min(15);
+    name[..n].copy_from_slice(&text.as_bytes()[..n]);
+    name
+}
+
+fn fork_worker(slots: &Slots, spec: &Spec) -> Option<i32> {
+    // SAFETY: the child runs only worker::child_main, which makes raw
+    // syscalls on memory mapped before the fork and never allocates, so
+    // locks held by the parent's other threads cannot hurt it.
+    match unsafe { libc::fork() } {
+        0 => worker::child_main(slots, spec),
+        -1 => {
+            say(&format!(
+                "fork worker: {}",
+                std::io::Error::last_os_error()
+            ));
+            None
+        }
+        pid => Some(pid),
+    }
+}
+
+fn release(s: &worker::Slot) {
+    s.go.store(1, Release);
+    worker::futex_wake(&s.go, 1);
+}
+
+fn pin(pid: i32, cpu: u32) {
+    // SAFETY: cpu_set_t is plain data; the call reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        say(&format!(
+            "pin {pid} to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
+/// SIGKILL and wait4: the worker's CPU time and switches.
+fn kill_and_reap(pid: i32) -> Option<libc::rusage> {
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // SAFETY: rusage is plain data, written by wait4.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    // SAFETY: waits for our own child; both pointers are live.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if rc != pid {
+        say(&format!(
+            "reap worker {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+        return None;
+    }
+    Some(ru)
+}
+
+/// One scenario in progress.
+struct Run<'a> {
+    slots: &'a Slots,
+    layout: &'a CpuLayout,
+    loops_per_us: u64,
+    cgs: Vec<Cg>,
+    wks: Vec<Wk>,
+    next_slot: usize,
+    errors: Vec<String>,
+    t0: u64,
+    steal: Vec<(u64, Vec<u64>)>,
+}
+
+impl Run<'_> {
+    fn resolve(&mut self, spec: &Option<CpusetSpec>) -> Option<Vec<u32>> {
+        let spec = spec.as_ref()?;
+        match spec.resolve(self.layout) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.errors.push(e.to_string());
+                None
+            }
+        }
+    }
+
+    fn find(&mut self, name: &str) -> Option<usize> {
+        let i = self.cgs.iter().position(|c| c.alive && c.def.name == name);
+        if i.is_none() {
+            self.errors.push(format!("no cgroup {name:?}"));
+        }
+        i
+    }
+
+    fn add_cgroup(&mut self, def: &CgroupDef) {
+        if let Err(e) = cgroup::create(&def.name) {
+            self.errors.push(e);
+            return;
+        }
+        let cpus = self.resolve(&def.cpuset);
+        let expect = self.resolve(&def.expect_cpuset);
+        if let Some(w) = def.weight {
+            if let Err(e) = cgroup::set_weight(&def.name, w) {
+                self.errors.push(e);
+            }
+        }
+        if cpus.is_some() {
+            if let Err(e) = cgroup::set_cpus(&def.name, cpus.as_deref()) {
+                self.errors.push(e);
+            }
+        }
+        self.cgs.push(Cg {
+            def: def.clone(),
+            cpus,
+            expect,
+            alive: true,
+        });
+        let cg = self.cgs.len() - 1;
+        self.spawn(cg, def.workers);
+    }
+
+    fn allowed(&self, cg: usize) -> Option<u64> {
+        let c = &self.cgs[cg];
+        c.expect.as_deref().or(c.cpus.as_deref()).map(mask)
+    }
+
+    fn churn_mask(&self, cg: usize) -> u64 {
+        mask(self.cgs[cg].cpus.as_deref().unwrap_or(&self.layout.cpus))
+    }
+
+    /// Starts `n` workers (whole groups) in cgroup `cg`, released together.
+    fn spawn(&mut self, cg: usize, n: u32) {
+        let def = self.cgs[cg].def.clone();
+        let g = def.work.group_size().max(1);
+        let first_index = self.wks.iter().filter(|w| w.cg_name == def.name).count() as u32;
+        let total = first_index + n;
+        let mut started = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if self.next_slot + g as usize > self.slots.len() {
+                self.errors
+                    .push(format!("more than {SLOTS} workers in one scenario"));
+                break;
+            }
+            let base = self.next_slot;
+            self.next_slot += g as usize;
+            // Pipe ping-pong: a pipe each way.
+            let mut fds = [[-1i32; 2]; 2];
+            if def.work == WorkType::PipePingPong {
+                for f in fds.iter_mut() {
+                    // SAFETY: pipe writes two fds into the array.
+                    if unsafe { libc::pipe(f.as_mut_ptr()) } != 0 {
+                        self.errors.push(format!(
+                            "pipe: {}",
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                }
+            }
+            for k in 0..g {
+                let index = first_index + i + k;
+                let leader = k == 0;
+                let (rd, wr) = match (def.work, leader) {
+                    (WorkType::PipePingPong, true) => (fds[1][0], fds[0][1]),
+                    (WorkType::PipePingPong, false) => (fds[0][0], fds[1][1]),
+                    _ => (-1, -1),
+                };
+                let peer = match def.work {
+                    WorkType::PipePingPong | WorkType::FutexPingPong => {
+                        Some(base + 1 - k as usize)
+                    }
+                    WorkType::FanOut { .. } => Some(base),
+                    _ => None,
+                };
+                let slot = base + k as usize;
+                let spec = Spec {
+                    work: def.work,
+                    slot,
+                    peer,
+                    leader,
+                    rd,
+                    wr,
+                    loops_per_us: self.loops_per_us,
+                    policy: def.policy,
+                    name: name_of(&def.name, index),
+                };
+                let s = self.slots.get(slot);
+                s.churn_mask.store(self.churn_mask(cg), Relaxed);
+                s.settle_until_ns.store(u64::MAX, Release);
+                let Some(pid) = fork_worker(self.slots, &spec) else {
+                    self.errors.push(format!(
+                        "fork worker {}/{index}: {}",
+                        def.name,
+                        std::io::Error::last_os_error()
+                    ));
+                    continue;
+                };
+                if let Err(e) = cgroup::add_pid(&def.name, pid) {
+                    self.errors.push(e);
+                }
+                let nice = match def.work {
+                    WorkType::NiceSweep if total > 1 => -20 + (39 * index / (total - 1)) as i32,
+                    WorkType::NiceSweep => 0,
+                    _ => def.nice.unwrap_or(0),
+                };
+                if nice != 0 {
+                    // SAFETY: sets our own child's nice.
+                    if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as u32, nice) } != 0 {
+                        self.errors.push(format!(
+                            "setpriority {pid} to {nice}: {}",
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                }
+                let allowed = self.allowed(cg);
+                self.wks.push(Wk {
+                    slot,
+                    cg,
+                    cg_name: def.name.clone(),
+                    index,
+                    pid,
+                    work: def.work,
+                    started: 0,
+                    stopped: None,
+                    cpu_us: 0,
+                    vcsw: 0,
+                    ivcsw: 0,
+                    history: vec![(0, allowed)],
+                    outside: 0,
+                    last_allowed: allowed,
+                    nice,
+                    weight: def.weight.unwrap_or(100),
+                });
+                started.push(self.wks.len() - 1);
+            }
+            for f in fds.iter().flatten().filter(|&&f| f >= 0) {
+                // SAFETY: closes the parent's copies of the pipe ends.
+                unsafe { libc::close(*f) };
+            }
+            i += g;
+        }
+        let now = now_ns();
+        for &w in &started {
+            let s = self.slots.get(self.wks[w].slot);
+            s.settle_until_ns.store(now + SETTLE_NS, Release);
+            self.wks[w].started = now;
+            release(s);
+        }
+    }
+
+    /// Folds worker `w`'s per-epoch samples older than `before` into
+    /// `outside`.
+    fn fold(&mut self, w: usize, before: u32) {
+        let wk = &mut self.wks[w];
+        let s = self.slots.get(wk.slot);
+        wk.history.retain(|&(e, allowed)| {
+            if e >= before {
+                return true;
+            }
+            let seen = s.strict[e as usize % worker::EPOCHS].swap(0, AcqRel);
+            if let Some(a) = allowed {
+                wk.outside |= seen & !a;
+            }
+            false
+        });
+    }
+
+    /// A change of what cgroup `cg`'s workers may run on: `write` does it
+    /// (a cpuset write, a move); samples across it are not judged.
+    fn change(&mut self, members: &[usize], write: &mut dyn FnMut(&mut Self)) {
+        for &w in members {
+            let s = self.slots.get(self.wks[w].slot);
+            s.settle_until_ns.store(u64::MAX, Release);
+            let e = s.epoch.load(Acquire) + 1;
+            s.epoch.store(e, Release);
+            self.fold(w, e.saturating_sub(1));
+        }
+        write(self);
+        let now = now_ns();
+        for &w in members {
+            let cg = self.wks[w].cg;
+            let allowed = self.allowed(cg);
+            let churn = self.churn_mask(cg);
+            let wk = &mut self.wks[w];
+            let s = self.slots.get(wk.slot);
+            wk.history.push((s.epoch.load(Acquire), allowed));
+            wk.last_allowed = allowed;
+            s.churn_mask.store(churn, Relaxed);
+            s.settle_until_ns.store(now + SETTLE_NS, Release);
+        }
+    }
+
+    fn members(&self, cg: usize) -> Vec<usize> {
+        (0..self.wks.len())
+            .filter(|&w| self.wks[w].cg == cg && self.wks[w].stopped.is_none())
+            .collect()
+    }
+
+    fn set_cpuset(&mut self, cg: usize, cpus: Option<Vec<u32>>) {
+        let members = self.members(cg);
+        self.change(&members, &mut |run| {
+            if let Err(e) = cgroup::set_cpus(&run.cgs[cg].def.name, cpus.as_deref()) {
+                run.errors.push(e);
+            }
+            run.cgs[cg].cpus = cpus.clone();
+        });
+    }
+
+    fn stop_worker(&mut self, w: usize) {
+        if self.wks[w].stopped.is_some() {
+            return;
+        }
+        let ru = kill_and_reap(self.wks[w].pid);
+        let wk = &mut self.wks[w];
+        wk.stopped = Some(now_ns());
+        if let Some(ru) = ru {
+            let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+            wk.cpu_us = us(ru.ru_utime) + us(ru.ru_stime);
+            wk.vcsw = ru.ru_nvcsw as u64;
+            wk.ivcsw = ru.ru_nivcsw as u64;
+        }
+        self.fold(w, u32::MAX);
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::AddCgroup(def) => self.add_cgroup(def),
+            Op::RemoveCgroup { cgroup: name } => {
+                if let Some(cg) = self.find(name) {
+                    for w in self.members(cg) {
+                        self.stop_worker(w);
+                    }
+                    if let Err(e) = cgroup::remove(name) {
+                        self.errors.push(e);
+                    }
+                    self.cgs[cg].alive = false;
+                }
+            }
+            Op::SetCpuset { cgroup: name, cpuset } => {
+                if let Some(cg) = self.find(name) {
+                    let cpus = self.resolve(&Some(cpuset.clone()));
+                    if cpus.is_some() {
+                        self.set_cpuset(cg, cpus);
+                    }
+                }
+            }
+            Op::ClearCpuset { cgroup: name } => {
+                if let Some(cg) = self.find(name) {
+                    self.set_cpuset(cg, None);
+                }
+            }
+            Op::SwapCpusets { a, b } => {
+                if let (Some(a), Some(b)) = (self.find(a), self.find(b)) {
+                    let (ca, cb) = (self.cgs[a].cpus.clone(), self.cgs[b].cpus.clone());
+                    // Widen first so the two never need the same CPUs'
+                    // exclusivity at once.
+                    self.set_cpuset(a, None);
+                    self.set_cpuset(b, ca);
+                    self.set_cpuset(a, cb);
+                }
+            }
+            Op::Spawn { cgroup: name, workers } => {
+                if let Some(cg) = self.find(name) {
+                    self.spawn(cg, *workers);
+                }
+            }
+            Op::Stop { cgroup: name } => {
+                if let Some(cg) = self.find(name) {
+                    for w in self.members(cg) {
+                        self.stop_worker(w);
+                    }
+                }
+            }
+            Op::SetAffinity { cgroup: name, cpus } => {
+                if let Some(cg) = self.find(name) {
+                    if let Some(set) = self.resolve(&Some(cpus.clone())) {
+                        for w in self.members(cg) {
+                            set_affinity(self.wks[w].pid, &set, &mut self.errors);
+                        }
+                    }
+                }
+            }
+            Op::MoveAll { from, to } => {
+                if let (Some(f), Some(t)) = (self.find(from), self.find(to)) {
+                    let members = self.members(f);
+                    let (from, to) = (from.clone(), to.clone());
+                    self.change(&members, &mut |run| {
+                        let pids = match cgroup::pids(&from) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                run.errors.push(e);
+                                return;
+                            }
+                        };
+                        for pid in pids {
+                            if let Err(e) = cgroup::add_pid(&to, pid) {
+                                run.errors.push(e);
+                            }
+                        }
+                        for &w in &members {
+                            run.wks[w].cg = t;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn total_units(&self) -> u64 {
+        self.wks
+            .iter()
+            .map(|w| self.slots.get(w.slot).units.load(Relaxed))
+            .sum()
+    }
+
+    fn sample_steal(&mut self) {
+        if self.steal.len() < STEAL_SAMPLES_MAX {
+            self.steal.push((now_ns(), crate::load::steal_ms()));
+        }
+    }
+
+    /// Steal per CPU from the last sample at or before `from` to the
+    /// first at or after `to` (a window at least as wide as asked).
+    fn steal_over(&self, from: u64, to: u64) -> Vec<u64> {
+        let a = self
+            .steal
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= from)
+            .or(self.steal.first());
+        let b = self
+            .steal
+            .iter()
+            .find(|(t, _)| *t >= to)
+            .or(self.steal.last());
+        match (a, b) {
+            (Some(a), Some(b)) => crate::load::steal_delta(&a.1, &b.1),
+            _ => Vec::new(),
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for w in 0..self.wks.len() {
+            self.stop_worker(w);
+        }
+    }
+
+    fn results(&self) -> Vec<WorkerResult> {
+        self.wks
+            .iter()
+            .map(|w| {
+                let s = self.slots.get(w.slot);
+                let gap_ns = s.max_gap_ns.load(Relaxed);
+                let gap_end = s.gap_end_ns.load(Relaxed);
+                let before = s.gap_cpu_before.load(Relaxed) as usize;
+                let after = s.gap_cpu_after.load(Relaxed) as usize;
+                let steal = self.steal_over(gap_end.saturating_sub(gap_ns), gap_end);
+                let gap_steal = steal
+                    .get(before)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(steal.get(after).copied().unwrap_or(0));
+                let hist = worker::hist_of(s);
+                let wakes = w.work.wakes();
+                WorkerResult {
+                    cgroup: w.cg_name.clone(),
+                    index: w.index,
+                    pid: w.pid,
+                    work: w.work.name().to_string(),
+                    units: s.units.load(Relaxed),
+                    cpu_us: w.cpu_us,
+                    wall_us: w.stopped.unwrap_or(w.started).saturating_sub(w.started) / 1000,
+                    voluntary_switches: w.vcsw,
+                    involuntary_switches: w.ivcsw,
+                    cpus: bits(s.ran.load(Relaxed)),
+                    migrations: s.migrations.load(Relaxed),
+                    max_gap_us: gap_ns / 1000,
+                    gap_cpu: after as u32,
+                    gap_at_ms: gap_end.saturating_sub(self.t0) / 1_000_000,
+                    gap_steal_ms: gap_steal,
+                    wakeups: s.wakeups.load(Relaxed),
+                    wake_p50_us: if wakes { worker::percentile(&hist, 50.0) } else { None },
+                    wake_p99_us: if wakes { worker::percentile(&hist, 99.0) } else { None },
+                    allowed: w.last_allowed.map(bits).unwrap_or_default(),
+                    outside: bits(w.outside),
+                    weight: w.weight,
+                    nice: w.nice,
+                }
+            })
+            .collect()
+    }
+
+    /// Removes every cgroup the scenario made (workers are gone).
+    fn teardown(&mut self) {
+        for c in self.cgs.iter_mut().filter(|c| c.alive) {
+            c.alive = false;
+            if let Err(e) = cgroup::remove(&c.def.name) {
+                self.errors.push(e);
+            }
+        }
+        if Path::new(cgroup::ROOT).exists() {
+            // Anything left from a scenario that failed half-way.
+            if let Ok(rd) = std::fs::read_dir(cgroup::ROOT) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn set_affinity(pid: i32, cpus: &[u32], errors: &mut Vec<String>) {
+    // SAFETY: cpu_set_t is plain data; the call reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c as usize, &mut set);
+        }
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        errors.push(format!(
+            "sched_setaffinity {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+}

@@ -1,0 +1,247 @@
+//! What makes a scenario runnable, checked on the host before any VM
+//! starts (against the requested topology) and again in the guest.
+
+use crate::cpuset::{CpuLayout, CpusetError, CpusetSpec};
+use crate::model::*;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario {scenario:?}: {what}")]
+    Invalid { scenario: String, what: String },
+    #[error("scenario {scenario:?}, {place}: {source}")]
+    Cpuset {
+        scenario: String,
+        place: String,
+        source: CpusetError,
+    },
+}
+
+/// A name usable as a cgroup directory.
+pub fn valid_cgroup_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Scenario {
+    /// The steps to run: the declared ones, or one holding the duration.
+    pub fn effective_steps(&self) -> Vec<Step> {
+        if self.steps.is_empty() {
+            vec![Step {
+                ops: Vec::new(),
+                hold: Hold::Fraction(1.0),
+            }]
+        } else {
+            self.steps.clone()
+        }
+    }
+
+    /// Sum of the holds, ms.
+    pub fn holds_ms(&self) -> u64 {
+        self.effective_steps()
+            .iter()
+            .map(|s| s.hold.ms(self.duration))
+            .sum()
+    }
+
+    /// Does any cgroup get a cpuset (so the isolation check applies)?
+    pub fn uses_cpusets(&self) -> bool {
+        self.cgroups
+            .iter()
+            .any(|c| c.cpuset.is_some() || c.expect_cpuset.is_some())
+            || self.steps.iter().flat_map(|s| &s.ops).any(|o| match o {
+                Op::SetCpuset { .. } | Op::SwapCpusets { .. } => true,
+                Op::AddCgroup(c) => c.cpuset.is_some() || c.expect_cpuset.is_some(),
+                _ => false,
+            })
+    }
+
+    /// Checks every count, name, hold and cpuset against `layout`.
+    pub fn validate(&self, layout: &CpuLayout) -> Result<(), ScenarioError> {
+        let bad = |what: String| ScenarioError::Invalid {
+            scenario: self.name.clone(),
+            what,
+        };
+        if self.name.is_empty() || self.name.len() > 128 {
+            return Err(bad("the name must be 1 to 128 characters".into()));
+        }
+        if !(self.duration > 0.0 && self.duration <= MAX_DURATION_SECS) {
+            return Err(bad(format!(
+                "duration {} s: it must be above 0 and at most {MAX_DURATION_SECS}",
+                self.duration
+            )));
+        }
+        if self.steps.len() > MAX_STEPS {
+            return Err(bad(format!("{} steps; at most {MAX_STEPS}", self.steps.len())));
+        }
+        let cpuset = |place: String, spec: &CpusetSpec| {
+            spec.resolve(layout)
+                .map(|_| ())
+                .map_err(|source| ScenarioError::Cpuset {
+                    scenario: self.name.clone(),
+                    place,
+                    source,
+                })
+        };
+        let mut alive: Vec<(String, u32, u32)> = Vec::new(); // name, workers, group size
+        let mut total_cgroups = 0usize;
+        let check_def = |c: &CgroupDef, place: &str| -> Result<(), ScenarioError> {
+            if !valid_cgroup_name(&c.name) {
+                return Err(bad(format!(
+                    "{place}: cgroup name {:?} must be 1 to 64 letters, digits, '-' or '_'",
+                    c.name
+                )));
+            }
+            if c.workers == 0 {
+                return Err(bad(format!("{place}: cgroup {:?} has 0 workers", c.name)));
+            }
+            let g = c.work.group_size();
+            if g < 2 && matches!(c.work, WorkType::FanOut { .. }) {
+                return Err(bad(format!("{place}: fan_out needs at least 1 wakee")));
+            }
+            if c.workers % g != 0 {
+                return Err(bad(format!(
+                    "{place}: cgroup {:?}: {} workers of {} come in groups of {g}",
+                    c.name,
+                    c.workers,
+                    c.work.name()
+                )));
+            }
+            if let WorkType::Bursty { burst_ms, sleep_ms } = c.work {
+                if burst_ms == 0 || sleep_ms == 0 {
+                    return Err(bad(format!("{place}: bursty needs burst_ms and sleep_ms above 0")));
+                }
+            }
+            if let Some(w) = c.weight {
+                if !(1..=10_000).contains(&w) {
+                    return Err(bad(format!("{place}: weight {w} outside 1..=10000")));
+                }
+            }
+            if let Some(n) = c.nice {
+                if !(-20..=19).contains(&n) {
+                    return Err(bad(format!("{place}: nice {n} outside -20..=19")));
+                }
+            }
+            if let Some(s) = &c.cpuset {
+                cpuset(format!("{place}, cgroup {:?} cpuset", c.name), s)?;
+            }
+            if let Some(s) = &c.expect_cpuset {
+                cpuset(format!("{place}, cgroup {:?} expect_cpuset", c.name), s)?;
+            }
+            Ok(())
+        };
+        let count = |alive: &[(String, u32, u32)]| alive.iter().map(|a| a.1).sum::<u32>();
+        let add = |alive: &mut Vec<(String, u32, u32)>, c: &CgroupDef, place: &str| {
+            if alive.iter().any(|a| a.0 == c.name) {
+                return Err(bad(format!("{place}: cgroup {:?} exists already", c.name)));
+            }
+            alive.push((c.name.clone(), c.workers, c.work.group_size()));
+            Ok(())
+        };
+        for c in &self.cgroups {
+            check_def(c, "cgroups")?;
+            add(&mut alive, c, "cgroups")?;
+            total_cgroups += 1;
+        }
+        let find = |alive: &[(String, u32, u32)], name: &str, place: &str| {
+            alive
+                .iter()
+                .position(|a| a.0 == name)
+                .ok_or_else(|| bad(format!("{place}: no cgroup {name:?} at that point")))
+        };
+        for (i, step) in self.effective_steps().iter().enumerate() {
+            let place = format!("step {}", i + 1);
+            match step.hold {
+                Hold::Secs(s) if !(s > 0.0 && s <= MAX_DURATION_SECS) => {
+                    return Err(bad(format!("{place}: hold of {s} s must be above 0")));
+                }
+                Hold::Fraction(f) if !(f > 0.0 && f <= 1.0) => {
+                    return Err(bad(format!(
+                        "{place}: hold fraction {f} must be above 0 and at most 1"
+                    )));
+                }
+                _ => {}
+            }
+            if step.ops.len() > MAX_OPS_PER_STEP {
+                return Err(bad(format!("{place}: {} ops; at most {MAX_OPS_PER_STEP}", step.ops.len())));
+            }
+            for op in &step.ops {
+                match op {
+                    Op::AddCgroup(c) => {
+                        check_def(c, &place)?;
+                        add(&mut alive, c, &place)?;
+                        total_cgroups += 1;
+                    }
+                    Op::RemoveCgroup { cgroup } => {
+                        let i = find(&alive, cgroup, &place)?;
+                        alive.remove(i);
+                    }
+                    Op::SetCpuset { cgroup, cpuset: s } => {
+                        find(&alive, cgroup, &place)?;
+                        cpuset(format!("{place}, set_cpuset {cgroup:?}"), s)?;
+                    }
+                    Op::ClearCpuset { cgroup } | Op::Stop { cgroup } => {
+                        let i = find(&alive, cgroup, &place)?;
+                        if matches!(op, Op::Stop { .. }) {
+                            alive[i].1 = 0;
+                        }
+                    }
+                    Op::SwapCpusets { a, b } => {
+                        find(&alive, a, &place)?;
+                        find(&alive, b, &place)?;
+                    }
+                    Op::Spawn { cgroup, workers } => {
+                        let i = find(&alive, cgroup, &place)?;
+                        if *workers == 0 || workers % alive[i].2 != 0 {
+                            return Err(bad(format!(
+                                "{place}: spawn of {workers} workers in {cgroup:?}: above 0 and in groups of {}",
+                                alive[i].2
+                            )));
+                        }
+                        alive[i].1 += workers;
+                    }
+                    Op::SetAffinity { cgroup, cpus } => {
+                        find(&alive, cgroup, &place)?;
+                        cpuset(format!("{place}, set_affinity {cgroup:?}"), cpus)?;
+                    }
+                    Op::MoveAll { from, to } => {
+                        let f = find(&alive, from, &place)?;
+                        find(&alive, to, &place)?;
+                        if from == to {
+                            return Err(bad(format!("{place}: move_all from {from:?} to itself")));
+                        }
+                        let _ = f;
+                    }
+                }
+            }
+            if count(&alive) > MAX_WORKERS {
+                return Err(bad(format!(
+                    "{place}: {} workers alive; at most {MAX_WORKERS}",
+                    count(&alive)
+                )));
+            }
+            if total_cgroups > MAX_CGROUPS {
+                return Err(bad(format!("more than {MAX_CGROUPS} cgroups")));
+            }
+        }
+        if total_cgroups == 0 {
+            return Err(bad("no cgroups: nothing would run".into()));
+        }
+        if let Some(p) = self.checks.max_spread_pct {
+            if !(p > 0.0) {
+                return Err(bad(format!("checks.max_spread_pct {p} must be above 0")));
+            }
+        }
+        if let Some(p) = self.checks.weight_share_pct {
+            if !(p > 0.0) {
+                return Err(bad(format!("checks.weight_share_pct {p} must be above 0")));
+            }
+        }
+        if self.checks.max_gap_ms == Some(0) {
+            return Err(bad("checks.max_gap_ms must be above 0".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,426 @@
+//! `schedrig run`: scenarios under a scheduler (or EEVDF), many per VM.
+//!
+//! One VM runs the remaining scenarios in order with the scheduler
+//! attached once. When the scheduler is lost or the VM ends mid-way, the
+//! scenario that was running gets its verdict and the rest go on in a
+//! fresh VM. `--isolate` boots one VM per scenario.
+
+pub mod output;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use schedrig_scenarios::checks::{self, JudgeEnv, Judgement, Verdict};
+use schedrig_scenarios::{CpuLayout, JobKind, Scenario};
+use schedrig_vmm::controller::ResultSink;
+use schedrig_vmm::{RunReport, Topology};
+use schedrig_wire::ScenarioResult;
+
+use crate::boot::{BootError, BootOptions, Job};
+use crate::kernel::KernelRequest;
+
+/// Per scenario, beyond its holds: calibration, spawning, teardown and
+/// frames, generous for the emulated nested host.
+pub const SCENARIO_OVERHEAD: Duration = Duration::from_secs(20);
+/// Boots of one batch after a VM that died of the emulation.
+const EMULATION_ATTEMPTS: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("unknown scenario {name:?}; known: {known} (or give a FILE.toml)")]
+    UnknownScenario { name: String, known: String },
+    #[error(transparent)]
+    Toml(#[from] schedrig_scenarios::toml_file::TomlError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Sched(#[from] crate::sched::SchedError),
+}
+
+/// What the topology looks like to a scenario, before any VM.
+pub fn layout_of(t: &Topology) -> CpuLayout {
+    CpuLayout::uniform(t.numa_nodes, t.llcs, t.cores_per_llc * t.threads_per_core)
+}
+
+/// The scenarios named on the command line (catalogue names or TOML
+/// files), all of the catalogue when none, each validated against the
+/// topology; `duration` replaces every scenario's duration.
+pub fn resolve_scenarios(
+    args: &[String],
+    topology: &Topology,
+    duration: Option<f64>,
+) -> Result<Vec<Scenario>, RunError> {
+    let layout = layout_of(topology);
+    let catalogue = schedrig_scenarios::catalogue::catalogue(&layout);
+    let mut out = Vec::new();
+    if args.is_empty() {
+        out = catalogue.clone();
+    }
+    for a in args {
+        let is_file = a.ends_with(".toml") || a.contains('/') || Path::new(a).is_file();
+        if is_file {
+            out.push(schedrig_scenarios::toml_file::load(Path::new(a))?);
+            continue;
+        }
+        match catalogue.iter().find(|s| s.name == *a) {
+            Some(s) => out.push(s.clone()),
+            None => {
+                let all = schedrig_scenarios::catalogue::catalogue(&CpuLayout::uniform(1, 2, 2));
+                let why = if all.iter().any(|s| s.name == *a) {
+                    return Err(RunError::Invalid(format!(
+                        "scenario {a:?} needs at least 2 CPUs; --topology {topology} has {}",
+                        topology.vcpus()
+                    )));
+                } else {
+                    all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                };
+                return Err(RunError::UnknownScenario {
+                    name: a.clone(),
+                    known: why,
+                });
+            }
+        }
+    }
+    if let Some(d) = duration {
+        if !(d > 0.0) {
+            return Err(RunError::Invalid(format!(
+                "--duration {d}: it must be above 0 seconds"
+            )));
+        }
+        for s in &mut out {
+            s.duration = d;
+        }
+    }
+    for s in &out {
+        s.validate(&layout).map_err(|e| {
+            RunError::Invalid(format!("{e} (on --topology {topology})"))
+        })?;
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub kernel: KernelRequest,
+    pub topology: Topology,
+    pub memory_mib: u64,
+    /// None: EEVDF.
+    pub scheduler: Option<crate::sched::Chosen>,
+    pub sched_args: Vec<String>,
+    pub scenarios: Vec<Scenario>,
+    pub isolate: bool,
+    pub attach_timeout: Duration,
+    pub boot_timeout: Duration,
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub judgement: Judgement,
+    pub result: Option<ScenarioResult>,
+    /// The kernel's word on the scheduler's end, when it ended here.
+    pub sched_exit: Option<serde_json::Value>,
+    pub duration: Duration,
+    /// Which VM (1-based) ran it.
+    pub vm: u32,
+}
+
+/// The whole run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub outcomes: Vec<Outcome>,
+    pub boots: u32,
+    pub wall: Duration,
+    /// Time to SRDY of each VM.
+    pub ready: Vec<Option<Duration>>,
+}
+
+impl RunOptions {
+    pub fn scheduler_name(&self) -> String {
+        self.scheduler
+            .as_ref()
+            .map_or_else(|| "EEVDF".to_string(), |c| c.name.clone())
+    }
+
+    fn env(&self) -> JudgeEnv {
+        JudgeEnv {
+            scheduler: self.scheduler.as_ref().map(|c| c.name.clone()),
+        }
+    }
+
+    /// The run deadline for a batch: boot, attach, every hold plus the
+    /// per-scenario overhead, stop.
+    fn deadline(&self, batch: &[Scenario]) -> Duration {
+        let holds: u64 = batch.iter().map(Scenario::holds_ms).sum();
+        self.boot_timeout
+            + self.attach_timeout
+            + Duration::from_millis(holds)
+            + SCENARIO_OVERHEAD * batch.len() as u32
+            + Duration::from_secs(crate::boot::STOP_TIMEOUT + 10)
+    }
+}
+
+fn error_outcome(s: &Scenario, why: String, vm: u32) -> Outcome {
+    Outcome {
+        scenario: s.clone(),
+        judgement: Judgement {
+            verdict: Verdict::Error,
+            checks: Vec::new(),
+            reason: why,
+        },
+        result: None,
+        sched_exit: None,
+        duration: Duration::ZERO,
+        vm,
+    }
+}
+
+/// The scheduler's end as the kernel told it, for a result.
+fn sched_exit_json(r: &RunReport) -> Option<serde_json::Value> {
+    let s = &r.scheduler;
+    let e = s.exit.as_ref()?;
+    Some(serde_json::json!({
+        "name": s.name,
+        "outcome": e.outcome.map(|o| o.as_str()),
+        "exit_kind": s.kind().map(|k| k.name()),
+        "reason": e.reason,
+        "message": e.message,
+        "sched_ext_state": e.final_state,
+        "exit_status": e.status.or(s.exit_code),
+        "signal": e.signal,
+    }))
+}
+
+/// Runs every scenario; `progress` gets each outcome as it is known.
+pub fn run(
+    opts: &RunOptions,
+    started: Instant,
+    progress: &(dyn Fn(&Outcome) + Sync),
+) -> Result<RunSummary, RunError> {
+    let mut pending: Vec<Scenario> = opts.scenarios.clone();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut boots = 0;
+    let mut ready = Vec::new();
+    let mut idle_vms = 0;
+    while !pending.is_empty() {
+        let take = if opts.isolate { 1 } else { pending.len() };
+        let batch: Vec<Scenario> = pending.drain(..take).collect();
+        boots += 1;
+        let vm = boots;
+        let report = boot_batch(opts, &batch, started, vm, progress)?;
+        ready.push(report.ready);
+        let mut done = 0;
+        for (i, r) in report.scenario_results.iter().enumerate() {
+            // The guest reports in order; anything else is not trusted.
+            if r.index as usize != i || i >= batch.len() || r.name != batch[i].name {
+                break;
+            }
+            let o = judge(opts, &batch[i], r.clone(), &report, vm);
+            // The sink printed the others as they arrived; a lost
+            // scheduler's kernel reason is only known now.
+            if r.sched_lost.is_some() {
+                progress(&o);
+            }
+            outcomes.push(o);
+            done += 1;
+        }
+        if done == batch.len() {
+            idle_vms = 0;
+            continue;
+        }
+        let stopped_at = &batch[done];
+        let sched = &report.scheduler;
+        let never_attached = opts.scheduler.is_some() && !sched.attached;
+        if never_attached {
+            // Every scenario would meet the same end: one reason for all.
+            let why = format!("{} did not attach: {}", opts.scheduler_name(), report.reason);
+            for s in batch[done..].iter().chain(pending.iter()) {
+                let o = error_outcome(s, why.clone(), vm);
+                progress(&o);
+                outcomes.push(o);
+            }
+            pending.clear();
+            break;
+        }
+        let in_progress = report.scenarios_started as usize > done;
+        let o = if in_progress {
+            vm_end_outcome(opts, stopped_at, &report, vm)
+        } else {
+            error_outcome(
+                stopped_at,
+                format!("the VM ended before it started: {} ({})", report.verdict.as_str(), report.reason),
+                vm,
+            )
+        };
+        progress(&o);
+        outcomes.push(o);
+        if done == 0 && !in_progress {
+            idle_vms += 1;
+        } else {
+            idle_vms = 0;
+        }
+        let mut rest: Vec<Scenario> = batch[done + 1..].to_vec();
+        if idle_vms >= 2 {
+            // Two VMs in a row ran nothing: the rest would fare the same.
+            for s in rest.iter().chain(pending.iter()) {
+                let o = error_outcome(s, format!("not run: two VMs in a row ended before any scenario ({})", report.reason), vm);
+                progress(&o);
+                outcomes.push(o);
+            }
+            pending.clear();
+            break;
+        }
+        rest.append(&mut pending);
+        pending = rest;
+    }
+    Ok(RunSummary {
+        outcomes,
+        boots,
+        wall: started.elapsed(),
+        ready,
+    })
+}
+
+/// Judges a scenario with a TEST result; a scheduler lost in it fails
+/// with the kernel's exit kind and reason (or is inconclusive when the
+/// host's steal time explains the stall).
+fn judge(opts: &RunOptions, s: &Scenario, r: ScenarioResult, report: &RunReport, vm: u32) -> Outcome {
+    let mut j = checks::judge(s, &r, &opts.env());
+    let mut sched_exit = None;
+    if r.sched_lost.is_some() {
+        sched_exit = sched_exit_json(report);
+        if report.verdict == schedrig_vmm::Verdict::Inconclusive {
+            j.verdict = Verdict::Inconclusive;
+            j.reason = report.reason.clone();
+        } else if j.verdict != Verdict::Error {
+            j.verdict = Verdict::Fail;
+            j.reason = format!("{}; {}", report.reason, j.reason);
+        }
+    }
+    Outcome {
+        scenario: s.clone(),
+        judgement: j,
+        duration: Duration::from_millis(r.elapsed_ms),
+        result: Some(r),
+        sched_exit,
+        vm,
+    }
+}
+
+/// The scenario that was running when the VM ended without its TEST.
+fn vm_end_outcome(opts: &RunOptions, s: &Scenario, r: &RunReport, vm: u32) -> Outcome {
+    use schedrig_vmm::Verdict as V;
+    let (verdict, why) = match r.verdict {
+        V::SchedError | V::SchedStall | V::SchedDied => (Verdict::Fail, r.reason.clone()),
+        V::Inconclusive => (Verdict::Inconclusive, r.reason.clone()),
+        v => (
+            Verdict::Error,
+            format!("the VM ended during the scenario: {} ({})", v.as_str(), r.reason),
+        ),
+    };
+    let _ = opts;
+    Outcome {
+        scenario: s.clone(),
+        judgement: Judgement {
+            verdict,
+            checks: Vec::new(),
+            reason: why,
+        },
+        result: None,
+        sched_exit: sched_exit_json(r),
+        duration: Duration::ZERO,
+        vm,
+    }
+}
+
+/// Boots one VM for `batch`; a VM that died of the emulation (in the
+/// nested test host) is booted again, once, when it ran nothing.
+fn boot_batch(
+    opts: &RunOptions,
+    batch: &[Scenario],
+    started: Instant,
+    vm: u32,
+    progress: &(dyn Fn(&Outcome) + Sync),
+) -> Result<RunReport, RunError> {
+    let in_emulated_host = crate::nested::rerun::in_emulated_host();
+    let mut attempt = 1;
+    loop {
+        // Progress lines as results arrive: judged now with what is
+        // known (a lost scheduler's kernel reason comes at the VM's end,
+        // so that one is printed then).
+        let env = opts.env();
+        let batch_copy: Vec<Scenario> = batch.to_vec();
+        let progress_ptr: &(dyn Fn(&Outcome) + Sync) = progress;
+        // The sink must be 'static: it reports through a channel that a
+        // scoped thread drains into `progress`.
+        let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+        let tx = Mutex::new(tx);
+        let sink = ResultSink(Arc::new(move |r: &ScenarioResult| {
+            let Some(s) = batch_copy.get(r.index as usize) else { return };
+            if r.sched_lost.is_some() || s.name != r.name {
+                return;
+            }
+            let o = Outcome {
+                scenario: s.clone(),
+                judgement: checks::judge(s, r, &env),
+                result: Some(r.clone()),
+                sched_exit: None,
+                duration: Duration::from_millis(r.elapsed_ms),
+                vm,
+            };
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.send(o);
+            }
+        }));
+        let boot_opts = BootOptions {
+            kernel: opts.kernel.clone(),
+            topology: opts.topology,
+            memory_mib: opts.memory_mib,
+            boot_timeout: opts.boot_timeout,
+            timeout: opts.deadline(batch),
+            job: Some(Job {
+                kind: if opts.scheduler.is_some() {
+                    JobKind::Scheduler
+                } else {
+                    JobKind::Default
+                },
+                scheduler: opts.scheduler.clone(),
+                args: opts.sched_args.clone(),
+                times: crate::sched::JobTimes {
+                    attach_timeout: opts.attach_timeout,
+                    hold: Duration::from_millis(batch.iter().map(Scenario::holds_ms).sum::<u64>().max(1)),
+                    stop_timeout: Duration::from_secs(crate::boot::STOP_TIMEOUT),
+                },
+                sink: None,
+                scenarios: batch.to_vec(),
+                results: Some(sink),
+            }),
+            ..BootOptions::default()
+        };
+        let report = std::thread::scope(|scope| {
+            let printer = scope.spawn(move || {
+                for o in rx {
+                    progress_ptr(&o);
+                }
+            });
+            let r = crate::boot::boot(&boot_opts, started);
+            drop(boot_opts);
+            let _ = printer.join();
+            r
+        })?;
+        let ran_nothing = report.scenarios_started == 0;
+        if in_emulated_host && report.is_emulation_artefact() && ran_nothing && attempt < EMULATION_ATTEMPTS {
+            eprintln!(
+                "schedrig run: VM {vm} died of the emulation before any scenario ({}); booting it again",
+                report.reason
+            );
+            attempt += 1;
+            continue;
+        }
+        return Ok(report);
+    }
+}

@@ -1,0 +1,145 @@
+//! What `schedrig run` prints: a progress line per scenario as it
+//! finishes (stderr), then a table and the reasons (stdout), or one JSON
+//! object per scenario with `--json`.
+
+use schedrig_scenarios::checks::{CheckResult, Verdict};
+
+use super::{Outcome, RunOptions, RunSummary};
+
+fn short(c: &CheckResult) -> String {
+    let mark = if c.pass { "" } else { "!" };
+    match c.name {
+        "attached" => format!("{mark}attached"),
+        "starvation" | "isolation" => format!("{mark}{} {}", c.name, c.value),
+        _ => format!("{mark}{} {}/{} {}", c.name, c.value, c.limit, c.unit),
+    }
+}
+
+/// The figures that matter, shortest first: failed checks, then the gap.
+pub fn key_numbers(o: &Outcome) -> String {
+    let checks = &o.judgement.checks;
+    let mut parts: Vec<String> = checks.iter().filter(|c| !c.pass).map(short).collect();
+    for name in ["gap", "fairness", "weight_share"] {
+        if let Some(c) = checks.iter().find(|c| c.name == name && c.pass) {
+            parts.push(short(c));
+        }
+    }
+    if parts.is_empty() {
+        parts.push("-".into());
+    }
+    parts.join(", ")
+}
+
+/// One line as each scenario finishes.
+pub fn progress_line(o: &Outcome, done: usize, total: usize) -> String {
+    format!(
+        "[{done}/{total}] {:<16} {:<12} {:>6.1}s  {}",
+        o.scenario.name,
+        o.judgement.verdict.as_str(),
+        o.duration.as_secs_f64(),
+        if o.judgement.verdict == Verdict::Pass {
+            key_numbers(o)
+        } else {
+            o.judgement.reason.clone()
+        }
+    )
+}
+
+/// The table, then a line per non-passing scenario, then the counts.
+pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
+    let topo = opts.topology.to_string();
+    let sched = opts.scheduler_name();
+    let rows: Vec<[String; 6]> = s
+        .outcomes
+        .iter()
+        .map(|o| {
+            [
+                o.scenario.name.clone(),
+                topo.clone(),
+                sched.clone(),
+                o.judgement.verdict.as_str().to_string(),
+                key_numbers(o),
+                format!("{:.1}s", o.duration.as_secs_f64()),
+            ]
+        })
+        .collect();
+    let head = ["scenario", "topology", "scheduler", "verdict", "key numbers", "duration"];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |r: &[String; 6]| {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        cells.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(&head.map(String::from));
+    for r in &rows {
+        out += &line(r);
+    }
+    let bad: Vec<&Outcome> = s
+        .outcomes
+        .iter()
+        .filter(|o| o.judgement.verdict != Verdict::Pass)
+        .collect();
+    if !bad.is_empty() {
+        out += "\n";
+        for o in bad {
+            out += &format!(
+                "{} {}: {}\n",
+                o.scenario.name,
+                o.judgement.verdict.as_str(),
+                o.judgement.reason
+            );
+        }
+    }
+    let count = |v: Verdict| s.outcomes.iter().filter(|o| o.judgement.verdict == v).count();
+    let holds: u64 = s
+        .outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref())
+        .map(|r| r.holds_ms)
+        .sum();
+    out += &format!(
+        "\n{} scenarios: {} pass, {} fail, {} inconclusive, {} error; {} VM{}, {:.1}s wall, {:.1}s of holds\n",
+        s.outcomes.len(),
+        count(Verdict::Pass),
+        count(Verdict::Fail),
+        count(Verdict::Inconclusive),
+        count(Verdict::Error),
+        s.boots,
+        if s.boots == 1 { "" } else { "s" },
+        s.wall.as_secs_f64(),
+        holds as f64 / 1000.0
+    );
+    out
+}
+
+/// One scenario as a JSON object (the `--json` contract).
+pub fn json(opts: &RunOptions, o: &Outcome) -> serde_json::Value {
+    let r = o.result.as_ref();
+    serde_json::json!({
+        "scenario": o.scenario.name,
+        "description": o.scenario.description,
+        "topology": opts.topology.to_string(),
+        "scheduler": opts.scheduler_name(),
+        "sched_args": opts.sched_args,
+        "verdict": o.judgement.verdict.as_str(),
+        "reason": o.judgement.reason,
+        "checks": o.judgement.checks,
+        "workers": r.map(|r| &r.workers),
+        "duration_ms": o.duration.as_millis() as u64,
+        "holds_ms": r.map(|r| r.holds_ms),
+        "steps_done": r.map(|r| r.steps_done),
+        "steal_ms_per_cpu": r.map(|r| &r.steal_ms),
+        "calibration_gap_us": r.map(|r| r.calibration_gap_us),
+        "errors": r.map(|r| &r.errors),
+        "sched_exit": o.sched_exit,
+        "vm": o.vm,
+    })
+}

@@ -1,0 +1,150 @@
+//! TEST: what the guest measured in one scenario (postcard), sent at the
+//! scenario's end; the host judges it against the scenario's checks.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest TEST payload either side accepts.
+pub const SCENARIO_RESULT_MAX_LEN: usize = 1 << 20;
+
+/// One scenario's measurements.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    /// Position in the job's scenario list.
+    pub index: u32,
+    pub name: String,
+    /// From the scenario's start (SCST) to its end (workers stopped).
+    pub elapsed_ms: u64,
+    /// The holds' measured sum.
+    pub holds_ms: u64,
+    pub steps_done: u32,
+    pub workers: Vec<WorkerResult>,
+    /// Steal time per CPU during the scenario (the host did not run it).
+    pub steal_ms: Vec<u64>,
+    /// Longest gap a lone spinner saw per CPU while the guest calibrated
+    /// at start (microseconds): the host's own noise.
+    pub calibration_gap_us: u64,
+    /// Harness problems (an op or a fork that failed): the verdict is
+    /// `error`, never the scheduler's fault.
+    pub errors: Vec<String>,
+    /// Set when the scheduler stopped being attached during the scenario:
+    /// what sched_ext's state was.
+    pub sched_lost: Option<String>,
+}
+
+/// One worker's figures.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WorkerResult {
+    pub cgroup: String,
+    /// Index within its cgroup.
+    pub index: u32,
+    pub pid: i32,
+    /// The work type's name.
+    pub work: String,
+    /// Work units completed (progress checkpoints passed).
+    pub units: u64,
+    /// User + system CPU time.
+    pub cpu_us: u64,
+    /// From its start to its stop.
+    pub wall_us: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    /// CPUs it ran on, ascending.
+    pub cpus: Vec<u32>,
+    pub migrations: u64,
+    /// Longest wall time between two progress checkpoints, sleeps the work
+    /// type does on purpose excluded.
+    pub max_gap_us: u64,
+    /// The CPU it was on when that gap ended.
+    pub gap_cpu: u32,
+    /// When that gap ended, ms from the scenario's start.
+    pub gap_at_ms: u64,
+    /// Steal time during that gap on the CPUs it was on before and after
+    /// (the larger), ms.
+    pub gap_steal_ms: u64,
+    pub wakeups: u64,
+    pub wake_p50_us: Option<u64>,
+    pub wake_p99_us: Option<u64>,
+    /// The CPUs the isolation check holds it to (its cpuset, or the
+    /// scenario's expectation); empty when it has none.
+    pub allowed: Vec<u32>,
+    /// CPUs it ran on outside `allowed` once a cpuset change had settled.
+    pub outside: Vec<u32>,
+    /// Its cgroup's cpu.weight.
+    pub weight: u32,
+    pub nice: i32,
+}
+
+/// A TEST payload that cannot be encoded or is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScenarioResultError {
+    #[error("TEST payload is {0} bytes, above the {SCENARIO_RESULT_MAX_LEN}-byte cap")]
+    TooLarge(usize),
+    #[error("TEST postcard encode failed: {0}")]
+    Encode(postcard::Error),
+    #[error("TEST postcard decode failed: {0}")]
+    Decode(postcard::Error),
+    #[error("{0} bytes left over after the TEST message")]
+    TrailingBytes(usize),
+}
+
+impl ScenarioResult {
+    pub fn encode(&self) -> Result<Vec<u8>, ScenarioResultError> {
+        let b = postcard::to_allocvec(self).map_err(ScenarioResultError::Encode)?;
+        if b.len() > SCENARIO_RESULT_MAX_LEN {
+            return Err(ScenarioResultError::TooLarge(b.len()));
+        }
+        Ok(b)
+    }
+
+    /// Refuses oversize input before decoding (postcard allocates what
+    /// its length prefixes claim, bounded by the input's length).
+    pub fn decode(payload: &[u8]) -> Result<ScenarioResult, ScenarioResultError> {
+        if payload.len() > SCENARIO_RESULT_MAX_LEN {
+            return Err(ScenarioResultError::TooLarge(payload.len()));
+        }
+        let (r, rest) =
+            postcard::take_from_bytes(payload).map_err(ScenarioResultError::Decode)?;
+        if !rest.is_empty() {
+            return Err(ScenarioResultError::TrailingBytes(rest.len()));
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_bad_input() {
+        let r = ScenarioResult {
+            index: 3,
+            name: "steady".into(),
+            elapsed_ms: 4100,
+            workers: vec![WorkerResult {
+                cgroup: "a".into(),
+                cpus: vec![0, 1],
+                wake_p99_us: Some(70),
+                ..WorkerResult::default()
+            }],
+            sched_lost: Some("disabled".into()),
+            ..ScenarioResult::default()
+        };
+        let b = r.encode().unwrap();
+        assert_eq!(ScenarioResult::decode(&b).unwrap(), r);
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(matches!(
+            ScenarioResult::decode(&extra),
+            Err(ScenarioResultError::TrailingBytes(1))
+        ));
+        assert!(ScenarioResult::decode(&b[..b.len() - 1]).is_err());
+        assert!(matches!(
+            ScenarioResult::decode(&vec![0; SCENARIO_RESULT_MAX_LEN + 1]),
+            Err(ScenarioResultError::TooLarge(_))
+        ));
+        // A claimed vector of 2^32 workers in a few bytes fails, no huge
+        // allocation.
+        assert!(ScenarioResult::decode(&[0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+}
