@@ -412,7 +412,10 @@ fn hold_scenarios<W: Write>(
         crate::scenario::run(port, &job.scenarios, &mut tick)?
     };
     exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
-    if let Some(i) = lost {
+    if let Some((i, steal)) = lost {
+        // The stall is judged against the steal of the scenario it
+        // happened in, not of the whole run.
+        exit.steal_ms = steal;
         exit.early = true;
         say(&format!("{} lost during scenario {i}: state {}", job.name, scx_state()));
         if status.is_some() {

@@ -17,9 +17,13 @@ pub const DEFAULT_MAX_GAP_MS: u64 = 2000;
 pub const DEFAULT_MAX_SPREAD_PCT: f64 = 15.0;
 /// A worker younger than this is not judged for starvation (ms).
 pub const STARVATION_MIN_LIFE_MS: u64 = 500;
-/// Steal on one CPU above this fraction of the holds makes any failed
-/// check `inconclusive`.
-pub const STOLEN_FRACTION: f64 = 0.5;
+/// Steal on one CPU above this fraction of the holds makes a failed gap
+/// or starvation check `inconclusive` (those measure time; fairness,
+/// weights, isolation and attachment are shares and facts that steal
+/// does not bend). Not a half: the nested test host runs two vCPUs on
+/// one CPU, so about half of every hold is steal there as a matter of
+/// course, and gaps are already net of their own steal.
+pub const STOLEN_FRACTION: f64 = 0.75;
 /// The gap limit scales with the guest's calibration: at most by this
 /// factor (so a scheduler that is bad even to lone spinners cannot buy
 /// itself a limit of minutes).
@@ -137,9 +141,11 @@ pub fn judge(s: &Scenario, r: &ScenarioResult, env: &JudgeEnv) -> Judgement {
         };
     }
     let first = format!("{}: {}", failed[0].name, failed[0].detail);
-    // A scheduler that is gone is its own fault, whatever the host did.
-    let lost = failed.iter().any(|c| c.name == "attached");
-    if let (Some((cpu, steal)), false) = (stolen(r), lost) {
+    // Only checks that measure time can be the host's doing.
+    let only_timing = failed
+        .iter()
+        .all(|c| matches!(c.name, "gap" | "starvation"));
+    if let (Some((cpu, steal)), true) = (stolen(r), only_timing) {
         return Judgement {
             verdict: Verdict::Inconclusive,
             reason: format!(
@@ -430,12 +436,21 @@ mod tests {
         // 1.5 s of the gap was steal: 1.5 s net, within 2 s.
         r.workers[0].gap_steal_ms = 1500;
         assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Pass);
-        // Not discounted enough, but CPU 1 was stolen for most of the holds.
+        // Not discounted enough, and half the holds stolen (the nested
+        // host's usual share): still the scheduler's.
         r.workers[0].gap_steal_ms = 100;
-        r.steal_ms = vec![0, 2500];
+        r.steal_ms = vec![0, 2000];
+        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        // CPU 1 was stolen for most of the holds: not judged.
+        r.steal_ms = vec![0, 3500];
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
-        assert!(j.reason.contains("CPU 1 for 2500 ms"), "{}", j.reason);
+        assert!(j.reason.contains("CPU 1 for 3500 ms"), "{}", j.reason);
+        // But an unfair share is not bent by steal.
+        r.workers[0].max_gap_us = 30_000;
+        r.workers[0].cpu_us = 3_900_000;
+        r.workers[1].cpu_us = 1_000_000;
+        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
     }
 
     #[test]

@@ -34,6 +34,25 @@ pub fn create(name: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
+/// The cgroup's directory as an fd (for clone3's CLONE_INTO_CGROUP).
+pub fn open(p: &Path) -> Result<i32, String> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} has a NUL byte", p.display()))?;
+    // SAFETY: opens a NUL-terminated path we own.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open {}: {}", p.display(), std::io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+pub fn close(fd: i32) {
+    if fd >= 0 {
+        // SAFETY: closes an fd this module opened, once.
+        unsafe { libc::close(fd) };
+    }
+}
+
 pub fn set_weight(name: &str, weight: u32) -> Result<(), String> {
     write(&path(name).join("cpu.weight"), &weight.to_string())
 }

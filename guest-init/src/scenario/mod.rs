@@ -44,6 +44,8 @@ pub type Lost = Option<String>;
 
 struct Cg {
     def: CgroupDef,
+    /// The cgroup's directory, open (clone3 starts workers in it).
+    fd: i32,
     cpus: Option<Vec<u32>>,
     expect: Option<Vec<u32>>,
     alive: bool,
@@ -68,6 +70,57 @@ struct Wk {
     last_allowed: Option<u64>,
     nice: i32,
     weight: u32,
+}
+
+/// Steal time per CPU sampled at each tick (bounded).
+#[derive(Default)]
+struct StealLog {
+    samples: Vec<(u64, Vec<u64>)>,
+}
+
+impl StealLog {
+    fn sample(&mut self) {
+        if self.samples.len() < STEAL_SAMPLES_MAX {
+            self.samples.push((now_ns(), crate::load::steal_ms()));
+        }
+    }
+
+    /// Steal per CPU from the last sample at or before `from` to the first
+    /// at or after `to`, and that window's length in ns.
+    fn over(&self, from: u64, to: u64) -> (Vec<u64>, u64) {
+        let a = self
+            .samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= from)
+            .or(self.samples.first());
+        let b = self
+            .samples
+            .iter()
+            .find(|(t, _)| *t >= to)
+            .or(self.samples.last());
+        match (a, b) {
+            (Some(a), Some(b)) => (crate::load::steal_delta(&a.1, &b.1), b.0.saturating_sub(a.0)),
+            _ => (Vec::new(), 0),
+        }
+    }
+
+    /// How much of a gap of `gap_ns` ending at `end` the host probably
+    /// stole (ms), on the worse of `cpus`: the window's steal, scaled to
+    /// the gap when the sampled window is wider than the gap.
+    fn in_gap(&self, end: u64, gap_ns: u64, cpus: &[usize]) -> u64 {
+        let (steal, window) = self.over(end.saturating_sub(gap_ns), end);
+        let worst = cpus
+            .iter()
+            .map(|&c| steal.get(c).copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        let gap_ms = gap_ns / 1_000_000;
+        if window <= gap_ns || window == 0 {
+            return worst.min(gap_ms);
+        }
+        ((worst as u128 * gap_ns as u128 / window as u128) as u64).min(gap_ms)
+    }
 }
 
 fn mask(cpus: &[u32]) -> u64 {
@@ -102,7 +155,7 @@ pub fn run<W: Write>(
     port: &mut BulkPort<W>,
     scenarios: &[Scenario],
     tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
-) -> Result<Option<usize>, CommsError> {
+) -> Result<Option<(usize, Vec<u64>)>, CommsError> {
     match Engine::new(layout()) {
         Ok(mut e) => e.run_all(port, scenarios, tick),
         Err(err) => {
@@ -148,13 +201,14 @@ impl Engine {
     }
 
     /// Runs `scenarios` in order. Returns the index of the scenario in
-    /// which the scheduler was lost, if it was.
+    /// which the scheduler was lost, if it was, and the steal per CPU
+    /// during that scenario.
     pub fn run_all<W: Write>(
         &mut self,
         port: &mut BulkPort<W>,
         scenarios: &[Scenario],
         tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
-    ) -> Result<Option<usize>, CommsError> {
+    ) -> Result<Option<(usize, Vec<u64>)>, CommsError> {
         say(&format!(
             "scenarios: {} to run; {} spin loops per µs",
             scenarios.len(),
@@ -183,7 +237,7 @@ impl Engine {
                 &encode_elapsed_ms((now_ns() - t0) / 1_000_000),
             )?;
             if lost {
-                return Ok(Some(i));
+                return Ok(Some((i, r.steal_ms)));
             }
         }
         Ok(None)
@@ -230,12 +284,13 @@ impl Engine {
             next_slot: 0,
             errors: Vec::new(),
             t0: now_ns(),
-            steal: Vec::new(),
+            steal: StealLog::default(),
         };
         run.sample_steal();
         for def in &s.cgroups {
             run.add_cgroup(def);
         }
+        result.setup_ms = (now_ns() - run.t0) / 1_000_000;
         let steps = s.effective_steps();
         let mut holds_ms = 0;
         let mut lost = None;
@@ -274,13 +329,15 @@ impl Engine {
             };
             port.send(MsgTag::Stimulus, &stim.encode())?;
         }
+        let stopping = now_ns();
         run.stop_all();
         run.sample_steal();
         result.holds_ms = holds_ms;
-        result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
-        result.steal_ms = run.steal_over(0, u64::MAX);
+        result.steal_ms = run.steal.over(0, u64::MAX).0;
         result.workers = run.results();
         run.teardown();
+        result.teardown_ms = (now_ns() - stopping) / 1_000_000;
+        result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
         result.errors = run.errors;
         result.sched_lost = lost;
         Ok(result)
@@ -316,15 +373,28 @@ impl Engine {
         for &(_, i) in &pids {
             release(self.slots.get(i));
         }
+        let mut steal = StealLog::default();
+        steal.sample();
         let end = now_ns() + CALIBRATION.as_nanos() as u64;
         let mut lost = None;
         while now_ns() < end && lost.is_none() {
             lost = tick(port, TICK)?;
+            steal.sample();
         }
+        // The longest gap net of steal: the noise the host makes that the
+        // guest cannot see as steal (interrupts, an emulated host's own
+        // pauses).
         let mut gap = 0;
         for &(pid, i) in &pids {
-            gap = gap.max(self.slots.get(i).max_gap_ns.load(Relaxed) / 1000);
             kill_and_reap(pid);
+            let s = self.slots.get(i);
+            let g = s.max_gap_ns.load(Relaxed);
+            let cpus = [
+                s.gap_cpu_before.load(Relaxed) as usize,
+                s.gap_cpu_after.load(Relaxed) as usize,
+            ];
+            let stolen = steal.in_gap(s.gap_end_ns.load(Relaxed), g, &cpus);
+            gap = gap.max((g / 1000).saturating_sub(stolen * 1000));
         }
         Ok((gap, lost))
     }
@@ -337,6 +407,61 @@ fn name_of(prefix: &str, i: u32) -> [u8; 16] {
     let n = text.len().min(15);
     name[..n].copy_from_slice(&text.as_bytes()[..n]);
     name
+}
+
+/// clone3(2)'s arguments (linux/sched.h, up to `cgroup`: 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+/// linux/sched.h: the child starts in the cgroup `CloneArgs::cgroup`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks a worker born in the cgroup open at `cgroup_fd`: no migration,
+/// so none of the RCU grace periods a write to cgroup.procs costs (about
+/// 100 ms per worker in the nested test host). Falls back to fork and a
+/// cgroup.procs write where clone3 is refused.
+fn fork_worker_into(slots: &Slots, spec: &Spec, cgroup_fd: i32, cgroup: &str) -> Result<i32, String> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_fd as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork; the child runs only
+    // worker::child_main (raw syscalls on memory mapped before the fork,
+    // no allocation), so locks held by our other threads cannot hurt it.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match pid {
+        0 => worker::child_main(slots, spec),
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) {
+                return Err(format!("clone3 into cgroup {cgroup}: {e}"));
+            }
+            let pid = fork_worker(slots, spec).ok_or_else(|| format!("fork: {}", std::io::Error::last_os_error()))?;
+            cgroup::add_pid(cgroup, pid)?;
+            Ok(pid)
+        }
+        pid => Ok(pid as i32),
+    }
 }
 
 fn fork_worker(slots: &Slots, spec: &Spec) -> Option<i32> {
@@ -405,7 +530,7 @@ struct Run<'a> {
     next_slot: usize,
     errors: Vec<String>,
     t0: u64,
-    steal: Vec<(u64, Vec<u64>)>,
+    steal: StealLog,
 }
 
 impl Run<'_> {
@@ -429,10 +554,13 @@ impl Run<'_> {
     }
 
     fn add_cgroup(&mut self, def: &CgroupDef) {
-        if let Err(e) = cgroup::create(&def.name) {
-            self.errors.push(e);
-            return;
-        }
+        let fd = match cgroup::create(&def.name).and_then(|p| cgroup::open(&p)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.errors.push(e);
+                return;
+            }
+        };
         let cpus = self.resolve(&def.cpuset);
         let expect = self.resolve(&def.expect_cpuset);
         if let Some(w) = def.weight {
@@ -447,6 +575,7 @@ impl Run<'_> {
         }
         self.cgs.push(Cg {
             def: def.clone(),
+            fd,
             cpus,
             expect,
             alive: true,
@@ -523,17 +652,13 @@ impl Run<'_> {
                 let s = self.slots.get(slot);
                 s.churn_mask.store(self.churn_mask(cg), Relaxed);
                 s.settle_until_ns.store(u64::MAX, Release);
-                let Some(pid) = fork_worker(self.slots, &spec) else {
-                    self.errors.push(format!(
-                        "fork worker {}/{index}: {}",
-                        def.name,
-                        std::io::Error::last_os_error()
-                    ));
-                    continue;
+                let pid = match fork_worker_into(self.slots, &spec, self.cgs[cg].fd, &def.name) {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        self.errors.push(format!("start worker {}/{index}: {e}", def.name));
+                        continue;
+                    }
                 };
-                if let Err(e) = cgroup::add_pid(&def.name, pid) {
-                    self.errors.push(e);
-                }
                 let nice = match def.work {
                     WorkType::NiceSweep if total > 1 => -20 + (39 * index / (total - 1)) as i32,
                     WorkType::NiceSweep => 0,
@@ -642,10 +767,24 @@ impl Run<'_> {
         });
     }
 
-    fn stop_worker(&mut self, w: usize) {
-        if self.wks[w].stopped.is_some() {
-            return;
+    /// Stops workers together: SIGKILL to all first, so they die in
+    /// parallel (each must be scheduled once to die), then reaps each.
+    fn stop_workers(&mut self, ws: &[usize]) {
+        let ws: Vec<usize> = ws
+            .iter()
+            .copied()
+            .filter(|&w| self.wks[w].stopped.is_none())
+            .collect();
+        for &w in &ws {
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(self.wks[w].pid, libc::SIGKILL) };
         }
+        for &w in &ws {
+            self.reap_worker(w);
+        }
+    }
+
+    fn reap_worker(&mut self, w: usize) {
         let ru = kill_and_reap(self.wks[w].pid);
         let wk = &mut self.wks[w];
         wk.stopped = Some(now_ns());
@@ -663,9 +802,9 @@ impl Run<'_> {
             Op::AddCgroup(def) => self.add_cgroup(def),
             Op::RemoveCgroup { cgroup: name } => {
                 if let Some(cg) = self.find(name) {
-                    for w in self.members(cg) {
-                        self.stop_worker(w);
-                    }
+                    let members = self.members(cg);
+                    self.stop_workers(&members);
+                    cgroup::close(self.cgs[cg].fd);
                     if let Err(e) = cgroup::remove(name) {
                         self.errors.push(e);
                     }
@@ -702,9 +841,8 @@ impl Run<'_> {
             }
             Op::Stop { cgroup: name } => {
                 if let Some(cg) = self.find(name) {
-                    for w in self.members(cg) {
-                        self.stop_worker(w);
-                    }
+                    let members = self.members(cg);
+                    self.stop_workers(&members);
                 }
             }
             Op::SetAffinity { cgroup: name, cpus } => {
@@ -750,35 +888,12 @@ impl Run<'_> {
     }
 
     fn sample_steal(&mut self) {
-        if self.steal.len() < STEAL_SAMPLES_MAX {
-            self.steal.push((now_ns(), crate::load::steal_ms()));
-        }
-    }
-
-    /// Steal per CPU from the last sample at or before `from` to the
-    /// first at or after `to` (a window at least as wide as asked).
-    fn steal_over(&self, from: u64, to: u64) -> Vec<u64> {
-        let a = self
-            .steal
-            .iter()
-            .rev()
-            .find(|(t, _)| *t <= from)
-            .or(self.steal.first());
-        let b = self
-            .steal
-            .iter()
-            .find(|(t, _)| *t >= to)
-            .or(self.steal.last());
-        match (a, b) {
-            (Some(a), Some(b)) => crate::load::steal_delta(&a.1, &b.1),
-            _ => Vec::new(),
-        }
+        self.steal.sample();
     }
 
     fn stop_all(&mut self) {
-        for w in 0..self.wks.len() {
-            self.stop_worker(w);
-        }
+        let all: Vec<usize> = (0..self.wks.len()).collect();
+        self.stop_workers(&all);
     }
 
     fn results(&self) -> Vec<WorkerResult> {
@@ -790,12 +905,7 @@ impl Run<'_> {
                 let gap_end = s.gap_end_ns.load(Relaxed);
                 let before = s.gap_cpu_before.load(Relaxed) as usize;
                 let after = s.gap_cpu_after.load(Relaxed) as usize;
-                let steal = self.steal_over(gap_end.saturating_sub(gap_ns), gap_end);
-                let gap_steal = steal
-                    .get(before)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(steal.get(after).copied().unwrap_or(0));
+                let gap_steal = self.steal.in_gap(gap_end, gap_ns, &[before, after]);
                 let hist = worker::hist_of(s);
                 let wakes = w.work.wakes();
                 WorkerResult {
@@ -830,6 +940,7 @@ impl Run<'_> {
     fn teardown(&mut self) {
         for c in self.cgs.iter_mut().filter(|c| c.alive) {
             c.alive = false;
+            cgroup::close(c.fd);
             if let Err(e) = cgroup::remove(&c.def.name) {
                 self.errors.push(e);
             }

@@ -441,11 +441,14 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
         WorkType::ForkExit => loop {
             spin(20 * lpu, &mut x);
             m.checkpoint();
-            // SAFETY: the grandchild only calls _exit.
-            let pid = unsafe { libc::fork() };
+            // A raw fork: glibc's fork() would take its internal locks,
+            // which a worker (itself made by a raw clone3) cannot trust.
+            // SAFETY: clone with only SIGCHLD is fork; the grandchild
+            // makes one raw exit_group call.
+            let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) } as i32;
             if pid == 0 {
                 // SAFETY: ends the grandchild at once.
-                unsafe { libc::_exit(0) };
+                unsafe { libc::syscall(libc::SYS_exit_group, 0) };
             }
             if pid > 0 {
                 // SAFETY: reaps our own child; status may be null.

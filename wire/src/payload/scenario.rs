@@ -16,6 +16,10 @@ pub struct ScenarioResult {
     pub elapsed_ms: u64,
     /// The holds' measured sum.
     pub holds_ms: u64,
+    /// Creating the first cgroups and starting their workers.
+    pub setup_ms: u64,
+    /// Stopping every worker and removing the cgroups.
+    pub teardown_ms: u64,
     pub steps_done: u32,
     pub workers: Vec<WorkerResult>,
     /// Steal time per CPU during the scenario (the host did not run it).
