@@ -174,3 +174,54 @@ fn a_topology_above_the_kernels_cpu_limit_is_refused() {
         "--topology 2n4l8c2t has 128 CPUs; this kernel supports at most 64 (CONFIG_NR_CPUS)",
     );
 }
+
+/// `schedrig run`'s bad input: exactly one stderr line naming the problem
+/// (and the file, line and field for TOML), a non-zero exit, no VM.
+fn assert_one_run_error(args: &[&str], needles: &[&str]) {
+    let started = std::time::Instant::now();
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = schedrig(&all);
+    assert_ne!(code, 0, "{all:?} succeeded");
+    assert!(stdout.is_empty(), "{all:?} printed to stdout: {stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{all:?}: not one line: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{all:?}: {n:?} not in {stderr:?}");
+    }
+    // No VM (nor nested host) was started for it.
+    assert!(!stderr.contains("nested"), "{all:?}: {stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{all:?} took {:?}", started.elapsed());
+}
+
+#[test]
+fn run_refuses_bad_scenarios_before_any_vm() {
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scenarios");
+    assert_one_run_error(&["--scenario", "no_such"], &["unknown scenario \"no_such\"", "steady"]);
+    let f = format!("{fx}/unknown_field.toml");
+    assert_one_run_error(&["--scenario", &f], &["unknown_field.toml:6:1:", "unknown field `wrok`"]);
+    let f = format!("{fx}/zero_workers.toml");
+    assert_one_run_error(&["--scenario", &f], &["zero_workers.toml", "has 0 workers"]);
+    let f = format!("{fx}/bad_cpuset.toml");
+    assert_one_run_error(&["--scenario", &f], &["bad_cpuset.toml", "names LLC 7, but there are 2 LLCs"]);
+    assert_one_run_error(&["--scenario", "steady", "--duration", "0"], &["--duration 0"]);
+    assert_one_run_error(&["--scenario", "/nonexistent/x.toml"], &["/nonexistent/x.toml"]);
+    // Splits need two CPUs.
+    assert_one_run_error(
+        &["--scenario", "cpuset_split", "--topology", "1n1l1c1t"],
+        &["needs at least 2 CPUs"],
+    );
+    assert_one_run_error(&["--scheduler", "scx_nope"], &["unknown scheduler \"scx_nope\""]);
+    assert_one_run_error(&["--scheduler", "eevdf", "--sched-args", "-x"], &["EEVDF takes none"]);
+}
+
+#[test]
+fn scenarios_lists_the_catalogue_and_prints_toml_that_runs() {
+    let (code, stdout, _) = schedrig(&["scenarios"]);
+    assert_eq!(code, 0);
+    assert!(stdout.lines().count() >= 14, "{stdout}");
+    assert!(stdout.contains("oversubscribed"));
+    let (code, toml, stderr) = schedrig(&["scenarios", "--toml", "cpuset_swap"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(toml.contains("swap_cpusets"), "{toml}");
+    assert_one_error(&["scenarios", "--toml", "nope"], "unknown scenario");
+}

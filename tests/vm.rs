@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+#[path = "vm/run.rs"]
+mod run;
 use schedrig::nested::{self, KvmMode};
 
 /// Generous: the nested host emulates every instruction.
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     tests.extend(boot_tests());
     tests.extend(hostile_tests());
     tests.extend(sched_tests());
+    tests.extend(run::tests());
     libtest_mimic::run(&args, tests).exit_code()
 }
 

@@ -55,18 +55,19 @@ pub fn resolve_scenarios(
 ) -> Result<Vec<Scenario>, RunError> {
     let layout = layout_of(topology);
     let catalogue = schedrig_scenarios::catalogue::catalogue(&layout);
-    let mut out = Vec::new();
+    // Each scenario with where it came from (a file names itself in errors).
+    let mut out: Vec<(Scenario, Option<&str>)> = Vec::new();
     if args.is_empty() {
-        out = catalogue.clone();
+        out = catalogue.iter().map(|s| (s.clone(), None)).collect();
     }
     for a in args {
         let is_file = a.ends_with(".toml") || a.contains('/') || Path::new(a).is_file();
         if is_file {
-            out.push(schedrig_scenarios::toml_file::load(Path::new(a))?);
+            out.push((schedrig_scenarios::toml_file::load(Path::new(a))?, Some(a.as_str())));
             continue;
         }
         match catalogue.iter().find(|s| s.name == *a) {
-            Some(s) => out.push(s.clone()),
+            Some(s) => out.push((s.clone(), None)),
             None => {
                 let all = schedrig_scenarios::catalogue::catalogue(&CpuLayout::uniform(1, 2, 2));
                 let why = if all.iter().any(|s| s.name == *a) {
@@ -90,16 +91,17 @@ pub fn resolve_scenarios(
                 "--duration {d}: it must be above 0 seconds"
             )));
         }
-        for s in &mut out {
+        for (s, _) in &mut out {
             s.duration = d;
         }
     }
-    for s in &out {
+    for (s, file) in &out {
         s.validate(&layout).map_err(|e| {
-            RunError::Invalid(format!("{e} (on --topology {topology})"))
+            let from = file.map_or(String::new(), |f| format!("{f}: "));
+            RunError::Invalid(format!("{from}{e} (on --topology {topology})"))
         })?;
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(s, _)| s).collect())
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +234,14 @@ pub fn run(
             idle_vms = 0;
             continue;
         }
+        if done > 0 && report.scenario_results[done - 1].sched_lost.is_some() {
+            // That scenario has its verdict; the rest go to a fresh VM.
+            idle_vms = 0;
+            let mut rest = batch[done..].to_vec();
+            rest.append(&mut pending);
+            pending = rest;
+            continue;
+        }
         let stopped_at = &batch[done];
         let sched = &report.scheduler;
         let never_attached = opts.scheduler.is_some() && !sched.attached;
@@ -239,7 +249,8 @@ pub fn run(
             // Every scenario would meet the same end: one reason for all.
             let why = format!("{} did not attach: {}", opts.scheduler_name(), report.reason);
             for s in batch[done..].iter().chain(pending.iter()) {
-                let o = error_outcome(s, why.clone(), vm);
+                let mut o = error_outcome(s, why.clone(), vm);
+                o.sched_exit = sched_exit_json(&report);
                 progress(&o);
                 outcomes.push(o);
             }

@@ -265,11 +265,13 @@ impl Engine {
             return Ok(result);
         }
         if self.calibration_gap_us.is_none() {
-            let (gap, lost) = self.calibrate(port, tick)?;
+            let (gap, lost, steal) = self.calibrate(port, tick)?;
             self.calibration_gap_us = Some(gap);
             say(&format!("calibration: lone spinners' longest gap {gap} µs"));
             if lost.is_some() {
                 result.sched_lost = lost;
+                result.steal_ms = steal;
+                result.errors.clear();
                 return Ok(result);
             }
         }
@@ -350,7 +352,7 @@ impl Engine {
         &mut self,
         port: &mut BulkPort<W>,
         tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
-    ) -> Result<(u64, Lost), CommsError> {
+    ) -> Result<(u64, Lost, Vec<u64>), CommsError> {
         self.slots.reset();
         let mut pids = Vec::new();
         for (i, &cpu) in self.layout.cpus.iter().enumerate().take(64) {
@@ -396,7 +398,7 @@ impl Engine {
             let stolen = steal.in_gap(s.gap_end_ns.load(Relaxed), g, &cpus);
             gap = gap.max((g / 1000).saturating_sub(stolen * 1000));
         }
-        Ok((gap, lost))
+        Ok((gap, lost, steal.over(0, u64::MAX).0))
     }
 }
 

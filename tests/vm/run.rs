@@ -1,0 +1,272 @@
+//! `schedrig run` on real VMs, as a user runs it (the CLI, `--json`):
+//! the checks pass on good schedulers and fire on faulty ones.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use libtest_mimic::{Failed, Trial};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scenarios");
+/// Short scenarios: the checks need a few seconds, the suite needs speed.
+const DURATION: &str = "3";
+
+struct RunOut {
+    args: Vec<String>,
+    lines: Vec<Value>,
+    stderr: String,
+    code: Option<i32>,
+}
+
+impl RunOut {
+    fn get(&self, name: &str) -> Result<&Value, Failed> {
+        self.lines
+            .iter()
+            .find(|l| l["scenario"] == name)
+            .ok_or_else(|| self.fail(&format!("no result for scenario {name}")))
+    }
+
+    fn fail(&self, what: &str) -> Failed {
+        format!(
+            "{what}\nschedrig run {:?} exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args,
+            self.code,
+            self.lines
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            self.stderr
+        )
+        .into()
+    }
+
+    fn check(&self, ok: bool, what: &str) -> Result<(), Failed> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(&format!("expected {what}")))
+        }
+    }
+
+    fn verdict(&self, name: &str) -> Result<String, Failed> {
+        Ok(self.get(name)?["verdict"].as_str().unwrap_or("?").to_string())
+    }
+
+    fn expect_verdict(&self, name: &str, want: &str) -> Result<(), Failed> {
+        let v = self.verdict(name)?;
+        self.check(v == want, &format!("{name}: verdict {want}, got {v}"))
+    }
+
+    /// The check called `check` of scenario `name`.
+    fn check_of(&self, name: &str, check: &str) -> Result<&Value, Failed> {
+        self.get(name)?["checks"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == check))
+            .ok_or_else(|| self.fail(&format!("{name}: no {check} check")))
+    }
+}
+
+/// `schedrig run --json ARGS`; `pin` keeps it on CPU 0 (with a hog).
+fn schedrig_run(args: &[&str], pin: bool) -> Result<RunOut, Failed> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_schedrig"));
+    cmd.args(["run", "--json", "--duration", DURATION])
+        .args(args)
+        .stdin(Stdio::null());
+    if pin {
+        // SAFETY: pre_exec runs between fork and exec; sched_setaffinity
+        // is async-signal-safe and reads a set on the stack.
+        unsafe {
+            cmd.pre_exec(|| {
+                pin_self();
+                Ok(())
+            });
+        }
+    }
+    let out = cmd.output().map_err(|e| format!("run schedrig run: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|e| format!("schedrig run printed a line that is not JSON ({e}):\n{stdout}"))?;
+    Ok(RunOut {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        lines,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    })
+}
+
+fn pin_self() {
+    // SAFETY: cpu_set_t is plain data; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn fixture(name: &str) -> String {
+    format!("{FIXTURES}/{name}")
+}
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        Trial::test("run_scx_simple_passes_good_scenarios_and_fails_weights_and_a_wrong_cpuset", || {
+            let wrong = fixture("wrong_cpuset.toml");
+            let r = schedrig_run(
+                &[
+                    "--scheduler", "scx_simple",
+                    "--scenario", "steady",
+                    "--scenario", "cpuset_split",
+                    "--scenario", "ping_pong",
+                    "--scenario", "uneven_weights",
+                    "--scenario", &wrong,
+                ],
+                false,
+            )?;
+            r.check(r.code == Some(1), "exit status 1 (not all passed)")?;
+            r.check(r.lines.len() == 5, "five results")?;
+            // All in one VM: the scheduler attached once.
+            r.check(r.lines.iter().all(|l| l["vm"] == 1), "every scenario in VM 1")?;
+            for s in ["steady", "cpuset_split", "ping_pong"] {
+                r.expect_verdict(s, "pass")?;
+            }
+            let iso = r.check_of("cpuset_split", "isolation")?;
+            r.check(iso["pass"] == true, "cpuset_split's workers confined")?;
+            let pp = &r.get("ping_pong")?["workers"];
+            r.check(
+                pp.as_array().is_some_and(|ws| ws.iter().all(|w| w["wake_p99_us"].is_u64())),
+                "wake latency for every ping-pong worker",
+            )?;
+            // scx_simple does not honour cpu.weight: the check says so.
+            r.expect_verdict("uneven_weights", "fail")?;
+            let ws = r.check_of("uneven_weights", "weight_share")?;
+            r.check(
+                ws["pass"] == false && ws["detail"].as_str().is_some_and(|d| d.contains("heavy")),
+                "weight_share failed naming the heavy cgroup",
+            )?;
+            r.expect_verdict("wrong_cpuset", "fail")?;
+            let iso = r.check_of("wrong_cpuset", "isolation")?;
+            r.check(
+                iso["pass"] == false && iso["detail"].as_str().is_some_and(|d| d.contains("confined/")),
+                "isolation failed naming a confined worker",
+            )
+        }),
+        Trial::test("run_eevdf_passes_and_honours_weights", || {
+            let r = schedrig_run(
+                &[
+                    "--scheduler", "eevdf",
+                    "--scenario", "steady",
+                    "--scenario", "cpuset_split",
+                    "--scenario", "ping_pong",
+                    "--scenario", "uneven_weights",
+                ],
+                false,
+            )?;
+            for s in ["steady", "cpuset_split", "ping_pong", "uneven_weights"] {
+                r.expect_verdict(s, "pass")?;
+            }
+            r.check(r.code == Some(0), "exit status 0")?;
+            let ws = r.check_of("uneven_weights", "weight_share")?;
+            r.check(ws["pass"] == true, "weight_share passed under EEVDF")?;
+            // No scheduler: no attached check.
+            r.check(r.check_of("steady", "attached").is_err(), "no attached check for EEVDF")
+        }),
+        Trial::test("run_scx_flatcg_honours_weights", || {
+            let r = schedrig_run(
+                &["--scheduler", "scx_flatcg", "--scenario", "uneven_weights"],
+                false,
+            )?;
+            r.expect_verdict("uneven_weights", "pass")?;
+            r.check(r.check_of("uneven_weights", "weight_share")?["pass"] == true, "weight_share passed")
+        }),
+        Trial::test("run_scx_qmap_stall_fails_with_the_kernels_error_stall", || {
+            let r = schedrig_run(
+                &[
+                    "--scheduler", "scx_qmap", "--sched-args", "-t 5",
+                    "--scenario", "steady", "--scenario", "fork_exit",
+                ],
+                false,
+            )?;
+            r.check(r.code == Some(1), "exit status 1")?;
+            let first = r.lines.first().ok_or_else(|| r.fail("no results"))?;
+            r.check(first["verdict"] == "fail", "the first scenario failed")?;
+            r.check(
+                first["sched_exit"]["exit_kind"] == "ERROR_STALL"
+                    && first["reason"].as_str().is_some_and(|s| s.contains("failed to run for")),
+                "ERROR_STALL with the kernel's words on the stalled task",
+            )?;
+            // Every scenario got a verdict (the rest in a fresh VM).
+            r.check(r.lines.len() == 2, "two results")?;
+            r.check(r.lines.iter().all(|l| l["verdict"] != "pass"), "no pass under a stalling scheduler")
+        }),
+        Trial::test("run_scx_qmap_error_fails_with_the_kernels_exit_reason", || {
+            let r = schedrig_run(
+                &["--scheduler", "scx_qmap", "--sched-args", "-e 50", "--scenario", "steady"],
+                false,
+            )?;
+            r.expect_verdict("steady", "fail")?;
+            let s = r.get("steady")?;
+            r.check(
+                s["sched_exit"]["exit_kind"] == "ERROR_BPF"
+                    && s["reason"].as_str().is_some_and(|t| t.contains("scx_bpf_error")),
+                "ERROR_BPF with scx_bpf_error in the reason",
+            )
+        }),
+        Trial::test("run_scheduler_that_exits_at_once_is_an_error_with_its_reason", || {
+            let r = schedrig_run(
+                &[
+                    "--scheduler", "/bin/sh", "--sched-args", "-c 'echo early-bye; exit 3'",
+                    "--scenario", "steady", "--scenario", "ping_pong",
+                ],
+                false,
+            )?;
+            r.check(r.code == Some(1), "exit status 1")?;
+            for s in ["steady", "ping_pong"] {
+                r.expect_verdict(s, "error")?;
+                r.check(
+                    r.get(s)?["reason"].as_str().is_some_and(|t| t.contains("exit status 3") && t.contains("early-bye")),
+                    "the reason quotes its exit and output",
+                )?;
+            }
+            Ok(())
+        }),
+        Trial::test("run_on_a_host_busy_with_a_cpu_hog_is_never_fail", || {
+            // A host-side spinner on the CPU the VM's vCPU threads run on:
+            // the guest sees it as steal time.
+            let mut hog = Command::new("sh");
+            hog.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
+            // SAFETY: as in schedrig_run.
+            unsafe {
+                hog.pre_exec(|| {
+                    pin_self();
+                    Ok(())
+                });
+            }
+            let mut hog = hog.spawn().map_err(|e| format!("start the hog: {e}"))?;
+            let r = schedrig_run(
+                &["--scheduler", "scx_simple", "--scenario", "steady", "--scenario", "ping_pong"],
+                true,
+            );
+            let _ = hog.kill();
+            let _ = hog.wait();
+            let r = r?;
+            for s in ["steady", "ping_pong"] {
+                let v = r.verdict(s)?;
+                r.check(v == "pass" || v == "inconclusive", &format!("{s}: pass or inconclusive, got {v}"))?;
+            }
+            // The hog did take the vCPUs' time: this tested something.
+            let steady = r.get("steady")?;
+            let holds = steady["holds_ms"].as_u64().unwrap_or(0);
+            let steal = steady["steal_ms_per_cpu"]
+                .as_array()
+                .and_then(|a| a.iter().filter_map(Value::as_u64).max())
+                .unwrap_or(0);
+            eprintln!("vm tests: hog: steal {steal} ms of {holds} ms of holds");
+            r.check(steal * 2 >= holds, &format!("steal of at least half the holds (got {steal} of {holds} ms)"))
+        }),
+    ]
+}
