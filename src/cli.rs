@@ -623,7 +623,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let summary = crate::run::run(&opts, started, &progress)?;
     if a.json {
         for o in &summary.outcomes {
-            println!("{}", crate::run::output::json(&opts, o));
+            println!("{}", crate::run::output::json(&opts, &summary, o));
         }
     } else {
         print!("{}", crate::run::output::table(&opts, &summary));

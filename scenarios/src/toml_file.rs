@@ -121,6 +121,23 @@ max_gap_ms = 1500
         assert_eq!(again, s);
     }
 
+    /// The README's example is the documentation: it must parse, validate
+    /// and mean what the README says.
+    #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + "```toml\n".len();
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let s = parse(block, "README.md").unwrap();
+        s.validate(&crate::CpuLayout::uniform(1, 2, 1)).unwrap();
+        assert_eq!(s.name, "two_halves");
+        assert_eq!(s.cgroups[0].policy, Policy::Other);
+        assert!(matches!(s.steps[1].ops[0], Op::SwapCpusets { .. }));
+    }
+
     #[test]
     fn catalogue_round_trips_through_toml() {
         for s in crate::catalogue::catalogue(&crate::CpuLayout::uniform(1, 2, 2)) {

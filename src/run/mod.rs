@@ -131,14 +131,33 @@ pub struct Outcome {
     pub vm: u32,
 }
 
+/// A VM's times: VMM start to SRDY, to the scheduler attached, and to
+/// its end (so boots can be counted apart from scenarios).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmTimes {
+    pub ready: Option<Duration>,
+    pub attached: Option<Duration>,
+    pub total: Duration,
+}
+
+impl VmTimes {
+    fn of(r: &RunReport) -> VmTimes {
+        VmTimes {
+            ready: r.ready,
+            attached: r.scheduler.attach,
+            total: r.total,
+        }
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub outcomes: Vec<Outcome>,
     pub boots: u32,
     pub wall: Duration,
-    /// Time to SRDY of each VM.
-    pub ready: Vec<Option<Duration>>,
+    /// Each VM's times, in boot order.
+    pub vms: Vec<VmTimes>,
 }
 
 impl RunOptions {
@@ -206,7 +225,7 @@ pub fn run(
     let mut pending: Vec<Scenario> = opts.scenarios.clone();
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut boots = 0;
-    let mut ready = Vec::new();
+    let mut vms = Vec::new();
     let mut idle_vms = 0;
     while !pending.is_empty() {
         let take = if opts.isolate { 1 } else { pending.len() };
@@ -214,7 +233,7 @@ pub fn run(
         boots += 1;
         let vm = boots;
         let report = boot_batch(opts, &batch, started, vm, progress)?;
-        ready.push(report.ready);
+        vms.push(VmTimes::of(&report));
         let mut done = 0;
         for (i, r) in report.scenario_results.iter().enumerate() {
             // The guest reports in order; anything else is not trusted.
@@ -292,7 +311,7 @@ pub fn run(
         outcomes,
         boots,
         wall: started.elapsed(),
-        ready,
+        vms,
     })
 }
 

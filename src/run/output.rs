@@ -121,8 +121,10 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
 }
 
 /// One scenario as a JSON object (the `--json` contract).
-pub fn json(opts: &RunOptions, o: &Outcome) -> serde_json::Value {
+pub fn json(opts: &RunOptions, s: &RunSummary, o: &Outcome) -> serde_json::Value {
     let r = o.result.as_ref();
+    let vm = s.vms.get(o.vm.saturating_sub(1) as usize);
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
     serde_json::json!({
         "scenario": o.scenario.name,
         "description": o.scenario.description,
@@ -144,5 +146,8 @@ pub fn json(opts: &RunOptions, o: &Outcome) -> serde_json::Value {
         "errors": r.map(|r| &r.errors),
         "sched_exit": o.sched_exit,
         "vm": o.vm,
+        "vm_ready_ms": vm.and_then(|v| ms(v.ready)),
+        "vm_attached_ms": vm.and_then(|v| ms(v.attached)),
+        "vm_total_ms": vm.map(|v| v.total.as_millis() as u64),
     })
 }

@@ -287,11 +287,13 @@ impl Engine {
             errors: Vec::new(),
             t0: now_ns(),
             steal: StealLog::default(),
+            unreleased: Vec::new(),
         };
         run.sample_steal();
         for def in &s.cgroups {
             run.add_cgroup(def);
         }
+        run.release_all();
         result.setup_ms = (now_ns() - run.t0) / 1_000_000;
         let steps = s.effective_steps();
         let mut holds_ms = 0;
@@ -300,6 +302,7 @@ impl Engine {
             for op in &step.ops {
                 run.apply(op);
             }
+            run.release_all();
             let hold = Duration::from_millis(step.hold.ms(s.duration));
             let started = now_ns();
             let end = started + hold.as_nanos() as u64;
@@ -533,6 +536,8 @@ struct Run<'a> {
     errors: Vec<String>,
     t0: u64,
     steal: StealLog,
+    /// Started, waiting to be released.
+    unreleased: Vec<usize>,
 }
 
 impl Run<'_> {
@@ -702,8 +707,14 @@ impl Run<'_> {
             }
             i += g;
         }
+        self.unreleased.extend(started);
+    }
+
+    /// Releases every worker started since the last release at once:
+    /// the scenario's first cgroups together, a step's additions together.
+    fn release_all(&mut self) {
         let now = now_ns();
-        for &w in &started {
+        for w in std::mem::take(&mut self.unreleased) {
             let s = self.slots.get(self.wks[w].slot);
             s.settle_until_ns.store(now + SETTLE_NS, Release);
             self.wks[w].started = now;
@@ -777,19 +788,21 @@ impl Run<'_> {
             .copied()
             .filter(|&w| self.wks[w].stopped.is_none())
             .collect();
+        // Their wall time ends at the signal, not at the reaping.
+        let at = now_ns();
         for &w in &ws {
             // SAFETY: signals our own child.
             unsafe { libc::kill(self.wks[w].pid, libc::SIGKILL) };
         }
         for &w in &ws {
-            self.reap_worker(w);
+            self.reap_worker(w, at);
         }
     }
 
-    fn reap_worker(&mut self, w: usize) {
+    fn reap_worker(&mut self, w: usize, at: u64) {
         let ru = kill_and_reap(self.wks[w].pid);
         let wk = &mut self.wks[w];
-        wk.stopped = Some(now_ns());
+        wk.stopped = Some(at);
         if let Some(ru) = ru {
             let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
             wk.cpu_us = us(ru.ru_utime) + us(ru.ru_stime);
