@@ -605,7 +605,8 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // Boots, holds and teardown, with room for the emulation.
         let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();
-        let per_vm = if opts.isolate { opts.scenarios.len() as u64 } else { 2 };
+        // As many VMs as scenarios at worst (a scheduler lost in each).
+        let per_vm = opts.scenarios.len() as u64 + 1;
         let timeout = std::time::Duration::from_millis(holds)
             + crate::run::SCENARIO_OVERHEAD * opts.scenarios.len() as u32
             + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout) + 300);

@@ -132,6 +132,13 @@ pub fn judge(s: &Scenario, r: &ScenarioResult, env: &JudgeEnv) -> Judgement {
             checks,
         };
     }
+    if r.workers.is_empty() && r.sched_lost.is_none() {
+        return Judgement {
+            verdict: Verdict::Error,
+            reason: "no worker was measured".into(),
+            checks,
+        };
+    }
     let failed: Vec<&CheckResult> = checks.iter().filter(|c| !c.pass).collect();
     if failed.is_empty() {
         return Judgement {

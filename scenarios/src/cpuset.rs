@@ -147,8 +147,9 @@ impl CpusetSpec {
                 if !(0.0..=1.0).contains(from) || !(0.0..=1.0).contains(to) || from >= to {
                     return Err(invalid("from and to must satisfy 0 <= from < to <= 1"));
                 }
+                // Half-open: neighbouring ranges share no CPU.
                 let a = (from * n as f64).floor() as usize;
-                let b = ((to * n as f64).ceil() as usize).min(n);
+                let b = ((to * n as f64).floor() as usize).min(n);
                 l.cpus[a.min(n)..b].to_vec()
             }
             CpusetSpec::Split { index, of } => {

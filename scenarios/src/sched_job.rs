@@ -10,7 +10,7 @@ pub const JOB_PATH: &str = "/schedrig/job";
 /// Where the per-test binaries go.
 pub const BIN_DIR: &str = "/schedrig/bin";
 /// The largest job file guest-init reads.
-pub const JOB_MAX_LEN: usize = 64 << 10;
+pub const JOB_MAX_LEN: usize = 1 << 20;
 
 /// Which kind of program the job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

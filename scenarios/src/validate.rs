@@ -85,7 +85,7 @@ impl Scenario {
                     source,
                 })
         };
-        let mut alive: Vec<(String, u32, u32)> = Vec::new(); // name, workers, group size
+        let mut alive: Vec<(String, u64, u32)> = Vec::new(); // name, workers, group size
         let mut total_cgroups = 0usize;
         let check_def = |c: &CgroupDef, place: &str| -> Result<(), ScenarioError> {
             if !valid_cgroup_name(&c.name) {
@@ -132,12 +132,12 @@ impl Scenario {
             }
             Ok(())
         };
-        let count = |alive: &[(String, u32, u32)]| alive.iter().map(|a| a.1).sum::<u32>();
-        let add = |alive: &mut Vec<(String, u32, u32)>, c: &CgroupDef, place: &str| {
+        let count = |alive: &[(String, u64, u32)]| alive.iter().map(|a| a.1).sum::<u64>();
+        let add = |alive: &mut Vec<(String, u64, u32)>, c: &CgroupDef, place: &str| {
             if alive.iter().any(|a| a.0 == c.name) {
                 return Err(bad(format!("{place}: cgroup {:?} exists already", c.name)));
             }
-            alive.push((c.name.clone(), c.workers, c.work.group_size()));
+            alive.push((c.name.clone(), c.workers as u64, c.work.group_size()));
             Ok(())
         };
         for c in &self.cgroups {
@@ -145,7 +145,13 @@ impl Scenario {
             add(&mut alive, c, "cgroups")?;
             total_cgroups += 1;
         }
-        let find = |alive: &[(String, u32, u32)], name: &str, place: &str| {
+        if count(&alive) > MAX_WORKERS as u64 {
+            return Err(bad(format!(
+                "cgroups: {} workers; at most {MAX_WORKERS}",
+                count(&alive)
+            )));
+        }
+        let find = |alive: &[(String, u64, u32)], name: &str, place: &str| {
             alive
                 .iter()
                 .position(|a| a.0 == name)
@@ -200,7 +206,7 @@ impl Scenario {
                                 alive[i].2
                             )));
                         }
-                        alive[i].1 += workers;
+                        alive[i].1 += *workers as u64;
                     }
                     Op::SetAffinity { cgroup, cpus } => {
                         find(&alive, cgroup, &place)?;
@@ -212,11 +218,13 @@ impl Scenario {
                         if from == to {
                             return Err(bad(format!("{place}: move_all from {from:?} to itself")));
                         }
-                        let _ = f;
+                        let t = find(&alive, to, &place)?;
+                        let moved = std::mem::take(&mut alive[f].1);
+                        alive[t].1 += moved;
                     }
                 }
             }
-            if count(&alive) > MAX_WORKERS {
+            if count(&alive) > MAX_WORKERS as u64 {
                 return Err(bad(format!(
                     "{place}: {} workers alive; at most {MAX_WORKERS}",
                     count(&alive)
@@ -243,5 +251,88 @@ impl Scenario {
             return Err(bad("checks.max_gap_ms must be above 0".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::find;
+
+    fn layout() -> CpuLayout {
+        CpuLayout::uniform(1, 2, 1)
+    }
+
+    fn bad(s: &Scenario, needle: &str) {
+        let e = s.validate(&layout()).unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle:?} not in {e:?}");
+    }
+
+    #[test]
+    fn counts_names_and_holds_are_checked() {
+        let mut s = find(&layout(), "steady").unwrap();
+        s.validate(&layout()).unwrap();
+        // Two halves of u32::MAX workers must not wrap around the cap.
+        let mut huge = s.clone();
+        huge.cgroups[0].workers = u32::MAX / 2 + 1;
+        let mut other = huge.cgroups[0].clone();
+        other.name = "other".into();
+        huge.cgroups.push(other);
+        bad(&huge, "at most 512");
+        s.cgroups[0].workers = 0;
+        bad(&s, "has 0 workers");
+        let mut s = find(&layout(), "steady").unwrap();
+        s.cgroups[0].name = "../etc".into();
+        bad(&s, "must be 1 to 64 letters");
+        let mut s = find(&layout(), "steady").unwrap();
+        s.steps = vec![Step {
+            ops: Vec::new(),
+            hold: Hold::Secs(0.0),
+        }];
+        bad(&s, "must be above 0");
+        s.steps[0].hold = Hold::Fraction(1.5);
+        bad(&s, "at most 1");
+        let mut s = find(&layout(), "ping_pong").unwrap();
+        s.cgroups[0].workers = 3;
+        bad(&s, "groups of 2");
+    }
+
+    #[test]
+    fn ops_must_name_live_cgroups_and_moves_carry_their_workers() {
+        let mut s = find(&layout(), "steady").unwrap();
+        s.steps = vec![Step {
+            ops: vec![Op::Stop {
+                cgroup: "nope".into(),
+            }],
+            hold: Hold::Fraction(1.0),
+        }];
+        bad(&s, "no cgroup \"nope\"");
+        // 400 moved into a cgroup of 100, then 10 more where they were:
+        // 510 alive; 4 more would be 514, above the cap.
+        let mut s = find(&layout(), "steady").unwrap();
+        s.cgroups[0].workers = 400;
+        let mut b = s.cgroups[0].clone();
+        b.name = "b".into();
+        b.workers = 100;
+        s.steps = vec![Step {
+            ops: vec![
+                Op::MoveAll {
+                    from: "steady".into(),
+                    to: "b".into(),
+                },
+                Op::Spawn {
+                    cgroup: "steady".into(),
+                    workers: 10,
+                },
+            ],
+            hold: Hold::Fraction(1.0),
+        }];
+        s.cgroups.push(b);
+        s.validate(&layout()).unwrap();
+        s.steps[0].ops.push(Op::Spawn {
+            cgroup: "b".into(),
+            workers: 4,
+        });
+        bad(&s, "514 workers alive");
     }
 }

@@ -96,10 +96,17 @@ pub fn resolve_scenarios(
         }
     }
     for (s, file) in &out {
+        let from = file.map_or(String::new(), |f| format!("{f}: "));
         s.validate(&layout).map_err(|e| {
-            let from = file.map_or(String::new(), |f| format!("{f}: "));
             RunError::Invalid(format!("{from}{e} (on --topology {topology})"))
         })?;
+        let n = encoded_len(s);
+        if n > JOB_SCENARIO_BYTES {
+            return Err(RunError::Invalid(format!(
+                "{from}scenario {:?} is {n} bytes encoded; at most {JOB_SCENARIO_BYTES} fit in a VM's job",
+                s.name
+            )));
+        }
     }
     Ok(out.into_iter().map(|(s, _)| s).collect())
 }
@@ -228,7 +235,7 @@ pub fn run(
     let mut vms = Vec::new();
     let mut idle_vms = 0;
     while !pending.is_empty() {
-        let take = if opts.isolate { 1 } else { pending.len() };
+        let take = if opts.isolate { 1 } else { batch_len(&pending) };
         let batch: Vec<Scenario> = pending.drain(..take).collect();
         boots += 1;
         let vm = boots;
@@ -251,6 +258,28 @@ pub fn run(
         }
         if done == batch.len() {
             idle_vms = 0;
+            // Every result came and none lost the scheduler, yet the VM
+            // says it failed (after the last scenario, while stopping):
+            // the last scenario was the one running with it.
+            use schedrig_vmm::Verdict as V;
+            let failed = matches!(
+                report.verdict,
+                V::SchedError | V::SchedStall | V::SchedDied | V::Inconclusive
+            );
+            let lost = report.scenario_results.iter().any(|r| r.sched_lost.is_some());
+            if let (true, false, Some(last)) = (failed, lost, outcomes.last_mut()) {
+                last.judgement.verdict = if report.verdict == V::Inconclusive {
+                    Verdict::Inconclusive
+                } else {
+                    Verdict::Fail
+                };
+                last.judgement.reason = format!(
+                    "after this scenario's checks, when the scheduler was stopped: {}",
+                    report.reason
+                );
+                last.sched_exit = sched_exit_json(&report);
+                progress(last);
+            }
             continue;
         }
         if done > 0 && report.scenario_results[done - 1].sched_lost.is_some() {
@@ -277,23 +306,23 @@ pub fn run(
             break;
         }
         let in_progress = report.scenarios_started as usize > done;
-        let o = if in_progress {
-            vm_end_outcome(opts, stopped_at, &report, vm)
+        // The one that was running gets its verdict; one that had not
+        // started goes again to the next VM (two idle VMs in a row end
+        // the run below).
+        let first_rest = if in_progress {
+            let o = vm_end_outcome(opts, stopped_at, &report, vm);
+            progress(&o);
+            outcomes.push(o);
+            done + 1
         } else {
-            error_outcome(
-                stopped_at,
-                format!("the VM ended before it started: {} ({})", report.verdict.as_str(), report.reason),
-                vm,
-            )
+            done
         };
-        progress(&o);
-        outcomes.push(o);
         if done == 0 && !in_progress {
             idle_vms += 1;
         } else {
             idle_vms = 0;
         }
-        let mut rest: Vec<Scenario> = batch[done + 1..].to_vec();
+        let mut rest: Vec<Scenario> = batch[first_rest..].to_vec();
         if idle_vms >= 2 {
             // Two VMs in a row ran nothing: the rest would fare the same.
             for s in rest.iter().chain(pending.iter()) {
@@ -314,6 +343,27 @@ pub fn run(
         vms,
     })
 }
+
+/// How many of `pending` fit in one VM's job file (the job carries them
+/// all; each fits alone, checked by [`resolve_scenarios`]).
+fn batch_len(pending: &[Scenario]) -> usize {
+    let mut bytes = 0;
+    for (i, s) in pending.iter().enumerate() {
+        bytes += encoded_len(s);
+        if bytes > JOB_SCENARIO_BYTES && i > 0 {
+            return i;
+        }
+    }
+    pending.len()
+}
+
+fn encoded_len(s: &Scenario) -> usize {
+    postcard::to_allocvec(s).map_or(usize::MAX / 2, |b| b.len())
+}
+
+/// Room for scenarios in the job file (the rest is the scheduler's name,
+/// path and arguments).
+const JOB_SCENARIO_BYTES: usize = schedrig_scenarios::sched_job::JOB_MAX_LEN - (64 << 10);
 
 /// Judges a scenario with a TEST result; a scheduler lost in it fails
 /// with the kernel's exit kind and reason (or is inconclusive when the

@@ -138,7 +138,7 @@ pub fn tests() -> Vec<Trial> {
             r.check(iso["pass"] == true, "cpuset_split's workers confined")?;
             let pp = &r.get("ping_pong")?["workers"];
             r.check(
-                pp.as_array().is_some_and(|ws| ws.iter().all(|w| w["wake_p99_us"].is_u64())),
+                pp.as_array().is_some_and(|ws| !ws.is_empty() && ws.iter().all(|w| w["wake_p99_us"].is_u64())),
                 "wake latency for every ping-pong worker",
             )?;
             // scx_simple does not honour cpu.weight: the check says so.

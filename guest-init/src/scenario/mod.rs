@@ -35,6 +35,20 @@ pub const SETTLE_NS: u64 = 20_000_000;
 const TICK: Duration = Duration::from_millis(100);
 /// How long the calibration's lone spinners run.
 const CALIBRATION: Duration = Duration::from_millis(500);
+/// Harness errors reported per scenario, and bytes of each.
+const ERRORS_KEPT: usize = 32;
+const ERROR_LEN_MAX: usize = 512;
+
+fn truncate_chars(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut i = max;
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        s.truncate(i);
+    }
+}
+
 /// Steal samples kept per scenario (one per tick).
 const STEAL_SAMPLES_MAX: usize = 40_000;
 
@@ -343,7 +357,21 @@ impl Engine {
         run.teardown();
         result.teardown_ms = (now_ns() - stopping) / 1_000_000;
         result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
-        result.errors = run.errors;
+        result.errors = std::mem::take(&mut run.errors);
+        if result.errors.len() > ERRORS_KEPT {
+            let more = result.errors.len() - ERRORS_KEPT;
+            result.errors.truncate(ERRORS_KEPT);
+            result.errors.push(format!("... and {more} more"));
+        }
+        for e in &mut result.errors {
+            truncate_chars(e, ERROR_LEN_MAX);
+        }
+        drop(run);
+        // The scheduler may be lost outside a hold (while workers were
+        // started or stopped): this scenario saw it.
+        if lost.is_none() {
+            lost = tick(port, Duration::ZERO)?;
+        }
         result.sched_lost = lost;
         Ok(result)
     }
@@ -462,7 +490,11 @@ fn fork_worker_into(slots: &Slots, spec: &Spec, cgroup_fd: i32, cgroup: &str) ->
                 return Err(format!("clone3 into cgroup {cgroup}: {e}"));
             }
             let pid = fork_worker(slots, spec).ok_or_else(|| format!("fork: {}", std::io::Error::last_os_error()))?;
-            cgroup::add_pid(cgroup, pid)?;
+            if let Err(e) = cgroup::add_pid(cgroup, pid) {
+                // Not tracked: it must not outlive this call.
+                kill_and_reap(pid);
+                return Err(e);
+            }
             Ok(pid)
         }
         pid => Ok(pid as i32),
@@ -882,8 +914,12 @@ impl Run<'_> {
                             }
                         };
                         for pid in pids {
-                            if let Err(e) = cgroup::add_pid(&to, pid) {
-                                run.errors.push(e);
+                            match cgroup::add_pid(&to, pid) {
+                                // Exited since the list was read (a
+                                // fork_exit child): nothing to move.
+                                Err(e) if e.ends_with(&std::io::Error::from_raw_os_error(libc::ESRCH).to_string()) => {}
+                                Err(e) => run.errors.push(e),
+                                Ok(()) => {}
                             }
                         }
                         for &w in &members {
@@ -916,10 +952,21 @@ impl Run<'_> {
             .iter()
             .map(|w| {
                 let s = self.slots.get(w.slot);
-                let gap_ns = s.max_gap_ns.load(Relaxed);
-                let gap_end = s.gap_end_ns.load(Relaxed);
-                let before = s.gap_cpu_before.load(Relaxed) as usize;
-                let after = s.gap_cpu_after.load(Relaxed) as usize;
+                let mut gap_ns = s.max_gap_ns.load(Relaxed);
+                let mut gap_end = s.gap_end_ns.load(Relaxed);
+                let mut before = s.gap_cpu_before.load(Relaxed) as usize;
+                let mut after = s.gap_cpu_after.load(Relaxed) as usize;
+                // Owed the CPU since `due` and stopped without another
+                // checkpoint: that wait counts too.
+                let due = s.due_ns.load(Relaxed);
+                if let Some(at) = w.stopped.filter(|&at| due != u64::MAX && at > due) {
+                    if at - due > gap_ns {
+                        gap_ns = at - due;
+                        gap_end = at;
+                        before = s.last_cpu.load(Relaxed) as usize;
+                        after = before;
+                    }
+                }
                 let gap_steal = self.steal.in_gap(gap_end, gap_ns, &[before, after]);
                 let hist = worker::hist_of(s);
                 let wakes = w.work.wakes();
@@ -968,6 +1015,14 @@ impl Run<'_> {
                 }
             }
         }
+    }
+}
+
+impl Drop for Run<'_> {
+    /// No worker outlives its scenario, however it ended (an error on
+    /// the port returns early).
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
 

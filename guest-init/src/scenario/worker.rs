@@ -46,6 +46,14 @@ pub struct Slot {
     pub gap_cpu_before: AtomicU32,
     pub gap_cpu_after: AtomicU32,
     pub wakeups: AtomicU64,
+    /// Since when the worker is owed the CPU without having reached a
+    /// checkpoint: its last checkpoint, the end of a sleep it took, or
+    /// the moment a peer woke it; u64::MAX while it waits on purpose.
+    /// At the stop, `now - due_ns` is a gap too (a worker stuck to the
+    /// end would otherwise never report one).
+    pub due_ns: AtomicU64,
+    /// The CPU of its last checkpoint.
+    pub last_cpu: AtomicU32,
     pub hist: [AtomicU32; HIST_BUCKETS],
 }
 
@@ -207,6 +215,8 @@ impl<'a> Meter<'a> {
             max_gap: 0,
         };
         m.sample(m.last_ns, m.last_cpu);
+        s.due_ns.store(m.last_ns, Relaxed);
+        s.last_cpu.store(m.last_cpu, Relaxed);
         m
     }
 
@@ -219,10 +229,12 @@ impl<'a> Meter<'a> {
         }
     }
 
-    /// The end of a work unit.
+    /// The end of a work unit. The clock is read before the CPU: a sample
+    /// taken across a cpuset change then counts as before it (see
+    /// `sample`), never a CPU from before it as after.
     fn checkpoint(&mut self) {
-        let c = cpu();
         let now = now_ns();
+        let c = cpu();
         let gap = now.saturating_sub(self.last_ns);
         if gap > self.max_gap {
             self.max_gap = gap;
@@ -236,13 +248,26 @@ impl<'a> Meter<'a> {
         }
         self.sample(now, c);
         self.s.units.fetch_add(1, Relaxed);
+        self.s.due_ns.store(now, Relaxed);
+        self.s.last_cpu.store(c, Relaxed);
         self.last_ns = now;
         self.last_cpu = c;
+    }
+
+    /// About to wait for a peer: not owed the CPU until woken.
+    fn wait(&self) {
+        self.s.due_ns.store(u64::MAX, Relaxed);
+    }
+
+    /// About to sleep for `ns`: owed the CPU from its end.
+    fn sleep(&self, ns: u64) {
+        self.s.due_ns.store(now_ns().saturating_add(ns), Relaxed);
     }
 
     /// After a sleep the work type does on purpose: not a gap.
     fn resume(&mut self) {
         self.last_ns = now_ns();
+        self.s.due_ns.store(self.last_ns, Relaxed);
         let c = cpu();
         if c != self.last_cpu {
             self.s.migrations.fetch_add(1, Relaxed);
@@ -412,6 +437,7 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
                 spin(UNIT_US * lpu, &mut x);
                 m.checkpoint();
             }
+            m.sleep(nap as u64 * 1_000_000);
             sleep_ms(nap as u64);
             m.resume();
         },
@@ -451,24 +477,33 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
                 unsafe { libc::syscall(libc::SYS_exit_group, 0) };
             }
             if pid > 0 {
+                m.wait();
                 // SAFETY: reaps our own child; status may be null.
                 unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
             }
             m.resume();
         },
         WorkType::PipePingPong => {
-            if spec.leader && !write_ts(spec.wr, now_ns()) {
+            let peer = slots.get(spec.peer.unwrap_or(spec.slot));
+            // The writer marks its peer owed the CPU from the write on.
+            let ping = |peer: &Slot| {
+                let t = now_ns();
+                peer.due_ns.store(t, Relaxed);
+                write_ts(spec.wr, t)
+            };
+            if spec.leader && !ping(peer) {
                 idle_forever();
             }
             loop {
                 m.checkpoint();
+                m.wait();
                 let Some(ts) = read_ts(spec.rd) else {
                     idle_forever()
                 };
                 m.woke(ts);
                 m.resume();
                 spin(10 * lpu, &mut x);
-                if !write_ts(spec.wr, now_ns()) {
+                if !ping(peer) {
                     idle_forever();
                 }
             }
@@ -477,7 +512,9 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
             let peer = slots.get(spec.peer.unwrap_or(spec.slot));
             let mut seen = 0;
             let ping = |peer: &Slot| {
-                peer.wake_ts_ns.store(now_ns(), Relaxed);
+                let t = now_ns();
+                peer.wake_ts_ns.store(t, Relaxed);
+                peer.due_ns.store(t, Relaxed);
                 peer.seq.fetch_add(1, Release);
                 futex_wake(&peer.seq, 1);
             };
@@ -486,6 +523,7 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
             }
             loop {
                 m.checkpoint();
+                m.wait();
                 seen = wait_change(&s.seq, seen);
                 m.woke(s.wake_ts_ns.load(Relaxed));
                 m.resume();
@@ -493,13 +531,20 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
                 ping(peer);
             }
         }
-        WorkType::FanOut { .. } => {
+        WorkType::FanOut { wakees } => {
             if spec.leader {
                 loop {
-                    s.wake_ts_ns.store(now_ns(), Relaxed);
+                    let t = now_ns();
+                    s.wake_ts_ns.store(t, Relaxed);
+                    for i in 1..=wakees as usize {
+                        if spec.slot + i < slots.len() {
+                            slots.get(spec.slot + i).due_ns.store(t, Relaxed);
+                        }
+                    }
                     s.seq.fetch_add(1, Release);
                     futex_wake(&s.seq, i32::MAX);
                     m.checkpoint();
+                    m.sleep(2_000_000);
                     sleep_ms(2);
                     m.resume();
                 }
@@ -507,6 +552,7 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
             let waker = slots.get(spec.peer.unwrap_or(spec.slot));
             let mut seen = 0;
             loop {
+                m.wait();
                 seen = wait_change(&waker.seq, seen);
                 m.woke(waker.wake_ts_ns.load(Relaxed));
                 m.resume();

@@ -195,7 +195,9 @@ impl Controller {
                     Ok(code) => self.sched.on_exit_code(code),
                     Err(e) => guest_error!(self.errors, Frame, "SCDX refused: {e}"),
                 },
-                Some(MsgTag::ScenarioStart) => self.scenarios.started += 1,
+                Some(MsgTag::ScenarioStart) => {
+                    self.scenarios.started = self.scenarios.started.saturating_add(1)
+                }
                 Some(MsgTag::TestResult) => {
                     match self.scenarios.record(payload) {
                         Ok(Some(r)) => {

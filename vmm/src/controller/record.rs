@@ -83,7 +83,8 @@ impl LifecycleLog {
 /// TEST results kept per run; later ones are counted, not kept.
 pub const SCENARIO_RESULTS_MAX: usize = 1024;
 /// Bytes of TEST payloads kept per run.
-pub const SCENARIO_BYTES_MAX: usize = 32 << 20;
+/// (Decoded, a result takes up to about ten times its encoded size.)
+pub const SCENARIO_BYTES_MAX: usize = 8 << 20;
 
 /// The scenarios of a run: SCST count and the decoded TEST results,
 /// bounded in number and bytes.

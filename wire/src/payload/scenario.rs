@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 /// The largest TEST payload either side accepts.
 pub const SCENARIO_RESULT_MAX_LEN: usize = 1 << 20;
+/// Workers and harness errors one result may list (the guest has 1024
+/// worker slots and keeps 33 errors).
+pub const SCENARIO_WORKERS_MAX: usize = 1024;
+pub const SCENARIO_ERRORS_MAX: usize = 64;
 
 /// One scenario's measurements.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -89,6 +93,12 @@ pub enum ScenarioResultError {
     Decode(postcard::Error),
     #[error("{0} bytes left over after the TEST message")]
     TrailingBytes(usize),
+    #[error("TEST lists {what} {n}, above the cap of {max}")]
+    TooMany {
+        what: &'static str,
+        n: usize,
+        max: usize,
+    },
 }
 
 impl ScenarioResult {
@@ -110,6 +120,16 @@ impl ScenarioResult {
             postcard::take_from_bytes(payload).map_err(ScenarioResultError::Decode)?;
         if !rest.is_empty() {
             return Err(ScenarioResultError::TrailingBytes(rest.len()));
+        }
+        let r: ScenarioResult = r;
+        for (what, n, max) in [
+            ("workers", r.workers.len(), SCENARIO_WORKERS_MAX),
+            ("errors", r.errors.len(), SCENARIO_ERRORS_MAX),
+            ("CPUs of steal", r.steal_ms.len(), 4096),
+        ] {
+            if n > max {
+                return Err(ScenarioResultError::TooMany { what, n, max });
+            }
         }
         Ok(r)
     }
