@@ -367,15 +367,7 @@ fn hold_loaded<W: Write>(
                 job.name,
                 scx_state()
             ));
-            if let Some(s) = status {
-                return Ok(Some(s));
-            }
-            // Ejected: it prints its dump and exits by itself.
-            let wait = Duration::from_millis(job.stop_timeout_ms).max(EJECT_EXIT_WAIT);
-            if let Some(s) = wait_exit(port, pump, child, wait)? {
-                return Ok(Some(s));
-            }
-            return stop(port, pump, job, child);
+            return end_after_loss(port, pump, job, child, status);
         }
     }
     load.stop();
@@ -418,13 +410,26 @@ fn hold_scenarios<W: Write>(
         exit.steal_ms = steal;
         exit.early = true;
         say(&format!("{} lost during scenario {i}: state {}", job.name, scx_state()));
-        if status.is_some() {
-            return Ok(status);
-        }
-        let wait = Duration::from_millis(job.stop_timeout_ms).max(EJECT_EXIT_WAIT);
-        if let Some(s) = wait_exit(port, pump, child, wait)? {
-            return Ok(Some(s));
-        }
+        return end_after_loss(port, pump, job, child, status);
+    }
+    stop(port, pump, job, child)
+}
+
+/// A scheduler lost while held: its status if it exited; else (ejected)
+/// it prints its dump and exits by itself, or is stopped.
+fn end_after_loss<W: Write>(
+    port: &mut BulkPort<W>,
+    pump: &Pump,
+    job: &SchedJob,
+    child: &mut Child,
+    status: Option<ExitStatus>,
+) -> Result<Option<ExitStatus>, CommsError> {
+    if status.is_some() {
+        return Ok(status);
+    }
+    let wait = Duration::from_millis(job.stop_timeout_ms).max(EJECT_EXIT_WAIT);
+    if let Some(s) = wait_exit(port, pump, child, wait)? {
+        return Ok(Some(s));
     }
     stop(port, pump, job, child)
 }

@@ -107,18 +107,11 @@ pub fn gap_limit_ms(s: &Scenario, r: &ScenarioResult) -> (u64, String) {
 /// Judges one scenario.
 pub fn judge(s: &Scenario, r: &ScenarioResult, env: &JudgeEnv) -> Judgement {
     let mut checks = Vec::new();
-    if s.checks.starvation != Some(false) {
-        checks.push(starvation(r));
-    }
-    checks.push(gap(s, r));
-    if let Some(c) = spread(s, r) {
-        checks.push(c);
-    }
-    if s.checks.isolation.unwrap_or_else(|| s.uses_cpusets()) {
-        checks.push(isolation(r));
-    }
-    if let Some(tol) = s.checks.weight_share_pct {
-        checks.push(weight_share(r, tol));
+    // No worker measured (the scheduler was lost before they started, or
+    // the harness failed): only the facts remain to be judged.
+    let measured = !r.workers.is_empty();
+    if measured {
+        workload_checks(s, r, &mut checks);
     }
     if let Some(name) = &env.scheduler {
         if s.checks.attached != Some(false) {
@@ -132,13 +125,35 @@ pub fn judge(s: &Scenario, r: &ScenarioResult, env: &JudgeEnv) -> Judgement {
             checks,
         };
     }
-    if r.workers.is_empty() && r.sched_lost.is_none() {
+    if !measured && r.sched_lost.is_none() {
         return Judgement {
             verdict: Verdict::Error,
             reason: "no worker was measured".into(),
             checks,
         };
     }
+    verdict_of(r, checks)
+}
+
+fn workload_checks(s: &Scenario, r: &ScenarioResult, checks: &mut Vec<CheckResult>) {
+    if s.checks.starvation != Some(false) {
+        checks.push(starvation(r));
+    }
+    checks.push(gap(s, r));
+    if let Some(c) = spread(s, r) {
+        checks.push(c);
+    }
+    if s.checks.isolation.unwrap_or_else(|| s.uses_cpusets()) {
+        checks.push(isolation(r));
+    }
+    if let Some(tol) = s.checks.weight_share_pct {
+        checks.push(weight_share(r, tol));
+    }
+}
+
+/// The verdict from the checks: a failure, unless only timing failed on
+/// a host that did not run the guest for most of the time.
+fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
     let failed: Vec<&CheckResult> = checks.iter().filter(|c| !c.pass).collect();
     if failed.is_empty() {
         return Judgement {
@@ -500,6 +515,18 @@ mod tests {
         light.cpu_us = 800_000;
         let j = judge(&s, &result(vec![heavy, light]), &env());
         assert!(j.checks.iter().all(|c| c.pass), "{j:?}");
+    }
+
+    #[test]
+    fn a_scheduler_lost_before_any_worker_fails_on_attachment_alone() {
+        let mut r = result(Vec::new());
+        r.sched_lost = Some("disabled".into());
+        let j = judge(&steady(), &r, &env());
+        assert_eq!(j.verdict, Verdict::Fail);
+        let names: Vec<&str> = j.checks.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["attached"]);
+        r.sched_lost = None;
+        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Error);
     }
 
     #[test]

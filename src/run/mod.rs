@@ -292,7 +292,10 @@ pub fn run(
         }
         let stopped_at = &batch[done];
         let sched = &report.scheduler;
-        let never_attached = opts.scheduler.is_some() && !sched.attached;
+        // Only a guest that came up can say the scheduler did not attach;
+        // a VM that never reached guest-init is the harness's problem
+        // and its scenarios go to the next VM.
+        let never_attached = opts.scheduler.is_some() && !sched.attached && report.ready.is_some();
         if never_attached {
             // Every scenario would meet the same end: one reason for all.
             let why = format!("{} did not attach: {}", opts.scheduler_name(), report.reason);

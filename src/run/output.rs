@@ -139,6 +139,7 @@ pub fn json(opts: &RunOptions, s: &RunSummary, o: &Outcome) -> serde_json::Value
         "holds_ms": r.map(|r| r.holds_ms),
         "setup_ms": r.map(|r| r.setup_ms),
         "teardown_ms": r.map(|r| r.teardown_ms),
+        "fork_ms": r.map(|r| r.fork_ms),
         "elapsed_ms": r.map(|r| r.elapsed_ms),
         "steps_done": r.map(|r| r.steps_done),
         "steal_ms_per_cpu": r.map(|r| &r.steal_ms),

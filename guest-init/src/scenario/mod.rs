@@ -302,6 +302,7 @@ impl Engine {
             t0: now_ns(),
             steal: StealLog::default(),
             unreleased: Vec::new(),
+            fork_ns: 0,
         };
         run.sample_steal();
         for def in &s.cgroups {
@@ -309,6 +310,13 @@ impl Engine {
         }
         run.release_all();
         result.setup_ms = (now_ns() - run.t0) / 1_000_000;
+        say(&format!(
+            "scenario {}: set up in {} ms, {} of them forking {} workers",
+            s.name,
+            result.setup_ms,
+            run.fork_ns / 1_000_000,
+            run.wks.len()
+        ));
         let steps = s.effective_steps();
         let mut holds_ms = 0;
         let mut lost = None;
@@ -356,6 +364,7 @@ impl Engine {
         result.workers = run.results();
         run.teardown();
         result.teardown_ms = (now_ns() - stopping) / 1_000_000;
+        result.fork_ms = run.fork_ns / 1_000_000;
         result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
         result.errors = std::mem::take(&mut run.errors);
         if result.errors.len() > ERRORS_KEPT {
@@ -570,6 +579,8 @@ struct Run<'a> {
     steal: StealLog,
     /// Started, waiting to be released.
     unreleased: Vec<usize>,
+    /// Time spent in clone3/fork.
+    fork_ns: u64,
 }
 
 impl Run<'_> {
@@ -691,7 +702,10 @@ impl Run<'_> {
                 let s = self.slots.get(slot);
                 s.churn_mask.store(self.churn_mask(cg), Relaxed);
                 s.settle_until_ns.store(u64::MAX, Release);
-                let pid = match fork_worker_into(self.slots, &spec, self.cgs[cg].fd, &def.name) {
+                let t = now_ns();
+                let forked = fork_worker_into(self.slots, &spec, self.cgs[cg].fd, &def.name);
+                self.fork_ns += now_ns() - t;
+                let pid = match forked {
                     Ok(pid) => pid,
                     Err(e) => {
                         self.errors.push(format!("start worker {}/{index}: {e}", def.name));

@@ -15,6 +15,8 @@ use schedrig_scenarios::{Policy, WorkType};
 pub const HIST_BUCKETS: usize = 256;
 /// Per-epoch "ran on after settling" masks (see [`Slot::strict`]).
 pub const EPOCHS: usize = 4;
+/// Fan-out rounds remembered (see [`Slot::wake_ring`]).
+pub const WAKE_RING: usize = 8;
 /// A work unit of pure computation, µs.
 pub const UNIT_US: u64 = 100;
 
@@ -54,6 +56,9 @@ pub struct Slot {
     pub due_ns: AtomicU64,
     /// The CPU of its last checkpoint.
     pub last_cpu: AtomicU32,
+    /// Fan-out waker: when round `seq` was sent, at `[seq % WAKE_RING]`,
+    /// so a wakee that missed rounds measures from the first it missed.
+    pub wake_ring: [AtomicU64; WAKE_RING],
     pub hist: [AtomicU32; HIST_BUCKETS],
 }
 
@@ -535,7 +540,8 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
             if spec.leader {
                 loop {
                     let t = now_ns();
-                    s.wake_ts_ns.store(t, Relaxed);
+                    let round = s.seq.load(Relaxed).wrapping_add(1);
+                    s.wake_ring[round as usize % WAKE_RING].store(t, Relaxed);
                     for i in 1..=wakees as usize {
                         if spec.slot + i < slots.len() {
                             slots.get(spec.slot + i).due_ns.store(t, Relaxed);
@@ -553,8 +559,16 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
             let mut seen = 0;
             loop {
                 m.wait();
-                seen = wait_change(&waker.seq, seen);
-                m.woke(waker.wake_ts_ns.load(Relaxed));
+                let now_seen = wait_change(&waker.seq, seen);
+                // The first round it missed (or the oldest remembered).
+                let missed = now_seen.wrapping_sub(seen) as usize;
+                let first = if missed <= WAKE_RING {
+                    seen.wrapping_add(1)
+                } else {
+                    now_seen.wrapping_sub(WAKE_RING as u32 - 1)
+                };
+                seen = now_seen;
+                m.woke(waker.wake_ring[first as usize % WAKE_RING].load(Relaxed));
                 m.resume();
                 spin(10 * lpu, &mut x);
                 m.checkpoint();

@@ -24,6 +24,9 @@ pub struct ScenarioResult {
     pub setup_ms: u64,
     /// Stopping every worker and removing the cgroups.
     pub teardown_ms: u64,
+    /// Of the whole scenario, the time spent starting worker processes
+    /// (clone3), ops included.
+    pub fork_ms: u64,
     pub steps_done: u32,
     pub workers: Vec<WorkerResult>,
     /// Steal time per CPU during the scenario (the host did not run it).
