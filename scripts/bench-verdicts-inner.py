@@ -36,6 +36,7 @@ for name, args in schedulers:
         flag = "" if n >= 0.9 * len(cells[s]) else "   <-- below 9 of 10"
         print(f"  {name:<14} {s:<15} {verdict:<12} {n}/{len(cells[s])}  {dict(c)}{flag}")
         for v in c:
-            if v != verdict and reasons.get((s, v)):
-                print(f"      minority {v}: {reasons[(s, v)][0][:300]}")
+            if reasons.get((s, v)):
+                kind = "majority" if v == verdict else "minority"
+                print(f"      {kind} {v}, e.g.: {reasons[(s, v)][0][:300]}")
 print(f"wall {time.monotonic() - t0:.0f} s")

@@ -241,6 +241,11 @@ pub fn run(
         let vm = boots;
         let report = boot_batch(opts, &batch, started, vm, progress)?;
         vms.push(VmTimes::of(&report));
+        tracing::debug!(
+            vm,
+            threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count()),
+            "VM ended"
+        );
         let mut done = 0;
         for (i, r) in report.scenario_results.iter().enumerate() {
             // The guest reports in order; anything else is not trusted.
@@ -490,7 +495,10 @@ fn boot_batch(
                     progress_ptr(&o);
                 }
             });
-            let r = crate::boot::boot(&boot_opts, started);
+            // Deadlines run from this VM's start: the process start only
+            // for the first boot (where it is the VMM's start too).
+            let vm_start = if vm == 1 && attempt == 1 { started } else { Instant::now() };
+            let r = crate::boot::boot(&boot_opts, vm_start);
             drop(boot_opts);
             let _ = printer.join();
             r
