@@ -117,8 +117,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
                 )?],
                 None => Vec::new(),
             };
-            let job =
-                crate::sched::job_archive(
+            let job = crate::sched::job_archive(
                 j.kind,
                 j.scheduler.as_ref(),
                 j.args.clone(),

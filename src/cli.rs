@@ -544,7 +544,7 @@ fn boot_job(a: &BootArgs) -> anyhow::Result<Option<crate::boot::Job>> {
         times,
         sink: None,
         scenarios: Vec::new(),
-            results: None,
+        results: None,
     }))
 }
 
@@ -571,8 +571,14 @@ fn list_scenarios(a: ScenariosArgs) -> anyhow::Result<ExitCode> {
 /// and a non-zero exit, no VM), then it nests itself where needed.
 fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let started = *PROCESS_START.get_or_init(std::time::Instant::now);
-    anyhow::ensure!(a.attach_timeout > 0, "--attach-timeout must be at least 1 second");
-    anyhow::ensure!(a.boot_timeout > 0, "--boot-timeout must be at least 1 second");
+    anyhow::ensure!(
+        a.attach_timeout > 0,
+        "--attach-timeout must be at least 1 second"
+    );
+    anyhow::ensure!(
+        a.boot_timeout > 0,
+        "--boot-timeout must be at least 1 second"
+    );
     let scenarios = crate::run::resolve_scenarios(&a.scenarios, &a.topology, a.duration)?;
     a.topology
         .check_memory(a.memory)
@@ -610,7 +616,11 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         let timeout = std::time::Duration::from_millis(holds)
             + crate::run::SCENARIO_OVERHEAD * opts.scenarios.len() as u32
             + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout) + 300);
-        return Ok(crate::nested::rerun::rerun_self("schedrig run", &why, timeout));
+        return Ok(crate::nested::rerun::rerun_self(
+            "schedrig run",
+            &why,
+            timeout,
+        ));
     }
     if crate::nested::rerun::in_emulated_host() {
         crate::nested::rerun::pin_to_first_cpu("schedrig run");

@@ -190,28 +190,53 @@ fn assert_one_run_error(args: &[&str], needles: &[&str]) {
     }
     // No VM (nor nested host) was started for it.
     assert!(!stderr.contains("nested"), "{all:?}: {stderr}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{all:?} took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{all:?} took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
 fn run_refuses_bad_scenarios_before_any_vm() {
     let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scenarios");
-    assert_one_run_error(&["--scenario", "no_such"], &["unknown scenario \"no_such\"", "steady"]);
+    assert_one_run_error(
+        &["--scenario", "no_such"],
+        &["unknown scenario \"no_such\"", "steady"],
+    );
     let f = format!("{fx}/unknown_field.toml");
-    assert_one_run_error(&["--scenario", &f], &["unknown_field.toml:6:1:", "unknown field `wrok`"]);
+    assert_one_run_error(
+        &["--scenario", &f],
+        &["unknown_field.toml:6:1:", "unknown field `wrok`"],
+    );
     let f = format!("{fx}/zero_workers.toml");
     assert_one_run_error(&["--scenario", &f], &["zero_workers.toml", "has 0 workers"]);
     let f = format!("{fx}/bad_cpuset.toml");
-    assert_one_run_error(&["--scenario", &f], &["bad_cpuset.toml", "names LLC 7, but there are 2 LLCs"]);
-    assert_one_run_error(&["--scenario", "steady", "--duration", "0"], &["--duration 0"]);
-    assert_one_run_error(&["--scenario", "/nonexistent/x.toml"], &["/nonexistent/x.toml"]);
+    assert_one_run_error(
+        &["--scenario", &f],
+        &["bad_cpuset.toml", "names LLC 7, but there are 2 LLCs"],
+    );
+    assert_one_run_error(
+        &["--scenario", "steady", "--duration", "0"],
+        &["--duration 0"],
+    );
+    assert_one_run_error(
+        &["--scenario", "/nonexistent/x.toml"],
+        &["/nonexistent/x.toml"],
+    );
     // Splits need two CPUs.
     assert_one_run_error(
         &["--scenario", "cpuset_split", "--topology", "1n1l1c1t"],
         &["needs at least 2 CPUs"],
     );
-    assert_one_run_error(&["--scheduler", "scx_nope"], &["unknown scheduler \"scx_nope\""]);
-    assert_one_run_error(&["--scheduler", "eevdf", "--sched-args", "-x"], &["EEVDF takes none"]);
+    assert_one_run_error(
+        &["--scheduler", "scx_nope"],
+        &["unknown scheduler \"scx_nope\""],
+    );
+    assert_one_run_error(
+        &["--scheduler", "eevdf", "--sched-args", "-x"],
+        &["EEVDF takes none"],
+    );
 }
 
 #[test]

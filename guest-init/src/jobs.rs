@@ -49,7 +49,10 @@ pub fn run<W: Write>(
             let hold = job.map_or(0, |j| j.hold_ms);
             let scenarios = job.map(|j| j.scenarios.as_slice()).unwrap_or_default();
             if !scenarios.is_empty() {
-                say(&format!("running {} scenarios under EEVDF", scenarios.len()));
+                say(&format!(
+                    "running {} scenarios under EEVDF",
+                    scenarios.len()
+                ));
                 let mut tick = |_: &mut BulkPort<W>, d: Duration| {
                     std::thread::sleep(d);
                     Ok(None)

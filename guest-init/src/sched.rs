@@ -387,20 +387,21 @@ fn hold_scenarios<W: Write>(
     let steal_before = crate::load::steal_ms();
     let mut status = None;
     let lost = {
-        let mut tick = |port: &mut BulkPort<W>, d: Duration| -> Result<Option<String>, CommsError> {
-            pump.run(port, d)?;
-            if status.is_none() {
-                if let Ok(Some(s)) = child.try_wait() {
-                    status = Some(s);
+        let mut tick =
+            |port: &mut BulkPort<W>, d: Duration| -> Result<Option<String>, CommsError> {
+                pump.run(port, d)?;
+                if status.is_none() {
+                    if let Ok(Some(s)) = child.try_wait() {
+                        status = Some(s);
+                    }
                 }
-            }
-            let state = scx_state();
-            Ok(match status {
-                Some(s) => Some(format!("{state}; {} exited, {}", job.name, status_text(s))),
-                None if state != "enabled" => Some(state),
-                None => None,
-            })
-        };
+                let state = scx_state();
+                Ok(match status {
+                    Some(s) => Some(format!("{state}; {} exited, {}", job.name, status_text(s))),
+                    None if state != "enabled" => Some(state),
+                    None => None,
+                })
+            };
         crate::scenario::run(port, &job.scenarios, &mut tick)?
     };
     exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
@@ -409,7 +410,11 @@ fn hold_scenarios<W: Write>(
         // happened in, not of the whole run.
         exit.steal_ms = steal;
         exit.early = true;
-        say(&format!("{} lost during scenario {i}: state {}", job.name, scx_state()));
+        say(&format!(
+            "{} lost during scenario {i}: state {}",
+            job.name,
+            scx_state()
+        ));
         return end_after_loss(port, pump, job, child, status);
     }
     stop(port, pump, job, child)

@@ -129,10 +129,27 @@ pub fn catalogue(layout: &CpuLayout) -> Vec<Scenario> {
         "cgroups with workers are added and removed while a base load runs",
         vec![cg("base", n, WorkType::CpuSpin)],
     );
-    let extra = |name: &str| Op::AddCgroup(cg(name, n, WorkType::Bursty { burst_ms: 2, sleep_ms: 2 }));
+    let extra = |name: &str| {
+        Op::AddCgroup(cg(
+            name,
+            n,
+            WorkType::Bursty {
+                burst_ms: 2,
+                sleep_ms: 2,
+            },
+        ))
+    };
     churn.steps = vec![
         step(vec![extra("churn1")], 0.25),
-        step(vec![Op::RemoveCgroup { cgroup: "churn1".into() }, extra("churn2")], 0.25),
+        step(
+            vec![
+                Op::RemoveCgroup {
+                    cgroup: "churn1".into(),
+                },
+                extra("churn2"),
+            ],
+            0.25,
+        ),
         step(
             vec![
                 Op::Spawn {
@@ -145,7 +162,9 @@ pub fn catalogue(layout: &CpuLayout) -> Vec<Scenario> {
         ),
         step(
             vec![
-                Op::RemoveCgroup { cgroup: "churn2".into() },
+                Op::RemoveCgroup {
+                    cgroup: "churn2".into(),
+                },
                 Op::MoveAll {
                     from: "churn3".into(),
                     to: "base".into(),
@@ -192,7 +211,14 @@ pub fn catalogue(layout: &CpuLayout) -> Vec<Scenario> {
         "mixed",
         "bursty sleepers, spin-then-yield workers and spinners together",
         vec![
-            cg("bursty", n, WorkType::Bursty { burst_ms: 5, sleep_ms: 5 }),
+            cg(
+                "bursty",
+                n,
+                WorkType::Bursty {
+                    burst_ms: 5,
+                    sleep_ms: 5,
+                },
+            ),
             cg("mixed", n, WorkType::Mixed { spin_us: 500 }),
             cg("yield", n, WorkType::YieldHeavy),
             cg("spin", n, WorkType::CpuSpin),

@@ -274,7 +274,10 @@ fn spread(s: &Scenario, r: &ScenarioResult) -> Option<CheckResult> {
         let longest = ws.iter().map(|w| w.wall_us).max().unwrap_or(0);
         // Workers that lived the whole scenario: late spawns are compared
         // among themselves in another run, not against the first ones.
-        let full: Vec<&&WorkerResult> = ws.iter().filter(|w| w.wall_us * 10 >= longest * 9).collect();
+        let full: Vec<&&WorkerResult> = ws
+            .iter()
+            .filter(|w| w.wall_us * 10 >= longest * 9)
+            .collect();
         if !cpu_bound || !same_nice || full.len() < 2 {
             continue;
         }
@@ -383,7 +386,9 @@ fn attached(r: &ScenarioResult, name: &str) -> CheckResult {
         limit: 1.0,
         unit: "attached",
         detail: match &r.sched_lost {
-            Some(state) => format!("{name} was no longer attached during the scenario (sched_ext {state})"),
+            Some(state) => {
+                format!("{name} was no longer attached during the scenario (sched_ext {state})")
+            }
             None => format!("{name} stayed attached"),
         },
     }
@@ -431,7 +436,10 @@ mod tests {
 
     #[test]
     fn fair_progress_passes() {
-        let r = result(vec![worker("steady", 0, 900, 2000), worker("steady", 1, 880, 1950)]);
+        let r = result(vec![
+            worker("steady", 0, 900, 2000),
+            worker("steady", 1, 880, 1950),
+        ]);
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
         let names: Vec<&str> = j.checks.iter().map(|c| c.name).collect();
@@ -440,10 +448,18 @@ mod tests {
 
     #[test]
     fn a_starved_worker_fails_and_is_named() {
-        let r = result(vec![worker("steady", 0, 900, 3900), worker("steady", 1, 0, 0)]);
+        let r = result(vec![
+            worker("steady", 0, 900, 3900),
+            worker("steady", 1, 0, 0),
+        ]);
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Fail);
-        assert!(j.reason.starts_with("starvation: steady/1 (cpu_spin, pid 101)"), "{}", j.reason);
+        assert!(
+            j.reason
+                .starts_with("starvation: steady/1 (cpu_spin, pid 101)"),
+            "{}",
+            j.reason
+        );
     }
 
     #[test]
@@ -477,17 +493,27 @@ mod tests {
 
     #[test]
     fn a_lost_scheduler_fails_even_on_a_stolen_host() {
-        let mut r = result(vec![worker("steady", 0, 900, 2000), worker("steady", 1, 900, 2000)]);
+        let mut r = result(vec![
+            worker("steady", 0, 900, 2000),
+            worker("steady", 1, 900, 2000),
+        ]);
         r.sched_lost = Some("disabled".into());
         r.steal_ms = vec![3000, 3000];
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Fail);
-        assert!(j.reason.contains("scx_simple was no longer attached"), "{}", j.reason);
+        assert!(
+            j.reason.contains("scx_simple was no longer attached"),
+            "{}",
+            j.reason
+        );
     }
 
     #[test]
     fn spread_isolation_and_weights() {
-        let r = result(vec![worker("steady", 0, 900, 3600), worker("steady", 1, 900, 2000)]);
+        let r = result(vec![
+            worker("steady", 0, 900, 3600),
+            worker("steady", 1, 900, 2000),
+        ]);
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Fail);
         let f = j.checks.iter().find(|c| c.name == "fairness").unwrap();
@@ -500,7 +526,11 @@ mod tests {
         w.outside = vec![1];
         let j = judge(&s, &result(vec![w]), &env());
         assert!(j.reason.starts_with("isolation: steady/0"), "{}", j.reason);
-        assert!(j.reason.contains("ran on CPU 1 outside its cpuset 0"), "{}", j.reason);
+        assert!(
+            j.reason.contains("ran on CPU 1 outside its cpuset 0"),
+            "{}",
+            j.reason
+        );
 
         let mut s = steady();
         s.checks.weight_share_pct = Some(10.0);

@@ -36,9 +36,17 @@ pub struct CpuLayout {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CpusetError {
     #[error("cpuset {spec} names LLC {index}, but there are {count} LLCs")]
-    NoSuchLlc { spec: String, index: u32, count: usize },
+    NoSuchLlc {
+        spec: String,
+        index: u32,
+        count: usize,
+    },
     #[error("cpuset {spec} names NUMA node {index}, but there are {count} nodes")]
-    NoSuchNode { spec: String, index: u32, count: usize },
+    NoSuchNode {
+        spec: String,
+        index: u32,
+        count: usize,
+    },
     #[error("cpuset {spec}: {why}")]
     Invalid { spec: String, why: String },
     #[error("cpuset {spec} is empty on {cpus} CPUs")]
@@ -125,24 +133,26 @@ impl CpusetSpec {
         };
         let n = l.cpus.len();
         let mut set: Vec<u32> = match self {
-            CpusetSpec::Llc(i) => l
-                .llcs
-                .get(*i as usize)
-                .cloned()
-                .ok_or(CpusetError::NoSuchLlc {
-                    spec: spec.clone(),
-                    index: *i,
-                    count: l.llcs.len(),
-                })?,
-            CpusetSpec::Node(i) => l
-                .nodes
-                .get(*i as usize)
-                .cloned()
-                .ok_or(CpusetError::NoSuchNode {
-                    spec: spec.clone(),
-                    index: *i,
-                    count: l.nodes.len(),
-                })?,
+            CpusetSpec::Llc(i) => {
+                l.llcs
+                    .get(*i as usize)
+                    .cloned()
+                    .ok_or(CpusetError::NoSuchLlc {
+                        spec: spec.clone(),
+                        index: *i,
+                        count: l.llcs.len(),
+                    })?
+            }
+            CpusetSpec::Node(i) => {
+                l.nodes
+                    .get(*i as usize)
+                    .cloned()
+                    .ok_or(CpusetError::NoSuchNode {
+                        spec: spec.clone(),
+                        index: *i,
+                        count: l.nodes.len(),
+                    })?
+            }
             CpusetSpec::Range { from, to } => {
                 if !(0.0..=1.0).contains(from) || !(0.0..=1.0).contains(to) || from >= to {
                     return Err(invalid("from and to must satisfy 0 <= from < to <= 1"));
@@ -235,7 +245,9 @@ mod tests {
         let e = CpusetSpec::Split { index: 2, of: 3 }.resolve(&l);
         assert!(matches!(e, Err(CpusetError::Empty { .. })), "{e:?}");
         assert!(CpusetSpec::List(vec![9]).resolve(&l).is_err());
-        assert!(CpusetSpec::Range { from: 0.5, to: 0.5 }.resolve(&l).is_err());
+        assert!(CpusetSpec::Range { from: 0.5, to: 0.5 }
+            .resolve(&l)
+            .is_err());
         assert!(CpusetSpec::Split { index: 0, of: 0 }.resolve(&l).is_err());
     }
 

@@ -196,20 +196,41 @@ pub enum Op {
     /// Creates the cgroup and starts its workers.
     AddCgroup(CgroupDef),
     /// Stops its workers and removes the cgroup.
-    RemoveCgroup { cgroup: String },
-    SetCpuset { cgroup: String, cpuset: CpusetSpec },
+    RemoveCgroup {
+        cgroup: String,
+    },
+    SetCpuset {
+        cgroup: String,
+        cpuset: CpusetSpec,
+    },
     /// Back to all CPUs.
-    ClearCpuset { cgroup: String },
+    ClearCpuset {
+        cgroup: String,
+    },
     /// Exchanges two cgroups' cpusets.
-    SwapCpusets { a: String, b: String },
+    SwapCpusets {
+        a: String,
+        b: String,
+    },
     /// Starts `workers` more workers of the cgroup's work type.
-    Spawn { cgroup: String, workers: u32 },
+    Spawn {
+        cgroup: String,
+        workers: u32,
+    },
     /// Stops the cgroup's workers (the cgroup stays).
-    Stop { cgroup: String },
+    Stop {
+        cgroup: String,
+    },
     /// `sched_setaffinity` of the cgroup's workers.
-    SetAffinity { cgroup: String, cpus: CpusetSpec },
+    SetAffinity {
+        cgroup: String,
+        cpus: CpusetSpec,
+    },
     /// Moves every task of `from` into `to`.
-    MoveAll { from: String, to: String },
+    MoveAll {
+        from: String,
+        to: String,
+    },
 }
 
 impl Op {

@@ -46,10 +46,7 @@ pub fn load(path: &Path) -> Result<Scenario, TomlError> {
 /// Parses `text`; errors name `path`.
 pub fn parse(text: &str, path: &str) -> Result<Scenario, TomlError> {
     toml::from_str(text).map_err(|e: toml::de::Error| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or((1, 1));
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         TomlError::Parse {
             path: path.to_string(),
             line,
@@ -111,8 +108,17 @@ max_gap_ms = 1500
     fn the_readme_example_parses_and_validates() {
         let s = parse(EXAMPLE, "x.toml").unwrap();
         assert_eq!(s.cgroups.len(), 2);
-        assert_eq!(s.cgroups[0].cpuset, Some(CpusetSpec::Split { index: 0, of: 2 }));
-        assert_eq!(s.cgroups[1].work, WorkType::Bursty { burst_ms: 5, sleep_ms: 10 });
+        assert_eq!(
+            s.cgroups[0].cpuset,
+            Some(CpusetSpec::Split { index: 0, of: 2 })
+        );
+        assert_eq!(
+            s.cgroups[1].work,
+            WorkType::Bursty {
+                burst_ms: 5,
+                sleep_ms: 10
+            }
+        );
         assert_eq!(s.steps[1].hold, Hold::Secs(3.0));
         assert_eq!(s.checks.max_gap_ms, Some(1500));
         s.validate(&crate::CpuLayout::uniform(1, 2, 2)).unwrap();
@@ -153,9 +159,12 @@ max_gap_ms = 1500
         assert!(e.starts_with("bad.toml:5:1: unknown field `wokr`"), "{e}");
         let e = parse("name = 3\n", "n.toml").unwrap_err().to_string();
         assert!(e.starts_with("n.toml:1:8:"), "{e}");
-        let e = parse("name = \"x\"\n[[cgroups]]\nname = \"a\"\nworkers = 1\nwork = \"spin\"\n", "w.toml")
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            "name = \"x\"\n[[cgroups]]\nname = \"a\"\nworkers = 1\nwork = \"spin\"\n",
+            "w.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("w.toml:5:") && e.contains("spin"), "{e}");
     }
 }

@@ -74,7 +74,10 @@ impl Scenario {
             )));
         }
         if self.steps.len() > MAX_STEPS {
-            return Err(bad(format!("{} steps; at most {MAX_STEPS}", self.steps.len())));
+            return Err(bad(format!(
+                "{} steps; at most {MAX_STEPS}",
+                self.steps.len()
+            )));
         }
         let cpuset = |place: String, spec: &CpusetSpec| {
             spec.resolve(layout)
@@ -111,7 +114,9 @@ impl Scenario {
             }
             if let WorkType::Bursty { burst_ms, sleep_ms } = c.work {
                 if burst_ms == 0 || sleep_ms == 0 {
-                    return Err(bad(format!("{place}: bursty needs burst_ms and sleep_ms above 0")));
+                    return Err(bad(format!(
+                        "{place}: bursty needs burst_ms and sleep_ms above 0"
+                    )));
                 }
             }
             if let Some(w) = c.weight {
@@ -171,7 +176,10 @@ impl Scenario {
                 _ => {}
             }
             if step.ops.len() > MAX_OPS_PER_STEP {
-                return Err(bad(format!("{place}: {} ops; at most {MAX_OPS_PER_STEP}", step.ops.len())));
+                return Err(bad(format!(
+                    "{place}: {} ops; at most {MAX_OPS_PER_STEP}",
+                    step.ops.len()
+                )));
             }
             for op in &step.ops {
                 match op {

@@ -63,7 +63,10 @@ pub fn resolve_scenarios(
     for a in args {
         let is_file = a.ends_with(".toml") || a.contains('/') || Path::new(a).is_file();
         if is_file {
-            out.push((schedrig_scenarios::toml_file::load(Path::new(a))?, Some(a.as_str())));
+            out.push((
+                schedrig_scenarios::toml_file::load(Path::new(a))?,
+                Some(a.as_str()),
+            ));
             continue;
         }
         match catalogue.iter().find(|s| s.name == *a) {
@@ -76,7 +79,10 @@ pub fn resolve_scenarios(
                         topology.vcpus()
                     )));
                 } else {
-                    all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    all.iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 return Err(RunError::UnknownScenario {
                     name: a.clone(),
@@ -97,9 +103,8 @@ pub fn resolve_scenarios(
     }
     for (s, file) in &out {
         let from = file.map_or(String::new(), |f| format!("{f}: "));
-        s.validate(&layout).map_err(|e| {
-            RunError::Invalid(format!("{from}{e} (on --topology {topology})"))
-        })?;
+        s.validate(&layout)
+            .map_err(|e| RunError::Invalid(format!("{from}{e} (on --topology {topology})")))?;
         let n = encoded_len(s);
         if n > JOB_SCENARIO_BYTES {
             return Err(RunError::Invalid(format!(
@@ -271,7 +276,10 @@ pub fn run(
                 report.verdict,
                 V::SchedError | V::SchedStall | V::SchedDied | V::Inconclusive
             );
-            let lost = report.scenario_results.iter().any(|r| r.sched_lost.is_some());
+            let lost = report
+                .scenario_results
+                .iter()
+                .any(|r| r.sched_lost.is_some());
             if let (true, false, Some(last)) = (failed, lost, outcomes.last_mut()) {
                 last.judgement.verdict = if report.verdict == V::Inconclusive {
                     Verdict::Inconclusive
@@ -303,7 +311,11 @@ pub fn run(
         let never_attached = opts.scheduler.is_some() && !sched.attached && report.ready.is_some();
         if never_attached {
             // Every scenario would meet the same end: one reason for all.
-            let why = format!("{} did not attach: {}", opts.scheduler_name(), report.reason);
+            let why = format!(
+                "{} did not attach: {}",
+                opts.scheduler_name(),
+                report.reason
+            );
             for s in batch[done..].iter().chain(pending.iter()) {
                 let mut o = error_outcome(s, why.clone(), vm);
                 o.sched_exit = sched_exit_json(&report);
@@ -334,7 +346,14 @@ pub fn run(
         if idle_vms >= 2 {
             // Two VMs in a row ran nothing: the rest would fare the same.
             for s in rest.iter().chain(pending.iter()) {
-                let o = error_outcome(s, format!("not run: two VMs in a row ended before any scenario ({})", report.reason), vm);
+                let o = error_outcome(
+                    s,
+                    format!(
+                        "not run: two VMs in a row ended before any scenario ({})",
+                        report.reason
+                    ),
+                    vm,
+                );
                 progress(&o);
                 outcomes.push(o);
             }
@@ -376,7 +395,13 @@ const JOB_SCENARIO_BYTES: usize = schedrig_scenarios::sched_job::JOB_MAX_LEN - (
 /// Judges a scenario with a TEST result; a scheduler lost in it fails
 /// with the kernel's exit kind and reason (or is inconclusive when the
 /// host's steal time explains the stall).
-fn judge(opts: &RunOptions, s: &Scenario, r: ScenarioResult, report: &RunReport, vm: u32) -> Outcome {
+fn judge(
+    opts: &RunOptions,
+    s: &Scenario,
+    r: ScenarioResult,
+    report: &RunReport,
+    vm: u32,
+) -> Outcome {
     let mut j = checks::judge(s, &r, &opts.env());
     let mut sched_exit = None;
     if r.sched_lost.is_some() {
@@ -407,7 +432,11 @@ fn vm_end_outcome(opts: &RunOptions, s: &Scenario, r: &RunReport, vm: u32) -> Ou
         V::Inconclusive => (Verdict::Inconclusive, r.reason.clone()),
         v => (
             Verdict::Error,
-            format!("the VM ended during the scenario: {} ({})", v.as_str(), r.reason),
+            format!(
+                "the VM ended during the scenario: {} ({})",
+                v.as_str(),
+                r.reason
+            ),
         ),
     };
     let _ = opts;
@@ -448,7 +477,9 @@ fn boot_batch(
         let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
         let tx = Mutex::new(tx);
         let sink = ResultSink(Arc::new(move |r: &ScenarioResult| {
-            let Some(s) = batch_copy.get(r.index as usize) else { return };
+            let Some(s) = batch_copy.get(r.index as usize) else {
+                return;
+            };
             if r.sched_lost.is_some() || s.name != r.name {
                 return;
             }
@@ -480,7 +511,9 @@ fn boot_batch(
                 args: opts.sched_args.clone(),
                 times: crate::sched::JobTimes {
                     attach_timeout: opts.attach_timeout,
-                    hold: Duration::from_millis(batch.iter().map(Scenario::holds_ms).sum::<u64>().max(1)),
+                    hold: Duration::from_millis(
+                        batch.iter().map(Scenario::holds_ms).sum::<u64>().max(1),
+                    ),
                     stop_timeout: Duration::from_secs(crate::boot::STOP_TIMEOUT),
                 },
                 sink: None,
@@ -497,14 +530,22 @@ fn boot_batch(
             });
             // Deadlines run from this VM's start: the process start only
             // for the first boot (where it is the VMM's start too).
-            let vm_start = if vm == 1 && attempt == 1 { started } else { Instant::now() };
+            let vm_start = if vm == 1 && attempt == 1 {
+                started
+            } else {
+                Instant::now()
+            };
             let r = crate::boot::boot(&boot_opts, vm_start);
             drop(boot_opts);
             let _ = printer.join();
             r
         })?;
         let ran_nothing = report.scenarios_started == 0;
-        if in_emulated_host && report.is_emulation_artefact() && ran_nothing && attempt < EMULATION_ATTEMPTS {
+        if in_emulated_host
+            && report.is_emulation_artefact()
+            && ran_nothing
+            && attempt < EMULATION_ATTEMPTS
+        {
             eprintln!(
                 "schedrig run: VM {vm} died of the emulation before any scenario ({}); booting it again",
                 report.reason

@@ -63,7 +63,14 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
             ]
         })
         .collect();
-    let head = ["scenario", "topology", "scheduler", "verdict", "key numbers", "duration"];
+    let head = [
+        "scenario",
+        "topology",
+        "scheduler",
+        "verdict",
+        "key numbers",
+        "duration",
+    ];
     let mut w = head.map(str::len);
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -98,7 +105,12 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
             );
         }
     }
-    let count = |v: Verdict| s.outcomes.iter().filter(|o| o.judgement.verdict == v).count();
+    let count = |v: Verdict| {
+        s.outcomes
+            .iter()
+            .filter(|o| o.judgement.verdict == v)
+            .count()
+    };
     let holds: u64 = s
         .outcomes
         .iter()

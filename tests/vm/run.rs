@@ -50,7 +50,10 @@ impl RunOut {
     }
 
     fn verdict(&self, name: &str) -> Result<String, Failed> {
-        Ok(self.get(name)?["verdict"].as_str().unwrap_or("?").to_string())
+        Ok(self.get(name)?["verdict"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string())
     }
 
     fn expect_verdict(&self, name: &str, want: &str) -> Result<(), Failed> {
@@ -114,55 +117,78 @@ fn fixture(name: &str) -> String {
 
 pub fn tests() -> Vec<Trial> {
     vec![
-        Trial::test("run_scx_simple_passes_good_scenarios_and_fails_weights_and_a_wrong_cpuset", || {
-            let wrong = fixture("wrong_cpuset.toml");
-            let r = schedrig_run(
-                &[
-                    "--scheduler", "scx_simple",
-                    "--scenario", "steady",
-                    "--scenario", "cpuset_split",
-                    "--scenario", "ping_pong",
-                    "--scenario", "uneven_weights",
-                    "--scenario", &wrong,
-                ],
-                false,
-            )?;
-            r.check(r.code == Some(1), "exit status 1 (not all passed)")?;
-            r.check(r.lines.len() == 5, "five results")?;
-            // All in one VM: the scheduler attached once.
-            r.check(r.lines.iter().all(|l| l["vm"] == 1), "every scenario in VM 1")?;
-            for s in ["steady", "cpuset_split", "ping_pong"] {
-                r.expect_verdict(s, "pass")?;
-            }
-            let iso = r.check_of("cpuset_split", "isolation")?;
-            r.check(iso["pass"] == true, "cpuset_split's workers confined")?;
-            let pp = &r.get("ping_pong")?["workers"];
-            r.check(
-                pp.as_array().is_some_and(|ws| !ws.is_empty() && ws.iter().all(|w| w["wake_p99_us"].is_u64())),
-                "wake latency for every ping-pong worker",
-            )?;
-            // scx_simple does not honour cpu.weight: the check says so.
-            r.expect_verdict("uneven_weights", "fail")?;
-            let ws = r.check_of("uneven_weights", "weight_share")?;
-            r.check(
-                ws["pass"] == false && ws["detail"].as_str().is_some_and(|d| d.contains("heavy")),
-                "weight_share failed naming the heavy cgroup",
-            )?;
-            r.expect_verdict("wrong_cpuset", "fail")?;
-            let iso = r.check_of("wrong_cpuset", "isolation")?;
-            r.check(
-                iso["pass"] == false && iso["detail"].as_str().is_some_and(|d| d.contains("confined/")),
-                "isolation failed naming a confined worker",
-            )
-        }),
+        Trial::test(
+            "run_scx_simple_passes_good_scenarios_and_fails_weights_and_a_wrong_cpuset",
+            || {
+                let wrong = fixture("wrong_cpuset.toml");
+                let r = schedrig_run(
+                    &[
+                        "--scheduler",
+                        "scx_simple",
+                        "--scenario",
+                        "steady",
+                        "--scenario",
+                        "cpuset_split",
+                        "--scenario",
+                        "ping_pong",
+                        "--scenario",
+                        "uneven_weights",
+                        "--scenario",
+                        &wrong,
+                    ],
+                    false,
+                )?;
+                r.check(r.code == Some(1), "exit status 1 (not all passed)")?;
+                r.check(r.lines.len() == 5, "five results")?;
+                // All in one VM: the scheduler attached once.
+                r.check(
+                    r.lines.iter().all(|l| l["vm"] == 1),
+                    "every scenario in VM 1",
+                )?;
+                for s in ["steady", "cpuset_split", "ping_pong"] {
+                    r.expect_verdict(s, "pass")?;
+                }
+                let iso = r.check_of("cpuset_split", "isolation")?;
+                r.check(iso["pass"] == true, "cpuset_split's workers confined")?;
+                let pp = &r.get("ping_pong")?["workers"];
+                r.check(
+                    pp.as_array().is_some_and(|ws| {
+                        !ws.is_empty() && ws.iter().all(|w| w["wake_p99_us"].is_u64())
+                    }),
+                    "wake latency for every ping-pong worker",
+                )?;
+                // scx_simple does not honour cpu.weight: the check says so.
+                r.expect_verdict("uneven_weights", "fail")?;
+                let ws = r.check_of("uneven_weights", "weight_share")?;
+                r.check(
+                    ws["pass"] == false
+                        && ws["detail"].as_str().is_some_and(|d| d.contains("heavy")),
+                    "weight_share failed naming the heavy cgroup",
+                )?;
+                r.expect_verdict("wrong_cpuset", "fail")?;
+                let iso = r.check_of("wrong_cpuset", "isolation")?;
+                r.check(
+                    iso["pass"] == false
+                        && iso["detail"]
+                            .as_str()
+                            .is_some_and(|d| d.contains("confined/")),
+                    "isolation failed naming a confined worker",
+                )
+            },
+        ),
         Trial::test("run_eevdf_passes_and_honours_weights", || {
             let r = schedrig_run(
                 &[
-                    "--scheduler", "eevdf",
-                    "--scenario", "steady",
-                    "--scenario", "cpuset_split",
-                    "--scenario", "ping_pong",
-                    "--scenario", "uneven_weights",
+                    "--scheduler",
+                    "eevdf",
+                    "--scenario",
+                    "steady",
+                    "--scenario",
+                    "cpuset_split",
+                    "--scenario",
+                    "ping_pong",
+                    "--scenario",
+                    "uneven_weights",
                 ],
                 false,
             )?;
@@ -173,7 +199,10 @@ pub fn tests() -> Vec<Trial> {
             let ws = r.check_of("uneven_weights", "weight_share")?;
             r.check(ws["pass"] == true, "weight_share passed under EEVDF")?;
             // No scheduler: no attached check.
-            r.check(r.check_of("steady", "attached").is_err(), "no attached check for EEVDF")
+            r.check(
+                r.check_of("steady", "attached").is_err(),
+                "no attached check for EEVDF",
+            )
         }),
         Trial::test("run_scx_flatcg_honours_weights", || {
             let r = schedrig_run(
@@ -181,59 +210,99 @@ pub fn tests() -> Vec<Trial> {
                 false,
             )?;
             r.expect_verdict("uneven_weights", "pass")?;
-            r.check(r.check_of("uneven_weights", "weight_share")?["pass"] == true, "weight_share passed")
-        }),
-        Trial::test("run_scx_qmap_stall_fails_with_the_kernels_error_stall", || {
-            let r = schedrig_run(
-                &[
-                    "--scheduler", "scx_qmap", "--sched-args", "-t 5",
-                    "--scenario", "steady", "--scenario", "fork_exit",
-                ],
-                false,
-            )?;
-            r.check(r.code == Some(1), "exit status 1")?;
-            let first = r.lines.first().ok_or_else(|| r.fail("no results"))?;
-            r.check(first["verdict"] == "fail", "the first scenario failed")?;
             r.check(
-                first["sched_exit"]["exit_kind"] == "ERROR_STALL"
-                    && first["reason"].as_str().is_some_and(|s| s.contains("failed to run for")),
-                "ERROR_STALL with the kernel's words on the stalled task",
-            )?;
-            // Every scenario got a verdict (the rest in a fresh VM).
-            r.check(r.lines.len() == 2, "two results")?;
-            r.check(r.lines.iter().all(|l| l["verdict"] != "pass"), "no pass under a stalling scheduler")
-        }),
-        Trial::test("run_scx_qmap_error_fails_with_the_kernels_exit_reason", || {
-            let r = schedrig_run(
-                &["--scheduler", "scx_qmap", "--sched-args", "-e 50", "--scenario", "steady"],
-                false,
-            )?;
-            r.expect_verdict("steady", "fail")?;
-            let s = r.get("steady")?;
-            r.check(
-                s["sched_exit"]["exit_kind"] == "ERROR_BPF"
-                    && s["reason"].as_str().is_some_and(|t| t.contains("scx_bpf_error")),
-                "ERROR_BPF with scx_bpf_error in the reason",
+                r.check_of("uneven_weights", "weight_share")?["pass"] == true,
+                "weight_share passed",
             )
         }),
-        Trial::test("run_scheduler_that_exits_at_once_is_an_error_with_its_reason", || {
-            let r = schedrig_run(
-                &[
-                    "--scheduler", "/bin/sh", "--sched-args", "-c 'echo early-bye; exit 3'",
-                    "--scenario", "steady", "--scenario", "ping_pong",
-                ],
-                false,
-            )?;
-            r.check(r.code == Some(1), "exit status 1")?;
-            for s in ["steady", "ping_pong"] {
-                r.expect_verdict(s, "error")?;
-                r.check(
-                    r.get(s)?["reason"].as_str().is_some_and(|t| t.contains("exit status 3") && t.contains("early-bye")),
-                    "the reason quotes its exit and output",
+        Trial::test(
+            "run_scx_qmap_stall_fails_with_the_kernels_error_stall",
+            || {
+                let r = schedrig_run(
+                    &[
+                        "--scheduler",
+                        "scx_qmap",
+                        "--sched-args",
+                        "-t 5",
+                        "--scenario",
+                        "steady",
+                        "--scenario",
+                        "fork_exit",
+                    ],
+                    false,
                 )?;
-            }
-            Ok(())
-        }),
+                r.check(r.code == Some(1), "exit status 1")?;
+                let first = r.lines.first().ok_or_else(|| r.fail("no results"))?;
+                r.check(first["verdict"] == "fail", "the first scenario failed")?;
+                r.check(
+                    first["sched_exit"]["exit_kind"] == "ERROR_STALL"
+                        && first["reason"]
+                            .as_str()
+                            .is_some_and(|s| s.contains("failed to run for")),
+                    "ERROR_STALL with the kernel's words on the stalled task",
+                )?;
+                // Every scenario got a verdict (the rest in a fresh VM).
+                r.check(r.lines.len() == 2, "two results")?;
+                r.check(
+                    r.lines.iter().all(|l| l["verdict"] != "pass"),
+                    "no pass under a stalling scheduler",
+                )
+            },
+        ),
+        Trial::test(
+            "run_scx_qmap_error_fails_with_the_kernels_exit_reason",
+            || {
+                let r = schedrig_run(
+                    &[
+                        "--scheduler",
+                        "scx_qmap",
+                        "--sched-args",
+                        "-e 50",
+                        "--scenario",
+                        "steady",
+                    ],
+                    false,
+                )?;
+                r.expect_verdict("steady", "fail")?;
+                let s = r.get("steady")?;
+                r.check(
+                    s["sched_exit"]["exit_kind"] == "ERROR_BPF"
+                        && s["reason"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("scx_bpf_error")),
+                    "ERROR_BPF with scx_bpf_error in the reason",
+                )
+            },
+        ),
+        Trial::test(
+            "run_scheduler_that_exits_at_once_is_an_error_with_its_reason",
+            || {
+                let r = schedrig_run(
+                    &[
+                        "--scheduler",
+                        "/bin/sh",
+                        "--sched-args",
+                        "-c 'echo early-bye; exit 3'",
+                        "--scenario",
+                        "steady",
+                        "--scenario",
+                        "ping_pong",
+                    ],
+                    false,
+                )?;
+                r.check(r.code == Some(1), "exit status 1")?;
+                for s in ["steady", "ping_pong"] {
+                    r.expect_verdict(s, "error")?;
+                    r.check(
+                        r.get(s)?["reason"].as_str().is_some_and(|t| {
+                            t.contains("exit status 3") && t.contains("early-bye")
+                        }),
+                        "the reason quotes its exit and output",
+                    )?;
+                }
+                Ok(())
+            },
+        ),
         Trial::test("run_on_a_host_busy_with_a_cpu_hog_is_never_fail", || {
             // A host-side spinner on the CPU the VM's vCPU threads run on:
             // the guest sees it as steal time.
@@ -248,7 +317,14 @@ pub fn tests() -> Vec<Trial> {
             }
             let mut hog = hog.spawn().map_err(|e| format!("start the hog: {e}"))?;
             let r = schedrig_run(
-                &["--scheduler", "scx_simple", "--scenario", "steady", "--scenario", "ping_pong"],
+                &[
+                    "--scheduler",
+                    "scx_simple",
+                    "--scenario",
+                    "steady",
+                    "--scenario",
+                    "ping_pong",
+                ],
                 true,
             );
             let _ = hog.kill();
@@ -256,7 +332,10 @@ pub fn tests() -> Vec<Trial> {
             let r = r?;
             for s in ["steady", "ping_pong"] {
                 let v = r.verdict(s)?;
-                r.check(v == "pass" || v == "inconclusive", &format!("{s}: pass or inconclusive, got {v}"))?;
+                r.check(
+                    v == "pass" || v == "inconclusive",
+                    &format!("{s}: pass or inconclusive, got {v}"),
+                )?;
             }
             // The hog did take the vCPUs' time: this tested something.
             let steady = r.get("steady")?;
@@ -266,7 +345,10 @@ pub fn tests() -> Vec<Trial> {
                 .and_then(|a| a.iter().filter_map(Value::as_u64).max())
                 .unwrap_or(0);
             eprintln!("vm tests: hog: steal {steal} ms of {holds} ms of holds");
-            r.check(steal * 2 >= holds, &format!("steal of at least half the holds (got {steal} of {holds} ms)"))
+            r.check(
+                steal * 2 >= holds,
+                &format!("steal of at least half the holds (got {steal} of {holds} ms)"),
+            )
         }),
     ]
 }

@@ -15,7 +15,10 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 
 /// Enables the controllers in the root and creates [`ROOT`] (once).
 pub fn prepare() -> Result<(), String> {
-    write(Path::new("/sys/fs/cgroup/cgroup.subtree_control"), CONTROLLERS)?;
+    write(
+        Path::new("/sys/fs/cgroup/cgroup.subtree_control"),
+        CONTROLLERS,
+    )?;
     match std::fs::create_dir(ROOT) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -39,9 +42,18 @@ pub fn open(p: &Path) -> Result<i32, String> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{} has a NUL byte", p.display()))?;
     // SAFETY: opens a NUL-terminated path we own.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
-        return Err(format!("open {}: {}", p.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "open {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(fd)
 }

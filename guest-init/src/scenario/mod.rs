@@ -114,7 +114,10 @@ impl StealLog {
             .find(|(t, _)| *t >= to)
             .or(self.samples.last());
         match (a, b) {
-            (Some(a), Some(b)) => (crate::load::steal_delta(&a.1, &b.1), b.0.saturating_sub(a.0)),
+            (Some(a), Some(b)) => (
+                crate::load::steal_delta(&a.1, &b.1),
+                b.0.saturating_sub(a.0),
+            ),
             _ => (Vec::new(), 0),
         }
     }
@@ -152,8 +155,13 @@ pub fn layout() -> CpuLayout {
     match crate::topology::read_topology(Path::new("/sys/devices/system")) {
         Ok(t) => CpuLayout::from_guest(&t),
         Err(e) => {
-            say(&format!("scenarios: topology unreadable ({e}); one LLC of the online CPUs"));
-            let cpus: Vec<u32> = crate::load::online_cpus().iter().map(|&c| c as u32).collect();
+            say(&format!(
+                "scenarios: topology unreadable ({e}); one LLC of the online CPUs"
+            ));
+            let cpus: Vec<u32> = crate::load::online_cpus()
+                .iter()
+                .map(|&c| c as u32)
+                .collect();
             CpuLayout {
                 llcs: vec![cpus.clone()],
                 nodes: vec![cpus.clone()],
@@ -350,7 +358,7 @@ impl Engine {
                 op_kinds: U32::new(step.ops.iter().fold(0, |m, o| m | o.kind_bit())),
                 cgroup_count: U16::new(run.cgs.iter().filter(|c| c.alive).count() as u16),
                 worker_count: U16::new(
-                    run.wks.iter().filter(|w| w.stopped.is_none()).count() as u16,
+                    run.wks.iter().filter(|w| w.stopped.is_none()).count() as u16
                 ),
                 total_iterations: U64::new(run.total_units()),
             };
@@ -474,7 +482,12 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// so none of the RCU grace periods a write to cgroup.procs costs (about
 /// 100 ms per worker in the nested test host). Falls back to fork and a
 /// cgroup.procs write where clone3 is refused.
-fn fork_worker_into(slots: &Slots, spec: &Spec, cgroup_fd: i32, cgroup: &str) -> Result<i32, String> {
+fn fork_worker_into(
+    slots: &Slots,
+    spec: &Spec,
+    cgroup_fd: i32,
+    cgroup: &str,
+) -> Result<i32, String> {
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
@@ -495,10 +508,14 @@ fn fork_worker_into(slots: &Slots, spec: &Spec, cgroup_fd: i32, cgroup: &str) ->
         0 => worker::child_main(slots, spec),
         -1 => {
             let e = std::io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) {
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)
+            ) {
                 return Err(format!("clone3 into cgroup {cgroup}: {e}"));
             }
-            let pid = fork_worker(slots, spec).ok_or_else(|| format!("fork: {}", std::io::Error::last_os_error()))?;
+            let pid = fork_worker(slots, spec)
+                .ok_or_else(|| format!("fork: {}", std::io::Error::last_os_error()))?;
             if let Err(e) = cgroup::add_pid(cgroup, pid) {
                 // Not tracked: it must not outlive this call.
                 kill_and_reap(pid);
@@ -517,10 +534,7 @@ fn fork_worker(slots: &Slots, spec: &Spec) -> Option<i32> {
     match unsafe { libc::fork() } {
         0 => worker::child_main(slots, spec),
         -1 => {
-            say(&format!(
-                "fork worker: {}",
-                std::io::Error::last_os_error()
-            ));
+            say(&format!("fork worker: {}", std::io::Error::last_os_error()));
             None
         }
         pid => Some(pid),
@@ -665,10 +679,8 @@ impl Run<'_> {
                 for f in fds.iter_mut() {
                     // SAFETY: pipe writes two fds into the array.
                     if unsafe { libc::pipe(f.as_mut_ptr()) } != 0 {
-                        self.errors.push(format!(
-                            "pipe: {}",
-                            std::io::Error::last_os_error()
-                        ));
+                        self.errors
+                            .push(format!("pipe: {}", std::io::Error::last_os_error()));
                     }
                 }
             }
@@ -681,9 +693,7 @@ impl Run<'_> {
                     _ => (-1, -1),
                 };
                 let peer = match def.work {
-                    WorkType::PipePingPong | WorkType::FutexPingPong => {
-                        Some(base + 1 - k as usize)
-                    }
+                    WorkType::PipePingPong | WorkType::FutexPingPong => Some(base + 1 - k as usize),
                     WorkType::FanOut { .. } => Some(base),
                     _ => None,
                 };
@@ -708,7 +718,8 @@ impl Run<'_> {
                 let pid = match forked {
                     Ok(pid) => pid,
                     Err(e) => {
-                        self.errors.push(format!("start worker {}/{index}: {e}", def.name));
+                        self.errors
+                            .push(format!("start worker {}/{index}: {e}", def.name));
                         continue;
                     }
                 };
@@ -872,7 +883,10 @@ impl Run<'_> {
                     self.cgs[cg].alive = false;
                 }
             }
-            Op::SetCpuset { cgroup: name, cpuset } => {
+            Op::SetCpuset {
+                cgroup: name,
+                cpuset,
+            } => {
                 if let Some(cg) = self.find(name) {
                     let cpus = self.resolve(&Some(cpuset.clone()));
                     if cpus.is_some() {
@@ -895,7 +909,10 @@ impl Run<'_> {
                     self.set_cpuset(a, cb);
                 }
             }
-            Op::Spawn { cgroup: name, workers } => {
+            Op::Spawn {
+                cgroup: name,
+                workers,
+            } => {
                 if let Some(cg) = self.find(name) {
                     self.spawn(cg, *workers);
                 }
@@ -931,7 +948,10 @@ impl Run<'_> {
                             match cgroup::add_pid(&to, pid) {
                                 // Exited since the list was read (a
                                 // fork_exit child): nothing to move.
-                                Err(e) if e.ends_with(&std::io::Error::from_raw_os_error(libc::ESRCH).to_string()) => {}
+                                Err(e)
+                                    if e.ends_with(
+                                        &std::io::Error::from_raw_os_error(libc::ESRCH).to_string(),
+                                    ) => {}
                                 Err(e) => run.errors.push(e),
                                 Ok(()) => {}
                             }
@@ -1001,8 +1021,16 @@ impl Run<'_> {
                     gap_at_ms: gap_end.saturating_sub(self.t0) / 1_000_000,
                     gap_steal_ms: gap_steal,
                     wakeups: s.wakeups.load(Relaxed),
-                    wake_p50_us: if wakes { worker::percentile(&hist, 50.0) } else { None },
-                    wake_p99_us: if wakes { worker::percentile(&hist, 99.0) } else { None },
+                    wake_p50_us: if wakes {
+                        worker::percentile(&hist, 50.0)
+                    } else {
+                        None
+                    },
+                    wake_p99_us: if wakes {
+                        worker::percentile(&hist, 99.0)
+                    } else {
+                        None
+                    },
                     allowed: w.last_allowed.map(bits).unwrap_or_default(),
                     outside: bits(w.outside),
                     weight: w.weight,

@@ -108,10 +108,7 @@ impl Slots {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Slots {
-            base: p.cast(),
-            n,
-        })
+        Ok(Slots { base: p.cast(), n })
     }
 
     pub fn len(&self) -> usize {
@@ -290,7 +287,10 @@ impl<'a> Meter<'a> {
 
 fn spin(loops: u64, x: &mut u64) {
     for _ in 0..loops {
-        *x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
+        *x = std::hint::black_box(
+            x.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        );
     }
 }
 
@@ -436,7 +436,10 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
             unsafe { libc::sched_yield() };
             m.checkpoint();
         },
-        WorkType::Bursty { burst_ms, sleep_ms: nap } => loop {
+        WorkType::Bursty {
+            burst_ms,
+            sleep_ms: nap,
+        } => loop {
             let end = now_ns() + burst_ms as u64 * 1_000_000;
             while now_ns() < end {
                 spin(UNIT_US * lpu, &mut x);
@@ -596,7 +599,20 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_bound_their_values() {
         let mut last = 0;
-        for us in [0u64, 1, 15, 16, 17, 31, 32, 100, 1000, 65_535, 1 << 30, u64::MAX] {
+        for us in [
+            0u64,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            100,
+            1000,
+            65_535,
+            1 << 30,
+            u64::MAX,
+        ] {
             let b = bucket(us);
             assert!(b >= last, "{us}");
             last = b;

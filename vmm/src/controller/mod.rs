@@ -198,17 +198,15 @@ impl Controller {
                 Some(MsgTag::ScenarioStart) => {
                     self.scenarios.started = self.scenarios.started.saturating_add(1)
                 }
-                Some(MsgTag::TestResult) => {
-                    match self.scenarios.record(payload) {
-                        Ok(Some(r)) => {
-                            if let Some(sink) = self.sched.result_sink() {
-                                (sink.0)(r);
-                            }
+                Some(MsgTag::TestResult) => match self.scenarios.record(payload) {
+                    Ok(Some(r)) => {
+                        if let Some(sink) = self.sched.result_sink() {
+                            (sink.0)(r);
                         }
-                        Ok(None) => {}
-                        Err(e) => guest_error!(self.errors, Frame, "TEST refused: {e}"),
                     }
-                }
+                    Ok(None) => {}
+                    Err(e) => guest_error!(self.errors, Frame, "TEST refused: {e}"),
+                },
                 Some(MsgTag::SchedulerLog) => self.sched.on_log(payload),
                 Some(MsgTag::Dmesg) => self.sched.on_kmsg(payload),
                 Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {

@@ -119,8 +119,7 @@ impl ScenarioResult {
         if payload.len() > SCENARIO_RESULT_MAX_LEN {
             return Err(ScenarioResultError::TooLarge(payload.len()));
         }
-        let (r, rest) =
-            postcard::take_from_bytes(payload).map_err(ScenarioResultError::Decode)?;
+        let (r, rest) = postcard::take_from_bytes(payload).map_err(ScenarioResultError::Decode)?;
         if !rest.is_empty() {
             return Err(ScenarioResultError::TrailingBytes(rest.len()));
         }
