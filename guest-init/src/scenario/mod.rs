@@ -774,6 +774,9 @@ impl Run<'_> {
         for w in std::mem::take(&mut self.unreleased) {
             let s = self.slots.get(self.wks[w].slot);
             s.settle_until_ns.store(now + SETTLE_NS, Release);
+            // Owed the CPU from its release: one that never runs shows
+            // the whole wait, not the time since boot.
+            s.due_ns.store(now, Relaxed);
             self.wks[w].started = now;
             release(s);
         }
