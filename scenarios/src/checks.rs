@@ -360,10 +360,20 @@ fn weight_share(r: &ScenarioResult, tol: f64) -> CheckResult {
         let want = 100.0 * g.1 as f64 / wsum as f64;
         (got - want, got, want)
     };
-    let worst = groups
+    // Two or more groups (checked above): there is a worst one.
+    let Some(worst) = groups
         .iter()
         .max_by(|a, b| dev(a).0.abs().total_cmp(&dev(b).0.abs()))
-        .expect("two or more groups");
+    else {
+        return CheckResult {
+            name: "weight_share",
+            pass: false,
+            value: 0.0,
+            limit: tol,
+            unit: "points",
+            detail: "no cgroups to compare".into(),
+        };
+    };
     let (d, got, want) = dev(worst);
     CheckResult {
         name: "weight_share",
