@@ -184,11 +184,11 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
     }
 }
 
-/// The CPU with the most steal, when it is above [`STOLEN_FRACTION`] of
-/// the holds.
+/// The CPU with the most steal during the holds, when it is above
+/// [`STOLEN_FRACTION`] of them.
 pub fn stolen(r: &ScenarioResult) -> Option<(usize, u64)> {
     let (cpu, steal) = r
-        .steal_ms
+        .hold_steal_ms
         .iter()
         .copied()
         .enumerate()
@@ -487,10 +487,13 @@ mod tests {
         // Not discounted enough, and half the holds stolen (the nested
         // host's usual share): still the scheduler's.
         r.workers[0].gap_steal_ms = 100;
-        r.steal_ms = vec![0, 2000];
+        r.hold_steal_ms = vec![0, 2000];
+        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        // Steal outside the holds (set-up, teardown) is not theirs.
+        r.steal_ms = vec![0, 9000];
         assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
         // CPU 1 was stolen for most of the holds: not judged.
-        r.steal_ms = vec![0, 3500];
+        r.hold_steal_ms = vec![0, 3500];
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
         assert!(j.reason.contains("CPU 1 for 3500 ms"), "{}", j.reason);
@@ -508,7 +511,7 @@ mod tests {
             worker("steady", 1, 900, 2000),
         ]);
         r.sched_lost = Some("disabled".into());
-        r.steal_ms = vec![3000, 3000];
+        r.hold_steal_ms = vec![3000, 3000];
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(

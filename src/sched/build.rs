@@ -8,13 +8,14 @@
 //!
 //! ```text
 //! <kernel key>-<recipe hash>/{scx_simple, scx_qmap, scx_central,
-//!     scx_flatcg, scx_reject, scx_simple-dynamic, runner, build.json}
+//!     scx_flatcg, scx_reject, scx_unfair, scx_simple-dynamic, runner,
+//!     build.json}
 //! .tmp-*/        an unfinished build; never an entry
 //! ```
 //!
 //! Builds run in a copy of tools/sched_ext inside the extracted tree
 //! (its Makefile finds libbpf and bpftool by relative paths) with the
-//! test fixture added, so the fixture is built exactly like the rest.
+//! test fixtures added, so the fixtures are built exactly like the rest.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,14 +33,28 @@ const RECIPE_VERSION: u32 = 1;
 pub const TREE_SCHEDULERS: &[&str] = &["scx_simple", "scx_qmap", "scx_central", "scx_flatcg"];
 /// Our fixture scheduler whose BPF the verifier refuses (tests/fixtures).
 pub const REJECT_FIXTURE: &str = "scx_reject";
+/// Our fixture scheduler that holds chosen tasks back (tests/fixtures):
+/// it starves, delays or short-changes them without being ejected.
+pub const UNFAIR_FIXTURE: &str = "scx_unfair";
 /// scx_simple linked dynamically, to test shipping a library closure.
 pub const DYNAMIC_SIMPLE: &str = "scx_simple-dynamic";
 /// The selftests runner.
 pub const RUNNER: &str = "runner";
 const BUILD_INFO: &str = "build.json";
 
-const FIXTURE_BPF: &str = include_str!("../../tests/fixtures/scx_reject.bpf.c");
-const FIXTURE_C: &str = include_str!("../../tests/fixtures/scx_reject.c");
+/// The fixtures: name, BPF half, user-space half.
+const FIXTURES: &[(&str, &str, &str)] = &[
+    (
+        REJECT_FIXTURE,
+        include_str!("../../tests/fixtures/scx_reject.bpf.c"),
+        include_str!("../../tests/fixtures/scx_reject.c"),
+    ),
+    (
+        UNFAIR_FIXTURE,
+        include_str!("../../tests/fixtures/scx_unfair.bpf.c"),
+        include_str!("../../tests/fixtures/scx_unfair.c"),
+    ),
+];
 
 /// Debian packages the build needs beyond the kernel's.
 pub const PACKAGES: &[&str] = &[
@@ -71,7 +86,8 @@ impl SchedEntry {
         TREE_SCHEDULERS
             .iter()
             .copied()
-            .chain([REJECT_FIXTURE, DYNAMIC_SIMPLE, RUNNER, BUILD_INFO])
+            .chain(FIXTURES.iter().map(|f| f.0))
+            .chain([DYNAMIC_SIMPLE, RUNNER, BUILD_INFO])
     }
 
     pub fn is_complete(&self) -> bool {
@@ -91,8 +107,11 @@ pub fn key(kernel_key: &str) -> String {
         "schedrig-sched-recipe-v{RECIPE_VERSION}\n{CLANG}\n{STATIC_LDFLAGS}\n"
     ));
     h.update(TREE_SCHEDULERS.join(" "));
-    h.update(FIXTURE_BPF);
-    h.update(FIXTURE_C);
+    for (name, bpf, c) in FIXTURES {
+        h.update(name);
+        h.update(bpf);
+        h.update(c);
+    }
     format!("{kernel_key}-{}", &hex::encode(h.finalize())[..12])
 }
 
@@ -169,12 +188,11 @@ fn build_into(
             .arg(&scx),
         "copy tools/sched_ext",
     )?;
-    for (name, text) in [
-        (format!("{REJECT_FIXTURE}.bpf.c"), FIXTURE_BPF),
-        (format!("{REJECT_FIXTURE}.c"), FIXTURE_C),
-    ] {
-        let p = scx.join(name);
-        std::fs::write(&p, text).map_err(|e| io("write", &p, e))?;
+    for (name, bpf, c) in FIXTURES {
+        for (file, text) in [(format!("{name}.bpf.c"), bpf), (format!("{name}.c"), c)] {
+            let p = scx.join(file);
+            std::fs::write(&p, text).map_err(|e| io("write", &p, e))?;
+        }
     }
     let obj = out.join("obj");
     let common = |cmd: &mut Command| {
@@ -184,7 +202,7 @@ fn build_into(
             .arg(format!("VMLINUX_BTF={}", vmlinux.display()));
     };
     let mut targets: Vec<&str> = TREE_SCHEDULERS.to_vec();
-    targets.push(REJECT_FIXTURE);
+    targets.extend(FIXTURES.iter().map(|f| f.0));
     let progress = StepProgress::new("building schedulers", Some(5));
     // Pass 1 builds libbpf, bpftool and every target as the Makefile
     // links them (dynamically). Pass 2 links them again statically: an
@@ -284,7 +302,8 @@ mod tests {
         let k = key("6.12.117-1_deb12u1-64f45c5536f6578a");
         assert!(k.starts_with("6.12.117-1_deb12u1-64f45c5536f6578a-"));
         assert_ne!(k, key("6.12.117-1_deb12u1-0000000000000000"));
-        assert!(FIXTURE_BPF.contains("map_value_or_null"));
+        assert!(FIXTURES[0].1.contains("map_value_or_null"));
+        assert!(FIXTURES.iter().any(|f| f.0 == UNFAIR_FIXTURE));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 /// Also built, for schedrig's own tests: not listed as choices.
 pub const TEST_ONLY: &[(&str, &str)] = &[
     (build::REJECT_FIXTURE, "reject"),
+    (build::UNFAIR_FIXTURE, "unfair"),
     (build::DYNAMIC_SIMPLE, "simple"),
 ];
 

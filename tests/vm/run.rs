@@ -70,12 +70,31 @@ impl RunOut {
     }
 }
 
-/// `schedrig run --json ARGS`; `pin` keeps it on CPU 0 (with a hog).
+/// `schedrig run --json --duration 3 ARGS`; `pin` keeps it on CPU 0
+/// (with a hog).
 fn schedrig_run(args: &[&str], pin: bool) -> Result<RunOut, Failed> {
+    schedrig_run_live(args, pin, Some(DURATION), |_| {})
+}
+
+/// `schedrig run --json ARGS`, with `--duration` when given, calling
+/// `on_line` with each line of its stderr (the progress lines) as it
+/// comes.
+fn schedrig_run_live(
+    args: &[&str],
+    pin: bool,
+    duration: Option<&str>,
+    mut on_line: impl FnMut(&str),
+) -> Result<RunOut, Failed> {
+    use std::io::{BufRead, Read};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_schedrig"));
-    cmd.args(["run", "--json", "--duration", DURATION])
-        .args(args)
-        .stdin(Stdio::null());
+    cmd.args(["run", "--json"]);
+    if let Some(d) = duration {
+        cmd.args(["--duration", d]);
+    }
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if pin {
         // SAFETY: pre_exec runs between fork and exec; sched_setaffinity
         // is async-signal-safe and reads a set on the stack.
@@ -86,8 +105,24 @@ fn schedrig_run(args: &[&str], pin: bool) -> Result<RunOut, Failed> {
             });
         }
     }
-    let out = cmd.output().map_err(|e| format!("run schedrig run: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut child = cmd.spawn().map_err(|e| format!("run schedrig run: {e}"))?;
+    let mut out = child.stdout.take().ok_or("no stdout pipe")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let mut stderr = String::new();
+    if let Some(err) = child.stderr.take() {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            on_line(&line);
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
+    }
+    let status = child.wait().map_err(|e| format!("wait for schedrig run: {e}"))?;
+    let stdout = reader.join().map_err(|_| "stdout reader panicked")?;
     let lines = stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -97,9 +132,53 @@ fn schedrig_run(args: &[&str], pin: bool) -> Result<RunOut, Failed> {
     Ok(RunOut {
         args: args.iter().map(|a| a.to_string()).collect(),
         lines,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code(),
+        stderr,
+        code: status.code(),
     })
+}
+
+/// Host-side CPU spinners on the CPU the VM's vCPU threads run on (the
+/// guest sees their time as steal); killed and reaped when dropped.
+struct Hogs(Vec<std::process::Child>);
+
+impl Hogs {
+    fn start(n: usize) -> Result<Hogs, Failed> {
+        let mut hogs = Hogs(Vec::new());
+        for _ in 0..n {
+            let mut hog = Command::new("sh");
+            hog.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
+            // SAFETY: as in schedrig_run_live.
+            unsafe {
+                hog.pre_exec(|| {
+                    pin_self();
+                    Ok(())
+                });
+            }
+            hogs.0
+                .push(hog.spawn().map_err(|e| format!("start a hog: {e}"))?);
+        }
+        Ok(hogs)
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for h in &mut self.0 {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
+}
+
+/// The steal of the CPU that lost most, and the holds, of scenario `name`.
+fn steal_of(r: &RunOut, name: &str) -> Result<(u64, u64), Failed> {
+    let s = r.get(name)?;
+    let holds = s["holds_ms"].as_u64().unwrap_or(0);
+    let steal = s["hold_steal_ms_per_cpu"]
+        .as_array()
+        .and_then(|a| a.iter().filter_map(Value::as_u64).max())
+        .unwrap_or(0);
+    Ok((steal, holds))
 }
 
 fn pin_self() {
@@ -303,19 +382,14 @@ pub fn tests() -> Vec<Trial> {
                 Ok(())
             },
         ),
+        Trial::test(
+            "run_scx_unfair_fixture_fails_starvation_gap_and_fairness_and_is_inconclusive_on_a_stealing_host",
+            run_scx_unfair,
+        ),
         Trial::test("run_on_a_host_busy_with_a_cpu_hog_is_never_fail", || {
             // A host-side spinner on the CPU the VM's vCPU threads run on:
             // the guest sees it as steal time.
-            let mut hog = Command::new("sh");
-            hog.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
-            // SAFETY: as in schedrig_run.
-            unsafe {
-                hog.pre_exec(|| {
-                    pin_self();
-                    Ok(())
-                });
-            }
-            let mut hog = hog.spawn().map_err(|e| format!("start the hog: {e}"))?;
+            let hog = Hogs::start(1)?;
             let r = schedrig_run(
                 &[
                     "--scheduler",
@@ -327,8 +401,7 @@ pub fn tests() -> Vec<Trial> {
                 ],
                 true,
             );
-            let _ = hog.kill();
-            let _ = hog.wait();
+            drop(hog);
             let r = r?;
             for s in ["steady", "ping_pong"] {
                 let v = r.verdict(s)?;
@@ -338,12 +411,7 @@ pub fn tests() -> Vec<Trial> {
                 )?;
             }
             // The hog did take the vCPUs' time: this tested something.
-            let steady = r.get("steady")?;
-            let holds = steady["holds_ms"].as_u64().unwrap_or(0);
-            let steal = steady["steal_ms_per_cpu"]
-                .as_array()
-                .and_then(|a| a.iter().filter_map(Value::as_u64).max())
-                .unwrap_or(0);
+            let (steal, holds) = steal_of(&r, "steady")?;
             eprintln!("vm tests: hog: steal {steal} ms of {holds} ms of holds");
             r.check(
                 steal * 2 >= holds,
@@ -351,4 +419,119 @@ pub fn tests() -> Vec<Trial> {
             )
         }),
     ]
+}
+
+/// Hogs started for the last scenario: with 1 vCPU and this many equal
+/// spinners beside it on its CPU, the vCPU runs about 1/6 of the time.
+const STEALING_HOGS: usize = 5;
+
+/// The scx_unfair fixture holds back one named worker per scenario, and
+/// stays attached: each timing or share check must fail on its own
+/// misbehaviour, naming the worker, while a scenario without a victim
+/// passes. Then the starved scenario again, with host hogs started just
+/// before it: the same starvation, but most of the hold stolen, so
+/// `inconclusive`. One CPU, so the quiet host steals next to nothing and
+/// the default gap limit applies unscaled.
+fn run_scx_unfair() -> Result<(), Failed> {
+    let (starved, gappy, unfair, busy) = (
+        fixture("starved.toml"),
+        fixture("gappy.toml"),
+        fixture("unfair.toml"),
+        fixture("starved_busy_host.toml"),
+    );
+    let mut hogs: Option<Hogs> = None;
+    let mut hog_error = None;
+    let r = schedrig_run_live(
+        &[
+            "--scheduler",
+            "scx_unfair",
+            "--sched-args",
+            "-v starved0:5000 -v gappy0:4500 -v unfair0:200",
+            "--topology",
+            "1n1l1c1t",
+            "--scenario",
+            "steady",
+            "--scenario",
+            &unfair,
+            "--scenario",
+            &gappy,
+            "--scenario",
+            &starved,
+            "--scenario",
+            &busy,
+        ],
+        true,
+        None,
+        |line| {
+            // The fourth result is in: the fifth scenario starts now.
+            if line.starts_with("[4/5]") && hogs.is_none() {
+                match Hogs::start(STEALING_HOGS) {
+                    Ok(h) => hogs = Some(h),
+                    Err(e) => hog_error = Some(e),
+                }
+            }
+        },
+    );
+    drop(hogs.take());
+    let r = r?;
+    if let Some(e) = hog_error {
+        return Err(e);
+    }
+    r.check(r.code == Some(1), "exit status 1")?;
+    r.check(r.lines.len() == 5, "five results")?;
+    r.check(
+        r.lines.iter().all(|l| l["vm"] == 1),
+        "every scenario in VM 1 (never ejected)",
+    )?;
+    for l in &r.lines {
+        let name = l["scenario"].as_str().unwrap_or("?");
+        r.check(
+            r.check_of(name, "attached")?["pass"] == true,
+            &format!("{name}: scx_unfair still attached"),
+        )?;
+    }
+    r.expect_verdict("steady", "pass")?;
+    let names = |c: &Value, who: &str| {
+        c["pass"] == false && c["detail"].as_str().is_some_and(|d| d.contains(who))
+    };
+    r.expect_verdict("unfair", "fail")?;
+    r.check(
+        names(r.check_of("unfair", "fairness")?, "unfair/0"),
+        "fairness failed naming unfair/0",
+    )?;
+    for c in ["starvation", "gap"] {
+        r.check(
+            r.check_of("unfair", c)?["pass"] == true,
+            &format!("unfair: {c} passed (only fairness is at fault)"),
+        )?;
+    }
+    r.expect_verdict("gappy", "fail")?;
+    let g = r.check_of("gappy", "gap")?;
+    r.check(names(g, "gappy/0"), "gap failed naming gappy/0")?;
+    r.check(
+        g["value"].as_f64().unwrap_or(0.0) >= 3000.0,
+        "a gap of seconds (held 4.5 s)",
+    )?;
+    r.check(
+        r.check_of("gappy", "starvation")?["pass"] == true,
+        "gappy/0 was not starved (it ran a slice)",
+    )?;
+    r.expect_verdict("starved", "fail")?;
+    r.check(
+        names(r.check_of("starved", "starvation")?, "starved/0"),
+        "starvation failed naming starved/0",
+    )?;
+    let (steal, holds) = steal_of(&r, "starved_busy_host")?;
+    eprintln!("vm tests: unfair: steal {steal} ms of {holds} ms of holds under {STEALING_HOGS} hogs");
+    r.expect_verdict("starved_busy_host", "inconclusive")?;
+    r.check(
+        names(r.check_of("starved_busy_host", "starvation")?, "starved/0"),
+        "the starvation is still shown",
+    )?;
+    r.check(
+        r.get("starved_busy_host")?["reason"]
+            .as_str()
+            .is_some_and(|t| t.contains("steal")),
+        "the reason names the steal",
+    )
 }

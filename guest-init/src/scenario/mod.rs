@@ -327,6 +327,7 @@ impl Engine {
         ));
         let steps = s.effective_steps();
         let mut holds_ms = 0;
+        let mut hold_steal = Vec::new();
         let mut lost = None;
         'steps: for (si, step) in steps.iter().enumerate() {
             for op in &step.ops {
@@ -334,6 +335,7 @@ impl Engine {
             }
             run.release_all();
             let hold = Duration::from_millis(step.hold.ms(s.duration));
+            run.sample_steal();
             let started = now_ns();
             let end = started + hold.as_nanos() as u64;
             loop {
@@ -346,10 +348,13 @@ impl Engine {
                 if l.is_some() {
                     lost = l;
                     holds_ms += (now_ns() - started) / 1_000_000;
+                    add_steal(&mut hold_steal, &run.steal.over(started, now_ns()).0);
                     break 'steps;
                 }
             }
+            run.sample_steal();
             holds_ms += (now_ns() - started) / 1_000_000;
+            add_steal(&mut hold_steal, &run.steal.over(started, now_ns()).0);
             result.steps_done += 1;
             let stim = Stimulus {
                 elapsed_ms: U32::new(((now_ns() - run.t0) / 1_000_000) as u32),
@@ -369,6 +374,7 @@ impl Engine {
         run.sample_steal();
         result.holds_ms = holds_ms;
         result.steal_ms = run.steal.over(0, u64::MAX).0;
+        result.hold_steal_ms = hold_steal;
         result.workers = run.results();
         run.teardown();
         result.teardown_ms = (now_ns() - stopping) / 1_000_000;
@@ -421,7 +427,11 @@ impl Engine {
             }
         }
         for &(_, i) in &pids {
-            release(self.slots.get(i));
+            let s = self.slots.get(i);
+            // Measured from each spinner's first run: the host's noise,
+            // not how fast the scheduler starts a new task.
+            s.due_ns.store(u64::MAX, Relaxed);
+            release(s);
         }
         let mut steal = StealLog::default();
         steal.sample();
@@ -447,6 +457,16 @@ impl Engine {
             gap = gap.max((g / 1000).saturating_sub(stolen * 1000));
         }
         Ok((gap, lost, steal.over(0, u64::MAX).0))
+    }
+}
+
+/// Adds one window's steal per CPU to `sum`.
+fn add_steal(sum: &mut Vec<u64>, window: &[u64]) {
+    if sum.len() < window.len() {
+        sum.resize(window.len(), 0);
+    }
+    for (s, w) in sum.iter_mut().zip(window) {
+        *s = s.saturating_add(*w);
     }
 }
 

@@ -209,14 +209,20 @@ struct Meter<'a> {
 }
 
 impl<'a> Meter<'a> {
+    /// Starts measuring from the worker's release (the parent stored it
+    /// in `due_ns`), not from its first run: the wait for the CPU after
+    /// the release is the scheduler's doing like any later one.
     fn new(s: &'a Slot) -> Meter<'a> {
+        let now = now_ns();
+        // u64::MAX: no release time (calibration): from the first run.
+        let released = s.due_ns.load(Relaxed);
         let mut m = Meter {
             s,
-            last_ns: now_ns(),
+            last_ns: released.min(now),
             last_cpu: cpu(),
             max_gap: 0,
         };
-        m.sample(m.last_ns, m.last_cpu);
+        m.sample(now, m.last_cpu);
         s.due_ns.store(m.last_ns, Relaxed);
         s.last_cpu.store(m.last_cpu, Relaxed);
         m

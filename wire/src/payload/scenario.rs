@@ -31,6 +31,9 @@ pub struct ScenarioResult {
     pub workers: Vec<WorkerResult>,
     /// Steal time per CPU during the scenario (the host did not run it).
     pub steal_ms: Vec<u64>,
+    /// Steal time per CPU during the holds only: what the holds' timing
+    /// is judged against (set-up and teardown have their own steal).
+    pub hold_steal_ms: Vec<u64>,
     /// Longest gap a lone spinner saw per CPU while the guest calibrated
     /// at start (microseconds): the host's own noise.
     pub calibration_gap_us: u64,
@@ -128,6 +131,7 @@ impl ScenarioResult {
             ("workers", r.workers.len(), SCENARIO_WORKERS_MAX),
             ("errors", r.errors.len(), SCENARIO_ERRORS_MAX),
             ("CPUs of steal", r.steal_ms.len(), 4096),
+            ("CPUs of hold steal", r.hold_steal_ms.len(), 4096),
         ] {
             if n > max {
                 return Err(ScenarioResultError::TooMany { what, n, max });
