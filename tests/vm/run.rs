@@ -61,6 +61,30 @@ impl RunOut {
         self.check(v == want, &format!("{name}: verdict {want}, got {v}"))
     }
 
+    /// A good scheduler's scenario: `pass`, or `inconclusive` only where
+    /// some CPU really was stolen for 3/4 of the holds (the nested test
+    /// host now and then stops running one vCPU for seconds).
+    fn expect_good(&self, name: &str) -> Result<(), Failed> {
+        let v = self.verdict(name)?;
+        if v == "inconclusive" {
+            let (steal, holds) = steal_of(self, name)?;
+            eprintln!("vm tests: {name}: inconclusive, hold steal {steal} of {holds} ms");
+            return self.check(
+                steal * 4 >= holds * 3,
+                &format!("{name}: inconclusive only with 3/4 of the holds stolen (got {steal} of {holds} ms)"),
+            );
+        }
+        self.check(v == "pass", &format!("{name}: verdict pass, got {v}"))
+    }
+
+    /// The exit status of a run without failures: 0 if all passed, 1 if
+    /// some were inconclusive.
+    fn expect_code_for_good(&self) -> Result<(), Failed> {
+        let all_pass = self.lines.iter().all(|l| l["verdict"] == "pass");
+        let want = if all_pass { 0 } else { 1 };
+        self.check(self.code == Some(want), &format!("exit status {want}"))
+    }
+
     /// The check called `check` of scenario `name`.
     fn check_of(&self, name: &str, check: &str) -> Result<&Value, Failed> {
         self.get(name)?["checks"]
@@ -225,7 +249,7 @@ pub fn tests() -> Vec<Trial> {
                     "every scenario in VM 1",
                 )?;
                 for s in ["steady", "cpuset_split", "ping_pong"] {
-                    r.expect_verdict(s, "pass")?;
+                    r.expect_good(s)?;
                 }
                 let iso = r.check_of("cpuset_split", "isolation")?;
                 r.check(iso["pass"] == true, "cpuset_split's workers confined")?;
@@ -272,9 +296,9 @@ pub fn tests() -> Vec<Trial> {
                 false,
             )?;
             for s in ["steady", "cpuset_split", "ping_pong", "uneven_weights"] {
-                r.expect_verdict(s, "pass")?;
+                r.expect_good(s)?;
             }
-            r.check(r.code == Some(0), "exit status 0")?;
+            r.expect_code_for_good()?;
             let ws = r.check_of("uneven_weights", "weight_share")?;
             r.check(ws["pass"] == true, "weight_share passed under EEVDF")?;
             // No scheduler: no attached check.
@@ -288,7 +312,7 @@ pub fn tests() -> Vec<Trial> {
                 &["--scheduler", "scx_flatcg", "--scenario", "uneven_weights"],
                 false,
             )?;
-            r.expect_verdict("uneven_weights", "pass")?;
+            r.expect_good("uneven_weights")?;
             r.check(
                 r.check_of("uneven_weights", "weight_share")?["pass"] == true,
                 "weight_share passed",
@@ -490,7 +514,7 @@ fn run_scx_unfair() -> Result<(), Failed> {
             &format!("{name}: scx_unfair still attached"),
         )?;
     }
-    r.expect_verdict("steady", "pass")?;
+    r.expect_good("steady")?;
     let names = |c: &Value, who: &str| {
         c["pass"] == false && c["detail"].as_str().is_some_and(|d| d.contains(who))
     };
