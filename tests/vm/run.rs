@@ -145,7 +145,9 @@ fn schedrig_run_live(
             stderr.push('\n');
         }
     }
-    let status = child.wait().map_err(|e| format!("wait for schedrig run: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("wait for schedrig run: {e}"))?;
     let stdout = reader.join().map_err(|_| "stdout reader panicked")?;
     let lines = stdout
         .lines()
@@ -546,7 +548,9 @@ fn run_scx_unfair() -> Result<(), Failed> {
         "starvation failed naming starved/0",
     )?;
     let (steal, holds) = steal_of(&r, "starved_busy_host")?;
-    eprintln!("vm tests: unfair: steal {steal} ms of {holds} ms of holds under {STEALING_HOGS} hogs");
+    eprintln!(
+        "vm tests: unfair: steal {steal} ms of {holds} ms of holds under {STEALING_HOGS} hogs"
+    );
     r.expect_verdict("starved_busy_host", "inconclusive")?;
     r.check(
         names(r.check_of("starved_busy_host", "starvation")?, "starved/0"),

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod worker;
+pub mod zygote;
 
 use std::io::Write;
 use std::path::Path;
@@ -204,6 +205,8 @@ pub fn run<W: Write>(
 
 /// Runs scenarios; lives for the whole job.
 pub struct Engine {
+    /// Declared before `slots`: dropped (the zygote ended) first.
+    zygote: Option<zygote::Zygote>,
     slots: Slots,
     layout: CpuLayout,
     loops_per_us: u64,
@@ -213,8 +216,17 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(layout: CpuLayout) -> std::io::Result<Engine> {
+        let slots = Slots::map(SLOTS)?;
+        let zygote = match zygote::Zygote::start(&slots, layout.cpus.first().copied()) {
+            Ok(z) => Some(z),
+            Err(e) => {
+                say(&format!("{e}; workers are forked by guest-init itself"));
+                None
+            }
+        };
         Ok(Engine {
-            slots: Slots::map(SLOTS)?,
+            zygote,
+            slots,
             layout,
             loops_per_us: worker::calibrate_loops_per_us(),
             calibration_gap_us: None,
@@ -301,6 +313,8 @@ impl Engine {
         self.slots.reset();
         let mut run = Run {
             slots: &self.slots,
+            zygote: self.zygote.as_ref(),
+            stage_cpu: None,
             layout: &self.layout,
             loops_per_us: self.loops_per_us,
             cgs: Vec::new(),
@@ -313,8 +327,18 @@ impl Engine {
             fork_ns: 0,
         };
         run.sample_steal();
+        // Set-up on one CPU, the zygote's: see add_cgroup.
+        let stage = self.zygote.as_ref().and(self.layout.cpus.first().copied());
+        if let Some(c) = stage {
+            if set_own_cpus(&[c]) {
+                run.stage_cpu = Some(c);
+            }
+        }
         for def in &s.cgroups {
             run.add_cgroup(def);
+        }
+        if run.stage_cpu.take().is_some() {
+            set_own_cpus(&self.layout.cpus);
         }
         run.release_all();
         result.setup_ms = (now_ns() - run.t0) / 1_000_000;
@@ -331,7 +355,15 @@ impl Engine {
         let mut lost = None;
         'steps: for (si, step) in steps.iter().enumerate() {
             for op in &step.ops {
+                let t = now_ns();
                 run.apply(op);
+                let ms = (now_ns() - t) / 1_000_000;
+                if ms >= SLOW_OP_MS {
+                    say(&format!(
+                        "scenario {}: step {si}: {op:?} took {ms} ms",
+                        s.name
+                    ));
+                }
             }
             run.release_all();
             let hold = Duration::from_millis(step.hold.ms(s.duration));
@@ -371,13 +403,22 @@ impl Engine {
         }
         let stopping = now_ns();
         run.stop_all();
+        let stopped = now_ns();
         run.sample_steal();
         result.holds_ms = holds_ms;
         result.steal_ms = run.steal.over(0, u64::MAX).0;
         result.hold_steal_ms = hold_steal;
         result.workers = run.results();
+        let removing = now_ns();
         run.teardown();
         result.teardown_ms = (now_ns() - stopping) / 1_000_000;
+        say(&format!(
+            "scenario {}: torn down in {} ms: {} stopping the workers, {} removing the cgroups",
+            s.name,
+            result.teardown_ms,
+            (stopped - stopping) / 1_000_000,
+            (now_ns() - removing) / 1_000_000
+        ));
         result.fork_ms = run.fork_ns / 1_000_000;
         result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
         result.errors = std::mem::take(&mut run.errors);
@@ -459,6 +500,10 @@ impl Engine {
         Ok((gap, lost, steal.over(0, u64::MAX).0))
     }
 }
+
+/// An op slower than this is said in the guest's log (what set-up time
+/// goes to).
+const SLOW_OP_MS: u64 = 50;
 
 /// Adds one window's steal per CPU to `sum`.
 fn add_steal(sum: &mut Vec<u64>, window: &[u64]) {
@@ -566,6 +611,26 @@ fn release(s: &worker::Slot) {
     worker::futex_wake(&s.go, 1);
 }
 
+/// Sets the calling thread's CPUs; false (said) on failure.
+fn set_own_cpus(cpus: &[u32]) -> bool {
+    // SAFETY: cpu_set_t is plain data; the call reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c as usize, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        say(&format!(
+            "set guest-init's CPUs to {}: {}",
+            schedrig_scenarios::cpuset::cpu_list(cpus),
+            std::io::Error::last_os_error()
+        ));
+    }
+    rc == 0
+}
+
 fn pin(pid: i32, cpu: u32) {
     // SAFETY: cpu_set_t is plain data; the call reads it.
     let rc = unsafe {
@@ -578,6 +643,38 @@ fn pin(pid: i32, cpu: u32) {
             "pin {pid} to CPU {cpu}: {}",
             std::io::Error::last_os_error()
         ));
+    }
+}
+
+/// How long killed workers may take to exit, and the poll between
+/// looks.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+const STOP_POLL: Duration = Duration::from_millis(2);
+
+enum Reap {
+    Running,
+    /// Reaped (rusage), or not ours to reap (None, said).
+    Done(Option<libc::rusage>),
+}
+
+/// wait4 without blocking.
+fn try_reap(pid: i32) -> Reap {
+    // SAFETY: rusage is plain data, written by wait4.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    // SAFETY: waits for our own child without blocking.
+    let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+    match rc {
+        0 => Reap::Running,
+        r if r == pid => Reap::Done(Some(ru)),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Reap::Running;
+            }
+            say(&format!("reap worker {pid}: {e}"));
+            Reap::Done(None)
+        }
     }
 }
 
@@ -603,6 +700,12 @@ fn kill_and_reap(pid: i32) -> Option<libc::rusage> {
 /// One scenario in progress.
 struct Run<'a> {
     slots: &'a Slots,
+    /// Forks the workers while it works (see zygote.rs); None after a
+    /// failure, and guest-init forks them itself.
+    zygote: Option<&'a zygote::Zygote>,
+    /// While set (the scenario's set-up, before any of its workers run),
+    /// new cgroups start with only this CPU and guest-init runs there.
+    stage_cpu: Option<u32>,
     layout: &'a CpuLayout,
     loops_per_us: u64,
     cgs: Vec<Cg>,
@@ -652,7 +755,13 @@ impl Run<'_> {
                 self.errors.push(e);
             }
         }
-        if cpus.is_some() {
+        // Staged: born on the spawning CPU, so a fork wakes no other vCPU
+        // (see zygote.rs); the cgroup's own cpuset is written right after,
+        // while the workers wait to be released.
+        let staged = self
+            .stage_cpu
+            .filter(|&c| cgroup::set_cpus(&def.name, Some(&[c])).is_ok());
+        if cpus.is_some() && staged.is_none() {
             if let Err(e) = cgroup::set_cpus(&def.name, cpus.as_deref()) {
                 self.errors.push(e);
             }
@@ -666,6 +775,12 @@ impl Run<'_> {
         });
         let cg = self.cgs.len() - 1;
         self.spawn(cg, def.workers);
+        if staged.is_some() {
+            let cpus = self.cgs[cg].cpus.clone();
+            if let Err(e) = cgroup::set_cpus(&def.name, cpus.as_deref()) {
+                self.errors.push(e);
+            }
+        }
     }
 
     fn allowed(&self, cg: usize) -> Option<u64> {
@@ -733,7 +848,20 @@ impl Run<'_> {
                 s.churn_mask.store(self.churn_mask(cg), Relaxed);
                 s.settle_until_ns.store(u64::MAX, Release);
                 let t = now_ns();
-                let forked = fork_worker_into(self.slots, &spec, self.cgs[cg].fd, &def.name);
+                let mut forked = Err(String::new());
+                if let Some(z) = self.zygote.filter(|z| z.usable()) {
+                    forked = z.spawn(&spec, self.cgs[cg].fd);
+                    if let Err(e) = &forked {
+                        say(&format!(
+                            "zygote: {e}; guest-init forks the workers from now on"
+                        ));
+                        z.abandon();
+                        self.zygote = None;
+                    }
+                }
+                if forked.is_err() {
+                    forked = fork_worker_into(self.slots, &spec, self.cgs[cg].fd, &def.name);
+                }
                 self.fork_ns += now_ns() - t;
                 let pid = match forked {
                     Ok(pid) => pid,
@@ -874,13 +1002,39 @@ impl Run<'_> {
             // SAFETY: signals our own child.
             unsafe { libc::kill(self.wks[w].pid, libc::SIGKILL) };
         }
-        for &w in &ws {
-            self.reap_worker(w, at);
+        // Polled, not waited for one by one: a blocking wait4 is woken by
+        // every child's exit, each an IPI from the CPU it died on (costly
+        // under emulation); a short sleep between polls is not.
+        let deadline = at + STOP_DEADLINE.as_nanos() as u64;
+        let mut left = ws;
+        loop {
+            let mut still = Vec::new();
+            for w in left {
+                match try_reap(self.wks[w].pid) {
+                    Reap::Running => still.push(w),
+                    Reap::Done(ru) => self.reaped(w, at, ru),
+                }
+            }
+            left = still;
+            if left.is_empty() {
+                break;
+            }
+            if now_ns() > deadline {
+                let pids: Vec<i32> = left.iter().map(|&w| self.wks[w].pid).collect();
+                say(&format!(
+                    "workers {pids:?} did not exit within {} s of SIGKILL; not waited for",
+                    STOP_DEADLINE.as_secs()
+                ));
+                for w in left {
+                    self.reaped(w, at, None);
+                }
+                break;
+            }
+            std::thread::sleep(STOP_POLL);
         }
     }
 
-    fn reap_worker(&mut self, w: usize, at: u64) {
-        let ru = kill_and_reap(self.wks[w].pid);
+    fn reaped(&mut self, w: usize, at: u64, ru: Option<libc::rusage>) {
         let wk = &mut self.wks[w];
         wk.stopped = Some(at);
         if let Some(ru) = ru {
@@ -1011,20 +1165,29 @@ impl Run<'_> {
                 let s = self.slots.get(w.slot);
                 let mut gap_ns = s.max_gap_ns.load(Relaxed);
                 let mut gap_end = s.gap_end_ns.load(Relaxed);
-                let mut before = s.gap_cpu_before.load(Relaxed) as usize;
+                let before = s.gap_cpu_before.load(Relaxed) as usize;
                 let mut after = s.gap_cpu_after.load(Relaxed) as usize;
+                let mut gap_cpus = vec![before, after];
                 // Owed the CPU since `due` and stopped without another
-                // checkpoint: that wait counts too.
+                // checkpoint: that wait counts too. Where it waited is
+                // unknown (a wakeup may have queued it on any CPU it may
+                // use), so the steal of the worst of those is discounted.
                 let due = s.due_ns.load(Relaxed);
                 if let Some(at) = w.stopped.filter(|&at| due != u64::MAX && at > due) {
                     if at - due > gap_ns {
                         gap_ns = at - due;
                         gap_end = at;
-                        before = s.last_cpu.load(Relaxed) as usize;
-                        after = before;
+                        after = s.last_cpu.load(Relaxed) as usize;
+                        let may = w.last_allowed.unwrap_or(u64::MAX);
+                        gap_cpus = bits(may)
+                            .into_iter()
+                            .filter(|c| self.layout.cpus.contains(c))
+                            .map(|c| c as usize)
+                            .collect();
+                        gap_cpus.push(after);
                     }
                 }
-                let gap_steal = self.steal.in_gap(gap_end, gap_ns, &[before, after]);
+                let gap_steal = self.steal.in_gap(gap_end, gap_ns, &gap_cpus);
                 let hist = worker::hist_of(s);
                 let wakes = w.work.wakes();
                 WorkerResult {
