@@ -156,6 +156,7 @@ pub fn json(opts: &RunOptions, s: &RunSummary, o: &Outcome) -> serde_json::Value
         "steps_done": r.map(|r| r.steps_done),
         "steal_ms_per_cpu": r.map(|r| &r.steal_ms),
         "hold_steal_ms_per_cpu": r.map(|r| &r.hold_steal_ms),
+        "host_pause_ms": r.map(|r| r.host_pause_ms),
         "calibration_gap_us": r.map(|r| r.calibration_gap_us),
         "errors": r.map(|r| &r.errors),
         "sched_exit": o.sched_exit,

@@ -97,17 +97,17 @@ impl RunOut {
 /// `schedrig run --json --duration 3 ARGS`; `pin` keeps it on CPU 0
 /// (with a hog).
 fn schedrig_run(args: &[&str], pin: bool) -> Result<RunOut, Failed> {
-    schedrig_run_live(args, pin, Some(DURATION), |_| {})
+    schedrig_run_live(args, pin, Some(DURATION), |_, _| {})
 }
 
 /// `schedrig run --json ARGS`, with `--duration` when given, calling
 /// `on_line` with each line of its stderr (the progress lines) as it
-/// comes.
+/// comes, and the pid of `schedrig run`.
 fn schedrig_run_live(
     args: &[&str],
     pin: bool,
     duration: Option<&str>,
-    mut on_line: impl FnMut(&str),
+    mut on_line: impl FnMut(&str, u32),
 ) -> Result<RunOut, Failed> {
     use std::io::{BufRead, Read};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_schedrig"));
@@ -140,7 +140,7 @@ fn schedrig_run_live(
     if let Some(err) = child.stderr.take() {
         for line in std::io::BufReader::new(err).lines() {
             let Ok(line) = line else { break };
-            on_line(&line);
+            on_line(&line, child.id());
             stderr.push_str(&line);
             stderr.push('\n');
         }
@@ -412,6 +412,7 @@ pub fn tests() -> Vec<Trial> {
             "run_scx_unfair_fixture_fails_starvation_gap_and_fairness_and_is_inconclusive_on_a_stealing_host",
             run_scx_unfair,
         ),
+        Trial::test("run_with_the_vmm_paused_mid_hold_is_never_fail", run_paused),
         Trial::test("run_on_a_host_busy_with_a_cpu_hog_is_never_fail", || {
             // A host-side spinner on the CPU the VM's vCPU threads run on:
             // the guest sees it as steal time.
@@ -488,7 +489,7 @@ fn run_scx_unfair() -> Result<(), Failed> {
         ],
         true,
         None,
-        |line| {
+        |line, _| {
             // The fourth result is in: the fifth scenario starts now.
             if line.starts_with("[4/5]") && hogs.is_none() {
                 match Hogs::start(STEALING_HOGS) {
@@ -561,5 +562,70 @@ fn run_scx_unfair() -> Result<(), Failed> {
             .as_str()
             .is_some_and(|t| t.contains("steal")),
         "the reason names the steal",
+    )
+}
+
+/// SIGSTOP `schedrig run` (the VMM) for this long during the second
+/// scenario's hold: longer than the 2 s gap limit.
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// A host pause the guest cannot see: the VMM's process stopped, so its
+/// vCPU threads neither run nor wait to run (no steal), and the guest's
+/// clock jumps. Every worker sees a gap longer than the limit; the host's
+/// pause watcher must take it off, so a good scheduler is not failed.
+fn run_paused() -> Result<(), Failed> {
+    let mut pauser: Option<std::thread::JoinHandle<()>> = None;
+    let r = schedrig_run_live(
+        &[
+            "--scheduler",
+            "eevdf",
+            "--scenario",
+            "steady",
+            "--scenario",
+            "steady_llc",
+        ],
+        false,
+        Some("4"),
+        |line, pid| {
+            // The first result is in: the second scenario is setting up.
+            if line.starts_with("[1/2]") && pauser.is_none() {
+                pauser = Some(std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(1500));
+                    let pid = pid as libc::pid_t;
+                    // SAFETY: signals our own child.
+                    unsafe { libc::kill(pid, libc::SIGSTOP) };
+                    std::thread::sleep(PAUSE);
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                }));
+            }
+        },
+    );
+    if let Some(p) = pauser {
+        let _ = p.join();
+    }
+    let r = r?;
+    r.expect_good("steady")?;
+    let s = r.get("steady_llc")?;
+    let paused = s["host_pause_ms"].as_u64().unwrap_or(0);
+    let raw_gap = s["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().filter_map(|w| w["max_gap_us"].as_u64()).max())
+        .unwrap_or(0)
+        / 1000;
+    eprintln!("vm tests: paused: host pause {paused} ms, longest raw gap {raw_gap} ms");
+    r.check(
+        paused >= 2000,
+        &format!("the host saw the pause (host_pause_ms {paused})"),
+    )?;
+    // The guest did see it, as a gap over the limit: this tested something.
+    r.check(
+        raw_gap >= 2000,
+        &format!("a raw gap of 2 s or more in the paused scenario (got {raw_gap} ms)"),
+    )?;
+    let v = r.verdict("steady_llc")?;
+    r.check(
+        v == "pass" || v == "inconclusive",
+        &format!("steady_llc: pass or inconclusive, got {v}"),
     )
 }

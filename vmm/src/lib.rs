@@ -16,6 +16,7 @@ pub mod introspect;
 pub mod machine;
 pub mod memory;
 pub mod metrics;
+pub mod pause;
 pub mod report;
 pub mod requests;
 pub mod topology;

@@ -169,6 +169,18 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         m.errors,
         config.scheduler.clone(),
     );
+    // Host pauses (see pause.rs), watched for the whole run; the watcher
+    // is joined when this function returns.
+    let _pause_watch = match crate::pause::PauseWatch::start() {
+        Ok(w) => {
+            ctl.watch_pauses(w.log());
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!("no host-pause watcher: {e}");
+            None
+        }
+    };
     let (events, bulk_budget, mem) = (m.events, m.bulk_budget, m.mem);
     let handle = |ctl: &mut Controller, event: Event| {
         ctl.on_event(&event);

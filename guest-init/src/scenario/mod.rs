@@ -251,7 +251,8 @@ impl Engine {
         for (i, s) in scenarios.iter().enumerate() {
             port.send(MsgTag::ScenarioStart, &[])?;
             let t0 = now_ns();
-            let r = self.run_one(port, i as u32, s, tick)?;
+            let mut r = self.run_one(port, i as u32, s, tick)?;
+            r.start_offset_ms = r.start_offset_ms.saturating_sub(t0 / 1_000_000);
             let lost = r.sched_lost.is_some();
             say(&format!(
                 "scenario {} ({}): {} workers, {} errors{}",
@@ -326,6 +327,8 @@ impl Engine {
             unreleased: Vec::new(),
             fork_ns: 0,
         };
+        // Made relative to the SCST by run_all.
+        result.start_offset_ms = run.t0 / 1_000_000;
         run.sample_steal();
         // Set-up on one CPU, the zygote's: see add_cgroup.
         let stage = self.zygote.as_ref().and(self.layout.cpus.first().copied());

@@ -87,6 +87,10 @@ pub struct Controller {
     errors: GuestErrors,
     sched: sched::SchedState,
     scenarios: record::ScenarioLog,
+    /// When each SCST arrived (the first SCENARIO_RESULTS_MAX).
+    scenario_starts: Vec<Instant>,
+    /// Host pauses, when a watcher records them (see `pause`).
+    pauses: Option<Arc<crate::pause::PauseLog>>,
 }
 
 impl Controller {
@@ -121,7 +125,14 @@ impl Controller {
             errors,
             sched: sched::SchedState::new(started, expect),
             scenarios: record::ScenarioLog::default(),
+            scenario_starts: Vec::new(),
+            pauses: None,
         }
+    }
+
+    /// Discount the host pauses `log` records from scenarios and stalls.
+    pub fn watch_pauses(&mut self, log: Arc<crate::pause::PauseLog>) {
+        self.pauses = Some(log);
     }
 
     /// Sets the verdict, unless one is set already.
@@ -187,7 +198,7 @@ impl Controller {
                     }
                 }
                 Some(MsgTag::SchedulerExitInfo) => {
-                    if let Err(e) = self.sched.on_exit_info(payload) {
+                    if let Err(e) = self.sched.on_exit_info(payload, self.pauses.as_deref()) {
                         guest_error!(self.errors, Frame, "SCXI refused: {e}");
                     }
                 }
@@ -196,9 +207,19 @@ impl Controller {
                     Err(e) => guest_error!(self.errors, Frame, "SCDX refused: {e}"),
                 },
                 Some(MsgTag::ScenarioStart) => {
-                    self.scenarios.started = self.scenarios.started.saturating_add(1)
+                    self.scenarios.started = self.scenarios.started.saturating_add(1);
+                    if self.scenario_starts.len() < record::SCENARIO_RESULTS_MAX {
+                        self.scenario_starts.push(Instant::now());
+                    }
                 }
-                Some(MsgTag::TestResult) => match self.scenarios.record(payload) {
+                Some(MsgTag::TestResult) => match self.scenarios.record(payload, |r| {
+                    if let Some(log) = &self.pauses {
+                        // The latest start: the guest's index is not trusted.
+                        if let Some(&t0) = self.scenario_starts.last() {
+                            record::discount_pauses(r, t0, Instant::now(), log);
+                        }
+                    }
+                }) {
                     Ok(Some(r)) => {
                         if let Some(sink) = self.sched.result_sink() {
                             (sink.0)(r);

@@ -3,6 +3,7 @@
 //! first LIFE messages with capped reasons.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use schedrig_wire::{Lifecycle, MsgTag};
 
@@ -98,9 +99,11 @@ pub struct ScenarioLog {
 
 impl ScenarioLog {
     /// Keeps one TEST payload; returns it decoded, or None past the caps.
+    /// `adjust` sees the decoded result first (the host's own figures).
     pub fn record(
         &mut self,
         payload: &[u8],
+        adjust: impl FnOnce(&mut schedrig_wire::ScenarioResult),
     ) -> Result<Option<&schedrig_wire::ScenarioResult>, schedrig_wire::ScenarioResultError> {
         if self.results.len() >= SCENARIO_RESULTS_MAX
             || self.bytes + payload.len() > SCENARIO_BYTES_MAX
@@ -108,10 +111,54 @@ impl ScenarioLog {
             self.dropped += 1;
             return Ok(None);
         }
-        let r = schedrig_wire::ScenarioResult::decode(payload)?;
+        let mut r = schedrig_wire::ScenarioResult::decode(payload)?;
+        adjust(&mut r);
         self.bytes += payload.len();
         self.results.push(r);
         Ok(self.results.last())
+    }
+}
+
+/// Adds the host pauses between the scenario's start (`t0`, its SCST) and
+/// its result (`now`) to what the guest measured as steal: the whole of
+/// them to `host_pause_ms`, those inside the holds to every CPU's
+/// `hold_steal_ms`, and those inside a worker's longest gap to its
+/// `gap_steal_ms`. The guest's clock runs on through a pause without
+/// steal, so its figures are mapped onto host time from `t0`; guest
+/// figures are clamped to the window.
+pub fn discount_pauses(
+    r: &mut schedrig_wire::ScenarioResult,
+    t0: Instant,
+    now: Instant,
+    log: &crate::pause::PauseLog,
+) {
+    let ms = |v: u64| Duration::from_millis(v);
+    r.host_pause_ms = log.overlap(t0, now).as_millis() as u64;
+    let t0 = (t0 + ms(r.start_offset_ms)).min(now);
+    let at = |guest_ms: u64| (t0 + ms(guest_ms)).min(now);
+    if r.host_pause_ms == 0 {
+        return;
+    }
+    let hold_from = at(r.setup_ms);
+    let hold_to = now
+        .checked_sub(ms(r.teardown_ms))
+        .unwrap_or(now)
+        .max(hold_from);
+    let in_holds = log.overlap(hold_from, hold_to).as_millis() as u64;
+    for s in &mut r.hold_steal_ms {
+        *s = s.saturating_add(in_holds);
+    }
+    for w in &mut r.workers {
+        let end = at(w.gap_at_ms);
+        let start = end
+            .checked_sub(Duration::from_micros(w.max_gap_us))
+            .unwrap_or(t0)
+            .max(t0);
+        let paused = log.overlap(start, end).as_millis() as u64;
+        w.gap_steal_ms = w
+            .gap_steal_ms
+            .saturating_add(paused)
+            .min(w.max_gap_us / 1000);
     }
 }
 
@@ -120,9 +167,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_pauses_count_as_steal_where_they_fell() {
+        let log = crate::pause::PauseLog::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Set-up 1 s, holds 4 s, teardown 1 s; a 2 s pause at 2-4 s.
+        log.record(t0 + s(2), s(2));
+        let w = |gap_at_ms, max_gap_us| schedrig_wire::WorkerResult {
+            gap_at_ms,
+            max_gap_us,
+            ..Default::default()
+        };
+        let mut r = schedrig_wire::ScenarioResult {
+            setup_ms: 1000,
+            holds_ms: 4000,
+            teardown_ms: 1000,
+            hold_steal_ms: vec![100, 0],
+            workers: vec![w(4100, 2_500_000), w(1500, 300_000)],
+            ..Default::default()
+        };
+        discount_pauses(&mut r, t0, t0 + s(6), &log);
+        assert_eq!(r.host_pause_ms, 2000);
+        assert_eq!(r.hold_steal_ms, [2100, 2000]);
+        // The first gap (1.6-4.1 s) holds the pause; the second does not.
+        assert_eq!(r.workers[0].gap_steal_ms, 2000);
+        assert_eq!(r.workers[1].gap_steal_ms, 0);
+        // Its times count from 2 s after the SCST (a calibration first):
+        // the second gap (1.2-1.5 s) then falls in the pause.
+        let mut r3 = schedrig_wire::ScenarioResult {
+            start_offset_ms: 2000,
+            workers: vec![w(1500, 300_000)],
+            ..Default::default()
+        };
+        discount_pauses(&mut r3, t0, t0 + s(6), &log);
+        assert_eq!(r3.workers[0].gap_steal_ms, 300);
+        // A guest's figures out of range cannot reach outside the window.
+        let mut r2 = schedrig_wire::ScenarioResult {
+            setup_ms: u64::MAX / 2,
+            teardown_ms: u64::MAX / 2,
+            workers: vec![w(u64::MAX / 2, u64::MAX / 2)],
+            hold_steal_ms: vec![u64::MAX],
+            ..Default::default()
+        };
+        discount_pauses(&mut r2, t0, t0 + s(6), &log);
+        assert_eq!(r2.host_pause_ms, 2000);
+        assert_eq!(r2.hold_steal_ms, [u64::MAX]);
+    }
+
+    #[test]
     fn scenario_results_are_bounded_and_validated() {
         let mut log = ScenarioLog::default();
-        assert!(log.record(&[0xff; 3]).is_err());
+        assert!(log.record(&[0xff; 3], |_| {}).is_err());
         let one = schedrig_wire::ScenarioResult {
             name: "x".into(),
             ..Default::default()
@@ -130,7 +225,7 @@ mod tests {
         .encode()
         .unwrap();
         for _ in 0..SCENARIO_RESULTS_MAX + 5 {
-            log.record(&one).unwrap();
+            log.record(&one, |_| {}).unwrap();
         }
         assert_eq!(log.results.len(), SCENARIO_RESULTS_MAX);
         assert_eq!(log.dropped, 5);

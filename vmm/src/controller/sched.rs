@@ -18,6 +18,9 @@ pub const SCHED_LOG_KEEP: usize = 256 << 10;
 pub const KMSG_KEEP: usize = 64 << 10;
 /// Lines of the scheduler's output a report quotes.
 pub const LOG_TAIL_LINES: usize = 40;
+/// How long before its SCXI frame a stall may have ended (the guest
+/// notices the ejection within a tick, then reports it).
+const STALL_REPORT_SLACK: Duration = Duration::from_secs(2);
 
 /// Called with every SCLG chunk as it arrives (the CLI streams the
 /// selftests' lines with it).
@@ -134,8 +137,25 @@ impl SchedState {
         self.exit_code = Some(code);
     }
 
-    pub fn on_exit_info(&mut self, payload: &[u8]) -> Result<(), String> {
-        let m = SchedExit::decode(payload).map_err(|e| e.to_string())?;
+    /// `pauses`: the host's own pauses, added to every CPU's steal for
+    /// the stall (the guest cannot see them).
+    pub fn on_exit_info(
+        &mut self,
+        payload: &[u8],
+        pauses: Option<&crate::pause::PauseLog>,
+    ) -> Result<(), String> {
+        let mut m = SchedExit::decode(payload).map_err(|e| e.to_string())?;
+        if let (Some(log), Some(stall)) = (pauses, stall_ms(&m.message)) {
+            // The stall ended about when the kernel ejected the scheduler,
+            // just before this frame; a little slack for the report's way.
+            let now = Instant::now();
+            let span = Duration::from_millis(stall) + STALL_REPORT_SLACK;
+            let from = now.checked_sub(span).unwrap_or(self.started);
+            let paused = log.overlap(from, now).as_millis() as u64;
+            for s in &mut m.steal_ms {
+                *s = s.saturating_add(paused);
+            }
+        }
         // The first one counts: a guest cannot rewrite its verdict.
         self.exit.get_or_insert(m);
         Ok(())
@@ -326,7 +346,7 @@ mod tests {
     fn judged(name: Option<&str>, exit: Option<SchedExit>) -> Option<(Verdict, String)> {
         let mut s = state(name);
         if let Some(e) = exit {
-            s.on_exit_info(&e.encode().unwrap()).unwrap();
+            s.on_exit_info(&e.encode().unwrap(), None).unwrap();
         }
         let r = s.report();
         s.judge(&r)
@@ -457,7 +477,7 @@ mod tests {
         assert_eq!(r.log_bytes, 1000 * 1024);
         assert_eq!(*seen.lock().unwrap(), 1000 * 1024);
         assert!(s.on_attached(&[0xff]).is_err());
-        assert!(s.on_exit_info(&[1, 2, 3]).is_err());
+        assert!(s.on_exit_info(&[1, 2, 3], None).is_err());
         s.on_attached(b"simple").unwrap();
         assert!(s.report().attached);
     }

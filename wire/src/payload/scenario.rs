@@ -16,8 +16,13 @@ pub struct ScenarioResult {
     /// Position in the job's scenario list.
     pub index: u32,
     pub name: String,
-    /// From the scenario's start (SCST) to its end (workers stopped).
+    /// From the start of its set-up (`start_offset_ms` after the SCST) to
+    /// its end (workers stopped); the other times count from there too.
     pub elapsed_ms: u64,
+    /// From the SCST to the moment the other times here count from (the
+    /// first scenario calibrates in between): how the host maps them
+    /// onto its own clock.
+    pub start_offset_ms: u64,
     /// The holds' measured sum.
     pub holds_ms: u64,
     /// Creating the first cgroups and starting their workers.
@@ -34,6 +39,11 @@ pub struct ScenarioResult {
     /// Steal time per CPU during the holds only: what the holds' timing
     /// is judged against (set-up and teardown have their own steal).
     pub hold_steal_ms: Vec<u64>,
+    /// Set by the host, whatever the guest sent: the time the VMM itself
+    /// was not run during the scenario (a host pause, which the guest
+    /// cannot see as steal). The host adds it to the steal figures above
+    /// where it fell.
+    pub host_pause_ms: u64,
     /// Longest gap a lone spinner saw per CPU while the guest calibrated
     /// at start (microseconds): the host's own noise.
     pub calibration_gap_us: u64,
