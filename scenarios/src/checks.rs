@@ -24,6 +24,11 @@ pub const STARVATION_MIN_LIFE_MS: u64 = 500;
 /// one CPU, so about half of every hold is steal there as a matter of
 /// course, and gaps are already net of their own steal.
 pub const STOLEN_FRACTION: f64 = 0.75;
+/// A host pause of this fraction of the holds makes a failed share check
+/// (fairness, weight_share) `inconclusive`: the guest charges a pause to
+/// the task that was running, so one pause of a tenth of the holds can
+/// move a worker's share by ten points.
+pub const PAUSED_FRACTION: f64 = 0.1;
 /// The gap limit scales with the guest's calibration: at most by this
 /// factor (so a scheduler that is bad even to lone spinners cannot buy
 /// itself a limit of minutes).
@@ -163,17 +168,43 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
         };
     }
     let first = format!("{}: {}", failed[0].name, failed[0].detail);
-    // Only checks that measure time can be the host's doing.
-    let only_timing = failed
-        .iter()
-        .all(|c| matches!(c.name, "gap" | "starvation"));
-    if let (Some((cpu, steal)), true) = (stolen(r), only_timing) {
+    // Checks that measure time can be the host's doing when it did not
+    // run a vCPU for most of the holds; shares of CPU time when it paused
+    // the whole VM (the guest charges a pause as CPU time to whatever
+    // task was running). Isolation and attachment never are.
+    let stolen = stolen(r);
+    let paused = paused(r);
+    let excused = |c: &&CheckResult| match c.name {
+        "gap" | "starvation" => stolen.is_some(),
+        "fairness" | "weight_share" => paused.is_some(),
+        _ => false,
+    };
+    if failed.iter().all(excused) {
+        let mut why = Vec::new();
+        if let (Some((cpu, steal)), true) = (
+            stolen,
+            failed
+                .iter()
+                .any(|c| matches!(c.name, "gap" | "starvation")),
+        ) {
+            why.push(format!(
+                "the host did not run CPU {cpu} for {steal} ms of the {} ms of holds (steal time)",
+                r.holds_ms
+            ));
+        }
+        if let (Some(p), true) = (
+            paused,
+            failed
+                .iter()
+                .any(|c| matches!(c.name, "fairness" | "weight_share")),
+        ) {
+            why.push(format!(
+                "the host paused the whole VM for {p} ms (a pause counts as CPU time of whatever task was running)"
+            ));
+        }
         return Judgement {
             verdict: Verdict::Inconclusive,
-            reason: format!(
-                "the host did not run CPU {cpu} for {steal} ms of the {} ms of holds (steal time); not judged: {first}",
-                r.holds_ms
-            ),
+            reason: format!("{}; not judged: {first}", why.join("; ")),
             checks,
         };
     }
@@ -182,6 +213,13 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
         reason: first,
         checks,
     }
+}
+
+/// The host's pause of the whole VM during the scenario (see
+/// `host_pause_ms`), when it is [`PAUSED_FRACTION`] of the holds or more.
+pub fn paused(r: &ScenarioResult) -> Option<u64> {
+    let p = r.host_pause_ms;
+    (p > 0 && p as f64 >= PAUSED_FRACTION * r.holds_ms as f64).then_some(p)
 }
 
 /// The CPU with the most steal during the holds, when it is above
@@ -502,6 +540,31 @@ mod tests {
         r.workers[0].cpu_us = 3_900_000;
         r.workers[1].cpu_us = 1_000_000;
         assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn a_host_pause_excuses_an_unfair_share_but_not_a_stray_worker() {
+        let mut r = result(vec![
+            worker("steady", 0, 900, 2000),
+            worker("steady", 1, 900, 2000),
+        ]);
+        r.workers[0].cpu_us = 3_900_000;
+        r.workers[1].cpu_us = 1_000_000;
+        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        // A pause of under a tenth of the holds: still the scheduler's.
+        r.host_pause_ms = r.holds_ms / 20;
+        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        r.host_pause_ms = r.holds_ms / 2;
+        let j = judge(&steady(), &r, &env());
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert!(j.reason.contains("paused the whole VM"), "{}", j.reason);
+        assert!(j.reason.contains("fairness"), "{}", j.reason);
+        // A worker outside its cpuset is not bent by a pause.
+        r.workers[1].outside = vec![1];
+        r.workers[1].allowed = vec![0];
+        let mut s = steady();
+        s.checks.isolation = Some(true);
+        assert_eq!(judge(&s, &r, &env()).verdict, Verdict::Fail);
     }
 
     #[test]

@@ -95,12 +95,21 @@ pub fn set_weight(name: &str, weight: u32) -> Result<(), String> {
     write(&path(name).join("cpu.weight"), &weight.to_string())
 }
 
-/// None: the parent's CPUs (an empty cpuset.cpus).
+/// None: the parent's CPUs. Written as that list: an empty cpuset.cpus
+/// is refused (ENOSPC) once the cgroup has tasks, and an empty write
+/// never reaches the kernel at all (`write_all` of nothing makes no
+/// write call), which had left "cleared" cpusets as they were.
 pub fn set_cpus(name: &str, cpus: Option<&[u32]>) -> Result<(), String> {
-    write(
-        &path(name).join("cpuset.cpus"),
-        &cpus.map_or(String::new(), cpu_list),
-    )
+    let list = match cpus {
+        Some(c) => cpu_list(c),
+        None => {
+            let p = Path::new(ROOT).join("cpuset.cpus.effective");
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+            text.trim().to_string()
+        }
+    };
+    write(&path(name).join("cpuset.cpus"), &list)
 }
 
 pub fn add_pid(name: &str, pid: i32) -> Result<(), String> {

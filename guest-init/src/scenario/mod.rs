@@ -573,7 +573,10 @@ fn fork_worker_into(
         )
     };
     match pid {
-        0 => worker::child_main(slots, spec),
+        0 => {
+            worker::unpin_self();
+            worker::child_main(slots, spec)
+        }
         -1 => {
             let e = std::io::Error::last_os_error();
             if !matches!(
@@ -653,6 +656,8 @@ fn pin(pid: i32, cpu: u32) {
 /// looks.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const STOP_POLL: Duration = Duration::from_millis(2);
+/// How long new workers may take to reach their start line.
+const READY_WAIT: Duration = Duration::from_secs(2);
 
 enum Reap {
     Running,
@@ -921,6 +926,7 @@ impl Run<'_> {
     /// Releases every worker started since the last release at once:
     /// the scenario's first cgroups together, a step's additions together.
     fn release_all(&mut self) {
+        self.wait_ready();
         let now = now_ns();
         for w in std::mem::take(&mut self.unreleased) {
             let s = self.slots.get(self.wks[w].slot);
@@ -930,6 +936,31 @@ impl Run<'_> {
             s.due_ns.store(now, Relaxed);
             self.wks[w].started = now;
             release(s);
+        }
+    }
+
+    /// Waits (bounded) until every worker about to be released has run
+    /// up to its wait for `go`: one that has not run yet at the release
+    /// would start under its parent's name and later than the rest.
+    fn wait_ready(&mut self) {
+        let deadline = now_ns() + READY_WAIT.as_nanos() as u64;
+        loop {
+            let waiting = self
+                .unreleased
+                .iter()
+                .filter(|&&w| self.slots.get(self.wks[w].slot).ready.load(Acquire) == 0)
+                .count();
+            if waiting == 0 {
+                return;
+            }
+            if now_ns() > deadline {
+                say(&format!(
+                    "{waiting} workers not ready {} ms after their fork; released anyway",
+                    READY_WAIT.as_millis()
+                ));
+                return;
+            }
+            std::thread::sleep(STOP_POLL);
         }
     }
 

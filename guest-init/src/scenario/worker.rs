@@ -26,6 +26,9 @@ pub const UNIT_US: u64 = 100;
 pub struct Slot {
     /// 0 until the parent releases the worker (a futex word).
     pub go: AtomicU32,
+    /// Set by the worker once it is named and about to wait for `go`:
+    /// released only then, all start from the same line.
+    pub ready: AtomicU32,
     /// Bumped by whoever wakes this worker (a futex word).
     pub seq: AtomicU32,
     /// When the waker woke it (CLOCK_MONOTONIC ns).
@@ -361,6 +364,22 @@ fn sleep_ms(ms: u64) {
     unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
 }
 
+/// Lets the calling process run on every CPU its cpuset allows: a worker
+/// forked by a pinned process (the zygote, or guest-init during set-up)
+/// inherits its pin as the kernel's "user-requested" mask, and every
+/// later cpuset change would be narrowed to it.
+pub fn unpin_self() {
+    // SAFETY: cpu_set_t is plain data on the stack; the call reads it.
+    // Bits past the last CPU are ignored by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn set_policy(p: Policy) {
     let policy = match p {
         Policy::Other => libc::SCHED_OTHER,
@@ -417,6 +436,7 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
     // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, spec.name.as_ptr()) };
     let s = slots.get(spec.slot);
+    s.ready.store(1, Release);
     while s.go.load(Acquire) == 0 {
         futex_wait(&s.go, 0, 1000);
     }

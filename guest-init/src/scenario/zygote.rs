@@ -283,6 +283,7 @@ fn fork_one(sock: i32, slots: &Slots, spec: &mut Spec, fds: &[i32]) -> i32 {
         0 => {
             close(sock);
             close(fds[0]);
+            worker::unpin_self();
             worker::child_main(slots, spec)
         }
         -1 => -std::io::Error::last_os_error()
