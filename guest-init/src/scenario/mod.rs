@@ -619,42 +619,26 @@ fn release(s: &worker::Slot) {
 
 /// Sets the calling thread's CPUs; false (said) on failure.
 fn set_own_cpus(cpus: &[u32]) -> bool {
-    // SAFETY: cpu_set_t is plain data; the call reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c as usize, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
+    let r = worker::set_cpus_of(0, cpus.iter().map(|&c| c as usize));
+    if let Err(e) = &r {
         say(&format!(
-            "set guest-init's CPUs to {}: {}",
-            schedrig_scenarios::cpuset::cpu_list(cpus),
-            std::io::Error::last_os_error()
+            "set guest-init's CPUs to {}: {e}",
+            schedrig_scenarios::cpuset::cpu_list(cpus)
         ));
     }
-    rc == 0
+    r.is_ok()
 }
 
 fn pin(pid: i32, cpu: u32) {
-    // SAFETY: cpu_set_t is plain data; the call reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        say(&format!(
-            "pin {pid} to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        ));
+    if let Err(e) = worker::set_cpus_of(pid, [cpu as usize]) {
+        say(&format!("pin {pid} to CPU {cpu}: {e}"));
     }
 }
 
 /// How long killed workers may take to exit, and the poll between
 /// looks.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// Also the poll of the wait for new workers' start line.
 const STOP_POLL: Duration = Duration::from_millis(2);
 /// How long new workers may take to reach their start line.
 const READY_WAIT: Duration = Duration::from_secs(2);
@@ -1289,18 +1273,7 @@ impl Drop for Run<'_> {
 }
 
 fn set_affinity(pid: i32, cpus: &[u32], errors: &mut Vec<String>) {
-    // SAFETY: cpu_set_t is plain data; the call reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c as usize, &mut set);
-        }
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        errors.push(format!(
-            "sched_setaffinity {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
+    if let Err(e) = worker::set_cpus_of(pid, cpus.iter().map(|&c| c as usize)) {
+        errors.push(format!("sched_setaffinity {pid}: {e}"));
     }
 }

@@ -364,20 +364,31 @@ fn sleep_ms(ms: u64) {
     unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
 }
 
+/// sched_setaffinity of `pid` (0: the caller) to `cpus`. No allocation:
+/// the zygote and forked children call it.
+pub fn set_cpus_of(pid: i32, cpus: impl IntoIterator<Item = usize>) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data on the stack; the call reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cpus.into_iter().filter(|&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Lets the calling process run on every CPU its cpuset allows: a worker
 /// forked by a pinned process (the zygote, or guest-init during set-up)
 /// inherits its pin as the kernel's "user-requested" mask, and every
-/// later cpuset change would be narrowed to it.
+/// later cpuset change would be narrowed to it. Bits past the last CPU
+/// are ignored by the kernel; a failure leaves the worker as it was.
 pub fn unpin_self() {
-    // SAFETY: cpu_set_t is plain data on the stack; the call reads it.
-    // Bits past the last CPU are ignored by the kernel.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in 0..libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let _ = set_cpus_of(0, 0..libc::CPU_SETSIZE as usize);
 }
 
 fn set_policy(p: Policy) {
@@ -410,12 +421,7 @@ fn pin_to_random(mask: u64, rng: &mut u64) {
             k -= 1;
         }
     }
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let _ = set_cpus_of(0, [cpu]);
 }
 
 fn write_ts(fd: i32, ts: u64) -> bool {

@@ -80,13 +80,8 @@ impl Zygote {
             0 => {
                 close(sv[0]);
                 if let Some(c) = cpu {
-                    // SAFETY: cpu_set_t is plain data on the stack; the
-                    // call reads it. A failure only costs speed.
-                    unsafe {
-                        let mut set: libc::cpu_set_t = std::mem::zeroed();
-                        libc::CPU_SET(c as usize, &mut set);
-                        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-                    }
+                    // A failure only costs speed.
+                    let _ = worker::set_cpus_of(0, [c as usize]);
                 }
                 serve(sv[1], slots)
             }
