@@ -6,6 +6,8 @@ binary, runs, topology = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 where = "nested test host (TCG-emulated SVM)" if os.environ.get("SCHEDRIG_IN_NESTED") == "1" else "this machine's KVM"
 print(f"schedrig run benchmark on {where}: {runs} runs of the catalogue under scx_simple on {topology}")
 rows = []
+# Per scenario, over the runs: (overhead, setup, forking, teardown) in ms.
+parts = {}
 for i in range(runs):
     t = time.monotonic()
     out = subprocess.run([binary, "run", "--json", "--topology", topology], capture_output=True, text=True)
@@ -28,6 +30,10 @@ for i in range(runs):
         attached = (l["vm_attached_ms"] or l["vm_ready_ms"] or 0) / 1000
         total = (l["vm_total_ms"] or 0) / 1000
         boot += attached + max(0.0, total - attached - scen)
+    for l in lines:
+        over_ms = (l["elapsed_ms"] or 0) - (l["holds_ms"] or 0)
+        parts.setdefault(l["scenario"], []).append(
+            (over_ms, l["setup_ms"] or 0, l["fork_ms"] or 0, l["teardown_ms"] or 0, len(l["workers"] or [])))
     n = len(lines)
     verdicts = {}
     for l in lines:
@@ -40,3 +46,9 @@ for i in range(runs):
 med = lambda k: statistics.median(r[k] for r in rows)
 print(f"median: wall {med(0):.1f} s, holds {med(1):.1f} s, boots {med(2):.0f} taking {med(3):.1f} s, "
       f"overhead per scenario beyond its hold {med(4):.3f} s (target < 0.5 s), of it in the guest {med(5):.3f} s")
+print("where the guest's overhead goes, per scenario (medians, ms; 'between' is the steps' ops and releases):")
+print(f"  {'scenario':24} {'workers':>7} {'overhead':>8} {'set-up':>7} {'forking':>7} {'teardown':>8} {'between':>7}")
+for name, ps in parts.items():
+    m = lambda k: statistics.median(p[k] for p in ps)
+    between = statistics.median(p[0] - p[1] - p[3] for p in ps)
+    print(f"  {name:24} {m(4):>7.0f} {m(0):>8.0f} {m(1):>7.0f} {m(2):>7.0f} {m(3):>8.0f} {between:>7.0f}")

@@ -391,6 +391,33 @@ pub fn unpin_self() {
     let _ = set_cpus_of(0, 0..libc::CPU_SETSIZE as usize);
 }
 
+/// linux/sched.h: children of the caller start as SCHED_OTHER.
+const SCHED_RESET_ON_FORK: i32 = 0x4000_0000;
+
+/// Makes the calling thread SCHED_FIFO (lowest priority), or back to
+/// SCHED_OTHER with `false`; the processes it forks start as SCHED_OTHER.
+/// Why: the harness's own work (forking, releasing, polling, killing)
+/// must not queue behind the workers it measures, and a scheduler that
+/// starves its tasks must not starve the harness. The real-time class
+/// sits above sched_ext and the fair class, and the harness sleeps
+/// between its short steps, so the workers lose only those steps.
+pub fn set_harness_realtime(on: bool) -> std::io::Result<()> {
+    let (policy, prio) = if on {
+        (libc::SCHED_FIFO | SCHED_RESET_ON_FORK, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: reads param for the call.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn set_policy(p: Policy) {
     let policy = match p {
         Policy::Other => libc::SCHED_OTHER,

@@ -83,6 +83,9 @@ impl Zygote {
                     // A failure only costs speed.
                     let _ = worker::set_cpus_of(0, [c as usize]);
                 }
+                // Real-time as guest-init is (reset by the fork); a
+                // failure only costs speed.
+                let _ = worker::set_harness_realtime(true);
                 serve(sv[1], slots)
             }
             pid => {
