@@ -99,6 +99,10 @@ struct RunArgs {
     /// Seconds until each VM must have reached guest-init.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     boot_timeout: u64,
+    /// Keep each VM's console (the kernel's log and guest-init's: set-up
+    /// times, slow ops) in DIR/vm-N.log; DIR is created if missing.
+    #[arg(long, value_name = "DIR")]
+    console_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -597,7 +601,13 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         Some(s) => crate::sched::split_args(s)?,
         None => Vec::new(),
     };
+    let console_dir = a
+        .console_log
+        .as_deref()
+        .map(crate::run::console_dir)
+        .transpose()?;
     let opts = crate::run::RunOptions {
+        console_dir: console_dir.clone(),
         kernel: a.kernel.request(),
         topology: a.topology,
         memory_mib: a.memory,
@@ -620,6 +630,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
             "schedrig run",
             &why,
             timeout,
+            console_dir,
         ));
     }
     if crate::nested::rerun::in_emulated_host() {

@@ -237,6 +237,17 @@ fn run_refuses_bad_scenarios_before_any_vm() {
         &["--scheduler", "eevdf", "--sched-args", "-x"],
         &["EEVDF takes none"],
     );
+    // A --console-log that is a file, or under one.
+    let file = env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml";
+    assert_one_run_error(
+        &["--scenario", "steady", "--console-log", &file],
+        &["--console-log", "Cargo.toml", "cannot create it"],
+    );
+    let under = format!("{file}/logs");
+    assert_one_run_error(
+        &["--scenario", "steady", "--console-log", &under],
+        &["--console-log", "Cargo.toml/logs", "cannot create it"],
+    );
 }
 
 #[test]

@@ -50,7 +50,7 @@ fn pin_to_first_cpu() {
 }
 
 fn run_nested(reason: &str) -> ExitCode {
-    nested::rerun::rerun_self("vm tests", reason, NESTED_TIMEOUT)
+    nested::rerun::rerun_self("vm tests", reason, NESTED_TIMEOUT, None)
 }
 
 // ---- Booting the project kernel in schedrig's own VMM ----

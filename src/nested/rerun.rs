@@ -45,7 +45,14 @@ pub fn pin_to_first_cpu(label: &str) {
 /// Runs this executable again, with the same arguments, inside the nested
 /// host, and exits with its status; a nested host that dies without a
 /// status is retried once (that is the test host failing, not the run).
-pub fn rerun_self(label: &str, reason: &str, timeout: Duration) -> ExitCode {
+/// `writable`: a directory the command writes into, shared writable at
+/// the same path.
+pub fn rerun_self(
+    label: &str,
+    reason: &str,
+    timeout: Duration,
+    writable: Option<std::path::PathBuf>,
+) -> ExitCode {
     eprintln!("{label}: {reason}; running inside the nested test host");
     let mut argv: Vec<String> = std::env::args().collect();
     match std::env::current_exe() {
@@ -57,6 +64,7 @@ pub fn rerun_self(label: &str, reason: &str, timeout: Duration) -> ExitCode {
     }
     let opts = NestedOptions {
         timeout,
+        results: writable,
         ..Default::default()
     };
     for attempt in 1..=NESTED_ATTEMPTS {

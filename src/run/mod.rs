@@ -7,7 +7,7 @@
 
 pub mod output;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,28 @@ pub enum RunError {
     Boot(#[from] BootError),
     #[error(transparent)]
     Sched(#[from] crate::sched::SchedError),
+}
+
+/// `--console-log DIR`: created if missing, and made absolute (the
+/// nested test host shares it writable at the same path). Checked before
+/// any VM, so a bad DIR costs no boot.
+pub fn console_dir(dir: &Path) -> Result<PathBuf, RunError> {
+    let bad = |what: &str, e: std::io::Error| {
+        RunError::Invalid(format!("--console-log {}: {what}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| bad("cannot create it", e))?;
+    let abs = dir.canonicalize().map_err(|e| bad("cannot resolve it", e))?;
+    // A probe, so an unwritable DIR is one clear line now, not a failed VM.
+    let probe = abs.join(format!(".schedrig-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| bad("cannot write into it", e))?;
+    let _ = std::fs::remove_file(&probe);
+    if abs.to_string_lossy().contains(',') {
+        return Err(RunError::Invalid(format!(
+            "--console-log {}: a comma in the path cannot be shared with the nested test host",
+            abs.display()
+        )));
+    }
+    Ok(abs)
 }
 
 /// What the topology looks like to a scenario, before any VM.
@@ -118,6 +140,8 @@ pub fn resolve_scenarios(
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// `--console-log`: each VM's console goes to `vm-N.log` in it.
+    pub console_dir: Option<PathBuf>,
     pub kernel: KernelRequest,
     pub topology: Topology,
     pub memory_mib: u64,
@@ -501,6 +525,13 @@ fn boot_batch(
             memory_mib: opts.memory_mib,
             boot_timeout: opts.boot_timeout,
             timeout: opts.deadline(batch),
+            console_file: opts.console_dir.as_ref().map(|d| {
+                d.join(if attempt == 1 {
+                    format!("vm-{vm}.log")
+                } else {
+                    format!("vm-{vm}-attempt-{attempt}.log")
+                })
+            }),
             job: Some(Job {
                 kind: if opts.scheduler.is_some() {
                     JobKind::Scheduler

@@ -216,6 +216,38 @@ fn pin_self() {
     }
 }
 
+/// A fresh directory for `--console-log`, removed when dropped.
+struct ConsoleDir(std::path::PathBuf);
+
+impl ConsoleDir {
+    fn new(label: &str) -> Result<ConsoleDir, Failed> {
+        let p = std::env::temp_dir().join(format!(
+            "schedrig-vm-test-console-{label}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
+        Ok(ConsoleDir(p))
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap_or("/nonexistent")
+    }
+
+    fn read(&self, name: &str) -> Result<String, Failed> {
+        let p = self.0.join(name);
+        std::fs::read(&p)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| format!("read {}: {e}", p.display()).into())
+    }
+}
+
+impl Drop for ConsoleDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn fixture(name: &str) -> String {
     format!("{FIXTURES}/{name}")
 }
@@ -226,8 +258,11 @@ pub fn tests() -> Vec<Trial> {
             "run_scx_simple_passes_good_scenarios_and_fails_weights_and_a_wrong_cpuset",
             || {
                 let wrong = fixture("wrong_cpuset.toml");
+                let logs = ConsoleDir::new("scx_simple")?;
                 let r = schedrig_run(
                     &[
+                        "--console-log",
+                        logs.path(),
                         "--scheduler",
                         "scx_simple",
                         "--scenario",
@@ -278,6 +313,19 @@ pub fn tests() -> Vec<Trial> {
                             .as_str()
                             .is_some_and(|d| d.contains("confined/")),
                     "isolation failed naming a confined worker",
+                )?;
+                // --console-log kept VM 1's console: the kernel's log and
+                // guest-init's, in which the zygote forked every worker
+                // (its failure falls back silently but for this line).
+                let log = logs.read("vm-1.log")?;
+                r.check(log.contains("Linux version"), "the kernel's log in vm-1.log")?;
+                r.check(
+                    log.contains("scenario steady: set up in"),
+                    "guest-init's set-up line in vm-1.log",
+                )?;
+                r.check(
+                    !log.contains("guest-init forks the workers"),
+                    &format!("the zygote forking the workers, not guest-init:\n{log}"),
                 )
             },
         ),

@@ -264,7 +264,10 @@ fn fork_one(sock: i32, slots: &Slots, spec: &mut Spec, fds: &[i32]) -> i32 {
     }
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP | CLONE_PARENT,
-        exit_signal: libc::SIGCHLD as u64,
+        // clone3 refuses CLONE_PARENT with an exit signal (EINVAL): the
+        // child takes ours, SIGCHLD (the zygote was forked), so guest-init
+        // is told of its end as of any child's.
+        exit_signal: 0,
         cgroup: fds[0] as u64,
         ..CloneArgs::default()
     };
