@@ -48,7 +48,9 @@ pub fn console_dir(dir: &Path) -> Result<PathBuf, RunError> {
         RunError::Invalid(format!("--console-log {}: {what}: {e}", dir.display()))
     };
     std::fs::create_dir_all(dir).map_err(|e| bad("cannot create it", e))?;
-    let abs = dir.canonicalize().map_err(|e| bad("cannot resolve it", e))?;
+    let abs = dir
+        .canonicalize()
+        .map_err(|e| bad("cannot resolve it", e))?;
     // A probe, so an unwritable DIR is one clear line now, not a failed VM.
     let probe = abs.join(format!(".schedrig-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| bad("cannot write into it", e))?;

@@ -342,6 +342,7 @@ impl Engine {
             steal: StealLog::default(),
             unreleased: Vec::new(),
             fork_ns: 0,
+            ready_ns: 0,
         };
         // Made relative to the SCST by run_all.
         result.start_offset_ms = run.t0 / 1_000_000;
@@ -362,11 +363,12 @@ impl Engine {
         run.release_all();
         result.setup_ms = (now_ns() - run.t0) / 1_000_000;
         say(&format!(
-            "scenario {}: set up in {} ms, {} of them forking {} workers",
+            "scenario {}: set up in {} ms, {} of them forking {} workers, {} waiting for them to be ready",
             s.name,
             result.setup_ms,
             run.fork_ns / 1_000_000,
-            run.wks.len()
+            run.wks.len(),
+            run.ready_ns / 1_000_000
         ));
         let steps = s.effective_steps();
         let mut holds_ms = 0;
@@ -726,6 +728,8 @@ struct Run<'a> {
     unreleased: Vec<usize>,
     /// Time spent in clone3/fork.
     fork_ns: u64,
+    /// Time spent waiting for started workers to reach their start line.
+    ready_ns: u64,
 }
 
 impl Run<'_> {
@@ -943,6 +947,12 @@ impl Run<'_> {
     /// up to its wait for `go`: one that has not run yet at the release
     /// would start under its parent's name and later than the rest.
     fn wait_ready(&mut self) {
+        let t = now_ns();
+        self.wait_ready_bounded();
+        self.ready_ns += now_ns() - t;
+    }
+
+    fn wait_ready_bounded(&mut self) {
         let deadline = now_ns() + READY_WAIT.as_nanos() as u64;
         loop {
             let waiting = self
