@@ -639,7 +639,11 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let total = opts.scenarios.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let progress = |o: &crate::run::Outcome| {
-        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let n = if o.revised {
+            done.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+        };
         eprintln!("{}", crate::run::output::progress_line(o, n, total));
     };
     let summary = crate::run::run(&opts, started, &progress)?;

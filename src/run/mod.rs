@@ -167,6 +167,9 @@ pub struct Outcome {
     pub duration: Duration,
     /// Which VM (1-based) ran it.
     pub vm: u32,
+    /// A second word on a scenario already reported (the scheduler
+    /// failed as it was stopped after it): progress counts it once.
+    pub revised: bool,
 }
 
 /// A VM's times: VMM start to SRDY, to the scheduler attached, and to
@@ -235,6 +238,7 @@ fn error_outcome(s: &Scenario, why: String, vm: u32) -> Outcome {
         sched_exit: None,
         duration: Duration::ZERO,
         vm,
+        revised: false,
     }
 }
 
@@ -317,6 +321,7 @@ pub fn run(
                     report.reason
                 );
                 last.sched_exit = sched_exit_json(&report);
+                last.revised = true;
                 progress(last);
             }
             continue;
@@ -447,6 +452,7 @@ fn judge(
         result: Some(r),
         sched_exit,
         vm,
+        revised: false,
     }
 }
 
@@ -477,6 +483,7 @@ fn vm_end_outcome(opts: &RunOptions, s: &Scenario, r: &RunReport, vm: u32) -> Ou
         sched_exit: sched_exit_json(r),
         duration: Duration::ZERO,
         vm,
+        revised: false,
     }
 }
 
@@ -516,6 +523,7 @@ fn boot_batch(
                 sched_exit: None,
                 duration: Duration::from_millis(r.elapsed_ms),
                 vm,
+                revised: false,
             };
             if let Ok(tx) = tx.lock() {
                 let _ = tx.send(o);
