@@ -243,6 +243,16 @@ fn run_refuses_bad_scenarios_before_any_vm() {
         &["--scenario", "steady", "--console-log", &file],
         &["--console-log", "Cargo.toml", "cannot create it"],
     );
+    assert_one_run_error(
+        &[
+            "--scenario",
+            "steady",
+            "--console-log",
+            "/nonexistent-dir,x/logs",
+        ],
+        &["--console-log", "has a comma"],
+    );
+    assert!(!std::path::Path::new("/nonexistent-dir,x").exists());
     let under = format!("{file}/logs");
     assert_one_run_error(
         &["--scenario", "steady", "--console-log", &under],

@@ -47,6 +47,14 @@ pub fn console_dir(dir: &Path) -> Result<PathBuf, RunError> {
     let bad = |what: &str, e: std::io::Error| {
         RunError::Invalid(format!("--console-log {}: {what}: {e}", dir.display()))
     };
+    // Refused before anything is created: QEMU's option syntax.
+    let wanted = std::path::absolute(dir).map_err(|e| bad("cannot resolve it", e))?;
+    if wanted.to_string_lossy().contains(',') {
+        return Err(RunError::Invalid(format!(
+            "--console-log {}: the path has a comma, which QEMU's share option cannot carry",
+            wanted.display()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| bad("cannot create it", e))?;
     let abs = dir
         .canonicalize()
@@ -55,12 +63,6 @@ pub fn console_dir(dir: &Path) -> Result<PathBuf, RunError> {
     let probe = abs.join(format!(".schedrig-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| bad("cannot write into it", e))?;
     let _ = std::fs::remove_file(&probe);
-    if abs.to_string_lossy().contains(',') {
-        return Err(RunError::Invalid(format!(
-            "--console-log {}: a comma in the path cannot be shared with the nested test host",
-            abs.display()
-        )));
-    }
     Ok(abs)
 }
 
