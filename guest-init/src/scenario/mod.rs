@@ -930,7 +930,9 @@ impl Run<'_> {
     /// Releases every worker started since the last release at once:
     /// the scenario's first cgroups together, a step's additions together.
     fn release_all(&mut self) {
+        let t = now_ns();
         self.wait_ready();
+        self.ready_ns += now_ns() - t;
         let now = now_ns();
         for w in std::mem::take(&mut self.unreleased) {
             let s = self.slots.get(self.wks[w].slot);
@@ -947,12 +949,6 @@ impl Run<'_> {
     /// up to its wait for `go`: one that has not run yet at the release
     /// would start under its parent's name and later than the rest.
     fn wait_ready(&mut self) {
-        let t = now_ns();
-        self.wait_ready_bounded();
-        self.ready_ns += now_ns() - t;
-    }
-
-    fn wait_ready_bounded(&mut self) {
         let deadline = now_ns() + READY_WAIT.as_nanos() as u64;
         loop {
             let waiting = self

@@ -407,6 +407,11 @@ pub fn set_harness_realtime(on: bool) -> std::io::Result<()> {
     } else {
         (libc::SCHED_OTHER, 0)
     };
+    set_scheduler(policy, prio)
+}
+
+/// sched_setscheduler of the calling thread.
+fn set_scheduler(policy: i32, prio: i32) -> std::io::Result<()> {
     let param = libc::sched_param {
         sched_priority: prio,
     };
@@ -424,9 +429,8 @@ fn set_policy(p: Policy) {
         Policy::Batch => libc::SCHED_BATCH,
         Policy::Idle => libc::SCHED_IDLE,
     };
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: reads param for the call.
-    unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // A refusal leaves the worker in its policy; its figures still count.
+    let _ = set_scheduler(policy, 0);
 }
 
 fn pin_to_random(mask: u64, rng: &mut u64) {
