@@ -43,6 +43,9 @@ for i in range(runs):
     rows.append((wall, holds, len(vms), boot, over, in_guest))
     print(f"  run {i + 1}: {n} scenarios {verdicts}, wall {wall:.1f} s, holds {holds:.1f} s, "
           f"{len(vms)} boot(s) {boot:.1f} s, overhead per scenario {over:.3f} s (in the guest {in_guest:.3f} s)")
+    for l in lines:
+        if l["verdict"] != "pass":
+            print(f"    {l['scenario']}: {l['verdict']}: {l['reason'][:300]}")
 med = lambda k: statistics.median(r[k] for r in rows)
 print(f"median: wall {med(0):.1f} s, holds {med(1):.1f} s, boots {med(2):.0f} taking {med(3):.1f} s, "
       f"overhead per scenario beyond its hold {med(4):.3f} s (target < 0.5 s), of it in the guest {med(5):.3f} s")

@@ -34,6 +34,9 @@ pub struct BootOptions {
     pub console_file: Option<PathBuf>,
     /// Guest RAM on transparent huge pages.
     pub huge_pages: bool,
+    /// Freezes of every vCPU to run while the guest is busy (tests and
+    /// `scripts/bench-freeze`).
+    pub freeze_test: Option<schedrig_vmm::machine::FreezeTest>,
     /// What guest-init runs after SRDY (None: a plain boot).
     pub job: Option<Job>,
 }
@@ -74,6 +77,7 @@ impl Default for BootOptions {
             timeout: Duration::from_secs(300),
             console_file: None,
             huge_pages: false,
+            freeze_test: None,
             job: None,
         }
     }
@@ -191,6 +195,8 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
             sink: opts.job.as_ref().and_then(|j| j.sink.clone()),
             results: opts.job.as_ref().and_then(|j| j.results.clone()),
         },
+        vmlinux: introspection_vmlinux(&k),
+        freeze_test: opts.freeze_test,
     };
     let mut report = schedrig_vmm::run(&config, started)?;
     report.per_test_archive = Some(prep);
@@ -231,6 +237,15 @@ fn check_times(j: &Job, timeout: Duration) -> Result<(), BootError> {
 
 /// Names the function each stopped vCPU's `rip` is in (a hang report
 /// then says "halted at rip=0x... (default_idle+0x1b)"). Needs the
+/// The vmlinux the host-side monitor reads symbols and BTF from: the
+/// cache's stripped copy beside the full one when there is one (it keeps
+/// .symtab and .BTF at a sixth of the size), else the full one.
+fn introspection_vmlinux(k: &kernel::ResolvedKernel) -> Option<std::path::PathBuf> {
+    let full = k.vmlinux.as_ref()?;
+    let stripped = full.with_file_name(kernel::cache::VMLINUX_STRIPPED);
+    Some(if stripped.is_file() { stripped } else { full.clone() })
+}
+
 /// vmlinux, and the KASLR slide: known from KADR, or zero when the
 /// vmlinux itself was booted. Best effort: a report without names is
 /// still a report.
@@ -317,6 +332,111 @@ pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
             "prep_us": t.as_micros() as u64,
             "bytes": n,
         })),
+        "monitor": r.monitor.as_ref().map(monitor_json),
+        "snapshots": r.snapshots.iter().map(snapshot_json).collect::<Vec<_>>(),
+        "freezes": r.freezes.iter().map(|f| serde_json::json!({
+            "error": f.error,
+            "park_us": f.stats.as_ref().map(|s| s.park.as_micros() as u64),
+            "held_us": f.stats.as_ref().map(|s| s.held.as_micros() as u64),
+            "total_us": f.stats.as_ref().map(|s| s.total.as_micros() as u64),
+            "time_hidden": f.stats.as_ref().map(|s| s.time_hidden),
+            "time_note": f.stats.as_ref().and_then(|s| s.time_note.clone()),
+            "vcpus_with_regs": f.vcpus_with_regs,
+            "in_kernel": f.in_kernel,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One snapshot (SNRQ CAPTURE) as JSON.
+pub fn snapshot_json(s: &schedrig_vmm::introspect::snapshot::Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "tag": s.tag,
+        "at_ms": s.at_ms,
+        "frozen_us": s.frozen_us,
+        "scx_state": s.scx_state,
+        "ops_name": s.ops_name,
+        "vcpus": s.vcpus.iter().map(|v| serde_json::json!({
+            "cpu": v.cpu,
+            "rip": format!("{:#x}", v.rip),
+            "symbol": v.symbol,
+            "rsp": format!("{:#x}", v.rsp),
+            "cr3": format!("{:#x}", v.cr3),
+            "rflags": format!("{:#x}", v.rflags),
+            "in_kernel": v.in_kernel,
+        })).collect::<Vec<_>>(),
+        "cpus": s.cpus.iter().map(|c| serde_json::json!({
+            "cpu": c.cpu,
+            "nr_running": c.nr_running,
+            "scx_nr_running": c.scx_nr_running,
+            "curr_pid": c.curr_pid,
+            "curr_comm": c.curr_comm,
+        })).collect::<Vec<_>>(),
+        "tasks": s.tasks.iter().map(|t| serde_json::json!({
+            "pid": t.pid,
+            "comm": t.comm,
+            "class": t.class,
+            "state": t.state.to_string(),
+            "cpu": t.cpu,
+        })).collect::<Vec<_>>(),
+        "problems": s.problems,
+    })
+}
+
+/// `--freeze-test COUNT:HOLD_MS[:visible]`.
+pub fn parse_freeze_test(s: &str) -> Result<schedrig_vmm::machine::FreezeTest, String> {
+    let bad = || format!("{s:?}: expected COUNT:HOLD_MS or COUNT:HOLD_MS:visible, e.g. 100:0 or 1:2000");
+    let mut it = s.split(':');
+    let count: u32 = it.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let hold: u64 = it.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let hide_time = match it.next() {
+        None => true,
+        Some("visible") => false,
+        Some(_) => return Err(bad()),
+    };
+    if it.next().is_some() || count == 0 || count > 100_000 || hold > 60_000 {
+        return Err(format!("{}; COUNT 1..100000, HOLD_MS at most 60000", bad()));
+    }
+    Ok(schedrig_vmm::machine::FreezeTest {
+        count,
+        hold: Duration::from_millis(hold),
+        hide_time,
+    })
+}
+
+/// The run-queue monitor over the whole run: its stalls, and its samples
+/// as per-CPU columns (`nr_running[cpu][i]` at `at_ms[i]`).
+fn monitor_json(m: &schedrig_vmm::report::MonitorReport) -> serde_json::Value {
+    let ncpu = m.samples.first().map_or(0, |s| s.cpus.len());
+    let col = |f: &dyn Fn(&schedrig_vmm::monitor::analysis::CpuSample) -> u64| {
+        (0..ncpu)
+            .map(|c| {
+                m.samples
+                    .iter()
+                    .map(|s| s.cpus.get(c).map_or(0, f))
+                    .collect::<Vec<u64>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    serde_json::json!({
+        "error": m.error,
+        "ops_name": m.ops_name,
+        "samples": m.samples.len(),
+        "dropped": m.dropped,
+        "at_ms": m.samples.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
+        "scx_state": m.samples.iter().map(|s| s.scx_state).collect::<Vec<_>>(),
+        "nr_running": col(&|c| u64::from(c.rq.nr_running)),
+        "scx_nr_running": col(&|c| u64::from(c.rq.scx_nr_running)),
+        "local_dsq_nr": col(&|c| u64::from(c.rq.local_dsq_nr)),
+        "clock_ns": col(&|c| c.rq.clock),
+        "stalls": m.stalls.iter().map(|s| serde_json::json!({
+            "cpu": s.cpu,
+            "from_ms": s.from_ms,
+            "to_ms": s.to_ms,
+            "nr_running": s.nr_running,
+            "vcpu_cpu_ms": s.vcpu_cpu_ms,
+            "vcpu_wait_ms": s.vcpu_wait_ms,
+            "inconclusive": s.inconclusive,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -171,6 +171,12 @@ struct BootArgs {
     /// loads and verifies BPF slowly).
     #[arg(long, value_name = "SECS", default_value_t = crate::boot::DEFAULT_ATTACH_TIMEOUT)]
     attach_timeout: u64,
+    /// Freeze every vCPU COUNT times for HOLD_MS each, 100 ms apart, from
+    /// 1 s after the scheduler attached (or SRDY); `:visible` leaves the
+    /// frozen time visible to the guest. Reports each freeze under
+    /// `freezes` (for tests and scripts/bench-freeze).
+    #[arg(long, value_name = "COUNT:HOLD_MS[:visible]", value_parser = crate::boot::parse_freeze_test)]
+    freeze_test: Option<schedrig_vmm::machine::FreezeTest>,
 }
 
 #[derive(Debug, Args)]
@@ -496,6 +502,7 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         timeout: std::time::Duration::from_secs(a.timeout),
         console_file: a.console_log,
         huge_pages: a.huge_pages,
+        freeze_test: a.freeze_test,
     };
     let report = crate::boot::boot(&opts, started)?;
     if a.json {

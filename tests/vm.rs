@@ -118,31 +118,10 @@ fn boot_tests() -> Vec<Trial> {
                 "ended by the i8042 reset",
             )
         }),
-        Trial::test("host_replies_reach_the_guest_on_port1_rx", || {
-            // The guest sends SNRQ (kind 0, CAPTURE) and KORQ; it exits 0
-            // only if a well-formed reply echoing each id came back.
-            let mut o = opts("1n1l1c1t", None);
-            o.mode = GuestMode::Requests;
-            let r = run(o)?;
-            expect_ok(&r)?;
-            expect(
-                r.frames.get("SNRQ") == Some(&2) && r.frames.get("KORQ") == Some(&1),
-                &r,
-                "two SNRQ and one KORQ frames",
-            )?;
-            for line in [
-                "SNRP 41: error (snapshot request kind 0 is invalid",
-                "SNRP 42:",
-                "KORP 43:",
-            ] {
-                expect(
-                    r.console.contains(&format!("requests: {line}")),
-                    &r,
-                    &format!("the guest logged the reply {line:?}"),
-                )?;
-            }
-            Ok(())
-        }),
+        Trial::test(
+            "host_serves_snapshots_and_kernel_memory_ops_to_the_guest",
+            host_serves_requests,
+        ),
         Trial::test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
             let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
             let mut o = opts("1n1l1c1t", Some(entry.bzimage()));
@@ -333,8 +312,159 @@ fn expect_clean_attach(h: &Hostile, name: &str, ops: &str) -> Result<(), Failed>
     )
 }
 
+/// The host's run-queue monitor read the guest's run queues through the
+/// run: no error, the scheduler's name from the kernel's own `scx_ops`,
+/// sched_ext enabled while it was held, and every CPU's rq clock moving.
+fn expect_monitor_saw(h: &Hostile, ops: &str) -> Result<(), Failed> {
+    let m = &h.json["monitor"];
+    let samples = m["samples"].as_u64().unwrap_or(0);
+    h.check(
+        m["error"].is_null() && samples >= 10,
+        &format!("the monitor sampled without error: {} samples, error {}", samples, m["error"]),
+    )?;
+    h.check(m["ops_name"] == ops, &format!("scx_ops.name {ops:?}, got {}", m["ops_name"]))?;
+    let states: Vec<i64> = m["scx_state"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
+        .unwrap_or_default();
+    h.check(
+        states.contains(&1) && states.last() == Some(&3),
+        &format!("sched_ext enabled (1) during the hold and disabled (3) at the end: {states:?}"),
+    )?;
+    let clocks = m["clock_ns"].as_array().cloned().unwrap_or_default();
+    let cpus = h.json["guest_topology"]["cpus"].as_u64().unwrap_or(0) as usize;
+    h.check(
+        clocks.len() == cpus
+            && clocks.iter().all(|c| {
+                let c: Vec<u64> = c.as_array().map_or(vec![], |a| a.iter().filter_map(|v| v.as_u64()).collect());
+                c.len() >= 2 && c.last() > c.first() && c.windows(2).all(|w| w[1] >= w[0])
+            }),
+        &format!("every one of {cpus} CPUs' rq clocks moved forward, never back"),
+    )?;
+    h.check(
+        m["stalls"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| !s["inconclusive"].is_null())),
+        &format!("no stall under scx_simple but ones the host caused: {}", m["stalls"]),
+    )
+}
+
+/// The values a reply line of the guest's requests mode carries:
+/// `requests: KORP 43: ok (values [1,2])`.
+fn reply_values(console: &str, id: u32) -> Option<Vec<u64>> {
+    let key = format!("requests: KORP {id}: ok (values [");
+    let at = console.find(&key)? + key.len();
+    let list = &console[at..at + console[at..].find(']')?];
+    list.split(',').map(|v| v.trim().parse().ok()).collect()
+}
+
+/// The guest (requests mode, 4 vCPUs) sends a kind-0 SNRQ, a CAPTURE,
+/// hot reads of `jiffies` a second apart, and a cold write of
+/// `runqueues.yld_count` on every CPU then a cold read of it. Each reply
+/// echoes its id; the host's answers are real: jiffies moved, the write
+/// landed on every CPU, and the snapshot has every vCPU, kernel RIPs
+/// named by symbol and each CPU's current task in its task list.
+fn host_serves_requests() -> Result<(), Failed> {
+    let mut o = opts("1n2l2c1t", None);
+    o.mode = GuestMode::Requests;
+    let r = run(o)?;
+    expect_ok(&r)?;
+    expect(
+        r.frames.get("SNRQ") == Some(&2) && r.frames.get("KORQ") == Some(&4),
+        &r,
+        "two SNRQ and four KORQ frames",
+    )?;
+    for line in [
+        "SNRP 41: error (snapshot request kind 0 is invalid",
+        "SNRP 42: ok",
+        "KORP 45: ok",
+    ] {
+        expect(
+            r.console.contains(&format!("requests: {line}")),
+            &r,
+            &format!("the guest logged the reply {line:?}"),
+        )?;
+    }
+    let j1 = reply_values(&r.console, 43).and_then(|v| v.first().copied());
+    let j2 = reply_values(&r.console, 44).and_then(|v| v.first().copied());
+    expect(
+        matches!((j1, j2), (Some(a), Some(b)) if b > a),
+        &r,
+        &format!("jiffies read twice a second apart, advancing: {j1:?} then {j2:?}"),
+    )?;
+    let marks = reply_values(&r.console, 46);
+    expect(
+        marks == Some((0..4).map(|c| 0x5c4e_0000 + c).collect()),
+        &r,
+        &format!("the cold per-CPU write read back on all 4 CPUs: {marks:?}"),
+    )?;
+    let snap = r.snapshots.first().ok_or("no snapshot kept")?;
+    let pids: Vec<i32> = snap.tasks.iter().map(|t| t.pid).collect();
+    expect(
+        snap.tag == "requests-mode"
+            && snap.vcpus.len() == 4
+            && snap.vcpus.iter().any(|v| v.in_kernel)
+            && snap.vcpus.iter().filter(|v| v.in_kernel).all(|v| v.symbol.is_some())
+            && snap.cpus.len() == 4
+            && snap.cpus.iter().all(|c| c.curr_pid == 0 || pids.contains(&c.curr_pid))
+            && pids.contains(&1)
+            && snap.problems.is_empty(),
+        &r,
+        &format!("a snapshot of 4 vCPUs, kernel RIPs named, current tasks listed: {snap:?}"),
+    )
+}
+
+/// `schedrig boot` of a busy 4-vCPU guest under scx_simple, frozen once
+/// for [`FREEZE_MS`] from 1 s after the scheduler attached.
+fn frozen_run(label: &str, freeze: &str) -> Result<Hostile, Failed> {
+    run_cli(
+        label,
+        &["--topology", "1n2l2c1t", "--scheduler", "scx_simple", "--hold", "6", "--freeze-test", freeze],
+    )
+}
+
+/// Longer than sched_ext's watchdog timeout (30 s, SCX_WATCHDOG_MAX_TIMEOUT
+/// and scx_simple's default): a guest that saw this much time pass with
+/// tasks runnable and none run ejects the scheduler.
+const FREEZE_MS: u64 = 32_000;
+
+/// A freeze parks all four vCPUs (registers read), holds them past
+/// sched_ext's 30 s watchdog and hides that from the guest: the scheduler
+/// stays attached and stops cleanly. The same freeze left visible to the
+/// guest makes sched_ext eject it with ERROR_STALL: the check can fail.
+/// The host monitor does not count the frozen time as a stall.
+fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
+    let h = frozen_run("freeze-hidden", &format!("1:{FREEZE_MS}"))?;
+    let f = &h.json["freezes"][0];
+    h.check(
+        f["error"].is_null()
+            && f["vcpus_with_regs"] == 4
+            && f["time_hidden"] == true
+            && f["held_us"].as_u64().is_some_and(|u| u >= FREEZE_MS * 1000),
+        &format!("one {FREEZE_MS} ms freeze of all 4 vCPUs, its time hidden: {f}"),
+    )?;
+    expect_clean_attach(&h, "scx_simple", "simple")?;
+    h.check(
+        h.json["monitor"]["stalls"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| !s["inconclusive"].is_null())),
+        &format!("the freeze not taken for a stall: {}", h.json["monitor"]["stalls"]),
+    )?;
+    let v = frozen_run("freeze-visible", &format!("1:{FREEZE_MS}:visible"))?;
+    let f = &v.json["freezes"][0];
+    v.check(f["error"].is_null() && f["time_hidden"] == false, "a visible freeze")?;
+    v.check(
+        sched_field(&v, "exit_kind") == "ERROR_STALL",
+        "sched_ext's watchdog ejected scx_simple after a freeze the guest could see",
+    )
+}
+
 fn sched_tests() -> Vec<Trial> {
     let mut t = Vec::new();
+    t.push(Trial::test(
+        "freeze_of_a_busy_4_vcpu_guest_is_hidden_from_its_watchdogs",
+        freeze_is_hidden_from_the_guests_watchdogs,
+    ));
     for topo in ["1n1l1c1t", "1n2l2c1t"] {
         t.push(Trial::test(
             format!("scx_simple_attaches_holds_and_detaches_on_{topo}"),
@@ -351,6 +481,7 @@ fn sched_tests() -> Vec<Trial> {
                     ],
                 )?;
                 expect_clean_attach(&h, "scx_simple", "simple")?;
+                expect_monitor_saw(&h, "simple")?;
                 // Its per-second stats line reached the host as SCLG.
                 h.check(
                     sched_field(&h, "log_tail")
@@ -427,6 +558,20 @@ fn sched_tests() -> Vec<Trial> {
             h.check(
                 msg.contains("failed to run for") && msg.contains('[') && msg.contains(']'),
                 &format!("the stalled task named in the message (got {msg:?})"),
+            )?;
+            // The host saw it from outside first: qmap -t drops every
+            // fifth user-thread enqueue, so the task stays counted in
+            // its CPU's nr_running while nothing dispatches it; once the
+            // CPU's runnable tasks are all dropped ones it idles (its
+            // vCPU halted, not starved by the host) and rq->clock stops.
+            let stalls = h.json["monitor"]["stalls"].as_array().cloned().unwrap_or_default();
+            h.check(
+                stalls.iter().any(|s| {
+                    s["inconclusive"].is_null()
+                        && s["nr_running"].as_u64().is_some_and(|n| n > 0)
+                        && s["to_ms"].as_u64().unwrap_or(0) >= s["from_ms"].as_u64().unwrap_or(0) + 500
+                }),
+                &format!("a host-side stall of 500 ms or more, not excused: {stalls:?}"),
             )
         },
     ));

@@ -181,7 +181,8 @@ fn run() -> Result<(), String> {
     }
     let exit_code = match mode {
         Mode::Requests => {
-            let check = requests::exchange(&mut port, REPLY_WAIT).map_err(comms)?;
+            let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            let check = requests::exchange(&mut port, REPLY_WAIT, ncpu).map_err(comms)?;
             replies_exit_code("requests", &check, exit_code)
         }
         Mode::KorqAbuse => {

@@ -2,6 +2,9 @@
 //! sends coordinator requests (SNRQ, KORQ) and waits, with a deadline,
 //! for a reply to each on the bulk port's receive side; the exit code
 //! says whether every reply came back well-formed and echoing its id.
+//! The replies (with any values read) are logged, one line each, for the
+//! host's tests to judge: `jiffies` read twice a second apart, and a cold
+//! write of a per-CPU field on every CPU read back.
 
 use std::fs::File;
 use std::io::Read;
@@ -21,6 +24,13 @@ use crate::comms::{BulkPort, CommsError};
 pub const INVALID_SNAPSHOT_ID: u32 = 41;
 pub const CAPTURE_ID: u32 = 42;
 pub const KERNEL_OP_ID: u32 = 43;
+/// The second `jiffies` read, a second after the first.
+pub const JIFFIES_AGAIN_ID: u32 = 44;
+/// A cold write of `runqueues.yld_count` on every CPU, then a cold read.
+pub const PER_CPU_WRITE_ID: u32 = 45;
+pub const PER_CPU_READ_ID: u32 = 46;
+/// What the per-CPU write stores on CPU N: this plus N.
+pub const PER_CPU_MARK: u32 = 0x5c4e_0000;
 
 /// The requests, in the order they are sent: a snapshot of kind 0
 /// (invalid on the wire, so it must be refused), a CAPTURE, and a hot
@@ -48,6 +58,49 @@ pub fn request_frames() -> Vec<(MsgTag, Vec<u8>)> {
             read.encode().unwrap_or_default(),
         ),
     ]
+}
+
+/// A hot read of `jiffies` under `id`.
+fn jiffies_read(id: u32) -> (MsgTag, Vec<u8>) {
+    let read = KernelOpRequest {
+        request_id: id,
+        mode: Mode::Hot,
+        direction: Direction::Read,
+        tag: "jiffies".into(),
+        entries: vec![KernelOpEntry {
+            target: Target::Symbol("jiffies".into()),
+            value: Value::U64(0),
+        }],
+    };
+    (MsgTag::KernelOpRequest, read.encode().unwrap_or_default())
+}
+
+/// A cold write (then, as a second request, a cold read) of
+/// `runqueues.yld_count` on each of `ncpu` CPUs: a schedstat counter that
+/// only sched_yield() bumps, so nothing else changes it in this mode.
+fn per_cpu_frames(ncpu: u32) -> Vec<(MsgTag, Vec<u8>)> {
+    let entry = |cpu: u32, value: Value| KernelOpEntry {
+        target: Target::PerCpuField {
+            symbol: "runqueues".into(),
+            field: "yld_count".into(),
+            cpu,
+        },
+        value,
+    };
+    let req = |id, direction, value: &dyn Fn(u32) -> Value| KernelOpRequest {
+        request_id: id,
+        mode: Mode::Cold,
+        direction,
+        tag: "per-cpu".into(),
+        entries: (0..ncpu).map(|c| entry(c, value(c))).collect(),
+    };
+    [
+        req(PER_CPU_WRITE_ID, Direction::Write, &|c| Value::U32(PER_CPU_MARK + c)),
+        req(PER_CPU_READ_ID, Direction::Read, &|_| Value::U32(0)),
+    ]
+    .iter()
+    .map(|r| (MsgTag::KernelOpRequest, r.encode().unwrap_or_default()))
+    .collect()
 }
 
 /// Checks the host's replies as their bytes arrive.
@@ -129,7 +182,15 @@ impl ReplyCheck {
                     }),
                 Some(MsgTag::KernelOpReply) => KernelOpReply::decode(&frame.payload)
                     .map_err(|e| e.to_string())
-                    .map(|r| (MsgTag::KernelOpReply, r.request_id, r.success, r.reason)),
+                    .map(|r| {
+                        let values = values_text(&r.read_values);
+                        let why = match (r.reason.is_empty(), values.is_empty()) {
+                            (false, _) => r.reason,
+                            (true, false) => format!("values {values}"),
+                            (true, true) => String::new(),
+                        };
+                        (MsgTag::KernelOpReply, r.request_id, r.success, why)
+                    }),
                 _ => Err(format!("unexpected frame tag {:#010x}", frame.raw_tag)),
             };
             match checked {
@@ -166,13 +227,45 @@ impl ReplyCheck {
     }
 }
 
+/// Values read, as `[1,2,3]` (bytes as hex).
+fn values_text(v: &[Value]) -> String {
+    if v.is_empty() {
+        return String::new();
+    }
+    let one = |x: &Value| match x {
+        Value::U32(n) | Value::OrU32(n) => n.to_string(),
+        Value::U64(n) => n.to_string(),
+        Value::Bytes(b) => b.iter().map(|c| format!("{c:02x}")).collect(),
+    };
+    format!("[{}]", v.iter().map(one).collect::<Vec<_>>().join(","))
+}
+
 /// Sends the requests and waits up to `wait` for their replies. Returns
 /// the check; a read error ends the wait early and is a problem.
-pub fn exchange(port: &mut BulkPort<File>, wait: Duration) -> Result<ReplyCheck, CommsError> {
-    for (tag, payload) in request_frames() {
+pub fn exchange(port: &mut BulkPort<File>, wait: Duration, ncpu: u32) -> Result<ReplyCheck, CommsError> {
+    let mut frames = request_frames();
+    frames.extend(per_cpu_frames(ncpu));
+    for (tag, payload) in frames {
         port.send(tag, &payload)?;
     }
-    Ok(await_replies(port, ReplyCheck::new(), wait))
+    let mut expect = ReplyCheck::new().pending;
+    expect.extend([
+        (MsgTag::KernelOpReply, PER_CPU_WRITE_ID),
+        (MsgTag::KernelOpReply, PER_CPU_READ_ID),
+    ]);
+    let mut check = await_replies(port, ReplyCheck::expecting(expect), wait);
+    // jiffies again, a second later: the host sees the guest's time move.
+    std::thread::sleep(Duration::from_secs(1));
+    let (tag, payload) = jiffies_read(JIFFIES_AGAIN_ID);
+    port.send(tag, &payload)?;
+    let again = await_replies(
+        port,
+        ReplyCheck::expecting(vec![(MsgTag::KernelOpReply, JIFFIES_AGAIN_ID)]),
+        wait,
+    );
+    check.seen.extend(again.seen);
+    check.problems.extend(again.problems);
+    Ok(check)
 }
 
 /// Reads the bulk port until `check` has every reply it awaits, or `wait`

@@ -154,6 +154,87 @@ fn workload_checks(s: &Scenario, r: &ScenarioResult, checks: &mut Vec<CheckResul
     if let Some(tol) = s.checks.weight_share_pct {
         checks.push(weight_share(r, tol));
     }
+    if let Some(h) = &r.host_rq {
+        if s.checks.host_stall != Some(false) {
+            checks.push(host_stall(h));
+        }
+        if let Some(limit) = s.checks.max_imbalance {
+            checks.push(imbalance(h, limit));
+        }
+    }
+}
+
+/// A run-queue clock standing still this long with tasks runnable is a
+/// stall (the monitor's 5 intervals of 100 ms).
+pub const HOST_STALL_MS: u64 = 500;
+
+/// The host's stall check: real stalls fail it; stalls the host itself
+/// caused (it did not run the vCPU) fail it only to be excused.
+fn host_stall(h: &schedrig_wire::HostRqView) -> CheckResult {
+    let real = h.stalls.iter().filter(|s| s.inconclusive.is_none());
+    let worst = real
+        .max_by_key(|s| s.ms)
+        .or_else(|| h.stalls.iter().max_by_key(|s| s.ms));
+    let Some(w) = worst else {
+        return CheckResult {
+            name: "host_stall",
+            pass: true,
+            value: 0.0,
+            limit: HOST_STALL_MS as f64,
+            unit: "ms",
+            detail: format!(
+                "no CPU's run-queue clock stood still with tasks runnable ({} host samples)",
+                h.samples.len()
+            ),
+        };
+    };
+    CheckResult {
+        name: "host_stall",
+        pass: false,
+        value: w.ms as f64,
+        limit: HOST_STALL_MS as f64,
+        unit: "ms",
+        detail: format!(
+            "CPU {}'s run-queue clock stood still for {} ms from {} ms with {} task{} runnable{}",
+            w.cpu,
+            w.ms,
+            w.at_ms,
+            w.nr_running,
+            if w.nr_running == 1 { "" } else { "s" },
+            match (&w.inconclusive, w.vcpu_wait_ms) {
+                (Some(why), _) => format!(" ({why})"),
+                (None, Some(wait)) => format!(" (its vCPU thread was idle in the host: {wait} ms waiting to run)"),
+                (None, None) => String::new(),
+            }
+        ),
+    }
+}
+
+/// Whether every stall the host saw was the host's doing.
+fn host_stalls_excused(r: &ScenarioResult) -> Option<String> {
+    let h = r.host_rq.as_ref()?;
+    if h.stalls.is_empty() || h.stalls.iter().any(|s| s.inconclusive.is_none()) {
+        return None;
+    }
+    h.stalls[0].inconclusive.clone()
+}
+
+fn imbalance(h: &schedrig_wire::HostRqView, limit: f64) -> CheckResult {
+    let (value, detail) = match h.imbalance {
+        Some((ratio, busy, idle)) => (
+            ratio,
+            format!("CPU {busy} had {ratio:.1}x the runnable tasks of CPU {idle} for a second"),
+        ),
+        None => (1.0, format!("no sustained imbalance in {} host samples", h.samples.len())),
+    };
+    CheckResult {
+        name: "imbalance",
+        pass: value <= limit,
+        value: (value * 10.0).round() / 10.0,
+        limit,
+        unit: "x",
+        detail,
+    }
 }
 
 /// The verdict from the checks: a failure, unless only timing failed on
@@ -174,9 +255,11 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
     // task was running). Isolation and attachment never are.
     let stolen = stolen(r);
     let paused = paused(r);
+    let host_starved = host_stalls_excused(r);
     let excused = |c: &&CheckResult| match c.name {
         "gap" | "starvation" => stolen.is_some(),
         "fairness" | "weight_share" => paused.is_some(),
+        "host_stall" => host_starved.is_some(),
         _ => false,
     };
     if failed.iter().all(excused) {
@@ -201,6 +284,9 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
             why.push(format!(
                 "the host paused the whole VM for {p} ms (a pause counts as CPU time of whatever task was running)"
             ));
+        }
+        if let (Some(starved), true) = (&host_starved, failed.iter().any(|c| c.name == "host_stall")) {
+            why.push(format!("a run-queue clock stood still because {starved}"));
         }
         return Judgement {
             verdict: Verdict::Inconclusive,
@@ -474,6 +560,48 @@ mod tests {
             workers,
             ..ScenarioResult::default()
         }
+    }
+
+    #[test]
+    fn host_stalls_fail_unless_the_host_starved_the_vcpu() {
+        let ws = || vec![worker("a", 0, 100, 2000), worker("a", 1, 100, 2000)];
+        let stall = |inconclusive: Option<&str>| schedrig_wire::HostStall {
+            cpu: 1,
+            at_ms: 1200,
+            ms: 900,
+            nr_running: 2,
+            vcpu_wait_ms: Some(3),
+            inconclusive: inconclusive.map(String::from),
+        };
+        let view = |stalls| schedrig_wire::HostRqView {
+            samples: vec![Default::default(); 40],
+            stalls,
+            imbalance: Some((3.0, 0, 1)),
+        };
+        let mut r = result(ws());
+        r.host_rq = Some(view(vec![]));
+        let j = judge(&steady(), &r, &env());
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert!(j.checks.iter().any(|c| c.name == "host_stall" && c.pass));
+        r.host_rq = Some(view(vec![stall(None)]));
+        let j = judge(&steady(), &r, &env());
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(j.reason.contains("CPU 1") && j.reason.contains("900 ms"), "{}", j.reason);
+        r.host_rq = Some(view(vec![stall(Some("the host kept CPU 1's vCPU thread waiting"))]));
+        let j = judge(&steady(), &r, &env());
+        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert!(j.reason.contains("waiting"), "{}", j.reason);
+        // One real stall among excused ones still fails.
+        r.host_rq = Some(view(vec![stall(Some("starved")), stall(None)]));
+        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        // Off by the scenario; the imbalance limit is opt-in.
+        let mut s = steady();
+        s.checks.host_stall = Some(false);
+        assert_eq!(judge(&s, &r, &env()).verdict, Verdict::Pass);
+        s.checks.max_imbalance = Some(2.0);
+        let j = judge(&s, &r, &env());
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(j.reason.contains("CPU 0 had 3.0x"), "{}", j.reason);
     }
 
     fn env() -> JudgeEnv {

@@ -276,4 +276,13 @@ pub struct Checks {
     /// The scheduler is still attached at the end (default on).
     #[serde(default)]
     pub attached: Option<bool>,
+    /// The host's stall check: no CPU's run-queue clock stands still for
+    /// 500 ms with tasks runnable (default on wherever the host monitors
+    /// the run queues).
+    #[serde(default)]
+    pub host_stall: Option<bool>,
+    /// Opt-in: the most loaded CPU's nr_running over the least loaded
+    /// one's, held for a second, at most this.
+    #[serde(default)]
+    pub max_imbalance: Option<f64>,
 }

@@ -157,6 +157,7 @@ pub fn json(opts: &RunOptions, s: &RunSummary, o: &Outcome) -> serde_json::Value
         "steal_ms_per_cpu": r.map(|r| &r.steal_ms),
         "hold_steal_ms_per_cpu": r.map(|r| &r.hold_steal_ms),
         "host_pause_ms": r.map(|r| r.host_pause_ms),
+        "host_rq": r.and_then(|r| r.host_rq.as_ref()),
         "calibration_gap_us": r.map(|r| r.calibration_gap_us),
         "errors": r.map(|r| &r.errors),
         "sched_exit": o.sched_exit,

@@ -85,6 +85,17 @@ impl RunOut {
         self.check(self.code == Some(want), &format!("exit status {want}"))
     }
 
+    /// The host's monitor sampled scenario `name` and saw no stall (an
+    /// excused one would make the verdict inconclusive, never pass).
+    fn expect_host_quiet(&self, name: &str) -> Result<(), Failed> {
+        let c = self.check_of(name, "host_stall")?;
+        let v = self.verdict(name)?;
+        self.check(
+            c["pass"] == true || v == "inconclusive",
+            &format!("{name}: host_stall passed: {c}"),
+        )
+    }
+
     /// The check called `check` of scenario `name`.
     fn check_of(&self, name: &str, check: &str) -> Result<&Value, Failed> {
         self.get(name)?["checks"]
@@ -287,7 +298,33 @@ pub fn tests() -> Vec<Trial> {
                 )?;
                 for s in ["steady", "cpuset_split", "ping_pong"] {
                     r.expect_good(s)?;
+                    r.expect_host_quiet(s)?;
                 }
+                // The host's monitor read real run queues: at some sample
+                // every steady spinner was runnable, under sched_ext.
+                let workers = r.get("steady")?["workers"].as_array().map_or(0, Vec::len) as u64;
+                let samples = r.get("steady")?["host_rq"]["samples"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let sum = |s: &Value, k: &str| {
+                    s[k].as_array()
+                        .map_or(0, |a| a.iter().filter_map(Value::as_u64).sum::<u64>())
+                };
+                r.check(
+                    samples.len() >= 10,
+                    &format!("steady: 10 or more host samples, got {}", samples.len()),
+                )?;
+                r.check(
+                    workers > 0
+                        && samples.iter().any(|s| {
+                            sum(s, "nr_running") >= workers && sum(s, "scx_nr_running") >= workers
+                        })
+                        && samples.iter().all(|s| s["scx_state"] == 1),
+                    &format!(
+                        "steady: a sample with all {workers} spinners runnable in sched_ext, enabled throughout: {samples:?}"
+                    ),
+                )?;
                 let iso = r.check_of("cpuset_split", "isolation")?;
                 r.check(iso["pass"] == true, "cpuset_split's workers confined")?;
                 let pp = &r.get("ping_pong")?["workers"];
@@ -484,6 +521,7 @@ pub fn tests() -> Vec<Trial> {
                     v == "pass" || v == "inconclusive",
                     &format!("{s}: pass or inconclusive, got {v}"),
                 )?;
+                r.expect_host_quiet(s)?;
             }
             // The hog did take the vCPUs' time: this tested something.
             let (steal, holds) = steal_of(&r, "steady")?;

@@ -203,6 +203,8 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
             let _ = tx.send(Event::Vcpu(e));
         }),
         stop: Default::default(),
+        tids: Arc::new((0..topo.vcpus()).map(|_| Default::default()).collect()),
+        freezer: crate::freeze::Freezer::new(topo.vcpus() as usize),
     });
     let mut vcpus = Vec::new();
     for cpu in 0..topo.vcpus() {

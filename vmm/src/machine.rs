@@ -109,7 +109,27 @@ pub struct MachineConfig {
     pub initrd_extra: Vec<u8>,
     /// The scheduler the guest runs, and where its output goes.
     pub scheduler: crate::controller::SchedExpect,
+    /// The vmlinux of the booted kernel (symbols and BTF), for the
+    /// run-queue monitor; None runs without one.
+    pub vmlinux: Option<PathBuf>,
+    /// Freezes to run for a test or benchmark of the freeze coordinator.
+    pub freeze_test: Option<FreezeTest>,
 }
+
+/// `count` freezes of `hold` each, 100 ms apart, from 1 s after the
+/// guest's workload began (the scheduler attached, or SRDY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreezeTest {
+    pub count: u32,
+    pub hold: Duration,
+    /// Hide the frozen time from the guest (the default; off to show
+    /// what the guest's watchdogs make of a freeze they can see).
+    pub hide_time: bool,
+}
+
+/// Gap between test freezes, and the wait before the first.
+const FREEZE_TEST_GAP: Duration = Duration::from_millis(100);
+const FREEZE_TEST_START: Duration = Duration::from_secs(1);
 
 /// The threads a run started. [`Threads::stop`] joins all of them or
 /// ends the process; nothing a run started outlives it.
@@ -156,6 +176,12 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         }
     }
     tracing::debug!(elapsed = ?started.elapsed(), "vCPUs started");
+    {
+        use std::os::unix::thread::JoinHandleExt;
+        shared
+            .freezer
+            .set_threads(threads.vcpus.iter().map(|t| t.as_pthread_t()).collect());
+    }
 
     let deadlines = Deadlines {
         boot: config.boot_deadline,
@@ -181,6 +207,33 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             None
         }
     };
+    // The run-queue monitor reads guest memory while the guest runs; it
+    // is stopped (joined) before the vCPUs are.
+    let monitor = config.vmlinux.as_ref().and_then(|v| {
+        crate::monitor::Monitor::start(
+            v.clone(),
+            m.mem.clone(),
+            shared.tids.clone(),
+            shared.freezer.epoch.clone(),
+            started,
+        )
+            .map_err(|e| tracing::warn!("no run-queue monitor: {e}"))
+            .ok()
+    });
+    let vm = std::sync::Arc::new(m.vm);
+    if let Some(mon) = &monitor {
+        ctl.watch_run_queues(mon.shared());
+        let (s, v) = (shared.clone(), vm.clone());
+        ctl.serve_requests(crate::requests::Server {
+            monitor: mon.shared(),
+            freeze: Box::new(move |f| {
+                s.freezer
+                    .freeze(&v, &s.stop, true, |regs| f(regs))
+                    .map(|(_, stats)| stats)
+            }),
+            now_ms: Box::new(move || started.elapsed().as_millis() as u64),
+        });
+    }
     let (events, bulk_budget, mem) = (m.events, m.bulk_budget, m.mem);
     let handle = |ctl: &mut Controller, event: Event| {
         ctl.on_event(&event);
@@ -190,6 +243,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             bulk_budget.release(BulkBudget::charge(bytes.len()));
         }
     };
+    let mut freezes = Vec::new();
+    let mut next_freeze: Option<Instant> = None;
     loop {
         match events.recv_timeout(POLL) {
             Ok(event) => handle(&mut ctl, event),
@@ -201,9 +256,32 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         if ctl.check_deadlines() {
             break;
         }
+        if let Some(ft) = &config.freeze_test {
+            if freezes.len() < ft.count as usize {
+                let due = *next_freeze.get_or_insert_with(|| {
+                    ctl.busy_since().map_or(Instant::now() + POLL, |t| t + FREEZE_TEST_START)
+                });
+                if ctl.busy_since().is_some() && Instant::now() >= due {
+                    freezes.push(test_freeze(&shared, &vm, ft));
+                    next_freeze = Some(Instant::now() + FREEZE_TEST_GAP);
+                }
+            }
+        }
     }
     // Nothing more goes to the guest once it is stopping.
     ctl.stop_replies();
+    let monitor_report = monitor.map(|mon| {
+        let shared = mon.shared();
+        drop(mon);
+        let samples = std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        crate::report::MonitorReport {
+            stalls: crate::monitor::analysis::stalls(&samples),
+            samples,
+            dropped: shared.dropped(),
+            error: shared.error.lock().ok().and_then(|e| e.clone()),
+            ops_name: shared.ops_name.lock().ok().and_then(|n| n.clone()),
+        }
+    });
     // The last pass over the queues takes all the guest left (at most one
     // ring of chains), whatever the controller had not yet released.
     bulk_budget.lift();
@@ -227,9 +305,34 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     report.guest_huge_kib = figures.map(|f| f.guest_huge_kib);
     report.console_file = console_file?;
     report.bulk_tx_deferred = bulk_budget.deferred();
+    report.monitor = monitor_report;
+    report.freezes = freezes;
     // Every thread that could touch guest memory is joined: now it may go.
-    drop((shared, transport, m.vm, mem));
+    drop((shared, transport, vm, mem));
     Ok(report)
+}
+
+/// One test freeze: park all, note the registers, hold, release.
+fn test_freeze(shared: &VcpuShared, vm: &kvm_ioctls::VmFd, ft: &FreezeTest) -> crate::report::FreezeRecord {
+    let r = shared.freezer.freeze(vm, &shared.stop, ft.hide_time, |regs| {
+        std::thread::sleep(ft.hold);
+        (
+            regs.iter().filter(|r| r.is_some()).count() as u32,
+            regs.iter().flatten().filter(|r| r.cs & 3 == 0).count() as u32,
+        )
+    });
+    match r {
+        Ok(((with_regs, in_kernel), stats)) => crate::report::FreezeRecord {
+            stats: Some(stats),
+            error: None,
+            vcpus_with_regs: with_regs,
+            in_kernel,
+        },
+        Err(e) => crate::report::FreezeRecord {
+            error: Some(e.to_string()),
+            ..Default::default()
+        },
+    }
 }
 
 impl Threads {

@@ -119,6 +119,37 @@ pub struct RunReport {
     pub scenario_results: Vec<schedrig_wire::ScenarioResult>,
     /// TEST frames past the cap, counted only.
     pub scenario_results_dropped: u64,
+    /// The host's run-queue monitor, when it ran.
+    pub monitor: Option<MonitorReport>,
+    /// Test freezes (`MachineConfig::freeze_test`), in order.
+    pub freezes: Vec<FreezeRecord>,
+    /// Snapshots the guest asked for (SNRQ CAPTURE), in order.
+    pub snapshots: Vec<crate::introspect::snapshot::Snapshot>,
+}
+
+/// One freeze of every vCPU.
+#[derive(Debug, Clone, Default)]
+pub struct FreezeRecord {
+    pub stats: Option<crate::freeze::FreezeStats>,
+    pub error: Option<String>,
+    /// vCPUs whose registers were read while parked, and of those the
+    /// ones that were in the kernel (CPL 0).
+    pub vcpus_with_regs: u32,
+    pub in_kernel: u32,
+}
+
+/// What the run-queue monitor saw over the whole run.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorReport {
+    /// In time order, 100 ms apart (the first `monitor::SAMPLES_MAX`).
+    pub samples: Vec<crate::monitor::analysis::Sample>,
+    pub dropped: u64,
+    /// Why it stopped or never started sampling, if it did.
+    pub error: Option<String>,
+    /// The scheduler's name in the kernel's `scx_ops`, last seen.
+    pub ops_name: Option<String>,
+    /// Every stall over the whole run.
+    pub stalls: Vec<crate::monitor::analysis::Stall>,
 }
 
 /// Where a vCPU was when the controller stopped it.
@@ -202,6 +233,9 @@ mod tests {
             scenarios_started: 0,
             scenario_results: Vec::new(),
             scenario_results_dropped: 0,
+            monitor: None,
+            freezes: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 

@@ -1,18 +1,41 @@
 //! Answers to the guest's coordinator requests (SNRQ, KORQ), sent back on
 //! the bulk port (port 1 RX) as SNRP and KORP frames.
 //!
-//! Snapshots and kernel-memory ops need the freeze coordinator, which this
-//! VMM does not have yet. Until it does, every request still gets a reply
-//! that echoes its `request_id` and says so, as the spec asks of any
-//! request the host cannot serve, so a guest waiting on one never hangs.
-//! Invalid requests (snapshot kind 0 or unknown) are refused by name.
+//! Kernel-memory ops run against the guest kernel as the host reads it
+//! (`introspect`): hot ones at once, cold ones inside a freeze of every
+//! vCPU. A CAPTURE freezes the guest and keeps a snapshot under its tag.
+//! Every request gets a reply echoing its `request_id`, with the reason
+//! when it fails, so a guest waiting on one never hangs. Invalid requests
+//! (snapshot kind 0 or unknown, malformed ops) are refused by name.
 
+use std::sync::Arc;
+
+use schedrig_wire::payload::kernel_op::Mode;
 use schedrig_wire::{
-    encode_frame, KernelOpReply, KernelOpRequest, MsgTag, SnapshotReply, SnapshotRequest,
+    encode_frame, KernelOpReply, KernelOpRequest, MsgTag, SnapshotKind, SnapshotReply,
+    SnapshotRequest,
 };
 
-/// Why the frames cannot be served yet; part of every refusal.
-pub const NO_COORDINATOR: &str = "this VMM has no freeze coordinator yet";
+use crate::freeze::{FreezeError, FreezeStats, VcpuRegs};
+use crate::introspect::ops::KernelCtx;
+use crate::introspect::snapshot::{self, Snapshot};
+use crate::monitor::MonitorShared;
+
+/// Why a request cannot be served without a vmlinux.
+pub const NO_KERNEL: &str =
+    "the host has no vmlinux for this kernel (symbols and BTF), so it cannot read its memory";
+
+/// Freezes every vCPU and runs the closure with their registers.
+pub type FreezeFn =
+    Box<dyn Fn(&mut dyn FnMut(&[Option<VcpuRegs>])) -> Result<FreezeStats, FreezeError> + Send>;
+
+/// What serves requests: the guest kernel (once read) and the freezer.
+pub struct Server {
+    pub monitor: Arc<MonitorShared>,
+    pub freeze: FreezeFn,
+    /// Milliseconds from VMM start, for snapshot times.
+    pub now_ms: Box<dyn Fn() -> u64 + Send>,
+}
 
 /// What the host makes of one request frame.
 #[derive(Debug, Default)]
@@ -23,6 +46,27 @@ pub struct Answer {
     /// Why the request itself was refused (malformed, over a cap), for
     /// the guest-problem count; `None` for a well-formed request.
     pub refused: Option<String>,
+    /// A snapshot it took.
+    pub snapshot: Option<Snapshot>,
+    /// The guest kernel is not read yet: ask again later.
+    pub later: bool,
+}
+
+enum Ctx {
+    Ready(Arc<KernelCtx>),
+    Later,
+    Never(String),
+}
+
+fn ctx(server: Option<&Server>) -> Ctx {
+    let Some(s) = server else {
+        return Ctx::Never(NO_KERNEL.into());
+    };
+    match (s.monitor.ctx.get(), s.monitor.failed()) {
+        (Some(c), _) => Ctx::Ready(c.clone()),
+        (None, Some(why)) => Ctx::Never(format!("the host could not read the guest kernel: {why}")),
+        (None, None) => Ctx::Later,
+    }
 }
 
 /// Answers a guest frame that is a request. A SNRQ that does not decode
@@ -32,36 +76,34 @@ pub struct Answer {
 /// is decoded, too many entries, bad postcard after the id) is answered
 /// with an error echoing the id it starts with: that is what the guest
 /// sent, so a guest waiting on it does not wait for nothing.
-pub fn answer(tag: MsgTag, payload: &[u8]) -> Answer {
+pub fn answer(tag: MsgTag, payload: &[u8], server: Option<&Server>) -> Answer {
     match tag {
         MsgTag::SnapshotRequest => match SnapshotRequest::decode(payload) {
-            Ok(req) => {
-                let id = req.request_id.get();
-                let reason = match req.kind() {
-                    Err(e) => e.to_string(),
-                    Ok(kind) => format!("snapshot {kind:?} is not available: {NO_COORDINATOR}"),
-                };
-                Answer {
-                    frame: encode_frame(
-                        MsgTag::SnapshotReply,
-                        &SnapshotReply::error(id, &reason).encode(),
-                    )
-                    .ok(),
-                    refused: None,
-                }
-            }
+            Ok(req) => snapshot_answer(&req, server),
             Err(e) => Answer {
-                frame: None,
                 refused: Some(format!("SNRQ refused: {e}")),
+                ..Default::default()
             },
         },
         MsgTag::KernelOpRequest => match KernelOpRequest::decode(payload) {
             Ok(req) => {
-                let reason = format!("kernel-memory ops are not available: {NO_COORDINATOR}");
-                Answer {
-                    frame: kernel_op_error(req.request_id, reason),
-                    refused: None,
-                }
+                let c = match ctx(server) {
+                    Ctx::Ready(c) => c,
+                    Ctx::Later => return later(),
+                    Ctx::Never(why) => return replied(kernel_op_error(req.request_id, why)),
+                };
+                let reply = match (req.mode, server) {
+                    (Mode::Hot, _) => c.execute(&req, &[]),
+                    (Mode::Cold, Some(s)) => {
+                        let mut out = None;
+                        match (s.freeze)(&mut |regs| out = Some(c.execute(&req, regs))) {
+                            Ok(_) => out.unwrap_or_else(|| KernelOpReply::error(req.request_id, "the freeze ran nothing")),
+                            Err(e) => KernelOpReply::error(req.request_id, format!("cold op: {e}")),
+                        }
+                    }
+                    (Mode::Cold, None) => KernelOpReply::error(req.request_id, NO_KERNEL),
+                };
+                replied(encode_kernel_op(&reply))
             }
             Err(e) => Answer {
                 // The id is the first field: a request refused whole
@@ -69,9 +111,87 @@ pub fn answer(tag: MsgTag, payload: &[u8]) -> Answer {
                 frame: KernelOpRequest::peek_request_id(payload)
                     .and_then(|id| kernel_op_error(id, format!("request refused: {e}"))),
                 refused: Some(format!("KORQ of {} bytes refused: {e}", payload.len())),
+                ..Default::default()
             },
         },
         _ => Answer::default(),
+    }
+}
+
+/// A reply refusing a well-formed request for `reason` (e.g. it waited
+/// too long for the guest kernel to be read).
+pub fn refuse(tag: MsgTag, payload: &[u8], reason: &str) -> Option<Vec<u8>> {
+    match tag {
+        MsgTag::SnapshotRequest => {
+            snapshot_error(SnapshotRequest::decode(payload).ok()?.request_id.get(), reason)
+        }
+        MsgTag::KernelOpRequest => {
+            kernel_op_error(KernelOpRequest::peek_request_id(payload)?, reason.to_string())
+        }
+        _ => None,
+    }
+}
+
+fn later() -> Answer {
+    Answer {
+        later: true,
+        ..Default::default()
+    }
+}
+
+fn replied(frame: Option<Vec<u8>>) -> Answer {
+    Answer {
+        frame,
+        ..Default::default()
+    }
+}
+
+fn snapshot_error(id: u32, reason: &str) -> Option<Vec<u8>> {
+    encode_frame(MsgTag::SnapshotReply, &SnapshotReply::error(id, reason).encode()).ok()
+}
+
+fn snapshot_answer(req: &SnapshotRequest, server: Option<&Server>) -> Answer {
+    let id = req.request_id.get();
+    let kind = match req.kind() {
+        Ok(k) => k,
+        Err(e) => return replied(snapshot_error(id, &e.to_string())),
+    };
+    let tag = req.tag_str().unwrap_or("(not UTF-8)").to_string();
+    if kind == SnapshotKind::Watch {
+        return replied(snapshot_error(
+            id,
+            "WATCH is not available yet: this VMM has no watchpoints",
+        ));
+    }
+    let c = match ctx(server) {
+        Ctx::Ready(c) => c,
+        Ctx::Later => return later(),
+        Ctx::Never(why) => return replied(snapshot_error(id, &why)),
+    };
+    let Some(s) = server else {
+        return replied(snapshot_error(id, NO_KERNEL));
+    };
+    let mut snap = None;
+    match (s.freeze)(&mut |regs| snap = Some(snapshot::capture(&c, &c.rq, regs, &tag))) {
+        Ok(stats) => {
+            let mut snap = snap.unwrap_or_default();
+            snap.at_ms = (s.now_ms)();
+            snap.frozen_us = stats.total.as_micros() as u64;
+            Answer {
+                frame: encode_frame(MsgTag::SnapshotReply, &SnapshotReply::ok(id).encode()).ok(),
+                snapshot: Some(snap),
+                ..Default::default()
+            }
+        }
+        Err(e) => replied(snapshot_error(id, &format!("capture: {e}"))),
+    }
+}
+
+fn encode_kernel_op(reply: &KernelOpReply) -> Option<Vec<u8>> {
+    match reply.encode() {
+        Ok(b) => encode_frame(MsgTag::KernelOpReply, &b).ok(),
+        // Over the guest's cap: say so instead.
+        Err(e) => kernel_op_error(reply.request_id, format!("the reply cannot be sent: {e}")),
     }
 }
 
@@ -98,7 +218,7 @@ mod tests {
     fn snapshot_requests_get_an_error_echoing_their_id() {
         let req = SnapshotRequest::new(41, SnapshotKind::Capture, "before");
         let (tag, payload) = parse_one(
-            &answer(MsgTag::SnapshotRequest, &req.encode())
+            &answer(MsgTag::SnapshotRequest, &req.encode(), None)
                 .frame
                 .unwrap(),
         );
@@ -106,14 +226,14 @@ mod tests {
         let reply = SnapshotReply::decode(&payload).unwrap();
         assert_eq!(reply.request_id.get(), 41);
         assert_eq!(reply.status().unwrap(), SnapshotStatus::Error);
-        assert!(reply.reason_str().unwrap().contains("Capture"));
+        assert!(reply.reason_str().unwrap().contains("no vmlinux"));
     }
 
     #[test]
     fn invalid_snapshot_kind_is_refused_by_name() {
         let mut raw = SnapshotRequest::new(7, SnapshotKind::Watch, "jiffies").encode();
         raw[4..8].copy_from_slice(&0u32.to_le_bytes());
-        let (_, payload) = parse_one(&answer(MsgTag::SnapshotRequest, &raw).frame.unwrap());
+        let (_, payload) = parse_one(&answer(MsgTag::SnapshotRequest, &raw, None).frame.unwrap());
         let reply = SnapshotReply::decode(&payload).unwrap();
         assert_eq!(reply.request_id.get(), 7);
         assert!(
@@ -135,7 +255,7 @@ mod tests {
                 value: Value::U64(0),
             }],
         };
-        let bytes = answer(MsgTag::KernelOpRequest, &req.encode().unwrap())
+        let bytes = answer(MsgTag::KernelOpRequest, &req.encode().unwrap(), None)
             .frame
             .unwrap();
         let (tag, payload) = parse_one(&bytes);
@@ -146,14 +266,14 @@ mod tests {
 
     #[test]
     fn malformed_requests_and_other_tags_get_no_answer() {
-        let a = answer(MsgTag::SnapshotRequest, &[0u8; 10]);
+        let a = answer(MsgTag::SnapshotRequest, &[0u8; 10], None);
         assert!(a.frame.is_none() && a.refused.is_some());
-        let a = answer(MsgTag::KernelOpRequest, &[0xff; 5]);
+        let a = answer(MsgTag::KernelOpRequest, &[0xff; 5], None);
         assert!(a.frame.is_none() && a.refused.is_some());
-        let a = answer(MsgTag::Exit, &0i32.to_le_bytes());
+        let a = answer(MsgTag::Exit, &0i32.to_le_bytes(), None);
         assert!(a.frame.is_none() && a.refused.is_none());
         // A guest cannot make the host send a host-only frame for it.
-        assert!(answer(MsgTag::SnapshotReply, &[0u8; 520]).frame.is_none());
+        assert!(answer(MsgTag::SnapshotReply, &[0u8; 520], None).frame.is_none());
     }
 
     #[test]
@@ -161,7 +281,7 @@ mod tests {
         // 100 KiB: a readable id, then bytes postcard never sees.
         let mut raw = vec![0u8; 100 << 10];
         raw[0] = 44;
-        let a = answer(MsgTag::KernelOpRequest, &raw);
+        let a = answer(MsgTag::KernelOpRequest, &raw, None);
         assert!(a.refused.unwrap().contains("cap"));
         let (tag, payload) = parse_one(&a.frame.unwrap());
         assert_eq!(tag, MsgTag::KernelOpReply);

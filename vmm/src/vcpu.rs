@@ -1,7 +1,7 @@
 //! vCPU threads: run KVM_RUN in a loop, route port and MMIO exits to
 //! the devices, and report what ends the machine.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -33,11 +33,30 @@ pub fn kick_signal() -> i32 {
     libc::SIGRTMIN()
 }
 
-/// Installs a no-op handler for the kick signal, so it interrupts
-/// KVM_RUN (EINTR) instead of killing the process. Idempotent.
+thread_local! {
+    /// This vCPU thread's `kvm_run` mapping (null outside vCPU threads):
+    /// the kick handler sets its `immediate_exit`.
+    static KVM_RUN: std::cell::Cell<*mut kvm_bindings::kvm_run> =
+        const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Installs the kick signal's handler, so the signal interrupts KVM_RUN
+/// (EINTR) instead of killing the process, and sets the thread's
+/// `kvm_run.immediate_exit`: a kick that arrives just before KVM_RUN
+/// still makes it return at once. Idempotent.
 pub fn install_kick_handler() -> Result<(), VcpuError> {
-    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+    extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // A const-initialised thread-local without a destructor: reading
+        // it does not allocate or lock, so it is safe in a handler.
+        let run = KVM_RUN.with(|r| r.get());
+        if !run.is_null() {
+            // SAFETY: `run` is this thread's live kvm_run mapping: it is
+            // set by the vCPU thread from its own VcpuFd and cleared
+            // before that VcpuFd is dropped (see `spawn`).
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    }
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick)
         .map_err(|e| VcpuError::KickHandler(std::io::Error::from_raw_os_error(e.errno())))
 }
 
@@ -65,6 +84,11 @@ pub struct VcpuShared {
     /// Where the vCPUs report; called from vCPU threads.
     pub events: Box<dyn Fn(VcpuEvent) + Send + Sync>,
     pub stop: AtomicBool,
+    /// Each vCPU thread's host thread id, once it runs (0 before): the
+    /// monitor reads their host CPU and wait times.
+    pub tids: Arc<Vec<AtomicI32>>,
+    /// Parks the vCPUs for a consistent view of the guest.
+    pub freezer: crate::freeze::Freezer,
 }
 
 impl VcpuShared {
@@ -120,10 +144,18 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
+            if let Some(slot) = shared.tids.get(cpu as usize) {
+                // SAFETY: gettid has no preconditions and touches no memory.
+                slot.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            }
             if cpu == 0 {
                 (shared.events)(VcpuEvent::FirstRun(Instant::now()));
             }
-            run_loop(cpu, &mut vcpu, &shared)
+            KVM_RUN.with(|r| r.set(vcpu.get_kvm_run()));
+            let end = run_loop(cpu, &mut vcpu, &shared);
+            // Before `vcpu` (and its kvm_run mapping) is dropped.
+            KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+            end
         })
         .map_err(|source| VcpuError::Spawn { cpu, source })
 }
@@ -195,6 +227,10 @@ fn run_until_end(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
         (shared.events)(VcpuEvent::Failed { cpu, reason });
     };
     while !shared.stop.load(Ordering::Acquire) {
+        if shared.freezer.requested() {
+            shared.freezer.park(cpu as usize, vcpu, &shared.stop);
+            continue;
+        }
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => shared.io_in(port, data),
             Ok(VcpuExit::IoOut(port, data)) => {

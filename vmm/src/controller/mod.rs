@@ -3,6 +3,7 @@
 //! whole run, the grace after EXIT or a power-off line). It decides the
 //! verdict; `machine::run` feeds it and turns it into a report.
 
+mod host_rq;
 mod record;
 mod sched;
 
@@ -91,7 +92,19 @@ pub struct Controller {
     scenario_starts: Vec<Instant>,
     /// Host pauses, when a watcher records them (see `pause`).
     pauses: Option<Arc<crate::pause::PauseLog>>,
+    /// The run-queue monitor, when one runs.
+    monitor: Option<Arc<crate::monitor::MonitorShared>>,
+    /// What answers SNRQ and KORQ, when the host can read the guest.
+    server: Option<crate::requests::Server>,
+    /// Requests that came before the guest kernel was read (bounded).
+    pending: Vec<(Instant, MsgTag, Vec<u8>)>,
+    snapshots: Vec<crate::introspect::snapshot::Snapshot>,
 }
+
+/// Requests kept while the host reads the guest kernel, and how long
+/// each may wait for that.
+const PENDING_MAX: usize = 16;
+const PENDING_WAIT: Duration = Duration::from_secs(60);
 
 impl Controller {
     /// `power_down` turns true when the kernel prints its power-off or
@@ -127,7 +140,64 @@ impl Controller {
             scenarios: record::ScenarioLog::default(),
             scenario_starts: Vec::new(),
             pauses: None,
+            monitor: None,
+            server: None,
+            pending: Vec::new(),
+            snapshots: Vec::new(),
         }
+    }
+
+    /// Serve SNRQ and KORQ with `s` (else they are refused with a reason).
+    pub fn serve_requests(&mut self, s: crate::requests::Server) {
+        self.server = Some(s);
+    }
+
+    /// Answers one request now, or keeps it until the guest kernel is read.
+    fn serve(&mut self, tag: MsgTag, payload: &[u8], since: Instant) {
+        let answer = crate::requests::answer(tag, payload, self.server.as_ref());
+        let frame = if answer.later {
+            if since.elapsed() >= PENDING_WAIT {
+                crate::requests::refuse(tag, payload, &format!(
+                    "the host was still reading the guest kernel {PENDING_WAIT:?} after the request"
+                ))
+            } else if self.pending.len() < PENDING_MAX {
+                self.pending.push((since, tag, payload.to_vec()));
+                None
+            } else {
+                crate::requests::refuse(tag, payload, &format!(
+                    "{PENDING_MAX} requests already wait for the host to read the guest kernel"
+                ))
+            }
+        } else {
+            answer.frame
+        };
+        if let Some(why) = &answer.refused {
+            guest_error!(self.errors, Frame, "{why}");
+        }
+        if let Some(snap) = answer.snapshot {
+            if self.snapshots.len() < crate::introspect::snapshot::SNAPSHOTS_MAX {
+                self.snapshots.push(snap);
+            }
+        }
+        if let (Some(reply), Some(w)) = (frame, &self.replies) {
+            // Full means the guest is not reading its replies; dropping
+            // this one cannot hurt the host.
+            if let Err(e) = w.send(&reply) {
+                guest_error!(self.errors, Frame, "reply to {tag} dropped: {e}");
+            }
+        }
+    }
+
+    /// Requests kept for later, tried again.
+    fn serve_pending(&mut self) {
+        for (since, tag, payload) in std::mem::take(&mut self.pending) {
+            self.serve(tag, &payload, since);
+        }
+    }
+
+    /// Hand KADR to `m` and judge scenarios with its samples too.
+    pub fn watch_run_queues(&mut self, m: Arc<crate::monitor::MonitorShared>) {
+        self.monitor = Some(m);
     }
 
     /// Discount the host pauses `log` records from scenarios and stalls.
@@ -138,6 +208,15 @@ impl Controller {
     /// Sets the verdict, unless one is set already.
     pub fn end(&mut self, v: Verdict, why: String) {
         self.verdict.get_or_insert((v, why));
+    }
+
+    /// When the guest's workload began: the scheduler's attach when one
+    /// runs, else SRDY.
+    pub fn busy_since(&self) -> Option<Instant> {
+        match self.sched.expects_scheduler() {
+            true => self.sched.attached_at(),
+            false => self.ready,
+        }
     }
 
     pub fn has_verdict(&self) -> bool {
@@ -185,7 +264,13 @@ impl Controller {
                         self.exit_at = Some(Instant::now());
                     }
                 }
-                Some(MsgTag::KernAddrs) => self.kern_addrs = KernAddrs::decode(payload).ok(),
+                Some(MsgTag::KernAddrs) => {
+                    self.kern_addrs = KernAddrs::decode(payload).ok();
+                    if let (Some(m), Some(ka)) = (&self.monitor, self.kern_addrs) {
+                        // The first KADR counts; a second one is ignored.
+                        let _ = m.kern_addrs.set(ka);
+                    }
+                }
                 Some(MsgTag::Topology) => self.topology = GuestTopology::decode(payload).ok(),
                 Some(MsgTag::Lifecycle) => {
                     if let Err(e) = self.lifecycle.record(payload) {
@@ -213,10 +298,16 @@ impl Controller {
                     }
                 }
                 Some(MsgTag::TestResult) => match self.scenarios.record(payload, |r| {
-                    if let Some(log) = &self.pauses {
-                        // The latest start: the guest's index is not trusted.
-                        if let Some(&t0) = self.scenario_starts.last() {
-                            record::discount_pauses(r, t0, Instant::now(), log);
+                    // Host fields are the host's, whatever the guest sent.
+                    r.host_rq = None;
+                    // The latest start: the guest's index is not trusted.
+                    if let Some(&t0) = self.scenario_starts.last() {
+                        let now = Instant::now();
+                        if let Some(log) = &self.pauses {
+                            record::discount_pauses(r, t0, now, log);
+                        }
+                        if let Some(m) = &self.monitor {
+                            host_rq::set_host_view(r, t0, now, self.started, m);
                         }
                     }
                 }) {
@@ -231,17 +322,8 @@ impl Controller {
                 Some(MsgTag::SchedulerLog) => self.sched.on_log(payload),
                 Some(MsgTag::Dmesg) => self.sched.on_kmsg(payload),
                 Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {
-                    let answer = crate::requests::answer(tag, payload);
-                    if let Some(why) = &answer.refused {
-                        guest_error!(self.errors, Frame, "{why}");
-                    }
-                    if let (Some(reply), Some(w)) = (answer.frame, &self.replies) {
-                        // Full means the guest is not reading its replies;
-                        // dropping this one cannot hurt the host.
-                        if let Err(e) = w.send(&reply) {
-                            guest_error!(self.errors, Frame, "reply to {tag} dropped: {e}");
-                        }
-                    }
+                    let payload = payload.to_vec();
+                    self.serve(tag, &payload, Instant::now());
                 }
                 _ => {}
             }
@@ -267,6 +349,9 @@ impl Controller {
     pub fn check_deadlines(&mut self) -> bool {
         if self.verdict.is_some() || self.reset.is_some() {
             return true;
+        }
+        if !self.pending.is_empty() {
+            self.serve_pending();
         }
         if self.power_down.load(Ordering::Acquire) {
             // The kernel said it powers off or halts. With ACPI the S5
@@ -382,6 +467,9 @@ impl Controller {
             scenarios_started: self.scenarios.started,
             scenario_results: self.scenarios.results,
             scenario_results_dropped: self.scenarios.dropped,
+            monitor: None,
+            freezes: Vec::new(),
+            snapshots: self.snapshots,
         }
     }
 }

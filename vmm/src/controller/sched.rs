@@ -116,6 +116,15 @@ impl SchedState {
         self.expect.results.as_ref()
     }
 
+    pub fn expects_scheduler(&self) -> bool {
+        self.expect.name.is_some()
+    }
+
+    /// When the scheduler attached (SCAT), if it did.
+    pub fn attached_at(&self) -> Option<Instant> {
+        self.attached.as_ref().map(|a| a.0)
+    }
+
     pub fn on_attached(&mut self, payload: &[u8]) -> Result<(), String> {
         let ops = decode_attached(payload).map_err(|e| e.to_string())?;
         self.attached.get_or_insert((Instant::now(), ops));

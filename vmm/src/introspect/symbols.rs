@@ -21,10 +21,14 @@ pub enum SymbolError {
     Parse { path: String, reason: String },
 }
 
-/// name -> link-time address, for the symbols asked for.
+/// name -> link-time address (and size), for the symbols asked for or
+/// all of them.
 #[derive(Debug, Clone, Default)]
 pub struct SymbolTable {
     addrs: HashMap<String, u64>,
+    sizes: HashMap<String, u64>,
+    /// Function symbols by address (with `load_all`), to name code.
+    text: Vec<(u64, String)>,
 }
 
 impl SymbolTable {
@@ -46,8 +50,75 @@ impl SymbolTable {
                     reason: format!("none of {wanted:?} found"),
                 });
             }
-            Ok(Self { addrs })
+            Ok(Self {
+                addrs,
+                sizes: HashMap::new(),
+                text: Vec::new(),
+            })
         })
+    }
+
+    /// Every named data and text symbol of `vmlinux` (about 100k for our
+    /// kernel). Where a name repeats (static symbols of several files),
+    /// a global one wins, else the first.
+    pub fn load_all(vmlinux: &Path) -> Result<Self, SymbolError> {
+        with_elf(vmlinux, |file, path| {
+            let mut addrs = HashMap::new();
+            let mut sizes = HashMap::new();
+            let mut global = std::collections::HashSet::new();
+            let mut text = Vec::new();
+            for sym in file.symbols() {
+                let Ok(name) = sym.name() else { continue };
+                if sym.kind() == object::SymbolKind::Text && sym.address() != 0 && !name.is_empty() {
+                    text.push((sym.address(), name.to_string()));
+                }
+                if name.is_empty()
+                    || !matches!(sym.kind(), object::SymbolKind::Data | object::SymbolKind::Text | object::SymbolKind::Unknown)
+                {
+                    continue;
+                }
+                let is_global = sym.is_global();
+                if addrs.contains_key(name) && (global.contains(name) || !is_global) {
+                    continue;
+                }
+                if is_global {
+                    global.insert(name.to_string());
+                }
+                addrs.insert(name.to_string(), sym.address());
+                sizes.insert(name.to_string(), sym.size());
+            }
+            if !addrs.contains_key("_text") {
+                return Err(SymbolError::Parse {
+                    path,
+                    reason: "no _text symbol".into(),
+                });
+            }
+            text.sort_unstable();
+            Ok(Self { addrs, sizes, text })
+        })
+    }
+
+    /// `name+0xoff` for link-time code address `addr` (needs `load_all`).
+    pub fn name_code(&self, addr: u64) -> Option<String> {
+        let i = self.text.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
+        let (start, name) = &self.text[i];
+        let off = addr - start;
+        (off < 1 << 20).then(|| format!("{name}+{off:#x}"))
+    }
+
+    /// The symbol's size in bytes (ELF st_size; 0 when unknown or when
+    /// the table was loaded without sizes).
+    pub fn size(&self, name: &str) -> u64 {
+        self.sizes.get(name).copied().unwrap_or(0)
+    }
+
+    /// How many symbols the table holds.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
     }
 
     pub fn get(&self, name: &str) -> Option<u64> {

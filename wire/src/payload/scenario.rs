@@ -9,6 +9,8 @@ pub const SCENARIO_RESULT_MAX_LEN: usize = 1 << 20;
 /// worker slots and keeps 33 errors).
 pub const SCENARIO_WORKERS_MAX: usize = 1024;
 pub const SCENARIO_ERRORS_MAX: usize = 64;
+/// Host stalls one result may list (the host keeps the first ones).
+pub const HOST_STALLS_MAX: usize = 64;
 
 /// One scenario's measurements.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -53,6 +55,48 @@ pub struct ScenarioResult {
     /// Set when the scheduler stopped being attached during the scenario:
     /// what sched_ext's state was.
     pub sched_lost: Option<String>,
+    /// Set by the host, whatever the guest sent: what its run-queue
+    /// monitor saw during the holds. None when the host did not monitor.
+    pub host_rq: Option<HostRqView>,
+}
+
+/// The host's run-queue monitor over one scenario's holds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostRqView {
+    /// Its samples over the holds (100 ms apart).
+    pub samples: Vec<HostRqSample>,
+    pub stalls: Vec<HostStall>,
+    /// The largest max/min `nr_running` ratio across CPUs held for a
+    /// second, and the CPUs then (busiest, idlest).
+    pub imbalance: Option<(f64, u32, u32)>,
+}
+
+/// One monitor sample: per CPU, `rq->nr_running`, `rq->scx.nr_running`
+/// and `rq->scx.local_dsq.nr`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostRqSample {
+    /// From the scenario's start.
+    pub at_ms: u64,
+    /// sched_ext's enable state (0 enabling, 1 enabled, 2 disabling,
+    /// 3 disabled; -1 unknown).
+    pub scx_state: i32,
+    pub nr_running: Vec<u32>,
+    pub scx_nr_running: Vec<u32>,
+    pub local_dsq_nr: Vec<u32>,
+}
+
+/// A CPU whose `rq->clock` stood still with tasks runnable.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostStall {
+    pub cpu: u32,
+    /// From the scenario's start.
+    pub at_ms: u64,
+    pub ms: u64,
+    pub nr_running: u32,
+    /// Its vCPU thread's wait in the host's run queue in that window.
+    pub vcpu_wait_ms: Option<u64>,
+    /// Why it is not the scheduler's fault, when it is not.
+    pub inconclusive: Option<String>,
 }
 
 /// One worker's figures.
@@ -142,6 +186,11 @@ impl ScenarioResult {
             ("errors", r.errors.len(), SCENARIO_ERRORS_MAX),
             ("CPUs of steal", r.steal_ms.len(), 4096),
             ("CPUs of hold steal", r.hold_steal_ms.len(), 4096),
+            (
+                "host stalls",
+                r.host_rq.as_ref().map_or(0, |h| h.stalls.len()),
+                HOST_STALLS_MAX,
+            ),
         ] {
             if n > max {
                 return Err(ScenarioResultError::TooMany { what, n, max });

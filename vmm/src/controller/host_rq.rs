@@ -1,0 +1,59 @@
+//! The host's run-queue findings for one scenario: the monitor's samples
+//! over its holds, turned into stalls and an imbalance figure and set on
+//! its result (the judge turns them into checks).
+
+use std::time::{Duration, Instant};
+
+use schedrig_wire::{HostRqSample, HostRqView, HostStall, ScenarioResult, HOST_STALLS_MAX};
+
+use crate::monitor::analysis;
+use crate::monitor::MonitorShared;
+
+/// Sets `r.host_rq` from the samples of its holds. `t0` is its SCST,
+/// `now` its TEST; `started` is the VMM start the samples count from.
+/// The guest's times are mapped onto host time as `discount_pauses`
+/// does, clamped to the window.
+pub fn set_host_view(
+    r: &mut ScenarioResult,
+    t0: Instant,
+    now: Instant,
+    started: Instant,
+    monitor: &MonitorShared,
+) {
+    let ms = Duration::from_millis;
+    let begin = (t0 + ms(r.start_offset_ms)).min(now);
+    let hold_from = (begin + ms(r.setup_ms)).min(now);
+    let hold_to = now.checked_sub(ms(r.teardown_ms)).unwrap_or(now).max(hold_from);
+    let rel = |t: Instant| t.saturating_duration_since(started).as_millis() as u64;
+    let samples = monitor.window(rel(hold_from), rel(hold_to));
+    if samples.is_empty() {
+        r.host_rq = None;
+        return;
+    }
+    let at = |ms_from_start: u64| ms_from_start.saturating_sub(rel(begin));
+    r.host_rq = Some(HostRqView {
+        samples: samples
+            .iter()
+            .map(|s| HostRqSample {
+                at_ms: at(s.at_ms),
+                scx_state: s.scx_state,
+                nr_running: s.cpus.iter().map(|c| c.rq.nr_running).collect(),
+                scx_nr_running: s.cpus.iter().map(|c| c.rq.scx_nr_running).collect(),
+                local_dsq_nr: s.cpus.iter().map(|c| c.rq.local_dsq_nr).collect(),
+            })
+            .collect(),
+        stalls: analysis::stalls(&samples)
+            .into_iter()
+            .take(HOST_STALLS_MAX)
+            .map(|s| HostStall {
+                cpu: s.cpu,
+                at_ms: at(s.from_ms),
+                ms: s.ms(),
+                nr_running: s.nr_running,
+                vcpu_wait_ms: s.vcpu_wait_ms,
+                inconclusive: s.inconclusive,
+            })
+            .collect(),
+        imbalance: analysis::imbalance(&samples).map(|i| (i.ratio, i.busiest_cpu, i.idlest_cpu)),
+    });
+}

@@ -1,0 +1,127 @@
+//! Snapshots (SNRQ CAPTURE): with every vCPU parked, where each vCPU was,
+//! each CPU's run queue and current task, sched_ext's state and the
+//! scheduler's name, and the task list.
+
+use super::ops::KernelCtx;
+use super::tasks;
+use crate::freeze::VcpuRegs;
+use crate::monitor::layout::{scx_state_name, RqLayout};
+
+/// Snapshots one run keeps; later ones are refused with a reason.
+pub const SNAPSHOTS_MAX: usize = 64;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VcpuSnap {
+    pub cpu: u32,
+    pub rip: u64,
+    /// `function+0xoff` when RIP is kernel text.
+    pub symbol: Option<String>,
+    pub rsp: u64,
+    pub cr3: u64,
+    pub rflags: u64,
+    pub in_kernel: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CpuSnap {
+    pub cpu: u32,
+    pub nr_running: u32,
+    pub scx_nr_running: u32,
+    pub curr_pid: i32,
+    pub curr_comm: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskSnap {
+    pub pid: i32,
+    pub comm: String,
+    pub class: &'static str,
+    pub state: char,
+    pub cpu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub tag: String,
+    /// From VMM start.
+    pub at_ms: u64,
+    /// How long the vCPUs stood still for it.
+    pub frozen_us: u64,
+    pub vcpus: Vec<VcpuSnap>,
+    pub cpus: Vec<CpuSnap>,
+    pub scx_state: &'static str,
+    pub ops_name: String,
+    pub tasks: Vec<TaskSnap>,
+    /// Parts that could not be read (the rest is kept).
+    pub problems: Vec<String>,
+}
+
+/// Captures a snapshot of a frozen guest (`regs` from the parked vCPUs).
+pub fn capture(ctx: &KernelCtx, rq: &RqLayout, regs: &[Option<VcpuRegs>], tag: &str) -> Snapshot {
+    let k = &ctx.view;
+    let mut s = Snapshot {
+        tag: tag.to_string(),
+        ..Default::default()
+    };
+    for (cpu, r) in (0u32..).zip(regs) {
+        match r {
+            Some(r) => s.vcpus.push(VcpuSnap {
+                cpu,
+                rip: r.rip,
+                symbol: k.symbols().name_code(r.rip.wrapping_sub(k.slide())),
+                rsp: r.rsp,
+                cr3: r.cr3,
+                rflags: r.rflags,
+                in_kernel: r.cs & 3 == 0,
+            }),
+            None => s.problems.push(format!("vCPU {cpu}: registers not read")),
+        }
+    }
+    match rq.read_scx(k) {
+        Ok((state, name)) => {
+            s.scx_state = scx_state_name(state);
+            s.ops_name = name;
+        }
+        Err(e) => s.problems.push(format!("sched_ext state: {e}")),
+    }
+    for cpu in 0..ctx.ncpu {
+        let one = || -> Result<CpuSnap, String> {
+            let st = rq.read(k, cpu).map_err(|e| e.to_string())?;
+            let mut c = CpuSnap {
+                cpu,
+                nr_running: st.nr_running,
+                scx_nr_running: st.scx_nr_running,
+                ..Default::default()
+            };
+            if let Some(l) = &ctx.tasks {
+                let curr = rq.curr(k, cpu).map_err(|e| e.to_string())?;
+                let t = tasks::read_task(k, l, curr).map_err(|e| e.to_string())?;
+                c.curr_pid = t.pid;
+                c.curr_comm = t.comm;
+            }
+            Ok(c)
+        };
+        match one() {
+            Ok(c) => s.cpus.push(c),
+            Err(e) => s.problems.push(format!("CPU {cpu}'s run queue: {e}")),
+        }
+    }
+    if let Some(l) = &ctx.tasks {
+        match tasks::walk(k, l) {
+            Ok(all) => {
+                s.tasks = all
+                    .iter()
+                    .map(|t| TaskSnap {
+                        pid: t.pid,
+                        comm: t.comm.clone(),
+                        class: tasks::class_name(k, t.sched_class),
+                        state: t.state_letter(),
+                        cpu: t.cpu,
+                    })
+                    .collect()
+            }
+            Err(e) => s.problems.push(format!("the task list: {e}")),
+        }
+    }
+    s
+}

@@ -1,0 +1,281 @@
+//! What the run-queue samples say: stalls (a CPU with runnable tasks
+//! whose `rq->clock` stops) and imbalance. Pure functions of the
+//! samples, unit tested here and shown on real VMs in tests/vm.rs.
+//!
+//! A CPU whose clock stopped is only the scheduler's fault if the host
+//! ran its vCPU: an idle vCPU (halted, as a CPU the scheduler gives
+//! nothing to is) sleeps in the host, while one the host did not run
+//! waits in the host's run queue. The vCPU thread's own schedstat tells
+//! the two apart.
+
+use super::layout::RqState;
+
+/// A stall: the clock did not advance over this many sample intervals
+/// (100 ms each) with tasks runnable.
+pub const STALL_INTERVALS: usize = 5;
+/// A stalled-looking CPU whose vCPU thread waited in the host's run
+/// queue for at least this fraction of the window is `inconclusive`:
+/// the host, not the guest, kept it from running.
+pub const STARVED_FRACTION: f64 = 0.5;
+/// Imbalance is the ratio held over this many consecutive samples.
+pub const IMBALANCE_SAMPLES: usize = 10;
+
+/// A vCPU thread's host times (its /proc schedstat), cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadTimes {
+    /// On a host CPU.
+    pub cpu_ns: u64,
+    /// Runnable in the host's run queue but not running.
+    pub wait_ns: u64,
+}
+
+/// One CPU in one sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuSample {
+    pub rq: RqState,
+    /// None when the host could not read its vCPU thread's times.
+    pub vcpu: Option<ThreadTimes>,
+}
+
+/// Every CPU at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// From VMM start.
+    pub at_ms: u64,
+    pub cpus: Vec<CpuSample>,
+    /// `scx_ops_enable_state_var` (see `layout::scx_state_name`).
+    pub scx_state: i32,
+    /// The freezer's epoch (`freeze::Freezer::epoch`): when it differs
+    /// between two samples, the host froze the guest in between.
+    pub freeze_epoch: u64,
+}
+
+/// A window in which a CPU's clock stood still with tasks runnable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stall {
+    pub cpu: u32,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// The least `nr_running` seen in the window.
+    pub nr_running: u32,
+    /// Its vCPU thread's host CPU time and host run-queue wait in the
+    /// window; None when they could not be read.
+    pub vcpu_cpu_ms: Option<u64>,
+    pub vcpu_wait_ms: Option<u64>,
+    /// Why this is not the scheduler's fault, when it is not.
+    pub inconclusive: Option<String>,
+}
+
+impl Stall {
+    pub fn ms(&self) -> u64 {
+        self.to_ms - self.from_ms
+    }
+}
+
+/// Every stall in `samples` (in time order; samples with a different
+/// CPU count than the first are skipped).
+pub fn stalls(samples: &[Sample]) -> Vec<Stall> {
+    let ncpu = samples.first().map_or(0, |s| s.cpus.len());
+    let samples: Vec<&Sample> = samples.iter().filter(|s| s.cpus.len() == ncpu).collect();
+    let mut out = Vec::new();
+    for cpu in 0..ncpu {
+        let mut i = 0;
+        while i < samples.len() {
+            let start = samples[i].cpus[cpu].rq;
+            let mut j = i;
+            while j + 1 < samples.len() {
+                let next = samples[j + 1].cpus[cpu].rq;
+                // A freeze stops every clock: it is the host's, never a
+                // stall. The epoch is odd while a freeze lasts.
+                let (a, b) = (samples[j].freeze_epoch, samples[j + 1].freeze_epoch);
+                let frozen = a != b || b % 2 == 1;
+                if next.clock != start.clock || next.nr_running == 0 || frozen {
+                    break;
+                }
+                j += 1;
+            }
+            if start.nr_running > 0 && j - i >= STALL_INTERVALS {
+                out.push(judge(cpu, &samples[i..=j]));
+                i = j + 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+    out.sort_by_key(|s| (s.from_ms, s.cpu));
+    out
+}
+
+fn judge(cpu: usize, run: &[&Sample]) -> Stall {
+    let (first, last) = (run[0], run[run.len() - 1]);
+    let window_ms = last.at_ms - first.at_ms;
+    let times = first.cpus[cpu].vcpu.zip(last.cpus[cpu].vcpu);
+    let ms = |a: u64, b: u64| b.saturating_sub(a) / 1_000_000;
+    let vcpu_cpu_ms = times.map(|(a, b)| ms(a.cpu_ns, b.cpu_ns));
+    let vcpu_wait_ms = times.map(|(a, b)| ms(a.wait_ns, b.wait_ns));
+    let inconclusive = match vcpu_wait_ms {
+        None => Some(format!(
+            "the host's times of CPU {cpu}'s vCPU thread could not be read, so host starvation cannot be ruled out"
+        )),
+        Some(w) if w as f64 >= STARVED_FRACTION * window_ms as f64 => Some(format!(
+            "the host kept CPU {cpu}'s vCPU thread waiting for {w} ms of the {window_ms} ms window"
+        )),
+        Some(_) => None,
+    };
+    Stall {
+        cpu: cpu as u32,
+        from_ms: first.at_ms,
+        to_ms: last.at_ms,
+        nr_running: run.iter().map(|s| s.cpus[cpu].rq.nr_running).min().unwrap_or(0),
+        vcpu_cpu_ms,
+        vcpu_wait_ms,
+        inconclusive,
+    }
+}
+
+/// The largest imbalance held for [`IMBALANCE_SAMPLES`] samples in a
+/// row: max over windows of the least, within the window, of the most
+/// loaded CPU's `nr_running` over the least loaded one's (at least 1).
+/// With the window's most and least loaded CPU at its weakest sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Imbalance {
+    pub ratio: f64,
+    pub at_ms: u64,
+    pub busiest_cpu: u32,
+    pub idlest_cpu: u32,
+}
+
+pub fn imbalance(samples: &[Sample]) -> Option<Imbalance> {
+    let per_sample: Vec<Imbalance> = samples
+        .iter()
+        .filter(|s| s.cpus.len() >= 2)
+        .map(|s| {
+            let nr = |c: &(usize, &CpuSample)| c.1.rq.nr_running;
+            let max = s.cpus.iter().enumerate().max_by_key(nr).unwrap();
+            let min = s.cpus.iter().enumerate().min_by_key(nr).unwrap();
+            Imbalance {
+                ratio: f64::from(max.1.rq.nr_running) / f64::from(min.1.rq.nr_running.max(1)),
+                at_ms: s.at_ms,
+                busiest_cpu: max.0 as u32,
+                idlest_cpu: min.0 as u32,
+            }
+        })
+        .collect();
+    per_sample
+        .windows(IMBALANCE_SAMPLES)
+        .filter_map(|w| {
+            w.iter()
+                .copied()
+                .min_by(|a, b| a.ratio.total_cmp(&b.ratio))
+        })
+        .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples 100 ms apart: `rows[t][cpu] = (nr_running, clock)`, with
+    /// vCPU times `wait` ms of host run-queue wait per interval.
+    fn samples(rows: &[Vec<(u32, u64)>], wait_per_interval_ms: u64) -> Vec<Sample> {
+        rows.iter()
+            .enumerate()
+            .map(|(t, row)| Sample {
+                at_ms: 100 * t as u64,
+                scx_state: 1,
+                freeze_epoch: 0,
+                cpus: row
+                    .iter()
+                    .map(|&(nr, clock)| CpuSample {
+                        rq: RqState {
+                            nr_running: nr,
+                            clock,
+                            ..RqState::default()
+                        },
+                        vcpu: Some(ThreadTimes {
+                            cpu_ns: t as u64 * 1_000_000,
+                            wait_ns: t as u64 * wait_per_interval_ms * 1_000_000,
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stopped_clock_with_runnable_tasks_is_a_stall() {
+        // CPU 1 stops at t=2 with 2 tasks for 6 samples (5 intervals).
+        let rows: Vec<Vec<(u32, u64)>> = (0..10u64)
+            .map(|t| {
+                let c1 = if (2..8).contains(&t) { 200 } else { t * 100 };
+                vec![(1, t * 100 + 5), (2, c1)]
+            })
+            .collect();
+        let s = stalls(&samples(&rows, 0));
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((s[0].cpu, s[0].from_ms, s[0].to_ms), (1, 200, 700));
+        assert_eq!(s[0].nr_running, 2);
+        assert!(s[0].inconclusive.is_none());
+    }
+
+    #[test]
+    fn four_intervals_idle_cpus_and_a_moving_clock_are_not_stalls() {
+        let rows: Vec<Vec<(u32, u64)>> = (0..10u64)
+            .map(|t| {
+                let short = if (2..7).contains(&t) { 200 } else { t * 100 };
+                // CPU 1: idle (nr 0) with a stopped clock, as NO_HZ idles.
+                vec![(1, short), (0, 50), (3, t * 100)]
+            })
+            .collect();
+        assert!(stalls(&samples(&rows, 0)).is_empty());
+        // A clock that stops while the task count drops to 0 midway.
+        let rows: Vec<Vec<(u32, u64)>> = (0..10u64)
+            .map(|t| vec![(if t == 4 { 0 } else { 1 }, 7)])
+            .collect();
+        assert!(stalls(&samples(&rows, 0)).is_empty());
+    }
+
+    #[test]
+    fn a_freeze_in_the_window_is_not_a_stall() {
+        let rows: Vec<Vec<(u32, u64)>> = (0..10u64).map(|_| vec![(1, 9)]).collect();
+        let mut s = samples(&rows, 0);
+        assert_eq!(stalls(&s).len(), 1);
+        for (t, x) in s.iter_mut().enumerate() {
+            // Frozen from sample 3 to 7: no 5 unbroken intervals remain.
+            x.freeze_epoch = match t {
+                0..=2 => 0,
+                3..=6 => 1,
+                _ => 2,
+            };
+        }
+        assert!(stalls(&s).is_empty(), "{:?}", stalls(&s));
+    }
+
+    #[test]
+    fn a_vcpu_the_host_did_not_run_makes_it_inconclusive() {
+        let rows: Vec<Vec<(u32, u64)>> = (0..8u64).map(|_| vec![(1, 9)]).collect();
+        let s = stalls(&samples(&rows, 60));
+        assert_eq!(s.len(), 1);
+        let why = s[0].inconclusive.as_deref().unwrap();
+        assert!(why.contains("CPU 0") && why.contains("420 ms of the 700 ms"), "{why}");
+        let mut unknown = samples(&rows, 0);
+        unknown[0].cpus[0].vcpu = None;
+        assert!(stalls(&unknown)[0].inconclusive.is_some());
+    }
+
+    #[test]
+    fn imbalance_is_the_ratio_held_for_a_second() {
+        let mut rows: Vec<Vec<(u32, u64)>> = (0..30u64).map(|t| vec![(2, t), (2, t)]).collect();
+        // 4:1 for 12 samples with one dip to 2:1; 8:1 for only 3.
+        for (t, row) in rows.iter_mut().enumerate().skip(5).take(12) {
+            *row = vec![(4, 0), (if t == 9 { 2 } else { 1 }, 0)];
+        }
+        for row in rows.iter_mut().skip(20).take(3) {
+            *row = vec![(8, 0), (1, 0)];
+        }
+        let i = imbalance(&samples(&rows, 0)).unwrap();
+        assert_eq!(i.ratio, 2.0, "{i:?}");
+        assert_eq!((i.busiest_cpu, i.idlest_cpu), (0, 1));
+        assert!(imbalance(&samples(&rows[..5], 0)).is_none());
+    }
+}

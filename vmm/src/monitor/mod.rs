@@ -1,0 +1,270 @@
+//! The run-queue monitor: a host thread that, every [`INTERVAL`], reads
+//! each CPU's `runqueues` (by BTF offset) and sched_ext's state out of
+//! guest memory while the guest runs, with its vCPU threads' host times.
+//! It never stops the guest. The samples are kept (bounded) for the
+//! report and for the host's stall and imbalance checks (`analysis`).
+
+pub mod analysis;
+pub mod layout;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use schedrig_wire::KernAddrs;
+use vm_memory::GuestMemoryMmap;
+
+use self::analysis::{CpuSample, Sample, ThreadTimes};
+use self::layout::RqLayout;
+use crate::introspect::btf::KernelBtf;
+use crate::introspect::kernel::KernelView;
+use crate::introspect::symbols::SymbolTable;
+
+/// How often the monitor samples (the 100 ms).
+pub const INTERVAL: Duration = Duration::from_millis(100);
+/// Samples kept: an hour at [`INTERVAL`]; later ones are counted, not kept.
+pub const SAMPLES_MAX: usize = 36_000;
+
+/// What the monitor thread and the controller share.
+#[derive(Default)]
+pub struct MonitorShared {
+    /// KADR, once the guest sent it: the monitor waits for it.
+    pub kern_addrs: OnceLock<KernAddrs>,
+    pub samples: Mutex<Vec<Sample>>,
+    dropped: std::sync::atomic::AtomicU64,
+    /// Why the monitor is not sampling, if it is not.
+    pub error: Mutex<Option<String>>,
+    /// The attached scheduler's name as the kernel has it (`scx_ops`).
+    pub ops_name: Mutex<Option<String>>,
+    /// The guest kernel as the host reads it, once KADR arrived and the
+    /// vmlinux was read: what snapshots and kernel-memory ops use.
+    pub ctx: OnceLock<Arc<crate::introspect::ops::KernelCtx>>,
+    stop: AtomicBool,
+}
+
+impl MonitorShared {
+    /// The samples from `from_ms` to `to_ms` (from VMM start).
+    pub fn window(&self, from_ms: u64, to_ms: u64) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|x| (from_ms..=to_ms).contains(&x.at_ms))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the monitor gave up (so the kernel context never comes).
+    pub fn failed(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone()).filter(|_| self.ctx.get().is_none())
+    }
+
+    fn fail(&self, why: String) {
+        tracing::debug!("run-queue monitor: {why}");
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(why);
+        }
+    }
+}
+
+/// The monitor thread; dropping it stops and joins it.
+pub struct Monitor {
+    shared: Arc<MonitorShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Starts the monitor for a guest booted from `vmlinux` (symbols and
+    /// BTF are read while the guest boots). `tids` are the vCPU threads'
+    /// host thread ids (0 until the thread has started).
+    pub fn start(
+        vmlinux: PathBuf,
+        mem: GuestMemoryMmap,
+        tids: Arc<Vec<AtomicI32>>,
+        freeze_epoch: Arc<std::sync::atomic::AtomicU64>,
+        started: Instant,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(MonitorShared::default());
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("rq-monitor".into())
+            .spawn(move || run(&s, &vmlinux, mem, &tids, &freeze_epoch, started))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<MonitorShared> {
+        self.shared.clone()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sleeps up to `d` in short steps; false once told to stop.
+fn nap(s: &MonitorShared, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if s.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(20)));
+    }
+    !s.stop.load(Ordering::Relaxed)
+}
+
+fn run(
+    s: &MonitorShared,
+    vmlinux: &std::path::Path,
+    mem: GuestMemoryMmap,
+    tids: &[AtomicI32],
+    freeze_epoch: &std::sync::atomic::AtomicU64,
+    started: Instant,
+) {
+    let t = Instant::now();
+    let symbols = match SymbolTable::load_all(vmlinux) {
+        Ok(t) => Arc::new(t),
+        Err(e) => return s.fail(format!("symbols: {e}")),
+    };
+    let (btf, layout) = match KernelBtf::from_vmlinux(vmlinux).and_then(|b| {
+        let l = RqLayout::resolve(&b)?;
+        Ok((Arc::new(b), l))
+    }) {
+        Ok(x) => x,
+        Err(e) => return s.fail(e.to_string()),
+    };
+    tracing::debug!(took = ?t.elapsed(), symbols = symbols.len(), "monitor: symbols and BTF read");
+    let ka = loop {
+        if let Some(ka) = s.kern_addrs.get() {
+            break *ka;
+        }
+        if !nap(s, INTERVAL) {
+            return;
+        }
+    };
+    let view = match KernelView::new(mem, &ka, symbols) {
+        Ok(v) => v,
+        Err(e) => return s.fail(format!("the guest kernel's addresses: {e}")),
+    };
+    let ncpu = tids.len() as u32;
+    let _ = s.ctx.set(Arc::new(crate::introspect::ops::KernelCtx {
+        view: view.clone(),
+        tasks: crate::introspect::tasks::TaskLayout::resolve(&btf).ok(),
+        btf,
+        rq: layout,
+        ncpu,
+    }));
+    let mut next = Instant::now();
+    loop {
+        // The epoch before the reads: a freeze that starts during them
+        // shows in the next sample.
+        let epoch = freeze_epoch.load(Ordering::Acquire);
+        match sample(&view, &layout, ncpu, tids, started).map(|(mut x, n)| {
+            x.freeze_epoch = epoch;
+            (x, n)
+        }) {
+            Ok((sample, name)) => {
+                if !name.is_empty() {
+                    if let Ok(mut n) = s.ops_name.lock() {
+                        *n = Some(name);
+                    }
+                }
+                if let Ok(mut v) = s.samples.lock() {
+                    if v.len() < SAMPLES_MAX {
+                        v.push(sample);
+                    } else {
+                        s.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // The kernel may be mid-boot or mid-panic; one bad read is
+            // not the end of monitoring, but it is said once.
+            Err(e) => s.fail(format!("reading the run queues: {e}")),
+        }
+        next += INTERVAL;
+        let now = Instant::now();
+        if next < now {
+            // Late (the host did not run this thread): no catching up.
+            next = now;
+        }
+        if !nap(s, next - now) {
+            return;
+        }
+    }
+}
+
+fn sample(
+    view: &KernelView,
+    layout: &RqLayout,
+    ncpu: u32,
+    tids: &[AtomicI32],
+    started: Instant,
+) -> Result<(Sample, String), crate::introspect::kernel::KernelError> {
+    let at_ms = started.elapsed().as_millis() as u64;
+    // A kernel without sched_ext's symbols still has run queues.
+    let (scx_state, name) = layout.read_scx(view).unwrap_or((-1, String::new()));
+    let mut cpus = Vec::with_capacity(ncpu as usize);
+    for cpu in 0..ncpu {
+        cpus.push(CpuSample {
+            rq: layout.read(view, cpu)?,
+            vcpu: thread_times(tids[cpu as usize].load(Ordering::Relaxed)),
+        });
+    }
+    Ok((
+        Sample {
+            at_ms,
+            cpus,
+            scx_state,
+            freeze_epoch: 0,
+        },
+        name,
+    ))
+}
+
+/// A thread's host CPU time and run-queue wait from
+/// /proc/self/task/TID/schedstat ("cpu_ns wait_ns timeslices").
+pub fn thread_times(tid: i32) -> Option<ThreadTimes> {
+    if tid <= 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let mut it = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Some(ThreadTimes {
+        cpu_ns: it.next()??,
+        wait_ns: it.next()??,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_threads_host_times_are_read() {
+        // SAFETY: gettid has no preconditions and touches no memory.
+        let tid = unsafe { libc::gettid() };
+        let a = thread_times(tid).expect("schedstat of this thread");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {}
+        let b = thread_times(tid).unwrap();
+        assert!(b.cpu_ns >= a.cpu_ns + 10_000_000, "{a:?} -> {b:?}");
+        assert_eq!(thread_times(0), None);
+        assert_eq!(thread_times(i32::MAX), None);
+    }
+}
