@@ -25,3 +25,14 @@ schedrig_static_bin() {
         cargo build --release --quiet --bin schedrig --target "$host" >&2
     echo "$REPO/target/$host/release/schedrig"
 }
+
+# True when VMs must boot inside the nested test host: SCHEDRIG_NESTED=1,
+# or (unless SCHEDRIG_NESTED=0) /dev/kvm is kvm_pvm's or missing, as
+# `schedrig`'s own detection decides for the VM tests.
+schedrig_needs_nested() {
+    case "${SCHEDRIG_NESTED:-}" in
+        1) return 0 ;;
+        0) return 1 ;;
+    esac
+    [ -e /sys/module/kvm_pvm ] || [ ! -e /dev/kvm ]
+}

@@ -183,7 +183,7 @@ fn host_stall(h: &schedrig_wire::HostRqView) -> CheckResult {
             limit: HOST_STALL_MS as f64,
             unit: "ms",
             detail: format!(
-                "no CPU's run-queue clock stood still with tasks runnable ({} host samples)",
+                "every CPU with runnable tasks ran them ({} host samples)",
                 h.samples.len()
             ),
         };
@@ -195,7 +195,7 @@ fn host_stall(h: &schedrig_wire::HostRqView) -> CheckResult {
         limit: HOST_STALL_MS as f64,
         unit: "ms",
         detail: format!(
-            "CPU {}'s run-queue clock stood still for {} ms from {} ms with {} task{} runnable{}",
+            "CPU {} ran none of its runnable tasks (its rq clock stood still, or it sat idle) for {} ms from {} ms with {} task{} runnable{}",
             w.cpu,
             w.ms,
             w.at_ms,
@@ -286,7 +286,7 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
             ));
         }
         if let (Some(starved), true) = (&host_starved, failed.iter().any(|c| c.name == "host_stall")) {
-            why.push(format!("a run-queue clock stood still because {starved}"));
+            why.push(format!("a CPU looked stalled because {starved}"));
         }
         return Judgement {
             verdict: Verdict::Inconclusive,

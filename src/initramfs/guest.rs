@@ -90,6 +90,12 @@ fn prune(dir: &Path, keep: usize) {
 
 /// Removes all but the `keep` newest files named `PREFIX*SUFFIX` in `dir`.
 pub fn prune_matching(dir: &Path, prefix: &str, suffix: &str, keep: usize) {
+    prune_with(dir, prefix, suffix, keep, |_| {})
+}
+
+/// As [`prune_matching`], calling `also` with each file removed (to
+/// remove what belongs to it, e.g. a marker beside an archive) first.
+pub fn prune_with(dir: &Path, prefix: &str, suffix: &str, keep: usize, also: impl Fn(&Path)) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -104,6 +110,7 @@ pub fn prune_matching(dir: &Path, prefix: &str, suffix: &str, keep: usize) {
         .collect();
     archives.sort_by_key(|a| std::cmp::Reverse(a.0));
     for (_, old) in archives.into_iter().skip(keep) {
+        also(&old);
         let _ = std::fs::remove_file(old);
     }
 }

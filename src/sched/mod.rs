@@ -177,7 +177,9 @@ pub fn binary_archive(c: &Chosen, cache_dir: &Path) -> Result<PathBuf, SchedErro
                 .next()
                 .is_some_and(|p| identity(Path::new(p)).is_ok_and(|now| now == line))
         });
-        if deps_ok {
+        // A deps file without its archive (pruned by an older version of
+        // this code, or removed by hand) is a miss.
+        if deps_ok && path.is_file() {
             return Ok(path);
         }
     }
@@ -230,7 +232,11 @@ pub fn binary_archive(c: &Chosen, cache_dir: &Path) -> Result<PathBuf, SchedErro
     let _ = std::fs::remove_file(&deps_path);
     persist(&path, &cpio)?;
     persist(&deps_path, deps.as_bytes())?;
-    crate::initramfs::guest::prune_matching(cache_dir, "sched-", ".cpio", BINARY_ARCHIVES_KEPT);
+    // An archive's deps file goes first: it alone says "cached", so one
+    // left behind would name an archive that is gone.
+    crate::initramfs::guest::prune_with(cache_dir, "sched-", ".cpio", BINARY_ARCHIVES_KEPT, |old| {
+        let _ = std::fs::remove_file(old.with_extension("deps"));
+    });
     Ok(path)
 }
 
@@ -311,6 +317,10 @@ mod tests {
         let t = std::fs::metadata(&p).unwrap().modified().unwrap();
         assert_eq!(binary_archive(&c, &cache).unwrap(), p);
         assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), t);
+        // An archive gone from beside its deps file (pruned) is rebuilt.
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(binary_archive(&c, &cache).unwrap(), p);
+        assert!(p.is_file());
         std::fs::write(&sh, std::fs::read("/bin/true").unwrap()).unwrap();
         assert_ne!(binary_archive(&c, &cache).unwrap(), p);
         let job = job_archive(

@@ -1,5 +1,6 @@
 //! What the run-queue samples say: stalls (a CPU with runnable tasks
-//! whose `rq->clock` stops) and imbalance. Pure functions of the
+//! whose `rq->clock` stops, or that runs its idle task all along) and
+//! imbalance. Pure functions of the
 //! samples, unit tested here and shown on real VMs in tests/vm.rs.
 //!
 //! A CPU whose clock stopped is only the scheduler's fault if the host
@@ -84,12 +85,16 @@ pub fn stalls(samples: &[Sample]) -> Vec<Stall> {
             let start = samples[i].cpus[cpu].rq;
             let mut j = i;
             while j + 1 < samples.len() {
-                let next = samples[j + 1].cpus[cpu].rq;
+                let (prev, next) = (samples[j].cpus[cpu].rq, samples[j + 1].cpus[cpu].rq);
+                // Idle with tasks runnable, sample after sample: the clock
+                // may still move (timer interrupts update it in idle), but
+                // none of those tasks ran.
+                let idle_with_work = prev.idle && next.idle;
                 // A freeze stops every clock: it is the host's, never a
                 // stall. The epoch is odd while a freeze lasts.
                 let (a, b) = (samples[j].freeze_epoch, samples[j + 1].freeze_epoch);
                 let frozen = a != b || b % 2 == 1;
-                if next.clock != start.clock || next.nr_running == 0 || frozen {
+                if (next.clock != start.clock && !idle_with_work) || next.nr_running == 0 || frozen {
                     break;
                 }
                 j += 1;
@@ -233,6 +238,18 @@ mod tests {
             .map(|t| vec![(if t == 4 { 0 } else { 1 }, 7)])
             .collect();
         assert!(stalls(&samples(&rows, 0)).is_empty());
+    }
+
+    #[test]
+    fn an_idle_cpu_with_runnable_tasks_is_a_stall_though_its_clock_moves() {
+        let rows: Vec<Vec<(u32, u64)>> = (0..8u64).map(|t| vec![(1, t * 50)]).collect();
+        let mut s = samples(&rows, 0);
+        assert!(stalls(&s).is_empty());
+        s.iter_mut().for_each(|x| x.cpus[0].rq.idle = true);
+        assert_eq!(stalls(&s).len(), 1);
+        // Running a task (not idle) with a moving clock is progress.
+        s[4].cpus[0].rq.idle = false;
+        assert!(stalls(&s).is_empty());
     }
 
     #[test]

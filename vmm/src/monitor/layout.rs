@@ -27,6 +27,8 @@ pub struct RqLayout {
     pub local_dsq_nr: Field,
     /// `rq->curr`: the task running.
     pub curr: Field,
+    /// `rq->idle`: the CPU's idle task.
+    pub idle: Field,
     /// `sched_ext_ops.name` in `scx_ops`.
     pub ops_name: Field,
 }
@@ -39,6 +41,7 @@ impl RqLayout {
             scx_nr_running: btf.field("rq", "scx.nr_running")?,
             local_dsq_nr: btf.field("rq", "scx.local_dsq.nr")?,
             curr: btf.field("rq", "curr")?,
+            idle: btf.field("rq", "idle")?,
             ops_name: btf.field("sched_ext_ops", "name")?,
         })
     }
@@ -51,6 +54,8 @@ pub struct RqState {
     pub clock: u64,
     pub scx_nr_running: u32,
     pub local_dsq_nr: u32,
+    /// The CPU is running its idle task.
+    pub idle: bool,
 }
 
 impl RqLayout {
@@ -69,6 +74,7 @@ impl RqLayout {
             clock: f(self.clock)?,
             scx_nr_running: f(self.scx_nr_running)? as u32,
             local_dsq_nr: f(self.local_dsq_nr)? as u32,
+            idle: f(self.curr)? == f(self.idle)?,
         })
     }
 
