@@ -572,6 +572,20 @@ fn sched_tests() -> Vec<Trial> {
                         && s["to_ms"].as_u64().unwrap_or(0) >= s["from_ms"].as_u64().unwrap_or(0) + 500
                 }),
                 &format!("a host-side stall of 500 ms or more, not excused: {stalls:?}"),
+            )?;
+            // And took a snapshot while it lasted: sched_ext still on,
+            // the stalled CPU idle with work.
+            let snaps = h.json["snapshots"].as_array().cloned().unwrap_or_default();
+            let f = snaps.iter().find(|s| s["tag"] == "failure");
+            h.check(
+                f.is_some_and(|f| {
+                    f["problems"][0].as_str().is_some_and(|p| p.contains("run none of its"))
+                        && f["scx_state"] == "enabled"
+                        && f["ops_name"] == "qmap"
+                        && f["vcpus"].as_array().is_some_and(|v| v.len() == 1)
+                        && f["tasks"].as_array().is_some_and(|t| t.len() > 3)
+                }),
+                &format!("a failure snapshot taken during the stall: {f:?}"),
             )
         },
     ));

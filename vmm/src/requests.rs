@@ -163,28 +163,37 @@ fn snapshot_answer(req: &SnapshotRequest, server: Option<&Server>) -> Answer {
             "WATCH is not available yet: this VMM has no watchpoints",
         ));
     }
-    let c = match ctx(server) {
-        Ctx::Ready(c) => c,
-        Ctx::Later => return later(),
-        Ctx::Never(why) => return replied(snapshot_error(id, &why)),
-    };
+    if matches!(ctx(server), Ctx::Later) {
+        return later();
+    }
     let Some(s) = server else {
         return replied(snapshot_error(id, NO_KERNEL));
     };
-    let mut snap = None;
-    match (s.freeze)(&mut |regs| snap = Some(snapshot::capture(&c, &c.rq, regs, &tag))) {
-        Ok(stats) => {
-            let mut snap = snap.unwrap_or_default();
-            snap.at_ms = (s.now_ms)();
-            snap.frozen_us = stats.total.as_micros() as u64;
-            Answer {
-                frame: encode_frame(MsgTag::SnapshotReply, &SnapshotReply::ok(id).encode()).ok(),
-                snapshot: Some(snap),
-                ..Default::default()
-            }
-        }
+    match capture(s, &tag) {
+        Ok(snap) => Answer {
+            frame: encode_frame(MsgTag::SnapshotReply, &SnapshotReply::ok(id).encode()).ok(),
+            snapshot: Some(snap),
+            ..Default::default()
+        },
         Err(e) => replied(snapshot_error(id, &format!("capture: {e}"))),
     }
+}
+
+/// A snapshot the host takes on its own (e.g. tagged `failure` when it
+/// sees the guest fail), or why it could not.
+pub fn capture(server: &Server, tag: &str) -> Result<Snapshot, String> {
+    let c = match ctx(Some(server)) {
+        Ctx::Ready(c) => c,
+        Ctx::Later => return Err("the host has not read the guest kernel yet".into()),
+        Ctx::Never(why) => return Err(why),
+    };
+    let mut snap = None;
+    let stats = (server.freeze)(&mut |regs| snap = Some(snapshot::capture(&c, &c.rq, regs, tag)))
+        .map_err(|e| e.to_string())?;
+    let mut snap = snap.unwrap_or_default();
+    snap.at_ms = (server.now_ms)();
+    snap.frozen_us = stats.total.as_micros() as u64;
+    Ok(snap)
 }
 
 fn encode_kernel_op(reply: &KernelOpReply) -> Option<Vec<u8>> {

@@ -99,7 +99,13 @@ pub struct Controller {
     /// Requests that came before the guest kernel was read (bounded).
     pending: Vec<(Instant, MsgTag, Vec<u8>)>,
     snapshots: Vec<crate::introspect::snapshot::Snapshot>,
+    /// The automatic `failure` snapshot was taken (or tried).
+    failure_snapshot: bool,
+    last_stall_look: Option<Instant>,
 }
+
+/// The tag of the snapshot the host takes when it sees the guest fail.
+pub const FAILURE_TAG: &str = "failure";
 
 /// Requests kept while the host reads the guest kernel, and how long
 /// each may wait for that.
@@ -144,6 +150,47 @@ impl Controller {
             server: None,
             pending: Vec::new(),
             snapshots: Vec::new(),
+            failure_snapshot: false,
+            last_stall_look: None,
+        }
+    }
+
+    /// Takes the one `failure` snapshot of the run, if the host can.
+    fn snapshot_failure(&mut self, why: &str) {
+        if self.failure_snapshot || self.snapshots.len() >= crate::introspect::snapshot::SNAPSHOTS_MAX {
+            return;
+        }
+        let Some(server) = &self.server else { return };
+        self.failure_snapshot = true;
+        match crate::requests::capture(server, FAILURE_TAG) {
+            Ok(mut snap) => {
+                snap.problems.insert(0, format!("taken because {why}"));
+                self.snapshots.push(snap);
+            }
+            Err(e) => tracing::warn!("no failure snapshot ({why}): {e}"),
+        }
+    }
+
+    /// Every monitor interval: a stall the host sees now (not one it
+    /// caused) gets the failure snapshot while it lasts.
+    fn look_for_stalls(&mut self) {
+        let Some(m) = &self.monitor else { return };
+        if self.failure_snapshot || self.last_stall_look.is_some_and(|t| t.elapsed() < crate::monitor::INTERVAL) {
+            return;
+        }
+        self.last_stall_look = Some(Instant::now());
+        let tail = m.tail(crate::monitor::analysis::STALL_INTERVALS + 1);
+        let stall = crate::monitor::analysis::stalls(&tail)
+            .into_iter()
+            .find(|s| s.inconclusive.is_none());
+        if let Some(s) = stall {
+            let why = format!(
+                "the host saw CPU {} run none of its {} runnable tasks for {} ms",
+                s.cpu,
+                s.nr_running,
+                s.ms()
+            );
+            self.snapshot_failure(&why);
         }
     }
 
@@ -286,6 +333,11 @@ impl Controller {
                     if let Err(e) = self.sched.on_exit_info(payload, self.pauses.as_deref()) {
                         guest_error!(self.errors, Frame, "SCXI refused: {e}");
                     }
+                    if let Some(k) = self.sched.exit_kind().filter(|k| k.value() >= 1024) {
+                        // After the fact (sched_ext already disabled it),
+                        // unless the host caught a stall live before.
+                        self.snapshot_failure(&format!("the scheduler exited with {}", k.name()));
+                    }
                 }
                 Some(MsgTag::SchedulerExit) => match scalar::decode_exit_code(payload) {
                     Ok(code) => self.sched.on_exit_code(code),
@@ -353,6 +405,7 @@ impl Controller {
         if !self.pending.is_empty() {
             self.serve_pending();
         }
+        self.look_for_stalls();
         if self.power_down.load(Ordering::Acquire) {
             // The kernel said it powers off or halts. With ACPI the S5
             // write (a vCPU event, "ACPI power-off") follows at once; give

@@ -116,6 +116,11 @@ impl SchedState {
         self.expect.results.as_ref()
     }
 
+    /// How the scheduler exited, once SCXI said.
+    pub fn exit_kind(&self) -> Option<schedrig_wire::SchedExitKind> {
+        self.exit.as_ref().and_then(SchedExit::exit_kind)
+    }
+
     pub fn expects_scheduler(&self) -> bool {
         self.expect.name.is_some()
     }

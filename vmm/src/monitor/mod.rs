@@ -58,6 +58,14 @@ impl MonitorShared {
             .unwrap_or_default()
     }
 
+    /// The last `n` samples.
+    pub fn tail(&self, n: usize) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .map(|s| s[s.len().saturating_sub(n)..].to_vec())
+            .unwrap_or_default()
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
