@@ -206,34 +206,37 @@ impl KernelView {
         Ok((gpa, super::pagewalk::PAGE_SIZE - kva % super::pagewalk::PAGE_SIZE))
     }
 
-    /// Reads kernel memory at `kva`.
-    pub fn read(&self, kva: u64, buf: &mut [u8]) -> Result<(), KernelError> {
+    /// Calls `f(gpa, range)` for each physically contiguous piece of the
+    /// `len` bytes at `kva`.
+    fn each_run(
+        &self,
+        kva: u64,
+        len: usize,
+        mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), ()>,
+    ) -> Result<(), KernelError> {
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let at = kva.wrapping_add(done as u64);
             let (gpa, run) = self.phys(at)?;
-            let n = (buf.len() - done).min(usize::try_from(run).unwrap_or(usize::MAX));
-            self.mem
-                .read_slice(&mut buf[done..done + n], GuestAddress(gpa))
-                .map_err(|_| KernelError::Phys { gpa, len: n })?;
+            let n = (len - done).min(usize::try_from(run).unwrap_or(usize::MAX));
+            f(gpa, done..done + n).map_err(|()| KernelError::Phys { gpa, len: n })?;
             done += n;
         }
         Ok(())
     }
 
+    /// Reads kernel memory at `kva`.
+    pub fn read(&self, kva: u64, buf: &mut [u8]) -> Result<(), KernelError> {
+        self.each_run(kva, buf.len(), |gpa, r| {
+            self.mem.read_slice(&mut buf[r], GuestAddress(gpa)).map_err(|_| ())
+        })
+    }
+
     /// Writes kernel memory at `kva`.
     pub fn write(&self, kva: u64, data: &[u8]) -> Result<(), KernelError> {
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = kva.wrapping_add(done as u64);
-            let (gpa, run) = self.phys(at)?;
-            let n = (data.len() - done).min(usize::try_from(run).unwrap_or(usize::MAX));
-            self.mem
-                .write_slice(&data[done..done + n], GuestAddress(gpa))
-                .map_err(|_| KernelError::Phys { gpa, len: n })?;
-            done += n;
-        }
-        Ok(())
+        self.each_run(kva, data.len(), |gpa, r| {
+            self.mem.write_slice(&data[r], GuestAddress(gpa)).map_err(|_| ())
+        })
     }
 
     /// Reads guest-physical memory (a `Direct` target's translation).

@@ -95,39 +95,40 @@ impl PageTable {
         unreachable!("level 1 always ends the walk")
     }
 
-    /// Reads `buf.len()` bytes at `va`, translating each page on its own
-    /// (contiguous virtual pages need not be contiguous in RAM).
-    pub fn read(&self, mem: &GuestMemoryMmap, va: u64, buf: &mut [u8]) -> Result<(), WalkError> {
-        va.checked_add(buf.len() as u64)
-            .ok_or(WalkError::Wraps { va, len: buf.len() })?;
+    /// Calls `f(gpa, range)` for each page-sized piece of the `len` bytes
+    /// at `va`, each page translated on its own (contiguous virtual pages
+    /// need not be contiguous in RAM).
+    fn each_page(
+        &self,
+        mem: &GuestMemoryMmap,
+        va: u64,
+        len: usize,
+        mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), ()>,
+    ) -> Result<(), WalkError> {
+        va.checked_add(len as u64).ok_or(WalkError::Wraps { va, len })?;
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let at = va + done as u64;
-            let in_page = (PAGE_SIZE - at % PAGE_SIZE) as usize;
-            let n = in_page.min(buf.len() - done);
+            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - done);
             let gpa = self.translate(mem, at)?;
-            mem.read_slice(&mut buf[done..done + n], GuestAddress(gpa))
-                .map_err(|_| WalkError::PageOutsideRam { va: at, gpa })?;
+            f(gpa, done..done + n).map_err(|()| WalkError::PageOutsideRam { va: at, gpa })?;
             done += n;
         }
         Ok(())
     }
 
-    /// Writes `data` at `va`, page by page, like [`PageTable::read`].
+    /// Reads `buf.len()` bytes at `va`, page by page.
+    pub fn read(&self, mem: &GuestMemoryMmap, va: u64, buf: &mut [u8]) -> Result<(), WalkError> {
+        self.each_page(mem, va, buf.len(), |gpa, r| {
+            mem.read_slice(&mut buf[r], GuestAddress(gpa)).map_err(|_| ())
+        })
+    }
+
+    /// Writes `data` at `va`, page by page.
     pub fn write(&self, mem: &GuestMemoryMmap, va: u64, data: &[u8]) -> Result<(), WalkError> {
-        va.checked_add(data.len() as u64)
-            .ok_or(WalkError::Wraps { va, len: data.len() })?;
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = va + done as u64;
-            let in_page = (PAGE_SIZE - at % PAGE_SIZE) as usize;
-            let n = in_page.min(data.len() - done);
-            let gpa = self.translate(mem, at)?;
-            mem.write_slice(&data[done..done + n], GuestAddress(gpa))
-                .map_err(|_| WalkError::PageOutsideRam { va: at, gpa })?;
-            done += n;
-        }
-        Ok(())
+        self.each_page(mem, va, data.len(), |gpa, r| {
+            mem.write_slice(&data[r], GuestAddress(gpa)).map_err(|_| ())
+        })
     }
 }
 
