@@ -37,6 +37,8 @@ pub struct BootOptions {
     /// Freezes of every vCPU to run while the guest is busy (tests and
     /// `scripts/bench-freeze`).
     pub freeze_test: Option<schedrig_vmm::machine::FreezeTest>,
+    /// The host's per-scenario watchdog (`schedrig run` sets it).
+    pub scenario_timeout: Option<Duration>,
     /// What guest-init runs after SRDY (None: a plain boot).
     pub job: Option<Job>,
 }
@@ -78,6 +80,7 @@ impl Default for BootOptions {
             console_file: None,
             huge_pages: false,
             freeze_test: None,
+            scenario_timeout: None,
             job: None,
         }
     }
@@ -197,6 +200,8 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         },
         vmlinux: introspection_vmlinux(&k),
         freeze_test: opts.freeze_test,
+        scenario_timeout: opts.scenario_timeout,
+        btf_helper: btf_helper(),
     };
     let mut report = schedrig_vmm::run(&config, started)?;
     report.per_test_archive = Some(prep);
@@ -237,6 +242,14 @@ fn check_times(j: &Job, timeout: Duration) -> Result<(), BootError> {
 
 /// Names the function each stopped vCPU's `rip` is in (a hang report
 /// then says "halted at rip=0x... (default_idle+0x1b)"). Needs the
+/// The schedrig binary that answers `btf-query` for the VMM: this one,
+/// or `SCHEDRIG_EXE` when the caller is not it (a test binary).
+fn btf_helper() -> Option<std::path::PathBuf> {
+    std::env::var_os("SCHEDRIG_EXE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::current_exe().ok())
+}
+
 /// The vmlinux the host-side monitor reads symbols and BTF from: the
 /// cache's stripped copy beside the full one when there is one (it keeps
 /// .symtab and .BTF at a sixth of the size), else the full one.

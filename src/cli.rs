@@ -59,6 +59,15 @@ enum Command {
     /// List the scenario catalogue (for a topology), or print one scenario
     /// as TOML to start a file from.
     Scenarios(ScenariosArgs),
+    /// Field layouts from a vmlinux's BTF, one line per query
+    /// (`struct:TYPE:PATH` or `var:NAME:PATH`): `OFFSET SIZE` or
+    /// `error: WHY`. The VMM asks this of a child process so that it never
+    /// holds a parsed kernel BTF itself.
+    #[command(hide = true)]
+    BtfQuery {
+        vmlinux: PathBuf,
+        queries: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -388,6 +397,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Boot(a) => return run_boot(a),
         Command::Run(a) => return run_scenarios(a),
         Command::Scenarios(a) => return list_scenarios(a),
+        Command::BtfQuery { vmlinux, queries } => {
+            print!("{}", schedrig_vmm::introspect::btf::answer_queries(&vmlinux, &queries)?);
+        }
         Command::Selftest(a) => {
             return crate::selftest::run_cli(
                 a.kernel.request(),
@@ -503,6 +515,7 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         console_file: a.console_log,
         huge_pages: a.huge_pages,
         freeze_test: a.freeze_test,
+        scenario_timeout: None,
     };
     let report = crate::boot::boot(&opts, started)?;
     if a.json {

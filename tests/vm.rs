@@ -18,6 +18,9 @@ use schedrig::nested::{self, KvmMode};
 const NESTED_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 fn main() -> ExitCode {
+    // The VMM asks the schedrig binary for BTF layouts (`btf-query`);
+    // booted from this test binary, it must be told where that is.
+    std::env::set_var("SCHEDRIG_EXE", env!("CARGO_BIN_EXE_schedrig"));
     let mut args = Arguments::from_args();
     // Inside the nested host two VMs at once are many times slower than
     // one after the other (every VM entry is emulated), so run serially

@@ -23,6 +23,9 @@ use crate::kernel::KernelRequest;
 /// Per scenario, beyond its holds: calibration, spawning, teardown and
 /// frames, generous for the emulated nested host.
 pub const SCENARIO_OVERHEAD: Duration = Duration::from_secs(20);
+/// The host's watchdog on one scenario: its holds plus this (set-up,
+/// teardown, a scheduler's ejection under emulation, all generous).
+pub const SCENARIO_WATCH_SLACK: Duration = Duration::from_secs(90);
 /// Boots of one batch after a VM that died of the emulation.
 const EMULATION_ATTEMPTS: u32 = 2;
 
@@ -537,6 +540,10 @@ fn boot_batch(
             memory_mib: opts.memory_mib,
             boot_timeout: opts.boot_timeout,
             timeout: opts.deadline(batch),
+            scenario_timeout: Some(
+                Duration::from_millis(batch.iter().map(Scenario::holds_ms).max().unwrap_or(0))
+                    + SCENARIO_WATCH_SLACK,
+            ),
             console_file: opts.console_dir.as_ref().map(|d| {
                 d.join(if attempt == 1 {
                     format!("vm-{vm}.log")

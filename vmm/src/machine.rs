@@ -114,6 +114,13 @@ pub struct MachineConfig {
     pub vmlinux: Option<PathBuf>,
     /// Freezes to run for a test or benchmark of the freeze coordinator.
     pub freeze_test: Option<FreezeTest>,
+    /// A program that answers `btf-query VMLINUX QUERY...` (the schedrig
+    /// binary): the VMM asks it for field layouts instead of holding the
+    /// kernel's parsed BTF (~35 MiB). None parses the BTF in-process.
+    pub btf_helper: Option<PathBuf>,
+    /// The scenario watchdog: a scenario (SCST to SCEN, less its SCPP to
+    /// SCRR pauses) that takes longer ends the run as a timeout.
+    pub scenario_timeout: Option<Duration>,
 }
 
 /// `count` freezes of `hold` each, 100 ms apart, from 1 s after the
@@ -195,6 +202,9 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         m.errors,
         config.scheduler.clone(),
     );
+    if let Some(t) = config.scenario_timeout {
+        ctl.watch_scenarios(t);
+    }
     // Host pauses (see pause.rs), watched for the whole run; the watcher
     // is joined when this function returns.
     let _pause_watch = match crate::pause::PauseWatch::start() {
@@ -210,8 +220,19 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     // The run-queue monitor reads guest memory while the guest runs; it
     // is stopped (joined) before the vCPUs are.
     let monitor = config.vmlinux.as_ref().and_then(|v| {
+        let layouts: std::sync::Arc<dyn crate::introspect::btf::Layouts> = match &config.btf_helper {
+            Some(exe) => std::sync::Arc::new(crate::introspect::btf::BtfHelper::new(exe.clone(), v.clone())),
+            None => match crate::introspect::btf::KernelBtf::from_vmlinux(v) {
+                Ok(b) => std::sync::Arc::new(b),
+                Err(e) => {
+                    tracing::warn!("no run-queue monitor: {e}");
+                    return None;
+                }
+            },
+        };
         crate::monitor::Monitor::start(
             v.clone(),
+            layouts,
             m.mem.clone(),
             shared.tids.clone(),
             shared.freezer.epoch.clone(),

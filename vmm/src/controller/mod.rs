@@ -99,9 +99,22 @@ pub struct Controller {
     /// Requests that came before the guest kernel was read (bounded).
     pending: Vec<(Instant, MsgTag, Vec<u8>)>,
     snapshots: Vec<crate::introspect::snapshot::Snapshot>,
+    /// The scenario watchdog: armed by SCST, ended by SCEN, paused by
+    /// SCPP and resumed by SCRR (the deadline moves by the paused time).
+    scenario_timeout: Option<Duration>,
+    scenario_watch: Option<ScenarioWatch>,
     /// The automatic `failure` snapshot was taken (or tried).
     failure_snapshot: bool,
     last_stall_look: Option<Instant>,
+}
+
+/// One armed scenario watchdog.
+#[derive(Debug, Clone, Copy)]
+struct ScenarioWatch {
+    /// Which SCST armed it (1 for the first).
+    nth: u32,
+    deadline: Instant,
+    paused_at: Option<Instant>,
 }
 
 /// The tag of the snapshot the host takes when it sees the guest fail.
@@ -152,6 +165,37 @@ impl Controller {
             snapshots: Vec::new(),
             failure_snapshot: false,
             last_stall_look: None,
+            scenario_timeout: None,
+            scenario_watch: None,
+        }
+    }
+
+    /// Ends the run when a scenario (SCST to SCEN, less the time between
+    /// SCPP and SCRR) takes longer than `timeout`.
+    pub fn watch_scenarios(&mut self, timeout: Duration) {
+        self.scenario_timeout = Some(timeout);
+    }
+
+    fn on_scenario_frame(&mut self, tag: MsgTag) {
+        let now = Instant::now();
+        match (tag, &mut self.scenario_watch) {
+            (MsgTag::ScenarioStart, _) => {
+                self.scenario_watch = self.scenario_timeout.map(|t| ScenarioWatch {
+                    nth: self.scenarios.started,
+                    deadline: now + t,
+                    paused_at: None,
+                })
+            }
+            (MsgTag::ScenarioEnd, _) => self.scenario_watch = None,
+            (MsgTag::ScenarioPause, Some(w)) => {
+                w.paused_at.get_or_insert(now);
+            }
+            (MsgTag::ScenarioResume, Some(w)) => {
+                if let Some(p) = w.paused_at.take() {
+                    w.deadline += now.saturating_duration_since(p);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -201,6 +245,20 @@ impl Controller {
 
     /// Answers one request now, or keeps it until the guest kernel is read.
     fn serve(&mut self, tag: MsgTag, payload: &[u8], since: Instant) {
+        // Each CAPTURE freezes the guest and walks its tasks: past the cap
+        // of kept snapshots a guest gets a refusal, not another freeze.
+        if tag == MsgTag::SnapshotRequest
+            && self.snapshots.len() >= crate::introspect::snapshot::SNAPSHOTS_MAX
+        {
+            let why = format!(
+                "{} snapshots are kept already, the most one run keeps",
+                crate::introspect::snapshot::SNAPSHOTS_MAX
+            );
+            if let (Some(reply), Some(w)) = (crate::requests::refuse(tag, payload, &why), &self.replies) {
+                let _ = w.send(&reply);
+            }
+            return;
+        }
         let answer = crate::requests::answer(tag, payload, self.server.as_ref());
         let frame = if answer.later {
             if since.elapsed() >= PENDING_WAIT {
@@ -348,6 +406,10 @@ impl Controller {
                     if self.scenario_starts.len() < record::SCENARIO_RESULTS_MAX {
                         self.scenario_starts.push(Instant::now());
                     }
+                    self.on_scenario_frame(MsgTag::ScenarioStart);
+                }
+                Some(tag @ (MsgTag::ScenarioEnd | MsgTag::ScenarioPause | MsgTag::ScenarioResume)) => {
+                    self.on_scenario_frame(tag)
                 }
                 Some(MsgTag::TestResult) => match self.scenarios.record(payload, |r| {
                     // Host fields are the host's, whatever the guest sent.
@@ -433,6 +495,15 @@ impl Controller {
                 format!("the guest did not end within {:?}", self.deadlines.run),
             );
             return true;
+        }
+        if let (Some(w), Some(t)) = (self.scenario_watch, self.scenario_timeout) {
+            if w.paused_at.is_none() && Instant::now() >= w.deadline {
+                self.end(
+                    Verdict::Timeout,
+                    format!("scenario {} did not end within {t:?} of its start (SCST), paused time not counted", w.nth),
+                );
+                return true;
+            }
         }
         if self.exit_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE) {
             // EXIT arrived and the machine neither reset nor powered off

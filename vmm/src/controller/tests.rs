@@ -142,3 +142,32 @@ fn no_srdy_by_the_boot_deadline_is_a_timeout() {
     assert_eq!(r.verdict, Verdict::Timeout);
     assert!(r.reason.contains("SRDY"), "{}", r.reason);
 }
+
+#[test]
+fn the_scenario_watchdog_is_armed_by_scst_and_paused_by_scpp() {
+    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    // Without a timeout nothing is armed.
+    c.on_bulk(&frame(MsgTag::ScenarioStart, &[]));
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(!c.check_deadlines());
+    c.watch_scenarios(Duration::from_millis(40));
+    c.on_bulk(&frame(MsgTag::ScenarioEnd, &0u64.to_le_bytes()));
+    c.on_bulk(&frame(MsgTag::ScenarioStart, &[]));
+    c.on_bulk(&frame(MsgTag::ScenarioPause, &[]));
+    // Paused past the deadline: not ended.
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(!c.check_deadlines());
+    c.on_bulk(&frame(MsgTag::ScenarioResume, &[]));
+    // The deadline moved by the pause: 40 ms are left.
+    assert!(!c.check_deadlines());
+    c.on_bulk(&frame(MsgTag::ScenarioEnd, &0u64.to_le_bytes()));
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(!c.check_deadlines(), "SCEN disarms it");
+    c.on_bulk(&frame(MsgTag::ScenarioStart, &[]));
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(c.check_deadlines());
+    let r = c.finish(&logs());
+    assert_eq!(r.verdict, Verdict::Timeout);
+    assert!(r.reason.contains("scenario 3 did not end"), "{}", r.reason);
+}

@@ -184,6 +184,189 @@ impl KernelBtf {
     }
 }
 
+/// Field layouts by name: from a parsed BTF in this process, or from a
+/// helper process ([`BtfHelper`]) so the VMM never holds the ~35 MiB a
+/// parsed kernel BTF takes.
+pub trait Layouts: Send + Sync {
+    fn field(&self, ty: &str, path: &str) -> Result<Field, String>;
+    fn var_field(&self, var: &str, path: &str) -> Result<Field, String>;
+    /// Learns `(is_var, name, path)` answers in one go, where that is
+    /// cheaper than one at a time.
+    fn prefetch(&self, _keys: &[(bool, &str, &str)]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Layouts for KernelBtf {
+    fn field(&self, ty: &str, path: &str) -> Result<Field, String> {
+        KernelBtf::field(self, ty, path).map_err(|e| e.to_string())
+    }
+    fn var_field(&self, var: &str, path: &str) -> Result<Field, String> {
+        KernelBtf::var_field(self, var, path).map_err(|e| e.to_string())
+    }
+}
+
+/// One question for the helper: `struct:TYPE:PATH` or `var:NAME:PATH`.
+fn query_arg(var: bool, name: &str, path: &str) -> String {
+    format!("{}:{name}:{path}", if var { "var" } else { "struct" })
+}
+
+/// The helper's side: answers each query argument on its own line of
+/// the result, `OFFSET SIZE` or `error: WHY`.
+pub fn answer_queries(vmlinux: &Path, queries: &[String]) -> Result<String, BtfError> {
+    let btf = KernelBtf::from_vmlinux(vmlinux)?;
+    let mut out = String::new();
+    for q in queries {
+        let mut it = q.splitn(3, ':');
+        let r = match (it.next(), it.next(), it.next()) {
+            (Some("struct"), Some(t), Some(p)) => Layouts::field(&btf, t, p),
+            (Some("var"), Some(v), Some(p)) => Layouts::var_field(&btf, v, p),
+            _ => Err(format!("bad query {q:?}")),
+        };
+        match r {
+            Ok(f) => out += &format!("{} {}\n", f.offset, f.size),
+            Err(e) => out += &format!("error: {}\n", e.replace('\n', " ")),
+        }
+    }
+    Ok(out)
+}
+
+/// How long the helper may take (it parses the whole BTF; seconds under
+/// emulation).
+pub const HELPER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+/// Most answers kept.
+const HELPER_CACHE_MAX: usize = 4096;
+
+type Key = (bool, String, String);
+
+/// Layouts from `EXE btf-query VMLINUX QUERY...`, a child process, with
+/// the answers cached.
+pub struct BtfHelper {
+    exe: std::path::PathBuf,
+    vmlinux: std::path::PathBuf,
+    cache: std::sync::Mutex<std::collections::HashMap<Key, Result<Field, String>>>,
+}
+
+impl BtfHelper {
+    pub fn new(exe: std::path::PathBuf, vmlinux: std::path::PathBuf) -> Self {
+        Self {
+            exe,
+            vmlinux,
+            cache: Default::default(),
+        }
+    }
+
+    /// Asks the helper about every `(is_var, name, path)` not cached yet,
+    /// in one run.
+    fn fetch(&self, keys: &[(bool, &str, &str)]) -> Result<(), String> {
+        let missing: Vec<Key> = {
+            let c = self.cache.lock().map_err(|_| "BTF cache lock poisoned")?;
+            keys.iter()
+                .map(|(v, n, p)| (*v, n.to_string(), p.to_string()))
+                .filter(|k| !c.contains_key(k))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<String> = missing.iter().map(|(v, n, p)| query_arg(*v, n, p)).collect();
+        let out = run_helper(&self.exe, &self.vmlinux, &args)?;
+        let lines: Vec<&str> = out.lines().collect();
+        if lines.len() != missing.len() {
+            return Err(format!(
+                "the BTF helper answered {} of {} queries",
+                lines.len(),
+                missing.len()
+            ));
+        }
+        let mut c = self.cache.lock().map_err(|_| "BTF cache lock poisoned")?;
+        for (k, line) in missing.into_iter().zip(lines) {
+            if c.len() >= HELPER_CACHE_MAX {
+                break;
+            }
+            c.insert(k, parse_answer(line));
+        }
+        Ok(())
+    }
+
+    fn get(&self, var: bool, name: &str, path: &str) -> Result<Field, String> {
+        self.fetch(&[(var, name, path)])?;
+        self.cache
+            .lock()
+            .map_err(|_| "BTF cache lock poisoned".to_string())?
+            .get(&(var, name.to_string(), path.to_string()))
+            .cloned()
+            .unwrap_or_else(|| Err("the BTF helper's answers are full".into()))
+    }
+}
+
+impl Layouts for BtfHelper {
+    fn field(&self, ty: &str, path: &str) -> Result<Field, String> {
+        self.get(false, ty, path)
+    }
+    fn var_field(&self, var: &str, path: &str) -> Result<Field, String> {
+        self.get(true, var, path)
+    }
+    fn prefetch(&self, keys: &[(bool, &str, &str)]) -> Result<(), String> {
+        self.fetch(keys)
+    }
+}
+
+fn parse_answer(line: &str) -> Result<Field, String> {
+    if let Some(e) = line.strip_prefix("error: ") {
+        return Err(e.to_string());
+    }
+    let mut it = line.split(' ').map(str::parse::<u32>);
+    match (it.next(), it.next()) {
+        (Some(Ok(offset)), Some(Ok(size))) => Ok(Field { offset, size }),
+        _ => Err(format!("the BTF helper said {line:?}")),
+    }
+}
+
+/// Runs the helper with a deadline; it is killed and reaped past it.
+fn run_helper(exe: &Path, vmlinux: &Path, args: &[String]) -> Result<String, String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(exe)
+        .arg("btf-query")
+        .arg(vmlinux)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the BTF helper {}: {e}", exe.display()))?;
+    let mut out = child.stdout.take().ok_or("no helper stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = (&mut out).take(1 << 20).read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + HELPER_DEADLINE;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = reader.join();
+                return Err(format!("the BTF helper did not answer within {HELPER_DEADLINE:?}"));
+            }
+        }
+    };
+    let out = reader.join().map_err(|_| "the helper reader panicked")?;
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = (&mut e).take(4096).read_to_string(&mut err);
+        }
+        return Err(format!("the BTF helper failed ({status}): {}", err.trim()));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +443,18 @@ mod tests {
     }
 
     #[test]
+    fn helper_answers_are_parsed_and_bad_ones_are_errors() {
+        assert_eq!(parse_answer("2864 8"), Ok(Field { offset: 2864, size: 8 }));
+        assert_eq!(parse_answer("error: BTF has no struct rq"), Err("BTF has no struct rq".into()));
+        assert!(parse_answer("12").is_err());
+        assert!(parse_answer("x y").is_err());
+        assert_eq!(query_arg(true, "runqueues", "nr_running"), "var:runqueues:nr_running");
+        // A helper that is not there is an error, not a hang.
+        let h = BtfHelper::new("/nonexistent/schedrig".into(), "/nonexistent/vmlinux".into());
+        assert!(Layouts::field(&h, "rq", "clock").unwrap_err().contains("starting the BTF helper"));
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for b in [&[][..], &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0][..], &[0xff; 64][..]] {
             assert!(KernelBtf::from_bytes(b).is_err());
@@ -279,11 +474,16 @@ mod real {
     #[ignore = "needs SCHEDRIG_VMLINUX"]
     fn btf_of_a_real_vmlinux() {
         let p = std::path::PathBuf::from(std::env::var("SCHEDRIG_VMLINUX").unwrap());
+        let hwm = || std::fs::read_to_string("/proc/self/status").unwrap().lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS")).collect::<Vec<_>>().join(" ");
+        eprintln!("start {}", hwm());
         let t = std::time::Instant::now();
         let btf = super::KernelBtf::from_vmlinux(&p).unwrap();
         let b = t.elapsed();
-        let syms = crate::introspect::symbols::SymbolTable::load_all(&p).unwrap();
+        eprintln!("after BTF {}", hwm());
+        let syms = crate::introspect::symbols::SymbolTable::load(&p, crate::introspect::kernel::SYMBOLS).unwrap();
         eprintln!("BTF {b:?}, symbols {:?} ({} of them)", t.elapsed() - b, syms.len());
+        let hwm = std::fs::read_to_string("/proc/self/status").unwrap();
+        eprintln!("{}", hwm.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS")).collect::<Vec<_>>().join(" "));
         for (ty, f) in [("rq", "clock"), ("rq", "scx.local_dsq.nr"), ("task_struct", "scx.dsq_vtime"), ("task_struct", "comm")] {
             eprintln!("{ty}.{f}: {:?}", btf.field(ty, f).unwrap());
         }

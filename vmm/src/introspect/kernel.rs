@@ -21,6 +21,31 @@ pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 /// arch/x86/include/asm/page_64_types.h: KERNEL_IMAGE_SIZE with KASLR
 /// (1 GiB); the modules area, mapped page by page, follows it.
 pub const KERNEL_IMAGE_SIZE: u64 = 1 << 30;
+/// The symbols loaded up front (the monitor's and snapshots'); any other
+/// is looked up in the vmlinux when asked for.
+pub const SYMBOLS: &[&str] = &[
+    "_text",
+    "__per_cpu_start",
+    "__per_cpu_end",
+    "__per_cpu_offset",
+    "page_offset_base",
+    "__pgtable_l5_enabled",
+    "init_top_pgt",
+    "runqueues",
+    "init_task",
+    "jiffies",
+    "scx_ops",
+    "scx_ops_enable_state_var",
+    "ext_sched_class",
+    "fair_sched_class",
+    "rt_sched_class",
+    "dl_sched_class",
+    "idle_sched_class",
+    "stop_sched_class",
+];
+/// Symbols looked up later that are kept (name, link address, size).
+const LOOKED_UP_MAX: usize = 1024;
+
 /// CONFIG_NR_CPUS of our kernel config, the length of `__per_cpu_offset`.
 pub const NR_CPUS_MAX: u32 = 64;
 
@@ -45,6 +70,9 @@ pub enum KernelError {
 pub struct KernelView {
     mem: GuestMemoryMmap,
     symbols: Arc<SymbolTable>,
+    /// Where other symbols are looked up, and what was found.
+    vmlinux: std::path::PathBuf,
+    looked_up: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<(u64, u64)>>>>,
     slide: u64,
     phys_base: u64,
     page_offset: u64,
@@ -71,6 +99,7 @@ impl KernelView {
         mem: GuestMemoryMmap,
         ka: &KernAddrs,
         symbols: Arc<SymbolTable>,
+        vmlinux: std::path::PathBuf,
     ) -> Result<Self, KernelError> {
         let text = ka.text_kva.ok_or(KernelError::NoAddr("_text"))?;
         let phys_base = ka.phys_base.ok_or(KernelError::NoAddr("phys_base"))?;
@@ -85,6 +114,8 @@ impl KernelView {
             ram_end: mem.last_addr().0.saturating_add(1),
             mem,
             symbols,
+            vmlinux,
+            looked_up: Default::default(),
             slide: text.wrapping_sub(link_text),
             phys_base,
             page_offset: 0,
@@ -118,8 +149,26 @@ impl KernelView {
         Ok(v)
     }
 
-    pub fn symbols(&self) -> &SymbolTable {
-        &self.symbols
+    /// The vmlinux this view's symbols come from.
+    pub fn vmlinux(&self) -> &std::path::Path {
+        &self.vmlinux
+    }
+
+    /// Link-time address and size of `name`: from the table loaded up
+    /// front, else looked up in the vmlinux (and remembered).
+    pub fn link(&self, name: &str) -> Option<(u64, u64)> {
+        if let Some(a) = self.symbols.get(name) {
+            return Some((a, self.symbols.size(name)));
+        }
+        let mut seen = self.looked_up.lock().ok()?;
+        if let Some(hit) = seen.get(name) {
+            return *hit;
+        }
+        let found = SymbolTable::lookup(&self.vmlinux, name).ok().flatten();
+        if seen.len() < LOOKED_UP_MAX {
+            seen.insert(name.to_string(), found);
+        }
+        found
     }
 
     pub fn slide(&self) -> u64 {
@@ -146,9 +195,8 @@ impl KernelView {
 
     /// The runtime address of a (non-per-CPU) kernel symbol.
     pub fn symbol(&self, name: &str) -> Result<u64, KernelError> {
-        let link = self
-            .symbols
-            .get(name)
+        let (link, _) = self
+            .link(name)
             .ok_or_else(|| KernelError::NoSymbol(name.to_string()))?;
         if self.is_per_cpu(link) && name != "__per_cpu_start" {
             return Err(KernelError::BadValue {
@@ -173,9 +221,8 @@ impl KernelView {
 
     /// The address of per-CPU variable `name` on `cpu`.
     pub fn per_cpu(&self, name: &str, cpu: u32) -> Result<u64, KernelError> {
-        let link = self
-            .symbols
-            .get(name)
+        let (link, _) = self
+            .link(name)
             .ok_or_else(|| KernelError::NoSymbol(name.to_string()))?;
         if !self.is_per_cpu(link) {
             return Err(KernelError::BadValue {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use schedrig_wire::payload::kernel_op::{Direction, KernelOpEntry, Mode, Target, Value};
 use schedrig_wire::{KernelOpReply, KernelOpRequest};
 
-use super::btf::KernelBtf;
+use super::btf::Layouts;
 use super::kernel::KernelView;
 use super::pagewalk::PageTable;
 use super::tasks::{self, TaskLayout};
@@ -28,7 +28,7 @@ pub const START_TIME_SLACK_NS: u64 = 10_000_000;
 /// vmlinux was read.
 pub struct KernelCtx {
     pub view: KernelView,
-    pub btf: Arc<KernelBtf>,
+    pub btf: Arc<dyn Layouts>,
     pub tasks: Option<TaskLayout>,
     pub rq: crate::monitor::layout::RqLayout,
     /// vCPUs of the guest (per-CPU targets are checked against it).
@@ -57,7 +57,7 @@ impl KernelCtx {
         Ok(match t {
             Target::Symbol(name) => {
                 let at = k.symbol(name).map_err(|e| e.to_string())?;
-                let size = k.symbols().size(name);
+                let size = k.link(name).map_or(0, |l| l.1);
                 (Place::Kva(at), u32::try_from(size).ok().filter(|s| *s > 0))
             }
             Target::Direct(kva) => {
@@ -85,7 +85,7 @@ impl KernelCtx {
                     return Err(format!("CPU {cpu}: the guest has {} CPUs", self.ncpu));
                 }
                 let base = k.per_cpu(symbol, *cpu).map_err(|e| e.to_string())?;
-                let f = self.btf.var_field(symbol, field).map_err(|e| e.to_string())?;
+                let f = self.btf.var_field(symbol, field)?;
                 (Place::Kva(base + u64::from(f.offset)), Some(f.size))
             }
             Target::TaskField {
@@ -97,10 +97,7 @@ impl KernelCtx {
                     .tasks
                     .as_ref()
                     .ok_or("this kernel's BTF lacks a task_struct field the host needs")?;
-                let f = self
-                    .btf
-                    .field("task_struct", field)
-                    .map_err(|e| e.to_string())?;
+                let f = self.btf.field("task_struct", field)?;
                 let task = self.checked_task(l, *pid, *expected_start_time_ns)?;
                 (Place::Kva(task + u64::from(f.offset)), Some(f.size))
             }

@@ -63,12 +63,15 @@ pub fn capture(ctx: &KernelCtx, rq: &RqLayout, regs: &[Option<VcpuRegs>], tag: &
         tag: tag.to_string(),
         ..Default::default()
     };
+    // One scan of the vmlinux names every RIP.
+    let rips: Vec<u64> = regs.iter().map(|r| r.map_or(0, |r| r.rip)).collect();
+    let names = super::symbols::symbolize(k.vmlinux(), k.slide() as i64, &rips).unwrap_or_default();
     for (cpu, r) in (0u32..).zip(regs) {
         match r {
             Some(r) => s.vcpus.push(VcpuSnap {
                 cpu,
                 rip: r.rip,
-                symbol: k.symbols().name_code(r.rip.wrapping_sub(k.slide())),
+                symbol: names.get(cpu as usize).cloned().flatten(),
                 rsp: r.rsp,
                 cr3: r.cr3,
                 rflags: r.rflags,

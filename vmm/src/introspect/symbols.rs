@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use object::read::ReadCache;
 use object::{Object, ObjectSymbol};
 
 /// Link-time virtual address of `_text` without KASLR
@@ -21,14 +22,11 @@ pub enum SymbolError {
     Parse { path: String, reason: String },
 }
 
-/// name -> link-time address (and size), for the symbols asked for or
-/// all of them.
+/// name -> link-time address and size, for the symbols asked for.
 #[derive(Debug, Clone, Default)]
 pub struct SymbolTable {
     addrs: HashMap<String, u64>,
     sizes: HashMap<String, u64>,
-    /// Function symbols by address (with `load_all`), to name code.
-    text: Vec<(u64, String)>,
 }
 
 impl SymbolTable {
@@ -37,10 +35,14 @@ impl SymbolTable {
     pub fn load(vmlinux: &Path, wanted: &[&str]) -> Result<Self, SymbolError> {
         with_elf(vmlinux, |file, path| {
             let mut addrs = HashMap::new();
+            let mut sizes = HashMap::new();
             for sym in file.symbols() {
                 if let Ok(name) = sym.name() {
-                    if wanted.contains(&name) {
+                    // The first of a repeated (static) name, unless a
+                    // global one comes later.
+                    if wanted.contains(&name) && (!addrs.contains_key(name) || sym.is_global()) {
                         addrs.insert(name.to_string(), sym.address());
+                        sizes.insert(name.to_string(), sym.size());
                     }
                 }
             }
@@ -50,60 +52,26 @@ impl SymbolTable {
                     reason: format!("none of {wanted:?} found"),
                 });
             }
-            Ok(Self {
-                addrs,
-                sizes: HashMap::new(),
-                text: Vec::new(),
-            })
+            Ok(Self { addrs, sizes })
         })
     }
 
-    /// Every named data and text symbol of `vmlinux` (about 100k for our
-    /// kernel). Where a name repeats (static symbols of several files),
-    /// a global one wins, else the first.
-    pub fn load_all(vmlinux: &Path) -> Result<Self, SymbolError> {
-        with_elf(vmlinux, |file, path| {
-            let mut addrs = HashMap::new();
-            let mut sizes = HashMap::new();
-            let mut global = std::collections::HashSet::new();
-            let mut text = Vec::new();
+    /// `name`'s link-time address and size, by a scan of `vmlinux`'s
+    /// symbol table (for names not loaded up front; a global symbol wins
+    /// over a static one of the same name).
+    pub fn lookup(vmlinux: &Path, name: &str) -> Result<Option<(u64, u64)>, SymbolError> {
+        with_elf(vmlinux, |file, _| {
+            let mut found = None;
             for sym in file.symbols() {
-                let Ok(name) = sym.name() else { continue };
-                if sym.kind() == object::SymbolKind::Text && sym.address() != 0 && !name.is_empty() {
-                    text.push((sym.address(), name.to_string()));
+                if sym.name() == Ok(name) {
+                    found = Some((sym.address(), sym.size()));
+                    if sym.is_global() {
+                        break;
+                    }
                 }
-                if name.is_empty()
-                    || !matches!(sym.kind(), object::SymbolKind::Data | object::SymbolKind::Text | object::SymbolKind::Unknown)
-                {
-                    continue;
-                }
-                let is_global = sym.is_global();
-                if addrs.contains_key(name) && (global.contains(name) || !is_global) {
-                    continue;
-                }
-                if is_global {
-                    global.insert(name.to_string());
-                }
-                addrs.insert(name.to_string(), sym.address());
-                sizes.insert(name.to_string(), sym.size());
             }
-            if !addrs.contains_key("_text") {
-                return Err(SymbolError::Parse {
-                    path,
-                    reason: "no _text symbol".into(),
-                });
-            }
-            text.sort_unstable();
-            Ok(Self { addrs, sizes, text })
+            Ok(found)
         })
-    }
-
-    /// `name+0xoff` for link-time code address `addr` (needs `load_all`).
-    pub fn name_code(&self, addr: u64) -> Option<String> {
-        let i = self.text.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
-        let (start, name) = &self.text[i];
-        let off = addr - start;
-        (off < 1 << 20).then(|| format!("{name}+{off:#x}"))
     }
 
     /// The symbol's size in bytes (ELF st_size; 0 when unknown or when
@@ -154,22 +122,24 @@ pub fn symbolize(
     })
 }
 
-/// Reads and parses `vmlinux`, then runs `f` on it (with the path, for
-/// errors).
+/// Parses `vmlinux`, reading only the parts `f` touches (object's
+/// `ReadCache`: the symbol and string tables, a few MiB of a 37 MiB
+/// file, not all of it), then runs `f` on it (with the path, for errors).
 fn with_elf<T>(
     vmlinux: &Path,
-    f: impl FnOnce(&object::File<'_>, String) -> Result<T, SymbolError>,
+    f: impl FnOnce(&object::File<'_, &ReadCache<std::fs::File>>, String) -> Result<T, SymbolError>,
 ) -> Result<T, SymbolError> {
     let path = vmlinux.display().to_string();
-    let data = std::fs::read(vmlinux).map_err(|source| SymbolError::Read {
+    let file = std::fs::File::open(vmlinux).map_err(|source| SymbolError::Read {
         path: path.clone(),
         source,
     })?;
-    let file = object::File::parse(&*data).map_err(|e| SymbolError::Parse {
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).map_err(|e| SymbolError::Parse {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    f(&file, path)
+    f(&elf, path)
 }
 
 /// `name+0xoff` of the last symbol at or below `addr` in `sorted`, if

@@ -2,7 +2,7 @@
 //! `init_task.tasks`, and the `struct task_struct` fields the host needs,
 //! by BTF offset.
 
-use super::btf::{BtfError, Field, KernelBtf};
+use super::btf::{Field, Layouts};
 use super::kernel::{KernelError, KernelView};
 
 /// The most tasks a walk visits: a list the guest corrupted (or one that
@@ -29,7 +29,8 @@ pub struct TaskLayout {
 }
 
 impl TaskLayout {
-    pub fn resolve(btf: &KernelBtf) -> Result<Self, BtfError> {
+    /// The fields, asked of `btf` in one batch where it batches.
+    pub fn resolve(btf: &dyn Layouts) -> Result<Self, String> {
         let f = |p: &str| btf.field("task_struct", p);
         Ok(Self {
             tasks: f("tasks")?,

@@ -18,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use self::analysis::{CpuSample, Sample, ThreadTimes};
 use self::layout::RqLayout;
-use crate::introspect::btf::KernelBtf;
+use crate::introspect::btf::Layouts;
 use crate::introspect::kernel::KernelView;
 use crate::introspect::symbols::SymbolTable;
 
@@ -95,6 +95,7 @@ impl Monitor {
     /// host thread ids (0 until the thread has started).
     pub fn start(
         vmlinux: PathBuf,
+        layouts: Arc<dyn Layouts>,
         mem: GuestMemoryMmap,
         tids: Arc<Vec<AtomicI32>>,
         freeze_epoch: Arc<std::sync::atomic::AtomicU64>,
@@ -104,7 +105,7 @@ impl Monitor {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("rq-monitor".into())
-            .spawn(move || run(&s, &vmlinux, mem, &tids, &freeze_epoch, started))?;
+            .spawn(move || run(&s, &vmlinux, layouts, mem, &tids, &freeze_epoch, started))?;
         Ok(Self {
             shared,
             thread: Some(thread),
@@ -137,27 +138,51 @@ fn nap(s: &MonitorShared, d: Duration) -> bool {
     !s.stop.load(Ordering::Relaxed)
 }
 
+/// The fields the monitor, snapshots and task checks read, asked of the
+/// BTF in one batch.
+const FIELDS: &[(bool, &str, &str)] = &[
+    (false, "rq", "nr_running"),
+    (false, "rq", "clock"),
+    (false, "rq", "scx.nr_running"),
+    (false, "rq", "scx.local_dsq.nr"),
+    (false, "rq", "curr"),
+    (false, "rq", "idle"),
+    (false, "sched_ext_ops", "name"),
+    (false, "task_struct", "tasks"),
+    (false, "task_struct", "pid"),
+    (false, "task_struct", "comm"),
+    (false, "task_struct", "__state"),
+    (false, "task_struct", "exit_state"),
+    (false, "task_struct", "start_time"),
+    (false, "task_struct", "sched_class"),
+    (false, "task_struct", "on_rq"),
+    (false, "task_struct", "scx.dsq"),
+    (false, "task_struct", "thread_info.cpu"),
+    (false, "task_struct", "cpu"),
+];
+
 fn run(
     s: &MonitorShared,
     vmlinux: &std::path::Path,
+    btf: Arc<dyn Layouts>,
     mem: GuestMemoryMmap,
     tids: &[AtomicI32],
     freeze_epoch: &std::sync::atomic::AtomicU64,
     started: Instant,
 ) {
     let t = Instant::now();
-    let symbols = match SymbolTable::load_all(vmlinux) {
+    let symbols = match SymbolTable::load(vmlinux, crate::introspect::kernel::SYMBOLS) {
         Ok(t) => Arc::new(t),
         Err(e) => return s.fail(format!("symbols: {e}")),
     };
-    let (btf, layout) = match KernelBtf::from_vmlinux(vmlinux).and_then(|b| {
-        let l = RqLayout::resolve(&b)?;
-        Ok((Arc::new(b), l))
-    }) {
-        Ok(x) => x,
-        Err(e) => return s.fail(e.to_string()),
+    if let Err(e) = btf.prefetch(FIELDS) {
+        return s.fail(format!("BTF: {e}"));
+    }
+    let layout = match RqLayout::resolve(&*btf) {
+        Ok(l) => l,
+        Err(e) => return s.fail(format!("BTF: {e}")),
     };
-    tracing::debug!(took = ?t.elapsed(), symbols = symbols.len(), "monitor: symbols and BTF read");
+    tracing::debug!(took = ?t.elapsed(), "monitor: symbols and BTF read");
     let ka = loop {
         if let Some(ka) = s.kern_addrs.get() {
             break *ka;
@@ -166,14 +191,14 @@ fn run(
             return;
         }
     };
-    let view = match KernelView::new(mem, &ka, symbols) {
+    let view = match KernelView::new(mem, &ka, symbols, vmlinux.to_path_buf()) {
         Ok(v) => v,
         Err(e) => return s.fail(format!("the guest kernel's addresses: {e}")),
     };
     let ncpu = tids.len() as u32;
     let _ = s.ctx.set(Arc::new(crate::introspect::ops::KernelCtx {
         view: view.clone(),
-        tasks: crate::introspect::tasks::TaskLayout::resolve(&btf).ok(),
+        tasks: crate::introspect::tasks::TaskLayout::resolve(&*btf).ok(),
         btf,
         rq: layout,
         ncpu,
