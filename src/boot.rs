@@ -256,7 +256,11 @@ fn btf_helper() -> Option<std::path::PathBuf> {
 fn introspection_vmlinux(k: &kernel::ResolvedKernel) -> Option<std::path::PathBuf> {
     let full = k.vmlinux.as_ref()?;
     let stripped = full.with_file_name(kernel::cache::VMLINUX_STRIPPED);
-    Some(if stripped.is_file() { stripped } else { full.clone() })
+    Some(if stripped.is_file() {
+        stripped
+    } else {
+        full.clone()
+    })
 }
 
 /// vmlinux, and the KASLR slide: known from KADR, or zero when the
@@ -397,7 +401,8 @@ pub fn snapshot_json(s: &schedrig_vmm::introspect::snapshot::Snapshot) -> serde_
 
 /// `--freeze-test COUNT:HOLD_MS[:visible]`.
 pub fn parse_freeze_test(s: &str) -> Result<schedrig_vmm::machine::FreezeTest, String> {
-    let bad = || format!("{s:?}: expected COUNT:HOLD_MS or COUNT:HOLD_MS:visible, e.g. 100:0 or 1:2000");
+    let bad =
+        || format!("{s:?}: expected COUNT:HOLD_MS or COUNT:HOLD_MS:visible, e.g. 100:0 or 1:2000");
     let mut it = s.split(':');
     let count: u32 = it.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;
     let hold: u64 = it.next().and_then(|c| c.parse().ok()).ok_or_else(bad)?;

@@ -398,7 +398,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => return run_scenarios(a),
         Command::Scenarios(a) => return list_scenarios(a),
         Command::BtfQuery { vmlinux, queries } => {
-            print!("{}", schedrig_vmm::introspect::btf::answer_queries(&vmlinux, &queries)?);
+            print!(
+                "{}",
+                schedrig_vmm::introspect::btf::answer_queries(&vmlinux, &queries)?
+            );
         }
         Command::Selftest(a) => {
             return crate::selftest::run_cli(

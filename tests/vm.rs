@@ -323,9 +323,15 @@ fn expect_monitor_saw(h: &Hostile, ops: &str) -> Result<(), Failed> {
     let samples = m["samples"].as_u64().unwrap_or(0);
     h.check(
         m["error"].is_null() && samples >= 10,
-        &format!("the monitor sampled without error: {} samples, error {}", samples, m["error"]),
+        &format!(
+            "the monitor sampled without error: {} samples, error {}",
+            samples, m["error"]
+        ),
     )?;
-    h.check(m["ops_name"] == ops, &format!("scx_ops.name {ops:?}, got {}", m["ops_name"]))?;
+    h.check(
+        m["ops_name"] == ops,
+        &format!("scx_ops.name {ops:?}, got {}", m["ops_name"]),
+    )?;
     let states: Vec<i64> = m["scx_state"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
@@ -339,7 +345,9 @@ fn expect_monitor_saw(h: &Hostile, ops: &str) -> Result<(), Failed> {
     h.check(
         clocks.len() == cpus
             && clocks.iter().all(|c| {
-                let c: Vec<u64> = c.as_array().map_or(vec![], |a| a.iter().filter_map(|v| v.as_u64()).collect());
+                let c: Vec<u64> = c
+                    .as_array()
+                    .map_or(vec![], |a| a.iter().filter_map(|v| v.as_u64()).collect());
                 c.len() >= 2 && c.last() > c.first() && c.windows(2).all(|w| w[1] >= w[0])
             }),
         &format!("every one of {cpus} CPUs' rq clocks moved forward, never back"),
@@ -348,7 +356,10 @@ fn expect_monitor_saw(h: &Hostile, ops: &str) -> Result<(), Failed> {
         m["stalls"]
             .as_array()
             .is_some_and(|s| s.iter().all(|s| !s["inconclusive"].is_null())),
-        &format!("no stall under scx_simple but ones the host caused: {}", m["stalls"]),
+        &format!(
+            "no stall under scx_simple but ones the host caused: {}",
+            m["stalls"]
+        ),
     )
 }
 
@@ -407,9 +418,16 @@ fn host_serves_requests() -> Result<(), Failed> {
         snap.tag == "requests-mode"
             && snap.vcpus.len() == 4
             && snap.vcpus.iter().any(|v| v.in_kernel)
-            && snap.vcpus.iter().filter(|v| v.in_kernel).all(|v| v.symbol.is_some())
+            && snap
+                .vcpus
+                .iter()
+                .filter(|v| v.in_kernel)
+                .all(|v| v.symbol.is_some())
             && snap.cpus.len() == 4
-            && snap.cpus.iter().all(|c| c.curr_pid == 0 || pids.contains(&c.curr_pid))
+            && snap
+                .cpus
+                .iter()
+                .all(|c| c.curr_pid == 0 || pids.contains(&c.curr_pid))
             && pids.contains(&1)
             && snap.problems.is_empty(),
         &r,
@@ -422,7 +440,16 @@ fn host_serves_requests() -> Result<(), Failed> {
 fn frozen_run(label: &str, freeze: &str) -> Result<Hostile, Failed> {
     run_cli(
         label,
-        &["--topology", "1n2l2c1t", "--scheduler", "scx_simple", "--hold", "6", "--freeze-test", freeze],
+        &[
+            "--topology",
+            "1n2l2c1t",
+            "--scheduler",
+            "scx_simple",
+            "--hold",
+            "6",
+            "--freeze-test",
+            freeze,
+        ],
     )
 }
 
@@ -451,11 +478,17 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
         h.json["monitor"]["stalls"]
             .as_array()
             .is_some_and(|s| s.iter().all(|s| !s["inconclusive"].is_null())),
-        &format!("the freeze not taken for a stall: {}", h.json["monitor"]["stalls"]),
+        &format!(
+            "the freeze not taken for a stall: {}",
+            h.json["monitor"]["stalls"]
+        ),
     )?;
     let v = frozen_run("freeze-visible", &format!("1:{FREEZE_MS}:visible"))?;
     let f = &v.json["freezes"][0];
-    v.check(f["error"].is_null() && f["time_hidden"] == false, "a visible freeze")?;
+    v.check(
+        f["error"].is_null() && f["time_hidden"] == false,
+        "a visible freeze",
+    )?;
     v.check(
         sched_field(&v, "exit_kind") == "ERROR_STALL",
         "sched_ext's watchdog ejected scx_simple after a freeze the guest could see",
@@ -573,12 +606,16 @@ fn sched_tests() -> Vec<Trial> {
             // its CPU's nr_running while nothing dispatches it; once the
             // CPU's runnable tasks are all dropped ones it idles (its
             // vCPU halted, not starved by the host) and rq->clock stops.
-            let stalls = h.json["monitor"]["stalls"].as_array().cloned().unwrap_or_default();
+            let stalls = h.json["monitor"]["stalls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             h.check(
                 stalls.iter().any(|s| {
                     s["inconclusive"].is_null()
                         && s["nr_running"].as_u64().is_some_and(|n| n > 0)
-                        && s["to_ms"].as_u64().unwrap_or(0) >= s["from_ms"].as_u64().unwrap_or(0) + 500
+                        && s["to_ms"].as_u64().unwrap_or(0)
+                            >= s["from_ms"].as_u64().unwrap_or(0) + 500
                 }),
                 &format!("a host-side stall of 500 ms or more, not excused: {stalls:?}"),
             )?;
@@ -588,7 +625,9 @@ fn sched_tests() -> Vec<Trial> {
             let f = snaps.iter().find(|s| s["tag"] == "failure");
             h.check(
                 f.is_some_and(|f| {
-                    f["problems"][0].as_str().is_some_and(|p| p.contains("run none of its"))
+                    f["problems"][0]
+                        .as_str()
+                        .is_some_and(|p| p.contains("run none of its"))
                         && f["scx_state"] == "enabled"
                         && f["ops_name"] == "qmap"
                         && f["vcpus"].as_array().is_some_and(|v| v.len() == 1)

@@ -95,7 +95,9 @@ fn per_cpu_frames(ncpu: u32) -> Vec<(MsgTag, Vec<u8>)> {
         entries: (0..ncpu).map(|c| entry(c, value(c))).collect(),
     };
     [
-        req(PER_CPU_WRITE_ID, Direction::Write, &|c| Value::U32(PER_CPU_MARK + c)),
+        req(PER_CPU_WRITE_ID, Direction::Write, &|c| {
+            Value::U32(PER_CPU_MARK + c)
+        }),
         req(PER_CPU_READ_ID, Direction::Read, &|_| Value::U32(0)),
     ]
     .iter()
@@ -242,7 +244,11 @@ fn values_text(v: &[Value]) -> String {
 
 /// Sends the requests and waits up to `wait` for their replies. Returns
 /// the check; a read error ends the wait early and is a problem.
-pub fn exchange(port: &mut BulkPort<File>, wait: Duration, ncpu: u32) -> Result<ReplyCheck, CommsError> {
+pub fn exchange(
+    port: &mut BulkPort<File>,
+    wait: Duration,
+    ncpu: u32,
+) -> Result<ReplyCheck, CommsError> {
     let mut frames = request_frames();
     frames.extend(per_cpu_frames(ncpu));
     for (tag, payload) in frames {

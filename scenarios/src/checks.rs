@@ -225,7 +225,10 @@ fn imbalance(h: &schedrig_wire::HostRqView, limit: f64) -> CheckResult {
             ratio,
             format!("CPU {busy} had {ratio:.1}x the runnable tasks of CPU {idle} for a second"),
         ),
-        None => (1.0, format!("no sustained imbalance in {} host samples", h.samples.len())),
+        None => (
+            1.0,
+            format!("no sustained imbalance in {} host samples", h.samples.len()),
+        ),
     };
     CheckResult {
         name: "imbalance",
@@ -285,7 +288,9 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
                 "the host paused the whole VM for {p} ms (a pause counts as CPU time of whatever task was running)"
             ));
         }
-        if let (Some(starved), true) = (&host_starved, failed.iter().any(|c| c.name == "host_stall")) {
+        if let (Some(starved), true) =
+            (&host_starved, failed.iter().any(|c| c.name == "host_stall"))
+        {
             why.push(format!("a CPU looked stalled because {starved}"));
         }
         return Judgement {
@@ -586,8 +591,14 @@ mod tests {
         r.host_rq = Some(view(vec![stall(None)]));
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Fail);
-        assert!(j.reason.contains("CPU 1") && j.reason.contains("900 ms"), "{}", j.reason);
-        r.host_rq = Some(view(vec![stall(Some("the host kept CPU 1's vCPU thread waiting"))]));
+        assert!(
+            j.reason.contains("CPU 1") && j.reason.contains("900 ms"),
+            "{}",
+            j.reason
+        );
+        r.host_rq = Some(view(vec![stall(Some(
+            "the host kept CPU 1's vCPU thread waiting",
+        ))]));
         let j = judge(&steady(), &r, &env());
         assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
         assert!(j.reason.contains("waiting"), "{}", j.reason);

@@ -234,9 +234,15 @@ pub fn binary_archive(c: &Chosen, cache_dir: &Path) -> Result<PathBuf, SchedErro
     persist(&deps_path, deps.as_bytes())?;
     // An archive's deps file goes first: it alone says "cached", so one
     // left behind would name an archive that is gone.
-    crate::initramfs::guest::prune_with(cache_dir, "sched-", ".cpio", BINARY_ARCHIVES_KEPT, |old| {
-        let _ = std::fs::remove_file(old.with_extension("deps"));
-    });
+    crate::initramfs::guest::prune_with(
+        cache_dir,
+        "sched-",
+        ".cpio",
+        BINARY_ARCHIVES_KEPT,
+        |old| {
+            let _ = std::fs::remove_file(old.with_extension("deps"));
+        },
+    );
     Ok(path)
 }
 

@@ -174,7 +174,11 @@ impl Freezer {
         }
         let t0 = Instant::now();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let kick = |g: &Inner| {
             for (cpu, t) in threads.iter().enumerate() {
                 if !g.parked.get(cpu).copied().unwrap_or(true) {
@@ -194,7 +198,11 @@ impl Freezer {
         while !g.parked.iter().all(|&p| p) {
             let waited = t0.elapsed();
             if waited >= PARK_DEADLINE || stop.load(Ordering::Acquire) || threads.is_empty() {
-                let cpus = (0u32..).zip(&g.parked).filter(|(_, p)| !**p).map(|(c, _)| c).collect();
+                let cpus = (0u32..)
+                    .zip(&g.parked)
+                    .filter(|(_, p)| !**p)
+                    .map(|(c, _)| c)
+                    .collect();
                 self.release(g);
                 return Err(if stop.load(Ordering::Acquire) {
                     FreezeError::Stopping
@@ -242,7 +250,12 @@ impl Freezer {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
-            if let Some((cpu, Some(Err(e)))) = g.shifted.iter().enumerate().find(|(_, s)| matches!(s, Some(Err(_)))) {
+            if let Some((cpu, Some(Err(e)))) = g
+                .shifted
+                .iter()
+                .enumerate()
+                .find(|(_, s)| matches!(s, Some(Err(_))))
+            {
                 hidden = false;
                 note = Some(format!("vCPU {cpu}'s TSC offset: {e}"));
             }
@@ -305,7 +318,9 @@ fn hide_time(vm: &VmFd, held: Duration, shift: &mut [i64]) -> (bool, Option<Stri
 /// Moves this vCPU's TSC offset back by `ns` of its own TSC time
 /// (KVM_VCPU_TSC_OFFSET, Documentation/virt/kvm/devices/vcpu.rst).
 fn shift_tsc(vcpu: &VcpuFd, ns: i64) -> Result<(), String> {
-    let khz = vcpu.get_tsc_khz().map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?;
+    let khz = vcpu
+        .get_tsc_khz()
+        .map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?;
     let ticks = (ns as i128 * i128::from(khz) / 1_000_000) as i64;
     let mut offset: u64 = 0;
     let mut attr = kvm_device_attr {
@@ -319,7 +334,10 @@ fn shift_tsc(vcpu: &VcpuFd, ns: i64) -> Result<(), String> {
     // points at `offset`, alive for the call.
     let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_DEVICE_ATTR, &mut attr) };
     if rc != 0 {
-        return Err(format!("KVM_GET_DEVICE_ATTR(TSC offset): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "KVM_GET_DEVICE_ATTR(TSC offset): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     offset = offset.wrapping_sub(ticks as u64);
     attr.addr = &offset as *const u64 as u64;
@@ -327,7 +345,10 @@ fn shift_tsc(vcpu: &VcpuFd, ns: i64) -> Result<(), String> {
     // points at `offset`, alive for the call.
     let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr) };
     if rc != 0 {
-        return Err(format!("KVM_SET_DEVICE_ATTR(TSC offset): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "KVM_SET_DEVICE_ATTR(TSC offset): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

@@ -220,8 +220,12 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     // The run-queue monitor reads guest memory while the guest runs; it
     // is stopped (joined) before the vCPUs are.
     let monitor = config.vmlinux.as_ref().and_then(|v| {
-        let layouts: std::sync::Arc<dyn crate::introspect::btf::Layouts> = match &config.btf_helper {
-            Some(exe) => std::sync::Arc::new(crate::introspect::btf::BtfHelper::new(exe.clone(), v.clone())),
+        let layouts: std::sync::Arc<dyn crate::introspect::btf::Layouts> = match &config.btf_helper
+        {
+            Some(exe) => std::sync::Arc::new(crate::introspect::btf::BtfHelper::new(
+                exe.clone(),
+                v.clone(),
+            )),
             None => match crate::introspect::btf::KernelBtf::from_vmlinux(v) {
                 Ok(b) => std::sync::Arc::new(b),
                 Err(e) => {
@@ -238,8 +242,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             shared.freezer.epoch.clone(),
             started,
         )
-            .map_err(|e| tracing::warn!("no run-queue monitor: {e}"))
-            .ok()
+        .map_err(|e| tracing::warn!("no run-queue monitor: {e}"))
+        .ok()
     });
     let vm = std::sync::Arc::new(m.vm);
     if let Some(mon) = &monitor {
@@ -280,7 +284,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         if let Some(ft) = &config.freeze_test {
             if freezes.len() < ft.count as usize {
                 let due = *next_freeze.get_or_insert_with(|| {
-                    ctl.busy_since().map_or(Instant::now() + POLL, |t| t + FREEZE_TEST_START)
+                    ctl.busy_since()
+                        .map_or(Instant::now() + POLL, |t| t + FREEZE_TEST_START)
                 });
                 if ctl.busy_since().is_some() && Instant::now() >= due {
                     freezes.push(test_freeze(&shared, &vm, ft));
@@ -294,7 +299,8 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     let monitor_report = monitor.map(|mon| {
         let shared = mon.shared();
         drop(mon);
-        let samples = std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        let samples =
+            std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|e| e.into_inner()));
         crate::report::MonitorReport {
             stalls: crate::monitor::analysis::stalls(&samples),
             samples,
@@ -334,14 +340,20 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
 }
 
 /// One test freeze: park all, note the registers, hold, release.
-fn test_freeze(shared: &VcpuShared, vm: &kvm_ioctls::VmFd, ft: &FreezeTest) -> crate::report::FreezeRecord {
-    let r = shared.freezer.freeze(vm, &shared.stop, ft.hide_time, |regs| {
-        std::thread::sleep(ft.hold);
-        (
-            regs.iter().filter(|r| r.is_some()).count() as u32,
-            regs.iter().flatten().filter(|r| r.cs & 3 == 0).count() as u32,
-        )
-    });
+fn test_freeze(
+    shared: &VcpuShared,
+    vm: &kvm_ioctls::VmFd,
+    ft: &FreezeTest,
+) -> crate::report::FreezeRecord {
+    let r = shared
+        .freezer
+        .freeze(vm, &shared.stop, ft.hide_time, |regs| {
+            std::thread::sleep(ft.hold);
+            (
+                regs.iter().filter(|r| r.is_some()).count() as u32,
+                regs.iter().flatten().filter(|r| r.cs & 3 == 0).count() as u32,
+            )
+        });
     match r {
         Ok(((with_regs, in_kernel), stats)) => crate::report::FreezeRecord {
             stats: Some(stats),

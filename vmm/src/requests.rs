@@ -97,7 +97,9 @@ pub fn answer(tag: MsgTag, payload: &[u8], server: Option<&Server>) -> Answer {
                     (Mode::Cold, Some(s)) => {
                         let mut out = None;
                         match (s.freeze)(&mut |regs| out = Some(c.execute(&req, regs))) {
-                            Ok(_) => out.unwrap_or_else(|| KernelOpReply::error(req.request_id, "the freeze ran nothing")),
+                            Ok(_) => out.unwrap_or_else(|| {
+                                KernelOpReply::error(req.request_id, "the freeze ran nothing")
+                            }),
                             Err(e) => KernelOpReply::error(req.request_id, format!("cold op: {e}")),
                         }
                     }
@@ -122,12 +124,14 @@ pub fn answer(tag: MsgTag, payload: &[u8], server: Option<&Server>) -> Answer {
 /// too long for the guest kernel to be read).
 pub fn refuse(tag: MsgTag, payload: &[u8], reason: &str) -> Option<Vec<u8>> {
     match tag {
-        MsgTag::SnapshotRequest => {
-            snapshot_error(SnapshotRequest::decode(payload).ok()?.request_id.get(), reason)
-        }
-        MsgTag::KernelOpRequest => {
-            kernel_op_error(KernelOpRequest::peek_request_id(payload)?, reason.to_string())
-        }
+        MsgTag::SnapshotRequest => snapshot_error(
+            SnapshotRequest::decode(payload).ok()?.request_id.get(),
+            reason,
+        ),
+        MsgTag::KernelOpRequest => kernel_op_error(
+            KernelOpRequest::peek_request_id(payload)?,
+            reason.to_string(),
+        ),
         _ => None,
     }
 }
@@ -147,7 +151,11 @@ fn replied(frame: Option<Vec<u8>>) -> Answer {
 }
 
 fn snapshot_error(id: u32, reason: &str) -> Option<Vec<u8>> {
-    encode_frame(MsgTag::SnapshotReply, &SnapshotReply::error(id, reason).encode()).ok()
+    encode_frame(
+        MsgTag::SnapshotReply,
+        &SnapshotReply::error(id, reason).encode(),
+    )
+    .ok()
 }
 
 fn snapshot_answer(req: &SnapshotRequest, server: Option<&Server>) -> Answer {
@@ -282,7 +290,9 @@ mod tests {
         let a = answer(MsgTag::Exit, &0i32.to_le_bytes(), None);
         assert!(a.frame.is_none() && a.refused.is_none());
         // A guest cannot make the host send a host-only frame for it.
-        assert!(answer(MsgTag::SnapshotReply, &[0u8; 520], None).frame.is_none());
+        assert!(answer(MsgTag::SnapshotReply, &[0u8; 520], None)
+            .frame
+            .is_none());
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub fn set_host_view(
     let ms = Duration::from_millis;
     let begin = (t0 + ms(r.start_offset_ms)).min(now);
     let hold_from = (begin + ms(r.setup_ms)).min(now);
-    let hold_to = now.checked_sub(ms(r.teardown_ms)).unwrap_or(now).max(hold_from);
+    let hold_to = now
+        .checked_sub(ms(r.teardown_ms))
+        .unwrap_or(now)
+        .max(hold_from);
     let rel = |t: Instant| t.saturating_duration_since(started).as_millis() as u64;
     let samples = monitor.window(rel(hold_from), rel(hold_to));
     if samples.is_empty() {

@@ -201,7 +201,9 @@ impl Controller {
 
     /// Takes the one `failure` snapshot of the run, if the host can.
     fn snapshot_failure(&mut self, why: &str) {
-        if self.failure_snapshot || self.snapshots.len() >= crate::introspect::snapshot::SNAPSHOTS_MAX {
+        if self.failure_snapshot
+            || self.snapshots.len() >= crate::introspect::snapshot::SNAPSHOTS_MAX
+        {
             return;
         }
         let Some(server) = &self.server else { return };
@@ -219,7 +221,11 @@ impl Controller {
     /// caused) gets the failure snapshot while it lasts.
     fn look_for_stalls(&mut self) {
         let Some(m) = &self.monitor else { return };
-        if self.failure_snapshot || self.last_stall_look.is_some_and(|t| t.elapsed() < crate::monitor::INTERVAL) {
+        if self.failure_snapshot
+            || self
+                .last_stall_look
+                .is_some_and(|t| t.elapsed() < crate::monitor::INTERVAL)
+        {
             return;
         }
         self.last_stall_look = Some(Instant::now());
@@ -254,7 +260,9 @@ impl Controller {
                 "{} snapshots are kept already, the most one run keeps",
                 crate::introspect::snapshot::SNAPSHOTS_MAX
             );
-            if let (Some(reply), Some(w)) = (crate::requests::refuse(tag, payload, &why), &self.replies) {
+            if let (Some(reply), Some(w)) =
+                (crate::requests::refuse(tag, payload, &why), &self.replies)
+            {
                 let _ = w.send(&reply);
             }
             return;
@@ -262,16 +270,24 @@ impl Controller {
         let answer = crate::requests::answer(tag, payload, self.server.as_ref());
         let frame = if answer.later {
             if since.elapsed() >= PENDING_WAIT {
-                crate::requests::refuse(tag, payload, &format!(
+                crate::requests::refuse(
+                    tag,
+                    payload,
+                    &format!(
                     "the host was still reading the guest kernel {PENDING_WAIT:?} after the request"
-                ))
+                ),
+                )
             } else if self.pending.len() < PENDING_MAX {
                 self.pending.push((since, tag, payload.to_vec()));
                 None
             } else {
-                crate::requests::refuse(tag, payload, &format!(
-                    "{PENDING_MAX} requests already wait for the host to read the guest kernel"
-                ))
+                crate::requests::refuse(
+                    tag,
+                    payload,
+                    &format!(
+                        "{PENDING_MAX} requests already wait for the host to read the guest kernel"
+                    ),
+                )
             }
         } else {
             answer.frame
@@ -408,9 +424,9 @@ impl Controller {
                     }
                     self.on_scenario_frame(MsgTag::ScenarioStart);
                 }
-                Some(tag @ (MsgTag::ScenarioEnd | MsgTag::ScenarioPause | MsgTag::ScenarioResume)) => {
-                    self.on_scenario_frame(tag)
-                }
+                Some(
+                    tag @ (MsgTag::ScenarioEnd | MsgTag::ScenarioPause | MsgTag::ScenarioResume),
+                ) => self.on_scenario_frame(tag),
                 Some(MsgTag::TestResult) => match self.scenarios.record(payload, |r| {
                     // Host fields are the host's, whatever the guest sent.
                     r.host_rq = None;

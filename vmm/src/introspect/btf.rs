@@ -269,7 +269,10 @@ impl BtfHelper {
         if missing.is_empty() {
             return Ok(());
         }
-        let args: Vec<String> = missing.iter().map(|(v, n, p)| query_arg(*v, n, p)).collect();
+        let args: Vec<String> = missing
+            .iter()
+            .map(|(v, n, p)| query_arg(*v, n, p))
+            .collect();
         let out = run_helper(&self.exe, &self.vmlinux, &args)?;
         let lines: Vec<&str> = out.lines().collect();
         if lines.len() != missing.len() {
@@ -352,7 +355,9 @@ fn run_helper(exe: &Path, vmlinux: &Path, args: &[String]) -> Result<String, Str
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = reader.join();
-                return Err(format!("the BTF helper did not answer within {HELPER_DEADLINE:?}"));
+                return Err(format!(
+                    "the BTF helper did not answer within {HELPER_DEADLINE:?}"
+                ));
             }
         }
     };
@@ -433,7 +438,10 @@ mod tests {
     #[test]
     fn unknown_names_are_errors() {
         let btf = KernelBtf::from_bytes(&blob()).unwrap();
-        assert!(matches!(btf.field("rq", "clock"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.field("rq", "clock"),
+            Err(BtfError::NoStruct(_))
+        ));
         assert!(matches!(
             btf.field("outer", "in.clock"),
             Err(BtfError::NoField { .. })
@@ -444,19 +452,40 @@ mod tests {
 
     #[test]
     fn helper_answers_are_parsed_and_bad_ones_are_errors() {
-        assert_eq!(parse_answer("2864 8"), Ok(Field { offset: 2864, size: 8 }));
-        assert_eq!(parse_answer("error: BTF has no struct rq"), Err("BTF has no struct rq".into()));
+        assert_eq!(
+            parse_answer("2864 8"),
+            Ok(Field {
+                offset: 2864,
+                size: 8
+            })
+        );
+        assert_eq!(
+            parse_answer("error: BTF has no struct rq"),
+            Err("BTF has no struct rq".into())
+        );
         assert!(parse_answer("12").is_err());
         assert!(parse_answer("x y").is_err());
-        assert_eq!(query_arg(true, "runqueues", "nr_running"), "var:runqueues:nr_running");
+        assert_eq!(
+            query_arg(true, "runqueues", "nr_running"),
+            "var:runqueues:nr_running"
+        );
         // A helper that is not there is an error, not a hang.
-        let h = BtfHelper::new("/nonexistent/schedrig".into(), "/nonexistent/vmlinux".into());
-        assert!(Layouts::field(&h, "rq", "clock").unwrap_err().contains("starting the BTF helper"));
+        let h = BtfHelper::new(
+            "/nonexistent/schedrig".into(),
+            "/nonexistent/vmlinux".into(),
+        );
+        assert!(Layouts::field(&h, "rq", "clock")
+            .unwrap_err()
+            .contains("starting the BTF helper"));
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for b in [&[][..], &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0][..], &[0xff; 64][..]] {
+        for b in [
+            &[][..],
+            &[0x9f, 0xeb, 1, 0, 24, 0, 0, 0][..],
+            &[0xff; 64][..],
+        ] {
             assert!(KernelBtf::from_bytes(b).is_err());
         }
         let mut cut = blob();
@@ -474,17 +503,41 @@ mod real {
     #[ignore = "needs SCHEDRIG_VMLINUX"]
     fn btf_of_a_real_vmlinux() {
         let p = std::path::PathBuf::from(std::env::var("SCHEDRIG_VMLINUX").unwrap());
-        let hwm = || std::fs::read_to_string("/proc/self/status").unwrap().lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS")).collect::<Vec<_>>().join(" ");
+        let hwm = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         eprintln!("start {}", hwm());
         let t = std::time::Instant::now();
         let btf = super::KernelBtf::from_vmlinux(&p).unwrap();
         let b = t.elapsed();
         eprintln!("after BTF {}", hwm());
-        let syms = crate::introspect::symbols::SymbolTable::load(&p, crate::introspect::kernel::SYMBOLS).unwrap();
-        eprintln!("BTF {b:?}, symbols {:?} ({} of them)", t.elapsed() - b, syms.len());
+        let syms =
+            crate::introspect::symbols::SymbolTable::load(&p, crate::introspect::kernel::SYMBOLS)
+                .unwrap();
+        eprintln!(
+            "BTF {b:?}, symbols {:?} ({} of them)",
+            t.elapsed() - b,
+            syms.len()
+        );
         let hwm = std::fs::read_to_string("/proc/self/status").unwrap();
-        eprintln!("{}", hwm.lines().filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS")).collect::<Vec<_>>().join(" "));
-        for (ty, f) in [("rq", "clock"), ("rq", "scx.local_dsq.nr"), ("task_struct", "scx.dsq_vtime"), ("task_struct", "comm")] {
+        eprintln!(
+            "{}",
+            hwm.lines()
+                .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        for (ty, f) in [
+            ("rq", "clock"),
+            ("rq", "scx.local_dsq.nr"),
+            ("task_struct", "scx.dsq_vtime"),
+            ("task_struct", "comm"),
+        ] {
             eprintln!("{ty}.{f}: {:?}", btf.field(ty, f).unwrap());
         }
     }

@@ -234,7 +234,8 @@ impl KernelView {
     }
 
     fn image_phys(&self, kva: u64) -> u64 {
-        kva.wrapping_sub(START_KERNEL_MAP).wrapping_add(self.phys_base)
+        kva.wrapping_sub(START_KERNEL_MAP)
+            .wrapping_add(self.phys_base)
     }
 
     /// The guest-physical address of kernel address `kva`, and how many
@@ -250,7 +251,10 @@ impl KernelView {
             return Ok((direct, self.ram_end - direct));
         }
         let gpa = self.kernel_pt.translate(&self.mem, kva)?;
-        Ok((gpa, super::pagewalk::PAGE_SIZE - kva % super::pagewalk::PAGE_SIZE))
+        Ok((
+            gpa,
+            super::pagewalk::PAGE_SIZE - kva % super::pagewalk::PAGE_SIZE,
+        ))
     }
 
     /// Calls `f(gpa, range)` for each physically contiguous piece of the
@@ -275,14 +279,18 @@ impl KernelView {
     /// Reads kernel memory at `kva`.
     pub fn read(&self, kva: u64, buf: &mut [u8]) -> Result<(), KernelError> {
         self.each_run(kva, buf.len(), |gpa, r| {
-            self.mem.read_slice(&mut buf[r], GuestAddress(gpa)).map_err(|_| ())
+            self.mem
+                .read_slice(&mut buf[r], GuestAddress(gpa))
+                .map_err(|_| ())
         })
     }
 
     /// Writes kernel memory at `kva`.
     pub fn write(&self, kva: u64, data: &[u8]) -> Result<(), KernelError> {
         self.each_run(kva, data.len(), |gpa, r| {
-            self.mem.write_slice(&data[r], GuestAddress(gpa)).map_err(|_| ())
+            self.mem
+                .write_slice(&data[r], GuestAddress(gpa))
+                .map_err(|_| ())
         })
     }
 
@@ -290,14 +298,20 @@ impl KernelView {
     pub fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), KernelError> {
         self.mem
             .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| KernelError::Phys { gpa, len: buf.len() })
+            .map_err(|_| KernelError::Phys {
+                gpa,
+                len: buf.len(),
+            })
     }
 
     /// Writes guest-physical memory.
     pub fn write_phys(&self, gpa: u64, data: &[u8]) -> Result<(), KernelError> {
         self.mem
             .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| KernelError::Phys { gpa, len: data.len() })
+            .map_err(|_| KernelError::Phys {
+                gpa,
+                len: data.len(),
+            })
     }
 
     /// Reads `va` through page table `pt` (a vCPU's CR3).

@@ -52,7 +52,11 @@ fn width(v: &Value) -> usize {
 }
 
 impl KernelCtx {
-    fn resolve(&self, t: &Target, regs: &[Option<VcpuRegs>]) -> Result<(Place, Option<u32>), String> {
+    fn resolve(
+        &self,
+        t: &Target,
+        regs: &[Option<VcpuRegs>],
+    ) -> Result<(Place, Option<u32>), String> {
         let k = &self.view;
         Ok(match t {
             Target::Symbol(name) => {
@@ -172,19 +176,27 @@ impl KernelCtx {
         }
     }
 
-    fn try_execute(&self, req: &KernelOpRequest, regs: &[Option<VcpuRegs>]) -> Result<Vec<Value>, String> {
+    fn try_execute(
+        &self,
+        req: &KernelOpRequest,
+        regs: &[Option<VcpuRegs>],
+    ) -> Result<Vec<Value>, String> {
         let mut places = Vec::with_capacity(req.entries.len());
         let mut total = 0usize;
         for (i, KernelOpEntry { target, value }) in req.entries.iter().enumerate() {
             let w = width(value);
             if w == 0 || w > BYTES_MAX {
-                return Err(format!("entry {i}: {w} bytes; 1 to {BYTES_MAX} may be read or written"));
+                return Err(format!(
+                    "entry {i}: {w} bytes; 1 to {BYTES_MAX} may be read or written"
+                ));
             }
             total += w;
             if req.direction == Direction::Read && total > READ_TOTAL_MAX {
                 return Err(format!("the reads add up to over {READ_TOTAL_MAX} bytes"));
             }
-            let (place, size) = self.resolve(target, regs).map_err(|e| format!("entry {i}: {e}"))?;
+            let (place, size) = self
+                .resolve(target, regs)
+                .map_err(|e| format!("entry {i}: {e}"))?;
             if let Some(size) = size {
                 if w > size as usize {
                     return Err(format!(

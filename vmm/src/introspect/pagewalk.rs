@@ -105,7 +105,8 @@ impl PageTable {
         len: usize,
         mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), ()>,
     ) -> Result<(), WalkError> {
-        va.checked_add(len as u64).ok_or(WalkError::Wraps { va, len })?;
+        va.checked_add(len as u64)
+            .ok_or(WalkError::Wraps { va, len })?;
         let mut done = 0usize;
         while done < len {
             let at = va + done as u64;
@@ -120,7 +121,8 @@ impl PageTable {
     /// Reads `buf.len()` bytes at `va`, page by page.
     pub fn read(&self, mem: &GuestMemoryMmap, va: u64, buf: &mut [u8]) -> Result<(), WalkError> {
         self.each_page(mem, va, buf.len(), |gpa, r| {
-            mem.read_slice(&mut buf[r], GuestAddress(gpa)).map_err(|_| ())
+            mem.read_slice(&mut buf[r], GuestAddress(gpa))
+                .map_err(|_| ())
         })
     }
 
@@ -143,7 +145,8 @@ mod tests {
     }
 
     fn set(mem: &GuestMemoryMmap, table: u64, index: u64, entry: u64) {
-        mem.write_obj(entry, GuestAddress(table + index * 8)).unwrap();
+        mem.write_obj(entry, GuestAddress(table + index * 8))
+            .unwrap();
     }
 
     fn idx(va: u64, level: u32) -> u64 {
@@ -168,7 +171,7 @@ mod tests {
         set(mem, l2, idx(va4k, 2), l1 | p);
         set(mem, l1, idx(va4k, 1), 0x0070_0000 | p); // 7 MiB
         set(mem, l1, idx(va4k, 1) + 1, 0x0090_0000 | p); // 9 MiB
-        // 2 MiB page right after: va4k's PD index + 1 -> 16 MiB.
+                                                         // 2 MiB page right after: va4k's PD index + 1 -> 16 MiB.
         set(mem, l2, idx(va4k, 2) + 1, 0x0100_0000 | p | PTE_PAGE_SIZE);
         // 1 GiB page at the next PDPT index -> 0 (RAM is only 64 MiB).
         set(mem, l3, idx(va4k, 3) + 1, p | PTE_PAGE_SIZE);
@@ -184,11 +187,13 @@ mod tests {
             assert_eq!(pt.translate(&m, va + 0x123).unwrap(), 0x70_0123);
             assert_eq!(pt.translate(&m, va + 0x1008).unwrap(), 0x90_0008);
             assert_eq!(
-                pt.translate(&m, (va & !0x1f_ffff) + 0x20_0000 + 0x1_2345).unwrap(),
+                pt.translate(&m, (va & !0x1f_ffff) + 0x20_0000 + 0x1_2345)
+                    .unwrap(),
                 0x101_2345
             );
             assert_eq!(
-                pt.translate(&m, (va & !0x3fff_ffff) + 0x4000_0000 + 0x7_6543).unwrap(),
+                pt.translate(&m, (va & !0x3fff_ffff) + 0x4000_0000 + 0x7_6543)
+                    .unwrap(),
                 0x7_6543
             );
         }
@@ -239,7 +244,12 @@ mod tests {
             wild.translate(&m, 0xffff_8880_0000_1000),
             Err(WalkError::TableOutsideRam { level: 4, .. })
         ));
-        set(&m, 4 * MIB, idx(0xffff_8880_0000_1000, 1) + 2, (1 << 40) | 1);
+        set(
+            &m,
+            4 * MIB,
+            idx(0xffff_8880_0000_1000, 1) + 2,
+            (1 << 40) | 1,
+        );
         let mut b = [0u8; 8];
         assert!(matches!(
             pt.read(&m, 0xffff_8880_0000_3000, &mut b),

@@ -94,7 +94,8 @@ pub fn stalls(samples: &[Sample]) -> Vec<Stall> {
                 // stall. The epoch is odd while a freeze lasts.
                 let (a, b) = (samples[j].freeze_epoch, samples[j + 1].freeze_epoch);
                 let frozen = a != b || b % 2 == 1;
-                if (next.clock != start.clock && !idle_with_work) || next.nr_running == 0 || frozen {
+                if (next.clock != start.clock && !idle_with_work) || next.nr_running == 0 || frozen
+                {
                     break;
                 }
                 j += 1;
@@ -131,7 +132,11 @@ fn judge(cpu: usize, run: &[&Sample]) -> Stall {
         cpu: cpu as u32,
         from_ms: first.at_ms,
         to_ms: last.at_ms,
-        nr_running: run.iter().map(|s| s.cpus[cpu].rq.nr_running).min().unwrap_or(0),
+        nr_running: run
+            .iter()
+            .map(|s| s.cpus[cpu].rq.nr_running)
+            .min()
+            .unwrap_or(0),
         vcpu_cpu_ms,
         vcpu_wait_ms,
         inconclusive,
@@ -168,11 +173,7 @@ pub fn imbalance(samples: &[Sample]) -> Option<Imbalance> {
         .collect();
     per_sample
         .windows(IMBALANCE_SAMPLES)
-        .filter_map(|w| {
-            w.iter()
-                .copied()
-                .min_by(|a, b| a.ratio.total_cmp(&b.ratio))
-        })
+        .filter_map(|w| w.iter().copied().min_by(|a, b| a.ratio.total_cmp(&b.ratio)))
         .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
 }
 
@@ -274,7 +275,10 @@ mod tests {
         let s = stalls(&samples(&rows, 60));
         assert_eq!(s.len(), 1);
         let why = s[0].inconclusive.as_deref().unwrap();
-        assert!(why.contains("CPU 0") && why.contains("420 ms of the 700 ms"), "{why}");
+        assert!(
+            why.contains("CPU 0") && why.contains("420 ms of the 700 ms"),
+            "{why}"
+        );
         let mut unknown = samples(&rows, 0);
         unknown[0].cpus[0].vcpu = None;
         assert!(stalls(&unknown)[0].inconclusive.is_some());

@@ -72,7 +72,11 @@ impl MonitorShared {
 
     /// Whether the monitor gave up (so the kernel context never comes).
     pub fn failed(&self) -> Option<String> {
-        self.error.lock().ok().and_then(|e| e.clone()).filter(|_| self.ctx.get().is_none())
+        self.error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .filter(|_| self.ctx.get().is_none())
     }
 
     fn fail(&self, why: String) {
