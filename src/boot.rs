@@ -396,6 +396,9 @@ pub fn snapshot_json(s: &schedrig_vmm::introspect::snapshot::Snapshot) -> serde_
             "cpu": t.cpu,
         })).collect::<Vec<_>>(),
         "problems": s.problems,
+        "scenario": s.scenario,
+        "scenario_ms": s.scenario_ms,
+        "cause": s.cause,
     })
 }
 

@@ -30,6 +30,10 @@ enum Command {
         /// Parallel make jobs for a kernel build [default: number of CPUs].
         #[arg(long, short = 'j')]
         jobs: Option<usize>,
+        /// Also what the test suite needs beyond a run (a headless
+        /// browser, Debian's chromium, to check `--timeline` pages).
+        #[arg(long)]
+        tests: bool,
     },
     /// Build, locate and check the kernels tests boot.
     #[command(subcommand)]
@@ -112,6 +116,11 @@ struct RunArgs {
     /// times, slow ops) in DIR/vm-N.log; DIR is created if missing.
     #[arg(long, value_name = "DIR")]
     console_log: Option<std::path::PathBuf>,
+    /// Draw each scenario as DIR/NN-NAME.html: a self-contained page with
+    /// a lane per CPU (run-queue depth over time), the steps, stalls,
+    /// snapshots and the verdict; DIR is created if missing.
+    #[arg(long, value_name = "DIR")]
+    timeline: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -357,7 +366,10 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Setup { jobs } => {
+        Command::Setup { jobs, tests } => {
+            if tests {
+                crate::setup::ensure_packages(crate::setup::TEST_PACKAGES)?;
+            }
             let entry = build_kernel(jobs, false)?;
             eprintln!("schedrig: kernel: {}", entry.display());
             match crate::nested::kvm_mode() {
@@ -627,7 +639,12 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let console_dir = a
         .console_log
         .as_deref()
-        .map(crate::run::console_dir)
+        .map(|d| crate::run::output_dir("--console-log", d))
+        .transpose()?;
+    let timeline_dir = a
+        .timeline
+        .as_deref()
+        .map(|d| crate::run::output_dir("--timeline", d))
         .transpose()?;
     let opts = crate::run::RunOptions {
         console_dir: console_dir.clone(),
@@ -653,7 +670,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
             "schedrig run",
             &why,
             timeout,
-            console_dir,
+            console_dir.into_iter().chain(timeline_dir).collect(),
         ));
     }
     if crate::nested::rerun::in_emulated_host() {
@@ -670,6 +687,14 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", crate::run::output::progress_line(o, n, total));
     };
     let summary = crate::run::run(&opts, started, &progress)?;
+    if let Some(dir) = &timeline_dir {
+        for (i, o) in summary.outcomes.iter().enumerate() {
+            match crate::run::timeline::write(dir, i + 1, o, &opts.scheduler_name()) {
+                Ok(p) => eprintln!("timeline: {}", p.display()),
+                Err(e) => anyhow::bail!("--timeline {}: {e}", dir.display()),
+            }
+        }
+    }
     if a.json {
         for o in &summary.outcomes {
             println!("{}", crate::run::output::json(&opts, &summary, o));

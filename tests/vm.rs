@@ -53,7 +53,7 @@ fn pin_to_first_cpu() {
 }
 
 fn run_nested(reason: &str) -> ExitCode {
-    nested::rerun::rerun_self("vm tests", reason, NESTED_TIMEOUT, None)
+    nested::rerun::rerun_self("vm tests", reason, NESTED_TIMEOUT, Vec::new())
 }
 
 // ---- Booting the project kernel in schedrig's own VMM ----
@@ -384,14 +384,15 @@ fn host_serves_requests() -> Result<(), Failed> {
     let r = run(o)?;
     expect_ok(&r)?;
     expect(
-        r.frames.get("SNRQ") == Some(&2) && r.frames.get("KORQ") == Some(&4),
+        r.frames.get("SNRQ") == Some(&2) && r.frames.get("KORQ") == Some(&5),
         &r,
-        "two SNRQ and four KORQ frames",
+        "two SNRQ and five KORQ frames",
     )?;
     for line in [
         "SNRP 41: error (snapshot request kind 0 is invalid",
         "SNRP 42: ok",
         "KORP 45: ok",
+        "KORP 47: error (entry 0: pid 1 started at",
     ] {
         expect(
             r.console.contains(&format!("requests: {line}")),

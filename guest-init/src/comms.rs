@@ -70,6 +70,9 @@ pub struct BulkPort<W> {
     out: W,
     /// Reused for every frame.
     frame: Vec<u8>,
+    /// The same port, opened for reading the host's replies (SNRP, KORP);
+    /// None where there is no host (unit tests).
+    replies: Option<File>,
 }
 
 impl BulkPort<File> {
@@ -88,7 +91,13 @@ impl BulkPort<File> {
                 path: path.clone(),
                 source,
             })?;
-        Ok((BulkPort::new(file), path))
+        let replies = file.try_clone().map_err(|source| CommsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let mut port = BulkPort::new(file);
+        port.replies = Some(replies);
+        Ok((port, path))
     }
 }
 
@@ -98,6 +107,7 @@ impl<W: Write> BulkPort<W> {
         BulkPort {
             out,
             frame: Vec::new(),
+            replies: None,
         }
     }
 
@@ -153,9 +163,9 @@ impl<W: Write> BulkPort<W> {
             })
     }
 
-    /// The underlying port, e.g. to read host-to-guest frames.
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.out
+    /// The port's read side, for the host's replies (None without a host).
+    pub fn replies(&mut self) -> Option<&mut File> {
+        self.replies.as_mut()
     }
 
     /// The underlying writer.

@@ -231,6 +231,104 @@ pub enum Op {
         from: String,
         to: String,
     },
+    /// The host freezes every vCPU and keeps a snapshot under `tag`
+    /// (registers, run queues, sched_ext's state, the task list).
+    Snapshot {
+        tag: String,
+    },
+    /// The host watches the bytes of a kernel symbol: each guest write
+    /// to them is seen, and the first (then at most one a second) takes a
+    /// snapshot tagged with the symbol.
+    Watch {
+        symbol: String,
+    },
+    /// The host reads kernel memory: `hot` with the guest running, `cold`
+    /// with every vCPU parked (all places in one freeze).
+    ReadKernel {
+        mode: KernelMode,
+        at: Vec<KernelPlace>,
+        width: KernelWidth,
+    },
+    /// The host writes kernel memory (`cold`: every write in one freeze,
+    /// so per-CPU writes land with no skew between CPUs).
+    WriteKernel {
+        mode: KernelMode,
+        writes: Vec<KernelWrite>,
+    },
+}
+
+/// The most places one kernel-memory op names (after `per_cpu` without a
+/// CPU is expanded to every CPU).
+pub const MAX_KERNEL_PLACES: usize = 256;
+/// The longest snapshot tag or watched symbol (the SNRQ tag field).
+pub const MAX_KERNEL_NAME: usize = 63;
+/// The widest `bytes` read or write.
+pub const MAX_KERNEL_BYTES: u32 = 4096;
+
+/// When the host runs a kernel-memory op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelMode {
+    /// At once, with the guest running.
+    Hot,
+    /// Inside one freeze of every vCPU.
+    Cold,
+}
+
+/// Where in guest kernel memory a read or write goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelPlace {
+    /// A kernel symbol (`jiffies`, `sysctl_sched_base_slice`).
+    Symbol(String),
+    /// A direct-map kernel address.
+    Direct(u64),
+    /// Any kernel address (walked through the guest's page tables).
+    Kva(u64),
+    /// A field of a per-CPU variable (`runqueues`, `nr_running`), on one
+    /// CPU, or on every CPU the guest has when `cpu` is absent.
+    PerCpu {
+        symbol: String,
+        field: String,
+        #[serde(default)]
+        cpu: Option<u32>,
+    },
+    /// A field of a worker's `task_struct` (`scx.dsq_vtime`): worker
+    /// `index` of `cgroup`, as it is then. The host refuses unless the
+    /// task is that process, alive, on no queue and in sched_ext.
+    Worker {
+        cgroup: String,
+        index: u32,
+        field: String,
+    },
+}
+
+/// What a read returns at each place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelWidth {
+    U32,
+    U64,
+    Bytes(u32),
+}
+
+/// A value written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelValue {
+    U32(u32),
+    U64(u64),
+    Bytes(Vec<u8>),
+    /// OR this mask into a u32 (cold only: read-modify-write).
+    OrU32(u32),
+}
+
+/// One write of a [`Op::WriteKernel`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelWrite {
+    pub at: KernelPlace,
+    pub value: KernelValue,
 }
 
 impl Op {
@@ -246,7 +344,38 @@ impl Op {
             Op::Stop { .. } => 6,
             Op::SetAffinity { .. } => 7,
             Op::MoveAll { .. } => 8,
+            Op::Snapshot { .. } => 9,
+            Op::Watch { .. } => 10,
+            Op::ReadKernel { .. } => 11,
+            Op::WriteKernel { .. } => 12,
         }
+    }
+
+    /// The op's name, as in TOML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::AddCgroup(_) => "add_cgroup",
+            Op::RemoveCgroup { .. } => "remove_cgroup",
+            Op::SetCpuset { .. } => "set_cpuset",
+            Op::ClearCpuset { .. } => "clear_cpuset",
+            Op::SwapCpusets { .. } => "swap_cpusets",
+            Op::Spawn { .. } => "spawn",
+            Op::Stop { .. } => "stop",
+            Op::SetAffinity { .. } => "set_affinity",
+            Op::MoveAll { .. } => "move_all",
+            Op::Snapshot { .. } => "snapshot",
+            Op::Watch { .. } => "watch",
+            Op::ReadKernel { .. } => "read_kernel",
+            Op::WriteKernel { .. } => "write_kernel",
+        }
+    }
+
+    /// Asks the host something (a snapshot, a watch, kernel memory).
+    pub fn is_host_request(&self) -> bool {
+        matches!(
+            self,
+            Op::Snapshot { .. } | Op::Watch { .. } | Op::ReadKernel { .. } | Op::WriteKernel { .. }
+        )
     }
 }
 

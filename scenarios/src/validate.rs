@@ -16,6 +16,92 @@ pub enum ScenarioError {
     },
 }
 
+/// A kernel symbol name as the host can look it up.
+fn check_symbol(name: &str, place: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > MAX_KERNEL_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    {
+        return Err(format!(
+            "{place}: symbol {name:?} must be 1 to {MAX_KERNEL_NAME} letters, digits, '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Worker `index` of `cgroup`, among the cgroups `alive` (name, workers,
+/// group size) at that point.
+fn worker_index(alive: &[(String, u64, u32)], cgroup: &str, index: u32) -> Result<(), String> {
+    let a = alive
+        .iter()
+        .find(|a| a.0 == cgroup)
+        .ok_or_else(|| format!("no cgroup {cgroup:?} at that point"))?;
+    if u64::from(index) >= a.1 {
+        return Err(format!(
+            "worker {index} of cgroup {cgroup:?}, which has {} workers then",
+            a.1
+        ));
+    }
+    Ok(())
+}
+
+/// The places of one kernel-memory op: at least one, at most
+/// [`MAX_KERNEL_PLACES`] once `per_cpu` without a CPU is one per CPU,
+/// each CPU in `layout`, each worker alive (`worker`).
+fn check_places(
+    places: &[&KernelPlace],
+    layout: &CpuLayout,
+    place: &str,
+    op: &str,
+    mut worker: impl FnMut(&str, u32) -> Result<(), String>,
+) -> Result<(), String> {
+    let bad = |what: String| format!("{place}: {op}: {what}");
+    if places.is_empty() {
+        return Err(bad("no places".into()));
+    }
+    let mut n = 0usize;
+    for p in places {
+        n += match p {
+            KernelPlace::Symbol(s) => {
+                check_symbol(s, "symbol").map_err(bad)?;
+                1
+            }
+            KernelPlace::Direct(a) | KernelPlace::Kva(a) => {
+                if *a == 0 {
+                    return Err(bad("address 0".into()));
+                }
+                1
+            }
+            KernelPlace::PerCpu { symbol, field, cpu } => {
+                check_symbol(symbol, "per_cpu").map_err(bad)?;
+                check_symbol(field, "per_cpu field").map_err(bad)?;
+                match cpu {
+                    Some(c) if !layout.cpus.contains(c) => {
+                        return Err(bad(format!("CPU {c} is not in the topology")));
+                    }
+                    Some(_) => 1,
+                    None => layout.cpus.len(),
+                }
+            }
+            KernelPlace::Worker {
+                cgroup,
+                index,
+                field,
+            } => {
+                check_symbol(field, "worker field").map_err(bad)?;
+                worker(cgroup, *index).map_err(bad)?;
+                1
+            }
+        };
+    }
+    if n > MAX_KERNEL_PLACES {
+        return Err(bad(format!("{n} places; at most {MAX_KERNEL_PLACES}")));
+    }
+    Ok(())
+}
+
 /// A name usable as a cgroup directory.
 pub fn valid_cgroup_name(name: &str) -> bool {
     !name.is_empty()
@@ -229,6 +315,50 @@ impl Scenario {
                         let t = find(&alive, to, &place)?;
                         let moved = std::mem::take(&mut alive[f].1);
                         alive[t].1 += moved;
+                    }
+                    Op::Snapshot { tag } => {
+                        if tag.is_empty() || tag.len() > MAX_KERNEL_NAME {
+                            return Err(bad(format!(
+                                "{place}: snapshot tag {tag:?} must be 1 to {MAX_KERNEL_NAME} bytes"
+                            )));
+                        }
+                    }
+                    Op::Watch { symbol } => check_symbol(symbol, &format!("{place}: watch"))
+                        .map_err(bad)?,
+                    Op::ReadKernel { mode: _, at, width } => {
+                        if let KernelWidth::Bytes(n) = width {
+                            if *n == 0 || *n > MAX_KERNEL_BYTES {
+                                return Err(bad(format!(
+                                    "{place}: read_kernel of {n} bytes: 1 to {MAX_KERNEL_BYTES}"
+                                )));
+                            }
+                        }
+                        let places: Vec<&KernelPlace> = at.iter().collect();
+                        check_places(&places, layout, &place, "read_kernel", |c, i| worker_index(&alive, c, i))
+                        .map_err(bad)?;
+                    }
+                    Op::WriteKernel { mode, writes } => {
+                        for w in writes {
+                            match &w.value {
+                                KernelValue::OrU32(_) if *mode != KernelMode::Cold => {
+                                    return Err(bad(format!(
+                                        "{place}: write_kernel or_u32 is a read-modify-write: mode must be cold"
+                                    )));
+                                }
+                                KernelValue::Bytes(b)
+                                    if b.is_empty() || b.len() > MAX_KERNEL_BYTES as usize =>
+                                {
+                                    return Err(bad(format!(
+                                        "{place}: write_kernel of {} bytes: 1 to {MAX_KERNEL_BYTES}",
+                                        b.len()
+                                    )));
+                                }
+                                _ => {}
+                            }
+                        }
+                        let places: Vec<&KernelPlace> = writes.iter().map(|w| &w.at).collect();
+                        check_places(&places, layout, &place, "write_kernel", |c, i| worker_index(&alive, c, i))
+                        .map_err(bad)?;
                     }
                 }
             }

@@ -32,6 +32,9 @@ pub struct NestedOptions {
     pub timeout: Duration,
     /// Writable directory shared with the command; created if missing.
     pub results: Option<PathBuf>,
+    /// More directories (existing, absolute) shared writable at the same
+    /// paths (e.g. `schedrig run --timeline` beside `--console-log`).
+    pub also_writable: Vec<PathBuf>,
     /// Show the nested host's kernel console live (debugging).
     pub console: bool,
     /// Multi-threaded TCG (one host thread per vCPU) or one thread for all.
@@ -48,6 +51,7 @@ impl Default for NestedOptions {
             memory_mib: 4096,
             timeout: Duration::from_secs(1800),
             results: None,
+            also_writable: Vec::new(),
             console: false,
             tcg_multi_thread: true,
             append: String::new(),
@@ -152,7 +156,9 @@ pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, Neste
     let cache_root = crate::kernel::cache::cache_root();
     let cache_root = cache_root.canonicalize().unwrap_or(cache_root);
 
-    let mounts = mount_plan(&cwd, &argv[0], &cache_root, &results);
+    let mut writable = vec![cache_root.clone(), results.clone()];
+    writable.extend(opts.also_writable.iter().cloned());
+    let mounts = mount_plan(&cwd, &argv[0], &writable);
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     env.retain(|(k, _)| k != IN_NESTED_ENV && k != RESULTS_ENV);
     env.push((IN_NESTED_ENV.into(), "1".into()));
@@ -205,7 +211,9 @@ const SCRATCH_DIRS: &[&str] = &["/tmp", "/run", "/var/tmp", "/dev/shm"];
 /// The host root read-only, scratch tmpfs, then what must stay visible
 /// although it lies under a scratch dir (the current directory, the
 /// command's directory: read-only), then the writable shares.
-fn mount_plan(cwd: &Path, command: &str, cache_root: &Path, results: &Path) -> Vec<initrd::Mount> {
+/// `writable`: the cache root first; one inside an earlier one is not
+/// shared again.
+fn mount_plan(cwd: &Path, command: &str, writable: &[PathBuf]) -> Vec<initrd::Mount> {
     use initrd::Mount;
     let mut plan = vec![Mount::Share {
         tag: "hostroot".into(),
@@ -224,10 +232,9 @@ fn mount_plan(cwd: &Path, command: &str, cache_root: &Path, results: &Path) -> V
             visible.push(dir);
         }
     }
-    let writable = [cache_root.to_path_buf(), results.to_path_buf()];
     let mut shared: Vec<PathBuf> = Vec::new();
     for p in visible.into_iter().filter(|p| hidden(p)) {
-        if shared.iter().chain(&writable).any(|s| p.starts_with(s)) {
+        if shared.iter().chain(writable).any(|s| p.starts_with(s)) {
             continue;
         }
         shared.retain(|s| !s.starts_with(&p));
@@ -246,7 +253,7 @@ fn mount_plan(cwd: &Path, command: &str, cache_root: &Path, results: &Path) -> V
         });
     }
     for (i, p) in writable.iter().enumerate() {
-        if i == 1 && p.starts_with(&writable[0]) {
+        if writable[..i].iter().any(|w| p.starts_with(w)) {
             continue;
         }
         plan.push(Mount::Share {
@@ -314,8 +321,12 @@ mod tests {
         let plan = mount_plan(
             Path::new("/tmp/clone"),
             "/tmp/clone/target/t",
-            Path::new("/root/.cache/schedrig"),
-            Path::new("/tmp/results"),
+            &[
+                "/root/.cache/schedrig".into(),
+                "/tmp/results".into(),
+                "/tmp/timeline".into(),
+                "/tmp/results/again".into(),
+            ],
         );
         assert_eq!(
             plan[1],
@@ -330,6 +341,7 @@ mod tests {
                 ("/tmp/clone".into(), false),
                 ("/root/.cache/schedrig".into(), true),
                 ("/tmp/results".into(), true),
+                ("/tmp/timeline".into(), true),
             ]
         );
     }
@@ -339,8 +351,10 @@ mod tests {
         let plan = mount_plan(
             Path::new("/work/main"),
             "cargo",
-            Path::new("/root/.cache/schedrig"),
-            Path::new("/root/.cache/schedrig/nested/results"),
+            &[
+                "/root/.cache/schedrig".into(),
+                "/root/.cache/schedrig/nested/results".into(),
+            ],
         );
         assert_eq!(
             shares(&plan),

@@ -45,13 +45,13 @@ pub fn pin_to_first_cpu(label: &str) {
 /// Runs this executable again, with the same arguments, inside the nested
 /// host, and exits with its status; a nested host that dies without a
 /// status is retried once (that is the test host failing, not the run).
-/// `writable`: a directory the command writes into, shared writable at
-/// the same path.
+/// `writable`: directories the command writes into, shared writable at
+/// the same paths.
 pub fn rerun_self(
     label: &str,
     reason: &str,
     timeout: Duration,
-    writable: Option<std::path::PathBuf>,
+    writable: Vec<std::path::PathBuf>,
 ) -> ExitCode {
     eprintln!("{label}: {reason}; running inside the nested test host");
     let mut argv: Vec<String> = std::env::args().collect();
@@ -62,9 +62,11 @@ pub fn rerun_self(
             return ExitCode::FAILURE;
         }
     }
+    let mut writable = writable.into_iter();
     let opts = NestedOptions {
         timeout,
-        results: writable,
+        results: writable.next(),
+        also_writable: writable.collect(),
         ..Default::default()
     };
     for attempt in 1..=NESTED_ATTEMPTS {

@@ -6,6 +6,7 @@
 //! fresh VM. `--isolate` boots one VM per scenario.
 
 pub mod output;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use schedrig_scenarios::checks::{self, JudgeEnv, Judgement, Verdict};
 use schedrig_scenarios::{CpuLayout, JobKind, Scenario};
 use schedrig_vmm::controller::ResultSink;
+use schedrig_vmm::introspect::snapshot::Snapshot;
 use schedrig_vmm::{RunReport, Topology};
 use schedrig_wire::ScenarioResult;
 
@@ -43,18 +45,18 @@ pub enum RunError {
     Sched(#[from] crate::sched::SchedError),
 }
 
-/// `--console-log DIR`: created if missing, and made absolute (the
-/// nested test host shares it writable at the same path). Checked before
-/// any VM, so a bad DIR costs no boot.
-pub fn console_dir(dir: &Path) -> Result<PathBuf, RunError> {
+/// An output directory (`--console-log DIR`, `--timeline DIR`): created
+/// if missing, and made absolute (the nested test host shares it writable
+/// at the same path). Checked before any VM, so a bad DIR costs no boot.
+pub fn output_dir(flag: &str, dir: &Path) -> Result<PathBuf, RunError> {
     let bad = |what: &str, e: std::io::Error| {
-        RunError::Invalid(format!("--console-log {}: {what}: {e}", dir.display()))
+        RunError::Invalid(format!("{flag} {}: {what}: {e}", dir.display()))
     };
     // Refused before anything is created: QEMU's option syntax.
     let wanted = std::path::absolute(dir).map_err(|e| bad("cannot resolve it", e))?;
     if wanted.to_string_lossy().contains(',') {
         return Err(RunError::Invalid(format!(
-            "--console-log {}: the path has a comma, which QEMU's share option cannot carry",
+            "{flag} {}: the path has a comma, which QEMU's share option cannot carry",
             wanted.display()
         )));
     }
@@ -175,6 +177,9 @@ pub struct Outcome {
     /// A second word on a scenario already reported (the scheduler
     /// failed as it was stopped after it): progress counts it once.
     pub revised: bool,
+    /// The host's snapshots taken during it (its `snapshot` ops, watch
+    /// hits, the automatic `failure` one), as JSON.
+    pub snapshots: Vec<serde_json::Value>,
 }
 
 /// A VM's times: VMM start to SRDY, to the scheduler attached, and to
@@ -244,6 +249,7 @@ fn error_outcome(s: &Scenario, why: String, vm: u32) -> Outcome {
         duration: Duration::ZERO,
         vm,
         revised: false,
+        snapshots: Vec::new(),
     }
 }
 
@@ -292,7 +298,13 @@ pub fn run(
             if r.index as usize != i || i >= batch.len() || r.name != batch[i].name {
                 break;
             }
-            let o = judge(opts, &batch[i], r.clone(), &report, vm);
+            let mut o = judge(opts, &batch[i], r.clone(), &report, vm);
+            o.snapshots = report
+                .snapshots
+                .iter()
+                .filter(|s| s.scenario == Some(i as u32))
+                .map(crate::boot::snapshot_json)
+                .collect();
             // The sink printed the others as they arrived; a lost
             // scheduler's kernel reason is only known now.
             if r.sched_lost.is_some() {
@@ -458,6 +470,7 @@ fn judge(
         sched_exit,
         vm,
         revised: false,
+        snapshots: Vec::new(),
     }
 }
 
@@ -489,6 +502,7 @@ fn vm_end_outcome(opts: &RunOptions, s: &Scenario, r: &RunReport, vm: u32) -> Ou
         duration: Duration::ZERO,
         vm,
         revised: false,
+        snapshots: Vec::new(),
     }
 }
 
@@ -514,7 +528,7 @@ fn boot_batch(
         // scoped thread drains into `progress`.
         let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
         let tx = Mutex::new(tx);
-        let sink = ResultSink(Arc::new(move |r: &ScenarioResult| {
+        let sink = ResultSink(Arc::new(move |r: &ScenarioResult, snaps: &[Snapshot]| {
             let Some(s) = batch_copy.get(r.index as usize) else {
                 return;
             };
@@ -529,6 +543,7 @@ fn boot_batch(
                 duration: Duration::from_millis(r.elapsed_ms),
                 vm,
                 revised: false,
+                snapshots: snaps.iter().map(crate::boot::snapshot_json).collect(),
             };
             if let Ok(tx) = tx.lock() {
                 let _ = tx.send(o);

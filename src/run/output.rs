@@ -160,6 +160,8 @@ pub fn json(opts: &RunOptions, s: &RunSummary, o: &Outcome) -> serde_json::Value
         "host_rq": r.and_then(|r| r.host_rq.as_ref()),
         "calibration_gap_us": r.map(|r| r.calibration_gap_us),
         "errors": r.map(|r| &r.errors),
+        "ops": r.map(|r| &r.ops),
+        "snapshots": o.snapshots,
         "sched_exit": o.sched_exit,
         "vm": o.vm,
         "vm_ready_ms": vm.and_then(|v| ms(v.ready)),

@@ -502,6 +502,10 @@ pub fn tests() -> Vec<Trial> {
         )
         .with_ignored_flag(true),
         Trial::test("run_with_the_vmm_paused_mid_hold_is_never_fail", run_paused),
+        Trial::test(
+            "run_scenario_ops_snapshot_watch_and_kernel_memory_under_scx_simple",
+            run_host_ops,
+        ),
         Trial::test("run_on_a_host_busy_with_a_cpu_hog_is_never_fail", || {
             // A host-side spinner on the CPU the VM's vCPU threads run on:
             // the guest sees it as steal time.
@@ -653,6 +657,181 @@ fn run_scx_unfair() -> Result<(), Failed> {
             .is_some_and(|t| t.contains("steal")),
         "the reason names the steal",
     )
+}
+
+/// The op outcome `n` (in the order the ops ran) of scenario `name`.
+fn op_of<'a>(r: &'a RunOut, name: &str, n: usize) -> Result<&'a Value, Failed> {
+    r.get(name)?["ops"]
+        .get(n)
+        .ok_or_else(|| r.fail(&format!("{name}: no op outcome {n}")))
+}
+
+/// A value a kernel read returned (`{"U32": n}` or `{"U64": n}`).
+fn read_value(v: &Value) -> Option<u64> {
+    v.get("U32").or_else(|| v.get("U64")).and_then(Value::as_u64)
+}
+
+/// The host's view of the guest kernel from a scenario (fixture
+/// host_ops.toml, 2 CPUs, scx_simple): snapshots before and after, a
+/// watch on `total_forks` that fires when the second step forks a
+/// worker, hot and cold kernel reads and a cold per-CPU write read back,
+/// a write of a sleeping sched_ext worker's task field (the refusal of a
+/// wrong start time is shown by guest-init's requests mode), and an
+/// unknown symbol refused by name.
+fn run_host_ops() -> Result<(), Failed> {
+    let timeline = TempDir::new("timeline")?;
+    let r = schedrig_run(
+        &[
+            "--scheduler",
+            "scx_simple",
+            "--topology",
+            "1n1l2c1t",
+            "--scenario",
+            &fixture("host_ops.toml"),
+            "--timeline",
+            &timeline.0.display().to_string(),
+        ],
+        true,
+    )?;
+    let s = r.get("host_ops")?;
+    let ops = s["ops"].as_array().map_or(0, Vec::len);
+    r.check(ops == 10, &format!("10 op outcomes, got {ops}"))?;
+    for (n, kind) in [(0, "snapshot"), (1, "watch"), (2, "read_kernel")] {
+        let o = op_of(&r, "host_ops", n)?;
+        r.check(
+            o["kind"] == kind && o["ok"] == true,
+            &format!("op {n}: {kind} ok: {o}"),
+        )?;
+    }
+    let j1 = read_value(&op_of(&r, "host_ops", 2)?["values"][0]);
+    let j2 = read_value(&op_of(&r, "host_ops", 8)?["values"][0]);
+    r.check(
+        matches!((j1, j2), (Some(a), Some(b)) if b > a),
+        &format!("jiffies moves from step 1 to step 3: {j1:?} then {j2:?}"),
+    )?;
+    let nr = op_of(&r, "host_ops", 3)?;
+    r.check(
+        nr["ok"] == true && nr["values"].as_array().map_or(0, Vec::len) == 2,
+        &format!("a cold read of nr_running on both CPUs: {nr}"),
+    )?;
+    let back = op_of(&r, "host_ops", 5)?;
+    r.check(
+        op_of(&r, "host_ops", 4)?["ok"] == true
+            && back["values"]
+                .as_array()
+                .is_some_and(|v| v.len() == 2 && v.iter().all(|x| read_value(x) == Some(0x5c4e_0000))),
+        &format!("the cold per-CPU write reads back on both CPUs: {back}"),
+    )?;
+    let task = op_of(&r, "host_ops", 6)?;
+    r.check(
+        task["ok"] == true
+            && task["kind"] == "write_kernel"
+            && task["what"][0].as_str().is_some_and(|w| w.starts_with("nap/0 (pid ")),
+        &format!("a write of nap/0's scx.dsq_vtime accepted: {task}"),
+    )?;
+    let bad = op_of(&r, "host_ops", 7)?;
+    r.check(
+        bad["ok"] == false
+            && bad["reason"]
+                .as_str()
+                .is_some_and(|t| t.contains("no_such_symbol_here")),
+        &format!("an unknown symbol refused by name: {bad}"),
+    )?;
+    let snaps = s["snapshots"].as_array().cloned().unwrap_or_default();
+    let tags: Vec<&str> = snaps.iter().filter_map(|x| x["tag"].as_str()).collect();
+    r.check(
+        tags.contains(&"before") && tags.contains(&"after"),
+        &format!("snapshots before and after in the scenario's JSON: {tags:?}"),
+    )?;
+    let hit = snaps
+        .iter()
+        .find(|x| x["tag"] == "total_forks")
+        .ok_or_else(|| r.fail(&format!("no watch snapshot tagged total_forks: {tags:?}")))?;
+    r.check(
+        hit["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("wrote") && c.contains("total_forks"))
+            && hit["scenario_ms"].as_u64().is_some()
+            && hit["tasks"].as_array().is_some_and(|t| !t.is_empty()),
+        &format!("the watch snapshot says who wrote total_forks: {hit}"),
+    )?;
+    r.expect_good("host_ops")?;
+    // The picture of the run, opened in a real browser: a lane of
+    // run-queue bars for each of the two CPUs.
+    let page = timeline.0.join("01-host_ops.html");
+    let html = std::fs::read_to_string(&page)
+        .map_err(|e| r.fail(&format!("--timeline wrote no {}: {e}", page.display())))?;
+    r.check(
+        html.matches("class=\"lane\"").count() == 2 && html.contains("class=\"snapshot\""),
+        "a page with two lanes and snapshot marks",
+    )?;
+    let lanes = lanes_rendered(&page, &timeline.0)?;
+    r.check(lanes == 2, &format!("chromium rendered 2 lanes of bars, saw {lanes}"))
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Result<TempDir, Failed> {
+        let d = std::env::temp_dir().join(format!("schedrig-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        Ok(TempDir(d))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens `page` in headless Chromium (Debian's, installed by `schedrig
+/// setup --tests`), takes a screenshot, and counts the horizontal bands
+/// of the page's run-queue bar colour (#54aeff): one per CPU lane drawn.
+fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<usize, Failed> {
+    let shot = scratch.join("shot.png");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1200,500",
+        ])
+        .arg(format!("--user-data-dir={}", scratch.join("profile").display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("chromium: {e} (run `schedrig setup --tests`)"))?;
+    let file = std::fs::File::open(&shot).map_err(|e| {
+        format!(
+            "chromium took no screenshot ({e}); it said:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = dec.read_info().map_err(|e| format!("screenshot: {e}"))?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).map_err(|e| format!("screenshot: {e}"))?;
+    let px = info.color_type.samples();
+    let rows: Vec<bool> = buf[..info.buffer_size()]
+        .chunks(info.line_size)
+        .map(|line| {
+            line.chunks(px)
+                .filter(|p| p.len() >= 3 && p[0] == 0x54 && p[1] == 0xae && p[2] == 0xff)
+                .count()
+                >= 10
+        })
+        .collect();
+    Ok(rows.windows(2).filter(|w| w[1] && !w[0]).count() + usize::from(rows.first() == Some(&true)))
 }
 
 /// SIGSTOP `schedrig run` (the VMM) for this long during the second

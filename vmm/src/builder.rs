@@ -74,6 +74,20 @@ pub struct Machine {
     pub errors: GuestErrors,
 }
 
+/// The watch set-up for guest RAM (one region from address 0).
+fn watches_of(mem: &vm_memory::GuestMemoryMmap) -> Result<crate::watch::Watches, MachineError> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let region = mem.iter().next();
+    let host = region
+        .and_then(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok())
+        .ok_or(MachineError::Io {
+            what: "guest RAM's host address",
+            source: std::io::Error::other("no guest RAM region"),
+        })?;
+    let len = mem.iter().map(|r| r.len()).sum();
+    Ok(crate::watch::Watches::new(mem.clone(), host as u64, len))
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
     move |source| MachineError::Kvm { what, source }
 }
@@ -205,6 +219,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
         stop: Default::default(),
         tids: Arc::new((0..topo.vcpus()).map(|_| Default::default()).collect()),
         freezer: crate::freeze::Freezer::new(topo.vcpus() as usize),
+        watches: watches_of(&mem)?,
     });
     let mut vcpus = Vec::new();
     for cpu in 0..topo.vcpus() {

@@ -23,6 +23,7 @@ pub mod report;
 pub mod requests;
 pub mod topology;
 pub mod vcpu;
+pub mod watch;
 
 pub use machine::{run, KernelFormat, MachineConfig, MachineError};
 pub use report::{RunReport, StoppedVcpu, Verdict};

@@ -257,6 +257,22 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
                     .map(|(_, stats)| stats)
             }),
             now_ms: Box::new(move || started.elapsed().as_millis() as u64),
+            arm_watch: {
+                let (s, v) = (shared.clone(), vm.clone());
+                Box::new(move |symbol, pieces| {
+                    match s
+                        .freezer
+                        .freeze(&v, &s.stop, true, |_| s.watches.arm(&v, symbol, pieces))
+                    {
+                        Ok((r, _)) => r.map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("freeze: {e}")),
+                    }
+                })
+            },
+            take_watch_hits: {
+                let s = shared.clone();
+                Box::new(move || s.watches.take_hits())
+            },
         });
     }
     let (events, bulk_budget, mem) = (m.events, m.bulk_budget, m.mem);

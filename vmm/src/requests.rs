@@ -29,10 +29,16 @@ pub const NO_KERNEL: &str =
 pub type FreezeFn =
     Box<dyn Fn(&mut dyn FnMut(&[Option<VcpuRegs>])) -> Result<FreezeStats, FreezeError> + Send>;
 
+/// Arms a watch on a symbol's guest-physical pieces (inside a freeze).
+pub type ArmWatchFn = Box<dyn Fn(&str, &[(u64, u64)]) -> Result<(), String> + Send>;
+
 /// What serves requests: the guest kernel (once read) and the freezer.
 pub struct Server {
     pub monitor: Arc<MonitorShared>,
     pub freeze: FreezeFn,
+    pub arm_watch: ArmWatchFn,
+    /// Watch hits due a snapshot, since the last call.
+    pub take_watch_hits: Box<dyn Fn() -> Vec<crate::watch::WatchHit> + Send>,
     /// Milliseconds from VMM start, for snapshot times.
     pub now_ms: Box<dyn Fn() -> u64 + Send>,
 }
@@ -165,14 +171,19 @@ fn snapshot_answer(req: &SnapshotRequest, server: Option<&Server>) -> Answer {
         Err(e) => return replied(snapshot_error(id, &e.to_string())),
     };
     let tag = req.tag_str().unwrap_or("(not UTF-8)").to_string();
+    let c = match ctx(server) {
+        Ctx::Ready(c) => c,
+        Ctx::Later => return later(),
+        Ctx::Never(why) => return replied(snapshot_error(id, &why)),
+    };
     if kind == SnapshotKind::Watch {
-        return replied(snapshot_error(
-            id,
-            "WATCH is not available yet: this VMM has no watchpoints",
-        ));
-    }
-    if matches!(ctx(server), Ctx::Later) {
-        return later();
+        let Some(s) = server else {
+            return replied(snapshot_error(id, NO_KERNEL));
+        };
+        return replied(match watch(s, &c, &tag) {
+            Ok(()) => encode_frame(MsgTag::SnapshotReply, &SnapshotReply::ok(id).encode()).ok(),
+            Err(e) => snapshot_error(id, &format!("watch {tag}: {e}")),
+        });
     }
     let Some(s) = server else {
         return replied(snapshot_error(id, NO_KERNEL));
@@ -187,21 +198,52 @@ fn snapshot_answer(req: &SnapshotRequest, server: Option<&Server>) -> Answer {
     }
 }
 
+/// Resolves `symbol` (a non-per-CPU kernel symbol; its ELF size, or 8
+/// bytes when it has none) and arms a watch on its bytes.
+fn watch(server: &Server, c: &KernelCtx, symbol: &str) -> Result<(), String> {
+    let kva = c.view.symbol(symbol).map_err(|e| e.to_string())?;
+    let size = c.view.link(symbol).map_or(0, |(_, s)| s);
+    let size = if size == 0 { 8 } else { size };
+    if size > crate::watch::WATCH_BYTES_MAX {
+        return Err(format!(
+            "{symbol} is {size} bytes; at most {} bytes are watched",
+            crate::watch::WATCH_BYTES_MAX
+        ));
+    }
+    let pieces = c
+        .view
+        .phys_pieces(kva, size as usize)
+        .map_err(|e| e.to_string())?;
+    (server.arm_watch)(symbol, &pieces)
+}
+
 /// A snapshot the host takes on its own (e.g. tagged `failure` when it
 /// sees the guest fail), or why it could not.
 pub fn capture(server: &Server, tag: &str) -> Result<Snapshot, String> {
+    capture_naming(server, tag, &[]).map(|(s, _)| s)
+}
+
+/// [`capture`], also naming the code addresses `extra` (e.g. the RIP of
+/// the write that hit a watch).
+pub fn capture_naming(
+    server: &Server,
+    tag: &str,
+    extra: &[u64],
+) -> Result<(Snapshot, Vec<Option<String>>), String> {
     let c = match ctx(Some(server)) {
         Ctx::Ready(c) => c,
         Ctx::Later => return Err("the host has not read the guest kernel yet".into()),
         Ctx::Never(why) => return Err(why),
     };
+    let at_ms = (server.now_ms)();
     let mut snap = None;
     let stats = (server.freeze)(&mut |regs| snap = Some(snapshot::capture(&c, &c.rq, regs, tag)))
         .map_err(|e| e.to_string())?;
     let mut snap = snap.unwrap_or_default();
-    snap.at_ms = (server.now_ms)();
+    snap.at_ms = at_ms;
     snap.frozen_us = stats.total.as_micros() as u64;
-    Ok(snap)
+    let names = snapshot::name_rips(&c, &mut snap, extra);
+    Ok((snap, names))
 }
 
 fn encode_kernel_op(reply: &KernelOpReply) -> Option<Vec<u8>> {

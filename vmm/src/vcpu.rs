@@ -65,6 +65,9 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 pub enum VcpuEvent {
     /// The first KVM_RUN of the boot vCPU is about to start.
     FirstRun(Instant),
+    /// A guest write hit a watched symbol and a snapshot is due: the hit
+    /// waits in `VcpuShared::watches`.
+    WatchHit,
     /// i8042 reset, ACPI power-off, triple fault or a KVM system event.
     Reset(&'static str),
     /// The vCPU triple-faulted (a reset); `state` is its registers then,
@@ -89,6 +92,8 @@ pub struct VcpuShared {
     pub tids: Arc<Vec<AtomicI32>>,
     /// Parks the vCPUs for a consistent view of the guest.
     pub freezer: crate::freeze::Freezer,
+    /// Watched guest pages (read-only to the guest; see watch.rs).
+    pub watches: crate::watch::Watches,
 }
 
 impl VcpuShared {
@@ -214,6 +219,13 @@ fn stopped_state(cpu: u32, vcpu: &VcpuFd) -> StoppedVcpu {
     s
 }
 
+/// How long a vCPU that hit a watch waits for the snapshot's freeze.
+const WATCH_HOLD: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn vcpu_rip(vcpu: &VcpuFd) -> u64 {
+    vcpu.get_regs().map_or(0, |r| r.rip)
+}
+
 fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) -> Option<StoppedVcpu> {
     run_until_end(cpu, vcpu, shared);
     shared
@@ -248,6 +260,30 @@ fn run_until_end(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
                 None => data.fill(0xff),
             },
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                // A copy (an MMIO write is at most 8 bytes), so the vCPU
+                // can be asked for its RIP.
+                let mut buf = [0u8; 8];
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                let data = &buf[..n];
+                let rip = || vcpu_rip(vcpu);
+                match shared.watches.on_write(cpu, addr, data, rip) {
+                    Some(true) => {
+                        (shared.events)(VcpuEvent::WatchHit);
+                        // Hold still briefly for the snapshot, so that it
+                        // shows this vCPU just after its write.
+                        let until = Instant::now() + WATCH_HOLD;
+                        while !shared.freezer.requested()
+                            && Instant::now() < until
+                            && !shared.stop.load(Ordering::Acquire)
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        continue;
+                    }
+                    Some(false) => continue,
+                    None => {}
+                }
                 if let Some((off, t)) = shared.mmio(addr) {
                     if let Ok(mut t) = t.lock() {
                         t.write(off, data);

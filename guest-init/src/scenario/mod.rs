@@ -7,6 +7,7 @@
 //! scenario ends that scenario and the sequence.
 
 pub mod cgroup;
+pub mod host_ops;
 pub mod worker;
 pub mod zygote;
 
@@ -228,6 +229,7 @@ pub struct Engine {
     loops_per_us: u64,
     calibration_gap_us: Option<u64>,
     prepared: Option<Result<(), String>>,
+    host_ops: host_ops::HostOps,
 }
 
 impl Engine {
@@ -247,6 +249,7 @@ impl Engine {
             loops_per_us: worker::calibrate_loops_per_us(),
             calibration_gap_us: None,
             prepared: None,
+            host_ops: host_ops::HostOps::default(),
         })
     }
 
@@ -375,9 +378,31 @@ impl Engine {
         let mut hold_steal = Vec::new();
         let mut lost = None;
         'steps: for (si, step) in steps.iter().enumerate() {
-            for op in &step.ops {
+            for (oi, op) in step.ops.iter().enumerate() {
                 let t = now_ns();
-                run.apply(op);
+                if op.is_host_request() {
+                    let find = |cg: &str, i: u32| {
+                        run.wks
+                            .iter()
+                            .find(|w| w.cg_name == cg && w.index == i && w.stopped.is_none())
+                            .map(|w| w.pid)
+                    };
+                    let mut o = self.host_ops.run(port, op, &self.layout.cpus, &find);
+                    o.step = si as u32;
+                    o.op = oi as u32;
+                    o.at_ms = (t - run.t0) / 1_000_000;
+                    if !o.ok {
+                        say(&format!(
+                            "scenario {}: step {si}: {} {:?}: {}",
+                            s.name, o.kind, o.what, o.reason
+                        ));
+                    }
+                    if result.ops.len() < schedrig_wire::payload::scenario::OP_OUTCOMES_MAX {
+                        result.ops.push(o);
+                    }
+                } else {
+                    run.apply(op);
+                }
                 let ms = (now_ns() - t) / 1_000_000;
                 if ms >= SLOW_OP_MS {
                     say(&format!(
@@ -1179,6 +1204,8 @@ impl Run<'_> {
                     });
                 }
             }
+            // Requests to the host: the engine sends them (host_ops).
+            Op::Snapshot { .. } | Op::Watch { .. } | Op::ReadKernel { .. } | Op::WriteKernel { .. } => {}
         }
     }
 

@@ -468,14 +468,22 @@ fn read_ts(fd: i32) -> Option<u64> {
     (n == 8).then(|| u64::from_ne_bytes(b))
 }
 
+/// Longest sleep at the start line between looks at the release flag.
+const START_LINE_WAIT_MS: u64 = 60_000;
+
 /// The child: waits to be released, then works until killed.
 pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
     // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, spec.name.as_ptr()) };
     let s = slots.get(spec.slot);
     s.ready.store(1, Release);
+    // Asleep until the release's wake: a worker that woke up now and then
+    // at its start line would become runnable before its release, and a
+    // scheduler that holds a task back from its enqueue (the scx_unfair
+    // fixture) would start its clock early. The timeout only covers a lost
+    // wake; the harness kills workers that are never released.
     while s.go.load(Acquire) == 0 {
-        futex_wait(&s.go, 0, 1000);
+        futex_wait(&s.go, 0, START_LINE_WAIT_MS);
     }
     set_policy(spec.policy);
     let lpu = spec.loops_per_us.max(1);

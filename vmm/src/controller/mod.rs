@@ -105,6 +105,8 @@ pub struct Controller {
     scenario_watch: Option<ScenarioWatch>,
     /// The automatic `failure` snapshot was taken (or tried).
     failure_snapshot: bool,
+    /// STIM `elapsed_ms` of the scenario running (cleared by SCST).
+    step_ends: Vec<u64>,
     last_stall_look: Option<Instant>,
 }
 
@@ -164,6 +166,7 @@ impl Controller {
             pending: Vec::new(),
             snapshots: Vec::new(),
             failure_snapshot: false,
+            step_ends: Vec::new(),
             last_stall_look: None,
             scenario_timeout: None,
             scenario_watch: None,
@@ -199,6 +202,31 @@ impl Controller {
         }
     }
 
+    /// The scenario running now (SCST seen, its TEST not yet): its index
+    /// in the job and when it started.
+    fn current_scenario(&self) -> Option<(u32, Instant)> {
+        let s = &self.scenarios;
+        let ended = s.results.len() as u64 + s.dropped;
+        (u64::from(s.started) > ended)
+            .then(|| Some((s.started - 1, *self.scenario_starts.last()?)))
+            .flatten()
+    }
+
+    /// Keeps a snapshot (up to the cap), marked with the scenario it was
+    /// taken in.
+    fn keep_snapshot(&mut self, mut snap: crate::introspect::snapshot::Snapshot) {
+        if self.snapshots.len() >= crate::introspect::snapshot::SNAPSHOTS_MAX {
+            return;
+        }
+        if let Some((i, t0)) = self.current_scenario() {
+            snap.scenario = Some(i);
+            // `at_ms` is when the capture began, from VMM start.
+            let t0_ms = t0.saturating_duration_since(self.started).as_millis() as u64;
+            snap.scenario_ms = Some(snap.at_ms.saturating_sub(t0_ms));
+        }
+        self.snapshots.push(snap);
+    }
+
     /// Takes the one `failure` snapshot of the run, if the host can.
     fn snapshot_failure(&mut self, why: &str) {
         if self.failure_snapshot
@@ -210,10 +238,44 @@ impl Controller {
         self.failure_snapshot = true;
         match crate::requests::capture(server, FAILURE_TAG) {
             Ok(mut snap) => {
-                snap.problems.insert(0, format!("taken because {why}"));
-                self.snapshots.push(snap);
+                snap.cause = Some(why.to_string());
+                self.keep_snapshot(snap);
             }
             Err(e) => tracing::warn!("no failure snapshot ({why}): {e}"),
+        }
+    }
+
+    /// A snapshot for each watch hit that is due one, tagged with the
+    /// symbol written.
+    fn snapshot_watch_hits(&mut self) {
+        let Some(server) = &self.server else { return };
+        let hits = (server.take_watch_hits)();
+        for hit in hits {
+            if self.snapshots.len() >= crate::introspect::snapshot::SNAPSHOTS_MAX {
+                return;
+            }
+            let Some(server) = &self.server else { return };
+            let why = format!(
+                "vCPU {} wrote {} to {} (its write number {}) at RIP {:#x}",
+                hit.cpu,
+                hit.data
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+                hit.symbol,
+                hit.nth,
+                hit.rip
+            );
+            match crate::requests::capture_naming(server, &hit.symbol, &[hit.rip]) {
+                Ok((mut snap, names)) => {
+                    snap.cause = Some(match names.first().cloned().flatten() {
+                        Some(f) => format!("{why} ({f})"),
+                        None => why,
+                    });
+                    self.keep_snapshot(snap);
+                }
+                Err(e) => tracing::warn!("no snapshot for a watch hit ({why}): {e}"),
+            }
         }
     }
 
@@ -296,9 +358,7 @@ impl Controller {
             guest_error!(self.errors, Frame, "{why}");
         }
         if let Some(snap) = answer.snapshot {
-            if self.snapshots.len() < crate::introspect::snapshot::SNAPSHOTS_MAX {
-                self.snapshots.push(snap);
-            }
+            self.keep_snapshot(snap);
         }
         if let (Some(reply), Some(w)) = (frame, &self.replies) {
             // Full means the guest is not reading its replies; dropping
@@ -417,7 +477,18 @@ impl Controller {
                     Ok(code) => self.sched.on_exit_code(code),
                     Err(e) => guest_error!(self.errors, Frame, "SCDX refused: {e}"),
                 },
+                Some(MsgTag::Stimulus) => {
+                    match schedrig_wire::Stimulus::decode(payload) {
+                        Ok(st) => {
+                            if self.step_ends.len() < schedrig_wire::payload::scenario::STEPS_SEEN_MAX {
+                                self.step_ends.push(u64::from(st.elapsed_ms.get()));
+                            }
+                        }
+                        Err(e) => guest_error!(self.errors, Frame, "STIM refused: {e}"),
+                    }
+                }
                 Some(MsgTag::ScenarioStart) => {
+                    self.step_ends.clear();
                     self.scenarios.started = self.scenarios.started.saturating_add(1);
                     if self.scenario_starts.len() < record::SCENARIO_RESULTS_MAX {
                         self.scenario_starts.push(Instant::now());
@@ -427,9 +498,13 @@ impl Controller {
                 Some(
                     tag @ (MsgTag::ScenarioEnd | MsgTag::ScenarioPause | MsgTag::ScenarioResume),
                 ) => self.on_scenario_frame(tag),
-                Some(MsgTag::TestResult) => match self.scenarios.record(payload, |r| {
+                Some(MsgTag::TestResult) => {
+                    let index = self.scenarios.started.saturating_sub(1);
+                    let mut step_ends = std::mem::take(&mut self.step_ends);
+                    match self.scenarios.record(payload, |r| {
                     // Host fields are the host's, whatever the guest sent.
                     r.host_rq = None;
+                    r.step_ends_ms = std::mem::take(&mut step_ends);
                     // The latest start: the guest's index is not trusted.
                     if let Some(&t0) = self.scenario_starts.last() {
                         let now = Instant::now();
@@ -443,12 +518,18 @@ impl Controller {
                 }) {
                     Ok(Some(r)) => {
                         if let Some(sink) = self.sched.result_sink() {
-                            (sink.0)(r);
+                            let snaps: Vec<_> = self
+                                .snapshots
+                                .iter()
+                                .filter(|s| s.scenario == Some(index))
+                                .cloned()
+                                .collect();
+                            (sink.0)(r, &snaps);
                         }
                     }
                     Ok(None) => {}
                     Err(e) => guest_error!(self.errors, Frame, "TEST refused: {e}"),
-                },
+                }},
                 Some(MsgTag::SchedulerLog) => self.sched.on_log(payload),
                 Some(MsgTag::Dmesg) => self.sched.on_kmsg(payload),
                 Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {
@@ -463,6 +544,7 @@ impl Controller {
     pub fn on_vcpu(&mut self, e: &VcpuEvent) {
         match e {
             VcpuEvent::FirstRun(t) => self.first_run = Some(*t),
+            VcpuEvent::WatchHit => self.snapshot_watch_hits(),
             VcpuEvent::Reset(why) => self.reset = Some(why),
             VcpuEvent::TripleFault { cpu, state } => {
                 self.reset = Some("triple fault");

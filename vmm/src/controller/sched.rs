@@ -36,7 +36,13 @@ impl std::fmt::Debug for LogSink {
 /// Called with every scenario result as it arrives (the CLI prints a
 /// progress line per scenario with it).
 #[derive(Clone)]
-pub struct ResultSink(pub Arc<dyn Fn(&schedrig_wire::ScenarioResult) + Send + Sync>);
+pub struct ResultSink(
+    pub Arc<
+        dyn Fn(&schedrig_wire::ScenarioResult, &[crate::introspect::snapshot::Snapshot])
+            + Send
+            + Sync,
+    >,
+);
 
 impl std::fmt::Debug for ResultSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -276,6 +276,17 @@ impl KernelView {
         Ok(())
     }
 
+    /// The guest-physical pieces (address, length) of the `len` bytes at
+    /// kernel address `kva`.
+    pub fn phys_pieces(&self, kva: u64, len: usize) -> Result<Vec<(u64, u64)>, KernelError> {
+        let mut out = Vec::new();
+        self.each_run(kva, len, |gpa, r| {
+            out.push((gpa, r.len() as u64));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Reads kernel memory at `kva`.
     pub fn read(&self, kva: u64, buf: &mut [u8]) -> Result<(), KernelError> {
         self.each_run(kva, buf.len(), |gpa, r| {

@@ -54,24 +54,48 @@ pub struct Snapshot {
     pub tasks: Vec<TaskSnap>,
     /// Parts that could not be read (the rest is kept).
     pub problems: Vec<String>,
+    /// The scenario it was taken in (its index in the VM's job) and ms
+    /// from that scenario's start; None outside scenarios.
+    pub scenario: Option<u32>,
+    pub scenario_ms: Option<u64>,
+    /// Why the host took it, when not asked to (a failure, a watch hit).
+    pub cause: Option<String>,
 }
 
-/// Captures a snapshot of a frozen guest (`regs` from the parked vCPUs).
+/// Names the kernel RIPs of `s` (and `extra` addresses, whose names it
+/// returns) with one scan of the vmlinux's symbols: done after the
+/// freeze, since the scan reads the file (about a second in the nested
+/// test host) and the guest need not stand still for it.
+pub fn name_rips(ctx: &KernelCtx, s: &mut Snapshot, extra: &[u64]) -> Vec<Option<String>> {
+    let k = &ctx.view;
+    let mut rips: Vec<u64> = s.vcpus.iter().map(|v| v.rip).collect();
+    rips.extend_from_slice(extra);
+    let mut names = super::symbols::symbolize(k.vmlinux(), k.slide() as i64, &rips)
+        .unwrap_or_default()
+        .into_iter();
+    for v in &mut s.vcpus {
+        let name = names.next().flatten();
+        if v.in_kernel {
+            v.symbol = name;
+        }
+    }
+    names.collect()
+}
+
+/// Captures a snapshot of a frozen guest (`regs` from the parked vCPUs);
+/// RIPs are named later ([`name_rips`]).
 pub fn capture(ctx: &KernelCtx, rq: &RqLayout, regs: &[Option<VcpuRegs>], tag: &str) -> Snapshot {
     let k = &ctx.view;
     let mut s = Snapshot {
         tag: tag.to_string(),
         ..Default::default()
     };
-    // One scan of the vmlinux names every RIP.
-    let rips: Vec<u64> = regs.iter().map(|r| r.map_or(0, |r| r.rip)).collect();
-    let names = super::symbols::symbolize(k.vmlinux(), k.slide() as i64, &rips).unwrap_or_default();
     for (cpu, r) in (0u32..).zip(regs) {
         match r {
             Some(r) => s.vcpus.push(VcpuSnap {
                 cpu,
                 rip: r.rip,
-                symbol: names.get(cpu as usize).cloned().flatten(),
+                symbol: None,
                 rsp: r.rsp,
                 cr3: r.cr3,
                 rflags: r.rflags,

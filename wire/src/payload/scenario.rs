@@ -58,6 +58,41 @@ pub struct ScenarioResult {
     /// Set by the host, whatever the guest sent: what its run-queue
     /// monitor saw during the holds. None when the host did not monitor.
     pub host_rq: Option<HostRqView>,
+    /// Set by the host, whatever the guest sent: each step's end as its
+    /// STIM said (`elapsed_ms`, from the start the other times count
+    /// from), in order; at most [`STEPS_SEEN_MAX`].
+    pub step_ends_ms: Vec<u64>,
+    /// What each of the steps' host-request ops (snapshot, watch, kernel
+    /// reads and writes) came to, in the order they ran.
+    pub ops: Vec<OpOutcome>,
+}
+
+/// The most STIM times one result keeps.
+pub const STEPS_SEEN_MAX: usize = 256;
+/// The most op outcomes one result may list.
+pub const OP_OUTCOMES_MAX: usize = 1024;
+/// The most values one op outcome may list.
+pub const OP_VALUES_MAX: usize = 256;
+
+/// What one host-request op came to, as the guest saw the host's reply.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct OpOutcome {
+    /// Step (from 0) and position among its ops.
+    pub step: u32,
+    pub op: u32,
+    /// The op's name (`snapshot`, `watch`, `read_kernel`, `write_kernel`).
+    pub kind: String,
+    /// Its tag, symbol, or the places it named (`runqueues.nr_running@cpu0`).
+    pub what: Vec<String>,
+    pub ok: bool,
+    /// The host's reason when it refused, or why the guest could not ask.
+    pub reason: String,
+    /// Values read, one per place of `what`, in order.
+    pub values: Vec<crate::payload::kernel_op::Value>,
+    /// When it was sent, ms from the scenario's start, and how long the
+    /// reply took.
+    pub at_ms: u64,
+    pub took_ms: u64,
 }
 
 /// The host's run-queue monitor over one scenario's holds.
@@ -191,6 +226,13 @@ impl ScenarioResult {
                 r.host_rq.as_ref().map_or(0, |h| h.stalls.len()),
                 HOST_STALLS_MAX,
             ),
+            ("op outcomes", r.ops.len(), OP_OUTCOMES_MAX),
+            ("step ends", r.step_ends_ms.len(), STEPS_SEEN_MAX),
+            (
+                "values of an op",
+                r.ops.iter().map(|o| o.values.len().max(o.what.len())).max().unwrap_or(0),
+                OP_VALUES_MAX,
+            ),
         ] {
             if n > max {
                 return Err(ScenarioResultError::TooMany { what, n, max });
@@ -217,6 +259,17 @@ mod tests {
                 ..WorkerResult::default()
             }],
             sched_lost: Some("disabled".into()),
+            ops: vec![OpOutcome {
+                step: 1,
+                op: 2,
+                kind: "read_kernel".into(),
+                what: vec!["runqueues.nr_running@cpu0".into()],
+                ok: true,
+                values: vec![crate::payload::kernel_op::Value::U32(3)],
+                at_ms: 10,
+                took_ms: 2,
+                ..OpOutcome::default()
+            }],
             ..ScenarioResult::default()
         };
         let b = r.encode().unwrap();
