@@ -445,6 +445,7 @@ fn monitor_json(m: &schedrig_vmm::report::MonitorReport) -> serde_json::Value {
         "dropped": m.dropped,
         "at_ms": m.samples.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
         "scx_state": m.samples.iter().map(|s| s.scx_state).collect::<Vec<_>>(),
+        "scx_exit_kind": m.samples.iter().map(|s| s.scx_exit_kind).collect::<Vec<_>>(),
         "nr_running": col(&|c| u64::from(c.rq.nr_running)),
         "scx_nr_running": col(&|c| u64::from(c.rq.scx_nr_running)),
         "local_dsq_nr": col(&|c| u64::from(c.rq.local_dsq_nr)),

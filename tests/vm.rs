@@ -439,7 +439,8 @@ fn host_serves_requests() -> Result<(), Failed> {
 /// `schedrig boot` of a busy 4-vCPU guest under scx_simple, frozen once
 /// for [`FREEZE_MS`] from 1 s after the scheduler attached.
 fn frozen_run(label: &str, freeze: &str) -> Result<Hostile, Failed> {
-    run_cli(
+    let log = std::env::temp_dir().join(format!("schedrig-{label}-{}.log", std::process::id()));
+    let h = run_cli(
         label,
         &[
             "--topology",
@@ -450,8 +451,13 @@ fn frozen_run(label: &str, freeze: &str) -> Result<Hostile, Failed> {
             "6",
             "--freeze-test",
             freeze,
+            "--console-log",
+            &log.display().to_string(),
         ],
-    )
+    );
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    h.map(|h| Hostile { console, ..h })
 }
 
 /// Longer than sched_ext's watchdog timeout (30 s, SCX_WATCHDOG_MAX_TIMEOUT
@@ -490,24 +496,42 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
         f["error"].is_null() && f["time_hidden"] == false,
         "a visible freeze",
     )?;
+    // sched_ext's watchdog raised ERROR_STALL: as the guest reported it,
+    // or as the host read it in the kernel's `scx_exit_kind` (set when the
+    // error is raised: under the emulation the disable work that follows
+    // has hung now and then, so no report may come).
+    let raised = v.json["monitor"]["scx_exit_kind"]
+        .as_array()
+        .is_some_and(|k| k.iter().any(|k| k == 1026));
     v.check(
-        sched_field(&v, "exit_kind") == "ERROR_STALL",
+        sched_field(&v, "exit_kind") == "ERROR_STALL" || raised,
         "sched_ext's watchdog ejected scx_simple after a freeze the guest could see",
+    )?;
+    // The kernel's soft-lockup watchdog (20 s) saw the visible freeze,
+    // never the hidden one.
+    v.check(
+        v.console.contains("soft lockup"),
+        "the guest logged a soft lockup after a freeze it could see",
+    )?;
+    h.check(
+        !h.console.contains("soft lockup"),
+        "no soft lockup logged after the hidden freeze",
+    )?;
+    // The hidden freeze never raised it.
+    h.check(
+        h.json["monitor"]["scx_exit_kind"]
+            .as_array()
+            .is_some_and(|k| !k.is_empty() && k.iter().all(|k| k != 1026)),
+        "the hidden freeze: scx_exit_kind never ERROR_STALL",
     )
 }
 
 fn sched_tests() -> Vec<Trial> {
     let mut t = Vec::new();
-    // Ignored (run with --ignored): at 1000 Hz the visible-freeze half
-    // hung the guest instead of ERROR_STALL in the final CI of this
-    // session; see the issue 11 note. Fix and re-enable first.
-    t.push(
-        Trial::test(
-            "freeze_of_a_busy_4_vcpu_guest_is_hidden_from_its_watchdogs",
-            freeze_is_hidden_from_the_guests_watchdogs,
-        )
-        .with_ignored_flag(true),
-    );
+    t.push(Trial::test(
+        "freeze_of_a_busy_4_vcpu_guest_is_hidden_from_its_watchdogs",
+        freeze_is_hidden_from_the_guests_watchdogs,
+    ));
     for topo in ["1n1l1c1t", "1n2l2c1t"] {
         t.push(Trial::test(
             format!("scx_simple_attaches_holds_and_detaches_on_{topo}"),
@@ -763,6 +787,8 @@ struct Hostile {
     json: serde_json::Value,
     stderr: String,
     wall: Duration,
+    /// The whole kernel console, where the run kept it (`--console-log`).
+    console: String,
 }
 
 impl Hostile {
@@ -832,6 +858,7 @@ fn run_cli(label: &str, args: &[&str]) -> Result<Hostile, Failed> {
             json,
             stderr,
             wall,
+            console: String::new(),
         })
     };
     let mut attempt = 1;

@@ -144,6 +144,49 @@ max_gap_ms = 1500
         assert!(matches!(s.steps[1].ops[0], Op::SwapCpusets { .. }));
     }
 
+    /// The host-request ops as a user writes them (the VM test's fixture),
+    /// and the mistakes validation refuses in them, by name.
+    #[test]
+    fn host_request_ops_parse_and_bad_ones_are_refused() {
+        let text = include_str!("../../tests/fixtures/scenarios/host_ops.toml");
+        let s = parse(text, "host_ops.toml").unwrap();
+        let two = crate::CpuLayout::uniform(1, 1, 2);
+        s.validate(&two).unwrap();
+        let kinds: Vec<&str> = s.steps[0].ops.iter().map(Op::name).collect();
+        assert_eq!(kinds[..4], ["snapshot", "watch", "read_kernel", "read_kernel"]);
+        assert!(s.steps[0].ops.iter().all(Op::is_host_request));
+        let bad = |op: &str, want: &str| {
+            let t = format!(
+                "name = \"x\"\n[[cgroups]]\nname = \"a\"\nworkers = 1\n[[steps]]\nhold = {{ secs = 1.0 }}\nops = [{op}]\n"
+            );
+            let e = parse(&t, "x.toml")
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.validate(&two).map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(e.contains(want), "{op}: {e}");
+        };
+        bad(
+            "{ write_kernel = { mode = \"hot\", writes = [{ at = { symbol = \"x\" }, value = { or_u32 = 1 } }] } }",
+            "mode must be cold",
+        );
+        bad(
+            "{ read_kernel = { mode = \"hot\", at = [{ worker = { cgroup = \"a\", index = 1, field = \"prio\" } }], width = \"u32\" } }",
+            "worker 1 of cgroup \"a\", which has 1 workers",
+        );
+        bad(
+            "{ read_kernel = { mode = \"hot\", at = [{ per_cpu = { symbol = \"runqueues\", field = \"clock\", cpu = 5 } }], width = \"u64\" } }",
+            "CPU 5 is not in the topology",
+        );
+        bad("{ read_kernel = { mode = \"cold\", at = [], width = \"u32\" } }", "no places");
+        bad("{ watch = { symbol = \"a b\" } }", "must be 1 to 63 letters");
+        bad("{ snapshot = { tag = \"\" } }", "snapshot tag");
+        bad(
+            "{ read_kernel = { mode = \"hot\", at = [{ symbol = \"x\" }], width = { bytes = 0 } } }",
+            "0 bytes",
+        );
+        bad("{ read_kernel = { mode = \"warm\", at = [], width = \"u32\" } }", "warm");
+    }
+
     #[test]
     fn catalogue_round_trips_through_toml() {
         for s in crate::catalogue::catalogue(&crate::CpuLayout::uniform(1, 2, 2)) {

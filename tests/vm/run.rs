@@ -493,14 +493,10 @@ pub fn tests() -> Vec<Trial> {
                 Ok(())
             },
         ),
-        // Ignored (run with --ignored): failed its starvation assertion in
-        // the final CI of this session, after the host_stall check came
-        // in; see the issue 11 note. Fix and re-enable first.
         Trial::test(
             "run_scx_unfair_fixture_fails_starvation_gap_and_fairness_and_is_inconclusive_on_a_stealing_host",
             run_scx_unfair,
-        )
-        .with_ignored_flag(true),
+        ),
         Trial::test("run_with_the_vmm_paused_mid_hold_is_never_fail", run_paused),
         Trial::test(
             "run_scenario_ops_snapshot_watch_and_kernel_memory_under_scx_simple",

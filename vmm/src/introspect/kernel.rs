@@ -36,6 +36,7 @@ pub const SYMBOLS: &[&str] = &[
     "jiffies",
     "scx_ops",
     "scx_ops_enable_state_var",
+    "scx_exit_kind",
     "ext_sched_class",
     "fair_sched_class",
     "rt_sched_class",

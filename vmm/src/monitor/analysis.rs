@@ -46,6 +46,10 @@ pub struct Sample {
     pub cpus: Vec<CpuSample>,
     /// `scx_ops_enable_state_var` (see `layout::scx_state_name`).
     pub scx_state: i32,
+    /// `scx_exit_kind`: what sched_ext's last exit is, set the moment an
+    /// error is raised (1026 ERROR_STALL when its watchdog fires), before
+    /// the disable work runs; -1 when unreadable.
+    pub scx_exit_kind: i32,
     /// The freezer's epoch (`freeze::Freezer::epoch`): when it differs
     /// between two samples, the host froze the guest in between.
     pub freeze_epoch: u64,
@@ -189,6 +193,7 @@ mod tests {
             .map(|(t, row)| Sample {
                 at_ms: 100 * t as u64,
                 scx_state: 1,
+                scx_exit_kind: 0,
                 freeze_epoch: 0,
                 cpus: row
                     .iter()

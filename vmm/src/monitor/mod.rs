@@ -256,6 +256,10 @@ fn sample(
     let at_ms = started.elapsed().as_millis() as u64;
     // A kernel without sched_ext's symbols still has run queues.
     let (scx_state, name) = layout.read_scx(view).unwrap_or((-1, String::new()));
+    let scx_exit_kind = view
+        .symbol("scx_exit_kind")
+        .and_then(|a| view.read_u32(a))
+        .map_or(-1, |k| k as i32);
     let mut cpus = Vec::with_capacity(ncpu as usize);
     for cpu in 0..ncpu {
         cpus.push(CpuSample {
@@ -268,6 +272,7 @@ fn sample(
             at_ms,
             cpus,
             scx_state,
+            scx_exit_kind,
             freeze_epoch: 0,
         },
         name,
