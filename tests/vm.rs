@@ -384,15 +384,16 @@ fn host_serves_requests() -> Result<(), Failed> {
     let r = run(o)?;
     expect_ok(&r)?;
     expect(
-        r.frames.get("SNRQ") == Some(&2) && r.frames.get("KORQ") == Some(&5),
+        r.frames.get("SNRQ") == Some(&3) && r.frames.get("KORQ") == Some(&5),
         &r,
-        "two SNRQ and five KORQ frames",
+        "three SNRQ and five KORQ frames",
     )?;
     for line in [
         "SNRP 41: error (snapshot request kind 0 is invalid",
         "SNRP 42: ok",
         "KORP 45: ok",
         "KORP 47: error (entry 0: pid 1 started at",
+        "SNRP 48: error (watch no_such_symbol_here:",
     ] {
         expect(
             r.console.contains(&format!("requests: {line}")),

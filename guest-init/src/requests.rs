@@ -32,6 +32,8 @@ pub const PER_CPU_READ_ID: u32 = 46;
 /// A TaskField write naming pid 1 with a start time it does not have:
 /// the host must refuse it (a recycled pid must never be written).
 pub const WRONG_START_ID: u32 = 47;
+/// A WATCH of a symbol the kernel does not have: refused by name.
+pub const BAD_WATCH_ID: u32 = 48;
 /// What the per-CPU write stores on CPU N: this plus N.
 pub const PER_CPU_MARK: u32 = 0x5c4e_0000;
 
@@ -312,8 +314,11 @@ pub fn exchange(
     for (tag, payload) in frames {
         port.send(tag, &payload)?;
     }
+    let bad_watch = SnapshotRequest::new(BAD_WATCH_ID, SnapshotKind::Watch, "no_such_symbol_here");
+    port.send(MsgTag::SnapshotRequest, &bad_watch.encode())?;
     let mut expect = ReplyCheck::new().pending;
     expect.extend([
+        (MsgTag::SnapshotReply, BAD_WATCH_ID),
         (MsgTag::KernelOpReply, PER_CPU_WRITE_ID),
         (MsgTag::KernelOpReply, PER_CPU_READ_ID),
         (MsgTag::KernelOpReply, WRONG_START_ID),

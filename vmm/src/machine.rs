@@ -260,6 +260,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             arm_watch: {
                 let (s, v) = (shared.clone(), vm.clone());
                 Box::new(move |symbol, pieces| {
+                    s.watches.can_arm(&v, symbol).map_err(|e| e.to_string())?;
                     match s
                         .freezer
                         .freeze(&v, &s.stop, true, |_| s.watches.arm(&v, symbol, pieces))

@@ -127,13 +127,13 @@ impl Watches {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Watches `symbol` at the guest-physical `pieces`. Call with every
-    /// vCPU parked (inside a freeze): guest RAM's slots are rebuilt.
-    pub fn arm(&self, vm: &VmFd, symbol: &str, pieces: &[(u64, u64)]) -> Result<(), WatchError> {
+    /// Whether `symbol` could be watched now (checked before freezing the
+    /// guest, so a refused request costs it nothing).
+    pub fn can_arm(&self, vm: &VmFd, symbol: &str) -> Result<(), WatchError> {
         if !vm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
             return Err(WatchError::NoReadonlyMem);
         }
-        let mut st = self.lock();
+        let st = self.lock();
         if st.watches.iter().any(|w| w.symbol == symbol) {
             return Err(WatchError::Already {
                 symbol: symbol.into(),
@@ -142,6 +142,14 @@ impl Watches {
         if st.watches.len() >= WATCHES_MAX {
             return Err(WatchError::TooMany);
         }
+        Ok(())
+    }
+
+    /// Watches `symbol` at the guest-physical `pieces`. Call with every
+    /// vCPU parked (inside a freeze): guest RAM's slots are rebuilt.
+    pub fn arm(&self, vm: &VmFd, symbol: &str, pieces: &[(u64, u64)]) -> Result<(), WatchError> {
+        self.can_arm(vm, symbol)?;
+        let mut st = self.lock();
         let len: u64 = pieces.iter().map(|p| p.1).sum();
         if len > WATCH_BYTES_MAX {
             return Err(WatchError::TooBig {

@@ -69,11 +69,20 @@ impl HostOps {
         };
         out.what = req.what;
         let t = Instant::now();
-        if let Err(e) = port.send(req.tag, &req.payload) {
-            out.reason = format!("not sent: {e}");
-            return out;
+        // The host's scenario watchdog does not count the wait for its
+        // own answer (SCPP ... SCRR).
+        let paused = port.send(MsgTag::ScenarioPause, &[]).is_ok();
+        let check = match port.send(req.tag, &req.payload) {
+            Ok(()) => await_replies(port, ReplyCheck::lenient(vec![(req.reply, id)]), REPLY_WAIT),
+            Err(e) => {
+                let mut c = ReplyCheck::lenient(Vec::new());
+                c.problems.push(format!("not sent: {e}"));
+                c
+            }
+        };
+        if paused {
+            let _ = port.send(MsgTag::ScenarioResume, &[]);
         }
-        let check = await_replies(port, ReplyCheck::lenient(vec![(req.reply, id)]), REPLY_WAIT);
         out.took_ms = t.elapsed().as_millis() as u64;
         match check.got.into_iter().next() {
             Some(r) => {
