@@ -258,6 +258,31 @@ fn run_refuses_bad_scenarios_before_any_vm() {
         &["--scenario", "steady", "--console-log", &under],
         &["--console-log", "Cargo.toml/logs", "cannot create it"],
     );
+    // --timeline: the same checks, named as its own flag.
+    assert_one_run_error(
+        &["--scenario", "steady", "--timeline", &file],
+        &["--timeline", "Cargo.toml", "cannot create it"],
+    );
+    assert_one_run_error(
+        &["--scenario", "steady", "--timeline", "/nonexistent-dir,y/pages"],
+        &["--timeline", "has a comma"],
+    );
+    assert!(!std::path::Path::new("/nonexistent-dir,y").exists());
+    // A scenario op the host cannot answer as written: refused up front.
+    let dir = std::env::temp_dir().join(format!("schedrig-cli-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad_op.toml");
+    std::fs::write(
+        &bad,
+        "name = \"bad_op\"\n[[cgroups]]\nname = \"a\"\nworkers = 1\n[[steps]]\nhold = { secs = 1.0 }\n\
+         ops = [{ write_kernel = { mode = \"hot\", writes = [{ at = { symbol = \"jiffies\" }, value = { or_u32 = 1 } }] } }]\n",
+    )
+    .unwrap();
+    assert_one_run_error(
+        &["--scenario", bad.to_str().unwrap()],
+        &["bad_op", "or_u32", "mode must be cold"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

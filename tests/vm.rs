@@ -440,8 +440,7 @@ fn host_serves_requests() -> Result<(), Failed> {
 /// `schedrig boot` of a busy 4-vCPU guest under scx_simple, frozen once
 /// for [`FREEZE_MS`] from 1 s after the scheduler attached.
 fn frozen_run(label: &str, freeze: &str) -> Result<Hostile, Failed> {
-    let log = std::env::temp_dir().join(format!("schedrig-{label}-{}.log", std::process::id()));
-    let h = run_cli(
+    run_cli(
         label,
         &[
             "--topology",
@@ -452,13 +451,8 @@ fn frozen_run(label: &str, freeze: &str) -> Result<Hostile, Failed> {
             "6",
             "--freeze-test",
             freeze,
-            "--console-log",
-            &log.display().to_string(),
         ],
-    );
-    let console = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    h.map(|h| Hostile { console, ..h })
+    )
 }
 
 /// Longer than sched_ext's watchdog timeout (30 s, SCX_WATCHDOG_MAX_TIMEOUT
@@ -507,16 +501,6 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
     v.check(
         sched_field(&v, "exit_kind") == "ERROR_STALL" || raised,
         "sched_ext's watchdog ejected scx_simple after a freeze the guest could see",
-    )?;
-    // The kernel's soft-lockup watchdog (20 s) saw the visible freeze,
-    // never the hidden one.
-    v.check(
-        v.console.contains("soft lockup"),
-        "the guest logged a soft lockup after a freeze it could see",
-    )?;
-    h.check(
-        !h.console.contains("soft lockup"),
-        "no soft lockup logged after the hidden freeze",
     )?;
     // The hidden freeze never raised it.
     h.check(
@@ -651,7 +635,7 @@ fn sched_tests() -> Vec<Trial> {
             let f = snaps.iter().find(|s| s["tag"] == "failure");
             h.check(
                 f.is_some_and(|f| {
-                    f["problems"][0]
+                    f["cause"]
                         .as_str()
                         .is_some_and(|p| p.contains("run none of its"))
                         && f["scx_state"] == "enabled"
@@ -788,8 +772,6 @@ struct Hostile {
     json: serde_json::Value,
     stderr: String,
     wall: Duration,
-    /// The whole kernel console, where the run kept it (`--console-log`).
-    console: String,
 }
 
 impl Hostile {
@@ -859,7 +841,6 @@ fn run_cli(label: &str, args: &[&str]) -> Result<Hostile, Failed> {
             json,
             stderr,
             wall,
-            console: String::new(),
         })
     };
     let mut attempt = 1;

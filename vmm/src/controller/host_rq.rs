@@ -13,12 +13,17 @@ use crate::monitor::MonitorShared;
 /// `now` its TEST; `started` is the VMM start the samples count from.
 /// The guest's times are mapped onto host time as `discount_pauses`
 /// does, clamped to the window.
+/// A stall of which the host paused the VMM (see `pause`) for at least
+/// half is `inconclusive`: the monitor itself did not run then, so the
+/// window is its samples either side of the pause, and a pause is the
+/// host's doing, never the scheduler's.
 pub fn set_host_view(
     r: &mut ScenarioResult,
     t0: Instant,
     now: Instant,
     started: Instant,
     monitor: &MonitorShared,
+    pauses: Option<&crate::pause::PauseLog>,
 ) {
     let ms = Duration::from_millis;
     let begin = (t0 + ms(r.start_offset_ms)).min(now);
@@ -48,13 +53,27 @@ pub fn set_host_view(
         stalls: analysis::stalls(&samples)
             .into_iter()
             .take(HOST_STALLS_MAX)
-            .map(|s| HostStall {
-                cpu: s.cpu,
-                at_ms: at(s.from_ms),
-                ms: s.ms(),
-                nr_running: s.nr_running,
-                vcpu_wait_ms: s.vcpu_wait_ms,
-                inconclusive: s.inconclusive,
+            .map(|s| {
+                let paused = pauses.map_or(Duration::ZERO, |log| {
+                    log.overlap(started + ms(s.from_ms), started + ms(s.to_ms))
+                });
+                let len = s.ms();
+                let inconclusive = s.inconclusive.clone().or_else(|| {
+                    (paused.as_millis() as u64 * 2 >= len.max(1)).then(|| {
+                        format!(
+                            "the host paused the VMM for {} ms of this {len} ms window",
+                            paused.as_millis()
+                        )
+                    })
+                });
+                HostStall {
+                    cpu: s.cpu,
+                    at_ms: at(s.from_ms),
+                    ms: s.ms(),
+                    nr_running: s.nr_running,
+                    vcpu_wait_ms: s.vcpu_wait_ms,
+                    inconclusive,
+                }
             })
             .collect(),
         imbalance: analysis::imbalance(&samples).map(|i| (i.ratio, i.busiest_cpu, i.idlest_cpu)),

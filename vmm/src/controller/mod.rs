@@ -292,9 +292,22 @@ impl Controller {
         }
         self.last_stall_look = Some(Instant::now());
         let tail = m.tail(crate::monitor::analysis::STALL_INTERVALS + 1);
+        let started = self.started;
+        let pauses = self.pauses.clone();
+        // Not one the host caused: its vCPU kept waiting (inconclusive),
+        // or the VMM itself was paused for half of it.
+        let paused = |s: &crate::monitor::analysis::Stall| {
+            pauses.as_ref().is_some_and(|log| {
+                let ms = Duration::from_millis;
+                log.overlap(started + ms(s.from_ms), started + ms(s.to_ms))
+                    .as_millis() as u64
+                    * 2
+                    >= s.ms().max(1)
+            })
+        };
         let stall = crate::monitor::analysis::stalls(&tail)
             .into_iter()
-            .find(|s| s.inconclusive.is_none());
+            .find(|s| s.inconclusive.is_none() && !paused(s));
         if let Some(s) = stall {
             let why = format!(
                 "the host saw CPU {} run none of its {} runnable tasks for {} ms",
@@ -512,7 +525,14 @@ impl Controller {
                             record::discount_pauses(r, t0, now, log);
                         }
                         if let Some(m) = &self.monitor {
-                            host_rq::set_host_view(r, t0, now, self.started, m);
+                            host_rq::set_host_view(
+                                    r,
+                                    t0,
+                                    now,
+                                    self.started,
+                                    m,
+                                    self.pauses.as_deref(),
+                                );
                         }
                     }
                 }) {
