@@ -264,7 +264,12 @@ fn run_refuses_bad_scenarios_before_any_vm() {
         &["--timeline", "Cargo.toml", "cannot create it"],
     );
     assert_one_run_error(
-        &["--scenario", "steady", "--timeline", "/nonexistent-dir,y/pages"],
+        &[
+            "--scenario",
+            "steady",
+            "--timeline",
+            "/nonexistent-dir,y/pages",
+        ],
         &["--timeline", "has a comma"],
     );
     assert!(!std::path::Path::new("/nonexistent-dir,y").exists());

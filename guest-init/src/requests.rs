@@ -455,7 +455,10 @@ mod tests {
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         assert_eq!(c.ignored, 2);
         assert_eq!(c.got.len(), 1);
-        assert_eq!((c.got[0].tag, c.got[0].id, c.got[0].ok), (MsgTag::KernelOpReply, 9, false));
+        assert_eq!(
+            (c.got[0].tag, c.got[0].id, c.got[0].ok),
+            (MsgTag::KernelOpReply, 9, false)
+        );
         assert_eq!(c.got[0].reason, "no coordinator");
     }
 

@@ -153,7 +153,10 @@ max_gap_ms = 1500
         let two = crate::CpuLayout::uniform(1, 1, 2);
         s.validate(&two).unwrap();
         let kinds: Vec<&str> = s.steps[0].ops.iter().map(Op::name).collect();
-        assert_eq!(kinds[..4], ["snapshot", "watch", "read_kernel", "read_kernel"]);
+        assert_eq!(
+            kinds[..4],
+            ["snapshot", "watch", "read_kernel", "read_kernel"]
+        );
         assert!(s.steps[0].ops.iter().all(Op::is_host_request));
         let bad = |op: &str, want: &str| {
             let t = format!(
@@ -177,14 +180,23 @@ max_gap_ms = 1500
             "{ read_kernel = { mode = \"hot\", at = [{ per_cpu = { symbol = \"runqueues\", field = \"clock\", cpu = 5 } }], width = \"u64\" } }",
             "CPU 5 is not in the topology",
         );
-        bad("{ read_kernel = { mode = \"cold\", at = [], width = \"u32\" } }", "no places");
-        bad("{ watch = { symbol = \"a b\" } }", "must be 1 to 63 letters");
+        bad(
+            "{ read_kernel = { mode = \"cold\", at = [], width = \"u32\" } }",
+            "no places",
+        );
+        bad(
+            "{ watch = { symbol = \"a b\" } }",
+            "must be 1 to 63 letters",
+        );
         bad("{ snapshot = { tag = \"\" } }", "snapshot tag");
         bad(
             "{ read_kernel = { mode = \"hot\", at = [{ symbol = \"x\" }], width = { bytes = 0 } } }",
             "0 bytes",
         );
-        bad("{ read_kernel = { mode = \"warm\", at = [], width = \"u32\" } }", "warm");
+        bad(
+            "{ read_kernel = { mode = \"warm\", at = [], width = \"u32\" } }",
+            "warm",
+        );
     }
 
     #[test]

@@ -323,8 +323,9 @@ impl Scenario {
                             )));
                         }
                     }
-                    Op::Watch { symbol } => check_symbol(symbol, &format!("{place}: watch"))
-                        .map_err(bad)?,
+                    Op::Watch { symbol } => {
+                        check_symbol(symbol, &format!("{place}: watch")).map_err(bad)?
+                    }
                     Op::ReadKernel { mode: _, at, width } => {
                         if let KernelWidth::Bytes(n) = width {
                             if *n == 0 || *n > MAX_KERNEL_BYTES {
@@ -334,7 +335,9 @@ impl Scenario {
                             }
                         }
                         let places: Vec<&KernelPlace> = at.iter().collect();
-                        check_places(&places, layout, &place, "read_kernel", |c, i| worker_index(&alive, c, i))
+                        check_places(&places, layout, &place, "read_kernel", |c, i| {
+                            worker_index(&alive, c, i)
+                        })
                         .map_err(bad)?;
                     }
                     Op::WriteKernel { mode, writes } => {
@@ -357,7 +360,9 @@ impl Scenario {
                             }
                         }
                         let places: Vec<&KernelPlace> = writes.iter().map(|w| &w.at).collect();
-                        check_places(&places, layout, &place, "write_kernel", |c, i| worker_index(&alive, c, i))
+                        check_places(&places, layout, &place, "write_kernel", |c, i| {
+                            worker_index(&alive, c, i)
+                        })
                         .map_err(bad)?;
                     }
                 }

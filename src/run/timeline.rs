@@ -24,7 +24,13 @@ pub fn write(dir: &Path, n: usize, o: &Outcome, scheduler: &str) -> std::io::Res
         .scenario
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let path = dir.join(format!("{n:02}-{name}.html"));
     let tmp = dir.join(format!(".{n:02}-{name}.html.tmp"));
@@ -106,7 +112,11 @@ fn svg(o: &Outcome) -> String {
     let r = o.result.as_ref();
     let view = r.and_then(|r| r.host_rq.as_ref());
     let samples = view.map(|v| v.samples.as_slice()).unwrap_or_default();
-    let ncpu = samples.iter().map(|s| s.nr_running.len()).max().unwrap_or(0);
+    let ncpu = samples
+        .iter()
+        .map(|s| s.nr_running.len())
+        .max()
+        .unwrap_or(0);
     let offset = r.map_or(0, |r| r.start_offset_ms);
     let end_ms = samples
         .iter()
@@ -174,7 +184,11 @@ fn svg(o: &Outcome) -> String {
             .iter()
             .map(|smp| {
                 let d = smp.local_dsq_nr.get(cpu).copied().unwrap_or(0);
-                format!("{:.1},{:.1}", x(smp.at_ms), base - (LANE - 12.0) * d as f64 / peak)
+                format!(
+                    "{:.1},{:.1}",
+                    x(smp.at_ms),
+                    base - (LANE - 12.0) * d as f64 / peak
+                )
             })
             .collect();
         if points.len() > 1 {
@@ -301,7 +315,10 @@ mod tests {
         assert_eq!(p.matches("class=\"stall\"").count(), 1);
         assert_eq!(p.matches("class=\"snapshot\"").count(), 1);
         assert!(p.contains("a &lt;b&gt; reason &amp; more"));
-        assert!(!p.contains("http://") || p.matches("http://").count() == 1, "only the SVG namespace");
+        assert!(
+            !p.contains("http://") || p.matches("http://").count() == 1,
+            "only the SVG namespace"
+        );
         assert!(p.contains("id=\"verdict\">fail<"));
     }
 
@@ -315,7 +332,11 @@ mod tests {
             p.file_name().unwrap().to_str().unwrap(),
             format!("03-{}.html", o.scenario.name)
         );
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

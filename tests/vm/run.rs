@@ -664,7 +664,9 @@ fn op_of<'a>(r: &'a RunOut, name: &str, n: usize) -> Result<&'a Value, Failed> {
 
 /// A value a kernel read returned (`{"U32": n}` or `{"U64": n}`).
 fn read_value(v: &Value) -> Option<u64> {
-    v.get("U32").or_else(|| v.get("U64")).and_then(Value::as_u64)
+    v.get("U32")
+        .or_else(|| v.get("U64"))
+        .and_then(Value::as_u64)
 }
 
 /// The host's view of the guest kernel from a scenario (fixture
@@ -713,16 +715,18 @@ fn run_host_ops() -> Result<(), Failed> {
     let back = op_of(&r, "host_ops", 5)?;
     r.check(
         op_of(&r, "host_ops", 4)?["ok"] == true
-            && back["values"]
-                .as_array()
-                .is_some_and(|v| v.len() == 2 && v.iter().all(|x| read_value(x) == Some(0x5c4e_0000))),
+            && back["values"].as_array().is_some_and(|v| {
+                v.len() == 2 && v.iter().all(|x| read_value(x) == Some(0x5c4e_0000))
+            }),
         &format!("the cold per-CPU write reads back on both CPUs: {back}"),
     )?;
     let task = op_of(&r, "host_ops", 6)?;
     r.check(
         task["ok"] == true
             && task["kind"] == "write_kernel"
-            && task["what"][0].as_str().is_some_and(|w| w.starts_with("nap/0 (pid ")),
+            && task["what"][0]
+                .as_str()
+                .is_some_and(|w| w.starts_with("nap/0 (pid ")),
         &format!("a write of nap/0's scx.dsq_vtime accepted: {task}"),
     )?;
     let bad = op_of(&r, "host_ops", 7)?;
@@ -762,7 +766,10 @@ fn run_host_ops() -> Result<(), Failed> {
         "a page with two lanes and snapshot marks",
     )?;
     let lanes = lanes_rendered(&page, &timeline.0)?;
-    r.check(lanes == 2, &format!("chromium rendered 2 lanes of bars, saw {lanes}"))
+    r.check(
+        lanes == 2,
+        &format!("chromium rendered 2 lanes of bars, saw {lanes}"),
+    )
 }
 
 /// A directory removed when dropped.
@@ -800,7 +807,10 @@ fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<u
             "--hide-scrollbars",
             "--window-size=1200,500",
         ])
-        .arg(format!("--user-data-dir={}", scratch.join("profile").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            scratch.join("profile").display()
+        ))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", page.display()))
         .stdin(Stdio::null())
@@ -816,7 +826,9 @@ fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<u
     dec.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = dec.read_info().map_err(|e| format!("screenshot: {e}"))?;
     let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| format!("screenshot: {e}"))?;
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("screenshot: {e}"))?;
     let px = info.color_type.samples();
     let rows: Vec<bool> = buf[..info.buffer_size()]
         .chunks(info.line_size)
@@ -827,7 +839,10 @@ fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<u
                 >= 10
         })
         .collect();
-    Ok(rows.windows(2).filter(|w| w[1] && !w[0]).count() + usize::from(rows.first() == Some(&true)))
+    Ok(
+        rows.windows(2).filter(|w| w[1] && !w[0]).count()
+            + usize::from(rows.first() == Some(&true)),
+    )
 }
 
 /// SIGSTOP `schedrig run` (the VMM) for this long during the second

@@ -41,7 +41,9 @@ const PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("this KVM has no read-only memory slots (KVM_CAP_READONLY_MEM), so it cannot watch memory")]
+    #[error(
+        "this KVM has no read-only memory slots (KVM_CAP_READONLY_MEM), so it cannot watch memory"
+    )]
     NoReadonlyMem,
     #[error("{WATCHES_MAX} symbols are watched already, the most one run watches")]
     TooMany,
@@ -268,7 +270,9 @@ impl Watches {
             return Some(false);
         };
         w.hits += 1;
-        let due = w.last_report.is_none_or(|t| t.elapsed() >= HIT_SNAPSHOT_GAP);
+        let due = w
+            .last_report
+            .is_none_or(|t| t.elapsed() >= HIT_SNAPSHOT_GAP);
         if !due {
             self.unreported.fetch_add(1, Ordering::Relaxed);
             return Some(false);
@@ -347,12 +351,21 @@ mod tests {
         // Another page: not ours.
         assert_eq!(w.on_write(1, 0x3010, &[1], || 1), None);
         // The symbol: a hit with the writer's RIP, then none within a second.
-        assert_eq!(w.on_write(2, 0x2014, &[5, 0, 0, 0], || 0xffff_8000), Some(true));
+        assert_eq!(
+            w.on_write(2, 0x2014, &[5, 0, 0, 0], || 0xffff_8000),
+            Some(true)
+        );
         assert_eq!(w.on_write(2, 0x2010, &[6], || 0), Some(false));
         let hits = w.take_hits();
         assert_eq!(hits.len(), 1);
         assert_eq!(
-            (hits[0].symbol.as_str(), hits[0].cpu, hits[0].rip, hits[0].gpa, hits[0].nth),
+            (
+                hits[0].symbol.as_str(),
+                hits[0].cpu,
+                hits[0].rip,
+                hits[0].gpa,
+                hits[0].nth
+            ),
             ("jiffies", 2, 0xffff_8000, 0x2014, 1)
         );
         assert_eq!(w.counts(), vec![("jiffies".to_string(), 2)]);

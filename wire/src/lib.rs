@@ -43,8 +43,8 @@ pub use payload::kernel_op::{
 pub use payload::lifecycle::{Lifecycle, LifecycleError, LifecyclePhase};
 pub use payload::scalar::ScalarError;
 pub use payload::scenario::{
-    HostRqSample, HostRqView, HostStall, OpOutcome, ScenarioResult, ScenarioResultError, WorkerResult,
-    HOST_STALLS_MAX, SCENARIO_RESULT_MAX_LEN,
+    HostRqSample, HostRqView, HostStall, OpOutcome, ScenarioResult, ScenarioResultError,
+    WorkerResult, HOST_STALLS_MAX, SCENARIO_RESULT_MAX_LEN,
 };
 pub use payload::sched::{
     SchedExit, SchedExitKind, SchedOutcome, SchedPayloadError, SCHED_EXIT_MAX_LEN,

@@ -282,9 +282,15 @@ mod tests {
             }],
         };
         let r = request(5, &op, &[0, 2], NO_WORKERS).unwrap();
-        assert_eq!(r.what, ["runqueues.yld_count@cpu0", "runqueues.yld_count@cpu2"]);
+        assert_eq!(
+            r.what,
+            ["runqueues.yld_count@cpu0", "runqueues.yld_count@cpu2"]
+        );
         let req = KernelOpRequest::decode(&r.payload).unwrap();
-        assert_eq!((req.request_id, req.mode, req.direction), (5, Mode::Cold, Direction::Write));
+        assert_eq!(
+            (req.request_id, req.mode, req.direction),
+            (5, Mode::Cold, Direction::Write)
+        );
         assert_eq!(req.entries.len(), 2);
         assert!(req.entries.iter().all(|e| e.value == Value::U32(7)));
     }
@@ -314,7 +320,15 @@ mod tests {
 
     #[test]
     fn snapshot_and_watch_become_snrq_of_their_kind() {
-        let r = request(9, &Op::Watch { symbol: "jiffies".into() }, &[0], NO_WORKERS).unwrap();
+        let r = request(
+            9,
+            &Op::Watch {
+                symbol: "jiffies".into(),
+            },
+            &[0],
+            NO_WORKERS,
+        )
+        .unwrap();
         let req = SnapshotRequest::decode(&r.payload).unwrap();
         assert_eq!(req.kind().unwrap(), SnapshotKind::Watch);
         assert_eq!(req.tag_str().unwrap(), "jiffies");

@@ -1205,7 +1205,10 @@ impl Run<'_> {
                 }
             }
             // Requests to the host: the engine sends them (host_ops).
-            Op::Snapshot { .. } | Op::Watch { .. } | Op::ReadKernel { .. } | Op::WriteKernel { .. } => {}
+            Op::Snapshot { .. }
+            | Op::Watch { .. }
+            | Op::ReadKernel { .. }
+            | Op::WriteKernel { .. } => {}
         }
     }
 

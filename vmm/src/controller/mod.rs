@@ -490,16 +490,14 @@ impl Controller {
                     Ok(code) => self.sched.on_exit_code(code),
                     Err(e) => guest_error!(self.errors, Frame, "SCDX refused: {e}"),
                 },
-                Some(MsgTag::Stimulus) => {
-                    match schedrig_wire::Stimulus::decode(payload) {
-                        Ok(st) => {
-                            if self.step_ends.len() < schedrig_wire::payload::scenario::STEPS_SEEN_MAX {
-                                self.step_ends.push(u64::from(st.elapsed_ms.get()));
-                            }
+                Some(MsgTag::Stimulus) => match schedrig_wire::Stimulus::decode(payload) {
+                    Ok(st) => {
+                        if self.step_ends.len() < schedrig_wire::payload::scenario::STEPS_SEEN_MAX {
+                            self.step_ends.push(u64::from(st.elapsed_ms.get()));
                         }
-                        Err(e) => guest_error!(self.errors, Frame, "STIM refused: {e}"),
                     }
-                }
+                    Err(e) => guest_error!(self.errors, Frame, "STIM refused: {e}"),
+                },
                 Some(MsgTag::ScenarioStart) => {
                     self.step_ends.clear();
                     self.scenarios.started = self.scenarios.started.saturating_add(1);
@@ -515,17 +513,17 @@ impl Controller {
                     let index = self.scenarios.started.saturating_sub(1);
                     let mut step_ends = std::mem::take(&mut self.step_ends);
                     match self.scenarios.record(payload, |r| {
-                    // Host fields are the host's, whatever the guest sent.
-                    r.host_rq = None;
-                    r.step_ends_ms = std::mem::take(&mut step_ends);
-                    // The latest start: the guest's index is not trusted.
-                    if let Some(&t0) = self.scenario_starts.last() {
-                        let now = Instant::now();
-                        if let Some(log) = &self.pauses {
-                            record::discount_pauses(r, t0, now, log);
-                        }
-                        if let Some(m) = &self.monitor {
-                            host_rq::set_host_view(
+                        // Host fields are the host's, whatever the guest sent.
+                        r.host_rq = None;
+                        r.step_ends_ms = std::mem::take(&mut step_ends);
+                        // The latest start: the guest's index is not trusted.
+                        if let Some(&t0) = self.scenario_starts.last() {
+                            let now = Instant::now();
+                            if let Some(log) = &self.pauses {
+                                record::discount_pauses(r, t0, now, log);
+                            }
+                            if let Some(m) = &self.monitor {
+                                host_rq::set_host_view(
                                     r,
                                     t0,
                                     now,
@@ -533,23 +531,24 @@ impl Controller {
                                     m,
                                     self.pauses.as_deref(),
                                 );
+                            }
                         }
-                    }
-                }) {
-                    Ok(Some(r)) => {
-                        if let Some(sink) = self.sched.result_sink() {
-                            let snaps: Vec<_> = self
-                                .snapshots
-                                .iter()
-                                .filter(|s| s.scenario == Some(index))
-                                .cloned()
-                                .collect();
-                            (sink.0)(r, &snaps);
+                    }) {
+                        Ok(Some(r)) => {
+                            if let Some(sink) = self.sched.result_sink() {
+                                let snaps: Vec<_> = self
+                                    .snapshots
+                                    .iter()
+                                    .filter(|s| s.scenario == Some(index))
+                                    .cloned()
+                                    .collect();
+                                (sink.0)(r, &snaps);
+                            }
                         }
+                        Ok(None) => {}
+                        Err(e) => guest_error!(self.errors, Frame, "TEST refused: {e}"),
                     }
-                    Ok(None) => {}
-                    Err(e) => guest_error!(self.errors, Frame, "TEST refused: {e}"),
-                }},
+                }
                 Some(MsgTag::SchedulerLog) => self.sched.on_log(payload),
                 Some(MsgTag::Dmesg) => self.sched.on_kmsg(payload),
                 Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {

@@ -37,7 +37,7 @@ impl std::fmt::Debug for LogSink {
 /// progress line per scenario with it).
 #[derive(Clone)]
 pub struct ResultSink(
-    pub Arc<
+    pub  Arc<
         dyn Fn(&schedrig_wire::ScenarioResult, &[crate::introspect::snapshot::Snapshot])
             + Send
             + Sync,

@@ -230,7 +230,11 @@ impl ScenarioResult {
             ("step ends", r.step_ends_ms.len(), STEPS_SEEN_MAX),
             (
                 "values of an op",
-                r.ops.iter().map(|o| o.values.len().max(o.what.len())).max().unwrap_or(0),
+                r.ops
+                    .iter()
+                    .map(|o| o.values.len().max(o.what.len()))
+                    .max()
+                    .unwrap_or(0),
                 OP_VALUES_MAX,
             ),
         ] {
