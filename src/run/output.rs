@@ -161,6 +161,7 @@ pub fn json(opts: &RunOptions, s: &RunSummary, o: &Outcome) -> serde_json::Value
         "calibration_gap_us": r.map(|r| r.calibration_gap_us),
         "errors": r.map(|r| &r.errors),
         "ops": r.map(|r| &r.ops),
+        "step_ends_ms": r.map(|r| &r.step_ends_ms),
         "snapshots": o.snapshots,
         "sched_exit": o.sched_exit,
         "vm": o.vm,

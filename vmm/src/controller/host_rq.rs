@@ -13,6 +13,13 @@ use crate::monitor::MonitorShared;
 /// `now` its TEST; `started` is the VMM start the samples count from.
 /// The guest's times are mapped onto host time as `discount_pauses`
 /// does, clamped to the window.
+/// Why a stall of `len` ms is not the scheduler's, when the host paused
+/// the VMM for `paused` ms of it: half of it or more.
+pub fn paused_stall(paused: u64, len: u64) -> Option<String> {
+    (paused > 0 && paused * 2 >= len.max(1))
+        .then(|| format!("the host paused the VMM for {paused} ms of this {len} ms window"))
+}
+
 /// A stall of which the host paused the VMM (see `pause`) for at least
 /// half is `inconclusive`: the monitor itself did not run then, so the
 /// window is its samples either side of the pause, and a pause is the
@@ -57,15 +64,10 @@ pub fn set_host_view(
                 let paused = pauses.map_or(Duration::ZERO, |log| {
                     log.overlap(started + ms(s.from_ms), started + ms(s.to_ms))
                 });
-                let len = s.ms();
-                let inconclusive = s.inconclusive.clone().or_else(|| {
-                    (paused.as_millis() as u64 * 2 >= len.max(1)).then(|| {
-                        format!(
-                            "the host paused the VMM for {} ms of this {len} ms window",
-                            paused.as_millis()
-                        )
-                    })
-                });
+                let inconclusive = s
+                    .inconclusive
+                    .clone()
+                    .or_else(|| paused_stall(paused.as_millis() as u64, s.ms()));
                 HostStall {
                     cpu: s.cpu,
                     at_ms: at(s.from_ms),
@@ -78,4 +80,18 @@ pub fn set_host_view(
             .collect(),
         imbalance: analysis::imbalance(&samples).map(|i| (i.ratio, i.busiest_cpu, i.idlest_cpu)),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paused_stall;
+
+    #[test]
+    fn a_stall_mostly_inside_a_host_pause_is_not_the_schedulers() {
+        assert_eq!(paused_stall(0, 2673), None);
+        assert_eq!(paused_stall(1000, 2673), None);
+        let why = paused_stall(2673, 2673).unwrap();
+        assert!(why.contains("paused the VMM for 2673 ms"), "{why}");
+        assert!(paused_stall(300, 600).is_some());
+    }
 }

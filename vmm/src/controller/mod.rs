@@ -299,10 +299,8 @@ impl Controller {
         let paused = |s: &crate::monitor::analysis::Stall| {
             pauses.as_ref().is_some_and(|log| {
                 let ms = Duration::from_millis;
-                log.overlap(started + ms(s.from_ms), started + ms(s.to_ms))
-                    .as_millis() as u64
-                    * 2
-                    >= s.ms().max(1)
+                let p = log.overlap(started + ms(s.from_ms), started + ms(s.to_ms));
+                host_rq::paused_stall(p.as_millis() as u64, s.ms()).is_some()
             })
         };
         let stall = crate::monitor::analysis::stalls(&tail)
