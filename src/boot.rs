@@ -32,7 +32,7 @@ pub struct BootOptions {
     /// Whole-run deadline.
     pub timeout: Duration,
     pub console_file: Option<PathBuf>,
-    /// Guest RAM on transparent huge pages.
+    /// Guest RAM on transparent huge pages (the default).
     pub huge_pages: bool,
     /// Freezes of every vCPU to run while the guest is busy (tests and
     /// `scripts/bench-freeze`).
@@ -41,6 +41,8 @@ pub struct BootOptions {
     pub scenario_timeout: Option<Duration>,
     /// What guest-init runs after SRDY (None: a plain boot).
     pub job: Option<Job>,
+    /// Boot this initramfs instead of guest-init's (`--initrd`).
+    pub initrd: Option<PathBuf>,
 }
 
 /// A scheduler (or the selftests) for the guest to run.
@@ -78,10 +80,11 @@ impl Default for BootOptions {
             boot_timeout: Duration::from_secs(120),
             timeout: Duration::from_secs(300),
             console_file: None,
-            huge_pages: false,
+            huge_pages: true,
             freeze_test: None,
             scenario_timeout: None,
             job: None,
+            initrd: None,
         }
     }
 }
@@ -111,6 +114,9 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     opts.topology
         .check_memory(opts.memory_mib)
         .map_err(schedrig_vmm::MachineError::from)?;
+    if let Some(own) = &opts.initrd {
+        check_own_initrd(own)?;
+    }
     // The scheduler and its archive first: a bad path or name is the
     // user's mistake and is reported before anything else happens.
     let prep_started = Instant::now();
@@ -163,11 +169,14 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     if let Some(why) = crate::nested::detect::direct_boot_refusal() {
         return Err(BootError::PvmKvm(why));
     }
-    let initrd_path = crate::initramfs::guest::cached_by_digest(
-        crate::static_bins::GUEST_INIT,
-        crate::static_bins::GUEST_INIT_SHA256,
-        &kernel::cache::cache_root().join("initramfs"),
-    )?;
+    let initrd_path = match &opts.initrd {
+        Some(own) => own.clone(),
+        None => crate::initramfs::guest::cached_by_digest(
+            crate::static_bins::GUEST_INIT,
+            crate::static_bins::GUEST_INIT_SHA256,
+            &kernel::cache::cache_root().join("initramfs"),
+        )?,
+    };
     tracing::debug!(elapsed = ?started.elapsed(), "kernel and initramfs resolved");
     let config = MachineConfig {
         kernel: k.image.clone(),
@@ -176,7 +185,13 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
             ImageFormat::BzImage => KernelFormat::BzImage,
         },
         initrd: initrd_path,
-        extra_cmdline: format!("{} {}", opts.mode.cmdline_arg(), opts.append),
+        foreign_init: opts.initrd.is_some(),
+        // An own init gets the base command line and --append only.
+        extra_cmdline: if opts.initrd.is_some() {
+            opts.append.clone()
+        } else {
+            format!("{} {}", opts.mode.cmdline_arg(), opts.append)
+        },
         topology: opts.topology,
         memory_mib: opts.memory_mib,
         boot_deadline: opts.boot_timeout,
@@ -207,6 +222,20 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     report.per_test_archive = Some(prep);
     name_hung_code(&mut report, &k);
     Ok(report)
+}
+
+/// An `--initrd` must be a readable, non-empty regular file (it is
+/// mapped into guest RAM, so a directory or a FIFO would fail late).
+fn check_own_initrd(path: &std::path::Path) -> Result<(), BootError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| BootError::Read(shown.clone(), e))?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Err(BootError::BadOptions(format!(
+            "--initrd {shown}: not a non-empty regular file (an initramfs: a cpio archive, optionally compressed)"
+        )));
+    }
+    std::fs::File::open(path).map_err(|e| BootError::Read(shown, e))?;
+    Ok(())
 }
 
 /// A hold of 0, or one that with attaching and stopping cannot end

@@ -87,16 +87,15 @@ fn boot_tests() -> Vec<Trial> {
                 &r,
                 "ended by the guest's ACPI S5 power-off",
             )?;
-            // Guest RAM is on 4 KiB pages unless asked (whatever the
-            // host's THP default; the nested host's is "always").
-            expect(
-                r.guest_huge_kib == Some(0),
-                &r,
-                &format!(
-                    "no huge pages in guest RAM (got {:?} KiB)",
-                    r.guest_huge_kib
-                ),
-            )?;
+            // Guest RAM is on huge pages by default, where the host has
+            // THP at all.
+            if thp_available() {
+                expect(
+                    r.guest_huge_kib.is_some_and(|k| k > 0),
+                    &r,
+                    &format!("huge pages in guest RAM (got {:?} KiB)", r.guest_huge_kib),
+                )?;
+            }
             // No --scheduler: the kernel's own EEVDF, sched_ext untouched.
             let e = r.scheduler.exit.as_ref();
             expect(
@@ -112,6 +111,10 @@ fn boot_tests() -> Vec<Trial> {
         Trial::test("guest_reboot_ends_the_vm", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Reboot;
+            // This boot also asks for 4 KiB pages (--small-pages), which
+            // hold whatever the host's THP default (the nested host's is
+            // "always").
+            o.huge_pages = false;
             let r = run(o)?;
             expect_ok(&r)?;
             // reboot=k: the restart resets through the i8042.
@@ -119,18 +122,29 @@ fn boot_tests() -> Vec<Trial> {
                 r.reason.contains("i8042 reset"),
                 &r,
                 "ended by the i8042 reset",
+            )?;
+            expect(
+                r.guest_huge_kib == Some(0),
+                &r,
+                &format!(
+                    "no huge pages in guest RAM (got {:?} KiB)",
+                    r.guest_huge_kib
+                ),
             )
         }),
+        Trial::test(
+            "an_own_initrd_boots_on_acpi_described_uarts_and_ends_ok_by_its_reset",
+            own_initrd,
+        ),
         Trial::test(
             "host_serves_snapshots_and_kernel_memory_ops_to_the_guest",
             host_serves_requests,
         ),
         Trial::test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
             let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
-            let mut o = opts("1n1l1c1t", Some(entry.bzimage()));
-            // This boot also asks for huge pages (--huge-pages): the
-            // decompressor alone writes many MiB of guest RAM.
-            o.huge_pages = true;
+            let o = opts("1n1l1c1t", Some(entry.bzimage()));
+            // Huge pages (the default) matter most here: the decompressor
+            // alone writes many MiB of guest RAM.
             let r = run(o)?;
             expect_ok(&r)?;
             if thp_available() {
@@ -1005,6 +1019,60 @@ fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {
         timeout: RUN_DEADLINE,
         ..Default::default()
     }
+}
+
+/// `schedrig boot --initrd`: scripts/bench-peer's tiny init (built here
+/// with gcc, as the script does) boots on the base command line, prints
+/// its line and resets; no SRDY or EXIT is expected. `ignore_loglevel`
+/// shows the UART lines: both ports come from the DSDT (8250_pnp names
+/// them "00:0N"), not from the legacy probe ("serial8250: ttyS1").
+fn own_initrd() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let init = dir.path().join("init");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench-peer-init.c");
+    let cc = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&init)
+        .arg(src)
+        .output()
+        .map_err(|e| format!("gcc: {e}"))?;
+    if !cc.status.success() {
+        return Err(format!("gcc: {}", String::from_utf8_lossy(&cc.stderr)).into());
+    }
+    let body = std::fs::read(&init).map_err(|e| format!("{e}"))?;
+    let mut w = schedrig::initramfs::cpio::CpioWriter::new(Vec::new());
+    w.file("init", 0o755, &body).map_err(|e| format!("{e}"))?;
+    let cpio = dir.path().join("init.cpio");
+    std::fs::write(&cpio, w.finish().map_err(|e| format!("{e}"))?).map_err(|e| format!("{e}"))?;
+    let mut o = opts("1n1l1c1t", None);
+    o.initrd = Some(cpio);
+    o.append = "ignore_loglevel".into();
+    let r = run(o)?;
+    expect(
+        r.verdict == Verdict::Ok
+            && r.reason.contains("i8042 reset")
+            && r.reason.contains("own init"),
+        &r,
+        "verdict ok: the guest ended by the i8042 reset, own init",
+    )?;
+    expect(
+        r.console.contains("bench-peer-init: guest clock"),
+        &r,
+        "the own init's line on the console",
+    )?;
+    expect(
+        r.console.contains("00:00: ttyS0 at I/O 0x3f8")
+            && r.console.contains("ttyS1 at I/O 0x2f8")
+            && !r.console.contains("serial8250: ttyS1"),
+        &r,
+        "both UARTs found through ACPI PnP, none by the legacy probe",
+    )?;
+    expect(
+        !r.console.contains("schedrig.mode") && !r.console.contains("virtio_mmio.device"),
+        &r,
+        "the base command line, nothing added",
+    )?;
+    expect(r.frames.is_empty(), &r, "no frames from an own init")
 }
 
 /// Boots per test inside the emulated host when the guest dies of the

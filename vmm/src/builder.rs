@@ -180,12 +180,20 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
         ),
     ];
 
-    // Kernel.
-    let cmdline = format!(
-        "{BASE_CMDLINE} virtio_mmio.device={}K@{mmio_base:#x}:{console_irq} {}",
-        MMIO_SIZE / 1024,
-        config.extra_cmdline
-    );
+    // Kernel. The DSDT describes the console's transport; a guest told
+    // `acpi=off` reads no DSDT, so then the command line names it.
+    let acpi_off = config
+        .extra_cmdline
+        .split_whitespace()
+        .any(|a| a == "acpi=off");
+    let mut cmdline = BASE_CMDLINE.to_string();
+    if acpi_off {
+        cmdline += &format!(
+            " virtio_mmio.device={}K@{mmio_base:#x}:{console_irq}",
+            MMIO_SIZE / 1024
+        );
+    }
+    cmdline = format!("{cmdline} {}", config.extra_cmdline);
     let loaded = boot::load(
         &mem,
         &config.kernel,
@@ -199,7 +207,25 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
     regs::write_boot_tables(&mem)?;
     let apic_ids: Vec<u32> = (0..topo.vcpus()).map(|c| topo.apic_id(c)).collect();
     mptable::write(&mem, &apic_ids)?;
-    let rsdp = acpi::write(&mem, &topo, &apic_ids, mem.last_addr().0 + 1)?;
+    let devices = [
+        acpi::AcpiDevice::Uart {
+            base: COM1_BASE,
+            irq: COM1_IRQ,
+        },
+        acpi::AcpiDevice::Uart {
+            base: COM2_BASE,
+            irq: COM2_IRQ,
+        },
+        acpi::AcpiDevice::VirtioMmio {
+            base: u32::try_from(mmio_base).map_err(|_| MachineError::Io {
+                what: "virtio-mmio window",
+                source: std::io::Error::other("above 4 GiB"),
+            })?,
+            size: MMIO_SIZE as u32,
+            irq: console_irq,
+        },
+    ];
+    let rsdp = acpi::write(&mem, &topo, &apic_ids, mem.last_addr().0 + 1, &devices)?;
     boot::set_acpi_rsdp(&mem, rsdp)?;
 
     // vCPUs.

@@ -87,8 +87,12 @@ pub enum MachineError {
 pub struct MachineConfig {
     pub kernel: PathBuf,
     pub format: KernelFormat,
-    /// The initramfs file (mapped into guest RAM, not read).
+    /// The initramfs file (read into guest RAM).
     pub initrd: PathBuf,
+    /// `initrd` is not guest-init's but the user's own: no SRDY or EXIT
+    /// is expected, and the guest ending by a reset or a power-off is a
+    /// good end (`schedrig boot --initrd`, `scripts/bench-peer`).
+    pub foreign_init: bool,
     /// Appended to the base command line (e.g. `schedrig.mode=hang`).
     pub extra_cmdline: String,
     pub topology: Topology,
@@ -99,11 +103,12 @@ pub struct MachineConfig {
     pub run_deadline: Duration,
     /// Also write the COM1 log here (at most `builder::CONSOLE_FILE_CAP`).
     pub console_file: Option<PathBuf>,
-    /// Back guest RAM with transparent huge pages (MADV_HUGEPAGE);
-    /// otherwise MADV_NOHUGEPAGE, whatever the host's THP default.
+    /// Back guest RAM with transparent huge pages (MADV_HUGEPAGE; the
+    /// default of every front end); otherwise MADV_NOHUGEPAGE, whatever
+    /// the host's THP default.
     pub huge_pages: bool,
     /// More archives (cpio files), each mapped into guest RAM after
-    /// `initrd` at a page boundary, like `initrd` (not read).
+    /// `initrd` at a page boundary.
     pub initrd_extra_files: Vec<PathBuf>,
     /// The per-test archive bytes (uncompressed cpio), last; empty for none.
     pub initrd_extra: Vec<u8>,
@@ -191,7 +196,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     }
 
     let deadlines = Deadlines {
-        boot: config.boot_deadline,
+        boot: (!config.foreign_init).then_some(config.boot_deadline),
         run: config.run_deadline,
     };
     let mut ctl = Controller::new(

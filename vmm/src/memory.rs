@@ -43,12 +43,13 @@ pub fn ram_bytes(mib: u64) -> Result<u64, MemoryError> {
     Ok(bytes)
 }
 
-/// Guest RAM: anonymous memory registered as slot 0. Transparent huge
-/// pages only when asked (`huge_pages`): with the host's THP on
-/// "always", each first touch of a 2 MiB range zeroes all of it, which
-/// made set-up (writing the boot tables, the partial kernel pages) cost
-/// 0.2-0.5 s under emulation, and khugepaged's later collapsing would
-/// move guest memory under a running test.
+/// Guest RAM: anonymous memory registered as slot 0, on transparent huge
+/// pages unless told not to (`huge_pages`). The kernel and initramfs are
+/// copied into it at set-up: on 4 KiB pages that copy faults in each page
+/// (2.5-3 s of set-up in the nested test host, against 0.9-1.1 s on huge
+/// pages), and the guest's own first touches cost one fault per 4 KiB
+/// instead of per 2 MiB (its early boot, to the console, 1.2-1.5 s
+/// against 0.5 s). Measured with `scripts/bench-peer`'s inputs (README).
 ///
 /// The caller must keep the returned memory alive for as long as any
 /// vCPU of `vm` may run: KVM reads and writes it through the host

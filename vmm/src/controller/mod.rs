@@ -47,8 +47,9 @@ pub enum Event {
 /// The run's deadlines, from VMM start.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
-    /// SRDY must arrive by then.
-    pub boot: Duration,
+    /// SRDY must arrive by then; None when the guest runs an init of the
+    /// user's own (`MachineConfig::foreign_init`), which sends no frames.
+    pub boot: Option<Duration>,
     /// The machine must end by then.
     pub run: Duration,
 }
@@ -594,15 +595,14 @@ impl Controller {
             }
         }
         let elapsed = self.started.elapsed();
-        if self.ready.is_none() && elapsed >= self.deadlines.boot {
-            self.end(
-                Verdict::Timeout,
-                format!(
-                    "no SRDY (system ready) from the guest within {:?}",
-                    self.deadlines.boot
-                ),
-            );
-            return true;
+        if let Some(boot) = self.deadlines.boot {
+            if self.ready.is_none() && elapsed >= boot {
+                self.end(
+                    Verdict::Timeout,
+                    format!("no SRDY (system ready) from the guest within {boot:?}"),
+                );
+                return true;
+            }
         }
         if elapsed >= self.deadlines.run {
             self.end(
@@ -647,6 +647,16 @@ impl Controller {
             } else if let Some(code) = self.exit_code {
                 let how = self.reset.map_or(String::new(), |r| format!(" ({r})"));
                 self.end(Verdict::Ok, format!("guest exited with {code}{how}"));
+            } else if let (None, Some(how), None) =
+                (self.deadlines.boot, self.reset, &self.fault_state)
+            {
+                // A foreign init sends no EXIT: ending the machine on its
+                // own (a reset or a power-off, not a triple fault) is all
+                // it can say.
+                self.end(
+                    Verdict::Ok,
+                    format!("the guest ended: {how} (own init, no EXIT expected)"),
+                );
             } else {
                 let mut why = self.reset.map_or("the machine ended".to_string(), |r| {
                     format!("{r} without an EXIT frame")

@@ -11,13 +11,13 @@ use zerocopy::IntoBytes;
 
 use super::*;
 
-fn controller(boot: Duration) -> (Controller, BulkWriter, GuestErrors) {
+fn controller(boot: impl Into<Option<Duration>>) -> (Controller, BulkWriter, GuestErrors) {
     let replies = BulkWriter::new(1 << 20).unwrap();
     let errors = GuestErrors::default();
     let c = Controller::new(
         Instant::now(),
         Deadlines {
-            boot,
+            boot: boot.into(),
             run: Duration::from_secs(3600),
         },
         Arc::new(AtomicBool::new(false)),
@@ -141,6 +141,24 @@ fn no_srdy_by_the_boot_deadline_is_a_timeout() {
     let r = c.finish(&logs());
     assert_eq!(r.verdict, Verdict::Timeout);
     assert!(r.reason.contains("SRDY"), "{}", r.reason);
+}
+
+#[test]
+fn an_own_init_ends_ok_by_a_reset_but_not_by_a_triple_fault() {
+    let (mut c, _, _) = controller(None);
+    assert!(!c.check_deadlines(), "no SRDY deadline for an own init");
+    c.on_vcpu(&VcpuEvent::Reset("i8042 reset"));
+    assert!(c.check_deadlines());
+    let r = c.finish(&logs());
+    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+    assert!(r.reason.contains("i8042 reset"), "{}", r.reason);
+
+    let (mut c, _, _) = controller(None);
+    c.on_vcpu(&VcpuEvent::TripleFault {
+        cpu: 0,
+        state: "rip 0".into(),
+    });
+    assert_eq!(c.finish(&logs()).verdict, Verdict::NoExit);
 }
 
 #[test]

@@ -65,12 +65,14 @@ pub enum AcpiError {
 }
 
 /// Writes the tables for `topo` (vCPU i has APIC ID `apic_ids[i]`, RAM
-/// ends at `ram_end`) and returns the RSDP's address.
+/// ends at `ram_end`, the DSDT describes `devices`) and returns the
+/// RSDP's address.
 pub fn write(
     mem: &GuestMemoryMmap,
     topo: &Topology,
     apic_ids: &[u32],
     ram_end: u64,
+    devices: &[AcpiDevice],
 ) -> Result<u64, AcpiError> {
     let nodes = node_ranges(topo.numa_nodes, ram_end)?;
     let mut next = ACPI_START + 64; // after the RSDP
@@ -86,7 +88,7 @@ pub fn write(
     };
 
     let facs = place(&facs(), 64)?;
-    let dsdt = place(dsdt().as_slice(), 16)?;
+    let dsdt = place(dsdt(devices).as_slice(), 16)?;
     let fadt = place(&fadt(facs, dsdt), 16)?;
     let madt = place(madt(apic_ids).as_slice(), 16)?;
     let srat = place(srat(topo, apic_ids, &nodes).as_slice(), 16)?;
@@ -144,14 +146,71 @@ fn facs() -> [u8; 64] {
     f
 }
 
-/// DSDT: only `\_S5_`, whose SLP_TYP the guest writes to power off.
-fn dsdt() -> Sdt {
+/// A device the DSDT describes, so that Linux binds its driver without
+/// probing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcpiDevice {
+    /// A 16550 UART (PNP0501) at an I/O port base, on an ISA IRQ. Found
+    /// by 8250_pnp, such a port skips the legacy driver's IRQ
+    /// autodetection (two `probe_irq_on` waits of 120 ms per port).
+    Uart { base: u16, irq: u32 },
+    /// A virtio-mmio transport (LNRO0005, virtio_mmio's ACPI ID).
+    VirtioMmio { base: u32, size: u32, irq: u32 },
+}
+
+/// DSDT: `\_S5_`, whose SLP_TYP the guest writes to power off, and the
+/// `devices` under `\_SB`.
+fn dsdt(devices: &[AcpiDevice]) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let s5 = aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP, &0u8, &0u8]),
     );
     s5.to_aml_bytes(&mut dsdt);
+    let (mut uarts, mut mmios) = (0u8, 0u8);
+    for d in devices {
+        // ISA IRQs: edge-triggered, active high (as the MP table and the
+        // MADT's absence of overrides for them say).
+        match *d {
+            AcpiDevice::Uart { base, irq } => {
+                uarts += 1;
+                let (io, int) = (
+                    aml::IO::new(base, base, 1, 8),
+                    aml::Interrupt::new(true, true, false, false, irq),
+                );
+                let crs = aml::ResourceTemplate::new(vec![&io, &int]);
+                let hid = aml::EISAName::new("PNP0501");
+                let name = format!("_SB_.COM{uarts}");
+                aml::Device::new(
+                    name.as_str().into(),
+                    vec![
+                        &aml::Name::new("_HID".into(), &hid),
+                        &aml::Name::new("_UID".into(), &uarts),
+                        &aml::Name::new("_CRS".into(), &crs),
+                    ],
+                )
+                .to_aml_bytes(&mut dsdt);
+            }
+            AcpiDevice::VirtioMmio { base, size, irq } => {
+                let (window, int) = (
+                    aml::Memory32Fixed::new(true, base, size),
+                    aml::Interrupt::new(true, true, false, false, irq),
+                );
+                let crs = aml::ResourceTemplate::new(vec![&window, &int]);
+                let name = format!("_SB_.VR{mmios:02}");
+                aml::Device::new(
+                    name.as_str().into(),
+                    vec![
+                        &aml::Name::new("_HID".into(), &"LNRO0005"),
+                        &aml::Name::new("_UID".into(), &mmios),
+                        &aml::Name::new("_CRS".into(), &crs),
+                    ],
+                )
+                .to_aml_bytes(&mut dsdt);
+                mmios += 1;
+            }
+        }
+    }
     dsdt.write_u32(4, dsdt.len() as u32);
     dsdt.update_checksum();
     dsdt
@@ -263,7 +322,7 @@ mod tests {
         let t: Topology = "2n1l2c1t".parse().unwrap();
         let ids: Vec<u32> = (0..t.vcpus()).map(|c| t.apic_id(c)).collect();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
-        let rsdp_at = write(&mem, &t, &ids, ram(256)).unwrap();
+        let rsdp_at = write(&mem, &t, &ids, ram(256), &[]).unwrap();
         let mut rsdp = [0u8; 36];
         mem.read_slice(&mut rsdp, GuestAddress(rsdp_at)).unwrap();
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -308,11 +367,34 @@ mod tests {
     }
 
     #[test]
-    fn dsdt_names_s5() {
-        let d = dsdt();
+    fn dsdt_names_s5_and_the_devices() {
+        let d = dsdt(&[
+            AcpiDevice::Uart {
+                base: 0x3f8,
+                irq: 4,
+            },
+            AcpiDevice::Uart {
+                base: 0x2f8,
+                irq: 3,
+            },
+            AcpiDevice::VirtioMmio {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            },
+        ]);
         let b = d.as_slice();
         assert!(checksum_ok(b));
-        assert!(b.windows(4).any(|w| w == b"_S5_"));
+        let has = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
+        assert!(has(b"_S5_"));
+        assert!(has(b"COM1") && has(b"COM2") && has(b"VR00"));
+        assert!(has(b"LNRO0005"));
+        // PNP0501 as an EISA ID (0x0105D041, little-endian).
+        assert!(has(&[0x41, 0xd0, 0x05, 0x01]));
+        // COM2's I/O descriptor: 0x47, decode16, min = max = 0x2f8, align 1, 8 ports.
+        assert!(has(&[0x47, 1, 0xf8, 2, 0xf8, 2, 1, 8]));
+        // The virtio window: Memory32Fixed at 0xd0000000, 4 KiB.
+        assert!(has(&[0x86, 9, 0, 1, 0, 0, 0, 0xd0, 0, 0x10, 0, 0]));
     }
 
     #[test]

@@ -128,10 +128,9 @@ pub fn load(
         .map_err(|e| initrd_err(e.to_string()))?
         .len();
     // The per-test archives follow the base one, each at the next page
-    // boundary, so files can be mapped like the base (no copy); the
-    // kernel's unpacker skips the zero bytes between concatenated
-    // archives (init/initramfs.c, unpack_to_rootfs). The job bytes come
-    // last.
+    // boundary; the kernel's unpacker skips the zero bytes between
+    // concatenated archives (init/initramfs.c, unpack_to_rootfs). The job
+    // bytes come last.
     let page = |n: u64| n.next_multiple_of(0x1000);
     let mut extras = Vec::new();
     let mut end = initrd_len;
@@ -160,10 +159,10 @@ pub fn load(
             ram_end,
         });
     }
-    super::elf_map::map_file(mem, &initrd_file, initrd_addr, initrd_len)
+    super::elf_map::load_file(mem, &initrd_file, initrd_addr, initrd_len)
         .map_err(|e| initrd_err(e.to_string()))?;
     for (f, at, len, path) in &extras {
-        super::elf_map::map_file(mem, f, initrd_addr + at, *len).map_err(|e| {
+        super::elf_map::load_file(mem, f, initrd_addr + at, *len).map_err(|e| {
             BootError::Initrd {
                 path: path.display().to_string(),
                 reason: e.to_string(),

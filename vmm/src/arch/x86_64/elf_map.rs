@@ -1,18 +1,13 @@
-//! Loading an uncompressed vmlinux by mapping it, not copying it.
+//! Loading an uncompressed vmlinux (and the initramfs files) into guest
+//! RAM: each PT_LOAD segment is read straight into the anonymous memory
+//! at its physical address, one pread per segment.
 //!
-//! Copying the ~23 MiB of PT_LOAD data into guest RAM was most of the
-//! VMM's set-up time (0.7-1.7 s of ~1.2-1.9 s under emulation). Instead
-//! every page that a segment's file data covers completely is mapped
-//! `MAP_PRIVATE | MAP_FIXED` from the file over the guest RAM mapping,
-//! as an ELF program loader does: the guest faults pages in from the page
-//! cache as it touches them, and its writes go to private copies. Only
-//! the partial pages at a segment's ends are copied.
-//!
-//! The file must not be rewritten in place while the VM runs (pages not
-//! yet touched would then come from the new contents). The kernel cache
-//! replaces entries by rename and `ld` unlinks its output before writing,
-//! so neither does that; a changed file under a running VM would be a
-//! user copying over it with `cp`.
+//! Copying, not mapping, is measured (`scripts/bench-peer`, README): an
+//! earlier version mapped the file `MAP_PRIVATE` over guest RAM, which
+//! made set-up cheaper but cost every page the guest later writes a
+//! copy-on-write fault in guest time. The kernel rewrites most of its own
+//! text early (alternatives, ftrace's nops), so the early boot took 1-2 s
+//! longer in the nested test host than with the copy on huge pages.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -20,7 +15,7 @@ use std::os::unix::io::AsRawFd;
 
 use object::elf::{FileHeader64, ProgramHeader64, ELFCLASS64, ELFDATA2LSB, EM_X86_64, PT_LOAD};
 use object::LittleEndian as LE;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::layout::HIMEM_START;
 
@@ -48,18 +43,13 @@ pub enum ElfMapError {
         end: u64,
         ram_end: u64,
     },
-    #[error("mapping segment {index} from the kernel file: {source}")]
-    Mmap {
-        index: usize,
-        source: std::io::Error,
-    },
     #[error("copying segment {index} into guest memory failed")]
     Copy { index: usize },
 }
 
 /// Where the kernel landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MappedKernel {
+pub struct LoadedElf {
     /// Physical entry point (e_entry; `phys_startup_64` in a vmlinux).
     pub entry: u64,
     /// First byte past the highest segment (including its bss).
@@ -78,27 +68,30 @@ struct Segment {
 /// Maps `file`'s PT_LOAD segments at their physical addresses in `mem`.
 /// Bytes of a segment beyond its file size stay zero (guest RAM is fresh
 /// anonymous memory).
-pub fn load(mem: &GuestMemoryMmap, file: &File) -> Result<MappedKernel, ElfMapError> {
+pub fn load(mem: &GuestMemoryMmap, file: &File) -> Result<LoadedElf, ElfMapError> {
     let file_len = file.metadata().map_err(ElfMapError::Read)?.len();
     let ram_end = mem.last_addr().0 + 1;
     let (entry, segments) = read_segments(file, file_len, ram_end)?;
     let mut end = 0;
     for (seg, memsz) in segments {
         end = end.max(seg.paddr + memsz);
-        place(mem, file, seg)?;
+        read_into(mem, file, seg)?;
     }
-    Ok(MappedKernel { entry, end })
+    Ok(LoadedElf { entry, end })
 }
 
-/// Maps the first `len` bytes of `file` at page-aligned guest address
-/// `gpa`, as a kernel segment is (whole pages mapped privately, the
-/// partial last page copied): the initramfs, which would otherwise be
-/// read and copied on every boot. The caller checks that it fits in RAM.
-pub fn map_file(mem: &GuestMemoryMmap, file: &File, gpa: u64, len: u64) -> Result<(), ElfMapError> {
+/// Reads the first `len` bytes of `file` into guest RAM at page-aligned
+/// `gpa` (an initramfs). The caller checks that it fits in RAM.
+pub fn load_file(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    gpa: u64,
+    len: u64,
+) -> Result<(), ElfMapError> {
     if !gpa.is_multiple_of(PAGE_SIZE) {
         return Err(ElfMapError::Unaligned(gpa));
     }
-    place(
+    read_into(
         mem,
         file,
         Segment {
@@ -108,6 +101,64 @@ pub fn map_file(mem: &GuestMemoryMmap, file: &File, gpa: u64, len: u64) -> Resul
             filesz: len,
         },
     )
+}
+
+/// Reads the segment's file bytes straight into guest RAM: one pread per
+/// stretch, from the page cache into the anonymous pages, no bounce
+/// buffer.
+fn read_into(mem: &GuestMemoryMmap, file: &File, seg: Segment) -> Result<(), ElfMapError> {
+    let Segment {
+        index,
+        paddr,
+        offset,
+        filesz,
+    } = seg;
+    let region = mem
+        .find_region(GuestAddress(paddr))
+        .ok_or(ElfMapError::Copy { index })?;
+    let region_off = paddr - region.start_addr().0;
+    if region_off
+        .checked_add(filesz)
+        .is_none_or(|e| e > region.len())
+    {
+        return Err(ElfMapError::Copy { index });
+    }
+    let host = region
+        .get_host_address(vm_memory::MemoryRegionAddress(region_off))
+        .map_err(|_| ElfMapError::Copy { index })?;
+    let mut done = 0u64;
+    while done < filesz {
+        let want = usize::try_from(filesz - done).unwrap_or(usize::MAX);
+        // SAFETY: [host+done, host+filesz) lies inside the guest RAM
+        // mapping owned by `mem` (checked against the region above) and
+        // stays mapped for the call; no vCPU runs yet and no Rust
+        // reference to guest memory exists (it is only accessed through
+        // vm-memory's volatile accessors), so the kernel may write there.
+        let got = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                host.add(done as usize).cast(),
+                want,
+                (offset + done) as libc::off_t,
+            )
+        };
+        match got {
+            n if n > 0 => done += n as u64,
+            0 => {
+                return Err(ElfMapError::Read(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("segment {index}: the file ended early"),
+                )))
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(ElfMapError::Read(e));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses and validates the headers; returns the entry point and the
@@ -188,93 +239,11 @@ fn read_segments(
     Ok((hdr.e_entry.get(LE), segments))
 }
 
-/// Maps the segment's whole pages and copies its partial head and tail.
-fn place(mem: &GuestMemoryMmap, file: &File, seg: Segment) -> Result<(), ElfMapError> {
-    let Segment {
-        index,
-        paddr,
-        offset,
-        filesz,
-    } = seg;
-    let end = paddr + filesz;
-    let map_start = paddr.next_multiple_of(PAGE_SIZE);
-    let map_end = end & !(PAGE_SIZE - 1);
-    // File offset and address must agree modulo the page size to map;
-    // ELF requires that of loadable segments, but copy if it is not so.
-    let mappable = offset % PAGE_SIZE == paddr % PAGE_SIZE && map_end > map_start;
-    if !mappable {
-        return copy(mem, file, index, paddr, offset, filesz);
-    }
-    copy(mem, file, index, paddr, offset, map_start - paddr)?;
-    copy(
-        mem,
-        file,
-        index,
-        map_end,
-        offset + (map_end - paddr),
-        end - map_end,
-    )?;
-
-    let region = mem
-        .find_region(GuestAddress(map_start))
-        .ok_or(ElfMapError::Copy { index })?;
-    let region_off = map_start - region.start_addr().0;
-    let len = map_end - map_start;
-    if region_off + len > region.len() {
-        return Err(ElfMapError::Copy { index });
-    }
-    let host = region
-        .get_host_address(vm_memory::MemoryRegionAddress(region_off))
-        .map_err(|_| ElfMapError::Copy { index })?;
-    // SAFETY: [host, host+len) lies inside the guest RAM mapping owned by
-    // `mem` (checked against the region above), page-aligned because the
-    // region is and map_start is. MAP_FIXED replaces those pages with a
-    // private file mapping of the same protection; no Rust reference to
-    // that memory exists (guest memory is only accessed through
-    // vm-memory's volatile accessors), and the region's own munmap on drop
-    // covers the replaced range.
-    let got = unsafe {
-        libc::mmap(
-            host.cast(),
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-            file.as_raw_fd(),
-            (offset + (map_start - paddr)) as libc::off_t,
-        )
-    };
-    if got == libc::MAP_FAILED {
-        return Err(ElfMapError::Mmap {
-            index,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-/// Copies `len` file bytes at `offset` to guest address `gpa`.
-fn copy(
-    mem: &GuestMemoryMmap,
-    file: &File,
-    index: usize,
-    gpa: u64,
-    offset: u64,
-    len: u64,
-) -> Result<(), ElfMapError> {
-    if len == 0 {
-        return Ok(());
-    }
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(ElfMapError::Read)?;
-    mem.write_slice(&buf, GuestAddress(gpa))
-        .map_err(|_| ElfMapError::Copy { index })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+    use vm_memory::Bytes;
 
     const RAM: u64 = 64 << 20;
 
@@ -331,7 +300,7 @@ mod tests {
         v
     }
 
-    /// Mapped pages, copied head and tail, bss zero, and a second segment
+    /// Whole and partial pages, bss zero, and a second segment
     /// sharing a page with the first's tail: all land byte-exact.
     #[test]
     fn segments_land_byte_exact() {
@@ -353,7 +322,7 @@ mod tests {
                 "bss not zero"
             );
         }
-        // Guest writes stay private: the file is unchanged.
+        // Guest writes never reach the file.
         mem.write_slice(&[0xEE; 16], GuestAddress(0x100_1000))
             .unwrap();
         assert_eq!(std::fs::read(f.path()).unwrap(), bytes);
@@ -362,20 +331,20 @@ mod tests {
     /// A whole file (the initramfs) lands byte-exact, its partial last
     /// page included, with zeros after it; guest writes stay private.
     #[test]
-    fn map_file_places_a_whole_file() {
+    fn load_file_places_a_whole_file() {
         let bytes: Vec<u8> = (0..0x3456u32).map(|i| (i % 251) as u8).collect();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&bytes).unwrap();
         let mem = ram();
         let at = 0x200_0000;
-        map_file(&mem, f.as_file(), at, bytes.len() as u64).unwrap();
+        load_file(&mem, f.as_file(), at, bytes.len() as u64).unwrap();
         let got = guest(&mem, at, 0x4000);
         assert_eq!(&got[..bytes.len()], &bytes[..]);
         assert!(got[bytes.len()..].iter().all(|&x| x == 0));
         mem.write_slice(&[0xEE; 16], GuestAddress(at)).unwrap();
         assert_eq!(std::fs::read(f.path()).unwrap(), bytes);
         assert!(matches!(
-            map_file(&mem, f.as_file(), at + 1, 16),
+            load_file(&mem, f.as_file(), at + 1, 16),
             Err(ElfMapError::Unaligned(_))
         ));
     }
