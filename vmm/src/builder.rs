@@ -163,6 +163,9 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
     let transport = MmioTransport::new(mem.clone(), Box::new(console), interrupt, errors.clone())?;
     let mmio_base = layout::MMIO_BASE;
     for (fd, addr, datamatch) in transport.ioeventfds(mmio_base) {
+        if virtio_console::INLINE_QUEUES.contains(&(datamatch as u16)) {
+            continue;
+        }
         vm.register_ioevent(fd, &IoEventAddress::Mmio(addr), datamatch)
             .map_err(kvm_err("KVM_IOEVENTFD"))?;
     }

@@ -6,7 +6,8 @@
 //! 0x1 (APIC ID, logical count, HTT), 0x4 (Intel cache sharing), 0xB
 //! (x2APIC topology, read by both vendors' kernels), 0x8000_0008 (AMD
 //! thread count), 0x8000_001D (AMD cache sharing), 0x8000_001E (AMD
-//! core/node). 0x1F and 0x8000_0026 are dropped so 0xB is authoritative.
+//! core/node), 0x8000_0021 (SRSO_NO, with a raised family signature).
+//! 0x1F and 0x8000_0026 are dropped so 0xB is authoritative.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -30,6 +31,7 @@ const LEAF_ADDR_SIZES: u32 = 0x8000_0008;
 const LEAF_CACHE_AMD: u32 = 0x8000_001d;
 const LEAF_EXT_APIC_AMD: u32 = 0x8000_001e;
 const LEAF_EXT_TOPOLOGY_AMD: u32 = 0x8000_0026;
+const LEAF_EXT_FEATURES_2_AMD: u32 = 0x8000_0021;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 ECX: TSC-deadline mode of the local APIC timer. KVM emulates it
@@ -51,6 +53,13 @@ const AMD_EBX: u32 = 0x6874_7541;
 /// the sharing count from 0x8000_001D. An older-looking CPU (e.g. QEMU
 /// TCG's family 0xf) is presented as this Zen 3 signature instead.
 const AMD_LLC_AWARE_FAMILY_SIGNATURE: u32 = 0x00a0_0f11; // family 0x19, model 0x01, stepping 1
+/// Leaf 0x8000_0021 EAX: SRSO_NO, "not affected by Speculative Return
+/// Stack Overflow" (AMD APM vol. 3, E.4.28). Set only with the signature
+/// above: the CPU under it is not a Zen, but Linux blacklists family
+/// 0x19 for SRSO and would then route every kernel `ret` through its
+/// "Safe RET" thunk, which doubled the guest's boot time in the nested
+/// test host (`scripts/bench-peer`, README).
+const EAX_SRSO_NO: u32 = 1 << 29;
 
 pub fn is_amd(supported: &CpuId) -> bool {
     supported
@@ -106,12 +115,14 @@ pub fn vcpu_cpuid(
     let pkg_threads_padded = 1u32 << topo.package_shift();
     let mut out: Vec<kvm_cpuid_entry2> = Vec::new();
     let mut max_ext = 0;
+    let mut signature_raised = false;
     for e in supported.as_slice() {
         let mut e = *e;
         match e.function {
             LEAF_FEATURES => {
                 if amd && family(e.eax) < 0x17 {
                     e.eax = AMD_LLC_AWARE_FAMILY_SIGNATURE;
+                    signature_raised = true;
                 }
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic << 24) | (pkg_threads_padded.min(255) << 16);
                 e.ecx |= ECX_HYPERVISOR;
@@ -204,6 +215,18 @@ pub fn vcpu_cpuid(
         out.push(entry(LEAF_CACHE_INTEL, 4, [0, 0, 0, 0]));
         let _ = cores_padded;
     }
+    if signature_raised {
+        match out
+            .iter_mut()
+            .find(|e| e.function == LEAF_EXT_FEATURES_2_AMD)
+        {
+            Some(e) => e.eax |= EAX_SRSO_NO,
+            None => out.push(entry(LEAF_EXT_FEATURES_2_AMD, 0, [EAX_SRSO_NO, 0, 0, 0])),
+        }
+        for e in out.iter_mut().filter(|e| e.function == LEAF_EXT_MAX) {
+            e.eax = e.eax.max(LEAF_EXT_FEATURES_2_AMD);
+        }
+    }
     // Leaf 0 must announce at least 0xB.
     for e in out.iter_mut().filter(|e| e.function == LEAF_VENDOR) {
         e.eax = e.eax.max(LEAF_EXT_TOPOLOGY);
@@ -250,12 +273,29 @@ mod tests {
         assert_eq!(find(&c, LEAF_CACHE_AMD, 4).eax, 0, "cache list ends");
         assert_eq!(find(&c, LEAF_EXT_TOPOLOGY, 1).ebx, 4);
         assert_ne!(find(&c, 0x8000_0001, 0).ecx & ECX_TOPOEXT, 0);
-        assert_eq!(find(&c, 0x8000_0000, 0).eax, LEAF_EXT_APIC_AMD);
+        assert_eq!(find(&c, 0x8000_0000, 0).eax, LEAF_EXT_FEATURES_2_AMD);
+        assert_ne!(
+            find(&c, LEAF_EXT_FEATURES_2_AMD, 0).eax & EAX_SRSO_NO,
+            0,
+            "the raised signature brings SRSO_NO"
+        );
         assert_eq!(find(&c, 0x8000_0008, 0).ecx & 0xff, 3);
         assert!(
             c.as_slice().iter().all(|e| e.function != 0x1f),
             "0x1f dropped"
         );
+    }
+
+    #[test]
+    fn a_real_zen_keeps_its_signature_and_its_srso_answer() {
+        let mut zen = amd_tcg().as_slice().to_vec();
+        zen[1].eax = AMD_LLC_AWARE_FAMILY_SIGNATURE;
+        zen.push(entry(LEAF_EXT_FEATURES_2_AMD, 0, [0x45, 0, 0, 0]));
+        let zen = CpuId::from_entries(&zen).unwrap();
+        let t: Topology = "1n1l2c1t".parse().unwrap();
+        let c = vcpu_cpuid(&zen, &t, 0, true).unwrap();
+        assert_eq!(find(&c, 1, 0).eax, AMD_LLC_AWARE_FAMILY_SIGNATURE);
+        assert_eq!(find(&c, LEAF_EXT_FEATURES_2_AMD, 0).eax, 0x45);
     }
 
     #[test]
