@@ -2,20 +2,54 @@
  * `schedrig boot --initrd`): prints the guest clock once it runs, then
  * resets the machine (the command line's reboot=k), so every VMM measured
  * boots the same kernel to the same first user instruction and ends the
- * same way. Static; makes its own /dev/console if the archive has none. */
+ * same way. Static; makes its own /dev/console if the archive has none.
+ *
+ * With `bench_peer_dmesg=1` on the kernel command line (the kernel hands
+ * it to init as an environment variable) it first copies the kernel log
+ * to the console: a quiet boot (loglevel=6) with its whole log shown
+ * afterwards, e.g. with initcall_debug, to see where boot time goes
+ * without paying for a verbose console during the boot. */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
+/* Each read of /dev/kmsg returns one record "prio,seq,usec,flags;text\n". */
+static void dump_kmsg(int out)
+{
+	char rec[2048];
+	ssize_t n;
+	int fd;
+
+	mkdir("/dev", 0755);
+	mknod("/dev/kmsg", S_IFCHR | 0600, makedev(1, 11));
+	fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+	if (fd < 0) {
+		perror("bench-peer-init: /dev/kmsg");
+		return;
+	}
+	for (;;) {
+		n = read(fd, rec, sizeof rec);
+		if (n < 0 && errno == EPIPE)
+			continue; /* records overwritten: go on from the oldest kept */
+		if (n <= 0)
+			break;
+		if (write(out, "kmsg: ", 6) != 6 || write(out, rec, n) != n)
+			break;
+	}
+	close(fd);
+}
+
 int main(void)
 {
 	struct timespec boot;
 	char line[96];
-	int n, fd;
+	int n, fd = 1;
 
 	if (clock_gettime(CLOCK_BOOTTIME, &boot) != 0)
 		boot.tv_sec = -1, boot.tv_nsec = 0;
@@ -23,13 +57,15 @@ int main(void)
 		     (long)boot.tv_sec, boot.tv_nsec / 1000);
 	/* The kernel gives init /dev/console as stdout when the archive has
 	 * one; otherwise make it (errors here show as the write's). */
-	if (write(1, line, n) != n) {
+	if (write(fd, line, n) != n) {
 		mkdir("/dev", 0755);
 		mknod("/dev/console", S_IFCHR | 0600, makedev(5, 1));
 		fd = open("/dev/console", O_WRONLY);
 		if (fd < 0 || write(fd, line, n) != n)
 			perror("bench-peer-init: /dev/console");
 	}
+	if (fd >= 0 && getenv("bench_peer_dmesg"))
+		dump_kmsg(fd);
 	reboot(RB_AUTOBOOT);
 	perror("bench-peer-init: reboot");
 	return 1;

@@ -4,7 +4,9 @@ alternating, and prints VMM start to exit and the guest clock at init.
 Arguments: SCHEDRIG VMLINUX BZIMAGE INIT RUNS. FIRECRACKER (a path)
 adds Firecracker; QEMU (default qemu-system-x86_64, "" for none) adds
 QEMU's microvm machine. Also boots schedrig with its real guest-init to
-SRDY, to compare with the tiny /init.
+SRDY, to compare with the tiny /init. APPEND adds kernel arguments for
+every VMM (e.g. "initcall_debug bench_peer_dmesg=1"); LOGDIR keeps each
+run's console there.
 """
 import json, os, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -15,6 +17,8 @@ MEM_MIB, VCPUS = 256, 1
 # adds nothing to it for an own initrd, so every VMM gets this line.
 CMDLINE = ("console=ttyS0 loglevel=6 reboot=k panic=-1 oops=panic pci=off "
            "8250.nr_uarts=2 initcall_blacklist=i8042_init,cmos_init no_timer_check tsc=reliable")
+APPEND = os.environ.get("APPEND", "").strip()
+LOGDIR = os.environ.get("LOGDIR", "")
 MARK = "bench-peer-init: guest clock "
 DEADLINE_S = 300
 
@@ -79,14 +83,15 @@ def timed(cmd, log_path=None, env=None):
 def run_schedrig(k, cpio, i):
     log = os.path.join(work, f"schedrig-{i}.log")
     wall, err, text = timed([schedrig, "boot", "--json", "--kernel", k, "--initrd", cpio,
-                             "--memory", f"{MEM_MIB}M", "--console-log", log], log)
+                             "--memory", f"{MEM_MIB}M", "--console-log", log, "--append", APPEND],
+                            log)
     return wall, err, text
 
 
 def run_firecracker(fc, k, cpio, i):
     cfg = os.path.join(work, f"fc-{i}.json")
     with open(cfg, "w") as f:
-        json.dump({"boot-source": {"kernel_image_path": k, "initrd_path": cpio, "boot_args": CMDLINE},
+        json.dump({"boot-source": {"kernel_image_path": k, "initrd_path": cpio, "boot_args": f"{CMDLINE} {APPEND}".strip()},
                    "drives": [],
                    "machine-config": {"vcpu_count": VCPUS, "mem_size_mib": MEM_MIB}}, f)
     return timed([fc, "--no-api", "--config-file", cfg, "--id", f"bench{i}"])
@@ -99,7 +104,7 @@ def run_qemu(qemu, bz, cpio, i):
     return timed([qemu, "-M", "microvm,rtc=off", "-enable-kvm", "-cpu", "host",
                   "-m", f"{MEM_MIB}M", "-smp", str(VCPUS), "-nodefaults", "-no-user-config",
                   "-nographic", "-serial", "stdio", "-no-reboot",
-                  "-kernel", bz, "-initrd", cpio, "-append", CMDLINE])
+                  "-kernel", bz, "-initrd", cpio, "-append", f"{CMDLINE} {APPEND}".strip()])
 
 
 def run_schedrig_ready(k, i):
@@ -129,13 +134,16 @@ def main():
     where = ("nested test host (TCG-emulated SVM)" if os.environ.get("SCHEDRIG_IN_NESTED") == "1"
              else "this machine's KVM")
     print(f"bench-peer: {runs} runs each, alternating, on {where}; {VCPUS} vCPU, {MEM_MIB} MiB; "
-          f"kernel {vmlinux}", flush=True)
+          f"kernel {vmlinux}" + (f"; appended: {APPEND}" if APPEND else ""), flush=True)
     walls = {n: [] for n, _ in vmms}
     clocks = {n: [] for n, _ in vmms}
     ready, ready_wall = [], []
     for i in range(runs):
         for name, run in vmms:
             wall, err, text = run(i)
+            if LOGDIR:
+                with open(os.path.join(LOGDIR, f"{name}-{i}.log"), "w") as f:
+                    f.write(text)
             if err:
                 sys.exit(f"{name} run {i}: {err}\n--- output ---\n{text[-1500:]}")
             clock = guest_clock(text)

@@ -182,13 +182,51 @@ enum Access {
     WriteByte,
 }
 
+/// The ACPI id the host's DSDT gives a virtio-mmio transport: the
+/// kernel names the platform device after it ("LNRO0005:00").
+const VIRTIO_MMIO_ACPI_HID: &str = "LNRO0005";
+
+/// The virtio-mmio window from /proc/iomem (the host describes it in the
+/// DSDT): (base, size) of the first region named [`VIRTIO_MMIO_ACPI_HID`]
+/// or "virtio-mmio".
+pub fn mmio_window_in_iomem(iomem: &str) -> Option<(u64, usize)> {
+    iomem.lines().find_map(|line| {
+        let (range, name) = line.trim().split_once(" : ")?;
+        if !(name.starts_with(VIRTIO_MMIO_ACPI_HID) || name.starts_with("virtio-mmio")) {
+            return None;
+        }
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        let size = usize::try_from(end.checked_sub(start)?.checked_add(1)?).ok()?;
+        Some((start, size))
+    })
+}
+
+/// The lowest window size the storm's offsets fit in.
+const MMIO_STORM_MIN_WINDOW: usize = 0x100;
+
 /// Bad accesses to the virtio-mmio registers through /dev/mem, as many
 /// as [`MMIO_STORM_MAX`] or for [`MMIO_STORM_TIME`]: each is a VM exit
-/// the host must refuse, count, and not log one by one. Returns how many
-/// were made.
+/// the host must refuse, count, and not log one by one. The window comes
+/// from the command line if it names one, else from /proc/iomem. Returns
+/// how many were made.
 pub fn mmio_storm(cmdline: &str) -> Result<u64, String> {
-    let (base, size) =
-        mmio_window(cmdline).ok_or("no virtio_mmio.device= on the kernel command line")?;
+    let (base, size) = match mmio_window(cmdline) {
+        Some(w) => w,
+        None => {
+            let iomem = std::fs::read_to_string("/proc/iomem")
+                .map_err(|e| format!("read /proc/iomem: {e}"))?;
+            mmio_window_in_iomem(&iomem).ok_or(
+                "no virtio-mmio window: none on the command line, none named in /proc/iomem",
+            )?
+        }
+    };
+    if size < MMIO_STORM_MIN_WINDOW {
+        return Err(format!(
+            "virtio-mmio window at {base:#x} is {size} bytes, below {MMIO_STORM_MIN_WINDOW}"
+        ));
+    }
     let mem = OpenOptions::new()
         .read(true)
         .write(true)
@@ -220,7 +258,7 @@ pub fn mmio_storm(cmdline: &str) -> Result<u64, String> {
     let mut done = 0u64;
     'storm: while done < MMIO_STORM_MAX && start.elapsed() < MMIO_STORM_TIME {
         for (off, access) in STORM {
-            // SAFETY: `off` + 4 <= 0x100 < `size`: inside the mapping;
+            // SAFETY: `off` + 4 <= 0x100 <= `size`: inside the mapping;
             // word accesses are 4-byte aligned.
             unsafe {
                 let at = window.add(off);
@@ -259,6 +297,26 @@ mod tests {
         assert_eq!(mmio_window(cmdline), Some((0xd000_0000, 4096)));
         assert_eq!(mmio_window("console=ttyS0"), None);
         assert_eq!(mmio_window("virtio_mmio.device=4K@d0000000:5"), None);
+    }
+
+    #[test]
+    fn the_mmio_window_comes_from_iomem_when_the_dsdt_names_it() {
+        let iomem = "00000000-00000fff : Reserved\n\
+                     00100000-0fffffff : System RAM\n  \
+                       01000000-01e00000 : Kernel code\n\
+                     d0000000-d0000fff : LNRO0005:00\n";
+        assert_eq!(mmio_window_in_iomem(iomem), Some((0xd000_0000, 4096)));
+        let legacy = "  d0000000-d00001ff : virtio-mmio.0\n";
+        assert_eq!(mmio_window_in_iomem(legacy), Some((0xd000_0000, 0x200)));
+        assert_eq!(
+            mmio_window_in_iomem("00100000-0fffffff : System RAM\n"),
+            None
+        );
+        assert_eq!(
+            mmio_window_in_iomem("d0000fff-d0000000 : LNRO0005:00\n"),
+            None
+        );
+        assert_eq!(mmio_window_in_iomem("zz-d0000fff : LNRO0005:00\n"), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! 0x1 (APIC ID, logical count, HTT), 0x4 (Intel cache sharing), 0xB
 //! (x2APIC topology, read by both vendors' kernels), 0x8000_0008 (AMD
 //! thread count), 0x8000_001D (AMD cache sharing), 0x8000_001E (AMD
-//! core/node), 0x8000_0021 (SRSO_NO, with a raised family signature).
+//! core/node), 0x8000_0021 (SRSO_NO and TSA_*_NO, with a raised family
+//! signature).
 //! 0x1F and 0x8000_0026 are dropped so 0xB is authoritative.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
@@ -60,6 +61,12 @@ const AMD_LLC_AWARE_FAMILY_SIGNATURE: u32 = 0x00a0_0f11; // family 0x19, model 0
 /// "Safe RET" thunk, which doubled the guest's boot time in the nested
 /// test host (`scripts/bench-peer`, README).
 const EAX_SRSO_NO: u32 = 1 << 29;
+/// Leaf 0x8000_0021 ECX: TSA_SQ_NO, TSA_L1_NO, TSA_FILL_NO, "not
+/// affected by Transient Scheduler Attacks" (AMD TSA technical guidance,
+/// bulletin AMD-SB-7029). For the same reason as SRSO_NO: Linux forces
+/// the TSA bug on every Zen guest that lacks them and then clears CPU
+/// buffers (VERW) on each return to user space and before idle.
+const ECX_TSA_NO: u32 = (1 << 1) | (1 << 2) | (1 << 7);
 
 pub fn is_amd(supported: &CpuId) -> bool {
     supported
@@ -220,8 +227,15 @@ pub fn vcpu_cpuid(
             .iter_mut()
             .find(|e| e.function == LEAF_EXT_FEATURES_2_AMD)
         {
-            Some(e) => e.eax |= EAX_SRSO_NO,
-            None => out.push(entry(LEAF_EXT_FEATURES_2_AMD, 0, [EAX_SRSO_NO, 0, 0, 0])),
+            Some(e) => {
+                e.eax |= EAX_SRSO_NO;
+                e.ecx |= ECX_TSA_NO;
+            }
+            None => out.push(entry(
+                LEAF_EXT_FEATURES_2_AMD,
+                0,
+                [EAX_SRSO_NO, 0, ECX_TSA_NO, 0],
+            )),
         }
         for e in out.iter_mut().filter(|e| e.function == LEAF_EXT_MAX) {
             e.eax = e.eax.max(LEAF_EXT_FEATURES_2_AMD);
@@ -279,6 +293,11 @@ mod tests {
             0,
             "the raised signature brings SRSO_NO"
         );
+        assert_eq!(
+            find(&c, LEAF_EXT_FEATURES_2_AMD, 0).ecx & ECX_TSA_NO,
+            ECX_TSA_NO,
+            "and TSA_SQ_NO, TSA_L1_NO, TSA_FILL_NO"
+        );
         assert_eq!(find(&c, 0x8000_0008, 0).ecx & 0xff, 3);
         assert!(
             c.as_slice().iter().all(|e| e.function != 0x1f),
@@ -290,12 +309,13 @@ mod tests {
     fn a_real_zen_keeps_its_signature_and_its_srso_answer() {
         let mut zen = amd_tcg().as_slice().to_vec();
         zen[1].eax = AMD_LLC_AWARE_FAMILY_SIGNATURE;
-        zen.push(entry(LEAF_EXT_FEATURES_2_AMD, 0, [0x45, 0, 0, 0]));
+        zen.push(entry(LEAF_EXT_FEATURES_2_AMD, 0, [0x45, 0, 0x10, 0]));
         let zen = CpuId::from_entries(&zen).unwrap();
         let t: Topology = "1n1l2c1t".parse().unwrap();
         let c = vcpu_cpuid(&zen, &t, 0, true).unwrap();
         assert_eq!(find(&c, 1, 0).eax, AMD_LLC_AWARE_FAMILY_SIGNATURE);
         assert_eq!(find(&c, LEAF_EXT_FEATURES_2_AMD, 0).eax, 0x45);
+        assert_eq!(find(&c, LEAF_EXT_FEATURES_2_AMD, 0).ecx, 0x10);
     }
 
     #[test]
