@@ -217,6 +217,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         freeze_test: opts.freeze_test,
         scenario_timeout: opts.scenario_timeout,
         btf_helper: btf_helper(),
+        introspect_cache: Some(kernel::cache::cache_root().join("introspect")),
     };
     let mut report = schedrig_vmm::run(&config, started)?;
     report.per_test_archive = Some(prep);

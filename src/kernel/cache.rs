@@ -9,6 +9,8 @@
 //! kernels/.work/obj-<version>/   the build tree (O=), reused so a
 //!                                fragment change rebuilds incrementally
 //! kernels/.work/lock             held while building
+//! introspect/<hash>              the monitor's symbols and field layouts
+//!                                of one vmlinux (schedrig_vmm::introspect::cache)
 //! ```
 //!
 //! An entry appears only by renaming a finished temporary directory, so

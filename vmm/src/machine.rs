@@ -123,6 +123,10 @@ pub struct MachineConfig {
     /// binary): the VMM asks it for field layouts instead of holding the
     /// kernel's parsed BTF (~35 MiB). None parses the BTF in-process.
     pub btf_helper: Option<PathBuf>,
+    /// Where the monitor keeps what it read of each vmlinux (symbols,
+    /// field layouts) for the next run (`introspect::cache`); None reads
+    /// them every time.
+    pub introspect_cache: Option<PathBuf>,
     /// The scenario watchdog: a scenario (SCST to SCEN, less its SCPP to
     /// SCRR pauses) that takes longer ends the run as a timeout.
     pub scenario_timeout: Option<Duration>,
@@ -223,8 +227,12 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         }
     };
     // The run-queue monitor reads guest memory while the guest runs; it
-    // is stopped (joined) before the vCPUs are.
-    let monitor = config.vmlinux.as_ref().and_then(|v| {
+    // is stopped (joined) before the vCPUs are. Its start-up (symbols and
+    // BTF) runs while the guest boots.
+    // An own init sends no KADR, so the monitor would never sample: it
+    // is not started (its symbol and BTF reads would only take host CPU
+    // from the booting guest).
+    let monitor = config.vmlinux.as_ref().filter(|_| !config.foreign_init).and_then(|v| {
         let layouts: std::sync::Arc<dyn crate::introspect::btf::Layouts> = match &config.btf_helper
         {
             Some(exe) => std::sync::Arc::new(crate::introspect::btf::BtfHelper::new(
@@ -246,6 +254,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
             shared.tids.clone(),
             shared.freezer.epoch.clone(),
             started,
+            config.introspect_cache.clone(),
         )
         .map_err(|e| tracing::warn!("no run-queue monitor: {e}"))
         .ok()

@@ -3,6 +3,7 @@
 //! kernel's address space once the guest said where it is (KADR).
 
 pub mod btf;
+pub mod cache;
 pub mod kernel;
 pub mod ops;
 pub mod pagewalk;

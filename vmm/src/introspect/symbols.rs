@@ -74,6 +74,28 @@ impl SymbolTable {
         })
     }
 
+    /// A table of known (name, address, size) entries, e.g. from the
+    /// introspection cache.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, u64, u64)>) -> Self {
+        let mut t = Self::default();
+        for (name, addr, size) in entries {
+            t.addrs.insert(name.clone(), addr);
+            t.sizes.insert(name, size);
+        }
+        t
+    }
+
+    /// Every (name, address, size) the table holds, sorted by name.
+    pub fn entries(&self) -> Vec<(String, u64, u64)> {
+        let mut v: Vec<_> = self
+            .addrs
+            .iter()
+            .map(|(n, a)| (n.clone(), *a, self.size(n)))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The symbol's size in bytes (ELF st_size; 0 when unknown or when
     /// the table was loaded without sizes).
     pub fn size(&self, name: &str) -> u64 {

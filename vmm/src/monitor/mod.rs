@@ -19,6 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use self::analysis::{CpuSample, Sample, ThreadTimes};
 use self::layout::RqLayout;
 use crate::introspect::btf::Layouts;
+use crate::introspect::cache::{Cached, DiskCache, SeededLayouts};
 use crate::introspect::kernel::KernelView;
 use crate::introspect::symbols::SymbolTable;
 
@@ -104,12 +105,24 @@ impl Monitor {
         tids: Arc<Vec<AtomicI32>>,
         freeze_epoch: Arc<std::sync::atomic::AtomicU64>,
         started: Instant,
+        cache_dir: Option<PathBuf>,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(MonitorShared::default());
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("rq-monitor".into())
-            .spawn(move || run(&s, &vmlinux, layouts, mem, &tids, &freeze_epoch, started))?;
+            .spawn(move || {
+                run(
+                    &s,
+                    &vmlinux,
+                    layouts,
+                    mem,
+                    &tids,
+                    &freeze_epoch,
+                    started,
+                    cache_dir.as_deref(),
+                )
+            })?;
         Ok(Self {
             shared,
             thread: Some(thread),
@@ -165,6 +178,44 @@ const FIELDS: &[(bool, &str, &str)] = &[
     (false, "task_struct", "cpu"),
 ];
 
+/// The symbols and field layouts the monitor needs: from the cache in
+/// `cache_dir` when it has them for this vmlinux, else read (and cached).
+fn read_kernel(
+    vmlinux: &std::path::Path,
+    btf: Arc<dyn Layouts>,
+    cache_dir: Option<&std::path::Path>,
+) -> Result<(Arc<SymbolTable>, Arc<dyn Layouts>, RqLayout), String> {
+    let salt = format!("{:?}{FIELDS:?}", crate::introspect::kernel::SYMBOLS);
+    let disk = cache_dir.and_then(|d| DiskCache::for_vmlinux(d, vmlinux, &salt));
+    let cached = disk.as_ref().and_then(DiskCache::load);
+    let symbols = match &cached {
+        Some(c) => SymbolTable::from_entries(c.symbols.iter().cloned()),
+        None => SymbolTable::load(vmlinux, crate::introspect::kernel::SYMBOLS)
+            .map_err(|e| format!("symbols: {e}"))?,
+    };
+    let layouts = Arc::new(SeededLayouts::new(
+        cached.map(|c| c.fields).unwrap_or_default(),
+        btf,
+    ));
+    layouts.prefetch(FIELDS).map_err(|e| format!("BTF: {e}"))?;
+    let rq = RqLayout::resolve(&*layouts).map_err(|e| format!("BTF: {e}"))?;
+    for (var, name, path) in FIELDS {
+        let _ = if *var {
+            layouts.var_field(name, path)
+        } else {
+            layouts.field(name, path)
+        };
+    }
+    if let (Some(disk), true) = (&disk, layouts.learned() > 0) {
+        disk.store(&Cached {
+            symbols: symbols.entries(),
+            fields: layouts.all(),
+        });
+    }
+    Ok((Arc::new(symbols), layouts, rq))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     s: &MonitorShared,
     vmlinux: &std::path::Path,
@@ -173,18 +224,12 @@ fn run(
     tids: &[AtomicI32],
     freeze_epoch: &std::sync::atomic::AtomicU64,
     started: Instant,
+    cache_dir: Option<&std::path::Path>,
 ) {
     let t = Instant::now();
-    let symbols = match SymbolTable::load(vmlinux, crate::introspect::kernel::SYMBOLS) {
-        Ok(t) => Arc::new(t),
-        Err(e) => return s.fail(format!("symbols: {e}")),
-    };
-    if let Err(e) = btf.prefetch(FIELDS) {
-        return s.fail(format!("BTF: {e}"));
-    }
-    let layout = match RqLayout::resolve(&*btf) {
-        Ok(l) => l,
-        Err(e) => return s.fail(format!("BTF: {e}")),
+    let (symbols, btf, layout) = match read_kernel(vmlinux, btf, cache_dir) {
+        Ok(r) => r,
+        Err(e) => return s.fail(e),
     };
     tracing::debug!(took = ?t.elapsed(), "monitor: symbols and BTF read");
     let ka = loop {

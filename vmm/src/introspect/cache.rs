@@ -1,0 +1,343 @@
+//! What the run-queue monitor reads from a vmlinux at every start (the
+//! symbols it needs, the struct fields it reads), kept on disk per
+//! vmlinux. Reading them means scanning ~100k ELF symbols and parsing
+//! the whole BTF (a helper process reading a 37 MiB file); on a single
+//! host CPU that work competed with the booting guest and delayed SRDY
+//! by about 1.5 s in the nested test host. A vmlinux is known by its
+//! path, device, inode, size and modification time: the kernel cache
+//! replaces files by rename, and a rebuilt file gets a new identity.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::btf::{Field, Layouts};
+
+/// First line of a cache file: the format and the version that wrote it
+/// (a newer schedrig may ask other questions or read answers otherwise).
+const HEADER: &str = concat!("schedrig-introspect 1 ", env!("CARGO_PKG_VERSION"));
+/// Largest cache file read; a bigger one is ignored (and rewritten).
+const FILE_MAX: u64 = 1 << 20;
+/// Most lines kept of each kind.
+const ENTRIES_MAX: usize = 4096;
+
+/// A field question: (is a variable, struct or variable name, path).
+pub type Key = (bool, String, String);
+
+/// The cached reads of one vmlinux.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Cached {
+    /// name, link-time address, size.
+    pub symbols: Vec<(String, u64, u64)>,
+    pub fields: Vec<(Key, Result<Field, String>)>,
+}
+
+/// The cache file of one vmlinux.
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    path: PathBuf,
+}
+
+impl DiskCache {
+    /// The cache file in `dir` for `vmlinux`; None when the vmlinux
+    /// cannot be read (the caller then reads it itself and fails there).
+    /// `salt` names what is asked (the symbol and field lists), so a
+    /// build that asks for more does not read an older answer.
+    pub fn for_vmlinux(dir: &Path, vmlinux: &Path, salt: &str) -> Option<Self> {
+        let canon = vmlinux.canonicalize().ok()?;
+        let m = std::fs::metadata(&canon).ok()?;
+        let id = format!(
+            "{salt}\0{}\0{}\0{}\0{}\0{}.{}",
+            canon.display(),
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        );
+        Some(Self {
+            path: dir.join(format!("{:016x}", fnv1a(id.as_bytes()))),
+        })
+    }
+
+    /// The cached reads, if a whole and current file is there.
+    pub fn load(&self) -> Option<Cached> {
+        let f = std::fs::File::open(&self.path).ok()?;
+        let mut text = String::new();
+        f.take(FILE_MAX + 1).read_to_string(&mut text).ok()?;
+        if text.len() as u64 > FILE_MAX {
+            return None;
+        }
+        parse(&text)
+    }
+
+    /// Writes `c` (a new file renamed into place, so a reader never sees
+    /// half of one). Best effort: a failure only costs the next run the
+    /// reads again.
+    pub fn store(&self, c: &Cached) {
+        let Some(dir) = self.path.parent() else { return };
+        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
+        let done = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, render(c)))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = done {
+            tracing::debug!("introspection cache {}: {e}", self.path.display());
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a file name, not a security boundary.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn render(c: &Cached) -> String {
+    let mut s = format!("{HEADER}\n");
+    for (name, addr, size) in c.symbols.iter().take(ENTRIES_MAX) {
+        s += &format!("sym\t{name}\t{addr:x}\t{size}\n");
+    }
+    for ((var, name, path), r) in c.fields.iter().take(ENTRIES_MAX) {
+        let kind = if *var { "var" } else { "struct" };
+        match r {
+            Ok(f) => s += &format!("field\t{kind}\t{name}\t{path}\t{}\t{}\n", f.offset, f.size),
+            Err(e) => s += &format!("nofield\t{kind}\t{name}\t{path}\t{}\n", one_line(e)),
+        }
+    }
+    s
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\t'], " ")
+}
+
+/// None for anything but a whole file of the current format.
+fn parse(text: &str) -> Option<Cached> {
+    let mut lines = text.lines();
+    if lines.next()? != HEADER {
+        return None;
+    }
+    let mut c = Cached::default();
+    for line in lines {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["sym", name, addr, size] => c.symbols.push((
+                name.to_string(),
+                u64::from_str_radix(addr, 16).ok()?,
+                size.parse().ok()?,
+            )),
+            ["field", kind, name, path, offset, size] => c.fields.push((
+                key(kind, name, path)?,
+                Ok(Field {
+                    offset: offset.parse().ok()?,
+                    size: size.parse().ok()?,
+                }),
+            )),
+            ["nofield", kind, name, path, why] => {
+                c.fields.push((key(kind, name, path)?, Err(why.to_string())))
+            }
+            _ => return None,
+        }
+        if c.symbols.len() > ENTRIES_MAX || c.fields.len() > ENTRIES_MAX {
+            return None;
+        }
+    }
+    Some(c)
+}
+
+fn key(kind: &str, name: &str, path: &str) -> Option<Key> {
+    let var = match kind {
+        "var" => true,
+        "struct" => false,
+        _ => return None,
+    };
+    Some((var, name.to_string(), path.to_string()))
+}
+
+/// Field layouts answered from the cache first, then by `inner`; what
+/// `inner` answered is kept, for the next store.
+pub struct SeededLayouts {
+    known: HashMap<Key, Result<Field, String>>,
+    inner: std::sync::Arc<dyn Layouts>,
+    learned: std::sync::Mutex<Vec<(Key, Result<Field, String>)>>,
+}
+
+impl SeededLayouts {
+    pub fn new(
+        known: impl IntoIterator<Item = (Key, Result<Field, String>)>,
+        inner: std::sync::Arc<dyn Layouts>,
+    ) -> Self {
+        Self {
+            known: known.into_iter().collect(),
+            inner,
+            learned: Default::default(),
+        }
+    }
+
+    /// Answers that did not come from the cache (a store is due).
+    pub fn learned(&self) -> usize {
+        self.learned.lock().map_or(0, |l| l.len())
+    }
+
+    /// Every answer known: the cache's and those learned since.
+    pub fn all(&self) -> Vec<(Key, Result<Field, String>)> {
+        let mut v: Vec<_> = self
+            .known
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        if let Ok(l) = self.learned.lock() {
+            v.extend(l.iter().cloned());
+        }
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    }
+
+    fn get(&self, var: bool, name: &str, path: &str) -> Result<Field, String> {
+        let key = (var, name.to_string(), path.to_string());
+        if let Some(r) = self.known.get(&key) {
+            return r.clone();
+        }
+        let r = if var {
+            self.inner.var_field(name, path)
+        } else {
+            self.inner.field(name, path)
+        };
+        if let Ok(mut l) = self.learned.lock() {
+            if l.len() < ENTRIES_MAX && !l.iter().any(|(k, _)| *k == key) {
+                l.push((key, r.clone()));
+            }
+        }
+        r
+    }
+}
+
+impl Layouts for SeededLayouts {
+    fn field(&self, ty: &str, path: &str) -> Result<Field, String> {
+        self.get(false, ty, path)
+    }
+    fn var_field(&self, var: &str, path: &str) -> Result<Field, String> {
+        self.get(true, var, path)
+    }
+    fn prefetch(&self, keys: &[(bool, &str, &str)]) -> Result<(), String> {
+        let missing: Vec<(bool, &str, &str)> = keys
+            .iter()
+            .filter(|(v, n, p)| {
+                !self
+                    .known
+                    .contains_key(&(*v, n.to_string(), p.to_string()))
+            })
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.inner.prefetch(&missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn sample() -> Cached {
+        Cached {
+            symbols: vec![
+                ("runqueues".into(), 0xffff_ffff_8300_0000, 4096),
+                ("_text".into(), 0xffff_ffff_8100_0000, 0),
+            ],
+            fields: vec![
+                (
+                    (false, "rq".into(), "nr_running".into()),
+                    Ok(Field { offset: 4, size: 4 }),
+                ),
+                (
+                    (true, "scx_root".into(), "ops".into()),
+                    Err("BTF has no variable scx_root\twith\na tab".into()),
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_stored_cache_reads_back_and_a_changed_vmlinux_misses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let vmlinux = dir.path().join("vmlinux");
+        std::fs::write(&vmlinux, b"one").unwrap();
+        let cache_dir = dir.path().join("introspect");
+        let c = DiskCache::for_vmlinux(&cache_dir, &vmlinux, "a").unwrap();
+        assert_eq!(c.load(), None);
+        c.store(&sample());
+        let back = c.load().unwrap();
+        assert_eq!(back.symbols, sample().symbols);
+        assert_eq!(back.fields[0], sample().fields[0]);
+        assert_eq!(
+            back.fields[1].1,
+            Err("BTF has no variable scx_root with a tab".into())
+        );
+        // No temp file is left behind.
+        assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1);
+        // Replaced by rename, as the kernel cache does: a new identity.
+        let new = dir.path().join("vmlinux.new");
+        std::fs::write(&new, b"two, longer").unwrap();
+        std::fs::rename(&new, &vmlinux).unwrap();
+        let c2 = DiskCache::for_vmlinux(&cache_dir, &vmlinux, "a").unwrap();
+        assert_eq!(c2.load(), None);
+        c2.store(&sample());
+        assert!(c2.load().is_some());
+        let other_questions = DiskCache::for_vmlinux(&cache_dir, &vmlinux, "b").unwrap();
+        assert_eq!(other_questions.load(), None);
+        assert!(DiskCache::for_vmlinux(&cache_dir, &dir.path().join("absent"), "a").is_none());
+    }
+
+    #[test]
+    fn damaged_or_foreign_files_are_ignored() {
+        let good = render(&sample());
+        assert!(parse(&good).is_some());
+        assert_eq!(parse(""), None);
+        assert_eq!(parse(&good.replacen("schedrig-introspect 1", "schedrig-introspect 0", 1)), None);
+        assert_eq!(parse(&format!("{good}sym\trq\tnot-hex\t4\n")), None);
+        assert_eq!(parse(&format!("{good}field\tunion\trq\tx\t1\t2\n")), None);
+        assert_eq!(parse(&format!("{good}garbage\n")), None);
+        let many: String = (0..=ENTRIES_MAX).map(|i| format!("sym\ts{i}\t1\t1\n")).collect();
+        assert_eq!(parse(&format!("{HEADER}\n{many}")), None);
+    }
+
+    struct Counting(AtomicUsize);
+    impl Layouts for Counting {
+        fn field(&self, _: &str, _: &str) -> Result<Field, String> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(Field { offset: 8, size: 8 })
+        }
+        fn var_field(&self, _: &str, _: &str) -> Result<Field, String> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err("none".into())
+        }
+        fn prefetch(&self, keys: &[(bool, &str, &str)]) -> Result<(), String> {
+            self.0.fetch_add(100 * keys.len(), Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn seeded_layouts_ask_the_inner_one_only_what_the_cache_lacks() {
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let l = SeededLayouts::new(sample().fields, inner.clone());
+        assert_eq!(l.field("rq", "nr_running"), Ok(Field { offset: 4, size: 4 }));
+        assert!(l.var_field("scx_root", "ops").is_err());
+        assert_eq!(inner.0.load(Ordering::Relaxed), 0);
+        l.prefetch(&[(false, "rq", "nr_running"), (false, "rq", "curr")])
+            .unwrap();
+        assert_eq!(inner.0.load(Ordering::Relaxed), 100, "one key missing");
+        assert_eq!(l.field("rq", "curr"), Ok(Field { offset: 8, size: 8 }));
+        assert_eq!(inner.0.load(Ordering::Relaxed), 101);
+        assert_eq!(l.learned(), 1);
+        assert_eq!(l.all().len(), 3);
+    }
+}
