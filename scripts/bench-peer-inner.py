@@ -8,7 +8,7 @@ SRDY, to compare with the tiny /init. APPEND adds kernel arguments for
 every VMM (e.g. "initcall_debug bench_peer_dmesg=1"); LOGDIR keeps each
 run's console there.
 """
-import json, os, shutil, statistics, subprocess, sys, tempfile, time
+import json, os, select, shutil, statistics, subprocess, sys, tempfile, time
 
 schedrig, vmlinux, bzimage, init, runs = sys.argv[1:6]
 runs = int(runs)
@@ -63,29 +63,63 @@ def guest_clock(text):
     return None
 
 
-def timed(cmd, log_path=None, env=None):
+def timed(cmd, console_fifo=None):
+    """Runs `cmd`; returns (wall ms, error, console text, ms from start to
+    the init's line). The console is the process's stdout, or the FIFO
+    `console_fifo` (schedrig's --console-log), read as it comes, so the
+    init's line is timed on arrival (schedrig flushes its console log at
+    least every 20 ms)."""
     t = time.monotonic()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
-                           timeout=DEADLINE_S, env=env)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {DEADLINE_S} s", ""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fds = [p.stdout.fileno(), p.stderr.fileno()]
+    if console_fifo:
+        # O_RDWR: never blocks on a missing writer, never sees EOF.
+        fds.append(os.open(console_fifo, os.O_RDWR | os.O_NONBLOCK))
+    chunks = {fd: bytearray() for fd in fds}
+    seen = None
+    watched = fds[-1] if console_fifo else fds[0]
+    deadline = t + DEADLINE_S
+    open_fds = set(fds)
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            p.kill()
+            p.wait()
+            return None, f"timed out after {DEADLINE_S} s", chunks[watched].decode(errors="replace"), None
+        exited = p.poll() is not None
+        ready, _, _ = select.select(list(open_fds), [], [], 0.01 if exited else 0.05)
+        for fd in ready:
+            try:
+                b = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not b:
+                open_fds.discard(fd)
+                continue
+            chunks[fd] += b
+            if fd == watched and seen is None and MARK.encode() in chunks[fd]:
+                seen = time.monotonic()
+        if exited and not ready:
+            break
     wall = (time.monotonic() - t) * 1000
-    text = p.stdout
-    if log_path and os.path.exists(log_path):
-        with open(log_path, errors="replace") as f:
-            text = f.read()
+    if console_fifo:
+        os.close(fds[-1])
+    text = chunks[watched].decode(errors="replace")
+    at_init = (seen - t) * 1000 if seen else None
     if p.returncode != 0:
-        return None, f"exit {p.returncode}: {(p.stderr or p.stdout)[-800:]}", text
-    return wall, None, text
+        err = (chunks[fds[1]] or chunks[fds[0]]).decode(errors="replace")
+        return None, f"exit {p.returncode}: {err[-800:]}", text, None
+    return wall, None, text, at_init
 
 
 def run_schedrig(k, cpio, i):
-    log = os.path.join(work, f"schedrig-{i}.log")
-    wall, err, text = timed([schedrig, "boot", "--json", "--kernel", k, "--initrd", cpio,
-                             "--memory", f"{MEM_MIB}M", "--console-log", log, "--append", APPEND],
-                            log)
-    return wall, err, text
+    fifo = os.path.join(work, f"console-{i}")
+    os.mkfifo(fifo)
+    try:
+        return timed([schedrig, "boot", "--json", "--kernel", k, "--initrd", cpio,
+                      "--memory", f"{MEM_MIB}M", "--console-log", fifo, "--append", APPEND], fifo)
+    finally:
+        os.unlink(fifo)
 
 
 def run_firecracker(fc, k, cpio, i):
@@ -119,7 +153,9 @@ def run_schedrig_ready(k, i):
         return None, f"no JSON: {p.stderr[-800:]}", None
     if r["verdict"] != "ok":
         return None, f"verdict {r['verdict']}: {r['reason']}", None
-    return r["ready_ms"], None, (wall, r)
+    steps = next((line.split("schedrig-guest-init: ", 1)[1] for line in r["console_tail"].splitlines()
+                  if "schedrig-guest-init: SRDY at guest clock" in line), "(no SRDY line)")
+    return r["ready_ms"], None, (wall, steps)
 
 
 def main():
@@ -135,43 +171,51 @@ def main():
              else "this machine's KVM")
     print(f"bench-peer: {runs} runs each, alternating, on {where}; {VCPUS} vCPU, {MEM_MIB} MiB; "
           f"kernel {vmlinux}" + (f"; appended: {APPEND}" if APPEND else ""), flush=True)
+    # One untimed boot first: it fills the introspection cache for this
+    # copy of the kernel, as any earlier run on the kernel would have.
+    _, err, _ = run_schedrig_ready(k, -1)
+    if err:
+        sys.exit(f"schedrig (guest-init) warm-up run: {err}")
     walls = {n: [] for n, _ in vmms}
+    inits = {n: [] for n, _ in vmms}
     clocks = {n: [] for n, _ in vmms}
     ready, ready_wall = [], []
     for i in range(runs):
         for name, run in vmms:
-            wall, err, text = run(i)
+            wall, err, text, at_init = run(i)
             if LOGDIR:
                 with open(os.path.join(LOGDIR, f"{name}-{i}.log"), "w") as f:
                     f.write(text)
             if err:
                 sys.exit(f"{name} run {i}: {err}\n--- output ---\n{text[-1500:]}")
             clock = guest_clock(text)
-            if clock is None:
+            if clock is None or at_init is None:
                 sys.exit(f"{name} run {i}: the init's line never came\n--- output ---\n{text[-1500:]}")
             walls[name].append(wall)
+            inits[name].append(at_init)
             clocks[name].append(clock * 1000)
-            print(f"  run {i} {name:<13} start to exit {wall:8.0f} ms  guest clock at init {clock * 1000:7.0f} ms",
-                  flush=True)
+            print(f"  run {i} {name:<13} start to exit {wall:8.0f} ms  start to init's line {at_init:8.0f} ms  "
+                  f"guest clock at init {clock * 1000:7.0f} ms", flush=True)
         r, err, extra = run_schedrig_ready(k, i)
         if err:
             sys.exit(f"schedrig (guest-init) run {i}: {err}")
         ready.append(r)
         ready_wall.append(extra[0])
-        print(f"  run {i} schedrig guest-init: time to SRDY {r:8.0f} ms  (start to exit {extra[0]:.0f} ms)",
-              flush=True)
+        print(f"  run {i} schedrig guest-init: time to SRDY {r:8.0f} ms  (start to exit {extra[0]:.0f} ms)\n"
+              f"        {extra[1]}", flush=True)
 
     def fmt(v):
         return f"{statistics.median(v):8.0f} {min(v):8.0f} {max(v):8.0f}"
 
     print("\nmedian / min / max, ms")
-    print(f"{'VMM':<30} {'start to exit':>26}   {'guest clock at init':>26}")
+    print(f"{'VMM':<30} {'start to exit':>26}   {'start to init line':>26}   {'guest clock at init':>26}")
     for name, _ in vmms:
-        print(f"{name:<30} {fmt(walls[name])}   {fmt(clocks[name])}")
+        print(f"{name:<30} {fmt(walls[name])}   {fmt(inits[name])}   {fmt(clocks[name])}")
     print(f"{'schedrig, guest-init to SRDY':<30} {fmt(ready)}")
     base = statistics.median
     for name, _ in vmms[1:]:
         print(f"ratio schedrig / {name}: start to exit {base(walls['schedrig']) / base(walls[name]):.2f}, "
+              f"start to init line {base(inits['schedrig']) / base(inits[name]):.2f}, "
               f"guest clock at init {base(clocks['schedrig']) / base(clocks[name]):.2f}")
     print(f"ratio schedrig time to SRDY (guest-init) / start to exit (tiny init): "
           f"{base(ready) / base(walls['schedrig']):.2f}")

@@ -42,6 +42,58 @@ fn main() {
     power::power_off()
 }
 
+/// The guest clock (CLOCK_BOOTTIME) at init's start and at each step
+/// before SRDY: the console line says where init's time to SRDY went.
+struct Steps {
+    start: Duration,
+    last: Duration,
+    text: String,
+}
+
+impl Steps {
+    fn start() -> Self {
+        let now = boot_clock();
+        Self {
+            start: now,
+            last: now,
+            text: String::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        let now = boot_clock();
+        self.text += &format!(
+            ", {what} {} ms",
+            now.saturating_sub(self.last).as_millis()
+        );
+        self.last = now;
+    }
+
+    fn line(&self, what: &str) -> String {
+        let now = boot_clock();
+        format!(
+            "{what} at guest clock {:.3} s: init started at {:.3} s{}",
+            now.as_secs_f64(),
+            self.start.as_secs_f64(),
+            self.text
+        )
+    }
+}
+
+/// CLOCK_BOOTTIME; zero if it cannot be read (the line then says so by
+/// its zeros, nothing depends on it).
+fn boot_clock() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
 /// Prints what came back and picks the EXIT code: `ok` when there was no
 /// problem, [`EXIT_BAD_REPLIES`] otherwise.
 fn replies_exit_code(what: &str, check: &requests::ReplyCheck, ok: i32) -> i32 {
@@ -108,6 +160,7 @@ fn setup() -> Setup {
 /// The whole life of the guest; returns only in modes that end with a
 /// restart. An error is fatal: the bulk port is gone or never came.
 fn run() -> Result<(), String> {
+    let mut steps = Steps::start();
     let Setup {
         mode,
         exit_code,
@@ -122,6 +175,7 @@ fn run() -> Result<(), String> {
         }
         text
     })?;
+    steps.mark("set-up and bulk port");
     say(&format!("bulk port {}", path.display()));
     let comms = |e: CommsError| e.to_string();
 
@@ -138,6 +192,7 @@ fn run() -> Result<(), String> {
     }
     say(&format!("KADR: {addrs:x?}"));
     port.kern_addrs(&addrs).map_err(comms)?;
+    steps.mark("LIFE and KADR");
 
     match topology::read_topology(Path::new("/sys/devices/system")) {
         Ok(topo) => {
@@ -163,7 +218,9 @@ fn run() -> Result<(), String> {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    steps.mark("TOPO");
     port.system_ready().map_err(comms)?;
+    say(&steps.line("SRDY"));
     if mode == Mode::Panic {
         panic!("schedrig test panic");
     }
