@@ -40,10 +40,15 @@ def newc(entries):
 
 
 def stage():
-    """Kernel, bzImage and the initramfs in tmpfs (not 9p), as the peers'
-    inputs; returns their paths."""
+    """Kernel (and its config), bzImage and the initramfs in tmpfs (not
+    9p), as the peers' inputs; returns their paths."""
     k = os.path.join(work, "vmlinux")
     shutil.copyfile(vmlinux, k)
+    # The kernel's config beside it, as in the kernel cache (schedrig
+    # reads two options from it; without it, the image's IKCONFIG).
+    config = os.path.join(os.path.dirname(vmlinux), "config")
+    if os.path.exists(config):
+        shutil.copyfile(config, os.path.join(work, "config"))
     bz = os.path.join(work, "bzImage")
     shutil.copyfile(bzimage, bz)
     cpio = os.path.join(work, "init.cpio")
