@@ -20,6 +20,7 @@ CMDLINE = ("console=ttyS0 loglevel=6 reboot=k panic=-1 oops=panic pci=off "
 APPEND = os.environ.get("APPEND", "").strip()
 LOGDIR = os.environ.get("LOGDIR", "")
 MARK = "bench-peer-init: guest clock "
+KVMCLOCK = "bench-peer-init: kvm-clock at sched_clock stable "
 DEADLINE_S = 300
 
 work = tempfile.mkdtemp(prefix="bench-peer-")
@@ -61,10 +62,10 @@ def stage():
     return k, bz, cpio
 
 
-def guest_clock(text):
+def guest_clock(text, mark=MARK):
     for line in text.splitlines():
-        if MARK in line:
-            return float(line.split(MARK, 1)[1].split()[0])
+        if mark in line:
+            return float(line.split(mark, 1)[1].split()[0])
     return None
 
 
@@ -184,6 +185,7 @@ def main():
     walls = {n: [] for n, _ in vmms}
     inits = {n: [] for n, _ in vmms}
     clocks = {n: [] for n, _ in vmms}
+    kvmclocks = {n: [] for n, _ in vmms}
     ready, ready_wall = [], []
     for i in range(runs):
         for name, run in vmms:
@@ -194,13 +196,17 @@ def main():
             if err:
                 sys.exit(f"{name} run {i}: {err}\n--- output ---\n{text[-1500:]}")
             clock = guest_clock(text)
+            kvmclock = guest_clock(text, KVMCLOCK)
             if clock is None or at_init is None:
                 sys.exit(f"{name} run {i}: the init's line never came\n--- output ---\n{text[-1500:]}")
             walls[name].append(wall)
             inits[name].append(at_init)
             clocks[name].append(clock * 1000)
+            if kvmclock is not None:
+                kvmclocks[name].append(kvmclock * 1000)
             print(f"  run {i} {name:<13} start to exit {wall:8.0f} ms  start to init's line {at_init:8.0f} ms  "
-                  f"guest clock at init {clock * 1000:7.0f} ms", flush=True)
+                  f"guest clock at init {clock * 1000:7.0f} ms  kvm-clock at late init "
+                  f"{kvmclock * 1000 if kvmclock is not None else float('nan'):7.0f} ms", flush=True)
         r, err, extra = run_schedrig_ready(k, i)
         if err:
             sys.exit(f"schedrig (guest-init) run {i}: {err}")
@@ -210,18 +216,23 @@ def main():
               f"        {extra[1]}", flush=True)
 
     def fmt(v):
+        if not v:
+            return f"{'-':>8} {'-':>8} {'-':>8}"
         return f"{statistics.median(v):8.0f} {min(v):8.0f} {max(v):8.0f}"
 
     print("\nmedian / min / max, ms")
-    print(f"{'VMM':<30} {'start to exit':>26}   {'start to init line':>26}   {'guest clock at init':>26}")
+    print(f"{'VMM':<30} {'start to exit':>26}   {'start to init line':>26}   {'guest clock at init':>26}"
+          f"   {'kvm-clock at late init':>26}")
     for name, _ in vmms:
-        print(f"{name:<30} {fmt(walls[name])}   {fmt(inits[name])}   {fmt(clocks[name])}")
+        print(f"{name:<30} {fmt(walls[name])}   {fmt(inits[name])}   {fmt(clocks[name])}   {fmt(kvmclocks[name])}")
     print(f"{'schedrig, guest-init to SRDY':<30} {fmt(ready)}")
     base = statistics.median
     for name, _ in vmms[1:]:
         print(f"ratio schedrig / {name}: start to exit {base(walls['schedrig']) / base(walls[name]):.2f}, "
               f"start to init line {base(inits['schedrig']) / base(inits[name]):.2f}, "
-              f"guest clock at init {base(clocks['schedrig']) / base(clocks[name]):.2f}")
+              f"guest clock at init {base(clocks['schedrig']) / base(clocks[name]):.2f}"
+              + (f", kvm-clock at late init {base(kvmclocks['schedrig']) / base(kvmclocks[name]):.2f}"
+                 if kvmclocks['schedrig'] and kvmclocks[name] else ""))
     print(f"ratio schedrig time to SRDY (guest-init) / start to exit (tiny init): "
           f"{base(ready) / base(walls['schedrig']):.2f}")
 
