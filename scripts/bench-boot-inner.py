@@ -37,6 +37,7 @@ for topo, mem in configs:
     guest = [r["ready_ms"] - r["setup_ms"] for r in rows]
     ready = [r["ready_ms"] for r in rows]
     share = [100.0 * s / t for s, t in zip(setup, ready)]
+    stats("total (process start -> exit)", [r["total_ms"] for r in rows], "ms")
     stats("time to SRDY", ready, "ms")
     stats("  VMM set-up (start -> KVM_RUN)", setup, "ms")
     stats("  guest (KVM_RUN -> SRDY)", guest, "ms")
