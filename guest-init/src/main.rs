@@ -62,10 +62,7 @@ impl Steps {
 
     fn mark(&mut self, what: &str) {
         let now = boot_clock();
-        self.text += &format!(
-            ", {what} {} ms",
-            now.saturating_sub(self.last).as_millis()
-        );
+        self.text += &format!(", {what} {} ms", now.saturating_sub(self.last).as_millis());
         self.last = now;
     }
 
@@ -91,7 +88,10 @@ fn boot_clock() -> Duration {
     if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
         return Duration::ZERO;
     }
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Prints what came back and picks the EXIT code: `ok` when there was no

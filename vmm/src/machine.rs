@@ -232,33 +232,37 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     // An own init sends no KADR, so the monitor would never sample: it
     // is not started (its symbol and BTF reads would only take host CPU
     // from the booting guest).
-    let monitor = config.vmlinux.as_ref().filter(|_| !config.foreign_init).and_then(|v| {
-        let layouts: std::sync::Arc<dyn crate::introspect::btf::Layouts> = match &config.btf_helper
-        {
-            Some(exe) => std::sync::Arc::new(crate::introspect::btf::BtfHelper::new(
-                exe.clone(),
+    let monitor = config
+        .vmlinux
+        .as_ref()
+        .filter(|_| !config.foreign_init)
+        .and_then(|v| {
+            let layouts: std::sync::Arc<dyn crate::introspect::btf::Layouts> =
+                match &config.btf_helper {
+                    Some(exe) => std::sync::Arc::new(crate::introspect::btf::BtfHelper::new(
+                        exe.clone(),
+                        v.clone(),
+                    )),
+                    None => match crate::introspect::btf::KernelBtf::from_vmlinux(v) {
+                        Ok(b) => std::sync::Arc::new(b),
+                        Err(e) => {
+                            tracing::warn!("no run-queue monitor: {e}");
+                            return None;
+                        }
+                    },
+                };
+            crate::monitor::Monitor::start(
                 v.clone(),
-            )),
-            None => match crate::introspect::btf::KernelBtf::from_vmlinux(v) {
-                Ok(b) => std::sync::Arc::new(b),
-                Err(e) => {
-                    tracing::warn!("no run-queue monitor: {e}");
-                    return None;
-                }
-            },
-        };
-        crate::monitor::Monitor::start(
-            v.clone(),
-            layouts,
-            m.mem.clone(),
-            shared.tids.clone(),
-            shared.freezer.epoch.clone(),
-            started,
-            config.introspect_cache.clone(),
-        )
-        .map_err(|e| tracing::warn!("no run-queue monitor: {e}"))
-        .ok()
-    });
+                layouts,
+                m.mem.clone(),
+                shared.tids.clone(),
+                shared.freezer.epoch.clone(),
+                started,
+                config.introspect_cache.clone(),
+            )
+            .map_err(|e| tracing::warn!("no run-queue monitor: {e}"))
+            .ok()
+        });
     let vm = std::sync::Arc::new(m.vm);
     if let Some(mon) = &monitor {
         ctl.watch_run_queues(mon.shared());

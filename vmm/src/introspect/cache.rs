@@ -76,8 +76,12 @@ impl DiskCache {
     /// half of one). Best effort: a failure only costs the next run the
     /// reads again.
     pub fn store(&self, c: &Cached) {
-        let Some(dir) = self.path.parent() else { return };
-        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
         let done = std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&tmp, render(c)))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
@@ -136,9 +140,9 @@ fn parse(text: &str) -> Option<Cached> {
                     size: size.parse().ok()?,
                 }),
             )),
-            ["nofield", kind, name, path, why] => {
-                c.fields.push((key(kind, name, path)?, Err(why.to_string())))
-            }
+            ["nofield", kind, name, path, why] => c
+                .fields
+                .push((key(kind, name, path)?, Err(why.to_string()))),
             _ => return None,
         }
         if c.symbols.len() > ENTRIES_MAX || c.fields.len() > ENTRIES_MAX {
@@ -226,11 +230,7 @@ impl Layouts for SeededLayouts {
     fn prefetch(&self, keys: &[(bool, &str, &str)]) -> Result<(), String> {
         let missing: Vec<(bool, &str, &str)> = keys
             .iter()
-            .filter(|(v, n, p)| {
-                !self
-                    .known
-                    .contains_key(&(*v, n.to_string(), p.to_string()))
-            })
+            .filter(|(v, n, p)| !self.known.contains_key(&(*v, n.to_string(), p.to_string())))
             .copied()
             .collect();
         if missing.is_empty() {
@@ -301,11 +301,16 @@ mod tests {
         let good = render(&sample());
         assert!(parse(&good).is_some());
         assert_eq!(parse(""), None);
-        assert_eq!(parse(&good.replacen("schedrig-introspect 1", "schedrig-introspect 0", 1)), None);
+        assert_eq!(
+            parse(&good.replacen("schedrig-introspect 1", "schedrig-introspect 0", 1)),
+            None
+        );
         assert_eq!(parse(&format!("{good}sym\trq\tnot-hex\t4\n")), None);
         assert_eq!(parse(&format!("{good}field\tunion\trq\tx\t1\t2\n")), None);
         assert_eq!(parse(&format!("{good}garbage\n")), None);
-        let many: String = (0..=ENTRIES_MAX).map(|i| format!("sym\ts{i}\t1\t1\n")).collect();
+        let many: String = (0..=ENTRIES_MAX)
+            .map(|i| format!("sym\ts{i}\t1\t1\n"))
+            .collect();
         assert_eq!(parse(&format!("{HEADER}\n{many}")), None);
     }
 
@@ -329,7 +334,10 @@ mod tests {
     fn seeded_layouts_ask_the_inner_one_only_what_the_cache_lacks() {
         let inner = Arc::new(Counting(AtomicUsize::new(0)));
         let l = SeededLayouts::new(sample().fields, inner.clone());
-        assert_eq!(l.field("rq", "nr_running"), Ok(Field { offset: 4, size: 4 }));
+        assert_eq!(
+            l.field("rq", "nr_running"),
+            Ok(Field { offset: 4, size: 4 })
+        );
         assert!(l.var_field("scx_root", "ops").is_err());
         assert_eq!(inner.0.load(Ordering::Relaxed), 0);
         l.prefetch(&[(false, "rq", "nr_running"), (false, "rq", "curr")])

@@ -178,13 +178,20 @@ const FIELDS: &[(bool, &str, &str)] = &[
     (false, "task_struct", "cpu"),
 ];
 
+/// What the monitor reads of the vmlinux before it samples.
+struct KernelReads {
+    symbols: Arc<SymbolTable>,
+    layouts: Arc<dyn Layouts>,
+    rq: RqLayout,
+}
+
 /// The symbols and field layouts the monitor needs: from the cache in
 /// `cache_dir` when it has them for this vmlinux, else read (and cached).
 fn read_kernel(
     vmlinux: &std::path::Path,
     btf: Arc<dyn Layouts>,
     cache_dir: Option<&std::path::Path>,
-) -> Result<(Arc<SymbolTable>, Arc<dyn Layouts>, RqLayout), String> {
+) -> Result<KernelReads, String> {
     let salt = format!("{:?}{FIELDS:?}", crate::introspect::kernel::SYMBOLS);
     let disk = cache_dir.and_then(|d| DiskCache::for_vmlinux(d, vmlinux, &salt));
     let cached = disk.as_ref().and_then(DiskCache::load);
@@ -212,7 +219,11 @@ fn read_kernel(
             fields: layouts.all(),
         });
     }
-    Ok((Arc::new(symbols), layouts, rq))
+    Ok(KernelReads {
+        symbols: Arc::new(symbols),
+        layouts,
+        rq,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -227,7 +238,11 @@ fn run(
     cache_dir: Option<&std::path::Path>,
 ) {
     let t = Instant::now();
-    let (symbols, btf, layout) = match read_kernel(vmlinux, btf, cache_dir) {
+    let KernelReads {
+        symbols,
+        layouts: btf,
+        rq: layout,
+    } = match read_kernel(vmlinux, btf, cache_dir) {
         Ok(r) => r,
         Err(e) => return s.fail(e),
     };
