@@ -89,13 +89,7 @@ fn boot_tests() -> Vec<Trial> {
             )?;
             // Guest RAM is on huge pages by default, where the host has
             // THP at all.
-            if thp_available() {
-                expect(
-                    r.guest_huge_kib.is_some_and(|k| k > 0),
-                    &r,
-                    &format!("huge pages in guest RAM (got {:?} KiB)", r.guest_huge_kib),
-                )?;
-            }
+            expect_huge_pages(&r)?;
             // No --scheduler: the kernel's own EEVDF, sched_ext untouched.
             let e = r.scheduler.exit.as_ref();
             expect(
@@ -147,13 +141,7 @@ fn boot_tests() -> Vec<Trial> {
             // alone writes many MiB of guest RAM.
             let r = run(o)?;
             expect_ok(&r)?;
-            if thp_available() {
-                expect(
-                    r.guest_huge_kib.is_some_and(|k| k > 0),
-                    &r,
-                    &format!("huge pages in guest RAM (got {:?} KiB)", r.guest_huge_kib),
-                )?;
-            }
+            expect_huge_pages(&r)?;
             check_kern_addrs(&r, true)
         }),
         Trial::test("watchdog_ends_a_guest_that_never_sends_srdy", || {
@@ -1004,6 +992,18 @@ fn hostile_tests() -> Vec<Trial> {
             )
         }),
     ]
+}
+
+/// Guest RAM is on huge pages (the default) wherever the host has THP.
+fn expect_huge_pages(r: &RunReport) -> Result<(), Failed> {
+    if thp_available() {
+        expect(
+            r.guest_huge_kib.is_some_and(|k| k > 0),
+            r,
+            &format!("huge pages in guest RAM (got {:?} KiB)", r.guest_huge_kib),
+        )?;
+    }
+    Ok(())
 }
 
 fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {
