@@ -115,7 +115,34 @@ def timed(cmd, console_fifo=None):
     if p.returncode != 0:
         err = (chunks[fds[1]] or chunks[fds[0]]).decode(errors="replace")
         return None, f"exit {p.returncode}: {err[-800:]}", text, None
+    timed.stdout = chunks[fds[0]].decode(errors="replace")
     return wall, None, text, at_init
+
+
+def vmm_setup_ms(name, text):
+    """The VMM's own start-up, where it says: schedrig's setup_ms (process
+    start to the first KVM_RUN), Firecracker's log from "Running
+    Firecracker" to "Successfully started microvm" (its main to the
+    vCPUs' start, without the exec)."""
+    if name == "schedrig":
+        try:
+            return json.loads(timed.stdout)["setup_ms"]
+        except (ValueError, KeyError):
+            return None
+    if name == "firecracker":
+        stamps = {}
+        for line in text.splitlines():
+            for key, mark in (("start", "Running Firecracker"), ("vm", "Successfully started microvm")):
+                if mark in line and key not in stamps:
+                    try:
+                        hms = line.split()[0].split("T")[1]
+                        h, m, sec = hms.split(":")
+                        stamps[key] = (int(h) * 60 + int(m)) * 60 + float(sec)
+                    except (IndexError, ValueError):
+                        pass
+        if len(stamps) == 2:
+            return (stamps["vm"] - stamps["start"]) * 1000
+    return None
 
 
 def run_schedrig(k, cpio, i):
@@ -204,9 +231,11 @@ def main():
             clocks[name].append(clock * 1000)
             if kvmclock is not None:
                 kvmclocks[name].append(kvmclock * 1000)
+            setup = vmm_setup_ms(name, text)
             print(f"  run {i} {name:<13} start to exit {wall:8.0f} ms  start to init's line {at_init:8.0f} ms  "
                   f"guest clock at init {clock * 1000:7.0f} ms  kvm-clock at late init "
-                  f"{kvmclock * 1000 if kvmclock is not None else float('nan'):7.0f} ms", flush=True)
+                  f"{kvmclock * 1000 if kvmclock is not None else float('nan'):7.0f} ms"
+                  + (f"  (VMM start-up {setup:.0f} ms)" if setup is not None else ""), flush=True)
         r, err, extra = run_schedrig_ready(k, i)
         if err:
             sys.exit(f"schedrig (guest-init) run {i}: {err}")
