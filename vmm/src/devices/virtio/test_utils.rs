@@ -109,6 +109,13 @@ impl<'a> DriverQueue<'a> {
             .unwrap();
     }
 
+    /// Whether the device asks to be notified of new buffers (the used
+    /// ring's `VRING_USED_F_NO_NOTIFY` clear).
+    pub fn wants_kicks(&self) -> bool {
+        let flags: u16 = self.mem.read_obj(GuestAddress(self.used_addr())).unwrap();
+        flags & 1 == 0
+    }
+
     /// Forces the avail index (to play a broken driver).
     pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;

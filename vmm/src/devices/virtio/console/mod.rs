@@ -16,7 +16,7 @@ use schedrig_wire::console::{
     port_queues, queue_role, QueueRole, BULK_PORT_ID, CONTROL_RX_QUEUE, PORT_COUNT,
     VIRTIO_CONSOLE_F_MULTIPORT, VIRTQUEUE_COUNT,
 };
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use self::control::ControlPlane;
@@ -103,7 +103,32 @@ impl Running {
         };
         serve_queue(&self.mem, queue, index, &self.interrupt, serve)
     }
+
+    /// Whether the driver should notify receive queue `index` when it
+    /// adds buffers (`VRING_USED_F_NO_NOTIFY` cleared, virtio 1.2,
+    /// 2.7.10): only while the device has bytes for it and no buffer.
+    /// Linux's console driver kicks once per buffer it adds (add_inbuf),
+    /// 128 per queue at probe: each kick is an MMIO exit, which the
+    /// device never needs, since it looks at the ring whenever it has
+    /// something to deliver. Returns true when buffers arrived before
+    /// notifications were back on (the caller serves them again).
+    fn want_kicks(&mut self, index: u16, want: bool) -> Result<bool, DeviceError> {
+        let Some(queue) = self.queues.get_mut(usize::from(index)) else {
+            return Ok(false);
+        };
+        let queue_err = |source| DeviceError::Queue { index, source };
+        if want {
+            queue.enable_notification(&self.mem).map_err(queue_err)
+        } else {
+            queue.disable_notification(&self.mem).map_err(queue_err)?;
+            Ok(false)
+        }
+    }
 }
+
+/// Rounds of [`VirtioConsole::flush`] when buffers keep arriving while
+/// notifications are turned back on; past them they stay on.
+const FLUSH_ROUNDS: usize = 4;
 
 /// The multiport console device model.
 pub struct VirtioConsole {
@@ -162,8 +187,27 @@ impl VirtioConsole {
     }
 
     /// Copies pending host messages into c_ivq and pending bulk bytes into
-    /// the bulk port's receive queue, as far as guest buffers allow.
+    /// the bulk port's receive queue, as far as guest buffers allow, and
+    /// asks for the driver's notifications only where bytes wait for a
+    /// buffer ([`Running::want_kicks`]).
     fn flush(&mut self) -> Result<(), DeviceError> {
+        for _ in 0..FLUSH_ROUNDS {
+            self.flush_once()?;
+            let control_waits = self.control.next_outgoing().is_some();
+            let bulk_waits = self.states.guest_open(BULK_PORT_ID) && self.bulk.pending() > 0;
+            let Some(running) = self.running.as_mut() else {
+                return Ok(());
+            };
+            let raced = running.want_kicks(CONTROL_RX_QUEUE, control_waits)?
+                | running.want_kicks(BULK_RX_QUEUE, bulk_waits)?;
+            if !raced {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_once(&mut self) -> Result<(), DeviceError> {
         let Some(running) = self.running.as_mut() else {
             return Ok(());
         };
@@ -328,11 +372,18 @@ impl VirtioDevice for VirtioConsole {
                 got: queues.len(),
             });
         }
-        self.running = Some(Running {
+        let mut running = Running {
             mem,
             queues,
             interrupt,
-        });
+        };
+        // Ports 0 and 2 never get host input: their buffers need no kick.
+        for port in (0..PORT_COUNT).filter(|p| *p != BULK_PORT_ID) {
+            if let Some((rx, _)) = port_queues(port) {
+                running.want_kicks(rx, false)?;
+            }
+        }
+        self.running = Some(running);
         // Serve anything posted before DRIVER_OK (Linux posts nothing,
         // but a notification read before activation would be lost).
         for index in 0..VIRTQUEUE_COUNT {

@@ -526,6 +526,42 @@ fn bulk_rx_splits_across_small_guest_buffers() {
 }
 
 #[test]
+fn receive_queues_ask_for_kicks_only_while_bytes_wait_for_a_buffer() {
+    let mem = guest_memory();
+    let mut g = Guest::boot(&mem);
+    g.handshake();
+    let wants = |g: &Guest, q: u16| g.queues[usize::from(q)].wants_kicks();
+    // Nothing to deliver: no receive queue wants the driver's kicks.
+    for q in [0, CONTROL_RX_QUEUE, BULK_RX_QUEUE, 6] {
+        assert!(!wants(&g, q), "queue {q}");
+    }
+    g.send_control(1, ControlEvent::PortOpen, 1);
+    // Bytes and no buffer: the bulk receive queue wants the next kick.
+    g.writer.send(b"hello").unwrap();
+    g.t.process_queue(BULK_RX_QUEUE);
+    assert!(wants(&g, BULK_RX_QUEUE));
+    assert!(g.received(BULK_RX_QUEUE).is_empty());
+    g.post_in(BULK_RX_QUEUE, &[64]);
+    g.notify(BULK_RX_QUEUE);
+    assert_eq!(g.received(BULK_RX_QUEUE), vec![b"hello".to_vec()]);
+    assert!(!wants(&g, BULK_RX_QUEUE), "delivered: kicks off again");
+
+    // Control messages with no c_ivq buffer: that queue wants a kick
+    // until they are delivered.
+    let mut g = Guest::boot(&mem);
+    assert!(!wants(&g, CONTROL_RX_QUEUE));
+    g.send_control(u32::MAX, ControlEvent::DeviceReady, 1);
+    assert!(wants(&g, CONTROL_RX_QUEUE));
+    g.post_in(CONTROL_RX_QUEUE, &[128; 12]);
+    g.notify(CONTROL_RX_QUEUE);
+    assert_eq!(
+        g.control_messages().len(),
+        usize::try_from(PORT_COUNT).unwrap()
+    );
+    assert!(!wants(&g, CONTROL_RX_QUEUE));
+}
+
+#[test]
 fn bad_descriptors_are_rejected_without_panic() {
     let mem = guest_memory();
     let mut g = Guest::boot(&mem);
