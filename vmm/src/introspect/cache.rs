@@ -21,6 +21,8 @@ const HEADER: &str = concat!("schedrig-introspect 1 ", env!("CARGO_PKG_VERSION")
 const FILE_MAX: u64 = 1 << 20;
 /// Most lines kept of each kind.
 const ENTRIES_MAX: usize = 4096;
+/// Cache files kept (one per vmlinux seen; ~1.5 KB each): the newest.
+const FILES_KEPT: usize = 64;
 
 /// A field question: (is a variable, struct or variable name, path).
 pub type Key = (bool, String, String);
@@ -89,6 +91,32 @@ impl DiskCache {
             tracing::debug!("introspection cache {}: {e}", self.path.display());
             let _ = std::fs::remove_file(&tmp);
         }
+        prune(dir, FILES_KEPT);
+    }
+}
+
+/// Removes all but the `keep` newest cache files in `dir` (every copy of
+/// a kernel, e.g. scripts/bench-peer's staged one, gets its own file).
+/// Best effort, like the store.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort();
+    for (_, path) in &files[..files.len() - keep] {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -294,6 +322,27 @@ mod tests {
         let other_questions = DiskCache::for_vmlinux(&cache_dir, &vmlinux, "b").unwrap();
         assert_eq!(other_questions.load(), None);
         assert!(DiskCache::for_vmlinux(&cache_dir, &dir.path().join("absent"), "a").is_none());
+    }
+
+    #[test]
+    fn only_the_newest_cache_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for i in 0..5u64 {
+            let p = dir.path().join(format!("{i:016x}"));
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(old + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"not ours").unwrap();
+        prune(dir.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["0000000000000003", "0000000000000004", "notes.txt"]);
     }
 
     #[test]
