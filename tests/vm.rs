@@ -488,9 +488,9 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
         ),
     )?;
     // sched_ext's watchdog raised ERROR_STALL: as the guest reported it,
-    // or as the host read it in the kernel's `scx_exit_kind` (set when the
-    // error is raised and set to DONE as soon as the disable work starts,
-    // so a 100 ms sample catches it only now and then).
+    // or as the host's monitor read it (the kernel's `scx_exit_kind` until
+    // the disable work claims it, then `scx_exit_info->kind` until that
+    // work ends: a disable that hangs still shows it).
     let fired = |v: &Hostile| {
         sched_field(v, "exit_kind") == "ERROR_STALL"
             || v.json["monitor"]["scx_exit_kind"]
@@ -518,6 +518,13 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
         );
         attempt += 1;
     };
+    if v.json["verdict"] == "timeout" && fired(&v) {
+        // Not a failure of what is tested here, but never silent.
+        eprintln!(
+            "vm tests: NOTE: the visible-freeze guest raised ERROR_STALL, then hung in sched_ext's disable work until the run's deadline: {}",
+            v.json["reason"]
+        );
+    }
     let f = &v.json["freezes"][0];
     v.check(
         f["error"].is_null() && f["time_hidden"] == false,

@@ -96,23 +96,12 @@ pub fn prune_matching(dir: &Path, prefix: &str, suffix: &str, keep: usize) {
 /// As [`prune_matching`], calling `also` with each file removed (to
 /// remove what belongs to it, e.g. a marker beside an archive) first.
 pub fn prune_with(dir: &Path, prefix: &str, suffix: &str, keep: usize, also: impl Fn(&Path)) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = rd
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            n.starts_with(prefix) && n.ends_with(suffix)
-        })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    archives.sort_by_key(|a| std::cmp::Reverse(a.0));
-    for (_, old) in archives.into_iter().skip(keep) {
-        also(&old);
-        let _ = std::fs::remove_file(old);
-    }
+    schedrig_vmm::cache_files::keep_newest(
+        dir,
+        keep,
+        |n| n.starts_with(prefix) && n.ends_with(suffix),
+        also,
+    );
 }
 
 #[cfg(test)]

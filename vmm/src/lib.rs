@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod builder;
+pub mod cache_files;
 pub mod controller;
 pub mod devices;
 pub mod freeze;

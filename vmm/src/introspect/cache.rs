@@ -99,25 +99,12 @@ impl DiskCache {
 /// a kernel, e.g. scripts/bench-peer's staged one, gets its own file).
 /// Best effort, like the store.
 fn prune(dir: &Path, keep: usize) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut files: Vec<(std::time::SystemTime, PathBuf)> = rd
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit())
-        })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    if files.len() <= keep {
-        return;
-    }
-    files.sort();
-    for (_, path) in &files[..files.len() - keep] {
-        let _ = std::fs::remove_file(path);
-    }
+    crate::cache_files::keep_newest(
+        dir,
+        keep,
+        |name| name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+        |_| {},
+    );
 }
 
 /// FNV-1a, 64 bits: a file name, not a security boundary.

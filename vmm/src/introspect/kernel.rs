@@ -37,6 +37,7 @@ pub const SYMBOLS: &[&str] = &[
     "scx_ops",
     "scx_ops_enable_state_var",
     "scx_exit_kind",
+    "scx_exit_info",
     "ext_sched_class",
     "fair_sched_class",
     "rt_sched_class",

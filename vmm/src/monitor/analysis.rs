@@ -46,9 +46,10 @@ pub struct Sample {
     pub cpus: Vec<CpuSample>,
     /// `scx_ops_enable_state_var` (see `layout::scx_state_name`).
     pub scx_state: i32,
-    /// `scx_exit_kind`: what sched_ext's last exit is, set the moment an
-    /// error is raised (1026 ERROR_STALL when its watchdog fires), before
-    /// the disable work runs; -1 when unreadable.
+    /// What sched_ext's pending or last exit is (1026 ERROR_STALL when its
+    /// watchdog fires): the kernel's `scx_exit_kind`, set the moment an
+    /// error is raised, or while the disable work runs (and if it hangs)
+    /// `scx_exit_info->kind`; -1 when unreadable.
     pub scx_exit_kind: i32,
     /// The freezer's epoch (`freeze::Freezer::epoch`): when it differs
     /// between two samples, the host froze the guest in between.

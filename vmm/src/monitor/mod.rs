@@ -316,10 +316,7 @@ fn sample(
     let at_ms = started.elapsed().as_millis() as u64;
     // A kernel without sched_ext's symbols still has run queues.
     let (scx_state, name) = layout.read_scx(view).unwrap_or((-1, String::new()));
-    let scx_exit_kind = view
-        .symbol("scx_exit_kind")
-        .and_then(|a| view.read_u32(a))
-        .map_or(-1, |k| k as i32);
+    let scx_exit_kind = exit_kind(view);
     let mut cpus = Vec::with_capacity(ncpu as usize);
     for cpu in 0..ncpu {
         cpus.push(CpuSample {
@@ -337,6 +334,29 @@ fn sample(
         },
         name,
     ))
+}
+
+/// kernel/sched/ext.c (6.12): `SCX_EXIT_DONE`, what `scx_exit_kind`
+/// holds once the disable work has claimed the exit (and before any
+/// scheduler ran).
+const SCX_EXIT_DONE: u32 = 1;
+
+/// The kind of sched_ext's pending or last exit. The kernel's
+/// `scx_exit_kind` holds a raised error only until the disable work
+/// claims it (then DONE); the kind stays in `scx_exit_info->kind` (its
+/// first member) until that work ends and frees it, so a disable that
+/// hangs still shows the error it was raised for. -1 when unreadable.
+fn exit_kind(view: &KernelView) -> i32 {
+    let Ok(kind) = view.symbol("scx_exit_kind").and_then(|a| view.read_u32(a)) else {
+        return -1;
+    };
+    if kind != SCX_EXIT_DONE {
+        return kind as i32;
+    }
+    match view.symbol("scx_exit_info").and_then(|a| view.read_u64(a)) {
+        Ok(ei) if ei != 0 => view.read_u32(ei).map_or(kind as i32, |k| k as i32),
+        _ => kind as i32,
+    }
 }
 
 /// A thread's host CPU time and run-queue wait from

@@ -1,17 +1,19 @@
-//! ACPI tables (ACPI 6.5): what lets the guest see NUMA nodes (SRAT) and
-//! power off (the S5 sleep state through the PM1a control register).
+//! ACPI tables (ACPI 6.5): what lets the guest see NUMA nodes (SRAT), its
+//! devices without probing for them (DSDT) and power off (the S5 sleep
+//! state through the sleep control register).
 //!
 //! Tables live in the BIOS area at [`ACPI_START`]: RSDP, then XSDT, FADT,
-//! FACS, DSDT, MADT and SRAT. The FADT is a full (not hardware-reduced)
-//! one: hardware-reduced ACPI makes Linux drop the legacy PIC and with it
-//! the identity mapping of ISA IRQs, which our UARTs (IRQ 3, 4) and the
-//! virtio-mmio device named on the command line (IRQ 5) rely on. It
-//! names no SMI command port (so the machine is already in ACPI mode), no
-//! PM timer and no GPE blocks; the PM1a event and control blocks are the
-//! ports of [`crate::devices::acpi_pm`].
+//! DSDT, MADT and SRAT (no FACS: a hardware-reduced machine needs none).
+//! The FADT is hardware-reduced, as Firecracker's and Cloud Hypervisor's
+//! are: Linux then sets up no legacy PIC, no PIT and no SCI, and skips
+//! the IO-APIC timer check and ACPI's fixed events (~30 ms of guest time
+//! at boot under the emulated host). Every device with an interrupt is
+//! in the DSDT, so none needs the PIC's identity mapping of ISA IRQs;
+//! with `acpi=off` the MP table still describes a PC. The sleep
+//! registers are the ports of [`crate::devices::acpi_pm`].
 //!
 //! Built with the rust-vmm `acpi_tables` crate; the x86 structures it
-//! lacks (SRAT processor affinity, MADT interrupt source overrides) are
+//! lacks (SRAT processor affinity, the MADT's entries) are
 //! written here from the spec.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -23,7 +25,7 @@ use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{APIC_DEFAULT_PHYS_BASE, IO_APIC_DEFAULT_PHYS_BASE};
-use crate::devices::acpi_pm::{PM1A_CNT_BLK, PM1A_CNT_LEN, PM1A_EVT_BLK, PM1A_EVT_LEN, S5_SLP_TYP};
+use crate::devices::acpi_pm::{S5_SLP_TYP, SLEEP_CONTROL_REG, SLEEP_STATUS_REG};
 use crate::topology::{Topology, MIN_NODE_MIB};
 
 /// Start of the tables: the BIOS read-only area, where Linux also scans
@@ -35,20 +37,13 @@ pub const ACPI_MAX_SIZE: u64 = 0x1_0000;
 const OEM_ID: [u8; 6] = *b"SCHEDR";
 const OEM_TABLE_ID: [u8; 8] = *b"SCHEDRIG";
 const OEM_REVISION: u32 = 1;
-/// The SCI's ISA IRQ (never raised: no fixed or GPE events exist).
-const SCI_IRQ: u16 = 9;
 /// IAPC_BOOT_ARCH: an 8042 exists (we reset through it).
 const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
-/// MADT flags: PCAT_COMPAT, dual 8259 PICs are present.
-const MADT_PCAT_COMPAT: u32 = 1;
 /// MADT / SRAT structure types (ACPI 6.5, 5.2.12 and 5.2.16).
 const MADT_LOCAL_APIC: u8 = 0;
 const MADT_IO_APIC: u8 = 1;
-const MADT_INTERRUPT_OVERRIDE: u8 = 2;
 const SRAT_LOCAL_APIC_AFFINITY: u8 = 0;
 const SRAT_MEMORY_AFFINITY: u8 = 1;
-/// MPS INTI flags: active high, level triggered (the SCI).
-const INTI_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
 /// Flags of an enabled SRAT/MADT entry.
 const ENABLED: u32 = 1;
 
@@ -87,9 +82,8 @@ pub fn write(
         Ok(at)
     };
 
-    let facs = place(&facs(), 64)?;
     let dsdt = place(dsdt(devices).as_slice(), 16)?;
-    let fadt = place(&fadt(facs, dsdt), 16)?;
+    let fadt = place(&fadt(dsdt), 16)?;
     let madt = place(madt(apic_ids).as_slice(), 16)?;
     let srat = place(srat(topo, apic_ids, &nodes).as_slice(), 16)?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -134,16 +128,6 @@ pub fn node_ranges(nodes: u32, ram_end: u64) -> Result<Vec<(u64, u64)>, AcpiErro
             (start, end)
         })
         .collect())
-}
-
-/// FACS (5.2.10): required outside hardware-reduced mode; all zero
-/// besides its signature and length (no global lock, no waking vector).
-fn facs() -> [u8; 64] {
-    let mut f = [0u8; 64];
-    f[0..4].copy_from_slice(b"FACS");
-    f[4..8].copy_from_slice(&64u32.to_le_bytes());
-    f[32] = 2; // version
-    f
 }
 
 /// A device the DSDT describes, so that Linux binds its driver without
@@ -225,31 +209,30 @@ fn io_gas(port: u16, bytes: u8) -> GAS {
     GAS::new(AddressSpace::SystemIo, bytes * 8, 0, size, u64::from(port))
 }
 
-fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
+fn fadt(dsdt: u64) -> Vec<u8> {
     let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt)
-        .firmware_ctrl_64(facs)
+        .flag(Flags::HwReducedAcpi)
         // No fixed-feature power or sleep button.
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
         .flag(Flags::Wbinvd);
-    b.sci_int = SCI_IRQ.into();
-    b.pm1a_evt_blk = u32::from(PM1A_EVT_BLK).into();
-    b.pm1a_cnt_blk = u32::from(PM1A_CNT_BLK).into();
-    b.pm1_evt_len = PM1A_EVT_LEN;
-    b.pm1_cnt_len = PM1A_CNT_LEN;
-    b.x_pm1a_evt_blk = io_gas(PM1A_EVT_BLK, PM1A_EVT_LEN);
-    b.x_pm1a_cnt_blk = io_gas(PM1A_CNT_BLK, PM1A_CNT_LEN);
+    // Linux offers S5 on a hardware-reduced machine only when both
+    // registers are named (acpi_sleep_state_supported).
+    b.sleep_control_reg = io_gas(SLEEP_CONTROL_REG, 1);
+    b.sleep_status_reg = io_gas(SLEEP_STATUS_REG, 1);
     b.iapc_boot_arch = IAPC_BOOT_ARCH_8042.into();
     to_bytes(&b.finalize())
 }
 
-/// MADT (5.2.12): a local APIC per vCPU (processor UID = CPU index), the
-/// IOAPIC, and the PC overrides: IRQ 0 on GSI 2, the SCI level-triggered.
+/// MADT (5.2.12): a local APIC per vCPU (processor UID = CPU index) and
+/// the IOAPIC. No PCAT_COMPAT flag and no overrides: the machine has no
+/// 8259 PICs or PIT for Linux to use (hardware-reduced), and ISA IRQs
+/// 3-5 of the DSDT's devices are GSIs 3-5.
 fn madt(apic_ids: &[u32]) -> Sdt {
     let mut t = Sdt::new(*b"APIC", 44, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     t.write_u32(36, APIC_DEFAULT_PHYS_BASE);
-    t.write_u32(40, MADT_PCAT_COMPAT);
+    t.write_u32(40, 0);
     for (uid, &apic) in apic_ids.iter().enumerate() {
         let mut e = [MADT_LOCAL_APIC, 8, uid as u8, apic as u8, 0, 0, 0, 0];
         e[4..8].copy_from_slice(&ENABLED.to_le_bytes());
@@ -260,15 +243,6 @@ fn madt(apic_ids: &[u32]) -> Sdt {
     ioapic[2] = apic_ids.iter().max().map_or(0, |m| *m as u8 + 1);
     ioapic[4..8].copy_from_slice(&IO_APIC_DEFAULT_PHYS_BASE.to_le_bytes());
     t.append_slice(&ioapic);
-    for (irq, gsi, flags) in [
-        (0u8, 2u32, 0u16),
-        (SCI_IRQ as u8, u32::from(SCI_IRQ), INTI_ACTIVE_HIGH_LEVEL),
-    ] {
-        let mut e = [MADT_INTERRUPT_OVERRIDE, 10, 0, irq, 0, 0, 0, 0, 0, 0];
-        e[4..8].copy_from_slice(&gsi.to_le_bytes());
-        e[8..10].copy_from_slice(&flags.to_le_bytes());
-        t.append_slice(&e);
-    }
     t.write_u32(4, t.len() as u32);
     t.update_checksum();
     t
@@ -348,8 +322,23 @@ mod tests {
             .collect();
         assert_eq!(sigs, [b"FACP".to_vec(), b"APIC".to_vec(), b"SRAT".to_vec()]);
         let madt = table(u64::from_le_bytes(xsdt[44..52].try_into().unwrap()));
-        // 4 local APICs, an IOAPIC, two overrides.
-        assert_eq!(madt.len(), 44 + 4 * 8 + 12 + 2 * 10);
+        // 4 local APICs, an IOAPIC.
+        assert_eq!(madt.len(), 44 + 4 * 8 + 12);
+        let fadt = table(u64::from_le_bytes(xsdt[36..44].try_into().unwrap()));
+        // HW_REDUCED_ACPI (flags bit 20), and the sleep control and
+        // status registers as 8-bit system I/O at their ports.
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 20), 0);
+        assert_eq!(fadt[244..248], [1, 8, 0, 1]);
+        assert_eq!(
+            u64::from_le_bytes(fadt[248..256].try_into().unwrap()),
+            0x600
+        );
+        assert_eq!(fadt[256..260], [1, 8, 0, 1]);
+        assert_eq!(
+            u64::from_le_bytes(fadt[260..268].try_into().unwrap()),
+            0x601
+        );
         let srat = table(u64::from_le_bytes(xsdt[52..60].try_into().unwrap()));
         // CPUs 2 and 3 (package 1) are in proximity domain 1.
         let cpu = |i: usize| &srat[48 + i * 16..48 + (i + 1) * 16];
