@@ -131,6 +131,10 @@ fn boot_tests() -> Vec<Trial> {
             own_initrd,
         ),
         Trial::test(
+            "an_own_init_that_powers_off_is_ok_and_one_that_exits_is_a_kernel_panic",
+            own_init_ends,
+        ),
+        Trial::test(
             "host_serves_snapshots_and_kernel_memory_ops_to_the_guest",
             host_serves_requests,
         ),
@@ -1058,22 +1062,9 @@ fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {
 /// them "00:0N"), not from the legacy probe ("serial8250: ttyS1").
 fn own_initrd() -> Result<(), Failed> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let init = dir.path().join("init");
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench-peer-init.c");
-    let cc = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&init)
-        .arg(src)
-        .output()
-        .map_err(|e| format!("gcc: {e}"))?;
-    if !cc.status.success() {
-        return Err(format!("gcc: {}", String::from_utf8_lossy(&cc.stderr)).into());
-    }
-    let body = std::fs::read(&init).map_err(|e| format!("{e}"))?;
-    let mut w = schedrig::initramfs::cpio::CpioWriter::new(Vec::new());
-    w.file("init", 0o755, &body).map_err(|e| format!("{e}"))?;
-    let cpio = dir.path().join("init.cpio");
-    std::fs::write(&cpio, w.finish().map_err(|e| format!("{e}"))?).map_err(|e| format!("{e}"))?;
+    let source = std::fs::read_to_string(src).map_err(|e| format!("{src}: {e}"))?;
+    let cpio = own_initramfs(dir.path(), &source)?;
     let mut o = opts("1n1l1c1t", None);
     o.initrd = Some(cpio);
     o.append = "ignore_loglevel".into();
@@ -1103,6 +1094,70 @@ fn own_initrd() -> Result<(), Failed> {
         "the base command line, nothing added",
     )?;
     expect(r.frames.is_empty(), &r, "no frames from an own init")
+}
+
+/// Builds a one-file initramfs whose /init is `c_source`, compiled with
+/// gcc (static), in `dir`.
+fn own_initramfs(dir: &std::path::Path, c_source: &str) -> Result<std::path::PathBuf, Failed> {
+    let src = dir.join("init.c");
+    std::fs::write(&src, c_source).map_err(|e| format!("{e}"))?;
+    let init = dir.join("init");
+    let cc = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&init)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("gcc: {e}"))?;
+    if !cc.status.success() {
+        return Err(format!("gcc: {}", String::from_utf8_lossy(&cc.stderr)).into());
+    }
+    let body = std::fs::read(&init).map_err(|e| format!("{e}"))?;
+    let mut w = schedrig::initramfs::cpio::CpioWriter::new(Vec::new());
+    w.file("init", 0o755, &body).map_err(|e| format!("{e}"))?;
+    let cpio = dir.join("init.cpio");
+    std::fs::write(&cpio, w.finish().map_err(|e| format!("{e}"))?).map_err(|e| format!("{e}"))?;
+    Ok(cpio)
+}
+
+/// The two other ends of an own init (`schedrig boot --initrd`): a
+/// power-off through ACPI S5 (the hardware-reduced FADT's sleep control
+/// register) is ok; an init that exits makes the kernel panic
+/// ("Attempted to kill init!", then `panic=-1` resets at once), and that
+/// reset must not pass for an own init's ending.
+fn own_init_ends() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    // The kernel hands unknown `key=value` arguments to init as its
+    // environment.
+    let cpio = own_initramfs(
+        dir.path(),
+        "#include <stdlib.h>\n#include <string.h>\n#include <sys/reboot.h>\n\
+         int main(void) {\n\
+             const char *e = getenv(\"own_init_end\");\n\
+             if (e && !strcmp(e, \"poweroff\"))\n\
+                 reboot(RB_POWER_OFF);\n\
+             return 3;\n\
+         }\n",
+    )?;
+    let boot_with = |append: &str| {
+        let mut o = opts("1n1l1c1t", None);
+        o.initrd = Some(cpio.clone());
+        o.append = append.into();
+        run(o)
+    };
+    let r = boot_with("own_init_end=poweroff")?;
+    expect(
+        r.verdict == Verdict::Ok
+            && r.reason.contains("ACPI power-off (S5)")
+            && r.reason.contains("own init"),
+        &r,
+        "verdict ok: the guest ended by ACPI power-off (S5), own init",
+    )?;
+    let r = boot_with("own_init_end=exit")?;
+    expect(
+        r.verdict == Verdict::Panic && r.reason.contains("Attempted to kill init"),
+        &r,
+        "verdict panic: the kernel's words on the init that exited",
+    )
 }
 
 /// Boots per test inside the emulated host when the guest dies of the
