@@ -14,6 +14,10 @@ use super::layout::RqState;
 /// A stall: the clock did not advance over this many sample intervals
 /// (100 ms each) with tasks runnable.
 pub const STALL_INTERVALS: usize = 5;
+/// ... lasting at least this long: samples closer together than the
+/// interval (the monitor's last one, taken as the machine ends) do not
+/// make a shorter window a stall.
+pub const STALL_MIN_MS: u64 = 500;
 /// A stalled-looking CPU whose vCPU thread waited in the host's run
 /// queue for at least this fraction of the window is `inconclusive`:
 /// the host, not the guest, kept it from running.
@@ -105,7 +109,10 @@ pub fn stalls(samples: &[Sample]) -> Vec<Stall> {
                 }
                 j += 1;
             }
-            if start.nr_running > 0 && j - i >= STALL_INTERVALS {
+            if start.nr_running > 0
+                && j - i >= STALL_INTERVALS
+                && samples[j].at_ms - samples[i].at_ms >= STALL_MIN_MS
+            {
                 out.push(judge(cpu, &samples[i..=j]));
                 i = j + 1;
             } else {
@@ -228,6 +235,26 @@ mod tests {
         assert_eq!((s[0].cpu, s[0].from_ms, s[0].to_ms), (1, 200, 700));
         assert_eq!(s[0].nr_running, 2);
         assert!(s[0].inconclusive.is_none());
+    }
+
+    #[test]
+    fn samples_closer_than_the_interval_do_not_make_a_stall() {
+        // CPU 0's clock stands still from 100 to 400 ms (3 intervals) in
+        // 6 samples: two moments were sampled twice (5 "intervals").
+        let rows: Vec<Vec<(u32, u64)>> = [0, 100, 100, 100, 100, 100, 100]
+            .iter()
+            .map(|&c| vec![(2, c)])
+            .collect();
+        let mut s = samples(&rows, 0);
+        for (x, at) in s.iter_mut().zip([0, 100, 100, 200, 200, 300, 400]) {
+            x.at_ms = at;
+        }
+        assert!(stalls(&s).is_empty(), "{:?}", stalls(&s));
+        // The same samples 100 ms apart are one.
+        for (t, x) in s.iter_mut().enumerate() {
+            x.at_ms = 100 * t as u64;
+        }
+        assert_eq!(stalls(&s).len(), 1);
     }
 
     #[test]

@@ -267,8 +267,7 @@ fn run(
         rq: layout,
         ncpu,
     }));
-    let mut next = Instant::now();
-    loop {
+    let take = || {
         // The epoch before the reads: a freeze that starts during them
         // shows in the next sample.
         let epoch = freeze_epoch.load(Ordering::Acquire);
@@ -294,13 +293,24 @@ fn run(
             // not the end of monitoring, but it is said once.
             Err(e) => s.fail(format!("reading the run queues: {e}")),
         }
+    };
+    let mut next = Instant::now();
+    loop {
+        take();
         next += INTERVAL;
         let now = Instant::now();
-        if next < now {
-            // Late (the host did not run this thread): no catching up.
-            next = now;
+        if next <= now {
+            // Late (the host did not run this thread): no catching up,
+            // and no second sample at once (which looked like an
+            // interval with a stopped clock).
+            next = now + INTERVAL;
         }
         if !nap(s, next - now) {
+            // The machine is ending (its guest powered off, reset or ran
+            // out of time): one last sample shows the state it ended in,
+            // which a guest that powers off within an interval of its
+            // last change would otherwise hide.
+            take();
             return;
         }
     }
