@@ -94,13 +94,60 @@ fn io(path: &Path, source: std::io::Error) -> ImageError {
 /// Reads the kernel's embedded `.config` (CONFIG_IKCONFIG), or `None`
 /// when the image has none.
 pub fn read_ikconfig(path: &Path) -> Result<Option<String>, ImageError> {
-    let format = detect(path)?;
-    let data = std::fs::read(path).map_err(|e| io(path, e))?;
-    let kernel = match format {
-        ImageFormat::Vmlinux => data,
-        ImageFormat::BzImage => decompress_payload(path, &data)?,
-    };
-    Ok(ikconfig_from_kernel(&kernel))
+    match detect(path)? {
+        // A vmlinux with DWARF is hundreds of MiB: scanned in chunks,
+        // only the config's own bytes kept.
+        ImageFormat::Vmlinux => {
+            let f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+            ikconfig_scan(f, SCAN_CHUNK).map_err(|e| io(path, e))
+        }
+        ImageFormat::BzImage => {
+            let data = std::fs::read(path).map_err(|e| io(path, e))?;
+            Ok(ikconfig_from_kernel(&decompress_payload(path, &data)?))
+        }
+    }
+}
+
+/// How much of a vmlinux is read at a time when looking for IKCONFIG.
+const SCAN_CHUNK: usize = 1 << 20;
+/// The gzipped config is tens of KiB; markers further apart than this
+/// are not IKCONFIG's.
+const IKCONFIG_GZ_MAX: usize = 4 << 20;
+
+/// IKCONFIG out of a stream read `chunk` bytes at a time.
+fn ikconfig_scan(mut r: impl Read, chunk: usize) -> std::io::Result<Option<String>> {
+    let mut buf = vec![0u8; chunk.max(1)];
+    // Before the start marker: the tail that may hold its first part.
+    let mut window: Vec<u8> = Vec::new();
+    // After it: the gzip bytes so far.
+    let mut gz: Option<Vec<u8>> = None;
+    loop {
+        let n = read_up_to(&mut r, &mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let g = match gz.as_mut() {
+            Some(g) => {
+                g.extend_from_slice(&buf[..n]);
+                g
+            }
+            None => {
+                window.extend_from_slice(&buf[..n]);
+                let Some(i) = memchr::memmem::find(&window, IKCONFIG_START) else {
+                    let keep = window.len().saturating_sub(IKCONFIG_START.len() - 1);
+                    window.drain(..keep);
+                    continue;
+                };
+                gz.insert(window.split_off(i + IKCONFIG_START.len()))
+            }
+        };
+        if let Some(len) = memchr::memmem::find(g, IKCONFIG_END) {
+            return Ok(gunzip_config(&g[..len]));
+        }
+        if g.len() > IKCONFIG_GZ_MAX {
+            return Ok(None);
+        }
+    }
 }
 
 fn u32_at(data: &[u8], off: usize) -> Option<u32> {
@@ -165,8 +212,12 @@ fn decompress_payload(path: &Path, data: &[u8]) -> Result<Vec<u8>, ImageError> {
 pub fn ikconfig_from_kernel(kernel: &[u8]) -> Option<String> {
     let start = memchr::memmem::find(kernel, IKCONFIG_START)? + IKCONFIG_START.len();
     let len = memchr::memmem::find(&kernel[start..], IKCONFIG_END)?;
+    gunzip_config(&kernel[start..start + len])
+}
+
+fn gunzip_config(gz: &[u8]) -> Option<String> {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(&kernel[start..start + len])
+    flate2::read::GzDecoder::new(gz)
         .take(4 << 20)
         .read_to_string(&mut text)
         .ok()?;
@@ -204,6 +255,42 @@ mod tests {
             Some("CONFIG_SCHED_CLASS_EXT=y\n")
         );
         assert_eq!(ikconfig_from_kernel(b"no markers here"), None);
+    }
+
+    #[test]
+    fn scans_ikconfig_across_every_chunk_boundary() {
+        let mut k = b"\x7fELF junk IKCFG_ S junk IKCFG_ST".to_vec();
+        k.extend(gz("CONFIG_SCHED_CLASS_EXT=y\n"));
+        k.extend(b"IKCFG_ED more junk");
+        for chunk in 1..=k.len() + 1 {
+            assert_eq!(
+                ikconfig_scan(&k[..], chunk).unwrap().as_deref(),
+                Some("CONFIG_SCHED_CLASS_EXT=y\n"),
+                "chunk {chunk}"
+            );
+        }
+        for bad in [
+            &b"no markers"[..],
+            b"IKCFG_ST but no end",
+            b"IKCFG_ED before IKCFG_S",
+        ] {
+            for chunk in [1, 3, 64] {
+                assert_eq!(ikconfig_scan(bad, chunk).unwrap(), None);
+            }
+        }
+        // Markers too far apart are not IKCONFIG's: the scan stops.
+        let mut far = b"IKCFG_ST".to_vec();
+        far.resize(IKCONFIG_GZ_MAX + 2 * SCAN_CHUNK, 0);
+        far.extend(b"IKCFG_ED");
+        assert_eq!(ikconfig_scan(&far[..], SCAN_CHUNK).unwrap(), None);
+        // A vmlinux file goes through the scan.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vmlinux");
+        std::fs::write(&p, &k).unwrap();
+        assert_eq!(
+            read_ikconfig(&p).unwrap().as_deref(),
+            Some("CONFIG_SCHED_CLASS_EXT=y\n")
+        );
     }
 
     #[test]
