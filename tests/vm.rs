@@ -1065,10 +1065,7 @@ fn own_initrd() -> Result<(), Failed> {
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench-peer-init.c");
     let source = std::fs::read_to_string(src).map_err(|e| format!("{src}: {e}"))?;
     let cpio = own_initramfs(dir.path(), &source)?;
-    let mut o = opts("1n1l1c1t", None);
-    o.initrd = Some(cpio);
-    o.append = "ignore_loglevel".into();
-    let r = run(o)?;
+    let r = boot_own_init(&cpio, "ignore_loglevel")?;
     expect(
         r.verdict == Verdict::Ok
             && r.reason.contains("i8042 reset")
@@ -1119,6 +1116,14 @@ fn own_initramfs(dir: &std::path::Path, c_source: &str) -> Result<std::path::Pat
     Ok(cpio)
 }
 
+/// `schedrig boot --initrd cpio --append append` on one vCPU.
+fn boot_own_init(cpio: &std::path::Path, append: &str) -> Result<RunReport, Failed> {
+    let mut o = opts("1n1l1c1t", None);
+    o.initrd = Some(cpio.to_path_buf());
+    o.append = append.into();
+    run(o)
+}
+
 /// The two other ends of an own init (`schedrig boot --initrd`): a
 /// power-off through ACPI S5 (the hardware-reduced FADT's sleep control
 /// register) is ok; an init that exits makes the kernel panic
@@ -1138,13 +1143,7 @@ fn own_init_ends() -> Result<(), Failed> {
              return 3;\n\
          }\n",
     )?;
-    let boot_with = |append: &str| {
-        let mut o = opts("1n1l1c1t", None);
-        o.initrd = Some(cpio.clone());
-        o.append = append.into();
-        run(o)
-    };
-    let r = boot_with("own_init_end=poweroff")?;
+    let r = boot_own_init(&cpio, "own_init_end=poweroff")?;
     expect(
         r.verdict == Verdict::Ok
             && r.reason.contains("ACPI power-off (S5)")
@@ -1152,7 +1151,7 @@ fn own_init_ends() -> Result<(), Failed> {
         &r,
         "verdict ok: the guest ended by ACPI power-off (S5), own init",
     )?;
-    let r = boot_with("own_init_end=exit")?;
+    let r = boot_own_init(&cpio, "own_init_end=exit")?;
     expect(
         r.verdict == Verdict::Panic && r.reason.contains("Attempted to kill init"),
         &r,

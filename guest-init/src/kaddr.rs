@@ -18,7 +18,7 @@
 //! The `page_offset_base` slot is sent as unknown: the host puts that
 //! symbol where its vmlinux and `_text`'s slide put it (as every other
 //! symbol), and finding it here meant reading /proc/kallsyms to a data
-//! symbol after nearly every text symbol, about 170 ms of every boot
+//! symbol after nearly every text symbol, about 160 ms of every boot
 //! under the emulated test host. `_text` is among the first lines.
 
 use std::io::{BufRead, BufReader};
