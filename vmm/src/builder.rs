@@ -227,6 +227,9 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
             size: MMIO_SIZE as u32,
             irq: console_irq,
         },
+        acpi::AcpiDevice::Pvpanic {
+            port: crate::devices::pvpanic::PVPANIC_PORT,
+        },
     ];
     let rsdp = acpi::write(&mem, &topo, &apic_ids, mem.last_addr().0 + 1, &devices)?;
     boot::set_acpi_rsdp(&mem, rsdp)?;
@@ -249,6 +252,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
         tids: Arc::new((0..topo.vcpus()).map(|_| Default::default()).collect()),
         freezer: crate::freeze::Freezer::new(topo.vcpus() as usize),
         watches: watches_of(&mem)?,
+        pvpanic_armed: AtomicBool::new(false),
     });
     let mut vcpus = Vec::new();
     for cpu in 0..topo.vcpus() {

@@ -14,6 +14,7 @@ pub mod controller;
 pub mod devices;
 pub mod freeze;
 pub mod guest_errors;
+pub mod heap;
 pub mod introspect;
 pub mod machine;
 pub mod memory;

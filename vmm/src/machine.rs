@@ -158,6 +158,8 @@ struct Threads {
 /// Boots the guest and runs it to its end. `started` is when the VMM
 /// started (process start for the CLI), for the set-up figure.
 pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, MachineError> {
+    // This run's heap high-water mark starts here (see `heap`).
+    crate::heap::reset_peak();
     let m: Machine = builder::build(config, started)?;
     let (shared, transport, logs) = (m.shared, m.transport, m.logs);
 
@@ -358,6 +360,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         let host = r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()?;
         crate::metrics::memory_figures(host as u64, mem.iter().map(|r| r.len()).sum())
     });
+    ctl.vcpus_stopped(at_stop.clone());
     let mut report = ctl.finish(&logs);
     if report.verdict == Verdict::Timeout {
         report.vcpus_at_stop = at_stop;

@@ -161,6 +161,8 @@ pub struct StoppedVcpu {
     pub rip: Option<u64>,
     /// The other registers (rsp, rflags, cr3), or why they are unknown.
     pub detail: String,
+    /// RFLAGS.IF: whether it would take an interrupt (None: unknown).
+    pub interrupts_on: Option<bool>,
     /// The kernel function `rip` is in (`name+0xoff`), when the caller
     /// could name it from the vmlinux.
     pub function: Option<String>,
@@ -246,6 +248,7 @@ mod tests {
             state: "halted",
             rip: Some(0xffff_ffff_8100_1000),
             detail: "rsp=0x1".into(),
+            interrupts_on: Some(true),
             function: Some("default_idle+0x4".into()),
         };
         assert_eq!(

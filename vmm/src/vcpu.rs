@@ -12,6 +12,7 @@ use crate::report::StoppedVcpu;
 
 use crate::devices::acpi_pm::{self, PmAction};
 use crate::devices::i8042::{self, I8042Action};
+use crate::devices::pvpanic::{self, PvpanicEvent};
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::mmio::MmioTransport;
 
@@ -27,6 +28,9 @@ pub enum VcpuError {
         source: std::io::Error,
     },
 }
+
+/// RFLAGS.IF (Intel SDM vol. 1, 3.4.3): maskable interrupts enabled.
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// Real-time signal that kicks a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -70,6 +74,12 @@ pub enum VcpuEvent {
     WatchHit,
     /// i8042 reset, ACPI power-off, triple fault or a KVM system event.
     Reset(&'static str),
+    /// The guest kernel's pvpanic driver read the device (once per run):
+    /// its panic path will report a panic to the host.
+    PanicDeviceArmed,
+    /// The guest kernel's panic path wrote PVPANIC_PANICKED (this ends
+    /// the machine).
+    Panicked { cpu: u32 },
     /// The vCPU triple-faulted (a reset); `state` is its registers then,
     /// for the report (where it died: rip, and the paging state).
     TripleFault { cpu: u32, state: String },
@@ -94,6 +104,16 @@ pub struct VcpuShared {
     pub freezer: crate::freeze::Freezer,
     /// Watched guest pages (read-only to the guest; see watch.rs).
     pub watches: crate::watch::Watches,
+    /// The pvpanic device was read (see [`VcpuEvent::PanicDeviceArmed`]).
+    pub pvpanic_armed: AtomicBool,
+}
+
+/// What a port write asks of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortAction {
+    None,
+    Reset(&'static str),
+    Panicked,
 }
 
 impl VcpuShared {
@@ -105,27 +125,45 @@ impl VcpuShared {
         }
         match port {
             p if acpi_pm::contains(p) => self.pm.read(port, data),
+            pvpanic::PVPANIC_PORT => {
+                if pvpanic::read(data) == PvpanicEvent::Probed
+                    && !self.pvpanic_armed.swap(true, Ordering::AcqRel)
+                {
+                    (self.events)(VcpuEvent::PanicDeviceArmed);
+                }
+            }
             i8042::I8042_DATA_PORT | i8042::I8042_COMMAND_PORT => i8042::read(port, data),
             // Nothing here: reads float high, as on real hardware.
             _ => data.fill(0xff),
         }
     }
 
-    /// Returns a reset reason when the write asks for one.
-    fn io_out(&self, port: u16, data: &[u8]) -> Option<&'static str> {
+    /// What the write asks of the machine.
+    fn io_out(&self, port: u16, data: &[u8]) -> PortAction {
         if let Ok(mut ports) = self.serial.lock() {
             if let Some(s) = ports.iter_mut().find(|s| s.contains(port)) {
                 if let Err(e) = s.write(port, data) {
                     tracing::debug!("{e}");
                 }
-                return None;
+                return PortAction::None;
             }
         }
         if acpi_pm::contains(port) {
-            return (self.pm.write(port, data) == PmAction::PowerOff)
-                .then_some("ACPI power-off (S5)");
+            return match self.pm.write(port, data) {
+                PmAction::PowerOff => PortAction::Reset("ACPI power-off (S5)"),
+                PmAction::None => PortAction::None,
+            };
         }
-        (i8042::write(port, data) == I8042Action::Reset).then_some("i8042 reset")
+        if port == pvpanic::PVPANIC_PORT {
+            return match pvpanic::write(data) {
+                PvpanicEvent::Panicked => PortAction::Panicked,
+                _ => PortAction::None,
+            };
+        }
+        match i8042::write(port, data) {
+            I8042Action::Reset => PortAction::Reset("i8042 reset"),
+            _ => PortAction::None,
+        }
     }
 
     fn mmio(&self, addr: u64) -> Option<(u64, &Arc<Mutex<MmioTransport>>)> {
@@ -204,6 +242,7 @@ fn stopped_state(cpu: u32, vcpu: &VcpuFd) -> StoppedVcpu {
         },
         rip: None,
         detail: String::new(),
+        interrupts_on: None,
         function: None,
     };
     if s.state.starts_with("never started") {
@@ -212,6 +251,7 @@ fn stopped_state(cpu: u32, vcpu: &VcpuFd) -> StoppedVcpu {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
         (Ok(r), Ok(sr)) => {
             s.rip = Some(r.rip);
+            s.interrupts_on = Some(r.rflags & RFLAGS_IF != 0);
             s.detail = format!("rsp={:#x} rflags={:#x} cr3={:#x}", r.rsp, r.rflags, sr.cr3);
         }
         (Err(e), _) | (_, Err(e)) => s.detail = format!("(registers unavailable: {e})"),
@@ -245,12 +285,17 @@ fn run_until_end(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
         }
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => shared.io_in(port, data),
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if let Some(why) = shared.io_out(port, data) {
+            Ok(VcpuExit::IoOut(port, data)) => match shared.io_out(port, data) {
+                PortAction::None => {}
+                PortAction::Reset(why) => {
                     (shared.events)(VcpuEvent::Reset(why));
                     return;
                 }
-            }
+                PortAction::Panicked => {
+                    (shared.events)(VcpuEvent::Panicked { cpu });
+                    return;
+                }
+            },
             Ok(VcpuExit::MmioRead(addr, data)) => match shared.mmio(addr) {
                 Some((off, t)) => {
                     if let Ok(t) = t.lock() {

@@ -28,12 +28,18 @@ use crate::guest_errors::GuestErrors;
 use crate::report::{RunReport, Verdict};
 use crate::vcpu::VcpuEvent;
 
-/// The text Linux prints when it panics.
+/// The text Linux prints when it panics: a hint only (any guest process
+/// can print it); the verdict rests on pvpanic (see `devices::pvpanic`).
 const KERNEL_PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// The reset reason while a console power-off line waits for the vCPUs'
+/// own state to confirm it (see `finish`).
+const POWER_DOWN_LINE: &str = "power-off line on the console";
 /// Once EXIT arrived the guest reboots; this long is allowed for it.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// After the kernel's power-off line, how long the ACPI S5 write may take.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+/// The reset reason when EXIT_GRACE passed after EXIT.
+const AFTER_EXIT_GRACE: &str = "no power-off or reset after EXIT";
 /// Lines of console shown in a report.
 const CONSOLE_TAIL_LINES: usize = 40;
 
@@ -83,6 +89,15 @@ pub struct Controller {
     power_down_at: Option<Instant>,
     /// Registers of the vCPU that triple-faulted, for the report.
     fault_state: Option<String>,
+    /// The guest kernel's pvpanic driver is armed: only its report makes
+    /// a panic verdict.
+    panic_device: bool,
+    /// The vCPU whose kernel panic path wrote to pvpanic.
+    panicked: Option<u32>,
+    /// Frames that came after EXIT (refused: EXIT is the last word).
+    after_exit: u64,
+    /// Where each vCPU was when the machine was stopped.
+    stopped: Vec<crate::report::StoppedVcpu>,
     verdict: Option<(Verdict, String)>,
     /// Port 1 RX: answers to the guest's requests.
     replies: Option<BulkWriter>,
@@ -155,6 +170,10 @@ impl Controller {
             power_down,
             power_down_at: None,
             fault_state: None,
+            panic_device: false,
+            panicked: None,
+            after_exit: 0,
+            stopped: Vec::new(),
             verdict: None,
             replies: Some(replies),
             errors,
@@ -447,24 +466,39 @@ impl Controller {
                 continue;
             }
             let payload = &frame.payload;
-            match frame.tag {
-                Some(MsgTag::SystemReady) => {
-                    self.ready.get_or_insert_with(Instant::now);
+            if let Some(tag) = frame.tag {
+                if !self.admit(tag) {
+                    if self.verdict.is_some() {
+                        return;
+                    }
+                    continue;
                 }
-                Some(MsgTag::Exit) => {
-                    if let Ok(code) = scalar::decode_exit_code(payload) {
+            }
+            match frame.tag {
+                Some(MsgTag::SystemReady) => match payload.is_empty() {
+                    true => self.ready = Some(Instant::now()),
+                    false => self.refuse(MsgTag::SystemReady, "it carries a payload"),
+                },
+                Some(MsgTag::Exit) => match scalar::decode_exit_code(payload) {
+                    Ok(code) => {
                         self.exit_code = Some(code);
                         self.exit_at = Some(Instant::now());
                     }
-                }
-                Some(MsgTag::KernAddrs) => {
-                    self.kern_addrs = KernAddrs::decode(payload).ok();
-                    if let (Some(m), Some(ka)) = (&self.monitor, self.kern_addrs) {
-                        // The first KADR counts; a second one is ignored.
-                        let _ = m.kern_addrs.set(ka);
+                    Err(e) => self.refuse(MsgTag::Exit, &e.to_string()),
+                },
+                Some(MsgTag::KernAddrs) => match KernAddrs::decode(payload) {
+                    Ok(ka) => {
+                        self.kern_addrs = Some(ka);
+                        if let Some(m) = &self.monitor {
+                            let _ = m.kern_addrs.set(ka);
+                        }
                     }
-                }
-                Some(MsgTag::Topology) => self.topology = GuestTopology::decode(payload).ok(),
+                    Err(e) => self.refuse(MsgTag::KernAddrs, &e.to_string()),
+                },
+                Some(MsgTag::Topology) => match GuestTopology::decode(payload) {
+                    Ok(t) => self.topology = Some(t),
+                    Err(e) => self.refuse(MsgTag::Topology, &e.to_string()),
+                },
                 Some(MsgTag::Lifecycle) => {
                     if let Err(e) = self.lifecycle.record(payload) {
                         guest_error!(self.errors, Frame, "LIFE refused: {e}");
@@ -497,6 +531,13 @@ impl Controller {
                     }
                     Err(e) => guest_error!(self.errors, Frame, "STIM refused: {e}"),
                 },
+                Some(
+                    tag @ (MsgTag::ScenarioStart | MsgTag::ScenarioPause | MsgTag::ScenarioResume),
+                ) if !payload.is_empty() => self.refuse(tag, "it carries a payload"),
+                Some(MsgTag::ScenarioEnd) if payload.len() != 8 => self.refuse(
+                    MsgTag::ScenarioEnd,
+                    &format!("{} bytes, not a u64", payload.len()),
+                ),
                 Some(MsgTag::ScenarioStart) => {
                     self.step_ends.clear();
                     self.scenarios.started = self.scenarios.started.saturating_add(1);
@@ -559,9 +600,72 @@ impl Controller {
         }
     }
 
+    /// Whether a frame with a valid CRC may change the run's state:
+    /// once-only frames come once (a second one is a protocol error);
+    /// nothing comes after EXIT; an own init has no scheduler job. A
+    /// frame refused here is counted, and changes nothing.
+    fn admit(&mut self, tag: MsgTag) -> bool {
+        let seen = match tag {
+            MsgTag::SystemReady => self.ready.is_some(),
+            MsgTag::KernAddrs => self.kern_addrs.is_some(),
+            MsgTag::Topology => self.topology.is_some(),
+            MsgTag::Exit => self.exit_code.is_some(),
+            _ => false,
+        };
+        if seen {
+            self.end(
+                Verdict::ProtocolError,
+                format!("a second {tag}: the guest sends it once"),
+            );
+            return false;
+        }
+        if self.exit_code.is_some() {
+            self.after_exit += 1;
+            self.refuse(tag, "it came after EXIT");
+            return false;
+        }
+        let job_frame = matches!(
+            tag,
+            MsgTag::SchedulerAttached
+                | MsgTag::SchedulerExitInfo
+                | MsgTag::SchedulerExit
+                | MsgTag::SchedulerLog
+                | MsgTag::TestResult
+                | MsgTag::Stimulus
+                | MsgTag::ScenarioStart
+                | MsgTag::ScenarioEnd
+                | MsgTag::ScenarioPause
+                | MsgTag::ScenarioResume
+        );
+        if job_frame && self.deadlines.boot.is_none() {
+            self.refuse(
+                tag,
+                "an own init (--initrd) runs no schedrig job: only schedrig's guest-init sends it",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Counts (and logs, rate-limited) a frame that changed nothing.
+    fn refuse(&mut self, tag: MsgTag, why: &str) {
+        guest_error!(self.errors, Frame, "{tag} refused: {why}");
+    }
+
+    /// Where each vCPU was when the machine was stopped (`finish` checks
+    /// a console power-off line against it).
+    pub fn vcpus_stopped(&mut self, at_stop: Vec<crate::report::StoppedVcpu>) {
+        self.stopped = at_stop;
+    }
+
     pub fn on_vcpu(&mut self, e: &VcpuEvent) {
         match e {
             VcpuEvent::FirstRun(t) => self.first_run = Some(*t),
+            VcpuEvent::PanicDeviceArmed => self.panic_device = true,
+            VcpuEvent::Panicked { cpu } => {
+                self.panicked.get_or_insert(*cpu);
+                self.reset.get_or_insert("kernel panic (pvpanic)");
+            }
             VcpuEvent::WatchHit => self.snapshot_watch_hits(),
             VcpuEvent::Reset(why) => self.reset = Some(why),
             VcpuEvent::TripleFault { cpu, state } => {
@@ -590,7 +694,7 @@ impl Controller {
             // it a moment so the report says which, then end the VM anyway.
             let seen = *self.power_down_at.get_or_insert_with(Instant::now);
             if seen.elapsed() >= POWER_OFF_GRACE {
-                self.reset.get_or_insert("power-off (kernel halted)");
+                self.reset.get_or_insert(POWER_DOWN_LINE);
                 return true;
             }
         }
@@ -623,11 +727,80 @@ impl Controller {
         if self.exit_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE) {
             // EXIT arrived and the machine neither reset nor powered off
             // (e.g. a kernel booted with acpi=off halts instead): the
-            // last fallback.
-            self.reset.get_or_insert("halted after EXIT");
+            // last fallback. `finish` says what the vCPUs were doing.
+            self.reset.get_or_insert(AFTER_EXIT_GRACE);
             return true;
         }
         false
+    }
+
+    /// True when every vCPU was stopped halted with interrupts off: a
+    /// kernel that halted for good (machine_halt's stop_this_cpu loop).
+    fn all_halted_for_good(&self) -> bool {
+        !self.stopped.is_empty()
+            && self
+                .stopped
+                .iter()
+                .all(|v| v.state == "halted" && v.interrupts_on == Some(false))
+    }
+
+    /// A console power-off line, or the grace after EXIT, ended the run:
+    /// the vCPUs' own state decides whether the kernel halted.
+    fn confirm_end(&mut self) {
+        if matches!(self.reset, Some(POWER_DOWN_LINE | AFTER_EXIT_GRACE))
+            && self.all_halted_for_good()
+        {
+            self.reset = Some("kernel halted: every vCPU halted with interrupts off");
+        }
+    }
+
+    /// The panic verdict's reason, from the signals the guest cannot
+    /// fake: pvpanic; or, on a kernel without its driver, the console's
+    /// panic line backed by the reset that `panic=-1` makes (never by an
+    /// ACPI power-off or an EXIT).
+    fn panic_verdict(&mut self, line: Option<&str>) -> Option<String> {
+        if let Some(cpu) = self.panicked {
+            let line = line.unwrap_or("the kernel panicked (no panic line on the console)");
+            return Some(format!("{line} (pvpanic from vCPU {cpu})"));
+        }
+        let line = line?;
+        let reset_end = matches!(
+            self.reset,
+            Some("i8042 reset" | "triple fault" | "system reset")
+        );
+        if !self.panic_device && reset_end && self.exit_code.is_none() {
+            return Some(format!(
+                "{line} (console text, backed by the reset that followed: this kernel has no pvpanic driver)"
+            ));
+        }
+        guest_error!(
+            self.errors,
+            Console,
+            "a panic line on the console that the kernel's panic path did not confirm: {line}"
+        );
+        None
+    }
+
+    /// Why a console power-off line was not one.
+    fn unconfirmed_power_down(&self) -> String {
+        format!(
+            "the console said the kernel powered off or halted, but the machine ran on ({}): console text is not a power-off",
+            self.not_halted()
+        )
+    }
+
+    /// The vCPUs that were not halted for good when stopped.
+    fn not_halted(&self) -> String {
+        let running: Vec<String> = self
+            .stopped
+            .iter()
+            .filter(|v| !(v.state == "halted" && v.interrupts_on == Some(false)))
+            .map(|v| v.to_string())
+            .collect();
+        match running.is_empty() {
+            true => "the host could not see the vCPUs' state".to_string(),
+            false => running.join("; "),
+        }
     }
 
     /// The verdict (judged from the logs when no event decided it) and
@@ -635,18 +808,39 @@ impl Controller {
     pub fn finish(mut self, logs: &Logs) -> RunReport {
         let console_text = logs.console.text();
         let crash_text = logs.crash.text();
+        self.confirm_end();
+        let panic_line = console_text
+            .lines()
+            .find(|l| l.contains(KERNEL_PANIC_MARKER))
+            .map(|l| printable(l));
         if self.verdict.is_none() {
-            if let Some(line) = console_text
-                .lines()
-                .find(|l| l.contains(KERNEL_PANIC_MARKER))
-            {
-                let line = line.trim().to_string();
-                self.end(Verdict::Panic, line);
+            if let Some(panic) = self.panic_verdict(panic_line.as_deref()) {
+                self.end(Verdict::Panic, panic);
+            } else if self.reset == Some(POWER_DOWN_LINE) {
+                // The console said power-off, the vCPUs said otherwise.
+                let why = self.unconfirmed_power_down();
+                self.end(Verdict::NoExit, why);
             } else if let Some(first) = crash_text.lines().map(printable).find(|l| !l.is_empty()) {
                 self.end(Verdict::InitPanic, first);
+            } else if let (Some(code), Some(AFTER_EXIT_GRACE)) = (self.exit_code, self.reset) {
+                let ran_on = self.not_halted();
+                match self.after_exit {
+                    0 => self.end(
+                        Verdict::NoExit,
+                        format!("the guest sent EXIT {code} but did not power off, reset or halt within {EXIT_GRACE:?} ({ran_on}); the host stopped it"),
+                    ),
+                    n => self.end(
+                        Verdict::ProtocolError,
+                        format!("the guest sent EXIT {code}, then {n} more frames (refused), and ran on until the host stopped it {EXIT_GRACE:?} later ({ran_on})"),
+                    ),
+                }
             } else if let Some(code) = self.exit_code {
                 let how = self.reset.map_or(String::new(), |r| format!(" ({r})"));
-                self.end(Verdict::Ok, format!("guest exited with {code}{how}"));
+                let after = match self.after_exit {
+                    0 => String::new(),
+                    n => format!("; {n} frames after EXIT refused"),
+                };
+                self.end(Verdict::Ok, format!("guest exited with {code}{how}{after}"));
             } else if let (None, Some(how), None) =
                 (self.deadlines.boot, self.reset, &self.fault_state)
             {

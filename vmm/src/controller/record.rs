@@ -83,12 +83,13 @@ impl LifecycleLog {
 
 /// TEST results kept per run; later ones are counted, not kept.
 pub const SCENARIO_RESULTS_MAX: usize = 1024;
-/// Bytes of TEST payloads kept per run.
-/// (Decoded, a result takes up to about ten times its encoded size.)
+/// Bytes the kept TEST results may take decoded (see
+/// `ScenarioResult::decoded_bytes`): what they cost the host, which is
+/// up to 24 times their wire size.
 pub const SCENARIO_BYTES_MAX: usize = 8 << 20;
 
 /// The scenarios of a run: SCST count and the decoded TEST results,
-/// bounded in number and bytes.
+/// bounded in number and in decoded bytes.
 #[derive(Debug, Clone, Default)]
 pub struct ScenarioLog {
     pub started: u32,
@@ -105,6 +106,8 @@ impl ScenarioLog {
         payload: &[u8],
         adjust: impl FnOnce(&mut schedrig_wire::ScenarioResult),
     ) -> Result<Option<&schedrig_wire::ScenarioResult>, schedrig_wire::ScenarioResultError> {
+        // Every wire byte decodes to at least one byte: a payload larger
+        // than what is left cannot fit, and is not decoded at all.
         if self.results.len() >= SCENARIO_RESULTS_MAX
             || self.bytes + payload.len() > SCENARIO_BYTES_MAX
         {
@@ -112,8 +115,14 @@ impl ScenarioLog {
             return Ok(None);
         }
         let mut r = schedrig_wire::ScenarioResult::decode(payload)?;
+        // The guest's host fields go before they are counted.
+        r.host_rq = None;
+        if self.bytes + r.decoded_bytes() > SCENARIO_BYTES_MAX {
+            self.dropped += 1;
+            return Ok(None);
+        }
         adjust(&mut r);
-        self.bytes += payload.len();
+        self.bytes += r.decoded_bytes();
         self.results.push(r);
         Ok(self.results.last())
     }

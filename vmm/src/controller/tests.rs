@@ -189,3 +189,184 @@ fn the_scenario_watchdog_is_armed_by_scst_and_paused_by_scpp() {
     assert_eq!(r.verdict, Verdict::Timeout);
     assert!(r.reason.contains("scenario 3 did not end"), "{}", r.reason);
 }
+
+fn logs_with_console(text: &str) -> Logs {
+    let l = logs();
+    l.console.append(text.as_bytes());
+    l
+}
+
+fn halted(cpu: u32, interrupts_on: bool) -> crate::report::StoppedVcpu {
+    crate::report::StoppedVcpu {
+        cpu,
+        state: if interrupts_on { "running" } else { "halted" },
+        rip: Some(0xffff_ffff_8100_0000),
+        detail: String::new(),
+        interrupts_on: Some(interrupts_on),
+        function: None,
+    }
+}
+
+/// The hostile review's forgery: a user-space panic line, then a clean
+/// EXIT and ACPI power-off. The kernel's pvpanic driver is armed and
+/// never reported a panic, so the line is counted, not believed.
+#[test]
+fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
+    let (mut c, _, errors) = controller(Duration::from_secs(3600));
+    c.on_vcpu(&VcpuEvent::PanicDeviceArmed);
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
+    c.on_vcpu(&VcpuEvent::Reset("ACPI power-off (S5)"));
+    let r = c.finish(&logs_with_console(
+        "[ 2.0] Kernel panic - not syncing: forged\n[ 2.1] reboot: Power down\n",
+    ));
+    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+    assert_eq!(errors.counts().get("console"), Some(&1));
+
+    // The kernel's own panic path: pvpanic decides, the line is quoted.
+    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    c.on_vcpu(&VcpuEvent::PanicDeviceArmed);
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    c.on_vcpu(&VcpuEvent::Panicked { cpu: 1 });
+    assert!(c.check_deadlines(), "a pvpanic report ends the run");
+    let r = c.finish(&logs_with_console(
+        "[ 3.0] Kernel panic - not syncing: Attempted to kill init!\n",
+    ));
+    assert_eq!(r.verdict, Verdict::Panic);
+    assert!(
+        r.reason.contains("Attempted to kill init") && r.reason.contains("pvpanic from vCPU 1"),
+        "{}",
+        r.reason
+    );
+
+    // A kernel without the driver: the line counts only when the reset
+    // a panic makes followed, never with an EXIT or a power-off.
+    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    c.on_vcpu(&VcpuEvent::Reset("i8042 reset"));
+    let r = c.finish(&logs_with_console("Kernel panic - not syncing: x\n"));
+    assert_eq!(r.verdict, Verdict::Panic, "{}", r.reason);
+    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
+    c.on_vcpu(&VcpuEvent::Reset("ACPI power-off (S5)"));
+    let r = c.finish(&logs_with_console("Kernel panic - not syncing: x\n"));
+    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+}
+
+/// "reboot: Power down" on the console ends the wait, but only vCPUs
+/// halted with interrupts off make it a power-off.
+#[test]
+fn a_power_down_line_is_believed_only_when_every_vcpu_halted() {
+    for (cpus, want) in [
+        (vec![halted(0, false), halted(1, false)], Verdict::Ok),
+        (vec![halted(0, false), halted(1, true)], Verdict::NoExit),
+    ] {
+        let power_down = Arc::new(AtomicBool::new(false));
+        let mut c = Controller::new(
+            Instant::now() - Duration::from_secs(10),
+            Deadlines {
+                boot: Some(Duration::from_secs(3600)),
+                run: Duration::from_secs(3600),
+            },
+            power_down.clone(),
+            BulkWriter::new(1 << 10).unwrap(),
+            GuestErrors::default(),
+            SchedExpect::default(),
+        );
+        c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+        c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
+        power_down.store(true, Ordering::Release);
+        c.power_down_at = Some(Instant::now() - POWER_OFF_GRACE);
+        assert!(c.check_deadlines());
+        c.vcpus_stopped(cpus);
+        let r = c.finish(&logs());
+        assert_eq!(r.verdict, want, "{}", r.reason);
+        if want == Verdict::NoExit {
+            assert!(r.reason.contains("vCPU 1: running"), "{}", r.reason);
+        } else {
+            assert!(r.reason.contains("every vCPU halted"), "{}", r.reason);
+        }
+    }
+}
+
+/// One rule for every tag: a refused frame is counted and changes
+/// nothing; a second once-only frame is a protocol error.
+#[test]
+fn refused_frames_are_counted_and_never_overwrite_accepted_state() {
+    let ka = schedrig_wire::KernAddrs {
+        phys_base: Some(0x100_0000),
+        page_offset_base_kva: None,
+        text_kva: Some(0xffff_ffff_8100_0000),
+    };
+    let (mut c, _, errors) = controller(Duration::from_secs(3600));
+    c.on_bulk(&frame(MsgTag::KernAddrs, &[1, 2, 3]));
+    c.on_bulk(&frame(MsgTag::Topology, &[0xff; 3]));
+    c.on_bulk(&frame(MsgTag::SystemReady, &[1]));
+    c.on_bulk(&frame(MsgTag::Exit, &[0]));
+    c.on_bulk(&frame(MsgTag::ScenarioEnd, &[0; 3]));
+    c.on_bulk(&frame(MsgTag::ScenarioStart, &[7]));
+    assert_eq!(errors.counts().get("frame"), Some(&6));
+    c.on_bulk(&frame(MsgTag::KernAddrs, &ka.encode()));
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    assert!(c.kern_addrs.is_some() && c.ready.is_some());
+    assert!(c.scenarios.started == 0, "a refused SCST starts nothing");
+    // A second KADR, good or bad, is a protocol error; the first stays.
+    c.on_bulk(&frame(MsgTag::KernAddrs, &[9; 24]));
+    let r = c.finish(&logs());
+    assert_eq!(r.verdict, Verdict::ProtocolError);
+    assert!(r.reason.contains("second KADR"), "{}", r.reason);
+    assert_eq!(r.kern_addrs, Some(ka));
+
+    for tag in [MsgTag::SystemReady, MsgTag::Exit] {
+        let (mut c, _, _) = controller(Duration::from_secs(3600));
+        let p = if tag == MsgTag::Exit {
+            0i32.to_le_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        c.on_bulk(&frame(tag, &p));
+        c.on_bulk(&frame(tag, &p));
+        assert_eq!(c.finish(&logs()).verdict, Verdict::ProtocolError, "{tag}");
+    }
+}
+
+/// An own init has no scheduler job: SCXI and the scenario frames are
+/// refused as unexpected, not judged.
+#[test]
+fn job_frames_from_an_own_init_are_refused() {
+    let (mut c, _, errors) = controller(None);
+    let exit = schedrig_wire::SchedExit::default();
+    c.on_bulk(&frame(MsgTag::SchedulerExitInfo, &exit.encode().unwrap()));
+    c.on_bulk(&frame(MsgTag::ScenarioStart, &[]));
+    c.on_vcpu(&VcpuEvent::Reset("ACPI power-off (S5)"));
+    let r = c.finish(&logs());
+    assert_eq!(errors.counts().get("frame"), Some(&2));
+    assert!(r.scheduler.exit.is_none());
+    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+    assert!(r.reason.contains("own init"), "{}", r.reason);
+}
+
+/// A guest that keeps writing after EXIT: its frames are refused and
+/// the report says it ran on.
+#[test]
+fn frames_after_exit_are_refused_and_reported() {
+    let (mut c, _, errors) = controller(Duration::from_secs(3600));
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
+    for _ in 0..5 {
+        c.on_bulk(&frame(MsgTag::Lifecycle, &[1]));
+    }
+    assert_eq!(errors.counts().get("frame"), Some(&5));
+    assert!(c.lifecycle.entries.is_empty());
+    c.exit_at = Some(Instant::now() - EXIT_GRACE);
+    assert!(c.check_deadlines());
+    c.vcpus_stopped(vec![halted(0, true)]);
+    let r = c.finish(&logs());
+    assert_eq!(r.verdict, Verdict::ProtocolError, "{}", r.reason);
+    assert!(
+        r.reason.contains("5 more frames") && r.reason.contains("vCPU 0: running"),
+        "{}",
+        r.reason
+    );
+}

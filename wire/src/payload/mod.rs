@@ -1,6 +1,7 @@
 //! Payload types, one module per message family. Each module encodes and
 //! decodes exactly what wire-protocol.md says, and rejects anything else.
 
+pub mod bounded;
 pub mod kern_addrs;
 pub mod kernel_op;
 pub mod lifecycle;

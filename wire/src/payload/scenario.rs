@@ -11,6 +11,10 @@ pub const SCENARIO_WORKERS_MAX: usize = 1024;
 pub const SCENARIO_ERRORS_MAX: usize = 64;
 /// Host stalls one result may list (the host keeps the first ones).
 pub const HOST_STALLS_MAX: usize = 64;
+/// CPUs one per-CPU list may name.
+pub const CPUS_MAX: usize = 4096;
+/// Monitor samples one host view may hold (100 ms apart: 109 minutes).
+pub const HOST_SAMPLES_MAX: usize = 65536;
 
 /// One scenario's measurements.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -35,11 +39,14 @@ pub struct ScenarioResult {
     /// (clone3), ops included.
     pub fork_ms: u64,
     pub steps_done: u32,
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, SCENARIO_WORKERS_MAX>")]
     pub workers: Vec<WorkerResult>,
     /// Steal time per CPU during the scenario (the host did not run it).
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub steal_ms: Vec<u64>,
     /// Steal time per CPU during the holds only: what the holds' timing
     /// is judged against (set-up and teardown have their own steal).
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub hold_steal_ms: Vec<u64>,
     /// Set by the host, whatever the guest sent: the time the VMM itself
     /// was not run during the scenario (a host pause, which the guest
@@ -51,6 +58,7 @@ pub struct ScenarioResult {
     pub calibration_gap_us: u64,
     /// Harness problems (an op or a fork that failed): the verdict is
     /// `error`, never the scheduler's fault.
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, SCENARIO_ERRORS_MAX>")]
     pub errors: Vec<String>,
     /// Set when the scheduler stopped being attached during the scenario:
     /// what sched_ext's state was.
@@ -61,9 +69,11 @@ pub struct ScenarioResult {
     /// Set by the host, whatever the guest sent: each step's end as its
     /// STIM said (`elapsed_ms`, from the start the other times count
     /// from), in order; at most [`STEPS_SEEN_MAX`].
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, STEPS_SEEN_MAX>")]
     pub step_ends_ms: Vec<u64>,
     /// What each of the steps' host-request ops (snapshot, watch, kernel
     /// reads and writes) came to, in the order they ran.
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, OP_OUTCOMES_MAX>")]
     pub ops: Vec<OpOutcome>,
 }
 
@@ -83,11 +93,13 @@ pub struct OpOutcome {
     /// The op's name (`snapshot`, `watch`, `read_kernel`, `write_kernel`).
     pub kind: String,
     /// Its tag, symbol, or the places it named (`runqueues.nr_running@cpu0`).
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, OP_VALUES_MAX>")]
     pub what: Vec<String>,
     pub ok: bool,
     /// The host's reason when it refused, or why the guest could not ask.
     pub reason: String,
     /// Values read, one per place of `what`, in order.
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, OP_VALUES_MAX>")]
     pub values: Vec<crate::payload::kernel_op::Value>,
     /// When it was sent, ms from the scenario's start, and how long the
     /// reply took.
@@ -99,7 +111,9 @@ pub struct OpOutcome {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct HostRqView {
     /// Its samples over the holds (100 ms apart).
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, HOST_SAMPLES_MAX>")]
     pub samples: Vec<HostRqSample>,
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, HOST_STALLS_MAX>")]
     pub stalls: Vec<HostStall>,
     /// The largest max/min `nr_running` ratio across CPUs held for a
     /// second, and the CPUs then (busiest, idlest).
@@ -115,8 +129,11 @@ pub struct HostRqSample {
     /// sched_ext's enable state (0 enabling, 1 enabled, 2 disabling,
     /// 3 disabled; -1 unknown).
     pub scx_state: i32,
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub nr_running: Vec<u32>,
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub scx_nr_running: Vec<u32>,
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub local_dsq_nr: Vec<u32>,
 }
 
@@ -152,6 +169,7 @@ pub struct WorkerResult {
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
     /// CPUs it ran on, ascending.
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub cpus: Vec<u32>,
     pub migrations: u64,
     /// Longest wall time between two progress checkpoints, sleeps the work
@@ -169,8 +187,10 @@ pub struct WorkerResult {
     pub wake_p99_us: Option<u64>,
     /// The CPUs the isolation check holds it to (its cpuset, or the
     /// scenario's expectation); empty when it has none.
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub allowed: Vec<u32>,
     /// CPUs it ran on outside `allowed` once a cpuset change had settled.
+    #[serde(deserialize_with = "crate::payload::bounded::vec::<_, _, CPUS_MAX>")]
     pub outside: Vec<u32>,
     /// Its cgroup's cpu.weight.
     pub weight: u32,
@@ -196,7 +216,78 @@ pub enum ScenarioResultError {
     },
 }
 
+/// Heap bytes of a vector's elements (their own heap parts not included).
+fn vec_bytes<T>(v: &[T]) -> usize {
+    std::mem::size_of_val(v)
+}
+
+impl OpOutcome {
+    fn decoded_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.kind.len()
+            + self.reason.len()
+            + self.what.iter().map(|w| 24 + w.len()).sum::<usize>()
+            + self
+                .values
+                .iter()
+                .map(|v| {
+                    std::mem::size_of_val(v)
+                        + match v {
+                            crate::payload::kernel_op::Value::Bytes(b) => b.len(),
+                            _ => 0,
+                        }
+                })
+                .sum::<usize>()
+    }
+}
+
 impl ScenarioResult {
+    /// What this result takes in memory once decoded (an estimate from
+    /// lengths, never below the truth by more than allocator slack): the
+    /// host bounds what it keeps by this, not by wire bytes.
+    pub fn decoded_bytes(&self) -> usize {
+        let workers: usize = self
+            .workers
+            .iter()
+            .map(|w| {
+                std::mem::size_of::<WorkerResult>()
+                    + w.cgroup.len()
+                    + w.work.len()
+                    + vec_bytes(&w.cpus)
+                    + vec_bytes(&w.allowed)
+                    + vec_bytes(&w.outside)
+            })
+            .sum();
+        let host_rq = self.host_rq.as_ref().map_or(0, |h| {
+            h.samples
+                .iter()
+                .map(|s| {
+                    std::mem::size_of::<HostRqSample>()
+                        + vec_bytes(&s.nr_running)
+                        + vec_bytes(&s.scx_nr_running)
+                        + vec_bytes(&s.local_dsq_nr)
+                })
+                .sum::<usize>()
+                + h.stalls
+                    .iter()
+                    .map(|s| {
+                        std::mem::size_of::<HostStall>()
+                            + s.inconclusive.as_ref().map_or(0, String::len)
+                    })
+                    .sum::<usize>()
+        });
+        std::mem::size_of::<Self>()
+            + self.name.len()
+            + workers
+            + vec_bytes(&self.steal_ms)
+            + vec_bytes(&self.hold_steal_ms)
+            + self.errors.iter().map(|e| 24 + e.len()).sum::<usize>()
+            + self.sched_lost.as_ref().map_or(0, String::len)
+            + host_rq
+            + vec_bytes(&self.step_ends_ms)
+            + self.ops.iter().map(OpOutcome::decoded_bytes).sum::<usize>()
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, ScenarioResultError> {
         let b = postcard::to_allocvec(self).map_err(ScenarioResultError::Encode)?;
         if b.len() > SCENARIO_RESULT_MAX_LEN {
@@ -292,5 +383,37 @@ mod tests {
         // A claimed vector of 2^32 workers in a few bytes fails, no huge
         // allocation.
         assert!(ScenarioResult::decode(&[0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    /// The hostile review's bomb: empty strings, one wire byte each, 24
+    /// decoded. Past a list's cap the decode fails by count; under the
+    /// caps the decoded size is what the host accounts, not the wire's.
+    #[test]
+    fn decoded_size_is_bounded_by_counts_and_accounted() {
+        let op = |n: usize| OpOutcome {
+            what: vec![String::new(); n],
+            ..OpOutcome::default()
+        };
+        let over = ScenarioResult {
+            ops: vec![op(OP_VALUES_MAX + 1)],
+            ..ScenarioResult::default()
+        };
+        let b = postcard::to_allocvec(&over).unwrap();
+        assert!(ScenarioResult::decode(&b).is_err());
+        let errors = ScenarioResult {
+            errors: vec![String::new(); SCENARIO_ERRORS_MAX + 1],
+            ..ScenarioResult::default()
+        };
+        assert!(ScenarioResult::decode(&postcard::to_allocvec(&errors).unwrap()).is_err());
+        let full = ScenarioResult {
+            ops: (0..OP_OUTCOMES_MAX).map(|_| op(OP_VALUES_MAX)).collect(),
+            ..ScenarioResult::default()
+        };
+        let b = full.encode().unwrap();
+        let r = ScenarioResult::decode(&b).unwrap();
+        let decoded = r.decoded_bytes();
+        // About 290 KiB on the wire, over 6 MiB decoded.
+        assert!(b.len() < 300 << 10, "{}", b.len());
+        assert!(decoded > 20 * b.len(), "{decoded} vs {}", b.len());
     }
 }

@@ -140,6 +140,8 @@ pub enum AcpiDevice {
     Uart { base: u16, irq: u32 },
     /// A virtio-mmio transport (LNRO0005, virtio_mmio's ACPI ID).
     VirtioMmio { base: u32, size: u32, irq: u32 },
+    /// A pvpanic device (QEMU0001) on one I/O port, no interrupt.
+    Pvpanic { port: u16 },
 }
 
 /// DSDT: `\_S5_`, whose SLP_TYP the guest writes to power off, and the
@@ -192,6 +194,18 @@ fn dsdt(devices: &[AcpiDevice]) -> Sdt {
                 )
                 .to_aml_bytes(&mut dsdt);
                 mmios += 1;
+            }
+            AcpiDevice::Pvpanic { port } => {
+                let io = aml::IO::new(port, port, 1, 1);
+                let crs = aml::ResourceTemplate::new(vec![&io]);
+                aml::Device::new(
+                    "_SB_.PEVT".into(),
+                    vec![
+                        &aml::Name::new("_HID".into(), &"QEMU0001"),
+                        &aml::Name::new("_CRS".into(), &crs),
+                    ],
+                )
+                .to_aml_bytes(&mut dsdt);
             }
         }
     }
@@ -371,6 +385,7 @@ mod tests {
                 size: 0x1000,
                 irq: 5,
             },
+            AcpiDevice::Pvpanic { port: 0x505 },
         ]);
         let b = d.as_slice();
         assert!(checksum_ok(b));
@@ -378,6 +393,9 @@ mod tests {
         assert!(has(b"_S5_"));
         assert!(has(b"COM1") && has(b"COM2") && has(b"VR00"));
         assert!(has(b"LNRO0005"));
+        // pvpanic: QEMU0001 with its one port, 0x505.
+        assert!(has(b"PEVT") && has(b"QEMU0001"));
+        assert!(has(&[0x47, 1, 0x05, 5, 0x05, 5, 1, 1]));
         // PNP0501 as an EISA ID (0x0105D041, little-endian).
         assert!(has(&[0x41, 0xd0, 0x05, 0x01]));
         // COM2's I/O descriptor: 0x47, decode16, min = max = 0x2f8, align 1, 8 ports.
