@@ -360,6 +360,8 @@ pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
         "guest_errors": r.guest_errors,
         "guest_errors_not_logged": r.guest_errors_not_logged,
         "bulk_tx_deferred": r.bulk_tx_deferred,
+        "scenario_results_kept": r.scenario_results.len(),
+        "scenario_results_dropped": r.scenario_results_dropped,
         "console_log": r.console_file.as_ref().map(|f| serde_json::json!({
             "bytes": f.written,
             "truncated": f.truncated,

@@ -197,6 +197,12 @@ fn boot_tests() -> Vec<Trial> {
                 &r,
                 "the panic line as reason",
             )?;
+            // Decided by the kernel's own panic path, not by the text.
+            expect(
+                r.reason.contains("pvpanic from vCPU 0"),
+                &r,
+                "the panic reported through pvpanic",
+            )?;
             expect(
                 r.console_tail.contains("sysrq"),
                 &r,
@@ -1007,6 +1013,78 @@ fn hostile_tests() -> Vec<Trial> {
                 Ok(())
             },
         ),
+        Trial::test("hostile_forged_panic_line_is_not_a_panic", || {
+            let h = run_hostile("forge-panic")?;
+            hostile_common(&h)?;
+            h.check(
+                h.console_tail().contains("forged by guest-init"),
+                "the forged panic line on the console",
+            )?;
+            h.check(
+                h.guest_errors("console") == 1,
+                "the unconfirmed panic line counted once",
+            )
+        }),
+        Trial::test("hostile_forged_power_down_line_is_not_a_power_off", || {
+            let h = run_hostile("forge-power-down")?;
+            h.check(
+                h.json["verdict"] == "no_exit"
+                    && h.json["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("console text is not a power-off") && r.contains("vCPU 0")),
+                "verdict no_exit naming the vCPU that ran on",
+            )?;
+            // The host ended it (3 s after the line), not the guest.
+            h.check(
+                !h.console_tail().contains("forge-power-down: still here"),
+                "the host stopped the guest before it went on",
+            )
+        }),
+        Trial::test("hostile_frames_after_exit_are_refused_and_reported", || {
+            let h = run_hostile("after-exit")?;
+            h.check(
+                h.json["verdict"] == "protocol_error"
+                    && h.json["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("more frames") && r.contains("ran on")),
+                "verdict protocol_error saying the guest ran on after EXIT",
+            )?;
+            h.check(
+                h.guest_errors("frame") >= 10 && h.json["exit_code"] == 0,
+                "the frames after EXIT counted, the EXIT kept",
+            )
+        }),
+        Trial::test("hostile_bad_frames_are_counted_and_change_nothing", || {
+            let h = run_hostile("bad-frames")?;
+            hostile_common(&h)?;
+            let sent = h.said("bad-frames: sent ").ok_or("no bad-frames line")?;
+            h.check(
+                h.guest_errors("frame") == sent,
+                &format!("each of the {sent} malformed frames counted"),
+            )
+        }),
+        Trial::test("hostile_second_kadr_is_a_protocol_error", || {
+            let h = run_hostile("duplicate-kadr")?;
+            h.check(
+                h.json["verdict"] == "protocol_error"
+                    && h.json["reason"].as_str().is_some_and(|r| r.contains("second KADR")),
+                "verdict protocol_error for the second KADR",
+            )?;
+            h.check(
+                h.json["kern_addrs"]["phys_base"] != 0x200_0000,
+                "the first KADR kept",
+            )
+        }),
+        Trial::test("hostile_test_bomb_is_kept_by_decoded_size", || {
+            let h = run_hostile("test-bomb")?;
+            hostile_common(&h)?;
+            let kept = h.json["scenario_results_kept"].as_u64().unwrap_or(0);
+            let dropped = h.json["scenario_results_dropped"].as_u64().unwrap_or(0);
+            h.check(
+                kept == 1 && kept + dropped == 40,
+                &format!("one 6 MiB result kept of 40 (kept {kept}, dropped {dropped})"),
+            )
+        }),
         Trial::test("hostile_mmio_storm_is_counted_not_logged", || {
             let h = run_hostile("mmio-storm")?;
             hostile_common(&h)?;

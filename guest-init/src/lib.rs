@@ -12,6 +12,7 @@
 pub mod comms;
 pub mod console;
 pub mod crash;
+pub mod forge;
 pub mod hostile;
 pub mod jobs;
 pub mod kaddr;

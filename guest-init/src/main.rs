@@ -15,7 +15,7 @@ use schedrig_guest_init::comms::{BulkPort, CommsError};
 use schedrig_guest_init::console::{self, ensure_stdio, say};
 use schedrig_guest_init::crash::{fatal, install_panic_hook};
 use schedrig_guest_init::modes::{garbage_bytes, mode_from_cmdline, Mode};
-use schedrig_guest_init::{hostile, jobs, kaddr, mount, power, requests, topology};
+use schedrig_guest_init::{forge, hostile, jobs, kaddr, mount, power, requests, topology};
 use schedrig_wire::LifecyclePhase;
 
 /// How long the bulk port may take to appear (the control-queue
@@ -280,6 +280,38 @@ fn run() -> Result<(), String> {
                 }
             }
         }
+        Mode::ForgePanic => {
+            let line = "Kernel panic - not syncing: forged by guest-init (forge-panic mode)";
+            match forge::print_as_kernel(line) {
+                Ok(()) => say("forge-panic: printed the panic line from user space"),
+                Err(e) => say(&format!("forge-panic: /dev/kmsg: {e}")),
+            }
+            exit_code
+        }
+        Mode::ForgePowerDown => {
+            match forge::print_as_kernel("reboot: Power down") {
+                Ok(()) => say("forge-power-down: printed the power-off line; carrying on"),
+                Err(e) => say(&format!("forge-power-down: /dev/kmsg: {e}")),
+            }
+            forge::carry_on();
+            say("forge-power-down: still here");
+            exit_code
+        }
+        Mode::BadFrames => {
+            let n = forge::bad_frames(&mut port).map_err(comms)?;
+            say(&format!("bad-frames: sent {n} malformed frames"));
+            exit_code
+        }
+        Mode::DuplicateKadr => {
+            forge::duplicate_kadr(&mut port).map_err(comms)?;
+            say("duplicate-kadr: sent a second KADR");
+            exit_code
+        }
+        Mode::TestBomb => {
+            let (n, bytes) = forge::test_bomb(&mut port).map_err(comms)?;
+            say(&format!("test-bomb: sent {n} TEST frames of {bytes} bytes"));
+            exit_code
+        }
         Mode::Normal => match jobs::read_job() {
             Ok(job) => jobs::run(&mut port, job.as_ref())
                 .map_err(comms)?
@@ -292,6 +324,10 @@ fn run() -> Result<(), String> {
         _ => exit_code,
     };
     port.exit(exit_code).map_err(comms)?;
+    if mode == Mode::AfterExit {
+        let n = forge::after_exit(&mut port).map_err(comms)?;
+        say(&format!("after-exit: sent {n} frames after EXIT"));
+    }
     let end = if mode == Mode::Reboot {
         "restarting"
     } else {

@@ -50,11 +50,29 @@ pub enum GuestMode {
     /// After SRDY, bad accesses to the virtio-mmio registers through
     /// /dev/mem for five seconds; then EXIT 0.
     MmioStorm,
+    /// After SRDY, prints the kernel's panic line from user space
+    /// (/dev/kmsg), then EXIT 0 and power-off: not a panic.
+    ForgePanic,
+    /// After SRDY, prints the kernel's power-off line from user space,
+    /// then carries on for 20 s before EXIT 0: not a power-off.
+    ForgePowerDown,
+    /// EXIT 0, then LIFE frames for 20 s: what came after EXIT is
+    /// refused and the report says the guest ran on.
+    AfterExit,
+    /// After SRDY, one malformed frame of each kind the host refuses
+    /// (EXIT, SCEN, SCST, STIM, SCXI, TEST), then EXIT 0: each counted,
+    /// none changes the run.
+    BadFrames,
+    /// After SRDY, a second (valid) KADR: a protocol error.
+    DuplicateKadr,
+    /// After SRDY, TEST frames that decode to 24 times their wire size
+    /// (empty strings), then EXIT 0: the host keeps them by decoded size.
+    TestBomb,
 }
 
 impl GuestMode {
     /// Every mode, with its command-line name.
-    pub const ALL: [(GuestMode, &'static str); 13] = [
+    pub const ALL: [(GuestMode, &'static str); 19] = [
         (GuestMode::Normal, "normal"),
         (GuestMode::Hang, "hang"),
         (GuestMode::Garbage, "garbage"),
@@ -68,6 +86,12 @@ impl GuestMode {
         (GuestMode::FrameFlood, "frame-flood"),
         (GuestMode::KorqAbuse, "korq-abuse"),
         (GuestMode::MmioStorm, "mmio-storm"),
+        (GuestMode::ForgePanic, "forge-panic"),
+        (GuestMode::ForgePowerDown, "forge-power-down"),
+        (GuestMode::AfterExit, "after-exit"),
+        (GuestMode::BadFrames, "bad-frames"),
+        (GuestMode::DuplicateKadr, "duplicate-kadr"),
+        (GuestMode::TestBomb, "test-bomb"),
     ];
 
     /// The command-line name.

@@ -696,6 +696,9 @@ fn read_value(v: &Value) -> Option<u64> {
 /// wrong start time is shown by guest-init's requests mode), and an
 /// unknown symbol refused by name.
 fn run_host_ops() -> Result<(), Failed> {
+    // The page is checked in a real browser at the end: first make sure
+    // the browser works here at all, before a VM is booted for it.
+    chromium_works()?;
     let timeline = TempDir::new("timeline")?;
     let r = schedrig_run(
         &[
@@ -818,12 +821,54 @@ impl Drop for TempDir {
     }
 }
 
+/// Most a headless screenshot may take (the nested host emulates every
+/// instruction: about a minute there, a second on the host).
+const CHROMIUM_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Two lanes of bars in the timeline's colour: what `chromium_works`
+/// renders before any VM boots.
+const PREFLIGHT_PAGE: &str = "<html><body style=\"margin:0\">\
+<div style=\"height:40px;width:400px;background:#54aeff\"></div>\
+<div style=\"height:40px\"></div>\
+<div style=\"height:40px;width:400px;background:#54aeff\"></div></body></html>";
+
+/// Chromium renders a known page of two lanes here, or the one line that
+/// says what is wrong and how to fix it. Run before the VM, so a broken
+/// browser never looks like a failed VM test.
+fn chromium_works() -> Result<(), Failed> {
+    let dir = TempDir::new("chromium-preflight")?;
+    let page = dir.0.join("two-lanes.html");
+    std::fs::write(&page, PREFLIGHT_PAGE).map_err(|e| format!("{}: {e}", page.display()))?;
+    match lanes_rendered(&page, &dir.0) {
+        Ok(2) => Ok(()),
+        Ok(n) => Err(format!(
+            "chromium rendered {n} lanes of a known page of 2: the browser is broken here (run `schedrig setup --tests`)"
+        )
+        .into()),
+        Err(e) => {
+            let why = e.message().unwrap_or("chromium failed");
+            Err(why.lines().next().unwrap_or(why).to_string().into())
+        }
+    }
+}
+
 /// Opens `page` in headless Chromium (Debian's, installed by `schedrig
 /// setup --tests`), takes a screenshot, and counts the horizontal bands
 /// of the page's run-queue bar colour (#54aeff): one per CPU lane drawn.
+///
+/// HOME and the XDG directories point into `scratch`: Chromium keeps its
+/// crash database under $XDG_CONFIG_HOME whatever --user-data-dir says,
+/// and where it cannot create it (the nested host's read-only root) its
+/// crash handler exits; on a kernel with Yama (the nested host's Debian
+/// kernel) the browser then aborts with SIGTRAP and takes no screenshot.
+/// No command-line flag avoids the crash handler.
 fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<usize, Failed> {
     let shot = scratch.join("shot.png");
-    let out = Command::new("chromium")
+    let home = scratch.join("home");
+    let mut cmd = Command::new("chromium");
+    cmd.env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
         .args([
             "--headless",
             "--no-sandbox",
@@ -841,14 +886,25 @@ fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<u
             scratch.join("profile").display()
         ))
         .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", page.display()))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("chromium: {e} (run `schedrig setup --tests`)"))?;
+        .arg(format!("file://{}", page.display()));
+    let out = match schedrig::process::run(&mut cmd, "chromium", CHROMIUM_LIMIT) {
+        Ok(out) => out,
+        Err(schedrig::process::ProcessError::Spawn { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Err("chromium is not installed: run `schedrig setup --tests`".into())
+        }
+        Err(e) => return Err(format!("chromium: {e}").into()),
+    };
     let file = std::fs::File::open(&shot).map_err(|e| {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let first = said
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(nothing on stderr)");
         format!(
-            "chromium took no screenshot ({e}); it said:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            "chromium took no screenshot ({e}; chromium {}): {first}",
+            out.status
         )
     })?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
