@@ -424,6 +424,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Selftest(a) => {
+            if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
+                anyhow::ensure!(a.timeout > 90, "--timeout must be above 90 seconds");
+                return Ok(crate::nested::rerun::rerun_self(
+                    "schedrig selftest",
+                    &why,
+                    std::time::Duration::from_secs(a.timeout + 300),
+                    Vec::new(),
+                ));
+            }
             return crate::selftest::run_cli(
                 a.kernel.request(),
                 a.filter,
@@ -541,6 +550,27 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         scenario_timeout: None,
         initrd: a.initrd.clone(),
     };
+    if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
+        // As `schedrig run`: the same command inside the nested test host,
+        // with what the user named shared at the same paths.
+        let mut shares: Vec<PathBuf> = Vec::new();
+        if let Some(c) = opts.job.as_ref().and_then(|j| j.scheduler.as_ref()) {
+            shares.extend(c.host_path.parent().map(std::path::Path::to_path_buf));
+        }
+        for f in [&opts.console_file, &opts.initrd].into_iter().flatten() {
+            let f = std::path::absolute(f)?;
+            shares.extend(f.parent().map(std::path::Path::to_path_buf));
+        }
+        shares.retain(|d| d.is_dir());
+        shares.dedup();
+        let timeout = opts.boot_timeout + opts.timeout + std::time::Duration::from_secs(300);
+        return Ok(crate::nested::rerun::rerun_self(
+            "schedrig boot",
+            &why,
+            timeout,
+            shares,
+        ));
+    }
     let report = crate::boot::boot(&opts, started)?;
     if a.json {
         println!("{}", crate::boot::report_json(&report, &args));
@@ -676,11 +706,20 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         let timeout = std::time::Duration::from_millis(holds)
             + crate::run::SCENARIO_OVERHEAD * opts.scenarios.len() as u32
             + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout) + 300);
+        // A scheduler given by path (under /tmp, say) must be there too.
+        let sched_dir = opts
+            .scheduler
+            .as_ref()
+            .and_then(|c| c.host_path.parent().map(std::path::Path::to_path_buf));
         return Ok(crate::nested::rerun::rerun_self(
             "schedrig run",
             &why,
             timeout,
-            console_dir.into_iter().chain(timeline_dir).collect(),
+            console_dir
+                .into_iter()
+                .chain(timeline_dir)
+                .chain(sched_dir)
+                .collect(),
         ));
     }
     if crate::nested::rerun::in_emulated_host() {

@@ -103,6 +103,11 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
                 o.judgement.verdict.as_str(),
                 o.judgement.reason
             );
+            if o.judgement.verdict == Verdict::Fail {
+                if let Some(known) = known_finding(&sched, &o.scenario.name) {
+                    out += &format!("  (expected: {known})\n");
+                }
+            }
         }
     }
     let count = |v: Verdict| {
@@ -129,7 +134,22 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
         s.wall.as_secs_f64(),
         holds as f64 / 1000.0
     );
+    if count(Verdict::Fail) > 0 {
+        out += "A fail is the scheduler's: the harness's own problems are `error`, host noise is `inconclusive`.\n";
+    }
     out
+}
+
+/// What a scheduler is known not to do, for the scenario that shows it:
+/// said beside its `fail`, so a newcomer reads a finding about the
+/// scheduler, not a broken tool.
+pub fn known_finding(scheduler: &str, scenario: &str) -> Option<&'static str> {
+    match (scheduler, scenario) {
+        ("scx_simple", "uneven_weights") => Some(
+            "scx_simple has no cgroup support (no ops.cgroup_* callbacks), so cpu.weight cannot change its shares",
+        ),
+        _ => None,
+    }
 }
 
 /// One scenario as a JSON object (the `--json` contract).

@@ -45,6 +45,12 @@ pub enum SchedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--scheduler {path}: {source}")]
+    Path {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot build the per-test archive: {0}")]
     Archive(String),
 }
@@ -73,7 +79,19 @@ pub struct Chosen {
 pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
     let looks_like_path = spec.contains('/') || Path::new(spec).is_file();
     if looks_like_path {
-        let p = PathBuf::from(spec);
+        // Checked here, on the user's machine, before any VM (or nested
+        // host, whose /tmp is not this one's): absolute, so it means the
+        // same wherever the VM boots.
+        let p = std::fs::canonicalize(spec).map_err(|source| SchedError::Path {
+            path: spec.to_string(),
+            source,
+        })?;
+        if !p.is_file() {
+            return Err(SchedError::Path {
+                path: spec.to_string(),
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
         let name = p
             .file_name()
             .map_or_else(|| spec.to_string(), |n| n.to_string_lossy().into_owned());
