@@ -107,6 +107,25 @@ pub enum BootError {
     PvmKvm(String),
 }
 
+/// The user's own mistakes in `opts` (memory, own initramfs, times, the
+/// scheduler binary), found without a kernel or a VM: the CLI reports
+/// them before it starts a nested test host.
+pub fn check_before_vm(opts: &BootOptions) -> Result<(), BootError> {
+    opts.topology
+        .check_memory(opts.memory_mib)
+        .map_err(schedrig_vmm::MachineError::from)?;
+    if let Some(own) = &opts.initrd {
+        check_own_initrd(own)?;
+    }
+    if let Some(j) = &opts.job {
+        check_times(j, opts.timeout)?;
+        if let Some(c) = &j.scheduler {
+            crate::sched::binary::inspect(&c.host_path).map_err(crate::sched::SchedError::from)?;
+        }
+    }
+    Ok(())
+}
+
 /// Boots once and returns the report. `started` is when the caller
 /// started (the CLI passes its process start).
 pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError> {

@@ -550,6 +550,7 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         scenario_timeout: None,
         initrd: a.initrd.clone(),
     };
+    crate::boot::check_before_vm(&opts)?;
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // As `schedrig run`: the same command inside the nested test host,
         // with what the user named shared at the same paths.

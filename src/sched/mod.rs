@@ -82,9 +82,12 @@ pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
         // Checked here, on the user's machine, before any VM (or nested
         // host, whose /tmp is not this one's): absolute, so it means the
         // same wherever the VM boots.
-        let p = std::fs::canonicalize(spec).map_err(|source| SchedError::Path {
-            path: spec.to_string(),
-            source,
+        let p = std::fs::canonicalize(spec).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => binary::BinaryError::Missing(spec.to_string()).into(),
+            _ => SchedError::Path {
+                path: spec.to_string(),
+                source,
+            },
         })?;
         if !p.is_file() {
             return Err(SchedError::Path {
