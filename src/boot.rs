@@ -121,6 +121,7 @@ pub fn check_before_vm(opts: &BootOptions) -> Result<(), BootError> {
         check_times(j, opts.timeout)?;
         if let Some(c) = &j.scheduler {
             crate::sched::binary::inspect(&c.host_path).map_err(crate::sched::SchedError::from)?;
+            crate::sched::check_topology(c, opts.topology.vcpus())?;
         }
     }
     Ok(())
@@ -142,6 +143,9 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
     let (extra_files, extra) = match &opts.job {
         Some(j) => {
             check_times(j, opts.timeout)?;
+            if let Some(c) = &j.scheduler {
+                crate::sched::check_topology(c, opts.topology.vcpus())?;
+            }
             let files = match &j.scheduler {
                 Some(c) => vec![crate::sched::binary_archive(
                     c,

@@ -671,7 +671,9 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let scheduler = if eevdf {
         None
     } else {
-        Some(crate::sched::choose(&a.scheduler)?)
+        let c = crate::sched::choose(&a.scheduler)?;
+        crate::sched::check_topology(&c, a.topology.vcpus())?;
+        Some(c)
     };
     let sched_args = match &a.sched_args {
         Some(s) => crate::sched::split_args(s)?,

@@ -282,3 +282,22 @@ fn scenarios_lists_the_catalogue_and_prints_toml_that_runs() {
     assert!(toml.contains("swap_cpusets"), "{toml}");
     assert_one_error(&["scenarios", "--toml", "nope"], "unknown scenario");
 }
+
+/// scx_central on more than one CPU is refused before any VM, with the
+/// kernel's reason (see `sched::check_topology`).
+#[test]
+fn scx_central_on_several_cpus_is_refused_with_the_reason() {
+    // Needs the tree's schedulers, which `scripts/test` builds first.
+    if schedrig(&["kernel", "resolve"]).0 != 0 {
+        eprintln!("no cached kernel: skipping");
+        return;
+    }
+    assert_one_line(
+        &["boot", "--scheduler", "scx_central", "--topology", "1n1l2c1t"],
+        "scx_central cannot attach reliably on 2 CPUs",
+    );
+    assert_one_run_error(
+        &["--scheduler", "scx_central", "--topology", "1n1l2c1t", "--scenario", "steady"],
+        &["ops.init on the unbound scx_ops_enable_helper kthread"],
+    );
+}

@@ -586,6 +586,18 @@ fn sched_tests() -> Vec<Trial> {
             },
         ));
     }
+    // scx_central needs its init on the central CPU; on one CPU that
+    // holds whatever kthread runs it (more are refused before the VM).
+    t.push(Trial::test(
+        "scx_central_attaches_holds_and_detaches_on_1n1l1c1t",
+        || {
+            let h = run_sched(
+                "central",
+                &["--scheduler", "scx_central", "--hold", "3", "--topology", "1n1l1c1t"],
+            )?;
+            expect_clean_attach(&h, "scx_central", "central")
+        },
+    ));
     t.push(Trial::test(
         "scx_simple_linked_dynamically_attaches_from_its_packed_closure",
         || {

@@ -51,6 +51,8 @@ pub enum SchedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Topology(String),
     #[error("cannot build the per-test archive: {0}")]
     Archive(String),
 }
@@ -122,6 +124,22 @@ pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
         host_path: entry.binary(name),
         expect_ops: Some(ops.to_string()),
     })
+}
+
+/// Refuses a tree scheduler on a topology it cannot attach to, before
+/// any VM. scx_central's `ops.init` fails unless it runs on the central
+/// CPU, and its loader pins itself there for that; but Linux 6.12.y (the
+/// stable backport of upstream b06ccbabe250, "sched_ext: Fix starvation
+/// of scx_enable() under fair-class saturation") runs `ops.init` on the
+/// unbound `scx_ops_enable_helper` kthread, so with more than one CPU it
+/// attaches only when that thread happens to sit on CPU 0.
+pub fn check_topology(c: &Chosen, vcpus: u32) -> Result<(), SchedError> {
+    if c.expect_ops.as_deref() == Some("central") && vcpus > 1 {
+        return Err(SchedError::Topology(format!(
+            "scx_central cannot attach reliably on {vcpus} CPUs with this kernel: its init must run on the central CPU, but Linux 6.12.y runs sched_ext's ops.init on the unbound scx_ops_enable_helper kthread (stable backport of b06ccbabe250), whatever CPU the loader pins itself to; use --topology 1n1l1c1t"
+        )));
+    }
+    Ok(())
 }
 
 /// The selftests runner of the cache entry for the default kernel.
