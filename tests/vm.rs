@@ -10,6 +10,25 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+/// RETRY and NOTE lines: printed at once with their cause, and counted
+/// for the summary at the end, so a run that needed them says so.
+static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static NOTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+macro_rules! retry_line {
+    ($($t:tt)*) => {{
+        crate::RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!($($t)*);
+    }};
+}
+
+macro_rules! note_line {
+    ($($t:tt)*) => {{
+        crate::NOTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!($($t)*);
+    }};
+}
+
 #[path = "vm/run.rs"]
 mod run;
 use schedrig::nested::{self, KvmMode};
@@ -41,7 +60,16 @@ fn main() -> ExitCode {
     tests.extend(hostile_tests());
     tests.extend(sched_tests());
     tests.extend(run::tests());
-    libtest_mimic::run(&args, tests).exit_code()
+    let conclusion = libtest_mimic::run(&args, tests);
+    let (retries, notes) = (
+        RETRIES.load(std::sync::atomic::Ordering::Relaxed),
+        NOTES.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    eprintln!(
+        "vm tests: {retries} RETRY and {notes} NOTE this run{}",
+        if retries + notes > 0 { " (each printed above with its cause)" } else { "" }
+    );
+    conclusion.exit_code()
 }
 
 fn in_emulated_host() -> bool {
@@ -521,7 +549,7 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
         if fired(&v) || !(in_emulated_host() && stuck) || attempt == EMULATION_ATTEMPTS {
             break v;
         }
-        eprintln!(
+        retry_line!(
             "vm tests: RETRY ({attempt}/{}) of the visible freeze: sched_ext's disable work hung in the emulated host: {}",
             EMULATION_ATTEMPTS - 1,
             v.json["reason"]
@@ -530,7 +558,7 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
     };
     if v.json["verdict"] == "timeout" && fired(&v) {
         // Not a failure of what is tested here, but never silent.
-        eprintln!(
+        note_line!(
             "vm tests: NOTE: the visible-freeze guest raised ERROR_STALL, then hung in sched_ext's disable work until the run's deadline: {}",
             v.json["reason"]
         );
@@ -904,7 +932,7 @@ fn run_cli(label: &str, args: &[&str]) -> Result<Hostile, Failed> {
         if !(in_emulated_host() && artefact) || attempt == EMULATION_ATTEMPTS {
             return Ok(h);
         }
-        eprintln!(
+        retry_line!(
             "vm tests: RETRY ({attempt}/{}) of {mode} after an emulation death: {}",
             EMULATION_ATTEMPTS - 1,
             h.json["reason"]
@@ -1268,7 +1296,7 @@ fn run(o: BootOptions) -> Result<RunReport, Failed> {
         if !(in_emulated_host && r.is_emulation_artefact()) || attempt == EMULATION_ATTEMPTS {
             return Ok(r);
         }
-        eprintln!(
+        retry_line!(
             "vm tests: RETRY ({attempt}/{}) after a guest {} in the emulated host: {}\n{}--- console tail ---\n{}",
             EMULATION_ATTEMPTS - 1,
             r.verdict.as_str(),

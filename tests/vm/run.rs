@@ -433,7 +433,7 @@ pub fn tests() -> Vec<Trial> {
                     {
                         break r;
                     }
-                    eprintln!(
+                    retry_line!(
                         "vm tests: RETRY ({attempt}/{}) of scx_qmap -t 5: the first VM timed out in the emulated host: {}",
                         super::EMULATION_ATTEMPTS - 1,
                         r.lines[0]["reason"]
