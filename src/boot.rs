@@ -107,10 +107,25 @@ pub enum BootError {
     PvmKvm(String),
 }
 
+/// Refuses a topology with more CPUs than the kernel supports.
+fn check_nr_cpus(k: &kernel::ResolvedKernel, topology: Topology) -> Result<(), BootError> {
+    let max = k.config.get("CONFIG_NR_CPUS").and_then(|v| v.parse::<u32>().ok());
+    match max {
+        Some(max) if topology.vcpus() > max => Err(BootError::BadOptions(format!(
+            "--topology {} has {} CPUs; this kernel supports at most {max} (CONFIG_NR_CPUS), so a scheduler would not see them all",
+            topology,
+            topology.vcpus()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The user's own mistakes in `opts` (memory, own initramfs, times, the
-/// scheduler binary), found without a kernel or a VM: the CLI reports
-/// them before it starts a nested test host.
-pub fn check_before_vm(opts: &BootOptions) -> Result<(), BootError> {
+/// scheduler binary, the kernel and its CPU limit), found without a VM:
+/// the CLI reports them before it starts a nested test host. Returns the
+/// files the boot will read, for the nested host to share.
+pub fn check_before_vm(opts: &BootOptions) -> Result<Vec<std::path::PathBuf>, BootError> {
+    let mut files = Vec::new();
     opts.topology
         .check_memory(opts.memory_mib)
         .map_err(schedrig_vmm::MachineError::from)?;
@@ -122,9 +137,15 @@ pub fn check_before_vm(opts: &BootOptions) -> Result<(), BootError> {
         if let Some(c) = &j.scheduler {
             crate::sched::binary::inspect(&c.host_path).map_err(crate::sched::SchedError::from)?;
             crate::sched::check_topology(c, opts.topology.vcpus())?;
+            files.push(c.host_path.clone());
         }
     }
-    Ok(())
+    let k = kernel::resolve(&opts.kernel)?;
+    check_nr_cpus(&k, opts.topology)?;
+    files.push(k.image);
+    files.extend(k.vmlinux);
+    files.extend(opts.initrd.clone());
+    Ok(files)
 }
 
 /// Boots once and returns the report. `started` is when the caller
@@ -174,19 +195,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         "per-test archives ready"
     );
     let k = kernel::resolve(&opts.kernel)?;
-    if let Some(max) = k
-        .config
-        .get("CONFIG_NR_CPUS")
-        .and_then(|v| v.parse::<u32>().ok())
-    {
-        if opts.topology.vcpus() > max {
-            return Err(BootError::BadOptions(format!(
-                "--topology {} has {} CPUs; this kernel supports at most {max} (CONFIG_NR_CPUS), so a scheduler would not see them all",
-                opts.topology,
-                opts.topology.vcpus()
-            )));
-        }
-    }
+    check_nr_cpus(&k, opts.topology)?;
     tracing::debug!(elapsed = ?started.elapsed(), "kernel resolved");
     // After the user's own mistakes are reported: those come first.
     if let Some(why) = crate::nested::detect::direct_boot_refusal() {

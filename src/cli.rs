@@ -550,19 +550,24 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         scenario_timeout: None,
         initrd: a.initrd.clone(),
     };
-    crate::boot::check_before_vm(&opts)?;
+    let reads = crate::boot::check_before_vm(&opts)?;
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // As `schedrig run`: the same command inside the nested test host,
-        // with what the user named shared at the same paths.
+        // with what the user named (scheduler, kernel, initramfs, console
+        // log) shared at the same paths.
         let mut shares: Vec<PathBuf> = Vec::new();
-        if let Some(c) = opts.job.as_ref().and_then(|j| j.scheduler.as_ref()) {
-            shares.extend(c.host_path.parent().map(std::path::Path::to_path_buf));
-        }
-        for f in [&opts.console_file, &opts.initrd].into_iter().flatten() {
+        for f in &reads {
             let f = std::path::absolute(f)?;
-            shares.extend(f.parent().map(std::path::Path::to_path_buf));
+            if crate::nested::hidden_inside(&f) {
+                shares.extend(f.parent().map(std::path::Path::to_path_buf));
+            }
+        }
+        // Written: shared wherever it is (the nested root is read-only).
+        if let Some(f) = &opts.console_file {
+            shares.extend(std::path::absolute(f)?.parent().map(std::path::Path::to_path_buf));
         }
         shares.retain(|d| d.is_dir());
+        shares.sort();
         shares.dedup();
         let timeout = opts.boot_timeout + opts.timeout + std::time::Duration::from_secs(300);
         return Ok(crate::nested::rerun::rerun_self(
@@ -713,6 +718,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         let sched_dir = opts
             .scheduler
             .as_ref()
+            .filter(|c| crate::nested::hidden_inside(&c.host_path))
             .and_then(|c| c.host_path.parent().map(std::path::Path::to_path_buf));
         return Ok(crate::nested::rerun::rerun_self(
             "schedrig run",

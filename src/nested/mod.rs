@@ -208,6 +208,13 @@ const RETRY_MIN_TIME: Duration = Duration::from_secs(30);
 /// Host directories the nested host replaces with private tmpfs.
 const SCRATCH_DIRS: &[&str] = &["/tmp", "/run", "/var/tmp", "/dev/shm"];
 
+/// True when `path` (absolute) is not what the nested host sees at the
+/// same path: it lies under one of its own fresh scratch mounts, so a
+/// command that reads it there must be given a share of it.
+pub fn hidden_inside(path: &Path) -> bool {
+    SCRATCH_DIRS.iter().any(|d| path.starts_with(d))
+}
+
 /// The host root read-only, scratch tmpfs, then what must stay visible
 /// although it lies under a scratch dir (the current directory, the
 /// command's directory: read-only), then the writable shares.
