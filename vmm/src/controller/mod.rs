@@ -38,6 +38,14 @@ const POWER_DOWN_LINE: &str = "power-off line on the console";
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// After the kernel's power-off line, how long the ACPI S5 write may take.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+/// sched_ext's default watchdog timeout (`SCX_WATCHDOG_MAX_TIMEOUT`'s
+/// default ops.timeout_ms, kernel/sched/ext.c): a stall it has not
+/// ended by then, it did not see or could not end.
+const SCX_WATCHDOG_DEFAULT: Duration = Duration::from_secs(30);
+/// How long one CPU must stall, as the host sees it, before the host
+/// ends the run as the scheduler's stall: past the kernel's watchdog,
+/// with room for its disable work.
+const HOST_WEDGE: Duration = Duration::from_secs(45);
 /// The reset reason when EXIT_GRACE passed after EXIT.
 const AFTER_EXIT_GRACE: &str = "no power-off or reset after EXIT";
 /// Lines of console shown in a report.
@@ -124,6 +132,8 @@ pub struct Controller {
     /// STIM `elapsed_ms` of the scenario running (cleared by SCST).
     step_ends: Vec<u64>,
     last_stall_look: Option<Instant>,
+    /// The CPU the host sees stalled now, and since when.
+    wedge: Option<(u32, Instant)>,
 }
 
 /// One armed scenario watchdog.
@@ -188,6 +198,7 @@ impl Controller {
             failure_snapshot: false,
             step_ends: Vec::new(),
             last_stall_look: None,
+            wedge: None,
             scenario_timeout: None,
             scenario_watch: None,
         }
@@ -302,11 +313,10 @@ impl Controller {
     /// Every monitor interval: a stall the host sees now (not one it
     /// caused) gets the failure snapshot while it lasts.
     fn look_for_stalls(&mut self) {
-        let Some(m) = &self.monitor else { return };
-        if self.failure_snapshot
-            || self
-                .last_stall_look
-                .is_some_and(|t| t.elapsed() < crate::monitor::INTERVAL)
+        let Some(m) = self.monitor.clone() else { return };
+        if self
+            .last_stall_look
+            .is_some_and(|t| t.elapsed() < crate::monitor::INTERVAL)
         {
             return;
         }
@@ -326,14 +336,50 @@ impl Controller {
         let stall = crate::monitor::analysis::stalls(&tail)
             .into_iter()
             .find(|s| s.inconclusive.is_none() && !paused(s));
-        if let Some(s) = stall {
-            let why = format!(
-                "the host saw CPU {} run none of its {} runnable tasks for {} ms",
-                s.cpu,
-                s.nr_running,
-                s.ms()
+        let Some(s) = stall else {
+            self.wedge = None;
+            return;
+        };
+        let why = format!(
+            "the host saw CPU {} run none of its {} runnable tasks for {} ms",
+            s.cpu, s.nr_running, s.ms()
+        );
+        self.snapshot_failure(&why);
+        // The same CPU stalled since: past the kernel's own watchdog
+        // (which would have ejected the scheduler and let the guest say
+        // so), the guest cannot speak for itself; the host judges.
+        let now = Instant::now();
+        let since = match self.wedge {
+            Some((cpu, t)) if cpu == s.cpu => t,
+            _ => now - Duration::from_millis(s.ms()),
+        };
+        self.wedge = Some((s.cpu, since));
+        let lasted = now.saturating_duration_since(since);
+        if lasted >= HOST_WEDGE {
+            let kernel = m
+                .tail(1)
+                .first()
+                .map(|x| {
+                    let kind = schedrig_wire::SchedExitKind::ALL
+                        .iter()
+                        .find(|k| i64::from(k.value()) == i64::from(x.scx_exit_kind))
+                        .map_or(x.scx_exit_kind.to_string(), |k| k.name().to_string());
+                    format!(
+                        "in guest memory: sched_ext state {} (1 enabled, 2 disabling), scx_exit_kind {kind}",
+                        x.scx_state
+                    )
+                })
+                .unwrap_or_default();
+            self.end(
+                Verdict::SchedStall,
+                format!(
+                    "judged by the host: CPU {} ran none of its {} runnable tasks for {:.1} s (its vCPU thread was not kept from running), past sched_ext's own {}-s watchdog, and the guest did not end it; {kernel}",
+                    s.cpu,
+                    s.nr_running,
+                    lasted.as_secs_f64(),
+                    SCX_WATCHDOG_DEFAULT.as_secs()
+                ),
             );
-            self.snapshot_failure(&why);
         }
     }
 

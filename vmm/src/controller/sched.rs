@@ -216,14 +216,7 @@ impl SchedState {
         let kind_text = |k: Option<SchedExitKind>| {
             k.map_or_else(|| format!("kind {:?}", exit.kind), |k| k.name().to_string())
         };
-        let first_line = |s: &str| {
-            s.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        };
+        let first_line = telling_line;
         match exit.outcome? {
             SchedOutcome::NoScheduler => (exit.final_state != "disabled").then(|| {
                 (
@@ -500,5 +493,37 @@ mod tests {
         assert!(s.on_exit_info(&[1, 2, 3], None).is_err());
         s.on_attached(b"simple").unwrap();
         assert!(s.report().attached);
+    }
+}
+
+/// The line of a scheduler's output that says what went wrong: the first
+/// that names an error (argument parsers print the complaint first, then
+/// usage and "For more information, try '--help'."), else the last.
+pub fn telling_line(output: &str) -> String {
+    const WORDS: [&str; 5] = ["error", "invalid", "unrecognized", "unknown", "unexpected"];
+    let lines: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .iter()
+        .find(|l| {
+            let l = l.to_ascii_lowercase();
+            WORDS.iter().any(|w| l.contains(w))
+        })
+        .or(lines.last())
+        .map_or(String::new(), |l| l.to_string())
+}
+
+#[cfg(test)]
+mod telling_tests {
+    #[test]
+    fn the_complaint_not_the_help_hint() {
+        let clap = "error: unexpected argument '--no-such-flag' found\n\n  tip: to pass '--no-such-flag' as a value, use '-- --no-such-flag'\n\nUsage: scx_bpfland [OPTIONS]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::telling_line(clap),
+            "error: unexpected argument '--no-such-flag' found"
+        );
+        let getopt = "scx_simple: invalid option -- 'x'\nUsage: scx_simple [-f] [-v]\n";
+        assert_eq!(super::telling_line(getopt), "scx_simple: invalid option -- 'x'");
+        assert_eq!(super::telling_line("a\nlast words\n\n"), "last words");
+        assert_eq!(super::telling_line(""), "");
     }
 }

@@ -33,6 +33,19 @@ const LEAF_CACHE_AMD: u32 = 0x8000_001d;
 const LEAF_EXT_APIC_AMD: u32 = 0x8000_001e;
 const LEAF_EXT_TOPOLOGY_AMD: u32 = 0x8000_0026;
 const LEAF_EXT_FEATURES_2_AMD: u32 = 0x8000_0021;
+/// KVM's paravirtual feature leaf (Documentation/virt/kvm/x86/cpuid.rst).
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+/// Diagnostics: KVM_FEATURE_* bits (EAX of [`LEAF_KVM_FEATURES`]) the
+/// guest is not shown, as a hex mask, e.g. 0x800 for PV_SEND_IPI.
+pub const HIDE_KVM_FEATURES_ENV: &str = "SCHEDRIG_HIDE_KVM_FEATURES";
+
+/// The KVM_FEATURE_* bits to hide, from [`HIDE_KVM_FEATURES_ENV`].
+fn hidden_kvm_features() -> u32 {
+    std::env::var(HIDE_KVM_FEATURES_ENV)
+        .ok()
+        .and_then(|v| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0)
+}
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 ECX: TSC-deadline mode of the local APIC timer. KVM emulates it
@@ -149,6 +162,7 @@ pub fn vcpu_cpuid(
             | LEAF_EXT_APIC_AMD
             | LEAF_EXT_TOPOLOGY_AMD => continue, // written below
             LEAF_EXT_MAX => max_ext = e.eax,
+            LEAF_KVM_FEATURES => e.eax &= !hidden_kvm_features(),
             LEAF_EXT_FEATURES if amd => e.ecx |= ECX_TOPOEXT,
             LEAF_L2_L3_AMD if amd && e.edx == 0 => {
                 // 16 MiB L3 (in 512 KiB units), 16-way (code 0x8), 64-byte lines.
