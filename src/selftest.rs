@@ -55,7 +55,12 @@ pub fn parse_line(line: &str) -> Option<TestResult> {
 pub struct Collector {
     partial: Vec<u8>,
     pub results: Vec<TestResult>,
+    /// The runner printed its closing "RESULTS:" block: every test ran.
+    pub finished: bool,
 }
+
+/// The runner's line before its closing counts (runner.c).
+const RESULTS_LINE: &str = "RESULTS:";
 
 /// Longest line kept while waiting for its end.
 const LINE_MAX: usize = 64 << 10;
@@ -71,6 +76,9 @@ impl Collector {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&self.partial).into_owned();
                 self.partial.clear();
+                if line.trim() == RESULTS_LINE {
+                    self.finished = true;
+                }
                 if let Some(r) = parse_line(&line) {
                     if self.results.len() < RESULTS_MAX
                         && self.results.iter().all(|x| x.number != r.number)
@@ -91,6 +99,14 @@ impl Collector {
     }
 }
 
+/// What one run of the suite came to.
+pub struct SuiteRun {
+    pub results: Vec<TestResult>,
+    /// The runner got to its closing counts.
+    pub finished: bool,
+    pub report: schedrig_vmm::RunReport,
+}
+
 /// Runs the suite; returns the results and the run's report.
 pub fn run(
     kernel: KernelRequest,
@@ -100,7 +116,7 @@ pub fn run(
     timeout: Duration,
     on_result: impl Fn(&TestResult) + Send + Sync + 'static,
     started: Instant,
-) -> Result<(Vec<TestResult>, schedrig_vmm::RunReport), crate::boot::BootError> {
+) -> Result<SuiteRun, crate::boot::BootError> {
     let runner = crate::sched::runner()?;
     let collector = Arc::new(Mutex::new(Collector::default()));
     let c2 = collector.clone();
@@ -144,11 +160,15 @@ pub fn run(
         ..BootOptions::default()
     };
     let report = crate::boot::boot(&opts, started)?;
-    let results = collector
+    let (results, finished) = collector
         .lock()
-        .map(|c| c.results.clone())
+        .map(|c| (c.results.clone(), c.finished))
         .unwrap_or_default();
-    Ok((results, report))
+    Ok(SuiteRun {
+        results,
+        finished,
+        report,
+    })
 }
 
 /// The CLI: one line per test as it finishes, then the counts.
@@ -162,27 +182,70 @@ pub fn run_cli(
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(timeout > 90, "--timeout must be above 90 seconds");
-    let (results, report) = run(
-        kernel,
-        filter,
-        topology,
-        memory_mib,
-        Duration::from_secs(timeout),
-        move |r| {
-            if !json {
-                println!("{:<6} {:>2} {}", r.status, r.number, r.name);
-            }
-        },
-        started,
-    )?;
+    // Each result as it comes: a line, or under --json one JSON object
+    // per line; the summary object is the last line.
+    let show = move |r: &TestResult| {
+        use std::io::Write;
+        let line = match json {
+            true => serde_json::json!({
+                "event": "test", "number": r.number, "name": r.name, "status": r.status,
+            })
+            .to_string(),
+            false => format!("{:<6} {:>2} {}", r.status, r.number, r.name),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let mut retried = 0;
+    let suite = loop {
+        let suite = run(
+            kernel.clone(),
+            filter.clone(),
+            topology,
+            memory_mib,
+            Duration::from_secs(timeout),
+            show,
+            started,
+        )?;
+        // As `schedrig run`: a VM that died of the emulation before the
+        // guest was up is booted once more, loudly.
+        if retried == 0
+            && suite.report.is_emulation_artefact()
+            && crate::nested::rerun::in_emulated_host()
+        {
+            eprintln!(
+                "schedrig selftest: RETRY after an emulation death before the guest was up: {} ({})",
+                suite.report.verdict.as_str(),
+                suite.report.reason
+            );
+            retried += 1;
+            continue;
+        }
+        break suite;
+    };
+    let SuiteRun {
+        results,
+        finished,
+        report,
+    } = suite;
     let count = |s: &str| results.iter().filter(|r| r.status == s).count();
     let (passed, failed, skipped) = (count("ok"), count("not ok"), count("skip"));
     let vm_ok = report.verdict == Verdict::Ok;
-    let ok = vm_ok && failed == 0 && !results.is_empty();
+    let ok = vm_ok && failed == 0 && !results.is_empty() && finished;
+    let unfinished = format!(
+        "the suite did not finish: the runner printed no closing counts after its {} results; the VM ended: {} ({})",
+        results.len(),
+        report.verdict.as_str(),
+        report.reason
+    );
     if json {
         println!(
             "{}",
             serde_json::json!({
+                "event": "summary",
+                "finished": finished,
+                "retries": retried,
                 "passed": passed,
                 "failed": failed,
                 "skipped": skipped,
@@ -197,6 +260,9 @@ pub fn run_cli(
         );
     } else {
         println!("{passed} passed, {failed} failed, {skipped} skipped");
+        if !finished {
+            println!("{unfinished}");
+        }
         if !vm_ok {
             eprintln!(
                 "schedrig selftest: the VM ended badly: {} ({})\n--- console (last lines) ---\n{}",
@@ -222,6 +288,17 @@ pub fn run_cli(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the runner's closing block says every test ran.
+    #[test]
+    fn a_run_is_finished_only_by_the_closing_counts() {
+        let mut c = Collector::default();
+        c.feed(b"ok 1 a # \nnot ok 2 b # \n");
+        assert!(!c.finished);
+        c.feed(b"\n\n=============================\n\nRESULTS:\n\nPASSED:  1\n");
+        assert!(c.finished);
+        assert_eq!(c.results.len(), 2);
+    }
 
     #[test]
     fn runner_lines_parse() {

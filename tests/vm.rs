@@ -818,19 +818,31 @@ fn selftest_check(filter: Option<&str>, want: usize) -> Result<(), Failed> {
         .output()
         .map_err(|e| format!("run schedrig selftest: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "schedrig selftest printed no JSON ({e}; {}):\n{stderr}",
-            out.status
-        )
-    })?;
+    // One JSON object per line: each test as it came, the summary last.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let j = lines
+        .last()
+        .filter(|j| j["event"] == "summary")
+        .cloned()
+        .ok_or_else(|| format!("schedrig selftest printed no summary ({}):\n{stdout}\n{stderr}", out.status))?;
+    let streamed = lines.iter().filter(|l| l["event"] == "test").count();
     let tests = j["tests"].as_array().map_or(0, Vec::len);
     let passed = j["passed"].as_u64().unwrap_or(0) as usize;
     eprintln!(
         "vm tests: selftest {filter:?}: {passed}/{tests} passed, {} failed, {} skipped, {} ms",
         j["failed"], j["skipped"], j["total_ms"]
     );
-    if tests == want && passed == want && j["verdict"] == "ok" && out.status.success() {
+    if tests == want
+        && passed == want
+        && streamed == want
+        && j["finished"] == true
+        && j["verdict"] == "ok"
+        && out.status.success()
+    {
         return Ok(());
     }
     Err(format!("expected {want} tests all passing; got {j:#}\n--- stderr ---\n{stderr}").into())
