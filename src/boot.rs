@@ -109,7 +109,10 @@ pub enum BootError {
 
 /// Refuses a topology with more CPUs than the kernel supports.
 fn check_nr_cpus(k: &kernel::ResolvedKernel, topology: Topology) -> Result<(), BootError> {
-    let max = k.config.get("CONFIG_NR_CPUS").and_then(|v| v.parse::<u32>().ok());
+    let max = k
+        .config
+        .get("CONFIG_NR_CPUS")
+        .and_then(|v| v.parse::<u32>().ok());
     match max {
         Some(max) if topology.vcpus() > max => Err(BootError::BadOptions(format!(
             "--topology {} has {} CPUs; this kernel supports at most {max} (CONFIG_NR_CPUS), so a scheduler would not see them all",

@@ -441,7 +441,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 a.timeout,
                 a.json,
                 *PROCESS_START.get_or_init(std::time::Instant::now),
-            )
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -564,7 +564,11 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         }
         // Written: shared wherever it is (the nested root is read-only).
         if let Some(f) = &opts.console_file {
-            shares.extend(std::path::absolute(f)?.parent().map(std::path::Path::to_path_buf));
+            shares.extend(
+                std::path::absolute(f)?
+                    .parent()
+                    .map(std::path::Path::to_path_buf),
+            );
         }
         shares.retain(|d| d.is_dir());
         shares.sort();

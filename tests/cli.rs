@@ -293,11 +293,24 @@ fn scx_central_on_several_cpus_is_refused_with_the_reason() {
         return;
     }
     assert_one_line(
-        &["boot", "--scheduler", "scx_central", "--topology", "1n1l2c1t"],
+        &[
+            "boot",
+            "--scheduler",
+            "scx_central",
+            "--topology",
+            "1n1l2c1t",
+        ],
         "scx_central cannot attach reliably on 2 CPUs",
     );
     assert_one_run_error(
-        &["--scheduler", "scx_central", "--topology", "1n1l2c1t", "--scenario", "steady"],
+        &[
+            "--scheduler",
+            "scx_central",
+            "--topology",
+            "1n1l2c1t",
+            "--scenario",
+            "steady",
+        ],
         &["ops.init on the unbound scx_ops_enable_helper kthread"],
     );
 }

@@ -230,13 +230,20 @@ fn leftover_temp_dirs_are_bounded() {
 /// user's side.
 #[test]
 fn boot_nests_itself_and_user_paths_mean_the_same_inside() {
-    if !matches!(schedrig::nested::kvm_mode(), schedrig::nested::KvmMode::Nested(_)) {
+    if !matches!(
+        schedrig::nested::kvm_mode(),
+        schedrig::nested::KvmMode::Nested(_)
+    ) {
         eprintln!("nested tests: this machine boots the kernel directly; nothing to nest");
         return;
     }
     let _g = serial();
-    let built = schedrig::sched::choose("scx_simple").expect("the tree's schedulers are built by `schedrig setup`");
-    let dir = tempfile::Builder::new().prefix("schedrig-user-path-").tempdir_in("/tmp").unwrap();
+    let built = schedrig::sched::choose("scx_simple")
+        .expect("the tree's schedulers are built by `schedrig setup`");
+    let dir = tempfile::Builder::new()
+        .prefix("schedrig-user-path-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let sched = dir.path().join("my_scx_simple");
     std::fs::copy(&built.host_path, &sched).unwrap();
     let console = dir.path().join("console.txt");
@@ -253,7 +260,10 @@ fn boot_nests_itself_and_user_paths_mean_the_same_inside() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON ({e}); stderr:\n{stderr}"));
-    assert!(stderr.contains("running inside the nested test host"), "{stderr}");
+    assert!(
+        stderr.contains("running inside the nested test host"),
+        "{stderr}"
+    );
     assert_eq!(json["verdict"], "ok", "{json:#}\n{stderr}");
     assert_eq!(json["scheduler"]["attached"], true, "{json:#}");
     let text = std::fs::read_to_string(&console).expect("the console log on the user's side");

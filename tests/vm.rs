@@ -67,7 +67,11 @@ fn main() -> ExitCode {
     );
     eprintln!(
         "vm tests: {retries} RETRY and {notes} NOTE this run{}",
-        if retries + notes > 0 { " (each printed above with its cause)" } else { "" }
+        if retries + notes > 0 {
+            " (each printed above with its cause)"
+        } else {
+            ""
+        }
     );
     conclusion.exit_code()
 }
@@ -621,7 +625,14 @@ fn sched_tests() -> Vec<Trial> {
         || {
             let h = run_sched(
                 "central",
-                &["--scheduler", "scx_central", "--hold", "3", "--topology", "1n1l1c1t"],
+                &[
+                    "--scheduler",
+                    "scx_central",
+                    "--hold",
+                    "3",
+                    "--topology",
+                    "1n1l1c1t",
+                ],
             )?;
             expect_clean_attach(&h, "scx_central", "central")
         },
@@ -828,7 +839,12 @@ fn selftest_check(filter: Option<&str>, want: usize) -> Result<(), Failed> {
         .last()
         .filter(|j| j["event"] == "summary")
         .cloned()
-        .ok_or_else(|| format!("schedrig selftest printed no summary ({}):\n{stdout}\n{stderr}", out.status))?;
+        .ok_or_else(|| {
+            format!(
+                "schedrig selftest printed no summary ({}):\n{stdout}\n{stderr}",
+                out.status
+            )
+        })?;
     let streamed = lines.iter().filter(|l| l["event"] == "test").count();
     let tests = j["tests"].as_array().map_or(0, Vec::len);
     let passed = j["passed"].as_u64().unwrap_or(0) as usize;
@@ -1081,9 +1097,9 @@ fn hostile_tests() -> Vec<Trial> {
             let h = run_hostile("forge-power-down")?;
             h.check(
                 h.json["verdict"] == "no_exit"
-                    && h.json["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.contains("console text is not a power-off") && r.contains("vCPU 0")),
+                    && h.json["reason"].as_str().is_some_and(|r| {
+                        r.contains("console text is not a power-off") && r.contains("vCPU 0")
+                    }),
                 "verdict no_exit naming the vCPU that ran on",
             )?;
             // The host ended it (3 s after the line), not the guest.
@@ -1119,7 +1135,9 @@ fn hostile_tests() -> Vec<Trial> {
             let h = run_hostile("duplicate-kadr")?;
             h.check(
                 h.json["verdict"] == "protocol_error"
-                    && h.json["reason"].as_str().is_some_and(|r| r.contains("second KADR")),
+                    && h.json["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("second KADR")),
                 "verdict protocol_error for the second KADR",
             )?;
             h.check(

@@ -313,7 +313,9 @@ impl Controller {
     /// Every monitor interval: a stall the host sees now (not one it
     /// caused) gets the failure snapshot while it lasts.
     fn look_for_stalls(&mut self) {
-        let Some(m) = self.monitor.clone() else { return };
+        let Some(m) = self.monitor.clone() else {
+            return;
+        };
         if self
             .last_stall_look
             .is_some_and(|t| t.elapsed() < crate::monitor::INTERVAL)
@@ -342,7 +344,9 @@ impl Controller {
         };
         let why = format!(
             "the host saw CPU {} run none of its {} runnable tasks for {} ms",
-            s.cpu, s.nr_running, s.ms()
+            s.cpu,
+            s.nr_running,
+            s.ms()
         );
         self.snapshot_failure(&why);
         // The same CPU stalled since: past the kernel's own watchdog
@@ -698,6 +702,26 @@ impl Controller {
         guest_error!(self.errors, Frame, "{tag} refused: {why}");
     }
 
+    /// What the host saw of a deadline it noticed `late`: how long the
+    /// VMM itself was not run (a paused or frozen host, which no guest
+    /// can cause), and how late the deadline was noticed.
+    fn overrun_note(&self, late: Duration) -> String {
+        let mut note = String::new();
+        if let Some(log) = &self.pauses {
+            let paused = log.overlap(self.started, Instant::now());
+            if paused >= Duration::from_secs(1) {
+                note += &format!(
+                    "; the VMM itself was not run for {:.1} s of it (a paused or frozen host, not the guest)",
+                    paused.as_secs_f64()
+                );
+            }
+        }
+        if late >= Duration::from_secs(5) {
+            note += &format!("; noticed {:.1} s late", late.as_secs_f64());
+        }
+        note
+    }
+
     /// Where each vCPU was when the machine was stopped (`finish` checks
     /// a console power-off line against it).
     pub fn vcpus_stopped(&mut self, at_stop: Vec<crate::report::StoppedVcpu>) {
@@ -755,9 +779,10 @@ impl Controller {
             }
         }
         if elapsed >= self.deadlines.run {
+            let why = self.overrun_note(elapsed - self.deadlines.run);
             self.end(
                 Verdict::Timeout,
-                format!("the guest did not end within {:?}", self.deadlines.run),
+                format!("the guest did not end within {:?}{why}", self.deadlines.run),
             );
             return true;
         }

@@ -501,7 +501,11 @@ mod tests {
 /// usage and "For more information, try '--help'."), else the last.
 pub fn telling_line(output: &str) -> String {
     const WORDS: [&str; 5] = ["error", "invalid", "unrecognized", "unknown", "unexpected"];
-    let lines: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .find(|l| {
@@ -522,7 +526,10 @@ mod telling_tests {
             "error: unexpected argument '--no-such-flag' found"
         );
         let getopt = "scx_simple: invalid option -- 'x'\nUsage: scx_simple [-f] [-v]\n";
-        assert_eq!(super::telling_line(getopt), "scx_simple: invalid option -- 'x'");
+        assert_eq!(
+            super::telling_line(getopt),
+            "scx_simple: invalid option -- 'x'"
+        );
         assert_eq!(super::telling_line("a\nlast words\n\n"), "last words");
         assert_eq!(super::telling_line(""), "");
     }

@@ -370,3 +370,33 @@ fn frames_after_exit_are_refused_and_reported() {
         r.reason
     );
 }
+
+/// A run deadline the host noticed late, while the VMM itself was not
+/// run: the reason says what the host saw, not only which deadline.
+#[test]
+fn an_overrun_deadline_says_the_host_was_frozen() {
+    let started = Instant::now() - Duration::from_secs(330);
+    let mut c = Controller::new(
+        started,
+        Deadlines {
+            boot: Some(Duration::from_secs(150)),
+            run: Duration::from_secs(224),
+        },
+        Arc::new(AtomicBool::new(false)),
+        BulkWriter::new(1 << 10).unwrap(),
+        GuestErrors::default(),
+        SchedExpect::default(),
+    );
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    let log = Arc::new(crate::pause::PauseLog::default());
+    log.record(started + Duration::from_secs(10), Duration::from_secs(300));
+    c.watch_pauses(log);
+    assert!(c.check_deadlines());
+    let r = c.finish(&logs());
+    assert_eq!(r.verdict, Verdict::Timeout);
+    assert!(
+        r.reason.contains("not run for 300.0 s") && r.reason.contains("late"),
+        "{}",
+        r.reason
+    );
+}

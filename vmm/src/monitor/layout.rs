@@ -29,6 +29,8 @@ pub struct RqLayout {
     pub curr: Field,
     /// `rq->idle`: the CPU's idle task.
     pub idle: Field,
+    /// `task_struct.thread_info.flags` (TIF_* bits).
+    pub ti_flags: Field,
     /// `sched_ext_ops.name` in `scx_ops`.
     pub ops_name: Field,
 }
@@ -42,6 +44,7 @@ impl RqLayout {
             local_dsq_nr: btf.field("rq", "scx.local_dsq.nr")?,
             curr: btf.field("rq", "curr")?,
             idle: btf.field("rq", "idle")?,
+            ti_flags: btf.field("task_struct", "thread_info.flags")?,
             ops_name: btf.field("sched_ext_ops", "name")?,
         })
     }
@@ -56,7 +59,13 @@ pub struct RqState {
     pub local_dsq_nr: u32,
     /// The CPU is running its idle task.
     pub idle: bool,
+    /// Its current task has TIF_NEED_RESCHED: the kernel asked this CPU
+    /// to pick again (and, if it sleeps, sent it an IPI to wake it).
+    pub need_resched: bool,
 }
+
+/// TIF_NEED_RESCHED's bit (arch/x86/include/asm/thread_info.h, 6.12).
+pub const TIF_NEED_RESCHED: u32 = 3;
 
 impl RqLayout {
     /// CPU `cpu`'s `rq->curr`.
@@ -69,12 +78,15 @@ impl RqLayout {
     pub fn read(&self, k: &KernelView, cpu: u32) -> Result<RqState, KernelError> {
         let rq = k.per_cpu("runqueues", cpu)?;
         let f = |field: Field| k.read_uint(rq + u64::from(field.offset), field.size);
+        let curr = f(self.curr)?;
+        let flags = k.read_uint(curr + u64::from(self.ti_flags.offset), self.ti_flags.size)?;
         Ok(RqState {
             nr_running: f(self.nr_running)? as u32,
             clock: f(self.clock)?,
             scx_nr_running: f(self.scx_nr_running)? as u32,
             local_dsq_nr: f(self.local_dsq_nr)? as u32,
-            idle: f(self.curr)? == f(self.idle)?,
+            idle: curr == f(self.idle)?,
+            need_resched: flags & (1 << TIF_NEED_RESCHED) != 0,
         })
     }
 

@@ -164,6 +164,7 @@ const FIELDS: &[(bool, &str, &str)] = &[
     (false, "rq", "scx.local_dsq.nr"),
     (false, "rq", "curr"),
     (false, "rq", "idle"),
+    (false, "task_struct", "thread_info.flags"),
     (false, "sched_ext_ops", "name"),
     (false, "task_struct", "tasks"),
     (false, "task_struct", "pid"),
