@@ -79,7 +79,10 @@ impl RqLayout {
         let rq = k.per_cpu("runqueues", cpu)?;
         let f = |field: Field| k.read_uint(rq + u64::from(field.offset), field.size);
         let curr = f(self.curr)?;
-        let flags = k.read_uint(curr + u64::from(self.ti_flags.offset), self.ti_flags.size)?;
+        // Best effort: a sample is not lost for want of this flag.
+        let flags = k
+            .read_uint(curr + u64::from(self.ti_flags.offset), self.ti_flags.size)
+            .unwrap_or(0);
         Ok(RqState {
             nr_running: f(self.nr_running)? as u32,
             clock: f(self.clock)?,
