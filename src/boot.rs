@@ -517,6 +517,8 @@ fn monitor_json(m: &schedrig_vmm::report::MonitorReport) -> serde_json::Value {
         "scx_nr_running": col(&|c| u64::from(c.rq.scx_nr_running)),
         "local_dsq_nr": col(&|c| u64::from(c.rq.local_dsq_nr)),
         "clock_ns": col(&|c| c.rq.clock),
+        "idle": col(&|c| u64::from(c.rq.idle)),
+        "need_resched": col(&|c| u64::from(c.rq.need_resched)),
         "stalls": m.stalls.iter().map(|s| serde_json::json!({
             "cpu": s.cpu,
             "from_ms": s.from_ms,
