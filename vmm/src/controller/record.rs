@@ -88,6 +88,12 @@ pub const SCENARIO_RESULTS_MAX: usize = 1024;
 /// up to 24 times their wire size.
 pub const SCENARIO_BYTES_MAX: usize = 8 << 20;
 
+/// The most a TEST payload grows when decoded, per wire byte: an empty
+/// string in a list is 1 byte on the wire and 24 decoded (a `Vec<u8>`
+/// value or an empty optional 16-24); plus the result's own size.
+pub const DECODE_RATIO_MAX: usize = 24;
+const DECODE_BASE: usize = 1024;
+
 /// The scenarios of a run: SCST count and the decoded TEST results,
 /// bounded in number and in decoded bytes.
 #[derive(Debug, Clone, Default)]
@@ -106,10 +112,11 @@ impl ScenarioLog {
         payload: &[u8],
         adjust: impl FnOnce(&mut schedrig_wire::ScenarioResult),
     ) -> Result<Option<&schedrig_wire::ScenarioResult>, schedrig_wire::ScenarioResultError> {
-        // Every wire byte decodes to at least one byte: a payload larger
-        // than what is left cannot fit, and is not decoded at all.
+        // A payload that might not fit once decoded (at most
+        // DECODE_RATIO_MAX times its wire size) is not decoded at all: no
+        // transient copy, no decoding work for a result that is dropped.
         if self.results.len() >= SCENARIO_RESULTS_MAX
-            || self.bytes + payload.len() > SCENARIO_BYTES_MAX
+            || self.bytes + DECODE_RATIO_MAX * payload.len() + DECODE_BASE > SCENARIO_BYTES_MAX
         {
             self.dropped += 1;
             return Ok(None);
@@ -271,5 +278,64 @@ mod tests {
             .map(|(_, r)| r.as_ref().map_or(0, String::len))
             .sum();
         assert!(kept <= LIFECYCLE_MAX_ENTRIES * LIFECYCLE_REASON_MAX);
+    }
+
+    /// The ratio holds for the shapes that grow most, and a result that
+    /// might not fit is dropped before it is decoded.
+    #[test]
+    fn decoded_size_stays_under_the_ratio_and_bombs_are_not_decoded() {
+        use schedrig_wire::payload::kernel_op::Value;
+        use schedrig_wire::{OpOutcome, ScenarioResult, WorkerResult};
+        let shapes = [
+            ScenarioResult {
+                ops: vec![
+                    OpOutcome {
+                        what: vec![String::new(); 256],
+                        values: vec![Value::Bytes(Vec::new()); 256],
+                        ..OpOutcome::default()
+                    };
+                    64
+                ],
+                ..ScenarioResult::default()
+            },
+            ScenarioResult {
+                workers: vec![WorkerResult::default(); 1024],
+                errors: vec![String::new(); 64],
+                steal_ms: vec![0; 4096],
+                ..ScenarioResult::default()
+            },
+        ];
+        for r in &shapes {
+            let wire = r.encode().unwrap().len();
+            let decoded = ScenarioResult::decode(&r.encode().unwrap())
+                .unwrap()
+                .decoded_bytes();
+            assert!(
+                decoded <= DECODE_RATIO_MAX * wire + DECODE_BASE,
+                "{decoded} decoded from {wire}"
+            );
+        }
+        let bomb = ScenarioResult {
+            ops: vec![
+                OpOutcome {
+                    what: vec![String::new(); 256],
+                    ..OpOutcome::default()
+                };
+                1024
+            ],
+            ..ScenarioResult::default()
+        }
+        .encode()
+        .unwrap();
+        let mut log = ScenarioLog::default();
+        // 260 KiB that might decode to 6 MiB: the first fits the 8 MiB.
+        assert!(log.record(&bomb, |_| {}).unwrap().is_some());
+        for _ in 0..3 {
+            assert!(log.record(&bomb, |_| {}).unwrap().is_none());
+        }
+        assert_eq!((log.results.len(), log.dropped), (1, 3));
+        // A small result still fits beside it.
+        let small = ScenarioResult::default().encode().unwrap();
+        assert!(log.record(&small, |_| {}).unwrap().is_some());
     }
 }
