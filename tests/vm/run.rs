@@ -108,7 +108,24 @@ impl RunOut {
 /// `schedrig run --json --duration 3 ARGS`; `pin` keeps it on CPU 0
 /// (with a hog).
 fn schedrig_run(args: &[&str], pin: bool) -> Result<RunOut, Failed> {
-    schedrig_run_live(args, pin, Some(DURATION), |_, _| {})
+    let r = schedrig_run_live(args, pin, Some(DURATION), |_, _| {})?;
+    // The nested test host itself has stood still for minutes (its QEMU
+    // not running it: the VMM's pause watcher saw its own process not run
+    // for 340 s of a 223 s deadline, 2026-12-07). That run says so in its
+    // reason and is `error`, never `fail`; it is booted once more, loudly.
+    let frozen = r.lines.iter().find_map(|l| {
+        l["reason"]
+            .as_str()
+            .filter(|w| w.contains("the VMM itself was not run for"))
+            .map(str::to_string)
+    });
+    match frozen {
+        Some(why) if crate::in_emulated_host() => {
+            retry_line!("vm tests: RETRY (1/1) of schedrig run {args:?}: the host froze: {why}");
+            schedrig_run_live(args, pin, Some(DURATION), |_, _| {})
+        }
+        _ => Ok(r),
+    }
 }
 
 /// `schedrig run --json ARGS`, with `--duration` when given, calling
