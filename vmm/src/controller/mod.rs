@@ -38,14 +38,10 @@ const POWER_DOWN_LINE: &str = "power-off line on the console";
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// After the kernel's power-off line, how long the ACPI S5 write may take.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
-/// sched_ext's default watchdog timeout (`SCX_WATCHDOG_MAX_TIMEOUT`'s
-/// default ops.timeout_ms, kernel/sched/ext.c): a stall it has not
-/// ended by then, it did not see or could not end.
-const SCX_WATCHDOG_DEFAULT: Duration = Duration::from_secs(30);
-/// How long one CPU must stall, as the host sees it, before the host
-/// ends the run as the scheduler's stall: past the kernel's watchdog,
-/// with room for its disable work.
-const HOST_WEDGE: Duration = Duration::from_secs(45);
+/// sched_ext's longest watchdog timeout (`SCX_WATCHDOG_MAX_TIMEOUT`,
+/// kernel/sched/ext.c): a stall that outlasts it, the guest kernel did
+/// not see or could not end, so it is not the BPF scheduler's alone.
+const SCX_WATCHDOG_MAX: Duration = Duration::from_secs(30);
 /// The reset reason when EXIT_GRACE passed after EXIT.
 const AFTER_EXIT_GRACE: &str = "no power-off or reset after EXIT";
 /// Lines of console shown in a report.
@@ -132,8 +128,18 @@ pub struct Controller {
     /// STIM `elapsed_ms` of the scenario running (cleared by SCST).
     step_ends: Vec<u64>,
     last_stall_look: Option<Instant>,
-    /// The CPU the host sees stalled now, and since when.
-    wedge: Option<(u32, Instant)>,
+    /// The stall the host sees now, if any: said in a deadline's reason.
+    wedge: Option<Wedge>,
+}
+
+/// A stall the host has seen lasting on one CPU.
+#[derive(Debug, Clone)]
+struct Wedge {
+    cpu: u32,
+    since: Instant,
+    nr_running: u32,
+    /// sched_ext's state and exit kind as read from guest memory.
+    kernel: String,
 }
 
 /// One armed scenario watchdog.
@@ -349,42 +355,59 @@ impl Controller {
             s.ms()
         );
         self.snapshot_failure(&why);
-        // The same CPU stalled since: past the kernel's own watchdog
-        // (which would have ejected the scheduler and let the guest say
-        // so), the guest cannot speak for itself; the host judges.
-        let now = Instant::now();
-        let since = match self.wedge {
-            Some((cpu, t)) if cpu == s.cpu => t,
-            _ => now - Duration::from_millis(s.ms()),
+        // Kept for a deadline's reason, never a verdict of its own: the
+        // kernel's watchdog (30 s at most, from the tick) ejects a
+        // scheduler that stalls a CPU and the guest says so; a stall that
+        // outlasts it is the guest kernel's or the emulation's (a lost
+        // wake-up has been seen under EEVDF), never the scheduler's alone.
+        let since = match &self.wedge {
+            Some(w) if w.cpu == s.cpu => w.since,
+            _ => Instant::now() - Duration::from_millis(s.ms()),
         };
-        self.wedge = Some((s.cpu, since));
-        let lasted = now.saturating_duration_since(since);
-        if lasted >= HOST_WEDGE {
-            let kernel = m
-                .tail(1)
-                .first()
-                .map(|x| {
-                    let kind = schedrig_wire::SchedExitKind::ALL
-                        .iter()
-                        .find(|k| i64::from(k.value()) == i64::from(x.scx_exit_kind))
-                        .map_or(x.scx_exit_kind.to_string(), |k| k.name().to_string());
-                    format!(
-                        "in guest memory: sched_ext state {} (1 enabled, 2 disabling), scx_exit_kind {kind}",
-                        x.scx_state
-                    )
-                })
-                .unwrap_or_default();
-            self.end(
-                Verdict::SchedStall,
+        let kernel = m
+            .tail(1)
+            .first()
+            .map(|x| {
+                let kind = schedrig_wire::SchedExitKind::ALL
+                    .iter()
+                    .find(|k| i64::from(k.value()) == i64::from(x.scx_exit_kind))
+                    .map_or(x.scx_exit_kind.to_string(), |k| k.name().to_string());
                 format!(
-                    "judged by the host: CPU {} ran none of its {} runnable tasks for {:.1} s (its vCPU thread was not kept from running), past sched_ext's own {}-s watchdog, and the guest did not end it; {kernel}",
-                    s.cpu,
-                    s.nr_running,
-                    lasted.as_secs_f64(),
-                    SCX_WATCHDOG_DEFAULT.as_secs()
-                ),
-            );
-        }
+                    "sched_ext state {} (1 enabled, 2 disabling, 3 disabled) and scx_exit_kind {kind} in guest memory",
+                    x.scx_state
+                )
+            })
+            .unwrap_or_default();
+        self.wedge = Some(Wedge {
+            cpu: s.cpu,
+            since,
+            nr_running: s.nr_running,
+            kernel,
+        });
+    }
+
+    /// What the host saw of a stall lasting when a deadline passed.
+    fn wedge_note(&self) -> String {
+        let Some(w) = &self.wedge else {
+            return String::new();
+        };
+        let lasted = w.since.elapsed();
+        let past = if lasted > SCX_WATCHDOG_MAX {
+            format!(
+                ", past sched_ext's longest watchdog ({} s): the guest kernel did not end it",
+                SCX_WATCHDOG_MAX.as_secs()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "; the host saw CPU {} run none of its {} runnable tasks for the last {:.1} s{past}{}{}",
+            w.cpu,
+            w.nr_running,
+            lasted.as_secs_f64(),
+            if w.kernel.is_empty() { "" } else { "; " },
+            w.kernel
+        )
     }
 
     /// Serve SNRQ and KORQ with `s` (else they are refused with a reason).
@@ -779,7 +802,7 @@ impl Controller {
             }
         }
         if elapsed >= self.deadlines.run {
-            let why = self.overrun_note(elapsed - self.deadlines.run);
+            let why = self.overrun_note(elapsed - self.deadlines.run) + &self.wedge_note();
             self.end(
                 Verdict::Timeout,
                 format!("the guest did not end within {:?}{why}", self.deadlines.run),
@@ -790,7 +813,7 @@ impl Controller {
             if w.paused_at.is_none() && Instant::now() >= w.deadline {
                 self.end(
                     Verdict::Timeout,
-                    format!("scenario {} did not end within {t:?} of its start (SCST), paused time not counted", w.nth),
+                    format!("scenario {} did not end within {t:?} of its start (SCST), paused time not counted{}", w.nth, self.wedge_note()),
                 );
                 return true;
             }
