@@ -3,7 +3,9 @@
 //! Custom harness (libtest-mimic). Auto mode: where this machine's KVM
 //! cannot run a stock kernel (PVM, or no /dev/kvm) the whole binary
 //! re-runs itself inside the nested test host (`schedrig nested`), with
-//! the same arguments; `SCHEDRIG_NESTED=1|0` forces either way.
+//! the same arguments; `SCHEDRIG_NESTED=1|0` forces either way. Each
+//! test runs in a process of its own (`vm/isolate.rs`), so a VMM that
+//! must exit (a thread that would not stop) ends one test, not the run.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,8 +31,11 @@ macro_rules! note_line {
     }};
 }
 
+#[path = "vm/isolate.rs"]
+mod isolate;
 #[path = "vm/run.rs"]
 mod run;
+use isolate::vm_test;
 use schedrig::nested::{self, KvmMode};
 
 /// Generous: the nested host emulates every instruction.
@@ -55,12 +60,15 @@ fn main() -> ExitCode {
             return run_nested(&reason);
         }
     }
-    let mut tests = vec![Trial::test("kvm_smoke_io_out_and_hlt", kvm_smoke)];
+    let mut tests = vec![vm_test("kvm_smoke_io_out_and_hlt", kvm_smoke)];
     tests.extend(boot_tests());
     tests.extend(hostile_tests());
     tests.extend(sched_tests());
     tests.extend(run::tests());
     let conclusion = libtest_mimic::run(&args, tests);
+    if isolate::is_child() {
+        return conclusion.exit_code();
+    }
     let (retries, notes) = (
         RETRIES.load(std::sync::atomic::Ordering::Relaxed),
         NOTES.load(std::sync::atomic::Ordering::Relaxed),
@@ -102,7 +110,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(240);
 
 fn boot_tests() -> Vec<Trial> {
     let mut t = vec![
-        Trial::test("boot_vmlinux_reaches_srdy_exits_0_and_powers_off", || {
+        vm_test("boot_vmlinux_reaches_srdy_exits_0_and_powers_off", || {
             let r = run(opts("1n1l1c1t", None))?;
             expect_ok(&r)?;
             check_banner(&r)?;
@@ -134,7 +142,7 @@ fn boot_tests() -> Vec<Trial> {
             )?;
             check_kern_addrs(&r, false)
         }),
-        Trial::test("guest_reboot_ends_the_vm", || {
+        vm_test("guest_reboot_ends_the_vm", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Reboot;
             // This boot also asks for 4 KiB pages (--small-pages), which
@@ -158,19 +166,19 @@ fn boot_tests() -> Vec<Trial> {
                 ),
             )
         }),
-        Trial::test(
+        vm_test(
             "an_own_initrd_boots_on_acpi_described_uarts_and_ends_ok_by_its_reset",
             own_initrd,
         ),
-        Trial::test(
+        vm_test(
             "an_own_init_that_powers_off_is_ok_and_one_that_exits_is_a_kernel_panic",
             own_init_ends,
         ),
-        Trial::test(
+        vm_test(
             "host_serves_snapshots_and_kernel_memory_ops_to_the_guest",
             host_serves_requests,
         ),
-        Trial::test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
+        vm_test("boot_bzimage_with_kaslr_reaches_srdy_and_exits_0", || {
             let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
             let o = opts("1n1l1c1t", Some(entry.bzimage()));
             // Huge pages (the default) matter most here: the decompressor
@@ -180,7 +188,7 @@ fn boot_tests() -> Vec<Trial> {
             expect_huge_pages(&r)?;
             check_kern_addrs(&r, true)
         }),
-        Trial::test("watchdog_ends_a_guest_that_never_sends_srdy", || {
+        vm_test("watchdog_ends_a_guest_that_never_sends_srdy", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Hang;
             o.boot_timeout = Duration::from_secs(90);
@@ -207,7 +215,7 @@ fn boot_tests() -> Vec<Trial> {
                 "ended near its deadline",
             )
         }),
-        Trial::test("garbage_on_the_bulk_port_is_a_protocol_error", || {
+        vm_test("garbage_on_the_bulk_port_is_a_protocol_error", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Garbage;
             let r = run(o)?;
@@ -219,7 +227,7 @@ fn boot_tests() -> Vec<Trial> {
             expect(r.reason.contains("cap"), &r, "the reason is the length cap")?;
             expect(r.crc_errors >= 1, &r, "the bad CRC was counted")
         }),
-        Trial::test("kernel_panic_is_reported_with_the_console_tail", || {
+        vm_test("kernel_panic_is_reported_with_the_console_tail", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::KernelPanic;
             let r = run(o)?;
@@ -241,7 +249,7 @@ fn boot_tests() -> Vec<Trial> {
                 "the console tail shows the crash",
             )
         }),
-        Trial::test("run_deadline_ends_a_guest_that_never_ends", || {
+        vm_test("run_deadline_ends_a_guest_that_never_ends", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Stall;
             o.timeout = Duration::from_secs(120);
@@ -259,7 +267,7 @@ fn boot_tests() -> Vec<Trial> {
                 "ended near its deadline",
             )
         }),
-        Trial::test("guest_init_panic_arrives_on_com2", || {
+        vm_test("guest_init_panic_arrives_on_com2", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Panic;
             let r = run(o)?;
@@ -278,7 +286,7 @@ fn boot_tests() -> Vec<Trial> {
         ("1n2l2c2t", 1, 8, 2, 4, 2),
         ("2n1l2c1t", 2, 4, 2, 4, 1),
     ] {
-        t.push(Trial::test(
+        t.push(vm_test(
             format!("guest_sees_topology_{topo}"),
             move || {
                 let r = run(opts(topo, None))?;
@@ -587,12 +595,12 @@ fn freeze_is_hidden_from_the_guests_watchdogs() -> Result<(), Failed> {
 
 fn sched_tests() -> Vec<Trial> {
     let mut t = Vec::new();
-    t.push(Trial::test(
+    t.push(vm_test(
         "freeze_of_a_busy_4_vcpu_guest_is_hidden_from_its_watchdogs",
         freeze_is_hidden_from_the_guests_watchdogs,
     ));
     for topo in ["1n1l1c1t", "1n2l2c1t"] {
-        t.push(Trial::test(
+        t.push(vm_test(
             format!("scx_simple_attaches_holds_and_detaches_on_{topo}"),
             move || {
                 let h = run_sched(
@@ -620,7 +628,7 @@ fn sched_tests() -> Vec<Trial> {
     }
     // scx_central needs its init on the central CPU; on one CPU that
     // holds whatever kthread runs it (more are refused before the VM).
-    t.push(Trial::test(
+    t.push(vm_test(
         "scx_central_attaches_holds_and_detaches_on_1n1l1c1t",
         || {
             let h = run_sched(
@@ -637,7 +645,7 @@ fn sched_tests() -> Vec<Trial> {
             expect_clean_attach(&h, "scx_central", "central")
         },
     ));
-    t.push(Trial::test(
+    t.push(vm_test(
         "scx_simple_linked_dynamically_attaches_from_its_packed_closure",
         || {
             let h = run_sched(
@@ -647,7 +655,7 @@ fn sched_tests() -> Vec<Trial> {
             expect_clean_attach(&h, "scx_simple-dynamic", "simple")
         },
     ));
-    t.push(Trial::test(
+    t.push(vm_test(
         "scx_qmap_error_injection_is_sched_error_error_bpf",
         || {
             let h = run_sched(
@@ -678,7 +686,7 @@ fn sched_tests() -> Vec<Trial> {
             )
         },
     ));
-    t.push(Trial::test(
+    t.push(vm_test(
         "scx_qmap_stall_injection_is_sched_stall_naming_the_task",
         || {
             let h = run_sched(
@@ -740,7 +748,7 @@ fn sched_tests() -> Vec<Trial> {
             )
         },
     ));
-    t.push(Trial::test(
+    t.push(vm_test(
         "a_verifier_rejection_is_sched_not_attached_with_the_verifiers_words",
         || {
             let h = run_sched("reject", &["--scheduler", "scx_reject", "--hold", "3"])?;
@@ -770,7 +778,7 @@ fn sched_tests() -> Vec<Trial> {
             h.check(life3, "LIFE 3 (died during start)")
         },
     ));
-    t.push(Trial::test(
+    t.push(vm_test(
         "a_scheduler_that_exits_at_once_is_sched_died_with_status_and_output",
         || {
             // /bin/sh is dynamically linked: it also travels with its closure.
@@ -801,11 +809,11 @@ fn sched_tests() -> Vec<Trial> {
             )
         },
     ));
-    t.push(Trial::test("selftest_subset_passes_and_is_counted", || {
+    t.push(vm_test("selftest_subset_passes_and_is_counted", || {
         selftest_check(Some("minimal"), 1)
     }));
     t.push(
-        Trial::test("selftest_full_suite_passes_every_test", || {
+        vm_test("selftest_full_suite_passes_every_test", || {
             selftest_check(None, FULL_SELFTESTS)
         })
         .with_ignored_flag(std::env::var("SCHEDRIG_FULL_SELFTEST").as_deref() != Ok("1")),
@@ -1010,7 +1018,7 @@ fn hostile_common(h: &Hostile) -> Result<(), Failed> {
 
 fn hostile_tests() -> Vec<Trial> {
     vec![
-        Trial::test("hostile_life_flood_is_kept_bounded", || {
+        vm_test("hostile_life_flood_is_kept_bounded", || {
             let h = run_hostile("life-flood")?;
             hostile_common(&h)?;
             let life = h.json["lifecycle"].as_array().cloned().unwrap_or_default();
@@ -1039,7 +1047,7 @@ fn hostile_tests() -> Vec<Trial> {
                 "the LIFE frames beyond the cap counted as dropped",
             )
         }),
-        Trial::test("hostile_unknown_tags_share_one_bucket", || {
+        vm_test("hostile_unknown_tags_share_one_bucket", || {
             let h = run_hostile("tag-flood")?;
             hostile_common(&h)?;
             let sent = h.said("tag-flood: sent ").ok_or("no tag-flood line")?;
@@ -1051,7 +1059,7 @@ fn hostile_tests() -> Vec<Trial> {
             let keys = h.json["frames"].as_object().map_or(usize::MAX, |m| m.len());
             h.check(keys <= 6, &format!("a handful of frame keys (got {keys})"))
         }),
-        Trial::test("hostile_frame_flood_is_paced_by_backpressure", || {
+        vm_test("hostile_frame_flood_is_paced_by_backpressure", || {
             let h = run_hostile("frame-flood")?;
             hostile_common(&h)?;
             let sent = h.said("frame-flood: sent ").ok_or("no frame-flood line")?;
@@ -1063,7 +1071,7 @@ fn hostile_tests() -> Vec<Trial> {
             )?;
             h.check(h.guest_errors("virtqueue") == 0, "no chain dropped")
         }),
-        Trial::test(
+        vm_test(
             "hostile_kernel_op_requests_are_refused_and_answered",
             || {
                 let h = run_hostile("korq-abuse")?;
@@ -1081,7 +1089,7 @@ fn hostile_tests() -> Vec<Trial> {
                 Ok(())
             },
         ),
-        Trial::test("hostile_forged_panic_line_is_not_a_panic", || {
+        vm_test("hostile_forged_panic_line_is_not_a_panic", || {
             let h = run_hostile("forge-panic")?;
             hostile_common(&h)?;
             h.check(
@@ -1093,7 +1101,7 @@ fn hostile_tests() -> Vec<Trial> {
                 "the unconfirmed panic line counted once",
             )
         }),
-        Trial::test("hostile_forged_power_down_line_is_not_a_power_off", || {
+        vm_test("hostile_forged_power_down_line_is_not_a_power_off", || {
             let h = run_hostile("forge-power-down")?;
             h.check(
                 h.json["verdict"] == "no_exit"
@@ -1108,7 +1116,7 @@ fn hostile_tests() -> Vec<Trial> {
                 "the host stopped the guest before it went on",
             )
         }),
-        Trial::test("hostile_frames_after_exit_are_refused_and_reported", || {
+        vm_test("hostile_frames_after_exit_are_refused_and_reported", || {
             let h = run_hostile("after-exit")?;
             h.check(
                 h.json["verdict"] == "protocol_error"
@@ -1122,7 +1130,7 @@ fn hostile_tests() -> Vec<Trial> {
                 "the frames after EXIT counted, the EXIT kept",
             )
         }),
-        Trial::test("hostile_bad_frames_are_counted_and_change_nothing", || {
+        vm_test("hostile_bad_frames_are_counted_and_change_nothing", || {
             let h = run_hostile("bad-frames")?;
             hostile_common(&h)?;
             let sent = h.said("bad-frames: sent ").ok_or("no bad-frames line")?;
@@ -1131,7 +1139,7 @@ fn hostile_tests() -> Vec<Trial> {
                 &format!("each of the {sent} malformed frames counted"),
             )
         }),
-        Trial::test("hostile_second_kadr_is_a_protocol_error", || {
+        vm_test("hostile_second_kadr_is_a_protocol_error", || {
             let h = run_hostile("duplicate-kadr")?;
             h.check(
                 h.json["verdict"] == "protocol_error"
@@ -1145,7 +1153,7 @@ fn hostile_tests() -> Vec<Trial> {
                 "the first KADR kept",
             )
         }),
-        Trial::test("hostile_test_bomb_is_kept_by_decoded_size", || {
+        vm_test("hostile_test_bomb_is_kept_by_decoded_size", || {
             let h = run_hostile("test-bomb")?;
             hostile_common(&h)?;
             let kept = h.json["scenario_results_kept"].as_u64().unwrap_or(0);
@@ -1155,7 +1163,7 @@ fn hostile_tests() -> Vec<Trial> {
                 &format!("one 6 MiB result kept of 40 (kept {kept}, dropped {dropped})"),
             )
         }),
-        Trial::test("hostile_mmio_storm_is_counted_not_logged", || {
+        vm_test("hostile_mmio_storm_is_counted_not_logged", || {
             let h = run_hostile("mmio-storm")?;
             hostile_common(&h)?;
             let made = h.said("mmio-storm: made ").ok_or("no mmio-storm line")?;

@@ -5,6 +5,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use libtest_mimic::{Failed, Trial};
+
+use crate::vm_test;
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scenarios");
@@ -282,7 +284,7 @@ fn fixture(name: &str) -> String {
 
 pub fn tests() -> Vec<Trial> {
     vec![
-        Trial::test(
+        vm_test(
             "run_scx_simple_passes_good_scenarios_and_fails_weights_and_a_wrong_cpuset",
             || {
                 let wrong = fixture("wrong_cpuset.toml");
@@ -383,7 +385,7 @@ pub fn tests() -> Vec<Trial> {
                 )
             },
         ),
-        Trial::test("run_eevdf_passes_and_honours_weights", || {
+        vm_test("run_eevdf_passes_and_honours_weights", || {
             let r = schedrig_run(
                 &[
                     "--scheduler",
@@ -411,7 +413,7 @@ pub fn tests() -> Vec<Trial> {
                 "no attached check for EEVDF",
             )
         }),
-        Trial::test("run_scx_flatcg_honours_weights", || {
+        vm_test("run_scx_flatcg_honours_weights", || {
             let r = schedrig_run(
                 &["--scheduler", "scx_flatcg", "--scenario", "uneven_weights"],
                 false,
@@ -422,7 +424,7 @@ pub fn tests() -> Vec<Trial> {
                 "weight_share passed",
             )
         }),
-        Trial::test(
+        vm_test(
             "run_scx_qmap_dispatch_loop_fails_with_the_kernels_error_stall_well_before_the_deadline",
             || {
                 // `-l 200`: qmap loops in ops.dispatch after 200 dispatches,
@@ -483,7 +485,7 @@ pub fn tests() -> Vec<Trial> {
                 )
             },
         ),
-        Trial::test(
+        vm_test(
             "run_scx_qmap_error_fails_with_the_kernels_exit_reason",
             || {
                 let r = schedrig_run(
@@ -508,7 +510,7 @@ pub fn tests() -> Vec<Trial> {
                 )
             },
         ),
-        Trial::test(
+        vm_test(
             "run_scheduler_that_exits_at_once_is_an_error_with_its_reason",
             || {
                 let r = schedrig_run(
@@ -537,16 +539,16 @@ pub fn tests() -> Vec<Trial> {
                 Ok(())
             },
         ),
-        Trial::test(
+        vm_test(
             "run_scx_unfair_fixture_fails_starvation_gap_and_fairness_and_is_inconclusive_on_a_stealing_host",
             run_scx_unfair,
         ),
-        Trial::test("run_with_the_vmm_paused_mid_hold_is_never_fail", run_paused),
-        Trial::test(
+        vm_test("run_with_the_vmm_paused_mid_hold_is_never_fail", run_paused),
+        vm_test(
             "run_scenario_ops_snapshot_watch_and_kernel_memory_under_scx_simple",
             run_host_ops,
         ),
-        Trial::test("run_on_a_host_busy_with_a_cpu_hog_is_never_fail", || {
+        vm_test("run_on_a_host_busy_with_a_cpu_hog_is_never_fail", || {
             // A host-side spinner on the CPU the VM's vCPU threads run on:
             // the guest sees it as steal time.
             let hog = Hogs::start(1)?;

@@ -31,6 +31,47 @@ const POLL: Duration = Duration::from_millis(20);
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
 /// Exit status when a run's threads could not be stopped (EX_SOFTWARE).
 pub const EXIT_THREADS_STUCK: i32 = 70;
+/// The most one look of a stop loop counts against [`STOP_DEADLINE`]: a
+/// longer wait between looks is the host not running us (a frozen
+/// nested host has stood still for minutes), not a thread slow to stop.
+const STOP_LOOK_MAX: Duration = Duration::from_millis(100);
+
+/// [`STOP_DEADLINE`] counted in time this process was run.
+struct StopBudget {
+    left: Duration,
+    last: Instant,
+    started: Instant,
+}
+
+impl StopBudget {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            left: STOP_DEADLINE,
+            last: now,
+            started: now,
+        }
+    }
+
+    /// True once the budget is spent (call once per look).
+    fn spent(&mut self) -> bool {
+        let now = Instant::now();
+        let counted = now.duration_since(self.last).min(STOP_LOOK_MAX);
+        self.last = now;
+        self.left = self.left.saturating_sub(counted);
+        self.left.is_zero()
+    }
+
+    /// "5s" or, when the host held us, "5s of run time, 12.3 s in all".
+    fn said(&self) -> String {
+        let all = self.started.elapsed();
+        if all > STOP_DEADLINE + Duration::from_secs(1) {
+            format!("{STOP_DEADLINE:?} of run time ({:.1} s in all)", all.as_secs_f64())
+        } else {
+            format!("{STOP_DEADLINE:?}")
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
@@ -419,10 +460,10 @@ impl Threads {
         logs: &Logs,
     ) -> Vec<StoppedVcpu> {
         shared.stop.store(true, Ordering::Release);
-        let deadline = Instant::now() + STOP_DEADLINE;
+        let mut budget = StopBudget::new();
         let mut at_stop = Vec::new();
         for (cpu, t) in self.vcpus.into_iter().enumerate() {
-            while !t.is_finished() && Instant::now() < deadline {
+            while !t.is_finished() && !budget.spent() {
                 let _ = t.kill(vcpu::kick_signal());
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -433,6 +474,7 @@ impl Threads {
                     .map_or(0, |t| t.load(Ordering::Relaxed));
                 abandon(
                     &format!("the thread of vCPU {cpu} ({})", where_thread_is(tid)),
+                    &budget,
                     logs,
                 );
             }
@@ -445,9 +487,7 @@ impl Threads {
         // The device thread may hold the lock for one pass; never wait for
         // it past the deadline.
         let mut locked = transport.try_lock();
-        while matches!(locked, Err(std::sync::TryLockError::WouldBlock))
-            && Instant::now() < deadline
-        {
+        while matches!(locked, Err(std::sync::TryLockError::WouldBlock)) && !budget.spent() {
             std::thread::sleep(Duration::from_millis(1));
             locked = transport.try_lock();
         }
@@ -458,7 +498,11 @@ impl Threads {
                 }
             }
             Err(std::sync::TryLockError::WouldBlock) => {
-                abandon("the virtio device thread (holding the transport)", logs)
+                abandon(
+                "the virtio device thread (holding the transport)",
+                &budget,
+                logs,
+            )
             }
             Err(std::sync::TryLockError::Poisoned(_)) => {
                 tracing::error!("the virtio transport lock is poisoned; last queue pass skipped")
@@ -467,11 +511,11 @@ impl Threads {
         if let Err(e) = self.stop_devices.write(1) {
             tracing::error!("cannot signal the virtio device thread to stop: {e}");
         }
-        while !self.device.is_finished() && Instant::now() < deadline {
+        while !self.device.is_finished() && !budget.spent() {
             std::thread::sleep(Duration::from_millis(2));
         }
         if !self.device.is_finished() {
-            abandon("the virtio device thread", logs);
+            abandon("the virtio device thread", &budget, logs);
         }
         match self.device.join() {
             Ok(Ok(())) => {}
@@ -482,10 +526,6 @@ impl Threads {
     }
 }
 
-/// Ends the process because `what` did not stop: a thread that goes on
-/// running a guest must not outlive its run (it would keep a vCPU, guest
-/// memory and the host CPU it burns). Says why on stderr; the exit status
-/// is [`EXIT_THREADS_STUCK`].
 /// Where thread `tid` of this process is, as /proc says: its state
 /// (R running, S sleeping, D uninterruptible), the kernel function it
 /// waits in and its system call (16 is ioctl: KVM_RUN for a vCPU), so a
@@ -514,17 +554,36 @@ fn where_thread_is(tid: i32) -> String {
     )
 }
 
-fn abandon(what: &str, logs: &Logs) -> ! {
+/// Ends the process because `what` did not stop: a thread that goes on
+/// running a guest must not outlive its run (it would keep a vCPU, guest
+/// memory and the host CPU it burns). Says why on stderr; the exit status
+/// is [`EXIT_THREADS_STUCK`].
+fn abandon(what: &str, budget: &StopBudget, logs: &Logs) -> ! {
     let _ = logs.console.flush_file();
     eprintln!(
-        "schedrig: {what} did not stop within {STOP_DEADLINE:?} of being told to; \
-         exiting (status {EXIT_THREADS_STUCK}) so that it cannot outlive the run"
+        "schedrig: {what} did not stop within {} of being told to; \
+         exiting (status {EXIT_THREADS_STUCK}) so that it cannot outlive the run",
+        budget.said()
     );
     std::process::exit(EXIT_THREADS_STUCK)
 }
 
 #[cfg(test)]
 mod tests {
+    /// Time the process was not run counts one look at most: a 300-ms
+    /// gap spends 100 ms of the budget; steady looks spend it all.
+    #[test]
+    fn a_stop_budget_counts_run_time_only() {
+        let mut b = super::StopBudget::new();
+        b.last -= std::time::Duration::from_millis(300);
+        assert!(!b.spent());
+        assert!(b.left >= super::STOP_DEADLINE - super::STOP_LOOK_MAX);
+        assert!(b.left < super::STOP_DEADLINE);
+        b.left = std::time::Duration::from_millis(1);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(b.spent());
+    }
+
     /// A thread's whereabouts read from /proc: this one runs.
     #[test]
     fn a_threads_state_wait_and_system_call_are_named() {
