@@ -371,6 +371,7 @@ fn expect_clean_attach(h: &Hostile, name: &str, ops: &str) -> Result<(), Failed>
 /// run: no error, the scheduler's name from the kernel's own `scx_ops`,
 /// sched_ext enabled while it was held, and every CPU's rq clock moving.
 fn expect_monitor_saw(h: &Hostile, ops: &str) -> Result<(), Failed> {
+    note_lost_wakeups(&h.json["snapshots"]);
     let m = &h.json["monitor"];
     let samples = m["samples"].as_u64().unwrap_or(0);
     h.check(
@@ -413,6 +414,33 @@ fn expect_monitor_saw(h: &Hostile, ops: &str) -> Result<(), Failed> {
             m["stalls"]
         ),
     )
+}
+
+/// A lost wake-up the host saw (its `lost_wakeup` snapshot) is never a
+/// test's failure, but never silent: a NOTE with the vCPUs' run state
+/// and APIC vectors, the evidence of where the wake-up was lost.
+fn note_lost_wakeups(snapshots: &serde_json::Value) {
+    for s in snapshots.as_array().into_iter().flatten() {
+        if s["tag"] != "lost_wakeup" {
+            continue;
+        }
+        let vcpus: Vec<String> = s["vcpus"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                format!(
+                    "vCPU {}: halted {} rflags {} at {} IRR {} ISR {}",
+                    v["cpu"], v["halted"], v["rflags"], v["symbol"], v["apic_irr"], v["apic_isr"]
+                )
+            })
+            .collect();
+        note_line!(
+            "vm tests: NOTE: a lost wake-up (not the scheduler's): {}; {}",
+            s["cause"],
+            vcpus.join("; ")
+        );
+    }
 }
 
 /// The values a reply line of the guest's requests mode carries:

@@ -111,6 +111,9 @@ impl RunOut {
 /// (with a hog).
 fn schedrig_run(args: &[&str], pin: bool) -> Result<RunOut, Failed> {
     let r = schedrig_run_live(args, pin, Some(DURATION), |_, _| {})?;
+    for l in &r.lines {
+        crate::note_lost_wakeups(&l["snapshots"]);
+    }
     // The nested test host itself has stood still for minutes (its QEMU
     // not running it: the VMM's pause watcher saw its own process not run
     // for 340 s of a 223 s deadline, 2026-12-07). That run says so in its

@@ -48,6 +48,10 @@ pub struct VcpuRegs {
     pub cr4: u64,
     /// CPL 0 (the kernel) when the low two bits of CS are 0.
     pub cs: u16,
+    /// KVM's run state said HALTED (None: not read).
+    pub halted: Option<bool>,
+    /// Its local APIC's requested and in-service vectors (None: not read).
+    pub apic: Option<crate::arch::x86_64::regs::ApicPending>,
 }
 
 /// How one freeze went.
@@ -350,6 +354,11 @@ fn read_regs(vcpu: &VcpuFd) -> Option<VcpuRegs> {
         cr3: s.cr3,
         cr4: s.cr4,
         cs: s.cs.selector,
+        halted: vcpu
+            .get_mp_state()
+            .ok()
+            .map(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED),
+        apic: crate::arch::x86_64::regs::apic_pending(vcpu).ok(),
     })
 }
 

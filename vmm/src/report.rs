@@ -166,6 +166,9 @@ pub struct StoppedVcpu {
     /// The kernel function `rip` is in (`name+0xoff`), when the caller
     /// could name it from the vmlinux.
     pub function: Option<String>,
+    /// Its local APIC's requested and in-service vectors (a halted vCPU
+    /// with interrupts on and a vector requested missed its wake-up).
+    pub apic: Option<crate::arch::x86_64::regs::ApicPending>,
 }
 
 impl std::fmt::Display for StoppedVcpu {
@@ -179,6 +182,9 @@ impl std::fmt::Display for StoppedVcpu {
         }
         if let Some(func) = &self.function {
             write!(f, " ({func})")?;
+        }
+        if let Some(a) = &self.apic {
+            write!(f, " {a}")?;
         }
         Ok(())
     }
@@ -250,6 +256,7 @@ mod tests {
             detail: "rsp=0x1".into(),
             interrupts_on: Some(true),
             function: Some("default_idle+0x4".into()),
+            apic: None,
         };
         assert_eq!(
             v.to_string(),

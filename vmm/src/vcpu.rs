@@ -244,6 +244,7 @@ fn stopped_state(cpu: u32, vcpu: &VcpuFd) -> StoppedVcpu {
         detail: String::new(),
         interrupts_on: None,
         function: None,
+        apic: crate::arch::x86_64::regs::apic_pending(vcpu).ok(),
     };
     if s.state.starts_with("never started") {
         return s;

@@ -123,8 +123,8 @@ pub struct Controller {
     /// SCPP and resumed by SCRR (the deadline moves by the paused time).
     scenario_timeout: Option<Duration>,
     scenario_watch: Option<ScenarioWatch>,
-    /// The automatic `failure` snapshot was taken (or tried).
-    failure_snapshot: bool,
+    /// The once-a-run snapshots taken (or tried): `failure`, `lost_wakeup`.
+    once_snapshots: Vec<&'static str>,
     /// STIM `elapsed_ms` of the scenario running (cleared by SCST).
     step_ends: Vec<u64>,
     last_stall_look: Option<Instant>,
@@ -153,6 +153,9 @@ struct ScenarioWatch {
 
 /// The tag of the snapshot the host takes when it sees the guest fail.
 pub const FAILURE_TAG: &str = "failure";
+/// The tag of the snapshot the host takes of a lost wake-up while it
+/// lasts (never a verdict: evidence of where the wake-up was lost).
+pub const LOST_WAKEUP_TAG: &str = "lost_wakeup";
 
 /// Requests kept while the host reads the guest kernel, and how long
 /// each may wait for that.
@@ -201,7 +204,7 @@ impl Controller {
             server: None,
             pending: Vec::new(),
             snapshots: Vec::new(),
-            failure_snapshot: false,
+            once_snapshots: Vec::new(),
             step_ends: Vec::new(),
             last_stall_look: None,
             wedge: None,
@@ -266,19 +269,25 @@ impl Controller {
 
     /// Takes the one `failure` snapshot of the run, if the host can.
     fn snapshot_failure(&mut self, why: &str) {
-        if self.failure_snapshot
+        self.snapshot_once(FAILURE_TAG, why);
+    }
+
+    /// Takes the run's one snapshot tagged `tag` (`failure`,
+    /// `lost_wakeup`), if the host can, with `why` as its cause.
+    fn snapshot_once(&mut self, tag: &'static str, why: &str) {
+        if self.once_snapshots.contains(&tag)
             || self.snapshots.len() >= crate::introspect::snapshot::SNAPSHOTS_MAX
         {
             return;
         }
         let Some(server) = &self.server else { return };
-        self.failure_snapshot = true;
-        match crate::requests::capture(server, FAILURE_TAG) {
+        self.once_snapshots.push(tag);
+        match crate::requests::capture(server, tag) {
             Ok(mut snap) => {
                 snap.cause = Some(why.to_string());
                 self.keep_snapshot(snap);
             }
-            Err(e) => tracing::warn!("no failure snapshot ({why}): {e}"),
+            Err(e) => tracing::warn!("no {tag} snapshot ({why}): {e}"),
         }
     }
 
@@ -341,7 +350,17 @@ impl Controller {
                 host_rq::paused_stall(p.as_millis() as u64, s.ms()).is_some()
             })
         };
-        let stall = crate::monitor::analysis::stalls(&tail)
+        let all = crate::monitor::analysis::stalls(&tail);
+        if let Some(s) = all.iter().find(|s| s.lost_wakeup && !paused(s)) {
+            let why = format!(
+                "CPU {} sat idle with TIF_NEED_RESCHED set and {} tasks queued for {} ms (a lost wake-up: the snapshot's halted vCPUs and their APIC IRR say whether the host held an interrupt it did not deliver)",
+                s.cpu,
+                s.nr_running,
+                s.ms()
+            );
+            self.snapshot_once(LOST_WAKEUP_TAG, &why);
+        }
+        let stall = all
             .into_iter()
             .find(|s| s.inconclusive.is_none() && !paused(s));
         let Some(s) = stall else {

@@ -204,6 +204,7 @@ fn halted(cpu: u32, interrupts_on: bool) -> crate::report::StoppedVcpu {
         detail: String::new(),
         interrupts_on: Some(interrupts_on),
         function: None,
+        apic: None,
     }
 }
 

@@ -20,6 +20,11 @@ pub struct VcpuSnap {
     pub cr3: u64,
     pub rflags: u64,
     pub in_kernel: bool,
+    /// Halted (KVM's run state) when parked; None when not read.
+    pub halted: Option<bool>,
+    /// Its local APIC's requested and in-service vectors: a halted vCPU
+    /// with interrupts on and a vector requested missed its wake-up.
+    pub apic: Option<crate::arch::x86_64::regs::ApicPending>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -100,6 +105,8 @@ pub fn capture(ctx: &KernelCtx, rq: &RqLayout, regs: &[Option<VcpuRegs>], tag: &
                 cr3: r.cr3,
                 rflags: r.rflags,
                 in_kernel: r.cs & 3 == 0,
+                halted: r.halted,
+                apic: r.apic,
             }),
             None => s.problems.push(format!("vCPU {cpu}: registers not read")),
         }

@@ -393,8 +393,19 @@ mod tests {
         // SAFETY: gettid has no preconditions and touches no memory.
         let tid = unsafe { libc::gettid() };
         let a = thread_times(tid).expect("schedstat of this thread");
-        let spin = Instant::now();
-        while spin.elapsed() < Duration::from_millis(30) {}
+        // Spin for 30 ms of this thread's own CPU time (wall time would
+        // make the test fail on a loaded machine), 10 s at most.
+        let cpu_ns = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes only the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
+        let (start, spin) = (cpu_ns(), Instant::now());
+        while cpu_ns() < start + 30_000_000 && spin.elapsed() < Duration::from_secs(10) {}
         let b = thread_times(tid).unwrap();
         assert!(b.cpu_ns >= a.cpu_ns + 10_000_000, "{a:?} -> {b:?}");
         assert_eq!(thread_times(0), None);

@@ -164,6 +164,81 @@ fn set_delivery_mode(regs: &mut [std::os::raw::c_char; 1024], reg: usize, mode: 
     }
 }
 
+// In-service and interrupt-request registers: eight 32-bit words each,
+// 16 bytes apart, bit n of the whole the vector n (Intel SDM vol. 3,
+// 10.8.4, "Interrupt Acceptance for Fixed Interrupts").
+const APIC_ISR: usize = 0x100;
+const APIC_IRR: usize = 0x200;
+
+/// The 256-bit APIC register at `base`, as eight words.
+fn apic_bits(regs: &[std::os::raw::c_char; 1024], base: usize) -> [u32; 8] {
+    let mut words = [0u32; 8];
+    for (word, w) in words.iter_mut().enumerate() {
+        let at = base + word * 16;
+        let mut b = [0u8; 4];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = regs[at + i] as u8;
+        }
+        *w = u32::from_le_bytes(b);
+    }
+    words
+}
+
+/// The vectors set in a 256-bit APIC register.
+fn vectors(words: &[u32; 8]) -> Vec<u8> {
+    (0..=255u8)
+        .filter(|&v| words[usize::from(v / 32)] & (1 << (v % 32)) != 0)
+        .collect()
+}
+
+/// A local APIC's interrupts as KVM holds them: requested but not yet
+/// taken (IRR), and taken but not yet ended (ISR). A halted vCPU with
+/// interrupts on and a vector requested was not woken for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApicPending {
+    irr: [u32; 8],
+    isr: [u32; 8],
+}
+
+impl ApicPending {
+    pub fn requested(&self) -> Vec<u8> {
+        vectors(&self.irr)
+    }
+
+    pub fn in_service(&self) -> Vec<u8> {
+        vectors(&self.isr)
+    }
+}
+
+impl std::fmt::Display for ApicPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: Vec<u8>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter().map(|x| format!("{x:#04x}")).collect::<Vec<_>>().join(",")
+            }
+        };
+        write!(
+            f,
+            "APIC IRR {} ISR {}",
+            list(self.requested()),
+            list(self.in_service())
+        )
+    }
+}
+
+/// Reads the vCPU's local APIC requested and in-service vectors.
+pub fn apic_pending(vcpu: &VcpuFd) -> Result<ApicPending, RegsError> {
+    let lapic = vcpu
+        .get_lapic()
+        .map_err(|e| RegsError::Ioctl("KVM_GET_LAPIC", e))?;
+    Ok(ApicPending {
+        irr: apic_bits(&lapic.regs, APIC_IRR),
+        isr: apic_bits(&lapic.regs, APIC_ISR),
+    })
+}
+
 /// LINT0 as ExtINT (the PIC) and LINT1 as NMI, as a PC BIOS leaves them.
 pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut lapic = vcpu
@@ -258,5 +333,24 @@ mod tests {
         assert_eq!(xcr0_for(&c), Some(0x1_0000_0207));
         let no_xsave = CpuId::from_entries(&[leaf(1, 0, 0, 0), leaf(0xd, 0x7, 0, 0)]).unwrap();
         assert_eq!(xcr0_for(&no_xsave), None);
+    }
+}
+
+#[cfg(test)]
+mod apic_tests {
+    /// Vector n is bit n of the eight words, 16 bytes apart.
+    #[test]
+    fn vectors_are_read_across_the_eight_words() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        // 0xfd (RESCHEDULE_VECTOR): word 7, bit 29. 0x20: word 1, bit 0.
+        regs[super::APIC_IRR + 7 * 16 + 3] = (1u8 << 5) as std::os::raw::c_char;
+        regs[super::APIC_IRR + 16] = 1;
+        let p = super::ApicPending {
+            irr: super::apic_bits(&regs, super::APIC_IRR),
+            isr: super::apic_bits(&regs, super::APIC_ISR),
+        };
+        assert_eq!(p.requested(), vec![0x20, 0xfd]);
+        assert!(p.in_service().is_empty());
+        assert_eq!(p.to_string(), "APIC IRR 0x20,0xfd ISR none");
     }
 }
