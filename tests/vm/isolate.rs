@@ -68,6 +68,17 @@ fn write_report(path: &Path, r: &Result<(), Failed>) {
 /// Runs test `name` in a child process; an exit of a stuck VMM thread is
 /// retried once, loudly.
 fn in_child(name: &str) -> Result<(), Failed> {
+    let started = std::time::Instant::now();
+    let r = in_child_retried(name);
+    // The suite's time budget is spent test by test: say where.
+    eprintln!(
+        "vm tests: {name} took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    r
+}
+
+fn in_child_retried(name: &str) -> Result<(), Failed> {
     let mut attempt = 1;
     loop {
         match child_once(name)? {
