@@ -642,7 +642,7 @@ fn scheduler_text(r: &RunReport) -> String {
         s += "\n";
     }
     s += &format!("sched_ext: {} at the end\n", e.final_state);
-    if r.verdict != schedrig_vmm::Verdict::Ok && !e.detail.is_empty() {
+    if r.verdict != schedrig_vmm::RunVerdict::Ok && !e.detail.is_empty() {
         s += &format!(
             "--- scheduler output / verifier (last lines) ---\n{}\n",
             e.detail

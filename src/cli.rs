@@ -586,14 +586,14 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         println!("{}", crate::boot::report_json(&report, &args));
     } else {
         print!("{}", crate::boot::report_text(&report));
-        if report.verdict != schedrig_vmm::Verdict::Ok {
+        if report.verdict != schedrig_vmm::RunVerdict::Ok {
             eprintln!("--- console (last lines) ---\n{}", report.console_tail);
             if !report.crash_text.is_empty() {
                 eprintln!("--- guest-init crash (COM2) ---\n{}", report.crash_text);
             }
         }
     }
-    let ok = report.verdict == schedrig_vmm::Verdict::Ok
+    let ok = report.verdict == schedrig_vmm::RunVerdict::Ok
         && (report.exit_code == Some(0) || a.initrd.is_some());
     Ok(if ok {
         ExitCode::SUCCESS
@@ -767,7 +767,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let all_pass = summary
         .outcomes
         .iter()
-        .all(|o| o.judgement.verdict == schedrig_scenarios::checks::Verdict::Pass);
+        .all(|o| o.judgement.verdict == schedrig_scenarios::checks::ScenarioVerdict::Pass);
     Ok(if all_pass {
         ExitCode::SUCCESS
     } else {

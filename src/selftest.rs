@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use schedrig_scenarios::JobKind;
 use schedrig_vmm::controller::LogSink;
-use schedrig_vmm::{Topology, Verdict};
+use schedrig_vmm::{RunVerdict, Topology};
 
 use crate::boot::{BootOptions, Job};
 use crate::kernel::KernelRequest;
@@ -231,7 +231,7 @@ pub fn run_cli(
     } = suite;
     let count = |s: &str| results.iter().filter(|r| r.status == s).count();
     let (passed, failed, skipped) = (count("ok"), count("not ok"), count("skip"));
-    let vm_ok = report.verdict == Verdict::Ok;
+    let vm_ok = report.verdict == RunVerdict::Ok;
     let ok = vm_ok && failed == 0 && !results.is_empty() && finished;
     let unfinished = format!(
         "the suite did not finish: the runner printed no closing counts after its {} results; the VM ended: {} ({})",

@@ -101,7 +101,7 @@ fn run_nested(reason: &str) -> ExitCode {
 use schedrig::boot::{boot, BootOptions, GuestMode};
 use schedrig::kernel::KernelRequest;
 use schedrig_vmm::introspect::symbols::SymbolTable;
-use schedrig_vmm::{RunReport, Topology, Verdict};
+use schedrig_vmm::{RunReport, RunVerdict, Topology};
 use schedrig_wire::SchedOutcome;
 
 /// The inner VM boots under emulation here: generous deadlines.
@@ -197,7 +197,7 @@ fn boot_tests() -> Vec<Trial> {
             o.mode = GuestMode::Hang;
             o.boot_timeout = Duration::from_secs(90);
             let r = run(o)?;
-            expect(r.verdict == Verdict::Timeout, &r, "verdict timeout")?;
+            expect(r.verdict == RunVerdict::Timeout, &r, "verdict timeout")?;
             expect(r.reason.contains("SRDY"), &r, "the reason names SRDY")?;
             expect(
                 r.frames.contains_key("LIFE"),
@@ -224,7 +224,7 @@ fn boot_tests() -> Vec<Trial> {
             o.mode = GuestMode::Garbage;
             let r = run(o)?;
             expect(
-                r.verdict == Verdict::ProtocolError,
+                r.verdict == RunVerdict::ProtocolError,
                 &r,
                 "verdict protocol_error",
             )?;
@@ -235,7 +235,7 @@ fn boot_tests() -> Vec<Trial> {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::KernelPanic;
             let r = run(o)?;
-            expect(r.verdict == Verdict::Panic, &r, "verdict panic")?;
+            expect(r.verdict == RunVerdict::Panic, &r, "verdict panic")?;
             expect(
                 r.reason.contains("Kernel panic - not syncing"),
                 &r,
@@ -258,7 +258,7 @@ fn boot_tests() -> Vec<Trial> {
             o.mode = GuestMode::Stall;
             o.timeout = Duration::from_secs(120);
             let r = run(o)?;
-            expect(r.verdict == Verdict::Timeout, &r, "verdict timeout")?;
+            expect(r.verdict == RunVerdict::Timeout, &r, "verdict timeout")?;
             expect(r.ready.is_some(), &r, "SRDY arrived first")?;
             expect(
                 r.reason.contains("did not end"),
@@ -275,7 +275,7 @@ fn boot_tests() -> Vec<Trial> {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Panic;
             let r = run(o)?;
-            expect(r.verdict == Verdict::InitPanic, &r, "verdict init_panic")?;
+            expect(r.verdict == RunVerdict::InitPanic, &r, "verdict init_panic")?;
             expect(
                 r.crash_text.contains("schedrig test panic"),
                 &r,
@@ -290,40 +290,37 @@ fn boot_tests() -> Vec<Trial> {
         ("1n2l2c2t", 1, 8, 2, 4, 2),
         ("2n1l2c1t", 2, 4, 2, 4, 1),
     ] {
-        t.push(vm_test(
-            format!("guest_sees_topology_{topo}"),
-            move || {
-                let r = run(opts(topo, None))?;
-                expect_ok(&r)?;
-                let g = r.guest_topology.as_ref().ok_or("no TOPO frame")?;
-                let got = (g.cpus(), g.llcs(), g.cores(), g.threads_per_core());
-                expect(
-                    got == (cpus, llcs, cores, threads),
-                    &r,
-                    &format!("topology {got:?}"),
-                )?;
-                // CPUs are numbered thread-fastest: LLC groups are contiguous.
-                let per_llc = cpus / llcs;
-                let want: Vec<Vec<u32>> = (0..llcs as u32)
-                    .map(|l| (l * per_llc as u32..(l + 1) * per_llc as u32).collect())
-                    .collect();
-                expect(
-                    g.llc_groups == want,
-                    &r,
-                    &format!("LLC groups {:?}", g.llc_groups),
-                )?;
-                // One NUMA node per package, CPUs contiguous (ACPI SRAT).
-                let per_node = cpus / nodes;
-                let want: Vec<Vec<u32>> = (0..nodes as u32)
-                    .map(|n| (n * per_node as u32..(n + 1) * per_node as u32).collect())
-                    .collect();
-                expect(
-                    g.numa_nodes == want,
-                    &r,
-                    &format!("NUMA nodes {:?}", g.numa_nodes),
-                )
-            },
-        ));
+        t.push(vm_test(format!("guest_sees_topology_{topo}"), move || {
+            let r = run(opts(topo, None))?;
+            expect_ok(&r)?;
+            let g = r.guest_topology.as_ref().ok_or("no TOPO frame")?;
+            let got = (g.cpus(), g.llcs(), g.cores(), g.threads_per_core());
+            expect(
+                got == (cpus, llcs, cores, threads),
+                &r,
+                &format!("topology {got:?}"),
+            )?;
+            // CPUs are numbered thread-fastest: LLC groups are contiguous.
+            let per_llc = cpus / llcs;
+            let want: Vec<Vec<u32>> = (0..llcs as u32)
+                .map(|l| (l * per_llc as u32..(l + 1) * per_llc as u32).collect())
+                .collect();
+            expect(
+                g.llc_groups == want,
+                &r,
+                &format!("LLC groups {:?}", g.llc_groups),
+            )?;
+            // One NUMA node per package, CPUs contiguous (ACPI SRAT).
+            let per_node = cpus / nodes;
+            let want: Vec<Vec<u32>> = (0..nodes as u32)
+                .map(|n| (n * per_node as u32..(n + 1) * per_node as u32).collect())
+                .collect();
+            expect(
+                g.numa_nodes == want,
+                &r,
+                &format!("NUMA nodes {:?}", g.numa_nodes),
+            )
+        }));
     }
     t
 }
@@ -1297,7 +1294,7 @@ fn own_initrd() -> Result<(), Failed> {
     let cpio = own_initramfs(dir.path(), &source)?;
     let r = boot_own_init(&cpio, "ignore_loglevel")?;
     expect(
-        r.verdict == Verdict::Ok
+        r.verdict == RunVerdict::Ok
             && r.reason.contains("i8042 reset")
             && r.reason.contains("own init"),
         &r,
@@ -1366,13 +1363,9 @@ fn guest_init_as_own_init() -> Result<(), Failed> {
     )
     .map_err(|e| format!("guest-init's initramfs: {e}"))?;
     let r = boot_own_init(&cpio, "")?;
+    expect(r.frames.contains_key("SCXI"), &r, "the guest sent SCXI")?;
     expect(
-        r.frames.contains_key("SCXI"),
-        &r,
-        "the guest sent SCXI",
-    )?;
-    expect(
-        r.verdict == Verdict::Ok
+        r.verdict == RunVerdict::Ok
             && r.reason.contains("own init")
             && r.scheduler.exit.is_none()
             && r.guest_errors.get("frame").is_some_and(|&n| n >= 1),
@@ -1402,7 +1395,7 @@ fn own_init_ends() -> Result<(), Failed> {
     )?;
     let r = boot_own_init(&cpio, "own_init_end=poweroff")?;
     expect(
-        r.verdict == Verdict::Ok
+        r.verdict == RunVerdict::Ok
             && r.reason.contains("ACPI power-off (S5)")
             && r.reason.contains("own init"),
         &r,
@@ -1410,7 +1403,7 @@ fn own_init_ends() -> Result<(), Failed> {
     )?;
     let r = boot_own_init(&cpio, "own_init_end=exit")?;
     expect(
-        r.verdict == Verdict::Panic && r.reason.contains("Attempted to kill init"),
+        r.verdict == RunVerdict::Panic && r.reason.contains("Attempted to kill init"),
         &r,
         "verdict panic: the kernel's words on the init that exited",
     )
@@ -1478,7 +1471,7 @@ fn expect(ok: bool, r: &RunReport, what: &str) -> Result<(), Failed> {
 
 fn expect_ok(r: &RunReport) -> Result<(), Failed> {
     expect(
-        r.verdict == Verdict::Ok && r.exit_code == Some(0),
+        r.verdict == RunVerdict::Ok && r.exit_code == Some(0),
         r,
         "verdict ok, exit 0",
     )?;

@@ -38,20 +38,20 @@ pub const QUIET_CALIBRATION_US: u64 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum ScenarioVerdict {
     Pass,
     Fail,
     Inconclusive,
     Error,
 }
 
-impl Verdict {
+impl ScenarioVerdict {
     pub fn as_str(self) -> &'static str {
         match self {
-            Verdict::Pass => "pass",
-            Verdict::Fail => "fail",
-            Verdict::Inconclusive => "inconclusive",
-            Verdict::Error => "error",
+            ScenarioVerdict::Pass => "pass",
+            ScenarioVerdict::Fail => "fail",
+            ScenarioVerdict::Inconclusive => "inconclusive",
+            ScenarioVerdict::Error => "error",
         }
     }
 }
@@ -70,7 +70,7 @@ pub struct CheckResult {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Judgement {
-    pub verdict: Verdict,
+    pub verdict: ScenarioVerdict,
     pub checks: Vec<CheckResult>,
     pub reason: String,
 }
@@ -125,14 +125,14 @@ pub fn judge(s: &Scenario, r: &ScenarioResult, env: &JudgeEnv) -> Judgement {
     }
     if let Some(first) = r.errors.first() {
         return Judgement {
-            verdict: Verdict::Error,
+            verdict: ScenarioVerdict::Error,
             reason: format!("the harness could not run it: {first}"),
             checks,
         };
     }
     if !measured && r.sched_lost.is_none() {
         return Judgement {
-            verdict: Verdict::Error,
+            verdict: ScenarioVerdict::Error,
             reason: "no worker was measured".into(),
             checks,
         };
@@ -246,7 +246,7 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
     let failed: Vec<&CheckResult> = checks.iter().filter(|c| !c.pass).collect();
     if failed.is_empty() {
         return Judgement {
-            verdict: Verdict::Pass,
+            verdict: ScenarioVerdict::Pass,
             reason: "all checks passed".into(),
             checks,
         };
@@ -294,13 +294,13 @@ fn verdict_of(r: &ScenarioResult, checks: Vec<CheckResult>) -> Judgement {
             why.push(format!("a CPU looked stalled because {starved}"));
         }
         return Judgement {
-            verdict: Verdict::Inconclusive,
+            verdict: ScenarioVerdict::Inconclusive,
             reason: format!("{}; not judged: {first}", why.join("; ")),
             checks,
         };
     }
     Judgement {
-        verdict: Verdict::Fail,
+        verdict: ScenarioVerdict::Fail,
         reason: first,
         checks,
     }
@@ -586,11 +586,11 @@ mod tests {
         let mut r = result(ws());
         r.host_rq = Some(view(vec![]));
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert_eq!(j.verdict, ScenarioVerdict::Pass, "{j:?}");
         assert!(j.checks.iter().any(|c| c.name == "host_stall" && c.pass));
         r.host_rq = Some(view(vec![stall(None)]));
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.verdict, ScenarioVerdict::Fail);
         assert!(
             j.reason.contains("CPU 1") && j.reason.contains("900 ms"),
             "{}",
@@ -600,18 +600,18 @@ mod tests {
             "the host kept CPU 1's vCPU thread waiting",
         ))]));
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert_eq!(j.verdict, ScenarioVerdict::Inconclusive, "{j:?}");
         assert!(j.reason.contains("waiting"), "{}", j.reason);
         // One real stall among excused ones still fails.
         r.host_rq = Some(view(vec![stall(Some("starved")), stall(None)]));
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Fail);
         // Off by the scenario; the imbalance limit is opt-in.
         let mut s = steady();
         s.checks.host_stall = Some(false);
-        assert_eq!(judge(&s, &r, &env()).verdict, Verdict::Pass);
+        assert_eq!(judge(&s, &r, &env()).verdict, ScenarioVerdict::Pass);
         s.checks.max_imbalance = Some(2.0);
         let j = judge(&s, &r, &env());
-        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.verdict, ScenarioVerdict::Fail);
         assert!(j.reason.contains("CPU 0 had 3.0x"), "{}", j.reason);
     }
 
@@ -628,7 +628,7 @@ mod tests {
             worker("steady", 1, 880, 1950),
         ]);
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert_eq!(j.verdict, ScenarioVerdict::Pass, "{j:?}");
         let names: Vec<&str> = j.checks.iter().map(|c| c.name).collect();
         assert_eq!(names, ["starvation", "gap", "fairness", "attached"]);
     }
@@ -640,7 +640,7 @@ mod tests {
             worker("steady", 1, 0, 0),
         ]);
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.verdict, ScenarioVerdict::Fail);
         assert!(
             j.reason
                 .starts_with("starvation: steady/1 (cpu_spin, pid 101)"),
@@ -656,29 +656,29 @@ mod tests {
         w.gap_cpu = 1;
         let mut r = result(vec![w.clone(), worker("steady", 1, 900, 2000)]);
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.verdict, ScenarioVerdict::Fail);
         assert!(j.reason.contains("waited 3000 ms on CPU 1"), "{}", j.reason);
         // 1.5 s of the gap was steal: 1.5 s net, within 2 s.
         r.workers[0].gap_steal_ms = 1500;
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Pass);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Pass);
         // Not discounted enough, and half the holds stolen (the nested
         // host's usual share): still the scheduler's.
         r.workers[0].gap_steal_ms = 100;
         r.hold_steal_ms = vec![0, 2000];
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Fail);
         // Steal outside the holds (set-up, teardown) is not theirs.
         r.steal_ms = vec![0, 9000];
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Fail);
         // CPU 1 was stolen for most of the holds: not judged.
         r.hold_steal_ms = vec![0, 3500];
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert_eq!(j.verdict, ScenarioVerdict::Inconclusive, "{j:?}");
         assert!(j.reason.contains("CPU 1 for 3500 ms"), "{}", j.reason);
         // But an unfair share is not bent by steal.
         r.workers[0].max_gap_us = 30_000;
         r.workers[0].cpu_us = 3_900_000;
         r.workers[1].cpu_us = 1_000_000;
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Fail);
     }
 
     #[test]
@@ -689,13 +689,13 @@ mod tests {
         ]);
         r.workers[0].cpu_us = 3_900_000;
         r.workers[1].cpu_us = 1_000_000;
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Fail);
         // A pause of under a tenth of the holds: still the scheduler's.
         r.host_pause_ms = r.holds_ms / 20;
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Fail);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Fail);
         r.host_pause_ms = r.holds_ms / 2;
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Inconclusive, "{j:?}");
+        assert_eq!(j.verdict, ScenarioVerdict::Inconclusive, "{j:?}");
         assert!(j.reason.contains("paused the whole VM"), "{}", j.reason);
         assert!(j.reason.contains("fairness"), "{}", j.reason);
         // A worker outside its cpuset is not bent by a pause.
@@ -703,7 +703,7 @@ mod tests {
         r.workers[1].allowed = vec![0];
         let mut s = steady();
         s.checks.isolation = Some(true);
-        assert_eq!(judge(&s, &r, &env()).verdict, Verdict::Fail);
+        assert_eq!(judge(&s, &r, &env()).verdict, ScenarioVerdict::Fail);
     }
 
     #[test]
@@ -715,7 +715,7 @@ mod tests {
         r.sched_lost = Some("disabled".into());
         r.hold_steal_ms = vec![3000, 3000];
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.verdict, ScenarioVerdict::Fail);
         assert!(
             j.reason.contains("scx_simple was no longer attached"),
             "{}",
@@ -730,7 +730,7 @@ mod tests {
             worker("steady", 1, 900, 2000),
         ]);
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.verdict, ScenarioVerdict::Fail);
         let f = j.checks.iter().find(|c| c.name == "fairness").unwrap();
         assert_eq!((f.value, f.limit), (40.0, DEFAULT_MAX_SPREAD_PCT));
 
@@ -767,18 +767,18 @@ mod tests {
         let mut r = result(Vec::new());
         r.sched_lost = Some("disabled".into());
         let j = judge(&steady(), &r, &env());
-        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.verdict, ScenarioVerdict::Fail);
         let names: Vec<&str> = j.checks.iter().map(|c| c.name).collect();
         assert_eq!(names, ["attached"]);
         r.sched_lost = None;
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Error);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Error);
     }
 
     #[test]
     fn harness_errors_are_errors_not_failures() {
         let mut r = result(vec![worker("steady", 0, 0, 0)]);
         r.errors = vec!["fork: EAGAIN".into()];
-        assert_eq!(judge(&steady(), &r, &env()).verdict, Verdict::Error);
+        assert_eq!(judge(&steady(), &r, &env()).verdict, ScenarioVerdict::Error);
     }
 
     #[test]

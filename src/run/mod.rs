@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use schedrig_scenarios::checks::{self, JudgeEnv, Judgement, Verdict};
+use schedrig_scenarios::checks::{self, JudgeEnv, Judgement, ScenarioVerdict};
 use schedrig_scenarios::{CpuLayout, JobKind, Scenario};
 use schedrig_vmm::controller::ResultSink;
 use schedrig_vmm::introspect::snapshot::Snapshot;
@@ -240,7 +240,7 @@ fn error_outcome(s: &Scenario, why: String, vm: u32) -> Outcome {
     Outcome {
         scenario: s.clone(),
         judgement: Judgement {
-            verdict: Verdict::Error,
+            verdict: ScenarioVerdict::Error,
             checks: Vec::new(),
             reason: why,
         },
@@ -318,7 +318,7 @@ pub fn run(
             // Every result came and none lost the scheduler, yet the VM
             // says it failed (after the last scenario, while stopping):
             // the last scenario was the one running with it.
-            use schedrig_vmm::Verdict as V;
+            use schedrig_vmm::RunVerdict as V;
             let failed = matches!(
                 report.verdict,
                 V::SchedError | V::SchedStall | V::SchedDied | V::Inconclusive
@@ -329,9 +329,9 @@ pub fn run(
                 .any(|r| r.sched_lost.is_some());
             if let (true, false, Some(last)) = (failed, lost, outcomes.last_mut()) {
                 last.judgement.verdict = if report.verdict == V::Inconclusive {
-                    Verdict::Inconclusive
+                    ScenarioVerdict::Inconclusive
                 } else {
-                    Verdict::Fail
+                    ScenarioVerdict::Fail
                 };
                 last.judgement.reason = format!(
                     "after this scenario's checks, when the scheduler was stopped: {}",
@@ -454,11 +454,11 @@ fn judge(
     let mut sched_exit = None;
     if r.sched_lost.is_some() {
         sched_exit = sched_exit_json(report);
-        if report.verdict == schedrig_vmm::Verdict::Inconclusive {
-            j.verdict = Verdict::Inconclusive;
+        if report.verdict == schedrig_vmm::RunVerdict::Inconclusive {
+            j.verdict = ScenarioVerdict::Inconclusive;
             j.reason = report.reason.clone();
-        } else if j.verdict != Verdict::Error {
-            j.verdict = Verdict::Fail;
+        } else if j.verdict != ScenarioVerdict::Error {
+            j.verdict = ScenarioVerdict::Fail;
             j.reason = format!("{}; {}", report.reason, j.reason);
         }
     }
@@ -476,12 +476,12 @@ fn judge(
 
 /// The scenario that was running when the VM ended without its TEST.
 fn vm_end_outcome(opts: &RunOptions, s: &Scenario, r: &RunReport, vm: u32) -> Outcome {
-    use schedrig_vmm::Verdict as V;
+    use schedrig_vmm::RunVerdict as V;
     let (verdict, why) = match r.verdict {
-        V::SchedError | V::SchedStall | V::SchedDied => (Verdict::Fail, r.reason.clone()),
-        V::Inconclusive => (Verdict::Inconclusive, r.reason.clone()),
+        V::SchedError | V::SchedStall | V::SchedDied => (ScenarioVerdict::Fail, r.reason.clone()),
+        V::Inconclusive => (ScenarioVerdict::Inconclusive, r.reason.clone()),
         v => (
-            Verdict::Error,
+            ScenarioVerdict::Error,
             format!(
                 "the VM ended during the scenario: {} ({})",
                 v.as_str(),

@@ -2,7 +2,7 @@
 //! finishes (stderr), then a table and the reasons (stdout), or one JSON
 //! object per scenario with `--json`.
 
-use schedrig_scenarios::checks::{CheckResult, Verdict};
+use schedrig_scenarios::checks::{CheckResult, ScenarioVerdict};
 
 use super::{Outcome, RunOptions, RunSummary};
 
@@ -37,7 +37,7 @@ pub fn progress_line(o: &Outcome, done: usize, total: usize) -> String {
         o.scenario.name,
         o.judgement.verdict.as_str(),
         o.duration.as_secs_f64(),
-        if o.judgement.verdict == Verdict::Pass {
+        if o.judgement.verdict == ScenarioVerdict::Pass {
             key_numbers(o)
         } else {
             o.judgement.reason.clone()
@@ -92,7 +92,7 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
     let bad: Vec<&Outcome> = s
         .outcomes
         .iter()
-        .filter(|o| o.judgement.verdict != Verdict::Pass)
+        .filter(|o| o.judgement.verdict != ScenarioVerdict::Pass)
         .collect();
     if !bad.is_empty() {
         out += "\n";
@@ -103,14 +103,14 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
                 o.judgement.verdict.as_str(),
                 o.judgement.reason
             );
-            if o.judgement.verdict == Verdict::Fail {
+            if o.judgement.verdict == ScenarioVerdict::Fail {
                 if let Some(known) = known_finding(&sched, &o.scenario.name) {
                     out += &format!("  (expected: {known})\n");
                 }
             }
         }
     }
-    let count = |v: Verdict| {
+    let count = |v: ScenarioVerdict| {
         s.outcomes
             .iter()
             .filter(|o| o.judgement.verdict == v)
@@ -125,16 +125,16 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
     out += &format!(
         "\n{} scenarios: {} pass, {} fail, {} inconclusive, {} error; {} VM{}, {:.1}s wall, {:.1}s of holds\n",
         s.outcomes.len(),
-        count(Verdict::Pass),
-        count(Verdict::Fail),
-        count(Verdict::Inconclusive),
-        count(Verdict::Error),
+        count(ScenarioVerdict::Pass),
+        count(ScenarioVerdict::Fail),
+        count(ScenarioVerdict::Inconclusive),
+        count(ScenarioVerdict::Error),
         s.boots,
         if s.boots == 1 { "" } else { "s" },
         s.wall.as_secs_f64(),
         holds as f64 / 1000.0
     );
-    if count(Verdict::Fail) > 0 {
+    if count(ScenarioVerdict::Fail) > 0 {
         out += "A fail is the scheduler's: the harness's own problems are `error`, host noise is `inconclusive`.\n";
     }
     out

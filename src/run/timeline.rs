@@ -262,7 +262,7 @@ fn svg(o: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schedrig_scenarios::checks::{Judgement, Verdict};
+    use schedrig_scenarios::checks::{Judgement, ScenarioVerdict};
     use schedrig_wire::{HostRqSample, HostRqView, HostStall, ScenarioResult};
 
     fn outcome() -> Outcome {
@@ -280,7 +280,7 @@ mod tests {
         Outcome {
             scenario,
             judgement: Judgement {
-                verdict: Verdict::Fail,
+                verdict: ScenarioVerdict::Fail,
                 checks: Vec::new(),
                 reason: "a <b> reason & more".into(),
             },

@@ -61,7 +61,10 @@ fn write_report(path: &Path, r: &Result<(), Failed>) {
         Err(e) => format!("failed\n{}", e.message().unwrap_or("(no message)")),
     };
     if let Err(e) = std::fs::write(path, counts + &outcome) {
-        eprintln!("vm tests: cannot write the result to {}: {e}", path.display());
+        eprintln!(
+            "vm tests: cannot write the result to {}: {e}",
+            path.display()
+        );
     }
 }
 
@@ -123,7 +126,9 @@ fn child_once(name: &str) -> Result<Child, Failed> {
     crate::RETRIES.fetch_add(counts.next().unwrap_or(0), Ordering::Relaxed);
     crate::NOTES.fetch_add(counts.next().unwrap_or(0), Ordering::Relaxed);
     if done.status.code() == Some(schedrig_vmm::machine::EXIT_THREADS_STUCK) {
-        return Ok(Child::ThreadsStuck(schedrig_vmm::machine::EXIT_THREADS_STUCK));
+        return Ok(Child::ThreadsStuck(
+            schedrig_vmm::machine::EXIT_THREADS_STUCK,
+        ));
     }
     Ok(Child::Done(match outcome.split_once('\n') {
         _ if outcome == "ok" && done.status.success() => Ok(()),

@@ -28,5 +28,5 @@ pub mod vcpu;
 pub mod watch;
 
 pub use machine::{run, KernelFormat, MachineConfig, MachineError};
-pub use report::{RunReport, StoppedVcpu, Verdict};
+pub use report::{RunReport, RunVerdict, StoppedVcpu};
 pub use topology::Topology;

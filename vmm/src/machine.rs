@@ -18,7 +18,7 @@ use crate::controller::{Controller, Deadlines, Event, Logs};
 use crate::devices::virtio::console::BulkBudget;
 use crate::devices::virtio::event_loop::spawn_device_thread;
 use crate::devices::virtio::EventLoopError;
-use crate::report::{RunReport, StoppedVcpu, Verdict};
+use crate::report::{RunReport, RunVerdict, StoppedVcpu};
 use crate::topology::Topology;
 use crate::vcpu::{self, VcpuShared};
 
@@ -66,7 +66,10 @@ impl StopBudget {
     fn said(&self) -> String {
         let all = self.started.elapsed();
         if all > STOP_DEADLINE + Duration::from_secs(1) {
-            format!("{STOP_DEADLINE:?} of run time ({:.1} s in all)", all.as_secs_f64())
+            format!(
+                "{STOP_DEADLINE:?} of run time ({:.1} s in all)",
+                all.as_secs_f64()
+            )
         } else {
             format!("{STOP_DEADLINE:?}")
         }
@@ -403,7 +406,7 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
     });
     ctl.vcpus_stopped(at_stop.clone());
     let mut report = ctl.finish(&logs);
-    if report.verdict == Verdict::Timeout {
+    if report.verdict == RunVerdict::Timeout {
         report.vcpus_at_stop = at_stop;
     }
     report.peak_rss_kib = figures.map(|f| f.peak_rss_kib);
@@ -497,13 +500,11 @@ impl Threads {
                     t.process_queue(q);
                 }
             }
-            Err(std::sync::TryLockError::WouldBlock) => {
-                abandon(
+            Err(std::sync::TryLockError::WouldBlock) => abandon(
                 "the virtio device thread (holding the transport)",
                 &budget,
                 logs,
-            )
-            }
+            ),
             Err(std::sync::TryLockError::Poisoned(_)) => {
                 tracing::error!("the virtio transport lock is poisoned; last queue pass skipped")
             }

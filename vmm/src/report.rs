@@ -7,7 +7,7 @@ use schedrig_wire::{GuestTopology, KernAddrs};
 
 /// How the run ended, judged from all sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum RunVerdict {
     /// The guest sent EXIT and the machine ended.
     Ok,
     /// The guest kernel panicked.
@@ -38,28 +38,28 @@ pub enum Verdict {
     Inconclusive,
 }
 
-impl Verdict {
+impl RunVerdict {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Verdict::Ok => "ok",
-            Verdict::Panic => "panic",
-            Verdict::InitPanic => "init_panic",
-            Verdict::Timeout => "timeout",
-            Verdict::ProtocolError => "protocol_error",
-            Verdict::NoExit => "no_exit",
-            Verdict::VmmError => "vmm_error",
-            Verdict::SchedError => "sched_error",
-            Verdict::SchedStall => "sched_stall",
-            Verdict::SchedNotAttached => "sched_not_attached",
-            Verdict::SchedDied => "sched_died",
-            Verdict::Inconclusive => "inconclusive",
+            RunVerdict::Ok => "ok",
+            RunVerdict::Panic => "panic",
+            RunVerdict::InitPanic => "init_panic",
+            RunVerdict::Timeout => "timeout",
+            RunVerdict::ProtocolError => "protocol_error",
+            RunVerdict::NoExit => "no_exit",
+            RunVerdict::VmmError => "vmm_error",
+            RunVerdict::SchedError => "sched_error",
+            RunVerdict::SchedStall => "sched_stall",
+            RunVerdict::SchedNotAttached => "sched_not_attached",
+            RunVerdict::SchedDied => "sched_died",
+            RunVerdict::Inconclusive => "inconclusive",
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RunReport {
-    pub verdict: Verdict,
+    pub verdict: RunVerdict,
     /// Why, in words (what was awaited on a timeout, the panic line, ...).
     pub reason: String,
     /// From the EXIT frame.
@@ -200,9 +200,9 @@ impl RunReport {
     /// hardware KVM it is a real failure.
     pub fn is_emulation_artefact(&self) -> bool {
         self.ready.is_none()
-            && ((self.verdict == Verdict::NoExit && self.reason.starts_with("triple fault"))
-                || (self.verdict == Verdict::Panic && self.console.contains("Oops: int3"))
-                || (self.verdict == Verdict::Timeout && !self.frames.contains_key("LIFE")))
+            && ((self.verdict == RunVerdict::NoExit && self.reason.starts_with("triple fault"))
+                || (self.verdict == RunVerdict::Panic && self.console.contains("Oops: int3"))
+                || (self.verdict == RunVerdict::Timeout && !self.frames.contains_key("LIFE")))
     }
 }
 
@@ -210,7 +210,7 @@ impl RunReport {
 mod tests {
     use super::*;
 
-    fn report(verdict: Verdict, reason: &str, console: &str, frames: &[&str]) -> RunReport {
+    fn report(verdict: RunVerdict, reason: &str, console: &str, frames: &[&str]) -> RunReport {
         RunReport {
             verdict,
             reason: reason.into(),
@@ -271,19 +271,19 @@ mod tests {
     #[test]
     fn only_known_early_emulation_deaths_are_artefacts() {
         let tf = report(
-            Verdict::NoExit,
+            RunVerdict::NoExit,
             "triple fault without an EXIT frame",
             "",
             &[],
         );
         assert!(tf.is_emulation_artefact());
-        let int3 = report(Verdict::Panic, "Kernel panic", "Oops: int3: 0000", &[]);
+        let int3 = report(RunVerdict::Panic, "Kernel panic", "Oops: int3: 0000", &[]);
         assert!(int3.is_emulation_artefact());
-        assert!(report(Verdict::Timeout, "no SRDY", "", &[]).is_emulation_artefact());
+        assert!(report(RunVerdict::Timeout, "no SRDY", "", &[]).is_emulation_artefact());
         // Hang mode: LIFE came, so the timeout is the guest's own doing.
-        assert!(!report(Verdict::Timeout, "no SRDY", "", &["LIFE"]).is_emulation_artefact());
+        assert!(!report(RunVerdict::Timeout, "no SRDY", "", &["LIFE"]).is_emulation_artefact());
         // Any other panic, or anything after SRDY, is a real failure.
-        assert!(!report(Verdict::Panic, "Kernel panic", "sysrq", &[]).is_emulation_artefact());
+        assert!(!report(RunVerdict::Panic, "Kernel panic", "sysrq", &[]).is_emulation_artefact());
         let mut late = tf.clone();
         late.ready = Some(Duration::from_secs(1));
         assert!(!late.is_emulation_artefact());

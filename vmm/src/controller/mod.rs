@@ -25,7 +25,7 @@ use crate::devices::log::BoundedLog;
 use crate::devices::virtio::BulkWriter;
 use crate::guest_error;
 use crate::guest_errors::GuestErrors;
-use crate::report::{RunReport, Verdict};
+use crate::report::{RunReport, RunVerdict};
 use crate::vcpu::VcpuEvent;
 
 /// The text Linux prints when it panics: a hint only (any guest process
@@ -102,7 +102,7 @@ pub struct Controller {
     after_exit: u64,
     /// Where each vCPU was when the machine was stopped.
     stopped: Vec<crate::report::StoppedVcpu>,
-    verdict: Option<(Verdict, String)>,
+    verdict: Option<(RunVerdict, String)>,
     /// Port 1 RX: answers to the guest's requests.
     replies: Option<BulkWriter>,
     errors: GuestErrors,
@@ -510,7 +510,7 @@ impl Controller {
     }
 
     /// Sets the verdict, unless one is set already.
-    pub fn end(&mut self, v: Verdict, why: String) {
+    pub fn end(&mut self, v: RunVerdict, why: String) {
         self.verdict.get_or_insert((v, why));
     }
 
@@ -549,7 +549,7 @@ impl Controller {
             let frame = match next {
                 Ok(f) => f,
                 Err(e) => {
-                    self.end(Verdict::ProtocolError, e.to_string());
+                    self.end(RunVerdict::ProtocolError, e.to_string());
                     return;
                 }
             };
@@ -706,7 +706,7 @@ impl Controller {
         };
         if seen {
             self.end(
-                Verdict::ProtocolError,
+                RunVerdict::ProtocolError,
                 format!("a second {tag}: the guest sends it once"),
             );
             return false;
@@ -786,7 +786,7 @@ impl Controller {
                     .get_or_insert(format!("vCPU {cpu}: {state}"));
             }
             VcpuEvent::Failed { cpu, reason } => {
-                self.end(Verdict::VmmError, format!("vCPU {cpu}: {reason}"))
+                self.end(RunVerdict::VmmError, format!("vCPU {cpu}: {reason}"))
             }
         }
     }
@@ -814,7 +814,7 @@ impl Controller {
         if let Some(boot) = self.deadlines.boot {
             if self.ready.is_none() && elapsed >= boot {
                 self.end(
-                    Verdict::Timeout,
+                    RunVerdict::Timeout,
                     format!("no SRDY (system ready) from the guest within {boot:?}"),
                 );
                 return true;
@@ -823,7 +823,7 @@ impl Controller {
         if elapsed >= self.deadlines.run {
             let why = self.overrun_note(elapsed - self.deadlines.run) + &self.wedge_note();
             self.end(
-                Verdict::Timeout,
+                RunVerdict::Timeout,
                 format!("the guest did not end within {:?}{why}", self.deadlines.run),
             );
             return true;
@@ -831,7 +831,7 @@ impl Controller {
         if let (Some(w), Some(t)) = (self.scenario_watch, self.scenario_timeout) {
             if w.paused_at.is_none() && Instant::now() >= w.deadline {
                 self.end(
-                    Verdict::Timeout,
+                    RunVerdict::Timeout,
                     format!("scenario {} did not end within {t:?} of its start (SCST), paused time not counted{}", w.nth, self.wedge_note()),
                 );
                 return true;
@@ -928,22 +928,22 @@ impl Controller {
             .map(|l| printable(l));
         if self.verdict.is_none() {
             if let Some(panic) = self.panic_verdict(panic_line.as_deref()) {
-                self.end(Verdict::Panic, panic);
+                self.end(RunVerdict::Panic, panic);
             } else if self.reset == Some(POWER_DOWN_LINE) {
                 // The console said power-off, the vCPUs said otherwise.
                 let why = self.unconfirmed_power_down();
-                self.end(Verdict::NoExit, why);
+                self.end(RunVerdict::NoExit, why);
             } else if let Some(first) = crash_text.lines().map(printable).find(|l| !l.is_empty()) {
-                self.end(Verdict::InitPanic, first);
+                self.end(RunVerdict::InitPanic, first);
             } else if let (Some(code), Some(AFTER_EXIT_GRACE)) = (self.exit_code, self.reset) {
                 let ran_on = self.not_halted();
                 match self.after_exit {
                     0 => self.end(
-                        Verdict::NoExit,
+                        RunVerdict::NoExit,
                         format!("the guest sent EXIT {code} but did not power off, reset or halt within {EXIT_GRACE:?} ({ran_on}); the host stopped it"),
                     ),
                     n => self.end(
-                        Verdict::ProtocolError,
+                        RunVerdict::ProtocolError,
                         format!("the guest sent EXIT {code}, then {n} more frames (refused), and ran on until the host stopped it {EXIT_GRACE:?} later ({ran_on})"),
                     ),
                 }
@@ -953,7 +953,10 @@ impl Controller {
                     0 => String::new(),
                     n => format!("; {n} frames after EXIT refused"),
                 };
-                self.end(Verdict::Ok, format!("guest exited with {code}{how}{after}"));
+                self.end(
+                    RunVerdict::Ok,
+                    format!("guest exited with {code}{how}{after}"),
+                );
             } else if let (None, Some(how), None) =
                 (self.deadlines.boot, self.reset, &self.fault_state)
             {
@@ -961,7 +964,7 @@ impl Controller {
                 // own (a reset or a power-off, not a triple fault) is all
                 // it can say.
                 self.end(
-                    Verdict::Ok,
+                    RunVerdict::Ok,
                     format!("the guest ended: {how} (own init, no EXIT expected)"),
                 );
             } else {
@@ -971,14 +974,14 @@ impl Controller {
                 if let Some(state) = &self.fault_state {
                     why += &format!(" ({state})");
                 }
-                self.end(Verdict::NoExit, why);
+                self.end(RunVerdict::NoExit, why);
             }
         }
         let scheduler = self.sched.report();
         if self
             .verdict
             .as_ref()
-            .is_some_and(|(v, _)| *v == Verdict::Ok)
+            .is_some_and(|(v, _)| *v == RunVerdict::Ok)
         {
             if let Some((v, why)) = self.sched.judge(&scheduler) {
                 self.verdict = Some((v, why));
@@ -991,7 +994,7 @@ impl Controller {
                 self.errors.suppressed()
             );
         }
-        let (verdict, reason) = self.verdict.unwrap_or((Verdict::NoExit, String::new()));
+        let (verdict, reason) = self.verdict.unwrap_or((RunVerdict::NoExit, String::new()));
         let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.started));
         RunReport {
             verdict,

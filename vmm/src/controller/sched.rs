@@ -10,7 +10,7 @@ use schedrig_wire::payload::sched::decode_attached;
 use schedrig_wire::{SchedExit, SchedExitKind, SchedOutcome};
 
 use crate::devices::log::BoundedLog;
-use crate::report::Verdict;
+use crate::report::RunVerdict;
 
 /// Scheduler output kept (SCLG): the newest 256 KiB; the rest is counted.
 pub const SCHED_LOG_KEEP: usize = 256 << 10;
@@ -202,11 +202,11 @@ impl SchedState {
     }
 
     /// The scheduler verdict, for a run that otherwise ended well.
-    pub fn judge(&self, r: &SchedulerReport) -> Option<(Verdict, String)> {
+    pub fn judge(&self, r: &SchedulerReport) -> Option<(RunVerdict, String)> {
         let Some(exit) = &r.exit else {
             return self.expect.wants_exit_info.then(|| {
                 (
-                    Verdict::NoExit,
+                    RunVerdict::NoExit,
                     "the guest ended without reporting how the scheduler ended (no SCXI)".into(),
                 )
             });
@@ -220,7 +220,7 @@ impl SchedState {
         match exit.outcome? {
             SchedOutcome::NoScheduler => (exit.final_state != "disabled").then(|| {
                 (
-                    Verdict::SchedError,
+                    RunVerdict::SchedError,
                     format!(
                         "no scheduler was asked for, yet sched_ext is {}",
                         exit.final_state
@@ -228,7 +228,7 @@ impl SchedState {
                 )
             }),
             SchedOutcome::NotAttached => Some((
-                Verdict::SchedNotAttached,
+                RunVerdict::SchedNotAttached,
                 format!(
                     "{name} did not attach: {}",
                     if exit.message.is_empty() {
@@ -239,7 +239,7 @@ impl SchedState {
                 ),
             )),
             SchedOutcome::Died => Some((
-                Verdict::SchedDied,
+                RunVerdict::SchedDied,
                 format!(
                     "{name} ended before attaching ({}): {}",
                     status_text(exit),
@@ -258,12 +258,12 @@ impl SchedState {
                     Some(stall_verdict(name, exit, said(exit)))
                 } else if kind.is_some_and(SchedExitKind::is_error) {
                     Some((
-                        Verdict::SchedError,
+                        RunVerdict::SchedError,
                         format!("{name} ejected: {}", said(exit)),
                     ))
                 } else if exit.early {
                     Some((
-                        Verdict::SchedDied,
+                        RunVerdict::SchedDied,
                         format!(
                             "{name} ended during the hold ({}; {})",
                             status_text(exit),
@@ -272,7 +272,7 @@ impl SchedState {
                     ))
                 } else if exit.final_state != "disabled" {
                     Some((
-                        Verdict::SchedError,
+                        RunVerdict::SchedError,
                         format!(
                             "{name} was stopped but sched_ext stayed {}",
                             exit.final_state
@@ -280,7 +280,7 @@ impl SchedState {
                     ))
                 } else if !kind.is_some_and(SchedExitKind::is_unreg) {
                     Some((
-                        Verdict::SchedError,
+                        RunVerdict::SchedError,
                         format!(
                             "{name} detached with {} instead of UNREG (reason {:?})",
                             kind_text(kind),
@@ -310,7 +310,7 @@ pub fn stall_ms(message: &str) -> Option<u64> {
 /// on one CPU, so about half of every second is steal there, and a
 /// stall of 5 s with 2.5 s of steal still had 2.5 s of CPU to run the
 /// task in.)
-fn stall_verdict(name: &str, exit: &SchedExit, said: String) -> (Verdict, String) {
+fn stall_verdict(name: &str, exit: &SchedExit, said: String) -> (RunVerdict, String) {
     let (cpu, steal) = exit
         .steal_ms
         .iter()
@@ -320,13 +320,13 @@ fn stall_verdict(name: &str, exit: &SchedExit, said: String) -> (Verdict, String
         .unwrap_or((0, 0));
     match stall_ms(&exit.message) {
         Some(stall) if steal.saturating_mul(4) >= stall.saturating_mul(3) && steal > 0 => (
-            Verdict::Inconclusive,
+            RunVerdict::Inconclusive,
             format!(
                 "{name} ejected ({said}), but the host did not run CPU {cpu} for {steal} ms of the hold (steal time), at least three quarters of the {stall} ms stall: not judged"
             ),
         ),
         _ => (
-            Verdict::SchedStall,
+            RunVerdict::SchedStall,
             format!("{name} ejected: {said} (most steal time on any CPU during the hold: {steal} ms)"),
         ),
     }
@@ -356,7 +356,7 @@ mod tests {
         )
     }
 
-    fn judged(name: Option<&str>, exit: Option<SchedExit>) -> Option<(Verdict, String)> {
+    fn judged(name: Option<&str>, exit: Option<SchedExit>) -> Option<(RunVerdict, String)> {
         let mut s = state(name);
         if let Some(e) = exit {
             s.on_exit_info(&e.encode().unwrap(), None).unwrap();
@@ -387,7 +387,7 @@ mod tests {
             "spin0[88] failed to run for 5.120s",
         );
         let (v, why) = judged(Some("scx_qmap"), Some(stall)).unwrap();
-        assert_eq!(v, Verdict::SchedStall);
+        assert_eq!(v, RunVerdict::SchedStall);
         assert!(
             why.contains("ERROR_STALL") && why.contains("spin0[88]"),
             "{why}"
@@ -400,40 +400,43 @@ mod tests {
         );
         starved.steal_ms = vec![10, 4000];
         let (v, why) = judged(Some("scx_qmap"), Some(starved.clone())).unwrap();
-        assert_eq!(v, Verdict::Inconclusive);
+        assert_eq!(v, RunVerdict::Inconclusive);
         assert!(why.contains("CPU 1 for 4000 ms"), "{why}");
         // Half the stall stolen (the nested host's usual share) is not
         // enough to excuse it.
         starved.steal_ms = vec![10, 2560];
         assert_eq!(
             judged(Some("q"), Some(starved.clone())).unwrap().0,
-            Verdict::SchedStall
+            RunVerdict::SchedStall
         );
         starved.steal_ms = vec![10, 1000];
         assert_eq!(
             judged(Some("q"), Some(starved)).unwrap().0,
-            Verdict::SchedStall
+            RunVerdict::SchedStall
         );
         assert_eq!(stall_ms("init[1] failed to run for 5.005s"), Some(5005));
         assert_eq!(stall_ms("nothing"), None);
         let err = detached(SchedExitKind::ErrorBpf, "scx_bpf_error", "boom");
-        assert_eq!(judged(Some("q"), Some(err)).unwrap().0, Verdict::SchedError);
+        assert_eq!(
+            judged(Some("q"), Some(err)).unwrap().0,
+            RunVerdict::SchedError
+        );
         let mut early = ok.clone();
         early.early = true;
         assert_eq!(
             judged(Some("q"), Some(early)).unwrap().0,
-            Verdict::SchedDied
+            RunVerdict::SchedDied
         );
         let mut stuck = ok.clone();
         stuck.final_state = "enabled".into();
         assert_eq!(
             judged(Some("q"), Some(stuck)).unwrap().0,
-            Verdict::SchedError
+            RunVerdict::SchedError
         );
         let sysrq = detached(SchedExitKind::Sysrq, "disabled by sysrq-S", "");
         assert_eq!(
             judged(Some("q"), Some(sysrq)).unwrap().0,
-            Verdict::SchedError
+            RunVerdict::SchedError
         );
         let died = SchedExit {
             outcome: Some(SchedOutcome::Died),
@@ -442,7 +445,7 @@ mod tests {
             ..SchedExit::default()
         };
         let (v, why) = judged(Some("x"), Some(died)).unwrap();
-        assert_eq!(v, Verdict::SchedDied);
+        assert_eq!(v, RunVerdict::SchedDied);
         assert!(
             why.contains("exit status 3") && why.contains("bye"),
             "{why}"
@@ -453,11 +456,11 @@ mod tests {
             ..SchedExit::default()
         };
         let (v, why) = judged(Some("r"), Some(na)).unwrap();
-        assert_eq!(v, Verdict::SchedNotAttached);
+        assert_eq!(v, RunVerdict::SchedNotAttached);
         assert!(why.contains("map_value_or_null"));
         // Nothing asked for, nothing said: fine; asked for and silent: not.
         assert_eq!(judged(None, None), None);
-        assert_eq!(judged(Some("x"), None).unwrap().0, Verdict::NoExit);
+        assert_eq!(judged(Some("x"), None).unwrap().0, RunVerdict::NoExit);
         let eevdf = SchedExit {
             outcome: Some(SchedOutcome::NoScheduler),
             final_state: "disabled".into(),
@@ -466,7 +469,7 @@ mod tests {
         assert_eq!(judged(None, Some(eevdf.clone())), None);
         let mut odd = eevdf;
         odd.final_state = "enabled".into();
-        assert_eq!(judged(None, Some(odd)).unwrap().0, Verdict::SchedError);
+        assert_eq!(judged(None, Some(odd)).unwrap().0, RunVerdict::SchedError);
     }
 
     #[test]

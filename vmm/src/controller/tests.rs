@@ -52,7 +52,7 @@ fn a_normal_stream_ends_ok_with_its_counts() {
     }
     assert!(!c.check_deadlines());
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::Ok);
+    assert_eq!(r.verdict, RunVerdict::Ok);
     assert_eq!(r.exit_code, Some(0));
     assert!(r.ready.is_some());
     assert_eq!(r.frames.len(), 3);
@@ -130,7 +130,7 @@ fn a_length_over_the_cap_is_a_protocol_error_and_stops_parsing() {
     assert!(c.has_verdict());
     c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::ProtocolError);
+    assert_eq!(r.verdict, RunVerdict::ProtocolError);
     assert_eq!(r.exit_code, None, "nothing after the bad header is read");
 }
 
@@ -139,7 +139,7 @@ fn no_srdy_by_the_boot_deadline_is_a_timeout() {
     let (mut c, _, _) = controller(Duration::ZERO);
     assert!(c.check_deadlines());
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::Timeout);
+    assert_eq!(r.verdict, RunVerdict::Timeout);
     assert!(r.reason.contains("SRDY"), "{}", r.reason);
 }
 
@@ -150,7 +150,7 @@ fn an_own_init_ends_ok_by_a_reset_but_not_by_a_triple_fault() {
     c.on_vcpu(&VcpuEvent::Reset("i8042 reset"));
     assert!(c.check_deadlines());
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+    assert_eq!(r.verdict, RunVerdict::Ok, "{}", r.reason);
     assert!(r.reason.contains("i8042 reset"), "{}", r.reason);
 
     let (mut c, _, _) = controller(None);
@@ -158,7 +158,7 @@ fn an_own_init_ends_ok_by_a_reset_but_not_by_a_triple_fault() {
         cpu: 0,
         state: "rip 0".into(),
     });
-    assert_eq!(c.finish(&logs()).verdict, Verdict::NoExit);
+    assert_eq!(c.finish(&logs()).verdict, RunVerdict::NoExit);
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn the_scenario_watchdog_is_armed_by_scst_and_paused_by_scpp() {
     std::thread::sleep(Duration::from_millis(60));
     assert!(c.check_deadlines());
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::Timeout);
+    assert_eq!(r.verdict, RunVerdict::Timeout);
     assert!(r.reason.contains("scenario 3 did not end"), "{}", r.reason);
 }
 
@@ -221,7 +221,7 @@ fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
     let r = c.finish(&logs_with_console(
         "[ 2.0] Kernel panic - not syncing: forged\n[ 2.1] reboot: Power down\n",
     ));
-    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+    assert_eq!(r.verdict, RunVerdict::Ok, "{}", r.reason);
     assert_eq!(errors.counts().get("console"), Some(&1));
 
     // The kernel's own panic path: pvpanic decides, the line is quoted.
@@ -233,7 +233,7 @@ fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
     let r = c.finish(&logs_with_console(
         "[ 3.0] Kernel panic - not syncing: Attempted to kill init!\n",
     ));
-    assert_eq!(r.verdict, Verdict::Panic);
+    assert_eq!(r.verdict, RunVerdict::Panic);
     assert!(
         r.reason.contains("Attempted to kill init") && r.reason.contains("pvpanic from vCPU 1"),
         "{}",
@@ -246,13 +246,13 @@ fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     c.on_vcpu(&VcpuEvent::Reset("i8042 reset"));
     let r = c.finish(&logs_with_console("Kernel panic - not syncing: x\n"));
-    assert_eq!(r.verdict, Verdict::Panic, "{}", r.reason);
+    assert_eq!(r.verdict, RunVerdict::Panic, "{}", r.reason);
     let (mut c, _, _) = controller(Duration::from_secs(3600));
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
     c.on_vcpu(&VcpuEvent::Reset("ACPI power-off (S5)"));
     let r = c.finish(&logs_with_console("Kernel panic - not syncing: x\n"));
-    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+    assert_eq!(r.verdict, RunVerdict::Ok, "{}", r.reason);
 }
 
 /// "reboot: Power down" on the console ends the wait, but only vCPUs
@@ -260,8 +260,8 @@ fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
 #[test]
 fn a_power_down_line_is_believed_only_when_every_vcpu_halted() {
     for (cpus, want) in [
-        (vec![halted(0, false), halted(1, false)], Verdict::Ok),
-        (vec![halted(0, false), halted(1, true)], Verdict::NoExit),
+        (vec![halted(0, false), halted(1, false)], RunVerdict::Ok),
+        (vec![halted(0, false), halted(1, true)], RunVerdict::NoExit),
     ] {
         let power_down = Arc::new(AtomicBool::new(false));
         let mut c = Controller::new(
@@ -283,7 +283,7 @@ fn a_power_down_line_is_believed_only_when_every_vcpu_halted() {
         c.vcpus_stopped(cpus);
         let r = c.finish(&logs());
         assert_eq!(r.verdict, want, "{}", r.reason);
-        if want == Verdict::NoExit {
+        if want == RunVerdict::NoExit {
             assert!(r.reason.contains("vCPU 1: running"), "{}", r.reason);
         } else {
             assert!(r.reason.contains("every vCPU halted"), "{}", r.reason);
@@ -315,7 +315,7 @@ fn refused_frames_are_counted_and_never_overwrite_accepted_state() {
     // A second KADR, good or bad, is a protocol error; the first stays.
     c.on_bulk(&frame(MsgTag::KernAddrs, &[9; 24]));
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::ProtocolError);
+    assert_eq!(r.verdict, RunVerdict::ProtocolError);
     assert!(r.reason.contains("second KADR"), "{}", r.reason);
     assert_eq!(r.kern_addrs, Some(ka));
 
@@ -328,7 +328,11 @@ fn refused_frames_are_counted_and_never_overwrite_accepted_state() {
         };
         c.on_bulk(&frame(tag, &p));
         c.on_bulk(&frame(tag, &p));
-        assert_eq!(c.finish(&logs()).verdict, Verdict::ProtocolError, "{tag}");
+        assert_eq!(
+            c.finish(&logs()).verdict,
+            RunVerdict::ProtocolError,
+            "{tag}"
+        );
     }
 }
 
@@ -344,7 +348,7 @@ fn job_frames_from_an_own_init_are_refused() {
     let r = c.finish(&logs());
     assert_eq!(errors.counts().get("frame"), Some(&2));
     assert!(r.scheduler.exit.is_none());
-    assert_eq!(r.verdict, Verdict::Ok, "{}", r.reason);
+    assert_eq!(r.verdict, RunVerdict::Ok, "{}", r.reason);
     assert!(r.reason.contains("own init"), "{}", r.reason);
 }
 
@@ -364,7 +368,7 @@ fn frames_after_exit_are_refused_and_reported() {
     assert!(c.check_deadlines());
     c.vcpus_stopped(vec![halted(0, true)]);
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::ProtocolError, "{}", r.reason);
+    assert_eq!(r.verdict, RunVerdict::ProtocolError, "{}", r.reason);
     assert!(
         r.reason.contains("5 more frames") && r.reason.contains("vCPU 0: running"),
         "{}",
@@ -394,7 +398,7 @@ fn an_overrun_deadline_says_the_host_was_frozen() {
     c.watch_pauses(log);
     assert!(c.check_deadlines());
     let r = c.finish(&logs());
-    assert_eq!(r.verdict, Verdict::Timeout);
+    assert_eq!(r.verdict, RunVerdict::Timeout);
     assert!(
         r.reason.contains("not run for 300.0 s") && r.reason.contains("late"),
         "{}",

@@ -216,7 +216,10 @@ impl std::fmt::Display for ApicPending {
             if v.is_empty() {
                 "none".to_string()
             } else {
-                v.iter().map(|x| format!("{x:#04x}")).collect::<Vec<_>>().join(",")
+                v.iter()
+                    .map(|x| format!("{x:#04x}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             }
         };
         write!(
