@@ -285,7 +285,7 @@ pub fn run(
         let batch: Vec<Scenario> = pending.drain(..take).collect();
         boots += 1;
         let vm = boots;
-        let report = boot_batch(opts, &batch, started, vm, progress)?;
+        let (report, mut live) = boot_batch(opts, &batch, started, vm, progress)?;
         vms.push(VmTimes::of(&report));
         tracing::debug!(
             vm,
@@ -298,7 +298,13 @@ pub fn run(
             if r.index as usize != i || i >= batch.len() || r.name != batch[i].name {
                 break;
             }
-            let mut o = judge(opts, &batch[i], r.clone(), &report, vm);
+            // Judged once: as it arrived (the live judgement), or now when
+            // the scheduler was lost in it (the kernel's reason is known
+            // only at the VM's end).
+            let mut o = match live.get_mut(i).and_then(Option::take) {
+                Some(o) if r.sched_lost.is_none() => o,
+                _ => judge(opts, &batch[i], r.clone(), &report, vm),
+            };
             o.snapshots = report
                 .snapshots
                 .iter()
@@ -507,14 +513,16 @@ fn vm_end_outcome(opts: &RunOptions, s: &Scenario, r: &RunReport, vm: u32) -> Ou
 }
 
 /// Boots one VM for `batch`; a VM that died of the emulation (in the
-/// nested test host) is booted again, once, when it ran nothing.
+/// nested test host) is booted again, once, when it ran nothing. Returns
+/// its report and the outcomes judged as their results arrived, by
+/// scenario index (none for a result that lost the scheduler).
 fn boot_batch(
     opts: &RunOptions,
     batch: &[Scenario],
     started: Instant,
     vm: u32,
     progress: &(dyn Fn(&Outcome) + Sync),
-) -> Result<RunReport, RunError> {
+) -> Result<(RunReport, Vec<Option<Outcome>>), RunError> {
     let in_emulated_host = crate::nested::rerun::in_emulated_host();
     let mut attempt = 1;
     loop {
@@ -526,7 +534,7 @@ fn boot_batch(
         let progress_ptr: &(dyn Fn(&Outcome) + Sync) = progress;
         // The sink must be 'static: it reports through a channel that a
         // scoped thread drains into `progress`.
-        let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Outcome)>();
         let tx = Mutex::new(tx);
         let sink = ResultSink(Arc::new(move |r: &ScenarioResult, snaps: &[Snapshot]| {
             let Some(s) = batch_copy.get(r.index as usize) else {
@@ -546,7 +554,7 @@ fn boot_batch(
                 snapshots: snaps.iter().map(crate::boot::snapshot_json).collect(),
             };
             if let Ok(tx) = tx.lock() {
-                let _ = tx.send(o);
+                let _ = tx.send((r.index as usize, o));
             }
         }));
         let boot_opts = BootOptions {
@@ -587,11 +595,17 @@ fn boot_batch(
             }),
             ..BootOptions::default()
         };
-        let report = std::thread::scope(|scope| {
+        let batch_len = batch.len();
+        let (report, live) = std::thread::scope(|scope| {
             let printer = scope.spawn(move || {
-                for o in rx {
+                let mut live: Vec<Option<Outcome>> = vec![None; batch_len];
+                for (i, o) in rx {
                     progress_ptr(&o);
+                    if let Some(slot) = live.get_mut(i) {
+                        *slot = Some(o);
+                    }
                 }
+                live
             });
             // Deadlines run from this VM's start: the process start only
             // for the first boot (where it is the VMM's start too).
@@ -602,8 +616,8 @@ fn boot_batch(
             };
             let r = crate::boot::boot(&boot_opts, vm_start);
             drop(boot_opts);
-            let _ = printer.join();
-            r
+            let live = printer.join().unwrap_or_default();
+            r.map(|r| (r, live))
         })?;
         let ran_nothing = report.scenarios_started == 0;
         if in_emulated_host
@@ -618,6 +632,6 @@ fn boot_batch(
             attempt += 1;
             continue;
         }
-        return Ok(report);
+        return Ok((report, live));
     }
 }
