@@ -53,12 +53,8 @@ pub struct Job {
     pub scheduler: Option<crate::sched::Chosen>,
     pub args: Vec<String>,
     pub times: crate::sched::JobTimes,
-    /// Gets each chunk of the program's output as it arrives.
-    pub sink: Option<schedrig_vmm::controller::LogSink>,
     /// Scenarios to run instead of the plain hold (`schedrig run`).
     pub scenarios: Vec<schedrig_scenarios::Scenario>,
-    /// Gets each scenario's result as it arrives.
-    pub results: Option<schedrig_vmm::controller::ResultSink>,
 }
 
 /// Default seconds a scheduler may take to attach: BPF loading and
@@ -154,6 +150,16 @@ pub fn check_before_vm(opts: &BootOptions) -> Result<Vec<std::path::PathBuf>, Bo
 /// Boots once and returns the report. `started` is when the caller
 /// started (the CLI passes its process start).
 pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError> {
+    boot_observed(opts, started, &mut schedrig_vmm::NoObserver)
+}
+
+/// As [`boot`], telling `observer` of the run as it goes (the guest up,
+/// the scheduler attached, its output, each scenario's result).
+pub fn boot_observed(
+    opts: &BootOptions,
+    started: Instant,
+    observer: &mut dyn schedrig_vmm::MachineObserver,
+) -> Result<RunReport, BootError> {
     tracing::debug!(elapsed = ?started.elapsed(), "boot requested");
     opts.topology
         .check_memory(opts.memory_mib)
@@ -245,8 +251,6 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
                 .job
                 .as_ref()
                 .is_some_and(|j| j.kind == schedrig_scenarios::JobKind::Scheduler),
-            sink: opts.job.as_ref().and_then(|j| j.sink.clone()),
-            results: opts.job.as_ref().and_then(|j| j.results.clone()),
         },
         vmlinux: introspection_vmlinux(&k),
         freeze_test: opts.freeze_test,
@@ -254,7 +258,7 @@ pub fn boot(opts: &BootOptions, started: Instant) -> Result<RunReport, BootError
         btf_helper: btf_helper(),
         introspect_cache: Some(kernel::cache::cache_root().join("introspect")),
     };
-    let mut report = schedrig_vmm::run(&config, started)?;
+    let mut report = schedrig_vmm::run(&config, started, observer)?;
     report.per_test_archive = Some(prep);
     name_hung_code(&mut report, &k);
     Ok(report)

@@ -631,9 +631,7 @@ fn boot_job(a: &BootArgs) -> anyhow::Result<Option<crate::boot::Job>> {
         scheduler,
         args,
         times,
-        sink: None,
         scenarios: Vec::new(),
-        results: None,
     }))
 }
 
@@ -738,17 +736,8 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     if crate::nested::rerun::in_emulated_host() {
         crate::nested::rerun::pin_to_first_cpu("schedrig run");
     }
-    let total = opts.scenarios.len();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let progress = |o: &crate::run::Outcome| {
-        let n = if o.revised {
-            done.load(std::sync::atomic::Ordering::Relaxed)
-        } else {
-            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
-        };
-        eprintln!("{}", crate::run::output::progress_line(o, n, total));
-    };
-    let summary = crate::run::run(&opts, started, &progress)?;
+    let mut progress = crate::run::output::Progress::new(opts.scenarios.len());
+    let summary = crate::run::run(&opts, started, &mut progress)?;
     if let Some(dir) = &timeline_dir {
         for (i, o) in summary.outcomes.iter().enumerate() {
             match crate::run::timeline::write(dir, i + 1, o, &opts.scheduler_name()) {

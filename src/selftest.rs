@@ -4,11 +4,10 @@
 //! pass on the default topology.
 
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use schedrig_scenarios::JobKind;
-use schedrig_vmm::controller::LogSink;
 use schedrig_vmm::{RunVerdict, Topology};
 
 use crate::boot::{BootOptions, Job};
@@ -114,18 +113,26 @@ pub fn run(
     topology: Topology,
     memory_mib: u64,
     timeout: Duration,
-    on_result: impl Fn(&TestResult) + Send + Sync + 'static,
+    on_result: impl Fn(&TestResult),
     started: Instant,
 ) -> Result<SuiteRun, crate::boot::BootError> {
     let runner = crate::sched::runner()?;
-    let collector = Arc::new(Mutex::new(Collector::default()));
-    let c2 = collector.clone();
-    let sink = LogSink(Arc::new(move |b: &[u8]| {
-        let new = c2.lock().map(|mut c| c.feed(b)).unwrap_or_default();
-        for r in &new {
-            on_result(r);
+    /// Feeds the runner's output to the collector as it arrives.
+    struct Feed<F> {
+        collector: Collector,
+        on_result: F,
+    }
+    impl<F: Fn(&TestResult)> schedrig_vmm::MachineObserver for Feed<F> {
+        fn scheduler_output(&mut self, bytes: &[u8]) {
+            for r in &self.collector.feed(bytes) {
+                (self.on_result)(r);
+            }
         }
-    }));
+    }
+    let mut feed = Feed {
+        collector: Collector::default(),
+        on_result,
+    };
     let mut args = Vec::new();
     if let Some(f) = filter {
         args.push("-t".to_string());
@@ -153,20 +160,14 @@ pub fn run(
                     .max(Duration::from_secs(1)),
                 stop_timeout: Duration::from_secs(1),
             },
-            sink: Some(sink),
             scenarios: Vec::new(),
-            results: None,
         }),
         ..BootOptions::default()
     };
-    let report = crate::boot::boot(&opts, started)?;
-    let (results, finished) = collector
-        .lock()
-        .map(|c| (c.results.clone(), c.finished))
-        .unwrap_or_default();
+    let report = crate::boot::boot_observed(&opts, started, &mut feed)?;
     Ok(SuiteRun {
-        results,
-        finished,
+        results: feed.collector.results,
+        finished: feed.collector.finished,
         report,
     })
 }

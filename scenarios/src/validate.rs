@@ -190,7 +190,7 @@ impl Scenario {
             if g < 2 && matches!(c.work, WorkType::FanOut { .. }) {
                 return Err(bad(format!("{place}: fan_out needs at least 1 wakee")));
             }
-            if c.workers % g != 0 {
+            if !c.workers.is_multiple_of(g) {
                 return Err(bad(format!(
                     "{place}: cgroup {:?}: {} workers of {} come in groups of {g}",
                     c.name,
@@ -381,12 +381,12 @@ impl Scenario {
             return Err(bad("no cgroups: nothing would run".into()));
         }
         if let Some(p) = self.checks.max_spread_pct {
-            if !(p > 0.0) {
+            if p.is_nan() || p <= 0.0 {
                 return Err(bad(format!("checks.max_spread_pct {p} must be above 0")));
             }
         }
         if let Some(p) = self.checks.weight_share_pct {
-            if !(p > 0.0) {
+            if p.is_nan() || p <= 0.0 {
                 return Err(bad(format!("checks.weight_share_pct {p} must be above 0")));
             }
         }

@@ -5,17 +5,17 @@
 //! scenario that was running gets its verdict and the rest go on in a
 //! fresh VM. `--isolate` boots one VM per scenario.
 
+mod observer;
 pub mod output;
 pub mod timeline;
 
+pub use observer::{NoRunObserver, RunObserver};
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use schedrig_scenarios::checks::{self, JudgeEnv, Judgement, ScenarioVerdict};
 use schedrig_scenarios::{CpuLayout, JobKind, Scenario};
-use schedrig_vmm::controller::ResultSink;
-use schedrig_vmm::introspect::snapshot::Snapshot;
 use schedrig_vmm::{RunReport, Topology};
 use schedrig_wire::ScenarioResult;
 
@@ -269,11 +269,24 @@ fn sched_exit_json(r: &RunReport) -> Option<serde_json::Value> {
     }))
 }
 
-/// Runs every scenario; `progress` gets each outcome as it is known.
+/// Runs every scenario under the scheduler, kernel and topology of
+/// `opts`, in as few VMs as the job file and the scheduler's fate allow;
+/// `observer` is told of each VM and each scenario's judgement as they
+/// come, and of the whole at the end. Each scenario is judged once.
 pub fn run(
     opts: &RunOptions,
     started: Instant,
-    progress: &(dyn Fn(&Outcome) + Sync),
+    observer: &mut dyn RunObserver,
+) -> Result<RunSummary, RunError> {
+    let summary = run_all(opts, started, observer)?;
+    observer.run_finished(&summary);
+    Ok(summary)
+}
+
+fn run_all(
+    opts: &RunOptions,
+    started: Instant,
+    observer: &mut dyn RunObserver,
 ) -> Result<RunSummary, RunError> {
     let mut pending: Vec<Scenario> = opts.scenarios.clone();
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -285,7 +298,7 @@ pub fn run(
         let batch: Vec<Scenario> = pending.drain(..take).collect();
         boots += 1;
         let vm = boots;
-        let (report, mut live) = boot_batch(opts, &batch, started, vm, progress)?;
+        let (report, mut live) = boot_batch(opts, &batch, started, vm, observer)?;
         vms.push(VmTimes::of(&report));
         tracing::debug!(
             vm,
@@ -314,7 +327,7 @@ pub fn run(
             // The sink printed the others as they arrived; a lost
             // scheduler's kernel reason is only known now.
             if r.sched_lost.is_some() {
-                progress(&o);
+                observer.scenario_finished(&o);
             }
             outcomes.push(o);
             done += 1;
@@ -345,7 +358,7 @@ pub fn run(
                 );
                 last.sched_exit = sched_exit_json(&report);
                 last.revised = true;
-                progress(last);
+                observer.scenario_finished(last);
             }
             continue;
         }
@@ -373,7 +386,7 @@ pub fn run(
             for s in batch[done..].iter().chain(pending.iter()) {
                 let mut o = error_outcome(s, why.clone(), vm);
                 o.sched_exit = sched_exit_json(&report);
-                progress(&o);
+                observer.scenario_finished(&o);
                 outcomes.push(o);
             }
             pending.clear();
@@ -385,7 +398,7 @@ pub fn run(
         // the run below).
         let first_rest = if in_progress {
             let o = vm_end_outcome(opts, stopped_at, &report, vm);
-            progress(&o);
+            observer.scenario_finished(&o);
             outcomes.push(o);
             done + 1
         } else {
@@ -408,7 +421,7 @@ pub fn run(
                     ),
                     vm,
                 );
-                progress(&o);
+                observer.scenario_finished(&o);
                 outcomes.push(o);
             }
             pending.clear();
@@ -521,42 +534,11 @@ fn boot_batch(
     batch: &[Scenario],
     started: Instant,
     vm: u32,
-    progress: &(dyn Fn(&Outcome) + Sync),
+    observer: &mut dyn RunObserver,
 ) -> Result<(RunReport, Vec<Option<Outcome>>), RunError> {
     let in_emulated_host = crate::nested::rerun::in_emulated_host();
     let mut attempt = 1;
     loop {
-        // Progress lines as results arrive: judged now with what is
-        // known (a lost scheduler's kernel reason comes at the VM's end,
-        // so that one is printed then).
-        let env = opts.env();
-        let batch_copy: Vec<Scenario> = batch.to_vec();
-        let progress_ptr: &(dyn Fn(&Outcome) + Sync) = progress;
-        // The sink must be 'static: it reports through a channel that a
-        // scoped thread drains into `progress`.
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, Outcome)>();
-        let tx = Mutex::new(tx);
-        let sink = ResultSink(Arc::new(move |r: &ScenarioResult, snaps: &[Snapshot]| {
-            let Some(s) = batch_copy.get(r.index as usize) else {
-                return;
-            };
-            if r.sched_lost.is_some() || s.name != r.name {
-                return;
-            }
-            let o = Outcome {
-                scenario: s.clone(),
-                judgement: checks::judge(s, r, &env),
-                result: Some(r.clone()),
-                sched_exit: None,
-                duration: Duration::from_millis(r.elapsed_ms),
-                vm,
-                revised: false,
-                snapshots: snaps.iter().map(crate::boot::snapshot_json).collect(),
-            };
-            if let Ok(tx) = tx.lock() {
-                let _ = tx.send((r.index as usize, o));
-            }
-        }));
         let boot_opts = BootOptions {
             kernel: opts.kernel.clone(),
             topology: opts.topology,
@@ -589,36 +571,23 @@ fn boot_batch(
                     ),
                     stop_timeout: Duration::from_secs(crate::boot::STOP_TIMEOUT),
                 },
-                sink: None,
                 scenarios: batch.to_vec(),
-                results: Some(sink),
             }),
             ..BootOptions::default()
         };
-        let batch_len = batch.len();
-        let (report, live) = std::thread::scope(|scope| {
-            let printer = scope.spawn(move || {
-                let mut live: Vec<Option<Outcome>> = vec![None; batch_len];
-                for (i, o) in rx {
-                    progress_ptr(&o);
-                    if let Some(slot) = live.get_mut(i) {
-                        *slot = Some(o);
-                    }
-                }
-                live
-            });
-            // Deadlines run from this VM's start: the process start only
-            // for the first boot (where it is the VMM's start too).
-            let vm_start = if vm == 1 && attempt == 1 {
-                started
-            } else {
-                Instant::now()
-            };
-            let r = crate::boot::boot(&boot_opts, vm_start);
-            drop(boot_opts);
-            let live = printer.join().unwrap_or_default();
-            r.map(|r| (r, live))
-        })?;
+        // Deadlines run from this VM's start: the process start only for
+        // the first boot (where it is the VMM's start too).
+        let vm_start = if vm == 1 && attempt == 1 {
+            started
+        } else {
+            Instant::now()
+        };
+        // Each scenario is judged as its result arrives (a lost
+        // scheduler's kernel reason comes at the VM's end: that one is
+        // judged then, in `run_all`).
+        let mut live = observer::Live::new(batch, opts.env(), vm, observer);
+        let report = crate::boot::boot_observed(&boot_opts, vm_start, &mut live)?;
+        let live = live.into_outcomes();
         let ran_nothing = report.scenarios_started == 0;
         if in_emulated_host
             && report.is_emulation_artefact()

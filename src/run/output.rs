@@ -30,6 +30,28 @@ pub fn key_numbers(o: &Outcome) -> String {
     parts.join(", ")
 }
 
+/// The CLI's observer: a progress line on stderr as each scenario is
+/// judged (a revised one keeps its number).
+pub struct Progress {
+    done: usize,
+    total: usize,
+}
+
+impl Progress {
+    pub fn new(total: usize) -> Self {
+        Progress { done: 0, total }
+    }
+}
+
+impl super::RunObserver for Progress {
+    fn scenario_finished(&mut self, o: &Outcome) {
+        if !o.revised {
+            self.done += 1;
+        }
+        eprintln!("{}", progress_line(o, self.done, self.total));
+    }
+}
+
 /// One line as each scenario finishes.
 pub fn progress_line(o: &Outcome, done: usize, total: usize) -> String {
     format!(

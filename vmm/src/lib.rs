@@ -20,6 +20,7 @@ pub mod machine;
 pub mod memory;
 pub mod metrics;
 pub mod monitor;
+pub mod observer;
 pub mod pause;
 pub mod report;
 pub mod requests;
@@ -28,5 +29,6 @@ pub mod vcpu;
 pub mod watch;
 
 pub use machine::{run, KernelFormat, MachineConfig, MachineError};
+pub use observer::{MachineObserver, NoObserver};
 pub use report::{RunReport, RunVerdict, StoppedVcpu};
 pub use topology::Topology;

@@ -200,8 +200,13 @@ struct Threads {
 }
 
 /// Boots the guest and runs it to its end. `started` is when the VMM
-/// started (process start for the CLI), for the set-up figure.
-pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, MachineError> {
+/// started (process start for the CLI), for the set-up figure;
+/// `observer` is told of the run as it goes (see [`crate::observer`]).
+pub fn run(
+    config: &MachineConfig,
+    started: Instant,
+    observer: &mut dyn crate::observer::MachineObserver,
+) -> Result<RunReport, MachineError> {
     // This run's heap high-water mark starts here (see `heap`).
     crate::heap::reset_peak();
     let m: Machine = builder::build(config, started)?;
@@ -341,12 +346,15 @@ pub fn run(config: &MachineConfig, started: Instant) -> Result<RunReport, Machin
         });
     }
     let (events, bulk_budget, mem) = (m.events, m.bulk_budget, m.mem);
-    let handle = |ctl: &mut Controller, event: Event| {
+    let mut handle = |ctl: &mut Controller, event: Event| {
         ctl.on_event(&event);
         // The controller is done with these bytes: the device may take
         // more transmit chains (backpressure, see BulkBudget).
         if let Event::Bulk(bytes) = event {
             bulk_budget.release(BulkBudget::charge(bytes.len()));
+        }
+        for n in ctl.take_notices() {
+            n.tell(observer);
         }
     };
     let mut freezes = Vec::new();

@@ -18,13 +18,12 @@ use schedrig_wire::{
 pub use self::record::{
     FrameCounts, LifecycleLog, LIFECYCLE_MAX_ENTRIES, LIFECYCLE_REASON_MAX, UNKNOWN_TAG_KEY,
 };
-pub use self::sched::{
-    LogSink, ResultSink, SchedExpect, SchedulerReport, KMSG_KEEP, LOG_TAIL_LINES, SCHED_LOG_KEEP,
-};
+pub use self::sched::{SchedExpect, SchedulerReport, KMSG_KEEP, LOG_TAIL_LINES, SCHED_LOG_KEEP};
 use crate::devices::log::BoundedLog;
 use crate::devices::virtio::BulkWriter;
 use crate::guest_error;
 use crate::guest_errors::GuestErrors;
+use crate::observer::Notice;
 use crate::report::{RunReport, RunVerdict};
 use crate::vcpu::VcpuEvent;
 
@@ -130,6 +129,8 @@ pub struct Controller {
     last_stall_look: Option<Instant>,
     /// The stall the host sees now, if any: said in a deadline's reason.
     wedge: Option<Wedge>,
+    /// For the run's observer, taken by the run loop after each event.
+    notices: Vec<Notice>,
 }
 
 /// A stall the host has seen lasting on one CPU.
@@ -205,6 +206,7 @@ impl Controller {
             pending: Vec::new(),
             snapshots: Vec::new(),
             once_snapshots: Vec::new(),
+            notices: Vec::new(),
             step_ends: Vec::new(),
             last_stall_look: None,
             wedge: None,
@@ -516,6 +518,11 @@ impl Controller {
 
     /// When the guest's workload began: the scheduler's attach when one
     /// runs, else SRDY.
+    /// What the observer is to be told since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
     pub fn busy_since(&self) -> Option<Instant> {
         match self.sched.expects_scheduler() {
             true => self.sched.attached_at(),
@@ -568,7 +575,11 @@ impl Controller {
             }
             match frame.tag {
                 Some(MsgTag::SystemReady) => match payload.is_empty() {
-                    true => self.ready = Some(Instant::now()),
+                    true => {
+                        let now = Instant::now();
+                        self.ready = Some(now);
+                        self.notices.push(Notice::Ready(now - self.started));
+                    }
                     false => self.refuse(MsgTag::SystemReady, "it carries a payload"),
                 },
                 Some(MsgTag::Exit) => match scalar::decode_exit_code(payload) {
@@ -596,11 +607,14 @@ impl Controller {
                         guest_error!(self.errors, Frame, "LIFE refused: {e}");
                     }
                 }
-                Some(MsgTag::SchedulerAttached) => {
-                    if let Err(e) = self.sched.on_attached(payload) {
-                        guest_error!(self.errors, Frame, "SCAT refused: {e}");
-                    }
-                }
+                Some(MsgTag::SchedulerAttached) => match self.sched.on_attached(payload) {
+                    Ok(Some((ops, at))) => self.notices.push(Notice::Attached {
+                        ops,
+                        at: at - self.started,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => guest_error!(self.errors, Frame, "SCAT refused: {e}"),
+                },
                 Some(MsgTag::SchedulerExitInfo) => {
                     if let Err(e) = self.sched.on_exit_info(payload, self.pauses.as_deref()) {
                         guest_error!(self.errors, Frame, "SCXI refused: {e}");
@@ -667,21 +681,23 @@ impl Controller {
                         }
                     }) {
                         Ok(Some(r)) => {
-                            if let Some(sink) = self.sched.result_sink() {
-                                let snaps: Vec<_> = self
-                                    .snapshots
-                                    .iter()
-                                    .filter(|s| s.scenario == Some(index))
-                                    .cloned()
-                                    .collect();
-                                (sink.0)(r, &snaps);
-                            }
+                            let snaps: Vec<_> = self
+                                .snapshots
+                                .iter()
+                                .filter(|s| s.scenario == Some(index))
+                                .cloned()
+                                .collect();
+                            self.notices
+                                .push(Notice::Result(Box::new(r.clone()), snaps));
                         }
                         Ok(None) => {}
                         Err(e) => guest_error!(self.errors, Frame, "TEST refused: {e}"),
                     }
                 }
-                Some(MsgTag::SchedulerLog) => self.sched.on_log(payload),
+                Some(MsgTag::SchedulerLog) => {
+                    self.sched.on_log(payload);
+                    self.notices.push(Notice::Output(payload.to_vec()));
+                }
                 Some(MsgTag::Dmesg) => self.sched.on_kmsg(payload),
                 Some(tag @ (MsgTag::SnapshotRequest | MsgTag::KernelOpRequest)) => {
                     let payload = payload.to_vec();

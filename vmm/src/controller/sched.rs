@@ -3,7 +3,6 @@
 //! stall, so the verdict comes from SCXI (the kernel's exit kind), never
 //! from SCDX alone.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schedrig_wire::payload::sched::decode_attached;
@@ -22,34 +21,6 @@ pub const LOG_TAIL_LINES: usize = 40;
 /// notices the ejection within a tick, then reports it).
 const STALL_REPORT_SLACK: Duration = Duration::from_secs(2);
 
-/// Called with every SCLG chunk as it arrives (the CLI streams the
-/// selftests' lines with it).
-#[derive(Clone)]
-pub struct LogSink(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
-
-impl std::fmt::Debug for LogSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogSink")
-    }
-}
-
-/// Called with every scenario result as it arrives (the CLI prints a
-/// progress line per scenario with it).
-#[derive(Clone)]
-pub struct ResultSink(
-    pub  Arc<
-        dyn Fn(&schedrig_wire::ScenarioResult, &[crate::introspect::snapshot::Snapshot])
-            + Send
-            + Sync,
-    >,
-);
-
-impl std::fmt::Debug for ResultSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResultSink")
-    }
-}
-
 /// What the run expects of a scheduler.
 #[derive(Debug, Clone, Default)]
 pub struct SchedExpect {
@@ -57,8 +28,6 @@ pub struct SchedExpect {
     pub name: Option<String>,
     /// The guest must send SCXI (false for selftest runs).
     pub wants_exit_info: bool,
-    pub sink: Option<LogSink>,
-    pub results: Option<ResultSink>,
 }
 
 /// The scheduler section of a report.
@@ -117,11 +86,6 @@ impl SchedState {
         }
     }
 
-    /// Where scenario results go as they arrive, if anywhere.
-    pub fn result_sink(&self) -> Option<&ResultSink> {
-        self.expect.results.as_ref()
-    }
-
     /// How the scheduler exited, once SCXI said.
     pub fn exit_kind(&self) -> Option<schedrig_wire::SchedExitKind> {
         self.exit.as_ref().and_then(SchedExit::exit_kind)
@@ -136,17 +100,19 @@ impl SchedState {
         self.attached.as_ref().map(|a| a.0)
     }
 
-    pub fn on_attached(&mut self, payload: &[u8]) -> Result<(), String> {
+    /// SCAT: returns the ops name and when, the first time only.
+    pub fn on_attached(&mut self, payload: &[u8]) -> Result<Option<(String, Instant)>, String> {
         let ops = decode_attached(payload).map_err(|e| e.to_string())?;
-        self.attached.get_or_insert((Instant::now(), ops));
-        Ok(())
+        if self.attached.is_some() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        self.attached = Some((now, ops.clone()));
+        Ok(Some((ops, now)))
     }
 
     pub fn on_log(&mut self, payload: &[u8]) {
         self.log.append(payload);
-        if let Some(s) = &self.expect.sink {
-            (s.0)(payload);
-        }
     }
 
     pub fn on_kmsg(&mut self, payload: &[u8]) {
@@ -350,8 +316,6 @@ mod tests {
             SchedExpect {
                 name: name.map(String::from),
                 wants_exit_info: name.is_some(),
-                sink: None,
-                results: None,
             },
         )
     }
@@ -473,16 +437,12 @@ mod tests {
     }
 
     #[test]
-    fn output_is_bounded_and_streamed() {
-        let seen = Arc::new(std::sync::Mutex::new(0usize));
-        let s2 = seen.clone();
+    fn output_is_bounded() {
         let mut s = SchedState::new(
             Instant::now(),
             SchedExpect {
                 name: Some("x".into()),
                 wants_exit_info: true,
-                sink: Some(LogSink(Arc::new(move |b| *s2.lock().unwrap() += b.len()))),
-                results: None,
             },
         );
         for _ in 0..1000 {
@@ -491,10 +451,11 @@ mod tests {
         let r = s.report();
         assert!(r.log.len() <= SCHED_LOG_KEEP);
         assert_eq!(r.log_bytes, 1000 * 1024);
-        assert_eq!(*seen.lock().unwrap(), 1000 * 1024);
         assert!(s.on_attached(&[0xff]).is_err());
         assert!(s.on_exit_info(&[1, 2, 3], None).is_err());
-        s.on_attached(b"simple").unwrap();
+        assert!(s.on_attached(b"simple").unwrap().is_some());
+        // The first attach only is told.
+        assert!(s.on_attached(b"simple").unwrap().is_none());
         assert!(s.report().attached);
     }
 }

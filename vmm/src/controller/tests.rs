@@ -405,3 +405,30 @@ fn an_overrun_deadline_says_the_host_was_frozen() {
         r.reason
     );
 }
+
+/// The run's observer is told what the guest said, in order: the guest
+/// up, the scheduler attached (once), its output; refused frames are not
+/// told.
+#[test]
+fn accepted_frames_are_told_to_the_observer_once() {
+    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    c.on_bulk(&frame(MsgTag::SystemReady, &[]));
+    let scat = schedrig_wire::payload::sched::encode_attached("simple");
+    c.on_bulk(&frame(MsgTag::SchedulerAttached, &scat));
+    c.on_bulk(&frame(MsgTag::SchedulerAttached, &scat));
+    c.on_bulk(&frame(MsgTag::SchedulerLog, b"ok 1 minimal\n"));
+    c.on_bulk(&frame(MsgTag::SystemReady, b"x"));
+    let told = c.take_notices();
+    assert!(
+        matches!(
+            &told[..],
+            [
+                crate::observer::Notice::Ready(_),
+                crate::observer::Notice::Attached { ops, .. },
+                crate::observer::Notice::Output(out),
+            ] if ops == "simple" && out == b"ok 1 minimal\n"
+        ),
+        "{told:?}"
+    );
+    assert!(c.take_notices().is_empty());
+}
