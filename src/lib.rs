@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod harness;
 pub mod initramfs;
 pub mod kernel;
 pub mod nested;
@@ -17,3 +18,6 @@ pub mod sched;
 pub mod selftest;
 pub mod setup;
 pub mod static_bins;
+
+/// Scenarios and their checks, to build a scenario in Rust.
+pub use schedrig_scenarios as scenarios;

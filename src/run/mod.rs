@@ -133,18 +133,28 @@ pub fn resolve_scenarios(
         }
     }
     for (s, file) in &out {
-        let from = file.map_or(String::new(), |f| format!("{f}: "));
-        s.validate(&layout)
-            .map_err(|e| RunError::Invalid(format!("{from}{e} (on --topology {topology})")))?;
-        let n = encoded_len(s);
-        if n > JOB_SCENARIO_BYTES {
-            return Err(RunError::Invalid(format!(
-                "{from}scenario {:?} is {n} bytes encoded; at most {JOB_SCENARIO_BYTES} fit in a VM's job",
-                s.name
-            )));
-        }
+        check_scenario(
+            s,
+            topology,
+            &file.map_or(String::new(), |f| format!("{f}: ")),
+        )?;
     }
     Ok(out.into_iter().map(|(s, _)| s).collect())
+}
+
+/// Checks a scenario (from a file, `from` naming it, or built in Rust)
+/// fits `topology` and a VM's job.
+pub fn check_scenario(s: &Scenario, topology: &Topology, from: &str) -> Result<(), RunError> {
+    s.validate(&layout_of(topology))
+        .map_err(|e| RunError::Invalid(format!("{from}{e} (on --topology {topology})")))?;
+    let n = encoded_len(s);
+    if n > JOB_SCENARIO_BYTES {
+        return Err(RunError::Invalid(format!(
+            "{from}scenario {:?} is {n} bytes encoded; at most {JOB_SCENARIO_BYTES} fit in a VM's job",
+            s.name
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]

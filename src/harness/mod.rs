@@ -1,0 +1,440 @@
+//! `cargo test` / `cargo nextest` for scheduler authors: each test one
+//! scenario on one topology under one scheduler, in a VM of its own.
+//!
+//! A test target with `harness = false` declares its tests and hands
+//! them to [`main`]:
+//!
+//! ```no_run
+//! use schedrig::harness::{self, SchedTest};
+//! fn main() -> std::process::ExitCode {
+//!     harness::main(vec![
+//!         SchedTest::new("steady").topology("1n2l2c1t").scheduler("scx_simple"),
+//!         SchedTest::new("steady").scheduler("scx_qmap").args("-t 5")
+//!             .expect_sched_exit("ERROR_STALL"),
+//!     ])
+//! }
+//! ```
+//!
+//! The binary speaks libtest's protocol (libtest-mimic): filters,
+//! `--exact`, `--list [--format terse]`, `--ignored`, `--include-ignored`,
+//! `--test-threads`, `--nocapture`, so cargo-nextest runs it as it runs
+//! any test binary. Names read `SCENARIO/TOPOLOGY/SCHEDULER[ARGS]` unless
+//! given, e.g. `steady/1n2l1c1t/scx_qmap[-t_5]`.
+//!
+//! Verdicts: `pass` passes; `fail` and `error` fail with one line naming
+//! the failing check, its value and limit (or the kernel's exit), and the
+//! artifact folder. `inconclusive` (the host, not the scheduler, spoiled
+//! the measurement) is booted once more in a fresh VM; if it stays so,
+//! the test fails with a message starting `INCONCLUSIVE`, and the summary
+//! line counts it apart from failures, never as the scheduler's.
+
+mod expect;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use schedrig_scenarios::Scenario;
+use schedrig_vmm::Topology;
+
+pub use expect::Expect;
+
+use crate::run::{Outcome, RunOptions};
+
+/// Where a scenario comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// A catalogue name, or the path of a TOML file.
+    Named(String),
+    /// Built in Rust.
+    Built(Box<Scenario>),
+}
+
+/// One test: a scenario, a topology, a scheduler with its arguments, and
+/// what is expected.
+#[derive(Debug, Clone)]
+pub struct SchedTest {
+    name: Option<String>,
+    source: Source,
+    topology: String,
+    scheduler: String,
+    args: String,
+    duration: Option<f64>,
+    memory_mib: u64,
+    expect: Expect,
+    ignored: bool,
+}
+
+impl SchedTest {
+    /// `scenario`: a catalogue name (`schedrig scenarios` lists them) or
+    /// the path of a scenario TOML file. Defaults: topology 1n2l1c1t,
+    /// scheduler scx_simple, expected to pass.
+    pub fn new(scenario: &str) -> Self {
+        Self::from_source(Source::Named(scenario.to_string()))
+    }
+
+    /// A scenario built in Rust.
+    pub fn built(scenario: Scenario) -> Self {
+        Self::from_source(Source::Built(Box::new(scenario)))
+    }
+
+    fn from_source(source: Source) -> Self {
+        SchedTest {
+            name: None,
+            source,
+            topology: "1n2l1c1t".into(),
+            scheduler: "scx_simple".into(),
+            args: String::new(),
+            duration: None,
+            memory_mib: 512,
+            expect: Expect::Pass,
+            ignored: false,
+        }
+    }
+
+    /// The test's name (default `SCENARIO/TOPOLOGY/SCHEDULER`).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// NUMA nodes, LLCs per node, cores per LLC, threads per core, e.g.
+    /// `1n2l2c1t`.
+    pub fn topology(mut self, t: &str) -> Self {
+        self.topology = t.to_string();
+        self
+    }
+
+    /// A built scheduler by name (scx_simple, scx_qmap, scx_flatcg,
+    /// scx_central), the path of the author's own binary, or `eevdf`.
+    pub fn scheduler(mut self, s: &str) -> Self {
+        self.scheduler = s.to_string();
+        self
+    }
+
+    /// The scheduler's own arguments, split as a shell would.
+    pub fn args(mut self, a: &str) -> Self {
+        self.args = a.to_string();
+        self
+    }
+
+    /// Seconds the scenario runs (instead of its own duration).
+    pub fn duration(mut self, secs: f64) -> Self {
+        self.duration = Some(secs);
+        self
+    }
+
+    /// Guest memory in MiB (default 512).
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// A negative test: the run must fail and check `check` must be among
+    /// the failing ones (e.g. `weight_share`).
+    pub fn expect_check_fails(mut self, check: &str) -> Self {
+        self.expect = Expect::CheckFails(check.to_string());
+        self
+    }
+
+    /// A negative test: the kernel must eject the scheduler with this
+    /// exit kind (e.g. `ERROR_STALL`, `ERROR_BPF`).
+    pub fn expect_sched_exit(mut self, kind: &str) -> Self {
+        self.expect = Expect::SchedExit(kind.to_string());
+        self
+    }
+
+    /// Listed, and run only with `--ignored` or `--include-ignored`.
+    pub fn ignored(mut self) -> Self {
+        self.ignored = true;
+        self
+    }
+
+    /// The name the test is listed and filtered by.
+    pub fn name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let scenario = match &self.source {
+            Source::Named(n) => Path::new(n)
+                .file_stem()
+                .map_or(n.clone(), |s| s.to_string_lossy().into_owned()),
+            Source::Built(s) => s.name.clone(),
+        };
+        let sched = Path::new(&self.scheduler)
+            .file_name()
+            .map_or(self.scheduler.clone(), |s| s.to_string_lossy().into_owned());
+        // Arguments in brackets, spaces as underscores: a name a filter
+        // can be typed without quotes.
+        let args = if self.args.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "[{}]",
+                self.args.split_whitespace().collect::<Vec<_>>().join("_")
+            )
+        };
+        format!("{scenario}/{}/{sched}{args}", self.topology)
+    }
+
+    /// What the user gave, checked and resolved (one clear line if not).
+    fn options(&self, artifacts: &Path) -> Result<RunOptions, String> {
+        let name = self.name();
+        let topology: Topology = self
+            .topology
+            .parse()
+            .map_err(|e| format!("{name}: topology {:?}: {e}", self.topology))?;
+        let scenarios = match &self.source {
+            Source::Named(n) => {
+                crate::run::resolve_scenarios(std::slice::from_ref(n), &topology, self.duration)
+                    .map_err(|e| format!("{name}: {e}"))?
+            }
+            Source::Built(s) => {
+                let mut s = (**s).clone();
+                if let Some(d) = self.duration {
+                    s.duration = d;
+                }
+                crate::run::check_scenario(&s, &topology, "")
+                    .map_err(|e| format!("{name}: {e}"))?;
+                vec![s]
+            }
+        };
+        let eevdf = self.scheduler.eq_ignore_ascii_case("eevdf");
+        if eevdf && !self.args.is_empty() {
+            return Err(format!(
+                "{name}: arguments need a scheduler; EEVDF takes none"
+            ));
+        }
+        let scheduler = if eevdf {
+            None
+        } else {
+            let c = crate::sched::choose(&self.scheduler).map_err(|e| format!("{name}: {e}"))?;
+            crate::sched::check_topology(&c, topology.vcpus())
+                .map_err(|e| format!("{name}: {e}"))?;
+            Some(c)
+        };
+        Ok(RunOptions {
+            console_dir: Some(artifacts.to_path_buf()),
+            kernel: crate::kernel::KernelRequest::default(),
+            topology,
+            memory_mib: self.memory_mib,
+            scheduler,
+            sched_args: crate::sched::split_args(&self.args).map_err(|e| format!("{name}: {e}"))?,
+            scenarios,
+            isolate: true,
+            attach_timeout: Duration::from_secs(crate::boot::DEFAULT_ATTACH_TIMEOUT),
+            boot_timeout: Duration::from_secs(120),
+        })
+    }
+}
+
+/// Inconclusive tests this process reported (for the summary line).
+static INCONCLUSIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// One test binary's whole run: set-up where needed (the nested test host
+/// on machines whose KVM cannot boot the kernel), then the tests.
+pub fn main(tests: Vec<SchedTest>) -> ExitCode {
+    // The VMM asks this binary for BTF layouts, as it asks `schedrig`.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("btf-query") {
+        return btf_query(&argv[2..]);
+    }
+    let mut args = Arguments::from_args();
+    let root = artifact_root();
+    if let crate::nested::KvmMode::Nested(reason) = crate::nested::kvm_mode() {
+        if !args.list {
+            if let Err(e) = std::fs::create_dir_all(&root) {
+                eprintln!("schedrig tests: cannot create {}: {e}", root.display());
+                return ExitCode::FAILURE;
+            }
+            return crate::nested::rerun::rerun_self(
+                "schedrig tests",
+                &reason,
+                NESTED_TIMEOUT,
+                vec![root],
+            );
+        }
+    }
+    if crate::nested::rerun::in_emulated_host() {
+        // Two VMs at once are many times slower there than one after the
+        // other (every VM entry is emulated).
+        args.test_threads.get_or_insert(1);
+        crate::nested::rerun::pin_to_first_cpu("schedrig tests");
+    }
+    let trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|t| {
+            let ignored = t.ignored;
+            let root = root.clone();
+            Trial::test(t.name(), move || run_one(&t, &root)).with_ignored_flag(ignored)
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if !args.list {
+        eprintln!(
+            "schedrig tests: {} passed, {} failed ({} of them inconclusive: the host's doing, not the scheduler's), {} ignored; artifacts in {}",
+            conclusion.num_passed,
+            conclusion.num_failed,
+            INCONCLUSIVE.load(Ordering::Relaxed),
+            conclusion.num_ignored,
+            artifact_root().display()
+        );
+    }
+    conclusion.exit_code()
+}
+
+/// The longest a test binary may run in the nested test host.
+const NESTED_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+fn btf_query(args: &[String]) -> ExitCode {
+    let Some((vmlinux, queries)) = args.split_first() else {
+        eprintln!("btf-query: VMLINUX QUERY...");
+        return ExitCode::FAILURE;
+    };
+    match schedrig_vmm::introspect::btf::answer_queries(Path::new(vmlinux), queries) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("btf-query: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `<target dir>/schedrig-artifacts`: the test binary sits in
+/// `<target dir>/<profile>/deps/`.
+pub fn artifact_root() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("schedrig-artifacts")
+}
+
+/// A test name as a folder name.
+fn folder_name(test: &str) -> String {
+    test.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The command that runs only `test` again.
+fn rerun_command(test: &str) -> String {
+    let exe = std::env::current_exe().ok();
+    let target = exe
+        .as_ref()
+        .and_then(|e| e.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // cargo names a test binary `<target>-<16 hex digits>`.
+    let target = match target.rsplit_once('-') {
+        Some((t, h)) if h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()) => t.to_string(),
+        _ => target,
+    };
+    format!("cargo test --test {target} -- --exact '{test}'")
+}
+
+/// Runs one test in a fresh VM (a second one if the first was
+/// inconclusive), keeps its artifacts, and judges it against what was
+/// expected.
+fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
+    let name = t.name();
+    let dir = root.join(folder_name(&name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let opts = t.options(&dir)?;
+    let mut attempt = 1;
+    let outcome = loop {
+        let o = run_vm(&opts, &dir)?;
+        let inconclusive =
+            o.judgement.verdict == schedrig_scenarios::checks::ScenarioVerdict::Inconclusive;
+        if !inconclusive || attempt == 2 {
+            break o;
+        }
+        eprintln!(
+            "schedrig tests: RETRY {name} in a fresh VM: inconclusive ({})",
+            o.judgement.reason
+        );
+        attempt += 1;
+    };
+    let verdict = expect::judge(&t.expect, &outcome);
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            if outcome.judgement.verdict
+                == schedrig_scenarios::checks::ScenarioVerdict::Inconclusive
+            {
+                INCONCLUSIVE.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(format!(
+                "{why}; artifacts: {}\nre-run: {}",
+                dir.display(),
+                rerun_command(&name)
+            )
+            .into())
+        }
+    }
+}
+
+/// One VM: the outcome, its JSON line and timeline page in `dir`.
+fn run_vm(opts: &RunOptions, dir: &Path) -> Result<Outcome, Failed> {
+    let summary = crate::run::run(opts, Instant::now(), &mut crate::run::NoRunObserver)
+        .map_err(|e| format!("the run could not be made: {e}"))?;
+    let o = summary
+        .outcomes
+        .first()
+        .cloned()
+        .ok_or("the run reported no scenario")?;
+    let json = crate::run::output::json(opts, &summary, &o);
+    std::fs::write(dir.join("result.json"), format!("{json}\n"))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    crate::run::timeline::write(dir, 1, &o, &opts.scheduler_name())
+        .map_err(|e| format!("{}: timeline: {e}", dir.display()))?;
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_scenario_topology_scheduler() {
+        let t = SchedTest::new("steady").topology("1n2l2c1t");
+        assert_eq!(t.name(), "steady/1n2l2c1t/scx_simple");
+        let t = SchedTest::new("/x/my_load.toml")
+            .scheduler("/home/a/target/release/scx_mine")
+            .args("-t 5");
+        assert_eq!(t.name(), "my_load/1n2l1c1t/scx_mine[-t_5]");
+        assert_eq!(SchedTest::new("steady").named("mine").name(), "mine");
+        assert_eq!(folder_name("a/b c"), "a_b_c");
+    }
+
+    #[test]
+    fn bad_input_is_one_line_naming_the_test() {
+        let e = SchedTest::new("steady")
+            .topology("2x")
+            .options(Path::new("/tmp"))
+            .unwrap_err();
+        assert!(e.starts_with("steady/2x/scx_simple: topology"), "{e}");
+        let e = SchedTest::new("no_such_scenario")
+            .options(Path::new("/tmp"))
+            .unwrap_err();
+        assert!(e.contains("no_such_scenario"), "{e}");
+        let e = SchedTest::new("steady")
+            .scheduler("eevdf")
+            .args("-v")
+            .options(Path::new("/tmp"))
+            .unwrap_err();
+        assert!(e.contains("EEVDF takes none"), "{e}");
+    }
+}
