@@ -21,20 +21,16 @@ fn exit_kind(o: &Outcome) -> Option<&str> {
     o.sched_exit.as_ref()?.get("exit_kind")?.as_str()
 }
 
-/// The first line of a failed test: the verdict, the failing checks with
-/// value and limit, the kernel's exit, the reason.
+/// The first line of a failed test: the verdict and its reason (which
+/// names the worker, cgroup or CPU), the kernel's exit, and each failing
+/// check with its value and limit.
 pub fn summary(o: &Outcome) -> String {
     let failing: Vec<String> = o
         .judgement
         .checks
         .iter()
         .filter(|c| !c.pass)
-        .map(|c| {
-            format!(
-                "{} {} {} (limit {}): {}",
-                c.name, c.value, c.unit, c.limit, c.detail
-            )
-        })
+        .map(|c| format!("{} {:.1} {} (limit {})", c.name, c.value, c.unit, c.limit))
         .collect();
     let verdict = match o.judgement.verdict {
         ScenarioVerdict::Inconclusive => "INCONCLUSIVE (the host's doing, not the scheduler's)",

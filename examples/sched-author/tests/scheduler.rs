@@ -56,5 +56,13 @@ fn main() -> ExitCode {
         SchedTest::new("uneven_weights")
             .scheduler("eevdf")
             .duration(3.0),
+        // What a failure looks like (scx_simple ignores cpu.weight, and
+        // this test wrongly expects a pass); run with `--ignored`, as the
+        // project's CI does to check the message and artifacts.
+        SchedTest::new("uneven_weights")
+            .named("demo/a_failure")
+            .scheduler("scx_simple")
+            .duration(3.0)
+            .ignored(),
     ])
 }
