@@ -28,6 +28,7 @@
 //! the test fails with a message starting `INCONCLUSIVE`, and the summary
 //! line counts it apart from failures, never as the scheduler's.
 
+pub mod budget;
 mod expect;
 
 use std::path::{Path, PathBuf};
@@ -249,6 +250,18 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
                 eprintln!("schedrig tests: cannot create {}: {e}", root.display());
                 return ExitCode::FAILURE;
             }
+            // One nested test host at a time on this machine: it takes
+            // every CPU (nextest starts a process per test).
+            let cpus = budget::host_cpus();
+            let _held = match budget::take(&budget::dir(), cpus, cpus, budget::WAIT_MAX, || {
+                eprintln!("schedrig tests: waiting for this machine's CPUs (another test process's nested host holds them)")
+            }) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("schedrig tests: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             return crate::nested::rerun::rerun_self(
                 "schedrig tests",
                 &reason,
@@ -353,6 +366,20 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let opts = t.options(&dir)?;
+    // Never more vCPUs booted at once than host CPUs, across processes.
+    let _cpus = budget::take(
+        &budget::dir(),
+        opts.topology.vcpus() as usize,
+        budget::host_cpus(),
+        budget::WAIT_MAX,
+        || {
+            eprintln!(
+                "schedrig tests: {name} waits for {} CPUs",
+                opts.topology.vcpus()
+            )
+        },
+    )
+    .map_err(|e| format!("{name}: {e}"))?;
     let mut attempt = 1;
     let outcome = loop {
         let o = run_vm(&opts, &dir)?;
