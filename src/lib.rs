@@ -3,7 +3,7 @@
 //! Each test boots a real sched_ext kernel in its own small KVM VM. This
 //! crate is the library users call and the CLI: kernel resolution and
 //! cache, the runner, checks, reports and the test harness (see
-//! `shared/spec/architecture.md`).
+//! the architecture notes).
 
 pub mod boot;
 pub mod cli;

@@ -1,4 +1,4 @@
-//! The schedrig host <-> guest protocol (shared/spec/wire-protocol.md).
+//! The schedrig host <-> guest protocol (wire/PROTOCOL.md).
 //!
 //! The host VMM and the guest init both depend on this crate for every
 //! type that crosses the VM boundary, so a change lands in the writer and
