@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod cpu_budget;
 pub mod harness;
 pub mod initramfs;
 pub mod kernel;

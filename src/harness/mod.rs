@@ -28,7 +28,6 @@
 //! the test fails with a message starting `INCONCLUSIVE`, and the summary
 //! line counts it apart from failures, never as the scheduler's.
 
-pub mod budget;
 mod expect;
 
 use std::path::{Path, PathBuf};
@@ -250,18 +249,7 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
                 eprintln!("schedrig tests: cannot create {}: {e}", root.display());
                 return ExitCode::FAILURE;
             }
-            // One nested test host at a time on this machine: it takes
-            // every CPU (nextest starts a process per test).
-            let cpus = budget::host_cpus();
-            let _held = match budget::take(&budget::dir(), cpus, cpus, budget::WAIT_MAX, || {
-                eprintln!("schedrig tests: waiting for this machine's CPUs (another test process's nested host holds them)")
-            }) {
-                Ok(h) => h,
-                Err(e) => {
-                    eprintln!("schedrig tests: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            // rerun_self takes every CPU of the shared budget for it.
             return crate::nested::rerun::rerun_self(
                 "schedrig tests",
                 &reason,
@@ -367,11 +355,11 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let opts = t.options(&dir)?;
     // Never more vCPUs booted at once than host CPUs, across processes.
-    let _cpus = budget::take(
-        &budget::dir(),
+    let _cpus = crate::cpu_budget::take(
+        &crate::cpu_budget::dir(),
         opts.topology.vcpus() as usize,
-        budget::host_cpus(),
-        budget::WAIT_MAX,
+        crate::cpu_budget::host_cpus(),
+        crate::cpu_budget::WAIT_MAX,
         || {
             eprintln!(
                 "schedrig tests: {name} waits for {} CPUs",

@@ -62,6 +62,25 @@ pub fn rerun_self(
             return ExitCode::FAILURE;
         }
     }
+    // One nested test host at a time on this machine: each takes every
+    // CPU, and two at once are many times slower than one after the other
+    // (cargo-nextest starts a process per test, each of which nests).
+    let cpus = crate::cpu_budget::host_cpus();
+    let _held = match crate::cpu_budget::take(
+        &crate::cpu_budget::dir(),
+        cpus,
+        cpus,
+        crate::cpu_budget::WAIT_MAX,
+        || {
+            eprintln!("{label}: waiting for this machine's CPUs (another process's nested test host holds them)")
+        },
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("{label}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut writable = writable.into_iter();
     let opts = NestedOptions {
         timeout,

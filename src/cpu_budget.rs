@@ -1,6 +1,6 @@
-//! A CPU budget that holds across test processes (cargo-nextest runs
-//! each test in a process of its own): never more vCPUs booted at once
-//! than the host has CPUs. One lock file per host CPU; a VM holds as many
+//! A CPU budget that holds across processes (cargo-nextest runs each
+//! test in a process of its own): never more vCPUs booted at once than
+//! the host has CPUs, and one nested test host at a time. One lock file per host CPU; a VM holds as many
 //! as it has vCPUs (all of them if it has more). `flock` locks go with
 //! the process, so a killed test leaves nothing held; the files stay,
 //! empty, in one folder for reuse.
