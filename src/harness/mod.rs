@@ -29,6 +29,7 @@
 //! line counts it apart from failures, never as the scheduler's.
 
 mod expect;
+pub mod gauntlet;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +41,7 @@ use schedrig_scenarios::Scenario;
 use schedrig_vmm::Topology;
 
 pub use expect::Expect;
+pub use gauntlet::Gauntlet;
 
 use crate::run::{Outcome, RunOptions};
 
@@ -65,6 +67,8 @@ pub struct SchedTest {
     memory_mib: u64,
     expect: Expect,
     ignored: bool,
+    /// Set on a gauntlet case.
+    case: Option<gauntlet::Case>,
 }
 
 impl SchedTest {
@@ -91,6 +95,7 @@ impl SchedTest {
             memory_mib: 512,
             expect: Expect::Pass,
             ignored: false,
+            case: None,
         }
     }
 
@@ -232,6 +237,89 @@ impl SchedTest {
 
 /// Inconclusive tests this process reported (for the summary line).
 static INCONCLUSIVE: AtomicUsize = AtomicUsize::new(0);
+/// Tests this process skipped at run time (a libtest test cannot say it
+/// skipped: it passes with a SKIP line, and the summary counts it).
+static SKIPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// The gauntlet's time budget variable (seconds), as `--budget SECS`.
+pub const BUDGET_ENV: &str = "SCHEDRIG_GAUNTLET_BUDGET";
+
+/// Takes `--budget SECS` (or `--budget=SECS`) out of the arguments, else
+/// reads [`BUDGET_ENV`].
+fn take_budget(argv: Vec<String>) -> Result<(Option<Duration>, Vec<String>), String> {
+    let parse = |v: &str| -> Result<Duration, String> {
+        v.parse::<u64>()
+            .ok()
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("--budget {v:?}: a whole number of seconds above 0"))
+    };
+    let mut rest = Vec::new();
+    let mut budget = None;
+    let mut it = argv.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--budget" {
+            let v = it.next().ok_or("--budget needs SECS")?;
+            budget = Some(parse(&v)?);
+        } else if let Some(v) = a.strip_prefix("--budget=") {
+            budget = Some(parse(v)?);
+        } else {
+            rest.push(a);
+        }
+    }
+    if budget.is_none() {
+        if let Ok(v) = std::env::var(BUDGET_ENV) {
+            budget = Some(parse(&v).map_err(|e| format!("{BUDGET_ENV}: {e}"))?);
+        }
+    }
+    Ok((budget, rest))
+}
+
+/// The gauntlet cases the budget buys (by name), printed.
+fn choose_within(tests: &[SchedTest], budget: Duration, host_cpus: usize) -> Vec<String> {
+    let cases: Vec<(&SchedTest, gauntlet::Case, f64)> = tests
+        .iter()
+        .filter_map(|t| {
+            let c = t.case.clone()?;
+            (gauntlet::too_big(&c, host_cpus).is_none()).then(|| {
+                let secs = gauntlet::expected_secs(&c, t.duration.unwrap_or(4.0));
+                (t, c, secs)
+            })
+        })
+        .collect();
+    let pick = gauntlet::choose(
+        &cases
+            .iter()
+            .map(|(_, c, s)| (c.clone(), *s))
+            .collect::<Vec<_>>(),
+        budget,
+    );
+    let names: Vec<String> = pick.iter().map(|&i| cases[i].0.name()).collect();
+    let secs: f64 = pick.iter().map(|&i| cases[i].2).sum();
+    eprintln!(
+        "schedrig tests: gauntlet budget {}s: {} of {} cases that fit this host, about {secs:.0}s: {}",
+        budget.as_secs(),
+        names.len(),
+        cases.len(),
+        names.join(", ")
+    );
+    names
+}
+
+/// Why test `t` is skipped when run, if it is: a preset too big for this
+/// host, or a gauntlet case outside the time budget.
+fn skip_reason(t: &SchedTest, host_cpus: usize, chosen: Option<&Vec<String>>) -> Option<String> {
+    let c = t.case.as_ref()?;
+    if let Some(why) = gauntlet::too_big(c, host_cpus) {
+        return Some(why);
+    }
+    match chosen {
+        Some(names) if !names.contains(&t.name()) => {
+            Some("not chosen within the gauntlet's time budget".to_string())
+        }
+        _ => None,
+    }
+}
 
 /// One test binary's whole run: set-up where needed (the nested test host
 /// on machines whose KVM cannot boot the kernel), then the tests.
@@ -241,8 +329,17 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     if argv.get(1).map(String::as_str) == Some("btf-query") {
         return btf_query(&argv[2..]);
     }
-    let mut args = Arguments::from_args();
+    let (budget, rest) = match take_budget(argv) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("schedrig tests: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut args = Arguments::from_iter(rest);
     let root = artifact_root();
+    // The host's CPUs, before the emulated host pins this process to one.
+    let host_cpus = crate::cpu_budget::host_cpus();
     if let crate::nested::KvmMode::Nested(reason) = crate::nested::kvm_mode() {
         if !args.list {
             if let Err(e) = std::fs::create_dir_all(&root) {
@@ -264,18 +361,29 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
         args.test_threads.get_or_insert(1);
         crate::nested::rerun::pin_to_first_cpu("schedrig tests");
     }
+    let chosen = budget.map(|b| choose_within(&tests, b, host_cpus));
     let trials: Vec<Trial> = tests
         .into_iter()
         .map(|t| {
             let ignored = t.ignored;
             let root = root.clone();
-            Trial::test(t.name(), move || run_one(&t, &root)).with_ignored_flag(ignored)
+            let skip = skip_reason(&t, host_cpus, chosen.as_ref());
+            Trial::test(t.name(), move || match skip {
+                Some(why) => {
+                    SKIPPED.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("schedrig tests: SKIP {}: {why}", t.name());
+                    Ok(())
+                }
+                None => run_one(&t, &root),
+            })
+            .with_ignored_flag(ignored)
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     if !args.list {
+        let skipped = SKIPPED.load(Ordering::Relaxed);
         eprintln!(
-            "schedrig tests: {} passed, {} failed ({} of them inconclusive: the host's doing, not the scheduler's), {} ignored; artifacts in {}",
+            "schedrig tests: {} passed ({skipped} of them skipped, each with its SKIP line above), {} failed ({} of them inconclusive: the host's doing, not the scheduler's), {} ignored; artifacts in {}",
             conclusion.num_passed,
             conclusion.num_failed,
             INCONCLUSIVE.load(Ordering::Relaxed),

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use schedrig::harness::{self, SchedTest};
+use schedrig::harness::{self, Gauntlet, SchedTest};
 use schedrig::scenarios::{CgroupDef, Checks, Policy, Scenario, WorkType};
 
 /// A scenario built in Rust: spinners at two nice levels in one cgroup.
@@ -31,7 +31,15 @@ fn nice_pair() -> Scenario {
 
 fn main() -> ExitCode {
     let toml = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bursty_pair.toml");
-    harness::main(vec![
+    // Nightly: `steady` on every topology preset, plain and FIFO
+    // (`cargo test --test scheduler -- --ignored gauntlet --budget 600`).
+    let gauntlet = Gauntlet::new(
+        "steady",
+        SchedTest::new("steady").scheduler("scx_simple").duration(2.0),
+    )
+    .profiles(&[("plain", ""), ("fifo", "-f")])
+    .tests();
+    let mut tests = vec![
         // The catalogue's own scenario on two LLCs of two cores.
         SchedTest::new("steady")
             .topology("1n2l2c1t")
@@ -64,5 +72,7 @@ fn main() -> ExitCode {
             .scheduler("scx_simple")
             .duration(3.0)
             .ignored(),
-    ])
+    ];
+    tests.extend(gauntlet);
+    harness::main(tests)
 }

@@ -1,0 +1,239 @@
+//! The gauntlet: one test on every topology preset under every argument
+//! profile the author names, listed as ignored tests
+//! `gauntlet/{test}/{preset}/{profile}` (nightly runs them with
+//! `--ignored`). A time budget picks the subset that covers the most
+//! presets and profiles per second of expected run time.
+
+use std::time::Duration;
+
+use super::SchedTest;
+
+/// A named CPU topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    pub name: &'static str,
+    /// Nodes, LLCs per node, cores per LLC, threads per core.
+    pub topology: &'static str,
+    pub vcpus: u32,
+}
+
+const fn preset(name: &'static str, topology: &'static str, vcpus: u32) -> Preset {
+    Preset {
+        name,
+        topology,
+        vcpus,
+    }
+}
+
+/// From one vCPU to 64, one to four NUMA nodes, one to eight LLCs, with
+/// and without SMT.
+pub const PRESETS: &[Preset] = &[
+    preset("tiny", "1n1l1c1t", 1),
+    preset("pair", "1n1l2c1t", 2),
+    preset("smt-pair", "1n1l1c2t", 2),
+    preset("split-llc", "1n2l1c1t", 2),
+    preset("quad", "1n1l4c1t", 4),
+    preset("quad-2llc", "1n2l2c1t", 4),
+    preset("smt-quad", "1n1l2c2t", 4),
+    preset("numa2", "2n1l2c1t", 4),
+    preset("smt-2llc", "1n2l2c2t", 8),
+    preset("numa2-smt", "2n2l2c2t", 16),
+    preset("wide-4llc", "1n4l4c1t", 16),
+    preset("numa4", "4n2l4c1t", 32),
+    preset("big-smt", "2n4l4c2t", 64),
+];
+
+/// One test crossed with presets and argument profiles.
+#[derive(Debug, Clone)]
+pub struct Gauntlet {
+    base: SchedTest,
+    label: String,
+    profiles: Vec<(String, String)>,
+    exclude: Vec<String>,
+}
+
+impl Gauntlet {
+    /// `base`'s scenario, scheduler and expectation on every preset;
+    /// `label` names it in `gauntlet/{label}/{preset}/{profile}`.
+    pub fn new(label: &str, base: SchedTest) -> Self {
+        Gauntlet {
+            base,
+            label: label.to_string(),
+            profiles: vec![("default".into(), String::new())],
+            exclude: Vec::new(),
+        }
+    }
+
+    /// The scheduler argument profiles, by name (replacing `default`).
+    pub fn profiles(mut self, profiles: &[(&str, &str)]) -> Self {
+        self.profiles = profiles
+            .iter()
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect();
+        self
+    }
+
+    /// Leaves out presets by name (e.g. `tiny` for a scenario that needs
+    /// two CPUs).
+    pub fn exclude(mut self, presets: &[&str]) -> Self {
+        self.exclude = presets.iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    /// Every case, as ignored tests.
+    pub fn tests(&self) -> Vec<SchedTest> {
+        let mut out = Vec::new();
+        for p in PRESETS
+            .iter()
+            .filter(|p| !self.exclude.iter().any(|e| e == p.name))
+        {
+            for (profile, args) in &self.profiles {
+                let mut t = self
+                    .base
+                    .clone()
+                    .topology(p.topology)
+                    .args(args)
+                    .named(&format!("gauntlet/{}/{}/{profile}", self.label, p.name))
+                    .ignored();
+                t.case = Some(Case {
+                    preset: p.name,
+                    profile: profile.clone(),
+                    vcpus: p.vcpus,
+                });
+                out.push(t);
+            }
+        }
+        out
+    }
+}
+
+/// Where a gauntlet test came from (for the budget and the skip rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub preset: &'static str,
+    pub profile: String,
+    pub vcpus: u32,
+}
+
+/// vCPUs per host CPU a preset may have and still run here; a larger one
+/// is skipped with the reason (it would take the emulation or the host
+/// far past any deadline).
+pub const OVERCOMMIT: u32 = 2;
+
+/// Why `c` cannot run on a host of `host_cpus` CPUs, if it cannot.
+pub fn too_big(c: &Case, host_cpus: usize) -> Option<String> {
+    let most = host_cpus as u32 * OVERCOMMIT;
+    (c.vcpus > most).then(|| {
+        format!(
+            "preset {} has {} vCPUs; this host runs at most {most} ({host_cpus} CPUs x {OVERCOMMIT})",
+            c.preset, c.vcpus
+        )
+    })
+}
+
+/// Expected seconds for one case: a boot and set-up, the scenario, and a
+/// little per vCPU (scenario set-up forks per CPU).
+pub fn expected_secs(c: &Case, scenario_secs: f64) -> f64 {
+    BOOT_SECS + scenario_secs + 0.25 * f64::from(c.vcpus)
+}
+
+/// A boot and the scheduler's attach, with room for a nested host.
+const BOOT_SECS: f64 = 15.0;
+
+/// Picks, greedily, the cases that add the most not-yet-covered presets
+/// and profiles per expected second, until `budget` is spent. Returns the
+/// indices chosen (into `cases`, each with its expected seconds).
+pub fn choose(cases: &[(Case, f64)], budget: Duration) -> Vec<usize> {
+    let mut left = budget.as_secs_f64();
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut presets: Vec<&str> = Vec::new();
+    let mut profiles: Vec<&str> = Vec::new();
+    loop {
+        let best = cases
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, secs))| !chosen.contains(i) && *secs <= left)
+            .map(|(i, (c, secs))| {
+                let new = u32::from(!presets.contains(&c.preset))
+                    + u32::from(!profiles.contains(&c.profile.as_str()));
+                // Cases that cover nothing new still fill the budget, last.
+                (i, (f64::from(new) + 0.01) / secs.max(0.1))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let Some((i, _)) = best else {
+            break;
+        };
+        let (c, secs) = &cases[i];
+        left -= secs;
+        presets.push(c.preset);
+        profiles.push(&c.profile);
+        chosen.push(i);
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_span_what_the_issue_asks() {
+        assert!(PRESETS.len() >= 12);
+        for p in PRESETS {
+            let t: schedrig_vmm::Topology = p.topology.parse().unwrap();
+            assert_eq!(t.vcpus(), p.vcpus, "{}", p.name);
+        }
+        assert!(PRESETS.iter().any(|p| p.vcpus == 1));
+        assert!(PRESETS.iter().any(|p| p.vcpus >= 64));
+        assert!(PRESETS.iter().any(|p| p.topology.starts_with('2')));
+        assert!(PRESETS.iter().any(|p| p.topology.ends_with("2t")));
+    }
+
+    #[test]
+    fn cases_are_named_ignored_and_excludable() {
+        let g = Gauntlet::new("steady", SchedTest::new("steady"))
+            .profiles(&[("plain", ""), ("slice", "-s 1000")])
+            .exclude(&["tiny"]);
+        let t = g.tests();
+        assert_eq!(t.len(), (PRESETS.len() - 1) * 2);
+        assert!(t.iter().all(|t| t.ignored));
+        assert_eq!(t[0].name(), "gauntlet/steady/pair/plain");
+        assert_eq!(t[1].args, "-s 1000");
+    }
+
+    #[test]
+    fn a_preset_too_big_for_the_host_says_so() {
+        let c = Case {
+            preset: "big-smt",
+            profile: "default".into(),
+            vcpus: 64,
+        };
+        let why = too_big(&c, 2).unwrap();
+        assert!(
+            why.contains("64 vCPUs") && why.contains("at most 4"),
+            "{why}"
+        );
+        assert!(too_big(&c, 32).is_none());
+    }
+
+    #[test]
+    fn the_budget_buys_the_most_coverage_per_second() {
+        let case = |preset, profile: &str, vcpus| Case {
+            preset,
+            profile: profile.into(),
+            vcpus,
+        };
+        let cases = vec![
+            (case("tiny", "a", 1), 10.0),
+            (case("tiny", "b", 1), 10.0),
+            (case("quad", "a", 4), 15.0),
+            (case("quad", "b", 4), 15.0),
+        ];
+        // 30 s: tiny/a (2 new in 10 s), then quad/b (2 new in 15 s, more
+        // per second than tiny/b's 1 in 10 s); then nothing fits.
+        assert_eq!(choose(&cases, Duration::from_secs(30)), vec![0, 3]);
+        assert_eq!(choose(&cases, Duration::from_secs(5)), Vec::<usize>::new());
+        assert_eq!(choose(&cases, Duration::from_secs(600)).len(), 4);
+    }
+}
