@@ -460,8 +460,10 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     let name = t.name();
     let dir = root.join(folder_name(&name));
     let _ = std::fs::remove_dir_all(&dir);
+    let started = Instant::now();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let opts = t.options(&dir)?;
+    let mut overhead = started.elapsed();
     // Never more vCPUs booted at once than host CPUs, across processes.
     let _cpus = crate::cpu_budget::take(
         &crate::cpu_budget::dir(),
@@ -478,7 +480,8 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     .map_err(|e| format!("{name}: {e}"))?;
     let mut attempt = 1;
     let outcome = loop {
-        let o = run_vm(&opts, &dir)?;
+        let (o, cost) = run_vm(&opts, &dir)?;
+        overhead += cost;
         let inconclusive =
             o.judgement.verdict == schedrig_scenarios::checks::ScenarioVerdict::Inconclusive;
         if !inconclusive || attempt == 2 {
@@ -491,6 +494,11 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
         attempt += 1;
     };
     let verdict = expect::judge(&t.expect, &outcome);
+    // The harness's own cost (scripts/bench-harness takes the median).
+    eprintln!(
+        "schedrig tests: {name}: harness overhead {} us (resolving the test, judging and writing artifacts, outside the VM)",
+        overhead.as_micros()
+    );
     match verdict {
         Ok(()) => Ok(()),
         Err(why) => {
@@ -509,10 +517,15 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     }
 }
 
-/// One VM: the outcome, its JSON line and timeline page in `dir`.
-fn run_vm(opts: &RunOptions, dir: &Path) -> Result<Outcome, Failed> {
-    let summary = crate::run::run(opts, Instant::now(), &mut crate::run::NoRunObserver)
+/// One VM: the outcome, its JSON line and timeline page in `dir`, and
+/// the time spent outside the VM (after it ended, and writing).
+fn run_vm(opts: &RunOptions, dir: &Path) -> Result<(Outcome, Duration), Failed> {
+    let started = Instant::now();
+    let summary = crate::run::run(opts, started, &mut crate::run::NoRunObserver)
         .map_err(|e| format!("the run could not be made: {e}"))?;
+    let in_vms: Duration = summary.vms.iter().map(|v| v.total).sum();
+    let after = started.elapsed().saturating_sub(in_vms);
+    let writing = Instant::now();
     let o = summary
         .outcomes
         .first()
@@ -523,7 +536,7 @@ fn run_vm(opts: &RunOptions, dir: &Path) -> Result<Outcome, Failed> {
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     crate::run::timeline::write(dir, 1, &o, &opts.scheduler_name())
         .map_err(|e| format!("{}: timeline: {e}", dir.display()))?;
-    Ok(o)
+    Ok((o, after + writing.elapsed()))
 }
 
 #[cfg(test)]
