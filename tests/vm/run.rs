@@ -428,17 +428,20 @@ pub fn tests() -> Vec<Trial> {
             )
         }),
         vm_test(
-            "run_scx_qmap_dispatch_loop_fails_with_the_kernels_error_stall_well_before_the_deadline",
+            "run_scx_qmap_stall_fails_with_the_kernels_error_stall_well_before_the_deadline",
             || {
-                // `-l 200`: qmap loops in ops.dispatch after 200 dispatches,
-                // wedging the CPU it runs on (the outside tester's wedge,
-                // once a 224-s timeout). The kernel's tick-driven watchdog
-                // ejects it; the guest reports it long before any deadline.
+                // `-t 5` stalls a task until the kernel's watchdog ejects
+                // qmap. The outside tester's wedge, `-l 200` (a dispatch
+                // loop), is also ejected with ERROR_STALL in about 10 s
+                // when run alone here, but once (2026-12-07, a full run)
+                // it froze the nested test host for 240 s and the rest of
+                // that run degraded: see docs/testing.md. It is not run
+                // in the suite until that is understood.
                 let args = [
                     "--scheduler",
                     "scx_qmap",
                     "--sched-args",
-                    "-l 200",
+                    "-t 5",
                     "--scenario",
                     "steady",
                     "--scenario",
@@ -460,7 +463,7 @@ pub fn tests() -> Vec<Trial> {
                         break r;
                     }
                     retry_line!(
-                        "vm tests: RETRY ({attempt}/{}) of scx_qmap -l 200: the first VM timed out in the emulated host: {}",
+                        "vm tests: RETRY ({attempt}/{}) of scx_qmap -t 5: the first VM timed out in the emulated host: {}",
                         super::EMULATION_ATTEMPTS - 1,
                         r.lines[0]["reason"]
                     );
