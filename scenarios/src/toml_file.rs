@@ -127,17 +127,17 @@ max_gap_ms = 1500
         assert_eq!(again, s);
     }
 
-    /// The README's example is the documentation: it must parse, validate
-    /// and mean what the README says.
+    /// The docs' example is the documentation: it must parse, validate
+    /// and mean what docs/scenarios.md says.
     #[test]
-    fn the_readme_example_is_valid() {
-        let readme = include_str!("../../README.md");
-        let start = readme
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../../docs/scenarios.md");
+        let start = doc
             .find("```toml\n")
-            .expect("a toml block in the README")
+            .expect("a toml block in docs/scenarios.md")
             + "```toml\n".len();
-        let block = &readme[start..start + readme[start..].find("```").unwrap()];
-        let s = parse(block, "README.md").unwrap();
+        let block = &doc[start..start + doc[start..].find("```").unwrap()];
+        let s = parse(block, "docs/scenarios.md").unwrap();
         s.validate(&crate::CpuLayout::uniform(1, 2, 1)).unwrap();
         assert_eq!(s.name, "two_halves");
         assert_eq!(s.cgroups[0].policy, Policy::Other);
