@@ -35,7 +35,9 @@ fn main() -> ExitCode {
     // (`cargo test --test scheduler -- --ignored gauntlet --budget 600`).
     let gauntlet = Gauntlet::new(
         "steady",
-        SchedTest::new("steady").scheduler("scx_simple").duration(2.0),
+        SchedTest::new("steady")
+            .scheduler("scx_simple")
+            .duration(2.0),
     )
     .profiles(&[("plain", ""), ("fifo", "-f")])
     .tests();
