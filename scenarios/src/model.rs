@@ -415,3 +415,57 @@ pub struct Checks {
     #[serde(default)]
     pub max_imbalance: Option<f64>,
 }
+
+impl Checks {
+    /// `over`'s settings on top of these: each one `over` sets wins, the
+    /// rest stay (a test's overrides on a catalogue scenario's own).
+    pub fn overlay(&mut self, over: &Checks) {
+        fn pick<T: Copy>(mine: &mut Option<T>, theirs: Option<T>) {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        }
+        // Destructured, so a new check cannot be forgotten here.
+        let Checks {
+            starvation,
+            max_gap_ms,
+            max_spread_pct,
+            isolation,
+            weight_share_pct,
+            attached,
+            host_stall,
+            max_imbalance,
+        } = over;
+        pick(&mut self.starvation, *starvation);
+        pick(&mut self.max_gap_ms, *max_gap_ms);
+        pick(&mut self.max_spread_pct, *max_spread_pct);
+        pick(&mut self.isolation, *isolation);
+        pick(&mut self.weight_share_pct, *weight_share_pct);
+        pick(&mut self.attached, *attached);
+        pick(&mut self.host_stall, *host_stall);
+        pick(&mut self.max_imbalance, *max_imbalance);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overlay_sets_only_what_it_names() {
+        let mut own = Checks {
+            max_gap_ms: Some(500),
+            weight_share_pct: Some(10.0),
+            ..Checks::default()
+        };
+        own.overlay(&Checks {
+            max_gap_ms: Some(900),
+            host_stall: Some(false),
+            ..Checks::default()
+        });
+        assert_eq!(own.max_gap_ms, Some(900));
+        assert_eq!(own.weight_share_pct, Some(10.0));
+        assert_eq!(own.host_stall, Some(false));
+        assert_eq!(own.starvation, None);
+    }
+}

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use schedrig_scenarios::Scenario;
+use schedrig_scenarios::{Checks, Scenario};
 use schedrig_vmm::Topology;
 
 pub use expect::Expect;
@@ -66,6 +66,8 @@ pub struct SchedTest {
     duration: Option<f64>,
     memory_mib: u64,
     expect: Expect,
+    /// Check overrides on top of the scenario's own.
+    checks: Checks,
     ignored: bool,
     /// Set on a gauntlet case.
     case: Option<gauntlet::Case>,
@@ -94,6 +96,7 @@ impl SchedTest {
             duration: None,
             memory_mib: 512,
             expect: Expect::Pass,
+            checks: Checks::default(),
             ignored: false,
             case: None,
         }
@@ -134,6 +137,14 @@ impl SchedTest {
     /// Guest memory in MiB (default 512).
     pub fn memory_mib(mut self, mib: u64) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Overrides of the checks' limits, on top of the scenario's own (the
+    /// fields a scenario file's `[checks]` table takes), e.g.
+    /// `.checks(|c| c.max_gap_ms = Some(500))`.
+    pub fn checks(mut self, set: impl FnOnce(&mut Checks)) -> Self {
+        set(&mut self.checks);
         self
     }
 
@@ -201,11 +212,14 @@ impl SchedTest {
                 if let Some(d) = self.duration {
                     s.duration = d;
                 }
-                crate::run::check_scenario(&s, &topology, "")
-                    .map_err(|e| format!("{name}: {e}"))?;
                 vec![s]
             }
         };
+        let mut scenarios = scenarios;
+        for s in &mut scenarios {
+            s.checks.overlay(&self.checks);
+            crate::run::check_scenario(s, &topology, "").map_err(|e| format!("{name}: {e}"))?;
+        }
         let eevdf = self.scheduler.eq_ignore_ascii_case("eevdf");
         if eevdf && !self.args.is_empty() {
             return Err(format!(
@@ -572,5 +586,21 @@ mod tests {
             .options(Path::new("/tmp"))
             .unwrap_err();
         assert!(e.contains("EEVDF takes none"), "{e}");
+    }
+
+    #[test]
+    fn check_overrides_go_on_top_of_the_scenarios_own() {
+        let plain = SchedTest::new("uneven_weights").scheduler("eevdf");
+        let own = plain.options(Path::new("/tmp")).unwrap().scenarios[0]
+            .checks
+            .clone();
+        assert!(own.weight_share_pct.is_some(), "{own:?}");
+        let opts = plain
+            .checks(|c| c.max_gap_ms = Some(700))
+            .options(Path::new("/tmp"))
+            .unwrap();
+        let c = &opts.scenarios[0].checks;
+        assert_eq!(c.max_gap_ms, Some(700));
+        assert_eq!(c.weight_share_pct, own.weight_share_pct);
     }
 }
