@@ -1,0 +1,471 @@
+//! The `schedrig boot --json` report: the JSON contract the docs describe
+//! and the CLI tests pin.
+
+use std::time::Duration;
+
+use schedrig_vmm::RunReport;
+
+/// The report as one JSON object (the `--json` contract).
+pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    let topo = r.guest_topology.as_ref().map(|t| {
+        serde_json::json!({
+            "cpus": t.cpus(),
+            "nodes": t.nodes(),
+            "llcs": t.llcs(),
+            "cores": t.cores(),
+            "threads": t.threads_per_core(),
+            "llc_groups": t.llc_groups,
+            "smt_groups": t.smt_groups,
+            "core_ids": t.core_ids,
+            "package_ids": t.package_ids,
+            "numa_nodes": t.numa_nodes,
+        })
+    });
+    let ka = r.kern_addrs.map(|k| {
+        serde_json::json!({
+            "phys_base": k.phys_base,
+            "page_offset_base": k.page_offset_base_kva,
+            "text_kva": k.text_kva,
+        })
+    });
+    serde_json::json!({
+        "verdict": r.verdict.as_str(),
+        "reason": r.reason,
+        "exit_code": r.exit_code,
+        "setup_ms": ms(r.setup),
+        "ready_ms": ms(r.ready),
+        "total_ms": r.total.as_millis() as u64,
+        "guest_topology": topo,
+        "kern_addrs": ka,
+        "frames": r.frames,
+        "crc_errors": r.crc_errors,
+        "peak_rss_kib": r.peak_rss_kib,
+        "vmm_overhead_kib": r.vmm_overhead_kib,
+        "guest_huge_kib": r.guest_huge_kib,
+        "lifecycle": r.lifecycle,
+        "lifecycle_dropped": r.lifecycle_dropped,
+        "guest_errors": r.guest_errors,
+        "guest_errors_not_logged": r.guest_errors_not_logged,
+        "bulk_tx_deferred": r.bulk_tx_deferred,
+        "scenario_results_kept": r.scenario_results.len(),
+        "scenario_results_dropped": r.scenario_results_dropped,
+        "console_log": r.console_file.as_ref().map(|f| serde_json::json!({
+            "bytes": f.written,
+            "truncated": f.truncated,
+        })),
+        "console_tail": r.console_tail,
+        "crash_text": r.crash_text,
+        "vcpus_at_stop": r.vcpus_at_stop.iter().map(|v| serde_json::json!({
+            "cpu": v.cpu,
+            "state": v.state,
+            "rip": v.rip,
+            "function": v.function,
+            "detail": v.detail,
+            "interrupts_on": v.interrupts_on,
+            "apic_irr": v.apic.map(|a| a.requested()),
+            "apic_isr": v.apic.map(|a| a.in_service()),
+        })).collect::<Vec<_>>(),
+        "emulation_artefact": r.is_emulation_artefact(),
+        "scheduler": scheduler_json(r, args),
+        "per_test_archive": r.per_test_archive.map(|(t, n)| serde_json::json!({
+            "prep_us": t.as_micros() as u64,
+            "bytes": n,
+        })),
+        "monitor": r.monitor.as_ref().map(monitor_json),
+        "snapshots": r.snapshots.iter().map(snapshot_json).collect::<Vec<_>>(),
+        "freezes": r.freezes.iter().map(|f| serde_json::json!({
+            "error": f.error,
+            "park_us": f.stats.as_ref().map(|s| s.park.as_micros() as u64),
+            "held_us": f.stats.as_ref().map(|s| s.held.as_micros() as u64),
+            "total_us": f.stats.as_ref().map(|s| s.total.as_micros() as u64),
+            "time_hidden": f.stats.as_ref().map(|s| s.time_hidden),
+            "time_note": f.stats.as_ref().and_then(|s| s.time_note.clone()),
+            "vcpus_with_regs": f.vcpus_with_regs,
+            "in_kernel": f.in_kernel,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One snapshot (SNRQ CAPTURE) as JSON.
+pub fn snapshot_json(s: &schedrig_vmm::introspect::snapshot::Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "tag": s.tag,
+        "at_ms": s.at_ms,
+        "frozen_us": s.frozen_us,
+        "scx_state": s.scx_state,
+        "ops_name": s.ops_name,
+        "vcpus": s.vcpus.iter().map(|v| serde_json::json!({
+            "cpu": v.cpu,
+            "rip": format!("{:#x}", v.rip),
+            "symbol": v.symbol,
+            "rsp": format!("{:#x}", v.rsp),
+            "cr3": format!("{:#x}", v.cr3),
+            "rflags": format!("{:#x}", v.rflags),
+            "in_kernel": v.in_kernel,
+            "halted": v.halted,
+            "apic_irr": v.apic.map(|a| a.requested()),
+            "apic_isr": v.apic.map(|a| a.in_service()),
+        })).collect::<Vec<_>>(),
+        "cpus": s.cpus.iter().map(|c| serde_json::json!({
+            "cpu": c.cpu,
+            "nr_running": c.nr_running,
+            "scx_nr_running": c.scx_nr_running,
+            "curr_pid": c.curr_pid,
+            "curr_comm": c.curr_comm,
+        })).collect::<Vec<_>>(),
+        "tasks": s.tasks.iter().map(|t| serde_json::json!({
+            "pid": t.pid,
+            "comm": t.comm,
+            "class": t.class,
+            "state": t.state.to_string(),
+            "cpu": t.cpu,
+        })).collect::<Vec<_>>(),
+        "problems": s.problems,
+        "scenario": s.scenario,
+        "scenario_ms": s.scenario_ms,
+        "cause": s.cause,
+    })
+}
+
+/// The run-queue monitor over the whole run: its stalls, and its samples
+/// as per-CPU columns (`nr_running[cpu][i]` at `at_ms[i]`).
+fn monitor_json(m: &schedrig_vmm::report::MonitorReport) -> serde_json::Value {
+    let ncpu = m.samples.first().map_or(0, |s| s.cpus.len());
+    let col = |f: &dyn Fn(&schedrig_vmm::monitor::analysis::CpuSample) -> u64| {
+        (0..ncpu)
+            .map(|c| {
+                m.samples
+                    .iter()
+                    .map(|s| s.cpus.get(c).map_or(0, f))
+                    .collect::<Vec<u64>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    serde_json::json!({
+        "error": m.error,
+        "ops_name": m.ops_name,
+        "samples": m.samples.len(),
+        "dropped": m.dropped,
+        "at_ms": m.samples.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
+        "scx_state": m.samples.iter().map(|s| s.scx_state).collect::<Vec<_>>(),
+        "scx_exit_kind": m.samples.iter().map(|s| s.scx_exit_kind).collect::<Vec<_>>(),
+        "nr_running": col(&|c| u64::from(c.rq.nr_running)),
+        "scx_nr_running": col(&|c| u64::from(c.rq.scx_nr_running)),
+        "local_dsq_nr": col(&|c| u64::from(c.rq.local_dsq_nr)),
+        "clock_ns": col(&|c| c.rq.clock),
+        "idle": col(&|c| u64::from(c.rq.idle)),
+        "need_resched": col(&|c| u64::from(c.rq.need_resched)),
+        "stalls": m.stalls.iter().map(|s| serde_json::json!({
+            "cpu": s.cpu,
+            "from_ms": s.from_ms,
+            "to_ms": s.to_ms,
+            "nr_running": s.nr_running,
+            "vcpu_cpu_ms": s.vcpu_cpu_ms,
+            "vcpu_wait_ms": s.vcpu_wait_ms,
+            "inconclusive": s.inconclusive,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The `scheduler` section: what ran, whether it attached and how it
+/// ended, in the kernel's words.
+fn scheduler_json(r: &RunReport, args: &[String]) -> serde_json::Value {
+    let s = &r.scheduler;
+    let e = s.exit.as_ref();
+    serde_json::json!({
+        "name": s.name,
+        "args": args,
+        "attached": s.attached,
+        "attach_ms": s.attach.map(|d| d.as_millis() as u64),
+        "ops": e.map(|e| e.ops.clone()),
+        "outcome": e.and_then(|e| e.outcome).map(|o| o.as_str()),
+        "exit_kind": s.kind().map(|k| k.name()),
+        "exit_kind_value": e.and_then(|e| e.kind),
+        "reason": e.map(|e| e.reason.clone()),
+        "message": e.map(|e| e.message.clone()),
+        "detail": e.map(|e| e.detail.clone()),
+        "sched_ext_state": e.map(|e| e.final_state.clone()),
+        "exit_status": e.and_then(|e| e.status).or(s.exit_code),
+        "signal": e.and_then(|e| e.signal),
+        "ended_early": e.map(|e| e.early),
+        "steal_ms_per_cpu": e.map(|e| e.steal_ms.clone()),
+        "log_tail": s.log_tail(),
+        "log_bytes": s.log_bytes,
+        "log_kept_bytes": schedrig_vmm::controller::SCHED_LOG_KEEP,
+        "log_dropped_in_guest": e.map(|e| e.log_dropped),
+    })
+}
+
+
+#[cfg(test)]
+mod tests {
+    //! The contract pinned byte for byte: `testdata/*.json` were written
+    //! by the hand-built JSON this module replaced, so a change to them is
+    //! a change to what users parse (set `SCHEDRIG_BLESS=1` to rewrite
+    //! them, and say why in the commit).
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use schedrig_vmm::arch::x86_64::regs::ApicPending;
+    use schedrig_vmm::devices::log::TeeStats;
+    use schedrig_vmm::freeze::FreezeStats;
+    use schedrig_vmm::introspect::snapshot::{CpuSnap, Snapshot, TaskSnap, VcpuSnap};
+    use schedrig_vmm::monitor::analysis::{CpuSample, Sample, Stall, ThreadTimes};
+    use schedrig_vmm::monitor::layout::RqState;
+    use schedrig_vmm::report::{FreezeRecord, MonitorReport};
+    use schedrig_vmm::{RunReport, RunVerdict, StoppedVcpu};
+    use schedrig_wire::{GuestTopology, KernAddrs, SchedExit, SchedOutcome};
+
+    fn empty() -> RunReport {
+        RunReport {
+            verdict: RunVerdict::Timeout,
+            reason: "no SRDY within 120s".into(),
+            exit_code: None,
+            setup: None,
+            ready: None,
+            total: Duration::from_millis(120_004),
+            frames: BTreeMap::new(),
+            crc_errors: 0,
+            kern_addrs: None,
+            guest_topology: None,
+            lifecycle: Vec::new(),
+            lifecycle_dropped: 0,
+            guest_errors: BTreeMap::new(),
+            guest_errors_not_logged: 0,
+            bulk_tx_deferred: 0,
+            console_file: None,
+            console_tail: String::new(),
+            console: String::new(),
+            crash_text: String::new(),
+            hvc0: String::new(),
+            peak_rss_kib: None,
+            vmm_overhead_kib: None,
+            guest_huge_kib: None,
+            vcpus_at_stop: Vec::new(),
+            scheduler: Default::default(),
+            per_test_archive: None,
+            scenarios_started: 0,
+            scenario_results: Vec::new(),
+            scenario_results_dropped: 0,
+            monitor: None,
+            freezes: Vec::new(),
+            snapshots: Vec::new(),
+        }
+    }
+
+    fn full() -> RunReport {
+        let mut r = empty();
+        r.verdict = RunVerdict::SchedStall;
+        r.reason = "scx_qmap was ejected: runnable task stall".into();
+        r.exit_code = Some(1);
+        r.setup = Some(Duration::from_micros(12_345));
+        r.ready = Some(Duration::from_millis(4_100));
+        r.frames = [("LIFE".to_string(), 5), ("TEST".to_string(), 1)].into();
+        r.crc_errors = 2;
+        r.kern_addrs = Some(KernAddrs {
+            phys_base: Some(0x1000000),
+            page_offset_base_kva: None,
+            text_kva: Some(0xffff_ffff_8100_0000),
+        });
+        r.guest_topology = Some(GuestTopology {
+            cpus_online: vec![0, 1],
+            llc_groups: vec![vec![0, 1]],
+            smt_groups: vec![vec![0], vec![1]],
+            core_ids: vec![0, 1],
+            package_ids: vec![0, 0],
+            numa_nodes: vec![vec![0, 1]],
+        });
+        r.lifecycle = vec![(1, None), (4, Some("scheduler ended".into()))];
+        r.lifecycle_dropped = 3;
+        r.guest_errors = [("frame", 7)].into();
+        r.guest_errors_not_logged = 1;
+        r.bulk_tx_deferred = 9;
+        r.console_file = Some(TeeStats {
+            written: 4096,
+            truncated: true,
+        });
+        r.console_tail = "[    1.0] sched_ext: BPF scheduler \"qmap\" disabled".into();
+        r.crash_text = "panicked at x".into();
+        r.peak_rss_kib = Some(70_000);
+        r.vmm_overhead_kib = Some(6_000);
+        r.guest_huge_kib = Some(0);
+        r.vcpus_at_stop = vec![
+            StoppedVcpu {
+                cpu: 0,
+                state: "halted",
+                rip: Some(0xffff_ffff_8100_1000),
+                detail: "rsp=0x1".into(),
+                interrupts_on: Some(true),
+                function: Some("default_idle+0x4".into()),
+                apic: Some(ApicPending::from_vectors(&[0xfd, 0xec], &[])),
+            },
+            StoppedVcpu {
+                cpu: 1,
+                state: "never started (waiting for INIT/SIPI)",
+                rip: None,
+                detail: String::new(),
+                interrupts_on: None,
+                function: None,
+                apic: None,
+            },
+        ];
+        r.scheduler.name = "scx_qmap".into();
+        r.scheduler.attached = true;
+        r.scheduler.attach = Some(Duration::from_millis(5_200));
+        r.scheduler.exit = Some(SchedExit {
+            outcome: Some(SchedOutcome::Detached),
+            status: Some(0),
+            signal: None,
+            kind: Some(1026),
+            ops: "qmap".into(),
+            reason: "runnable task stall".into(),
+            message: "stress[93] failed to run for 5.1s".into(),
+            detail: String::new(),
+            final_state: "disabled".into(),
+            log_dropped: 0,
+            early: true,
+            steal_ms: vec![3, 4],
+        });
+        r.scheduler.exit_code = Some(0);
+        r.scheduler.log = "line 1\nline 2\n".into();
+        r.scheduler.log_bytes = 14;
+        r.per_test_archive = Some((Duration::from_micros(812), 2_000_000));
+        r.scenarios_started = 1;
+        r.scenario_results_dropped = 0;
+        let cpu = |clock: u64, idle: bool| CpuSample {
+            rq: RqState {
+                nr_running: 2,
+                clock,
+                scx_nr_running: 1,
+                local_dsq_nr: 1,
+                idle,
+                need_resched: idle,
+            },
+            vcpu: Some(ThreadTimes {
+                cpu_ns: 5,
+                wait_ns: 6,
+            }),
+        };
+        r.monitor = Some(MonitorReport {
+            samples: vec![
+                Sample {
+                    at_ms: 100,
+                    cpus: vec![cpu(10, false), cpu(20, true)],
+                    scx_state: 1,
+                    scx_exit_kind: 0,
+                    freeze_epoch: 0,
+                },
+                Sample {
+                    at_ms: 200,
+                    cpus: vec![cpu(11, false), cpu(20, true)],
+                    scx_state: 1,
+                    scx_exit_kind: 1026,
+                    freeze_epoch: 0,
+                },
+            ],
+            dropped: 4,
+            error: Some("stopped at the end".into()),
+            ops_name: Some("qmap".into()),
+            stalls: vec![Stall {
+                cpu: 1,
+                from_ms: 100,
+                to_ms: 700,
+                nr_running: 2,
+                vcpu_cpu_ms: Some(1),
+                vcpu_wait_ms: None,
+                inconclusive: Some("idle with TIF_NEED_RESCHED".into()),
+                lost_wakeup: true,
+            }],
+        });
+        r.freezes = vec![
+            FreezeRecord {
+                stats: Some(FreezeStats {
+                    park: Duration::from_micros(150),
+                    held: Duration::from_micros(2_000),
+                    total: Duration::from_micros(2_300),
+                    time_hidden: false,
+                    time_note: Some("visible".into()),
+                }),
+                error: None,
+                vcpus_with_regs: 2,
+                in_kernel: 1,
+            },
+            FreezeRecord {
+                stats: None,
+                error: Some("vCPU 1 did not park".into()),
+                vcpus_with_regs: 0,
+                in_kernel: 0,
+            },
+        ];
+        r.snapshots = vec![Snapshot {
+            tag: "failure".into(),
+            at_ms: 9_000,
+            frozen_us: 1_234,
+            vcpus: vec![VcpuSnap {
+                cpu: 0,
+                rip: 0xffff_ffff_8100_2000,
+                symbol: Some("bpf_iter_scx_dsq_next+0x94".into()),
+                rsp: 0xffff_c900_0000_0f00,
+                cr3: 0x10_0000,
+                rflags: 0x2,
+                in_kernel: true,
+                halted: Some(false),
+                apic: Some(ApicPending::from_vectors(&[], &[0xec])),
+            }],
+            cpus: vec![CpuSnap {
+                cpu: 0,
+                nr_running: 3,
+                scx_nr_running: 2,
+                curr_pid: 93,
+                curr_comm: "stress".into(),
+            }],
+            scx_state: "enabled",
+            ops_name: "qmap".into(),
+            tasks: vec![TaskSnap {
+                pid: 93,
+                comm: "stress".into(),
+                class: "ext",
+                state: 'R',
+                cpu: Some(0),
+            }],
+            problems: vec!["task list cut at 4096".into()],
+            scenario: Some(0),
+            scenario_ms: Some(3_100),
+            cause: Some("the scheduler failed".into()),
+        }];
+        r
+    }
+
+    /// Compares with `testdata/NAME.json`, or writes it under
+    /// `SCHEDRIG_BLESS=1`.
+    fn golden(name: &str, v: &serde_json::Value) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/boot/testdata")
+            .join(format!("{name}.json"));
+        let got = serde_json::to_string_pretty(v).unwrap() + "\n";
+        if std::env::var_os("SCHEDRIG_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (SCHEDRIG_BLESS=1 writes it)", path.display()));
+        assert!(
+            got == want,
+            "{name}: the JSON differs from {}:\n{got}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn a_full_report_keeps_its_json() {
+        let args = vec!["-t".to_string(), "5".to_string()];
+        golden("report_full", &super::report_json(&full(), &args));
+    }
+
+    #[test]
+    fn an_empty_report_keeps_its_json() {
+        golden("report_empty", &super::report_json(&empty(), &[]));
+    }
+}
