@@ -434,7 +434,12 @@ fn note_lost_wakeups(snapshots: &serde_json::Value) {
             .map(|v| {
                 format!(
                     "vCPU {}: halted {} rflags {} at {} IRR {} ISR {}",
-                    v["cpu"], v["halted"], v["rflags"], v["symbol"], v["apic_irr"], v["apic_isr"]
+                    v["cpu"],
+                    v["halted"],
+                    v["rflags"],
+                    v["symbol"],
+                    v["apic"]["irr"],
+                    v["apic"]["isr"]
                 )
             })
             .collect();

@@ -1,202 +1,98 @@
 //! The `schedrig boot --json` report: the JSON contract the docs describe
-//! and the CLI tests pin.
+//! and the CLI tests pin. The report types serialize themselves
+//! (`schedrig_vmm::report`); this adds what only the CLI knows: the
+//! arguments the scheduler was given and the kernel's words for its exit.
 
-use std::time::Duration;
+use serde::Serialize;
 
+use schedrig_vmm::introspect::snapshot::Snapshot;
 use schedrig_vmm::RunReport;
 
-/// The report as one JSON object (the `--json` contract).
-pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
-    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-    let topo = r.guest_topology.as_ref().map(|t| {
-        serde_json::json!({
-            "cpus": t.cpus(),
-            "nodes": t.nodes(),
-            "llcs": t.llcs(),
-            "cores": t.cores(),
-            "threads": t.threads_per_core(),
-            "llc_groups": t.llc_groups,
-            "smt_groups": t.smt_groups,
-            "core_ids": t.core_ids,
-            "package_ids": t.package_ids,
-            "numa_nodes": t.numa_nodes,
-        })
-    });
-    let ka = r.kern_addrs.map(|k| {
-        serde_json::json!({
-            "phys_base": k.phys_base,
-            "page_offset_base": k.page_offset_base_kva,
-            "text_kva": k.text_kva,
-        })
-    });
-    serde_json::json!({
-        "verdict": r.verdict.as_str(),
-        "reason": r.reason,
-        "exit_code": r.exit_code,
-        "setup_ms": ms(r.setup),
-        "ready_ms": ms(r.ready),
-        "total_ms": r.total.as_millis() as u64,
-        "guest_topology": topo,
-        "kern_addrs": ka,
-        "frames": r.frames,
-        "crc_errors": r.crc_errors,
-        "peak_rss_kib": r.peak_rss_kib,
-        "vmm_overhead_kib": r.vmm_overhead_kib,
-        "guest_huge_kib": r.guest_huge_kib,
-        "lifecycle": r.lifecycle,
-        "lifecycle_dropped": r.lifecycle_dropped,
-        "guest_errors": r.guest_errors,
-        "guest_errors_not_logged": r.guest_errors_not_logged,
-        "bulk_tx_deferred": r.bulk_tx_deferred,
-        "scenario_results_kept": r.scenario_results.len(),
-        "scenario_results_dropped": r.scenario_results_dropped,
-        "console_log": r.console_file.as_ref().map(|f| serde_json::json!({
-            "bytes": f.written,
-            "truncated": f.truncated,
-        })),
-        "console_tail": r.console_tail,
-        "crash_text": r.crash_text,
-        "vcpus_at_stop": r.vcpus_at_stop.iter().map(|v| serde_json::json!({
-            "cpu": v.cpu,
-            "state": v.state,
-            "rip": v.rip,
-            "function": v.function,
-            "detail": v.detail,
-            "interrupts_on": v.interrupts_on,
-            "apic_irr": v.apic.map(|a| a.requested()),
-            "apic_isr": v.apic.map(|a| a.in_service()),
-        })).collect::<Vec<_>>(),
-        "emulation_artefact": r.is_emulation_artefact(),
-        "scheduler": scheduler_json(r, args),
-        "per_test_archive": r.per_test_archive.map(|(t, n)| serde_json::json!({
-            "prep_us": t.as_micros() as u64,
-            "bytes": n,
-        })),
-        "monitor": r.monitor.as_ref().map(monitor_json),
-        "snapshots": r.snapshots.iter().map(snapshot_json).collect::<Vec<_>>(),
-        "freezes": r.freezes.iter().map(|f| serde_json::json!({
-            "error": f.error,
-            "park_us": f.stats.as_ref().map(|s| s.park.as_micros() as u64),
-            "held_us": f.stats.as_ref().map(|s| s.held.as_micros() as u64),
-            "total_us": f.stats.as_ref().map(|s| s.total.as_micros() as u64),
-            "time_hidden": f.stats.as_ref().map(|s| s.time_hidden),
-            "time_note": f.stats.as_ref().and_then(|s| s.time_note.clone()),
-            "vcpus_with_regs": f.vcpus_with_regs,
-            "in_kernel": f.in_kernel,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-/// One snapshot (SNRQ CAPTURE) as JSON.
-pub fn snapshot_json(s: &schedrig_vmm::introspect::snapshot::Snapshot) -> serde_json::Value {
-    serde_json::json!({
-        "tag": s.tag,
-        "at_ms": s.at_ms,
-        "frozen_us": s.frozen_us,
-        "scx_state": s.scx_state,
-        "ops_name": s.ops_name,
-        "vcpus": s.vcpus.iter().map(|v| serde_json::json!({
-            "cpu": v.cpu,
-            "rip": format!("{:#x}", v.rip),
-            "symbol": v.symbol,
-            "rsp": format!("{:#x}", v.rsp),
-            "cr3": format!("{:#x}", v.cr3),
-            "rflags": format!("{:#x}", v.rflags),
-            "in_kernel": v.in_kernel,
-            "halted": v.halted,
-            "apic_irr": v.apic.map(|a| a.requested()),
-            "apic_isr": v.apic.map(|a| a.in_service()),
-        })).collect::<Vec<_>>(),
-        "cpus": s.cpus.iter().map(|c| serde_json::json!({
-            "cpu": c.cpu,
-            "nr_running": c.nr_running,
-            "scx_nr_running": c.scx_nr_running,
-            "curr_pid": c.curr_pid,
-            "curr_comm": c.curr_comm,
-        })).collect::<Vec<_>>(),
-        "tasks": s.tasks.iter().map(|t| serde_json::json!({
-            "pid": t.pid,
-            "comm": t.comm,
-            "class": t.class,
-            "state": t.state.to_string(),
-            "cpu": t.cpu,
-        })).collect::<Vec<_>>(),
-        "problems": s.problems,
-        "scenario": s.scenario,
-        "scenario_ms": s.scenario_ms,
-        "cause": s.cause,
-    })
-}
-
-/// The run-queue monitor over the whole run: its stalls, and its samples
-/// as per-CPU columns (`nr_running[cpu][i]` at `at_ms[i]`).
-fn monitor_json(m: &schedrig_vmm::report::MonitorReport) -> serde_json::Value {
-    let ncpu = m.samples.first().map_or(0, |s| s.cpus.len());
-    let col = |f: &dyn Fn(&schedrig_vmm::monitor::analysis::CpuSample) -> u64| {
-        (0..ncpu)
-            .map(|c| {
-                m.samples
-                    .iter()
-                    .map(|s| s.cpus.get(c).map_or(0, f))
-                    .collect::<Vec<u64>>()
-            })
-            .collect::<Vec<_>>()
-    };
-    serde_json::json!({
-        "error": m.error,
-        "ops_name": m.ops_name,
-        "samples": m.samples.len(),
-        "dropped": m.dropped,
-        "at_ms": m.samples.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
-        "scx_state": m.samples.iter().map(|s| s.scx_state).collect::<Vec<_>>(),
-        "scx_exit_kind": m.samples.iter().map(|s| s.scx_exit_kind).collect::<Vec<_>>(),
-        "nr_running": col(&|c| u64::from(c.rq.nr_running)),
-        "scx_nr_running": col(&|c| u64::from(c.rq.scx_nr_running)),
-        "local_dsq_nr": col(&|c| u64::from(c.rq.local_dsq_nr)),
-        "clock_ns": col(&|c| c.rq.clock),
-        "idle": col(&|c| u64::from(c.rq.idle)),
-        "need_resched": col(&|c| u64::from(c.rq.need_resched)),
-        "stalls": m.stalls.iter().map(|s| serde_json::json!({
-            "cpu": s.cpu,
-            "from_ms": s.from_ms,
-            "to_ms": s.to_ms,
-            "nr_running": s.nr_running,
-            "vcpu_cpu_ms": s.vcpu_cpu_ms,
-            "vcpu_wait_ms": s.vcpu_wait_ms,
-            "inconclusive": s.inconclusive,
-        })).collect::<Vec<_>>(),
-    })
+/// The whole report: the VMM's, and the scheduler's section.
+#[derive(Serialize)]
+struct BootJson<'a> {
+    #[serde(flatten)]
+    report: &'a RunReport,
+    emulation_artefact: bool,
+    scheduler: SchedulerJson<'a>,
 }
 
 /// The `scheduler` section: what ran, whether it attached and how it
-/// ended, in the kernel's words.
-fn scheduler_json(r: &RunReport, args: &[String]) -> serde_json::Value {
-    let s = &r.scheduler;
-    let e = s.exit.as_ref();
-    serde_json::json!({
-        "name": s.name,
-        "args": args,
-        "attached": s.attached,
-        "attach_ms": s.attach.map(|d| d.as_millis() as u64),
-        "ops": e.map(|e| e.ops.clone()),
-        "outcome": e.and_then(|e| e.outcome).map(|o| o.as_str()),
-        "exit_kind": s.kind().map(|k| k.name()),
-        "exit_kind_value": e.and_then(|e| e.kind),
-        "reason": e.map(|e| e.reason.clone()),
-        "message": e.map(|e| e.message.clone()),
-        "detail": e.map(|e| e.detail.clone()),
-        "sched_ext_state": e.map(|e| e.final_state.clone()),
-        "exit_status": e.and_then(|e| e.status).or(s.exit_code),
-        "signal": e.and_then(|e| e.signal),
-        "ended_early": e.map(|e| e.early),
-        "steal_ms_per_cpu": e.map(|e| e.steal_ms.clone()),
-        "log_tail": s.log_tail(),
-        "log_bytes": s.log_bytes,
-        "log_kept_bytes": schedrig_vmm::controller::SCHED_LOG_KEEP,
-        "log_dropped_in_guest": e.map(|e| e.log_dropped),
-    })
+/// ended, in the kernel's words (null where it said nothing).
+#[derive(Serialize)]
+struct SchedulerJson<'a> {
+    name: &'a str,
+    args: &'a [String],
+    attached: bool,
+    attach_ms: Option<u64>,
+    ops: Option<&'a str>,
+    outcome: Option<&'static str>,
+    exit_kind: Option<&'static str>,
+    exit_kind_value: Option<u32>,
+    reason: Option<&'a str>,
+    message: Option<&'a str>,
+    detail: Option<&'a str>,
+    sched_ext_state: Option<&'a str>,
+    exit_status: Option<i32>,
+    signal: Option<i32>,
+    ended_early: Option<bool>,
+    steal_ms_per_cpu: Option<&'a [u64]>,
+    log_tail: String,
+    log_bytes: u64,
+    log_kept_bytes: usize,
+    log_dropped_in_guest: Option<u64>,
 }
 
+impl<'a> SchedulerJson<'a> {
+    fn new(r: &'a RunReport, args: &'a [String]) -> Self {
+        let s = &r.scheduler;
+        let e = s.exit.as_ref();
+        SchedulerJson {
+            name: &s.name,
+            args,
+            attached: s.attached,
+            attach_ms: s.attach.map(|d| d.as_millis() as u64),
+            ops: e.map(|e| e.ops.as_str()),
+            outcome: e.and_then(|e| e.outcome).map(|o| o.as_str()),
+            exit_kind: s.kind().map(|k| k.name()),
+            exit_kind_value: e.and_then(|e| e.kind),
+            reason: e.map(|e| e.reason.as_str()),
+            message: e.map(|e| e.message.as_str()),
+            detail: e.map(|e| e.detail.as_str()),
+            sched_ext_state: e.map(|e| e.final_state.as_str()),
+            exit_status: e.and_then(|e| e.status).or(s.exit_code),
+            signal: e.and_then(|e| e.signal),
+            ended_early: e.map(|e| e.early),
+            steal_ms_per_cpu: e.map(|e| e.steal_ms.as_slice()),
+            log_tail: s.log_tail(),
+            log_bytes: s.log_bytes,
+            log_kept_bytes: schedrig_vmm::controller::SCHED_LOG_KEEP,
+            log_dropped_in_guest: e.map(|e| e.log_dropped),
+        }
+    }
+}
+
+/// The report as one JSON object (the `--json` contract).
+pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
+    let json = BootJson {
+        report: r,
+        emulation_artefact: r.is_emulation_artefact(),
+        scheduler: SchedulerJson::new(r, args),
+    };
+    // Through a Value, so keys come out sorted as they always have.
+    serde_json::to_value(json).unwrap_or_else(|e| unserializable("report", &e))
+}
+
+/// One snapshot (SNRQ CAPTURE) as JSON.
+pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or_else(|e| unserializable("snapshot", &e))
+}
+
+/// Cannot happen with these types (string keys only), but a report is
+/// never worth a panic.
+fn unserializable(what: &str, e: &serde_json::Error) -> serde_json::Value {
+    serde_json::json!({ "error": format!("the {what} could not be serialized: {e}") })
+}
 
 #[cfg(test)]
 mod tests {
@@ -214,7 +110,7 @@ mod tests {
     use schedrig_vmm::introspect::snapshot::{CpuSnap, Snapshot, TaskSnap, VcpuSnap};
     use schedrig_vmm::monitor::analysis::{CpuSample, Sample, Stall, ThreadTimes};
     use schedrig_vmm::monitor::layout::RqState;
-    use schedrig_vmm::report::{FreezeRecord, MonitorReport};
+    use schedrig_vmm::report::{ArchiveStats, FreezeRecord, MonitorReport};
     use schedrig_vmm::{RunReport, RunVerdict, StoppedVcpu};
     use schedrig_wire::{GuestTopology, KernAddrs, SchedExit, SchedOutcome};
 
@@ -331,7 +227,10 @@ mod tests {
         r.scheduler.exit_code = Some(0);
         r.scheduler.log = "line 1\nline 2\n".into();
         r.scheduler.log_bytes = 14;
-        r.per_test_archive = Some((Duration::from_micros(812), 2_000_000));
+        r.per_test_archive = Some(ArchiveStats {
+            prep: Duration::from_micros(812),
+            bytes: 2_000_000,
+        });
         r.scenarios_started = 1;
         r.scenario_results_dropped = 0;
         let cpu = |clock: u64, idle: bool| CpuSample {

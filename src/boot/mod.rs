@@ -199,11 +199,14 @@ pub fn boot_observed(
     };
     // Only the job's bytes are counted: a stat of the cached archive would
     // cost a 9p round trip per boot in the nested host.
-    let prep = (prep_started.elapsed(), extra.len());
+    let prep = schedrig_vmm::report::ArchiveStats {
+        prep: prep_started.elapsed(),
+        bytes: extra.len(),
+    };
     tracing::debug!(
         elapsed = ?started.elapsed(),
-        prep_us = prep.0.as_micros() as u64,
-        bytes = prep.1,
+        prep_us = prep.prep.as_micros() as u64,
+        bytes = prep.bytes,
         "per-test archives ready"
     );
     let k = kernel::resolve(&opts.kernel)?;

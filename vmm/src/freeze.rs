@@ -55,13 +55,16 @@ pub struct VcpuRegs {
 }
 
 /// How one freeze went.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct FreezeStats {
     /// From the first kick to the last vCPU parked.
+    #[serde(rename = "park_us", serialize_with = "crate::report::ser::us")]
     pub park: Duration,
     /// From all parked to the release (the action's time).
+    #[serde(rename = "held_us", serialize_with = "crate::report::ser::us")]
     pub held: Duration,
     /// From the first kick to the release: what a freeze costs the guest.
+    #[serde(rename = "total_us", serialize_with = "crate::report::ser::us")]
     pub total: Duration,
     /// The guest clock was moved back by `held` on every vCPU.
     pub time_hidden: bool,

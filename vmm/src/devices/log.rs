@@ -66,9 +66,10 @@ impl Tee {
 }
 
 /// What went to the tee file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TeeStats {
     /// Log bytes written (the cut note not counted).
+    #[serde(rename = "bytes")]
     pub written: u64,
     /// True when the log outgrew the cap and the file was cut.
     pub truncated: bool,

@@ -4,20 +4,27 @@
 
 use super::ops::KernelCtx;
 use super::tasks;
+use serde::Serialize;
+
 use crate::freeze::VcpuRegs;
 use crate::monitor::layout::{scx_state_name, RqLayout};
+use crate::report::ser;
 
 /// Snapshots one run keeps; later ones are refused with a reason.
 pub const SNAPSHOTS_MAX: usize = 64;
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VcpuSnap {
     pub cpu: u32,
+    #[serde(serialize_with = "ser::hex")]
     pub rip: u64,
     /// `function+0xoff` when RIP is kernel text.
     pub symbol: Option<String>,
+    #[serde(serialize_with = "ser::hex")]
     pub rsp: u64,
+    #[serde(serialize_with = "ser::hex")]
     pub cr3: u64,
+    #[serde(serialize_with = "ser::hex")]
     pub rflags: u64,
     pub in_kernel: bool,
     /// Halted (KVM's run state) when parked; None when not read.
@@ -27,7 +34,7 @@ pub struct VcpuSnap {
     pub apic: Option<crate::arch::x86_64::regs::ApicPending>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CpuSnap {
     pub cpu: u32,
     pub nr_running: u32,
@@ -36,7 +43,7 @@ pub struct CpuSnap {
     pub curr_comm: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TaskSnap {
     pub pid: i32,
     pub comm: String,
@@ -45,7 +52,8 @@ pub struct TaskSnap {
     pub cpu: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Serialized as a snapshot in `boot --json` and in a scenario's result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     pub tag: String,
     /// From VMM start.

@@ -61,7 +61,7 @@ pub struct Sample {
 }
 
 /// A window in which a CPU's clock stood still with tasks runnable.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Stall {
     pub cpu: u32,
     pub from_ms: u64,

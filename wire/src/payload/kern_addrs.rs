@@ -17,13 +17,15 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const KERN_ADDRS_LEN: usize = 24;
 
 /// Kernel addresses as the guest found them; `None` = not derivable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// (Serialized for reports only; the wire form is [`KernAddrsWire`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct KernAddrs {
     /// Physical load address of the kernel (`phys_base`); 0 with KASLR off.
     pub phys_base: Option<u64>,
     /// Kernel virtual address of the `page_offset_base` *symbol* (the
     /// variable holding PAGE_OFFSET), not PAGE_OFFSET itself: the host
     /// reads the variable through it.
+    #[serde(rename = "page_offset_base")]
     pub page_offset_base_kva: Option<u64>,
     /// Runtime kernel virtual address of `_text`.
     pub text_kva: Option<u64>,

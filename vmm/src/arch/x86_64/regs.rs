@@ -201,12 +201,40 @@ pub struct ApicPending {
 }
 
 impl ApicPending {
+    /// From vector lists (as a report shows them).
+    pub fn from_vectors(requested: &[u8], in_service: &[u8]) -> Self {
+        let mut a = ApicPending::default();
+        for &v in requested {
+            a.irr[usize::from(v / 32)] |= 1 << (v % 32);
+        }
+        for &v in in_service {
+            a.isr[usize::from(v / 32)] |= 1 << (v % 32);
+        }
+        a
+    }
+
     pub fn requested(&self) -> Vec<u8> {
         vectors(&self.irr)
     }
 
     pub fn in_service(&self) -> Vec<u8> {
         vectors(&self.isr)
+    }
+}
+
+/// `{"irr": [vectors], "isr": [vectors]}`.
+impl serde::Serialize for ApicPending {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Vectors {
+            irr: Vec<u8>,
+            isr: Vec<u8>,
+        }
+        Vectors {
+            irr: self.requested(),
+            isr: self.in_service(),
+        }
+        .serialize(s)
     }
 }
 

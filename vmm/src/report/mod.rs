@@ -4,9 +4,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use schedrig_wire::{GuestTopology, KernAddrs};
+use serde::Serialize;
+
+pub(crate) mod ser;
 
 /// How the run ended, judged from all sides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunVerdict {
     /// The guest sent EXIT and the machine ended.
     Ok,
@@ -39,6 +43,7 @@ pub enum RunVerdict {
 }
 
 impl RunVerdict {
+    /// Its name in reports (as serialized).
     pub fn as_str(&self) -> &'static str {
         match self {
             RunVerdict::Ok => "ok",
@@ -57,7 +62,9 @@ impl RunVerdict {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Serialized as the `schedrig boot --json` report (the CLI adds the
+/// scheduler's section); the golden files in the CLI pin it.
+#[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub verdict: RunVerdict,
     /// Why, in words (what was awaited on a timeout, the panic line, ...).
@@ -65,15 +72,19 @@ pub struct RunReport {
     /// From the EXIT frame.
     pub exit_code: Option<i32>,
     /// VMM start to the boot vCPU's first KVM_RUN (set-up time).
+    #[serde(rename = "setup_ms", serialize_with = "ser::opt_ms")]
     pub setup: Option<Duration>,
     /// VMM start to SRDY.
+    #[serde(rename = "ready_ms", serialize_with = "ser::opt_ms")]
     pub ready: Option<Duration>,
+    #[serde(rename = "total_ms", serialize_with = "ser::ms")]
     pub total: Duration,
     /// Frames received, by tag name; every tag not in the spec counts
     /// under one key, `unknown`.
     pub frames: BTreeMap<String, u64>,
     pub crc_errors: u64,
     pub kern_addrs: Option<KernAddrs>,
+    #[serde(serialize_with = "ser::topology")]
     pub guest_topology: Option<GuestTopology>,
     /// LIFE phases in order, with their reasons: the first
     /// `controller::LIFECYCLE_MAX_ENTRIES`, reasons capped at
@@ -90,14 +101,17 @@ pub struct RunReport {
     /// controller was behind (backpressure at work).
     pub bulk_tx_deferred: u64,
     /// What went to `--console-log`, if it was asked for.
+    #[serde(rename = "console_log")]
     pub console_file: Option<crate::devices::log::TeeStats>,
     /// Kernel console (COM1), last lines.
     pub console_tail: String,
     /// Whole COM1 text kept (bounded), for checks like the banner.
+    #[serde(skip)]
     pub console: String,
     /// guest-init crash text (COM2).
     pub crash_text: String,
     /// hvc0 (virtio console port 0) text, bounded.
+    #[serde(skip)]
     pub hvc0: String,
     /// The VMM process's peak RSS, KiB.
     pub peak_rss_kib: Option<u64>,
@@ -108,14 +122,19 @@ pub struct RunReport {
     /// On a timeout: where each vCPU was when the watchdog stopped it,
     /// so a hang says where it hung.
     pub vcpus_at_stop: Vec<StoppedVcpu>,
-    /// The scheduler's run (`EEVDF` when none was asked for).
+    /// The scheduler's run (`EEVDF` when none was asked for); the CLI
+    /// writes its section (with the arguments it was given).
+    #[serde(skip)]
     pub scheduler: crate::controller::SchedulerReport,
     /// The host's per-test archives: how long they took to prepare, and
     /// the bytes of the job archive built for this run (set by the caller).
-    pub per_test_archive: Option<(Duration, usize)>,
+    pub per_test_archive: Option<ArchiveStats>,
     /// SCST frames: scenarios the guest started.
+    #[serde(skip)]
     pub scenarios_started: u32,
-    /// TEST frames, decoded, in arrival order (bounded).
+    /// TEST frames, decoded, in arrival order (bounded); the report shows
+    /// their count (`schedrig run` shows them judged).
+    #[serde(rename = "scenario_results_kept", serialize_with = "ser::count")]
     pub scenario_results: Vec<schedrig_wire::ScenarioResult>,
     /// TEST frames past the cap, counted only.
     pub scenario_results_dropped: u64,
@@ -127,9 +146,20 @@ pub struct RunReport {
     pub snapshots: Vec<crate::introspect::snapshot::Snapshot>,
 }
 
+/// The job archive the host built for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ArchiveStats {
+    /// How long preparing it took.
+    #[serde(rename = "prep_us", serialize_with = "ser::us")]
+    pub prep: Duration,
+    pub bytes: usize,
+}
+
 /// One freeze of every vCPU.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FreezeRecord {
+    /// Absent from the JSON when the freeze failed (`error` says why).
+    #[serde(flatten)]
     pub stats: Option<crate::freeze::FreezeStats>,
     pub error: Option<String>,
     /// vCPUs whose registers were read while parked, and of those the
@@ -138,7 +168,8 @@ pub struct FreezeRecord {
     pub in_kernel: u32,
 }
 
-/// What the run-queue monitor saw over the whole run.
+/// What the run-queue monitor saw over the whole run; serialized with
+/// its samples as per-CPU columns (`nr_running[cpu][i]` at `at_ms[i]`).
 #[derive(Debug, Clone, Default)]
 pub struct MonitorReport {
     /// In time order, 100 ms apart (the first `monitor::SAMPLES_MAX`).
@@ -153,7 +184,7 @@ pub struct MonitorReport {
 }
 
 /// Where a vCPU was when the controller stopped it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoppedVcpu {
     pub cpu: u32,
     /// "running", "halted", "never started (waiting for INIT/SIPI)", ...
