@@ -477,7 +477,10 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     let started = Instant::now();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let opts = t.options(&dir)?;
-    let mut overhead = started.elapsed();
+    let mut cost = Overhead {
+        resolve: started.elapsed(),
+        ..Overhead::default()
+    };
     // Never more vCPUs booted at once than host CPUs, across processes.
     let _cpus = crate::cpu_budget::take(
         &crate::cpu_budget::dir(),
@@ -494,8 +497,7 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     .map_err(|e| format!("{name}: {e}"))?;
     let mut attempt = 1;
     let outcome = loop {
-        let (o, cost) = run_vm(&opts, &dir)?;
-        overhead += cost;
+        let o = run_vm(&opts, &dir, &mut cost)?;
         let inconclusive =
             o.judgement.verdict == schedrig_scenarios::checks::ScenarioVerdict::Inconclusive;
         if !inconclusive || attempt == 2 {
@@ -508,11 +510,8 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
         attempt += 1;
     };
     let verdict = expect::judge(&t.expect, &outcome);
-    // The harness's own cost (scripts/bench-harness takes the median).
-    eprintln!(
-        "schedrig tests: {name}: harness overhead {} us (resolving the test, judging and writing artifacts, outside the VM)",
-        overhead.as_micros()
-    );
+    // The harness's own cost (scripts/bench-harness takes the medians).
+    eprintln!("schedrig tests: {name}: {cost}");
     match verdict {
         Ok(()) => Ok(()),
         Err(why) => {
@@ -531,14 +530,41 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     }
 }
 
-/// One VM: the outcome, its JSON line and timeline page in `dir`, and
-/// the time spent outside the VM (after it ended, and writing).
-fn run_vm(opts: &RunOptions, dir: &Path) -> Result<(Outcome, Duration), Failed> {
+/// What a test cost beyond its VMs' own time (which runs from the call
+/// into the run, so it includes preparing the guest's job archive).
+#[derive(Debug, Default)]
+struct Overhead {
+    /// Checking and resolving what the test declared.
+    resolve: Duration,
+    /// From each VM's end to the run's return: the VMM's teardown and
+    /// the judging.
+    after_vm: Duration,
+    /// The result JSON and the timeline page.
+    artifacts: Duration,
+}
+
+impl std::fmt::Display for Overhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |d: Duration| d.as_micros();
+        write!(
+            f,
+            "harness overhead {} us (resolve {} us, after the VM {} us, artifacts {} us)",
+            us(self.resolve + self.after_vm + self.artifacts),
+            us(self.resolve),
+            us(self.after_vm),
+            us(self.artifacts)
+        )
+    }
+}
+
+/// One VM: the outcome, with its JSON line and timeline page in `dir`;
+/// the time spent outside the VM goes to `cost`.
+fn run_vm(opts: &RunOptions, dir: &Path, cost: &mut Overhead) -> Result<Outcome, Failed> {
     let started = Instant::now();
     let summary = crate::run::run(opts, started, &mut crate::run::NoRunObserver)
         .map_err(|e| format!("the run could not be made: {e}"))?;
     let in_vms: Duration = summary.vms.iter().map(|v| v.total).sum();
-    let after = started.elapsed().saturating_sub(in_vms);
+    cost.after_vm += started.elapsed().saturating_sub(in_vms);
     let writing = Instant::now();
     let o = summary
         .outcomes
@@ -550,7 +576,8 @@ fn run_vm(opts: &RunOptions, dir: &Path) -> Result<(Outcome, Duration), Failed> 
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     crate::run::timeline::write(dir, 1, &o, &opts.scheduler_name())
         .map_err(|e| format!("{}: timeline: {e}", dir.display()))?;
-    Ok((o, after + writing.elapsed()))
+    cost.artifacts += writing.elapsed();
+    Ok(o)
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub fn resolve_scenarios(
         }
     }
     if let Some(d) = duration {
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             return Err(RunError::Invalid(format!(
                 "--duration {d}: it must be above 0 seconds"
             )));

@@ -26,6 +26,10 @@ use crate::comms::{BulkPort, CommsError};
 use crate::console::say;
 use worker::{now_ns, Slots, Spec};
 
+/// Called while a scenario holds: lets the caller serve the host (its
+/// frames, the scheduler's log) for up to the given time, and says
+/// whether the scheduler was lost meanwhile.
+pub type Tick<'a, W> = dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError> + 'a;
 /// Worker slots mapped once: enough for every worker a scenario may
 /// start over its life (alive at once is capped lower, by validation).
 pub const SLOTS: usize = 1024;
@@ -179,7 +183,7 @@ pub fn layout() -> CpuLayout {
 pub fn run<W: Write>(
     port: &mut BulkPort<W>,
     scenarios: &[Scenario],
-    tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+    tick: &mut Tick<'_, W>,
 ) -> Result<Option<(usize, Vec<u64>)>, CommsError> {
     if let Err(e) = worker::set_harness_realtime(true) {
         say(&format!("scenarios: guest-init stays SCHED_OTHER: {e}"));
@@ -194,7 +198,7 @@ pub fn run<W: Write>(
 fn run_engine<W: Write>(
     port: &mut BulkPort<W>,
     scenarios: &[Scenario],
-    tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+    tick: &mut Tick<'_, W>,
 ) -> Result<Option<(usize, Vec<u64>)>, CommsError> {
     match Engine::new(layout()) {
         Ok(mut e) => e.run_all(port, scenarios, tick),
@@ -260,7 +264,7 @@ impl Engine {
         &mut self,
         port: &mut BulkPort<W>,
         scenarios: &[Scenario],
-        tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+        tick: &mut Tick<'_, W>,
     ) -> Result<Option<(usize, Vec<u64>)>, CommsError> {
         say(&format!(
             "scenarios: {} to run; {} spin loops per µs",
@@ -302,7 +306,7 @@ impl Engine {
         port: &mut BulkPort<W>,
         index: u32,
         s: &Scenario,
-        tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+        tick: &mut Tick<'_, W>,
     ) -> Result<ScenarioResult, CommsError> {
         let mut result = ScenarioResult {
             index,
@@ -492,7 +496,7 @@ impl Engine {
     fn calibrate<W: Write>(
         &mut self,
         port: &mut BulkPort<W>,
-        tick: &mut dyn FnMut(&mut BulkPort<W>, Duration) -> Result<Lost, CommsError>,
+        tick: &mut Tick<'_, W>,
     ) -> Result<(u64, Lost, Vec<u64>), CommsError> {
         self.slots.reset();
         let mut pids = Vec::new();

@@ -526,7 +526,7 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
                 spin(UNIT_US * lpu, &mut x);
                 m.checkpoint();
                 i += 1;
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     pin_to_random(s.churn_mask.load(Relaxed), &mut rng);
                 }
             }
@@ -538,7 +538,7 @@ pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
                 spin(UNIT_US * lpu, &mut x);
                 m.checkpoint();
                 i += 1;
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     set_policy(policies[(i / 50) % 3]);
                 }
             }

@@ -941,7 +941,7 @@ impl Controller {
         let panic_line = console_text
             .lines()
             .find(|l| l.contains(KERNEL_PANIC_MARKER))
-            .map(|l| printable(l));
+            .map(printable);
         if self.verdict.is_none() {
             if let Some(panic) = self.panic_verdict(panic_line.as_deref()) {
                 self.end(RunVerdict::Panic, panic);

@@ -266,7 +266,7 @@ impl SchedState {
 pub fn stall_ms(message: &str) -> Option<u64> {
     let (_, rest) = message.rsplit_once("failed to run for ")?;
     let secs: f64 = rest.trim().trim_end_matches('s').parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0) as u64)
+    (secs.is_finite() && secs >= 0.0).then_some((secs * 1000.0) as u64)
 }
 
 /// ERROR_STALL is the scheduler's fault only if the host ran the vCPUs:

@@ -15,6 +15,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use super::pagewalk::{PageTable, WalkError};
 use super::symbols::SymbolTable;
 
+/// Symbols looked up so far: name to (address, size), None when absent.
+type SymbolCache = std::collections::HashMap<String, Option<(u64, u64)>>;
 /// arch/x86/include/asm/page_64_types.h: where the kernel image is
 /// mapped (`__START_KERNEL_map`).
 pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
@@ -74,7 +76,7 @@ pub struct KernelView {
     symbols: Arc<SymbolTable>,
     /// Where other symbols are looked up, and what was found.
     vmlinux: std::path::PathBuf,
-    looked_up: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<(u64, u64)>>>>,
+    looked_up: Arc<std::sync::Mutex<SymbolCache>>,
     slide: u64,
     phys_base: u64,
     page_offset: u64,

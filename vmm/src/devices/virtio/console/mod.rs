@@ -272,7 +272,7 @@ impl VirtioConsole {
                     // Backpressure: while the controller is behind, the
                     // chain stays in the ring and the guest waits for it.
                     let room = sinks.has_room(port);
-                    if !room && !(force && forced_left > 0) {
+                    if !(room || force && forced_left > 0) {
                         return None;
                     }
                     if !room {
