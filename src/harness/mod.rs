@@ -254,6 +254,9 @@ static INCONCLUSIVE: AtomicUsize = AtomicUsize::new(0);
 /// Tests this process skipped at run time (a libtest test cannot say it
 /// skipped: it passes with a SKIP line, and the summary counts it).
 static SKIPPED: AtomicUsize = AtomicUsize::new(0);
+/// Second VMs booted because the first was inconclusive (each one also
+/// has its RETRY line).
+static RETRIED: AtomicUsize = AtomicUsize::new(0);
 
 /// The gauntlet's time budget variable (seconds), as `--budget SECS`.
 pub const BUDGET_ENV: &str = "SCHEDRIG_GAUNTLET_BUDGET";
@@ -397,11 +400,12 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     if !args.list {
         let skipped = SKIPPED.load(Ordering::Relaxed);
         eprintln!(
-            "schedrig tests: {} passed ({skipped} of them skipped, each with its SKIP line above), {} failed ({} of them inconclusive: the host's doing, not the scheduler's), {} ignored; artifacts in {}",
+            "schedrig tests: {} passed ({skipped} of them skipped, each with its SKIP line above), {} failed ({} of them inconclusive: the host's doing, not the scheduler's), {} ignored; {} retried in a fresh VM after an inconclusive run; artifacts in {}",
             conclusion.num_passed,
             conclusion.num_failed,
             INCONCLUSIVE.load(Ordering::Relaxed),
             conclusion.num_ignored,
+            RETRIED.load(Ordering::Relaxed),
             artifact_root().display()
         );
     }
@@ -507,6 +511,7 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
             "schedrig tests: RETRY {name} in a fresh VM: inconclusive ({})",
             o.judgement.reason
         );
+        RETRIED.fetch_add(1, Ordering::Relaxed);
         attempt += 1;
     };
     let verdict = expect::judge(&t.expect, &outcome);
