@@ -20,5 +20,10 @@ pub mod selftest;
 pub mod setup;
 pub mod static_bins;
 
+#[doc(hidden)]
+pub use inventory;
+/// `#[schedrig::sched_test]` registers a function returning a
+/// [`harness::SchedTest`] (see [`harness::main_registered`]).
+pub use schedrig_macros::sched_test;
 /// Scenarios and their checks, to build a scenario in Rust.
 pub use schedrig_scenarios as scenarios;

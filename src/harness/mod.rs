@@ -258,6 +258,15 @@ static SKIPPED: AtomicUsize = AtomicUsize::new(0);
 /// has its RETRY line).
 static RETRIED: AtomicUsize = AtomicUsize::new(0);
 
+/// A name two of `tests` share, if any.
+fn first_duplicate(tests: &[SchedTest]) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    tests
+        .iter()
+        .map(SchedTest::name)
+        .find(|n| !seen.insert(n.clone()))
+}
+
 /// The gauntlet's time budget variable (seconds), as `--budget SECS`.
 pub const BUDGET_ENV: &str = "SCHEDRIG_GAUNTLET_BUDGET";
 
@@ -338,6 +347,55 @@ fn skip_reason(t: &SchedTest, host_cpus: usize, chosen: Option<&Vec<String>>) ->
     }
 }
 
+/// A test registered with `#[schedrig::sched_test]` (the macro makes
+/// these; nothing else needs to).
+pub struct Registered {
+    make: fn() -> Vec<SchedTest>,
+}
+
+impl Registered {
+    #[doc(hidden)]
+    pub const fn new(make: fn() -> Vec<SchedTest>) -> Self {
+        Registered { make }
+    }
+}
+
+inventory::collect!(Registered);
+
+/// What a `#[sched_test]` function may return: one test or several.
+pub trait IntoTests {
+    fn into_tests(self) -> Vec<SchedTest>;
+}
+
+impl IntoTests for SchedTest {
+    fn into_tests(self) -> Vec<SchedTest> {
+        vec![self]
+    }
+}
+
+impl IntoTests for Vec<SchedTest> {
+    fn into_tests(self) -> Vec<SchedTest> {
+        self
+    }
+}
+
+/// Every test registered with `#[schedrig::sched_test]` in this binary,
+/// in name order (registration order is the linker's).
+pub fn registered() -> Vec<SchedTest> {
+    let mut tests: Vec<SchedTest> = inventory::iter::<Registered>
+        .into_iter()
+        .flat_map(|r| (r.make)())
+        .collect();
+    tests.sort_by_key(SchedTest::name);
+    tests
+}
+
+/// [`main`] over the tests registered with `#[schedrig::sched_test]`:
+/// a test target's whole `main` is `schedrig::harness::main_registered()`.
+pub fn main_registered() -> ExitCode {
+    main(registered())
+}
+
 /// One test binary's whole run: set-up where needed (the nested test host
 /// on machines whose KVM cannot boot the kernel), then the tests.
 pub fn main(tests: Vec<SchedTest>) -> ExitCode {
@@ -353,6 +411,12 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(name) = first_duplicate(&tests) {
+        eprintln!(
+            "schedrig tests: two tests are named {name:?} (their artifacts would collide): give one of them .named(...)"
+        );
+        return ExitCode::from(2);
+    }
     let mut args = Arguments::from_iter(rest);
     let root = artifact_root();
     // The host's CPUs, before the emulated host pins this process to one.
@@ -634,5 +698,16 @@ mod tests {
         let c = &opts.scenarios[0].checks;
         assert_eq!(c.max_gap_ms, Some(700));
         assert_eq!(c.weight_share_pct, own.weight_share_pct);
+    }
+
+    #[test]
+    fn two_tests_of_one_name_are_refused() {
+        let a = SchedTest::new("steady");
+        let b = SchedTest::new("steady").topology("1n1l1c1t");
+        assert_eq!(first_duplicate(&[a.clone(), b.clone()]), None);
+        assert_eq!(
+            first_duplicate(&[a.clone(), b, a]),
+            Some("steady/1n2l1c1t/scx_simple".to_string())
+        );
     }
 }
