@@ -5,7 +5,6 @@
 
 use serde::Serialize;
 
-use schedrig_vmm::introspect::snapshot::Snapshot;
 use schedrig_vmm::RunReport;
 
 /// The whole report: the VMM's, and the scheduler's section.
@@ -81,11 +80,6 @@ pub fn report_json(r: &RunReport, args: &[String]) -> serde_json::Value {
     };
     // Through a Value, so keys come out sorted as they always have.
     serde_json::to_value(json).unwrap_or_else(|e| unserializable("report", &e))
-}
-
-/// One snapshot (SNRQ CAPTURE) as JSON.
-pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
-    serde_json::to_value(s).unwrap_or_else(|e| unserializable("snapshot", &e))
 }
 
 /// Cannot happen with these types (string keys only), but a report is

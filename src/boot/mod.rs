@@ -9,7 +9,7 @@ use schedrig_vmm::{KernelFormat, MachineConfig, RunReport, Topology};
 use crate::kernel::{self, ImageFormat, KernelRequest};
 
 mod json;
-pub use json::{report_json, snapshot_json};
+pub use json::report_json;
 
 /// guest-init's behaviour, shared with the guest.
 pub use schedrig_scenarios::GuestMode;

@@ -18,7 +18,7 @@ pub enum Expect {
 
 /// The exit kind the kernel recorded for the scheduler, if it ended.
 fn exit_kind(o: &Outcome) -> Option<&str> {
-    o.sched_exit.as_ref()?.get("exit_kind")?.as_str()
+    o.sched_exit.as_ref()?.exit_kind
 }
 
 /// The first line of a failed test: the verdict and its reason (which
@@ -85,7 +85,7 @@ mod tests {
     fn outcome(
         verdict: ScenarioVerdict,
         failing: Option<&'static str>,
-        kind: Option<&str>,
+        kind: Option<&'static str>,
     ) -> Outcome {
         let layout = schedrig_scenarios::CpuLayout::uniform(1, 2, 1);
         Outcome {
@@ -106,7 +106,16 @@ mod tests {
                 reason: "why".into(),
             },
             result: None,
-            sched_exit: kind.map(|k| serde_json::json!({ "exit_kind": k })),
+            sched_exit: kind.map(|k| crate::run::SchedEnd {
+                name: "scx_test".into(),
+                outcome: Some("detached"),
+                exit_kind: Some(k),
+                reason: String::new(),
+                message: String::new(),
+                sched_ext_state: "disabled".into(),
+                exit_status: None,
+                signal: None,
+            }),
             duration: std::time::Duration::ZERO,
             vm: 1,
             revised: false,

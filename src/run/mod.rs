@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use schedrig_scenarios::checks::{self, JudgeEnv, Judgement, ScenarioVerdict};
 use schedrig_scenarios::{CpuLayout, JobKind, Scenario};
+use schedrig_vmm::introspect::snapshot::Snapshot;
 use schedrig_vmm::{RunReport, Topology};
 use schedrig_wire::ScenarioResult;
 
@@ -180,7 +181,7 @@ pub struct Outcome {
     pub judgement: Judgement,
     pub result: Option<ScenarioResult>,
     /// The kernel's word on the scheduler's end, when it ended here.
-    pub sched_exit: Option<serde_json::Value>,
+    pub sched_exit: Option<SchedEnd>,
     pub duration: Duration,
     /// Which VM (1-based) ran it.
     pub vm: u32,
@@ -188,8 +189,23 @@ pub struct Outcome {
     /// failed as it was stopped after it): progress counts it once.
     pub revised: bool,
     /// The host's snapshots taken during it (its `snapshot` ops, watch
-    /// hits, the automatic `failure` one), as JSON.
-    pub snapshots: Vec<serde_json::Value>,
+    /// hits, the automatic `failure` one).
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// The scheduler's end as the kernel told it, for a scenario's result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchedEnd {
+    pub name: String,
+    /// `detached`, `not_attached`, `died`, `no_scheduler`.
+    pub outcome: Option<&'static str>,
+    /// The kernel's exit kind (`ERROR_STALL`, `UNREG_BPF`, ...).
+    pub exit_kind: Option<&'static str>,
+    pub reason: String,
+    pub message: String,
+    pub sched_ext_state: String,
+    pub exit_status: Option<i32>,
+    pub signal: Option<i32>,
 }
 
 /// A VM's times: VMM start to SRDY, to the scheduler attached, and to
@@ -264,19 +280,19 @@ fn error_outcome(s: &Scenario, why: String, vm: u32) -> Outcome {
 }
 
 /// The scheduler's end as the kernel told it, for a result.
-fn sched_exit_json(r: &RunReport) -> Option<serde_json::Value> {
+fn sched_exit_of(r: &RunReport) -> Option<SchedEnd> {
     let s = &r.scheduler;
     let e = s.exit.as_ref()?;
-    Some(serde_json::json!({
-        "name": s.name,
-        "outcome": e.outcome.map(|o| o.as_str()),
-        "exit_kind": s.kind().map(|k| k.name()),
-        "reason": e.reason,
-        "message": e.message,
-        "sched_ext_state": e.final_state,
-        "exit_status": e.status.or(s.exit_code),
-        "signal": e.signal,
-    }))
+    Some(SchedEnd {
+        name: s.name.clone(),
+        outcome: e.outcome.map(|o| o.as_str()),
+        exit_kind: s.kind().map(|k| k.name()),
+        reason: e.reason.clone(),
+        message: e.message.clone(),
+        sched_ext_state: e.final_state.clone(),
+        exit_status: e.status.or(s.exit_code),
+        signal: e.signal,
+    })
 }
 
 /// Runs every scenario under the scheduler, kernel and topology of
@@ -332,7 +348,7 @@ fn run_all(
                 .snapshots
                 .iter()
                 .filter(|s| s.scenario == Some(i as u32))
-                .map(crate::boot::snapshot_json)
+                .cloned()
                 .collect();
             // The sink printed the others as they arrived; a lost
             // scheduler's kernel reason is only known now.
@@ -366,7 +382,7 @@ fn run_all(
                     "after this scenario's checks, when the scheduler was stopped: {}",
                     report.reason
                 );
-                last.sched_exit = sched_exit_json(&report);
+                last.sched_exit = sched_exit_of(&report);
                 last.revised = true;
                 observer.scenario_finished(last);
             }
@@ -395,7 +411,7 @@ fn run_all(
             );
             for s in batch[done..].iter().chain(pending.iter()) {
                 let mut o = error_outcome(s, why.clone(), vm);
-                o.sched_exit = sched_exit_json(&report);
+                o.sched_exit = sched_exit_of(&report);
                 observer.scenario_finished(&o);
                 outcomes.push(o);
             }
@@ -482,7 +498,7 @@ fn judge(
     let mut j = checks::judge(s, &r, &opts.env());
     let mut sched_exit = None;
     if r.sched_lost.is_some() {
-        sched_exit = sched_exit_json(report);
+        sched_exit = sched_exit_of(report);
         if report.verdict == schedrig_vmm::RunVerdict::Inconclusive {
             j.verdict = ScenarioVerdict::Inconclusive;
             j.reason = report.reason.clone();
@@ -527,7 +543,7 @@ fn vm_end_outcome(opts: &RunOptions, s: &Scenario, r: &RunReport, vm: u32) -> Ou
             reason: why,
         },
         result: None,
-        sched_exit: sched_exit_json(r),
+        sched_exit: sched_exit_of(r),
         duration: Duration::ZERO,
         vm,
         revised: false,

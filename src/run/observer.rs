@@ -90,7 +90,7 @@ impl schedrig_vmm::MachineObserver for Live<'_> {
             duration: Duration::from_millis(r.elapsed_ms),
             vm: self.vm,
             revised: false,
-            snapshots: snapshots.iter().map(crate::boot::snapshot_json).collect(),
+            snapshots: snapshots.to_vec(),
         };
         self.outer.scenario_finished(&o);
         self.outcomes[i] = Some(o);

@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::Outcome;
+#[cfg(test)]
+use schedrig_vmm::introspect::snapshot::Snapshot;
 
 /// Plot geometry (SVG user units).
 const LEFT: f64 = 70.0;
@@ -91,12 +93,12 @@ pub fn page(o: &Outcome, scheduler: &str) -> String {
             let _ = writeln!(
                 h,
                 "<li><b>{}</b> at {} ms, sched_ext {}, {} tasks{}</li>",
-                esc(s["tag"].as_str().unwrap_or("?")),
-                s["scenario_ms"].as_u64().unwrap_or(0),
-                esc(s["scx_state"].as_str().unwrap_or("?")),
-                s["tasks"].as_array().map_or(0, Vec::len),
-                s["cause"]
-                    .as_str()
+                esc(&s.tag),
+                s.scenario_ms.unwrap_or(0),
+                esc(s.scx_state),
+                s.tasks.len(),
+                s.cause
+                    .as_deref()
                     .map(|c| format!(": {}", esc(c)))
                     .unwrap_or_default()
             );
@@ -122,7 +124,7 @@ fn svg(o: &Outcome) -> String {
         .iter()
         .map(|s| s.at_ms)
         .chain(r.map(|r| r.elapsed_ms + offset))
-        .chain(o.snapshots.iter().filter_map(|s| s["scenario_ms"].as_u64()))
+        .chain(o.snapshots.iter().filter_map(|s| s.scenario_ms))
         .max()
         .unwrap_or(0)
         .max(1);
@@ -233,11 +235,11 @@ fn svg(o: &Outcome) -> String {
         );
     }
     for snap in &o.snapshots {
-        let Some(ms) = snap["scenario_ms"].as_u64() else {
+        let Some(ms) = snap.scenario_ms else {
             continue;
         };
         let at = x(ms);
-        let tag = esc(snap["tag"].as_str().unwrap_or("?"));
+        let tag = esc(&snap.tag);
         let _ = writeln!(
             s,
             "<g class=\"snapshot\"><path d=\"M{at:.1},{} l-5,-9 h10 z\" fill=\"#8250df\"/>\
@@ -303,7 +305,11 @@ mod tests {
             duration: std::time::Duration::from_secs(1),
             vm: 1,
             revised: false,
-            snapshots: vec![serde_json::json!({"tag": "before", "scenario_ms": 300, "tasks": []})],
+            snapshots: vec![Snapshot {
+                tag: "before".into(),
+                scenario_ms: Some(300),
+                ..Snapshot::default()
+            }],
         }
     }
 
