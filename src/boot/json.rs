@@ -95,7 +95,6 @@ mod tests {
     //! a change to what users parse (set `SCHEDRIG_BLESS=1` to rewrite
     //! them, and say why in the commit).
 
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use schedrig_vmm::arch::x86_64::regs::ApicPending;
@@ -109,40 +108,11 @@ mod tests {
     use schedrig_wire::{GuestTopology, KernAddrs, SchedExit, SchedOutcome};
 
     fn empty() -> RunReport {
-        RunReport {
-            verdict: RunVerdict::Timeout,
-            reason: "no SRDY within 120s".into(),
-            exit_code: None,
-            setup: None,
-            ready: None,
-            total: Duration::from_millis(120_004),
-            frames: BTreeMap::new(),
-            crc_errors: 0,
-            kern_addrs: None,
-            guest_topology: None,
-            lifecycle: Vec::new(),
-            lifecycle_dropped: 0,
-            guest_errors: BTreeMap::new(),
-            guest_errors_not_logged: 0,
-            bulk_tx_deferred: 0,
-            console_file: None,
-            console_tail: String::new(),
-            console: String::new(),
-            crash_text: String::new(),
-            hvc0: String::new(),
-            peak_rss_kib: None,
-            vmm_overhead_kib: None,
-            guest_huge_kib: None,
-            vcpus_at_stop: Vec::new(),
-            scheduler: Default::default(),
-            per_test_archive: None,
-            scenarios_started: 0,
-            scenario_results: Vec::new(),
-            scenario_results_dropped: 0,
-            monitor: None,
-            freezes: Vec::new(),
-            snapshots: Vec::new(),
-        }
+        RunReport::new(
+            RunVerdict::Timeout,
+            "no SRDY within 120s",
+            Duration::from_millis(120_004),
+        )
     }
 
     fn full() -> RunReport {

@@ -222,6 +222,45 @@ impl std::fmt::Display for StoppedVcpu {
 }
 
 impl RunReport {
+    /// A report with nothing observed yet: no frames, no scheduler, no
+    /// monitor (the start of a report, and of tests' fixtures).
+    pub fn new(verdict: RunVerdict, reason: impl Into<String>, total: Duration) -> Self {
+        RunReport {
+            verdict,
+            reason: reason.into(),
+            exit_code: None,
+            setup: None,
+            ready: None,
+            total,
+            frames: BTreeMap::new(),
+            crc_errors: 0,
+            kern_addrs: None,
+            guest_topology: None,
+            lifecycle: Vec::new(),
+            lifecycle_dropped: 0,
+            guest_errors: BTreeMap::new(),
+            guest_errors_not_logged: 0,
+            bulk_tx_deferred: 0,
+            console_file: None,
+            console_tail: String::new(),
+            console: String::new(),
+            crash_text: String::new(),
+            hvc0: String::new(),
+            peak_rss_kib: None,
+            vmm_overhead_kib: None,
+            guest_huge_kib: None,
+            vcpus_at_stop: Vec::new(),
+            scheduler: Default::default(),
+            per_test_archive: None,
+            scenarios_started: 0,
+            scenario_results: Vec::new(),
+            scenario_results_dropped: 0,
+            monitor: None,
+            freezes: Vec::new(),
+            snapshots: Vec::new(),
+        }
+    }
+
     /// True when the guest died before SRDY in one of the ways the
     /// emulated nested host (QEMU TCG emulating SVM) causes now and then:
     /// a triple fault, "Oops: int3" while the kernel patches its own text
@@ -242,40 +281,10 @@ mod tests {
     use super::*;
 
     fn report(verdict: RunVerdict, reason: &str, console: &str, frames: &[&str]) -> RunReport {
-        RunReport {
-            verdict,
-            reason: reason.into(),
-            exit_code: None,
-            setup: None,
-            ready: None,
-            total: Duration::from_secs(1),
-            frames: frames.iter().map(|f| (f.to_string(), 1)).collect(),
-            crc_errors: 0,
-            kern_addrs: None,
-            guest_topology: None,
-            lifecycle: Vec::new(),
-            lifecycle_dropped: 0,
-            guest_errors: BTreeMap::new(),
-            guest_errors_not_logged: 0,
-            console_file: None,
-            bulk_tx_deferred: 0,
-            console_tail: String::new(),
-            console: console.into(),
-            crash_text: String::new(),
-            hvc0: String::new(),
-            peak_rss_kib: None,
-            vmm_overhead_kib: None,
-            guest_huge_kib: None,
-            vcpus_at_stop: Vec::new(),
-            scheduler: Default::default(),
-            per_test_archive: None,
-            scenarios_started: 0,
-            scenario_results: Vec::new(),
-            scenario_results_dropped: 0,
-            monitor: None,
-            freezes: Vec::new(),
-            snapshots: Vec::new(),
-        }
+        let mut r = RunReport::new(verdict, reason, Duration::from_secs(1));
+        r.frames = frames.iter().map(|f| (f.to_string(), 1)).collect();
+        r.console = console.into();
+        r
     }
 
     #[test]
