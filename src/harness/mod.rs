@@ -641,8 +641,18 @@ fn run_vm(opts: &RunOptions, dir: &Path, cost: &mut Overhead) -> Result<Outcome,
         .cloned()
         .ok_or("the run reported no scenario")?;
     let json = crate::run::output::json(opts, &summary, &o);
-    std::fs::write(dir.join("result.json"), format!("{json}\n"))
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |name: String, text: &str| {
+        std::fs::write(dir.join(&name), text).map_err(|e| format!("{}/{name}: {e}", dir.display()))
+    };
+    write("result.json".into(), &format!("{json}\n"))?;
+    // Beside vm-N.log (the console): what the scheduler printed, and the
+    // kernel lines the guest forwarded (sched_ext's own among them).
+    for (n, logs) in (1..).zip(&summary.logs) {
+        if opts.scheduler.is_some() {
+            write(format!("vm-{n}-scheduler.log"), &logs.scheduler)?;
+        }
+        write(format!("vm-{n}-kernel.log"), &logs.kernel)?;
+    }
     crate::run::timeline::write(dir, 1, &o, &opts.scheduler_name())
         .map_err(|e| format!("{}: timeline: {e}", dir.display()))?;
     cost.artifacts += writing.elapsed();

@@ -235,6 +235,18 @@ pub struct RunSummary {
     pub wall: Duration,
     /// Each VM's times, in boot order.
     pub vms: Vec<VmTimes>,
+    /// Each VM's logs, in boot order.
+    pub logs: Vec<VmLogs>,
+}
+
+/// What a VM's scheduler and kernel said (bounded by the VMM).
+#[derive(Debug, Clone, Default)]
+pub struct VmLogs {
+    /// The scheduler's output, its newest `SCHED_LOG_KEEP` bytes; empty
+    /// under EEVDF.
+    pub scheduler: String,
+    /// Kernel log lines the guest forwarded (sched_ext's among them).
+    pub kernel: String,
 }
 
 impl RunOptions {
@@ -318,6 +330,7 @@ fn run_all(
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut boots = 0;
     let mut vms = Vec::new();
+    let mut logs = Vec::new();
     let mut idle_vms = 0;
     while !pending.is_empty() {
         let take = if opts.isolate { 1 } else { batch_len(&pending) };
@@ -326,6 +339,10 @@ fn run_all(
         let vm = boots;
         let (report, mut live) = boot_batch(opts, &batch, started, vm, observer)?;
         vms.push(VmTimes::of(&report));
+        logs.push(VmLogs {
+            scheduler: report.scheduler.log.clone(),
+            kernel: report.scheduler.kmsg.clone(),
+        });
         tracing::debug!(
             vm,
             threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count()),
@@ -461,6 +478,7 @@ fn run_all(
         boots,
         wall: started.elapsed(),
         vms,
+        logs,
     })
 }
 
