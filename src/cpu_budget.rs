@@ -44,6 +44,24 @@ pub fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// Raises (or lowers) the budget from the host's CPU count: more vCPUs
+/// at once than CPUs only when asked for.
+pub const SLOTS_ENV: &str = "SCHEDRIG_CPU_BUDGET";
+
+/// How many vCPUs may run at once across test processes: the host's
+/// CPUs, or [`SLOTS_ENV`] when set (a whole number above 0).
+pub fn slots() -> Result<usize, String> {
+    match std::env::var(SLOTS_ENV) {
+        Err(_) => Ok(host_cpus()),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=4096).contains(&n))
+            .ok_or_else(|| format!("{SLOTS_ENV}={v:?}: a whole number of vCPUs from 1 to 4096")),
+    }
+}
+
 /// Takes `want` of the `total` slots in `dir` (all of them if `want` is
 /// more), waiting at most `wait`; `on_wait` is called once if it must.
 pub fn take(
@@ -108,5 +126,20 @@ mod tests {
         drop(b);
         let all = take(d.path(), 9, 4, Duration::ZERO, || {}).unwrap();
         assert_eq!(all._files.len(), 4);
+    }
+
+    #[test]
+    fn the_budget_is_the_hosts_cpus_unless_set() {
+        // One test touches the variable: tests run in threads.
+        std::env::remove_var(SLOTS_ENV);
+        assert_eq!(slots(), Ok(host_cpus()));
+        std::env::set_var(SLOTS_ENV, "8");
+        assert_eq!(slots(), Ok(8));
+        for bad in ["0", "-1", "lots", "5000"] {
+            std::env::set_var(SLOTS_ENV, bad);
+            let e = slots().unwrap_err();
+            assert!(e.contains(SLOTS_ENV) && e.contains(bad), "{e}");
+        }
+        std::env::remove_var(SLOTS_ENV);
     }
 }

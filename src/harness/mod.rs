@@ -417,6 +417,11 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Checked once here, before anything runs (each test reads it again).
+    if let Err(e) = crate::cpu_budget::slots() {
+        eprintln!("schedrig tests: {e}");
+        return ExitCode::from(2);
+    }
     let mut args = Arguments::from_iter(rest);
     let root = artifact_root();
     // The host's CPUs, before the emulated host pins this process to one.
@@ -553,7 +558,7 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     let _cpus = crate::cpu_budget::take(
         &crate::cpu_budget::dir(),
         opts.topology.vcpus() as usize,
-        crate::cpu_budget::host_cpus(),
+        crate::cpu_budget::slots().unwrap_or_else(|_| crate::cpu_budget::host_cpus()),
         crate::cpu_budget::WAIT_MAX,
         || {
             eprintln!(

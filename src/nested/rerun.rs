@@ -65,7 +65,8 @@ pub fn rerun_self(
     // One nested test host at a time on this machine: each takes every
     // CPU, and two at once are many times slower than one after the other
     // (cargo-nextest starts a process per test, each of which nests).
-    let cpus = crate::cpu_budget::host_cpus();
+    // Every slot (the budget may be set above the host's CPUs).
+    let cpus = crate::cpu_budget::slots().unwrap_or_else(|_| crate::cpu_budget::host_cpus());
     let _held = match crate::cpu_budget::take(
         &crate::cpu_budget::dir(),
         cpus,
