@@ -45,6 +45,17 @@ pub use gauntlet::Gauntlet;
 
 use crate::run::{Outcome, RunOptions};
 
+/// One line to stderr in one write: stderr is unbuffered, so
+/// `eprintln!` writes a line in pieces, which interleave with libtest's
+/// own lines on a shared pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
+
 /// Where a scenario comes from.
 #[derive(Debug, Clone)]
 enum Source {
@@ -322,7 +333,7 @@ fn choose_within(tests: &[SchedTest], budget: Duration, host_cpus: usize) -> Vec
     );
     let names: Vec<String> = pick.iter().map(|&i| cases[i].0.name()).collect();
     let secs: f64 = pick.iter().map(|&i| cases[i].2).sum();
-    eprintln!(
+    say!(
         "schedrig tests: gauntlet budget {}s: {} of {} cases that fit this host, about {secs:.0}s: {}",
         budget.as_secs(),
         names.len(),
@@ -407,19 +418,19 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     let (budget, rest) = match take_budget(argv) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("schedrig tests: {e}");
+            say!("schedrig tests: {e}");
             return ExitCode::from(2);
         }
     };
     if let Some(name) = first_duplicate(&tests) {
-        eprintln!(
+        say!(
             "schedrig tests: two tests are named {name:?} (their artifacts would collide): give one of them .named(...)"
         );
         return ExitCode::from(2);
     }
     // Checked once here, before anything runs (each test reads it again).
     if let Err(e) = crate::cpu_budget::slots() {
-        eprintln!("schedrig tests: {e}");
+        say!("schedrig tests: {e}");
         return ExitCode::from(2);
     }
     let mut args = Arguments::from_iter(rest);
@@ -429,7 +440,7 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     if let crate::nested::KvmMode::Nested(reason) = crate::nested::kvm_mode() {
         if !args.list {
             if let Err(e) = std::fs::create_dir_all(&root) {
-                eprintln!("schedrig tests: cannot create {}: {e}", root.display());
+                say!("schedrig tests: cannot create {}: {e}", root.display());
                 return ExitCode::FAILURE;
             }
             // rerun_self takes every CPU of the shared budget for it.
@@ -457,7 +468,7 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
             Trial::test(t.name(), move || match skip {
                 Some(why) => {
                     SKIPPED.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("schedrig tests: SKIP {}: {why}", t.name());
+                    say!("schedrig tests: SKIP {}: {why}", t.name());
                     Ok(())
                 }
                 None => run_one(&t, &root),
@@ -468,7 +479,7 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     let conclusion = libtest_mimic::run(&args, trials);
     if !args.list {
         let skipped = SKIPPED.load(Ordering::Relaxed);
-        eprintln!(
+        say!(
             "schedrig tests: {} passed ({skipped} of them skipped, each with its SKIP line above), {} failed ({} of them inconclusive: the host's doing, not the scheduler's), {} ignored; {} retried in a fresh VM after an inconclusive run; artifacts in {}",
             conclusion.num_passed,
             conclusion.num_failed,
@@ -486,7 +497,7 @@ const NESTED_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 fn btf_query(args: &[String]) -> ExitCode {
     let Some((vmlinux, queries)) = args.split_first() else {
-        eprintln!("btf-query: VMLINUX QUERY...");
+        say!("btf-query: VMLINUX QUERY...");
         return ExitCode::FAILURE;
     };
     match schedrig_vmm::introspect::btf::answer_queries(Path::new(vmlinux), queries) {
@@ -495,7 +506,7 @@ fn btf_query(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("btf-query: {e}");
+            say!("btf-query: {e}");
             ExitCode::FAILURE
         }
     }
@@ -561,7 +572,7 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
         crate::cpu_budget::slots().unwrap_or_else(|_| crate::cpu_budget::host_cpus()),
         crate::cpu_budget::WAIT_MAX,
         || {
-            eprintln!(
+            say!(
                 "schedrig tests: {name} waits for {} CPUs",
                 opts.topology.vcpus()
             )
@@ -576,7 +587,7 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
         if !inconclusive || attempt == 2 {
             break o;
         }
-        eprintln!(
+        say!(
             "schedrig tests: RETRY {name} in a fresh VM: inconclusive ({})",
             o.judgement.reason
         );
@@ -585,7 +596,7 @@ fn run_one(t: &SchedTest, root: &Path) -> Result<(), Failed> {
     };
     let verdict = expect::judge(&t.expect, &outcome);
     // The harness's own cost (scripts/bench-harness takes the medians).
-    eprintln!("schedrig tests: {name}: {cost}");
+    say!("schedrig tests: {name}: {cost}");
     match verdict {
         Ok(()) => Ok(()),
         Err(why) => {
