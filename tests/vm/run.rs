@@ -615,7 +615,7 @@ fn run_scx_unfair() -> Result<(), Failed> {
             "--scheduler",
             "scx_unfair",
             "--sched-args",
-            "-v starved0:5000 -v gappy0:4500 -v unfair0:200",
+            "-v starved0:5000 -v gappy0:4500 -v unfair0:200 -v busy0:20000",
             "--topology",
             "1n1l1c1t",
             "--scenario",
@@ -707,7 +707,7 @@ fn run_scx_unfair() -> Result<(), Failed> {
     );
     r.expect_verdict("starved_busy_host", "inconclusive")?;
     r.check(
-        names(r.check_of("starved_busy_host", "starvation")?, "starved/0"),
+        names(r.check_of("starved_busy_host", "starvation")?, "busy/0"),
         "the starvation is still shown",
     )?;
     r.check(
@@ -715,6 +715,15 @@ fn run_scx_unfair() -> Result<(), Failed> {
             .as_str()
             .is_some_and(|t| t.contains("steal")),
         "the reason names the steal",
+    )?;
+    // busy/0 is held 20 s: only the fixture's letting a killed victim go
+    // ends the scenario before the guest's 10 s stop deadline.
+    let teardown = r.get("starved_busy_host")?["teardown_ms"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    r.check(
+        teardown < 10_000,
+        &format!("the killed victim was let go (teardown {teardown} ms)"),
     )
 }
 
