@@ -17,17 +17,28 @@ use libtest_mimic::{Arguments, Failed, Trial};
 static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static NOTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// One line to stderr in one write: `eprintln!` writes a formatted line
+/// in pieces, and the other test threads' and libtest's output fell
+/// between them ("vm tests: ok").
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($t)*));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
+
 macro_rules! retry_line {
     ($($t:tt)*) => {{
         crate::RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        eprintln!($($t)*);
+        say!($($t)*);
     }};
 }
 
 macro_rules! note_line {
     ($($t:tt)*) => {{
         crate::NOTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        eprintln!($($t)*);
+        say!($($t)*);
     }};
 }
 
@@ -73,7 +84,7 @@ fn main() -> ExitCode {
         RETRIES.load(std::sync::atomic::Ordering::Relaxed),
         NOTES.load(std::sync::atomic::Ordering::Relaxed),
     );
-    eprintln!(
+    say!(
         "vm tests: {retries} RETRY and {notes} NOTE this run{}",
         if retries + notes > 0 {
             " (each printed above with its cause)"
@@ -107,6 +118,9 @@ use schedrig_wire::SchedOutcome;
 /// The inner VM boots under emulation here: generous deadlines.
 const BOOT_DEADLINE: Duration = Duration::from_secs(150);
 const RUN_DEADLINE: Duration = Duration::from_secs(240);
+/// The deadline the two deadline tests wait out (SRDY never sent; the
+/// run never ends): six boots' worth here.
+const HANG_DEADLINE_S: u64 = 30;
 
 fn boot_tests() -> Vec<Trial> {
     let mut t = vec![
@@ -195,7 +209,9 @@ fn boot_tests() -> Vec<Trial> {
         vm_test("watchdog_ends_a_guest_that_never_sends_srdy", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Hang;
-            o.boot_timeout = Duration::from_secs(90);
+            // Six times a boot here (about 5 s): long enough for LIFE,
+            // short enough not to be the suite's longest wait (it was 90).
+            o.boot_timeout = Duration::from_secs(HANG_DEADLINE_S);
             let r = run(o)?;
             expect(r.verdict == RunVerdict::Timeout, &r, "verdict timeout")?;
             expect(r.reason.contains("SRDY"), &r, "the reason names SRDY")?;
@@ -214,7 +230,7 @@ fn boot_tests() -> Vec<Trial> {
                 "the stopped vCPU's rip in the kernel, named",
             )?;
             expect(
-                r.total < Duration::from_secs(90 + 15),
+                r.total < Duration::from_secs(HANG_DEADLINE_S + 15),
                 &r,
                 "ended near its deadline",
             )
@@ -256,9 +272,8 @@ fn boot_tests() -> Vec<Trial> {
         vm_test("run_deadline_ends_a_guest_that_never_ends", || {
             let mut o = opts("1n1l1c1t", None);
             o.mode = GuestMode::Stall;
-            // Well past a boot here (about 5 s), and a minute less than
-            // it was: the suite's slowest plain boot test.
-            o.timeout = Duration::from_secs(60);
+            // Well past a boot here (about 5 s); it was 120, then 60.
+            o.timeout = Duration::from_secs(HANG_DEADLINE_S);
             let r = run(o)?;
             expect(r.verdict == RunVerdict::Timeout, &r, "verdict timeout")?;
             expect(r.ready.is_some(), &r, "SRDY arrived first")?;
@@ -268,7 +283,7 @@ fn boot_tests() -> Vec<Trial> {
                 "the reason names the run deadline",
             )?;
             expect(
-                r.total < Duration::from_secs(60 + 15),
+                r.total < Duration::from_secs(HANG_DEADLINE_S + 15),
                 &r,
                 "ended near its deadline",
             )
@@ -885,9 +900,11 @@ fn selftest_unfinished() -> Result<(), Failed> {
         .collect();
     let streamed = lines.iter().filter(|l| l["event"] == "test").count();
     let j = lines.last().cloned().unwrap_or_default();
-    eprintln!(
+    say!(
         "vm tests: selftest cut at 120 s: {streamed} streamed, summary finished {} verdict {} ({})",
-        j["finished"], j["verdict"], j["reason"]
+        j["finished"],
+        j["verdict"],
+        j["reason"]
     );
     if j["event"] == "summary"
         && j["finished"] == false
@@ -934,9 +951,11 @@ fn selftest_check(filter: Option<&str>, want: usize) -> Result<(), Failed> {
     let streamed = lines.iter().filter(|l| l["event"] == "test").count();
     let tests = j["tests"].as_array().map_or(0, Vec::len);
     let passed = j["passed"].as_u64().unwrap_or(0) as usize;
-    eprintln!(
+    say!(
         "vm tests: selftest {filter:?}: {passed}/{tests} passed, {} failed, {} skipped, {} ms",
-        j["failed"], j["skipped"], j["total_ms"]
+        j["failed"],
+        j["skipped"],
+        j["total_ms"]
     );
     if tests == want
         && passed == want
@@ -1074,7 +1093,7 @@ fn hostile_common(h: &Hostile) -> Result<(), Failed> {
             "VMM memory beyond guest RAM under {HOSTILE_OVERHEAD_MAX_KIB} KiB (got {overhead} KiB)"
         ),
     )?;
-    eprintln!(
+    say!(
         "vm tests: hostile {}: vmm_overhead_kib {overhead}, peak_rss_kib {}, {} stderr lines, {:.1} s, frames {}, guest_errors {}, guest: {}",
         h.mode,
         h.json["peak_rss_kib"],

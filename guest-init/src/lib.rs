@@ -20,6 +20,7 @@ pub mod kmsg;
 pub mod load;
 pub mod modes;
 pub mod mount;
+pub mod nudge;
 pub mod outputs;
 pub mod ports;
 pub mod power;

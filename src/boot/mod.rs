@@ -263,7 +263,6 @@ pub fn boot_observed(
         scenario_timeout: opts.scenario_timeout,
         btf_helper: btf_helper(),
         introspect_cache: Some(kernel::cache::cache_root().join("introspect")),
-        nudge: crate::nested::rerun::in_emulated_host(),
     };
     let mut report = schedrig_vmm::run(&config, started, observer)?;
     report.per_test_archive = Some(prep);

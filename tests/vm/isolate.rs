@@ -61,7 +61,7 @@ fn write_report(path: &Path, r: &Result<(), Failed>) {
         Err(e) => format!("failed\n{}", e.message().unwrap_or("(no message)")),
     };
     if let Err(e) = std::fs::write(path, counts + &outcome) {
-        eprintln!(
+        say!(
             "vm tests: cannot write the result to {}: {e}",
             path.display()
         );
@@ -74,7 +74,7 @@ fn in_child(name: &str) -> Result<(), Failed> {
     let started = std::time::Instant::now();
     let r = in_child_retried(name);
     // The suite's time budget is spent test by test: say where.
-    eprintln!(
+    say!(
         "vm tests: {name} took {:.1} s",
         started.elapsed().as_secs_f64()
     );

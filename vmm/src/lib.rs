@@ -20,7 +20,6 @@ pub mod machine;
 pub mod memory;
 pub mod metrics;
 pub mod monitor;
-pub mod nudge;
 pub mod observer;
 pub mod pause;
 pub mod report;

@@ -174,10 +174,6 @@ pub struct MachineConfig {
     /// The scenario watchdog: a scenario (SCST to SCEN, less its SCPP to
     /// SCRR pauses) that takes longer ends the run as a timeout.
     pub scenario_timeout: Option<Duration>,
-    /// Interrupt this process's CPUs from another CPU now and then, for
-    /// the emulated nested test host's lost timer interrupts (`nudge`);
-    /// never on hardware KVM.
-    pub nudge: bool,
 }
 
 /// `count` freezes of `hold` each, 100 ms apart, from 1 s after the
@@ -215,14 +211,6 @@ pub fn run(
     crate::heap::reset_peak();
     let m: Machine = builder::build(config, started)?;
     let (shared, transport, logs) = (m.shared, m.transport, m.logs);
-    // Lives as long as the run: dropped (and joined) on every return.
-    let _nudger = config.nudge.then(|| match crate::nudge::Nudger::start() {
-        Ok(n) => Some(n),
-        Err(e) => {
-            tracing::warn!(error = %e, "not nudging the emulated host's CPUs");
-            None
-        }
-    });
 
     // The device thread starts before the vCPUs (the guest busy-waits on
     // console buffers) and after every fallible set-up step.

@@ -4,7 +4,9 @@
 //! the KVM and 9p modules, proves /dev/kvm works, mounts the host's root
 //! read-only over 9p (plus the writable shares), chroots into it, runs
 //! the job's command with its stdout/stderr on two virtio-console ports,
-//! reports the exit status on a third, and powers off.
+//! reports the exit status on a third, and powers off. While the command
+//! runs, one thread per CPU interrupts the others now and then, for the
+//! emulator's lost timer interrupts (`nudge`).
 //!
 //! The job comes from files the host put in the initramfs under /job:
 //! `argv` and `env` (NUL-separated), `cwd`, `modules` (one path per
@@ -24,7 +26,7 @@ use nix::mount::MsFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, ForkResult, Pid};
 
-use schedrig_guest_init::{mount::mount_basics, mount::mount_fs, ports, power::power_off};
+use schedrig_guest_init::{mount::mount_basics, mount::mount_fs, nudge, ports, power::power_off};
 
 const STDOUT_PORT: &str = "schedrig.stdout";
 const STDERR_PORT: &str = "schedrig.stderr";
@@ -102,7 +104,17 @@ fn run() -> Result<String, String> {
     // before exec.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => exec_command(&argv, &env, &cwd, stdout, stderr),
-        ForkResult::Parent { child } => Ok(reap(child)),
+        ForkResult::Parent { child } => {
+            // For as long as the command runs: see nudge.rs. Without it
+            // a lost timer interrupt can stop this host for minutes, so
+            // a failure is said on the console, not hidden.
+            if let Err(e) = nudge::online_cpus().and_then(|c| nudge::start(&c)) {
+                let line = format!("schedrig-nested-init: not nudging the CPUs: {e}");
+                eprintln!("{line}");
+                let _ = writeln!(&stderr, "{line}");
+            }
+            Ok(reap(child))
+        }
     }
 }
 

@@ -1,0 +1,210 @@
+//! The nested test host's workaround for its emulator's lost timer
+//! interrupts: run by `schedrig-nested-init` for the host's whole life.
+//!
+//! The defect (QEMU 7.2 TCG, Debian bookworm; seen 2026-12-07, see
+//! docs/testing.md, "The nested host's freezes"): a nested-host CPU can
+//! hold its own local timer interrupt in its APIC's IRR (vector 0xec,
+//! PPR 0x10, so deliverable) while QEMU never raises it to that CPU.
+//! Whatever runs there then keeps the CPU: a vCPU of ours spinning on a
+//! lock whose holder is another vCPU thread on the same CPU (27 minutes
+//! once), or a VM test's CPU hog in user mode (5 minutes once). Any
+//! interrupt sent from another CPU makes QEMU look at that APIC again and
+//! deliver, as raising the request an IPI raises did, from a debugger.
+//!
+//! So one thread per CPU, pinned there, interrupts every other CPU each
+//! [`NUDGE_PERIOD`]: it enables and disables a CPU-wide perf software
+//! event of that CPU, which the kernel does with a function-call IPI to
+//! it (`event_function_call`), whatever runs there. (The first version,
+//! an expedited membarrier from the VMM, reached only the CPUs running
+//! the VMM's threads: not the hog.) Each costs two interrupts per CPU per
+//! period; on hardware KVM nothing is nested and none of this runs.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use perf_event_open_sys as perf;
+
+/// How often each CPU is interrupted by each other one.
+pub const NUDGE_PERIOD: Duration = Duration::from_millis(100);
+
+/// Starts one nudging thread on each of `cpus` (never joined: they run
+/// until power-off). Returns the rounds sent by all of them so far, or
+/// what failed first; with fewer than two CPUs there is nothing to do.
+pub fn start(cpus: &[usize]) -> Result<Arc<AtomicU64>, String> {
+    let sent = Arc::new(AtomicU64::new(0));
+    if cpus.len() < 2 {
+        return Ok(sent);
+    }
+    for &me in cpus {
+        let others: Vec<usize> = cpus.iter().copied().filter(|&c| c != me).collect();
+        let fds = others
+            .iter()
+            .map(|&c| event_on(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = sent.clone();
+        std::thread::Builder::new()
+            .name(format!("nudge{me}"))
+            .spawn(move || {
+                if let Err(e) = pin(me) {
+                    eprintln!("schedrig-nested-init: nudge: {e}; CPU {me} nudges no one");
+                    return;
+                }
+                loop {
+                    if let Err(e) = nudge(&fds) {
+                        eprintln!("schedrig-nested-init: nudge from CPU {me}: {e}; stopped");
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(NUDGE_PERIOD);
+                }
+            })
+            .map_err(|e| format!("spawn a nudge thread: {e}"))?;
+    }
+    Ok(sent)
+}
+
+/// The online CPUs (/sys/devices/system/cpu/online, e.g. `0-1`).
+pub fn online_cpus() -> Result<Vec<usize>, String> {
+    let p = "/sys/devices/system/cpu/online";
+    let text = std::fs::read_to_string(p).map_err(|e| format!("read {p}: {e}"))?;
+    parse_cpu_list(text.trim()).ok_or_else(|| format!("{p}: cannot parse {text:?}"))
+}
+
+/// A kernel CPU list (`0-3,5`), CPUs below CPU_SETSIZE only (so each
+/// fits a `cpu_set_t`).
+fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (a, b): (usize, usize) = match part.split_once('-') {
+            Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+            None => {
+                let a = part.parse().ok()?;
+                (a, a)
+            }
+        };
+        if a > b || b >= libc::CPU_SETSIZE as usize {
+            return None;
+        }
+        cpus.extend(a..=b);
+    }
+    Some(cpus)
+}
+
+/// One round: an interrupt to each CPU of `fds`.
+fn nudge(fds: &[OwnedFd]) -> Result<(), String> {
+    for fd in fds {
+        // SAFETY: `fd` is an open perf event of ours; ENABLE and DISABLE
+        // take no pointer. Each is a call on the event's CPU: an IPI.
+        let rc = unsafe {
+            let a = perf::ioctls::ENABLE(fd.as_raw_fd(), 0);
+            let b = perf::ioctls::DISABLE(fd.as_raw_fd(), 0);
+            a.min(b)
+        };
+        if rc < 0 {
+            return Err(format!(
+                "perf event ioctl: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A disabled CPU-wide software event on `cpu`.
+fn event_on(cpu: usize) -> Result<OwnedFd, String> {
+    let mut attr = perf::bindings::perf_event_attr {
+        type_: perf::bindings::PERF_TYPE_SOFTWARE,
+        size: std::mem::size_of::<perf::bindings::perf_event_attr>() as u32,
+        config: perf::bindings::PERF_COUNT_SW_DUMMY as u64,
+        ..Default::default()
+    };
+    attr.set_disabled(1);
+    // SAFETY: `attr` is a fully initialised attribute block of the size
+    // it declares; the call reads it and returns a new fd.
+    let fd = unsafe {
+        perf::perf_event_open(
+            &mut attr,
+            -1,
+            cpu as libc::c_int,
+            -1,
+            perf::bindings::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "perf_event_open on CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) -> Result<(), String> {
+    // SAFETY: cpu_set_t is plain data (all-zero is the empty set); `cpu`
+    // comes from `parse_cpu_list`, so below CPU_SETSIZE; the call reads
+    // the set.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(format!(
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-1"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0-2,5"), Some(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("0-99999"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    /// Function-call interrupts CPU `cpu` has taken (/proc/interrupts).
+    fn calls_on(cpu: usize) -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/interrupts").ok()?;
+        let line = text.lines().find(|l| l.trim_start().starts_with("CAL:"))?;
+        line.split_whitespace().nth(1 + cpu)?.parse().ok()
+    }
+
+    #[test]
+    fn nudgers_interrupt_the_other_cpus() {
+        // CPU-wide perf events need root (as PID 1 of the nested host
+        // is, and CI); elsewhere the first open says so.
+        let cpus = online_cpus().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if cpus.len() < 2 || unsafe { libc::geteuid() } != 0 {
+            assert!(cpus.len() < 2 || start(&cpus).is_err());
+            return;
+        }
+        let before = calls_on(cpus[0]);
+        let sent = start(&cpus).unwrap();
+        std::thread::sleep(NUDGE_PERIOD * 3);
+        let n = sent.load(Ordering::Relaxed);
+        assert!(n >= 2 * cpus.len() as u64, "{n} rounds in three periods");
+        // Each round of the other CPUs' threads is two calls on CPU 0:
+        // at least the rounds of one of them.
+        if let (Some(a), Some(b)) = (before, calls_on(cpus[0])) {
+            assert!(
+                b - a >= n / cpus.len() as u64,
+                "{} calls for {n} rounds",
+                b - a
+            );
+        }
+    }
+}
