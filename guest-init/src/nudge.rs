@@ -21,8 +21,9 @@
 //! every CPU, so that the last one was nudged too, therefore spun on the
 //! vCPUs' CPU 0 as well; its one clean-clone run saw a 3.7 s steal in a
 //! scenario with no hog, which failed the scx_unfair test. The VM tests
-//! pin every vCPU to CPU 0 (`nested::pin`), so the last CPU runs only
-//! the harness: finite work that cannot hold it forever. Each nudge
+//! and all they start are pinned to CPU 0
+//! (`schedrig::nested::rerun::pin_to_first_cpu`), so the last CPU runs
+//! little but the nudger. Each nudge
 //! costs two interrupts per other CPU per period; on hardware KVM nothing
 //! is nested and none of this runs.
 
