@@ -1017,11 +1017,44 @@ impl Hostile {
             o.remove("guest_topology");
             o.remove("lifecycle");
         }
+        shorten_task_lists(&mut j);
+        // CI shows a failure's tail only: what was expected comes last too.
+        let causes: Vec<String> = j["snapshots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("{} ({})", s["tag"], s["cause"]))
+            .collect();
         Err(format!(
-            "expected {what}; got {j:#}\n--- stderr ---\n{}",
-            self.stderr
+            "expected {what}; got {j:#}\n--- stderr ---\n{}\n--- {}: verdict {} ({}); monitor stalls {}; snapshots {}\n--- {}: expected {what}",
+            self.stderr,
+            self.mode,
+            j["verdict"],
+            j["reason"],
+            j["monitor"]["stalls"],
+            causes.join("; "),
+            self.mode
         )
         .into())
+    }
+}
+
+/// A snapshot's task list (every task in the guest) buries the rest of a
+/// failure's report: keep its length and the tasks that were runnable.
+fn shorten_task_lists(j: &mut serde_json::Value) {
+    let Some(snaps) = j["snapshots"].as_array_mut() else {
+        return;
+    };
+    for s in snaps {
+        let Some(tasks) = s["tasks"].as_array() else {
+            continue;
+        };
+        let runnable: Vec<String> = tasks
+            .iter()
+            .filter(|t| t["state"] == "R")
+            .map(|t| format!("{} {} on CPU {} ({})", t["pid"], t["comm"], t["cpu"], t["class"]))
+            .collect();
+        s["tasks"] = serde_json::json!({ "count": tasks.len(), "runnable": runnable });
     }
 }
 
@@ -1485,7 +1518,7 @@ fn expect(ok: bool, r: &RunReport, what: &str) -> Result<(), Failed> {
         return Ok(());
     }
     Err(format!(
-        "expected {what}; got verdict {} ({}), exit {:?}, frames {:?}\n{}--- console tail ---\n{}\n--- COM2 ---\n{}",
+        "expected {what}; got verdict {} ({}), exit {:?}, frames {:?}\n{}--- console tail ---\n{}\n--- COM2 ---\n{}\n--- expected {what}",
         r.verdict.as_str(),
         r.reason,
         r.exit_code,

@@ -209,6 +209,7 @@ mod tests {
             vcpu: Some(ThreadTimes {
                 cpu_ns: 5,
                 wait_ns: 6,
+                state: Some('S'),
             }),
         };
         r.monitor = Some(MonitorReport {

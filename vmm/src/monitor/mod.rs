@@ -371,22 +371,40 @@ fn exit_kind(view: &KernelView) -> i32 {
 }
 
 /// A thread's host CPU time and run-queue wait from
-/// /proc/self/task/TID/schedstat ("cpu_ns wait_ns timeslices").
+/// /proc/self/task/TID/schedstat ("cpu_ns wait_ns timeslices"), and its
+/// state letter from /proc/self/task/TID/stat.
 pub fn thread_times(tid: i32) -> Option<ThreadTimes> {
     if tid <= 0 {
         return None;
     }
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     let mut it = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let (cpu_ns, wait_ns) = (it.next()??, it.next()??);
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
     Some(ThreadTimes {
-        cpu_ns: it.next()??,
-        wait_ns: it.next()??,
+        cpu_ns,
+        wait_ns,
+        state: stat_state(&stat),
     })
+}
+
+/// The state letter of a /proc stat line: the field after the command,
+/// which is in parentheses and may itself hold spaces and parentheses.
+fn stat_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stat_lines_state_follows_the_last_parenthesis() {
+        assert_eq!(stat_state("42 (vcpu 1) D 1 2 3"), Some('D'));
+        assert_eq!(stat_state("42 (a) b) R 1"), Some('R'));
+        assert_eq!(stat_state("42 (x)"), None);
+        assert_eq!(stat_state(""), None);
+    }
 
     #[test]
     fn this_threads_host_times_are_read() {
@@ -408,6 +426,7 @@ mod tests {
         while cpu_ns() < start + 30_000_000 && spin.elapsed() < Duration::from_secs(10) {}
         let b = thread_times(tid).unwrap();
         assert!(b.cpu_ns >= a.cpu_ns + 10_000_000, "{a:?} -> {b:?}");
+        assert_eq!(b.state, Some('R'), "this thread, running: {b:?}");
         assert_eq!(thread_times(0), None);
         assert_eq!(thread_times(i32::MAX), None);
     }
