@@ -261,10 +261,15 @@ impl SchedState {
     }
 }
 
-/// The stall's length from the kernel's message ("comm[pid] failed to
-/// run for 5.005s").
+/// The stall's length from the kernel's message: a task's ("comm[pid]
+/// failed to run for 5.005s") or sched_ext's own watchdog work's, not
+/// run at all ("watchdog failed to check in for 5.001s"; both
+/// kernel/sched/ext.c, 6.12).
 pub fn stall_ms(message: &str) -> Option<u64> {
-    let (_, rest) = message.rsplit_once("failed to run for ")?;
+    let rest = ["failed to run for ", "failed to check in for "]
+        .iter()
+        .find_map(|m| message.rsplit_once(m))?
+        .1;
     let secs: f64 = rest.trim().trim_end_matches('s').parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then_some((secs * 1000.0) as u64)
 }
@@ -379,6 +384,25 @@ mod tests {
             RunVerdict::SchedStall
         );
         assert_eq!(stall_ms("init[1] failed to run for 5.005s"), Some(5005));
+        // Seen in the nested test host (2026-12-07): scx_qmap (5 s
+        // watchdog) with 3.9 s of steal, judged sched_stall before this.
+        assert_eq!(
+            stall_ms("watchdog failed to check in for 5.001s"),
+            Some(5001)
+        );
+        let mut unchecked = detached(
+            SchedExitKind::ErrorStall,
+            "runnable task stall",
+            "watchdog failed to check in for 5.001s",
+        );
+        unchecked.steal_ms = vec![3900, 100];
+        let (v, why) = judged(Some("scx_qmap"), Some(unchecked.clone())).unwrap();
+        assert_eq!(v, RunVerdict::Inconclusive, "{why}");
+        unchecked.steal_ms = vec![1000, 100];
+        assert_eq!(
+            judged(Some("q"), Some(unchecked)).unwrap().0,
+            RunVerdict::SchedStall
+        );
         assert_eq!(stall_ms("nothing"), None);
         let err = detached(SchedExitKind::ErrorBpf, "scx_bpf_error", "boom");
         assert_eq!(
