@@ -367,7 +367,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("schedrig: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(crate::exit_status::of_error(&e))
         }
     }
 }
@@ -401,7 +401,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", dir.display());
         }
         Command::Kernel(KernelCommand::Resolve { kernel, json }) => {
-            let r = kernel::resolve(&kernel.request())?;
+            let r = kernel::resolve(&kernel.request())
+                .map_err(|e| crate::exit_status::refused(e.into()))?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -416,16 +417,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nested(a) => return run_nested(a),
         Command::Boot(a) => return run_boot(a),
         Command::Run(a) => return run_scenarios(a),
-        Command::Scenarios(a) => return list_scenarios(a),
+        // Commands that start no VM: any error is in what was given.
+        Command::Scenarios(a) => return list_scenarios(a).map_err(crate::exit_status::refused),
         Command::BtfQuery { vmlinux, queries } => {
             print!(
                 "{}",
-                schedrig_vmm::introspect::btf::answer_queries(&vmlinux, &queries)?
+                schedrig_vmm::introspect::btf::answer_queries(&vmlinux, &queries)
+                    .map_err(|e| crate::exit_status::refused(e.into()))?
             );
         }
         Command::Selftest(a) => {
             if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
-                anyhow::ensure!(a.timeout > 90, "--timeout must be above 90 seconds");
+                if a.timeout <= 90 {
+                    return Err(crate::exit_status::refused(anyhow::anyhow!(
+                        "--timeout must be above 90 seconds"
+                    )));
+                }
                 return Ok(crate::nested::rerun::rerun_self(
                     "schedrig selftest",
                     &why,
@@ -527,13 +534,16 @@ fn process_start() -> std::time::Instant {
 /// When the process started: the CLI's "VMM start" for set-up figures.
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
-fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
-    let started = *PROCESS_START.get_or_init(std::time::Instant::now);
+/// `schedrig boot`'s options from its flags, checked before any VM:
+/// the options, the files the VM will read, the scheduler's arguments.
+fn boot_options(
+    a: &BootArgs,
+) -> anyhow::Result<(crate::boot::BootOptions, Vec<PathBuf>, Vec<String>)> {
     anyhow::ensure!(
         a.timeout > 0 && a.boot_timeout > 0,
         "timeouts must be at least 1 second"
     );
-    let job = boot_job(&a)?;
+    let job = boot_job(a)?;
     let args = job.as_ref().map(|j| j.args.clone()).unwrap_or_default();
     let opts = crate::boot::BootOptions {
         job,
@@ -541,16 +551,22 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
         topology: a.topology,
         memory_mib: a.memory,
         mode: a.guest_mode,
-        append: a.append,
+        append: a.append.clone(),
         boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
         timeout: std::time::Duration::from_secs(a.timeout),
-        console_file: a.console_log,
+        console_file: a.console_log.clone(),
         huge_pages: !a.small_pages,
         freeze_test: a.freeze_test,
         scenario_timeout: None,
         initrd: a.initrd.clone(),
     };
     let reads = crate::boot::check_before_vm(&opts)?;
+    Ok((opts, reads, args))
+}
+
+fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
+    let started = *PROCESS_START.get_or_init(std::time::Instant::now);
+    let (opts, reads, args) = boot_options(&a).map_err(crate::exit_status::refused)?;
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // As `schedrig run`: the same command inside the nested test host,
         // with what the user named (scheduler, kernel, initramfs, console
@@ -593,13 +609,17 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let ok = report.verdict == schedrig_vmm::RunVerdict::Ok
-        && (report.exit_code == Some(0) || a.initrd.is_some());
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    // A guest-init that ended non-zero under an Ok verdict could not do
+    // its job (an own --initrd's status is its own business).
+    let outcome = match crate::exit_status::Outcome::of_run(report.verdict) {
+        crate::exit_status::Outcome::Passed
+            if report.exit_code != Some(0) && a.initrd.is_none() =>
+        {
+            crate::exit_status::Outcome::HarnessError
+        }
+        o => o,
+    };
+    Ok(crate::exit_status::of_all([outcome]))
 }
 
 /// The job `schedrig boot` gives the guest: the scheduler, or EEVDF
@@ -656,8 +676,11 @@ fn list_scenarios(a: ScenariosArgs) -> anyhow::Result<ExitCode> {
 
 /// `schedrig run`: everything the user gave is checked first (one line
 /// and a non-zero exit, no VM), then it nests itself where needed.
-fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let started = *PROCESS_START.get_or_init(std::time::Instant::now);
+/// `schedrig run`'s options from its flags, checked before any VM, with
+/// its console-log and timeline folders.
+fn run_options(
+    a: &RunArgs,
+) -> anyhow::Result<(crate::run::RunOptions, Option<PathBuf>, Option<PathBuf>)> {
     anyhow::ensure!(
         a.attach_timeout > 0,
         "--attach-timeout must be at least 1 second"
@@ -708,6 +731,12 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         attach_timeout: std::time::Duration::from_secs(a.attach_timeout),
         boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
     };
+    Ok((opts, console_dir, timeline_dir))
+}
+
+fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = *PROCESS_START.get_or_init(std::time::Instant::now);
+    let (opts, console_dir, timeline_dir) = run_options(&a).map_err(crate::exit_status::refused)?;
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // Boots, holds and teardown, with room for the emulation.
         let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();
@@ -753,15 +782,9 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", crate::run::output::table(&opts, &summary));
     }
-    let all_pass = summary
-        .outcomes
-        .iter()
-        .all(|o| o.judgement.verdict == schedrig_scenarios::checks::ScenarioVerdict::Pass);
-    Ok(if all_pass {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::exit_status::of_all(summary.outcomes.iter().map(
+        |o| crate::exit_status::Outcome::of_scenario(o.judgement.verdict),
+    )))
 }
 
 fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {

@@ -182,7 +182,11 @@ pub fn run_cli(
     json: bool,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(timeout > 90, "--timeout must be above 90 seconds");
+    if timeout <= 90 {
+        return Err(crate::exit_status::refused(anyhow::anyhow!(
+            "--timeout must be above 90 seconds"
+        )));
+    }
     // Each result as it comes: a line, or under --json one JSON object
     // per line; the summary object is the last line.
     let show = move |r: &TestResult| {
@@ -233,7 +237,19 @@ pub fn run_cli(
     let count = |s: &str| results.iter().filter(|r| r.status == s).count();
     let (passed, failed, skipped) = (count("ok"), count("not ok"), count("skip"));
     let vm_ok = report.verdict == RunVerdict::Ok;
-    let ok = vm_ok && failed == 0 && !results.is_empty() && finished;
+    // A failed selftest is the kernel's (sched_ext's) failure; a VM that
+    // ended badly is judged as `schedrig boot` judges it; a suite that did
+    // not finish or reported nothing could not be run.
+    use crate::exit_status::Outcome;
+    let outcome = if failed > 0 {
+        Outcome::SchedFailed
+    } else if !vm_ok {
+        Outcome::of_run(report.verdict)
+    } else if results.is_empty() || !finished {
+        Outcome::HarnessError
+    } else {
+        Outcome::Passed
+    };
     let unfinished = format!(
         "the suite did not finish: the runner printed no closing counts after its {} results; the VM ended: {} ({})",
         results.len(),
@@ -279,11 +295,7 @@ pub fn run_cli(
             );
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::exit_status::of_all([outcome]))
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ fn schedrig(args: &[&str]) -> (i32, String, String) {
 
 fn assert_one_error(args: &[&str], needle: &str) {
     let (code, stdout, stderr) = schedrig(args);
-    assert_ne!(code, 0, "{args:?} succeeded");
+    // Refused before any VM: status 2 (src/exit_status.rs).
+    assert_eq!(code, 2, "{args:?}: exit status {code}, not 2: {stderr}");
     assert!(stdout.is_empty(), "{args:?} printed to stdout: {stdout}");
     assert!(
         stderr.contains(needle),

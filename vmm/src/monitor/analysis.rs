@@ -174,13 +174,19 @@ fn judge(cpu: usize, run: &[&Sample]) -> Stall {
     // "R 5, D 1"; with the rules below, the evidence of who held it.
     let states = {
         let mut n: Vec<(char, usize)> = Vec::new();
-        for c in run.iter().map(|s| s.cpus[cpu].vcpu.and_then(|v| v.state).unwrap_or('?')) {
+        for c in run
+            .iter()
+            .map(|s| s.cpus[cpu].vcpu.and_then(|v| v.state).unwrap_or('?'))
+        {
             match n.iter_mut().find(|(k, _)| *k == c) {
                 Some((_, k)) => *k += 1,
                 None => n.push((c, 1)),
             }
         }
-        n.iter().map(|(c, k)| format!("{c} {k}")).collect::<Vec<_>>().join(", ")
+        n.iter()
+            .map(|(c, k)| format!("{c} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let runnable = run
         .iter()
@@ -359,10 +365,12 @@ mod tests {
         let found = stalls(&s);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
-            found[0].inconclusive.as_deref().is_some_and(|w| w
-                .contains("CPU 1 was running a task")
-                && w.contains("ran 0 ms of the 500 ms window")
-                && w.contains("states in the window's samples: S 4, D 2")),
+            found[0]
+                .inconclusive
+                .as_deref()
+                .is_some_and(|w| w.contains("CPU 1 was running a task")
+                    && w.contains("ran 0 ms of the 500 ms window")
+                    && w.contains("states in the window's samples: S 4, D 2")),
             "{found:?}"
         );
         // Idle in one sample of the window: a guest that halted its CPU
