@@ -121,6 +121,10 @@ struct RunArgs {
     /// snapshots and the verdict; DIR is created if missing.
     #[arg(long, value_name = "DIR")]
     timeline: Option<std::path::PathBuf>,
+    /// Also write the results as JUnit XML to FILE (a testcase per
+    /// scenario: fail a failure, error an error, inconclusive skipped).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -677,10 +681,8 @@ fn list_scenarios(a: ScenariosArgs) -> anyhow::Result<ExitCode> {
 /// `schedrig run`: everything the user gave is checked first (one line
 /// and a non-zero exit, no VM), then it nests itself where needed.
 /// `schedrig run`'s options from its flags, checked before any VM, with
-/// its console-log and timeline folders.
-fn run_options(
-    a: &RunArgs,
-) -> anyhow::Result<(crate::run::RunOptions, Option<PathBuf>, Option<PathBuf>)> {
+/// where its outputs go.
+fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
     anyhow::ensure!(
         a.attach_timeout > 0,
         "--attach-timeout must be at least 1 second"
@@ -731,12 +733,35 @@ fn run_options(
         attach_timeout: std::time::Duration::from_secs(a.attach_timeout),
         boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
     };
-    Ok((opts, console_dir, timeline_dir))
+    let junit = a
+        .junit
+        .as_deref()
+        .map(crate::run::junit::check_path)
+        .transpose()?;
+    Ok(RunPlan {
+        opts,
+        console_dir,
+        timeline_dir,
+        junit,
+    })
+}
+
+/// `schedrig run`'s checked options and where its outputs go.
+struct RunPlan {
+    opts: crate::run::RunOptions,
+    console_dir: Option<PathBuf>,
+    timeline_dir: Option<PathBuf>,
+    junit: Option<PathBuf>,
 }
 
 fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let started = *PROCESS_START.get_or_init(std::time::Instant::now);
-    let (opts, console_dir, timeline_dir) = run_options(&a).map_err(crate::exit_status::refused)?;
+    let RunPlan {
+        opts,
+        console_dir,
+        timeline_dir,
+        junit,
+    } = run_options(&a).map_err(crate::exit_status::refused)?;
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // Boots, holds and teardown, with room for the emulation.
         let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();
@@ -759,6 +784,12 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .chain(timeline_dir)
                 .chain(sched_dir)
+                .chain(
+                    junit
+                        .as_deref()
+                        .and_then(std::path::Path::parent)
+                        .map(PathBuf::from),
+                )
                 .collect(),
         ));
     }
@@ -767,13 +798,37 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut progress = crate::run::output::Progress::new(opts.scenarios.len());
     let summary = crate::run::run(&opts, started, &mut progress)?;
+    let mut pages = Vec::new();
     if let Some(dir) = &timeline_dir {
         for (i, o) in summary.outcomes.iter().enumerate() {
             match crate::run::timeline::write(dir, i + 1, o, &opts.scheduler_name()) {
-                Ok(p) => eprintln!("timeline: {}", p.display()),
+                Ok(p) => {
+                    eprintln!("timeline: {}", p.display());
+                    pages.push(vec![p]);
+                }
                 Err(e) => anyhow::bail!("--timeline {}: {e}", dir.display()),
             }
         }
+    }
+    if let Some(file) = &junit {
+        // Each scenario's console log (its VM's) and timeline page.
+        let each: Vec<Vec<PathBuf>> = summary
+            .outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let log = console_dir
+                    .as_ref()
+                    .map(|d| d.join(format!("vm-{}.log", o.vm)));
+                log.into_iter()
+                    .chain(pages.get(i).into_iter().flatten().cloned())
+                    .collect()
+            })
+            .collect();
+        let r = crate::run::junit::report(&opts, &summary, &[], &each);
+        crate::run::junit::write(file, &r)
+            .map_err(|e| anyhow::anyhow!("--junit {}: {e}", file.display()))?;
+        eprintln!("junit: {}", file.display());
     }
     if a.json {
         for o in &summary.outcomes {

@@ -164,7 +164,7 @@ fn assert_one_run_error(args: &[&str], needles: &[&str]) {
     let mut all = vec!["run"];
     all.extend_from_slice(args);
     let (code, stdout, stderr) = schedrig(&all);
-    assert_ne!(code, 0, "{all:?} succeeded");
+    assert_eq!(code, 2, "{all:?}: exit status {code}, not 2: {stderr}");
     assert!(stdout.is_empty(), "{all:?} printed to stdout: {stdout}");
     assert_eq!(stderr.lines().count(), 1, "{all:?}: not one line: {stderr}");
     for n in needles {
@@ -313,5 +313,19 @@ fn scx_central_on_several_cpus_is_refused_with_the_reason() {
             "steady",
         ],
         &["ops.init on the unbound scx_ops_enable_helper kthread"],
+    );
+}
+
+#[test]
+fn run_refuses_a_junit_file_it_cannot_write_before_any_vm() {
+    assert_one_run_error(
+        &["--scheduler", "eevdf", "--junit", "/nonexistent-dir/junit.xml"],
+        &["--junit /nonexistent-dir/junit.xml: its folder /nonexistent-dir does not exist"],
+    );
+    let dir = std::env::temp_dir();
+    let d = dir.to_str().unwrap();
+    assert_one_run_error(
+        &["--scheduler", "eevdf", "--junit", d],
+        &["is a folder; give a file name"],
     );
 }

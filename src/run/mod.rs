@@ -5,6 +5,7 @@
 //! scenario that was running gets its verdict and the rest go on in a
 //! fresh VM. `--isolate` boots one VM per scenario.
 
+pub mod junit;
 mod observer;
 pub mod output;
 pub mod timeline;

@@ -292,10 +292,13 @@ pub fn tests() -> Vec<Trial> {
             || {
                 let wrong = fixture("wrong_cpuset.toml");
                 let logs = ConsoleDir::new("scx_simple")?;
+                let junit = format!("{}/junit.xml", logs.path());
                 let r = schedrig_run(
                     &[
                         "--console-log",
                         logs.path(),
+                        "--junit",
+                        &junit,
                         "--scheduler",
                         "scx_simple",
                         "--scenario",
@@ -378,6 +381,38 @@ pub fn tests() -> Vec<Trial> {
                 // (its failure falls back silently but for this line).
                 let log = logs.read("vm-1.log")?;
                 r.check(log.contains("Linux version"), "the kernel's log in vm-1.log")?;
+                // --junit: the same five results, read back with an XML
+                // parser: three passed, two failures naming their check.
+                let xml = logs.read("junit.xml")?;
+                let doc = roxmltree::Document::parse(&xml)
+                    .map_err(|e| r.fail(&format!("junit.xml does not parse: {e}")))?;
+                let suite = doc.descendants().find(|n| n.has_tag_name("testsuite"));
+                let attr = |k: &str| suite.and_then(|s| s.attribute(k)).unwrap_or("");
+                r.check(
+                    attr("tests") == "5"
+                        && attr("failures") == "2"
+                        && attr("errors") == "0"
+                        && attr("skipped") == "0",
+                    &format!("junit.xml: 5 tests, 2 failures: {xml}"),
+                )?;
+                let failure = |name: &str| {
+                    doc.descendants()
+                        .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some(name))
+                        .and_then(|c| c.children().find(|n| n.has_tag_name("failure")))
+                        .and_then(|f| f.attribute("message"))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                r.check(
+                    failure("uneven_weights").starts_with("weight_share: ")
+                        && failure("uneven_weights").contains("against a limit of")
+                        && failure("wrong_cpuset").starts_with("isolation: "),
+                    &format!("junit.xml: each failure names its check, value and limit: {xml}"),
+                )?;
+                r.check(
+                    xml.contains(&format!("artifact: {}/vm-1.log", logs.path())),
+                    "junit.xml: each testcase names its console log",
+                )?;
                 r.check(
                     log.contains("scenario steady: set up in"),
                     "guest-init's set-up line in vm-1.log",
