@@ -229,6 +229,10 @@ struct SelftestArgs {
     /// Print one JSON object listing every test.
     #[arg(long)]
     json: bool,
+    /// Also write the results as JUnit XML to FILE (a testcase per test;
+    /// a suite that did not finish adds an error testcase `suite`).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -431,6 +435,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Selftest(a) => {
+            let junit = a
+                .junit
+                .as_deref()
+                .map(crate::run::junit::check_path)
+                .transpose()
+                .map_err(|e| crate::exit_status::refused(e.into()))?;
             if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
                 if a.timeout <= 90 {
                     return Err(crate::exit_status::refused(anyhow::anyhow!(
@@ -441,16 +451,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "schedrig selftest",
                     &why,
                     std::time::Duration::from_secs(a.timeout + 300),
-                    Vec::new(),
+                    junit
+                        .as_deref()
+                        .and_then(std::path::Path::parent)
+                        .map(PathBuf::from)
+                        .into_iter()
+                        .collect(),
                 ));
             }
             return crate::selftest::run_cli(
-                a.kernel.request(),
-                a.filter,
-                a.topology,
-                a.memory,
-                a.timeout,
-                a.json,
+                crate::selftest::CliOptions {
+                    kernel: a.kernel.request(),
+                    filter: a.filter,
+                    topology: a.topology,
+                    memory_mib: a.memory,
+                    timeout: a.timeout,
+                    json: a.json,
+                    junit,
+                },
                 *PROCESS_START.get_or_init(std::time::Instant::now),
             );
         }

@@ -172,16 +172,30 @@ pub fn run(
     })
 }
 
+/// `schedrig selftest`'s options, from its flags.
+pub struct CliOptions {
+    pub kernel: KernelRequest,
+    pub filter: Option<String>,
+    pub topology: Topology,
+    pub memory_mib: u64,
+    /// Seconds the whole suite may take.
+    pub timeout: u64,
+    pub json: bool,
+    /// `--junit FILE`, checked (absolute).
+    pub junit: Option<std::path::PathBuf>,
+}
+
 /// The CLI: one line per test as it finishes, then the counts.
-pub fn run_cli(
-    kernel: KernelRequest,
-    filter: Option<String>,
-    topology: Topology,
-    memory_mib: u64,
-    timeout: u64,
-    json: bool,
-    started: Instant,
-) -> anyhow::Result<ExitCode> {
+pub fn run_cli(o: CliOptions, started: Instant) -> anyhow::Result<ExitCode> {
+    let CliOptions {
+        kernel,
+        filter,
+        topology,
+        memory_mib,
+        timeout,
+        json,
+        junit,
+    } = o;
     if timeout <= 90 {
         return Err(crate::exit_status::refused(anyhow::anyhow!(
             "--timeout must be above 90 seconds"
@@ -294,6 +308,25 @@ pub fn run_cli(
                 report.console_tail
             );
         }
+    }
+    if let Some(file) = &junit {
+        let trouble = (!vm_ok || !finished || results.is_empty()).then(|| {
+            if finished && vm_ok {
+                "the runner reported no test".to_string()
+            } else if !finished {
+                unfinished.clone()
+            } else {
+                format!(
+                    "the VM ended badly: {} ({})",
+                    report.verdict.as_str(),
+                    report.reason
+                )
+            }
+        });
+        let r = crate::run::junit::selftest_report(&results, trouble.as_deref(), report.total);
+        crate::run::junit::write(file, &r)
+            .map_err(|e| anyhow::anyhow!("--junit {}: {e}", file.display()))?;
+        eprintln!("junit: {}", file.display());
     }
     Ok(crate::exit_status::of_all([outcome]))
 }

@@ -319,7 +319,12 @@ fn scx_central_on_several_cpus_is_refused_with_the_reason() {
 #[test]
 fn run_refuses_a_junit_file_it_cannot_write_before_any_vm() {
     assert_one_run_error(
-        &["--scheduler", "eevdf", "--junit", "/nonexistent-dir/junit.xml"],
+        &[
+            "--scheduler",
+            "eevdf",
+            "--junit",
+            "/nonexistent-dir/junit.xml",
+        ],
         &["--junit /nonexistent-dir/junit.xml: its folder /nonexistent-dir does not exist"],
     );
     let dir = std::env::temp_dir();

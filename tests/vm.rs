@@ -887,8 +887,11 @@ const FULL_SELFTESTS: usize = 21;
 /// full suite takes minutes) must say it did not finish, in the summary
 /// and in the exit status, with the tests it did run streamed.
 fn selftest_unfinished() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+    let junit = dir.path().join("selftest.xml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_schedrig"))
-        .args(["selftest", "--json", "--timeout", "120"])
+        .args(["selftest", "--json", "--timeout", "120", "--junit"])
+        .arg(&junit)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("run schedrig selftest: {e}"))?;
@@ -906,16 +909,24 @@ fn selftest_unfinished() -> Result<(), Failed> {
         j["verdict"],
         j["reason"]
     );
+    // --junit: a testcase per streamed test and the error testcase
+    // `suite` that says the suite did not finish.
+    let xml = std::fs::read_to_string(&junit).unwrap_or_default();
+    let cases = xml.matches("<testcase ").count();
+    let junit_ok = cases == streamed + 1
+        && xml.contains(r#"<testcase name="suite""#)
+        && xml.contains("the suite did not finish");
     if j["event"] == "summary"
         && j["finished"] == false
         && j["tests"].as_array().map_or(0, Vec::len) == streamed
         && streamed < FULL_SELFTESTS
         && out.status.code() == Some(i32::from(schedrig::exit_status::HARNESS_ERROR))
+        && junit_ok
     {
         return Ok(());
     }
     Err(format!(
-        "expected an unfinished suite (summary finished false, exit status 4: not run to its end); got {} and {j:#}\n--- stderr ---\n{stderr}",
+        "expected an unfinished suite (summary finished false, exit status 4: not run to its end; in --junit a testcase per test and an error `suite`, got {cases} testcases: {xml}); got {} and {j:#}\n--- stderr ---\n{stderr}",
         out.status
     )
     .into())
