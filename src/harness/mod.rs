@@ -30,6 +30,9 @@
 
 mod expect;
 pub mod gauntlet;
+mod junit;
+
+pub use junit::JUNIT_ENV;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -444,11 +447,12 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             // rerun_self takes every CPU of the shared budget for it.
+            let junit_dir = junit::wanted().and_then(|f| f.parent().map(Path::to_path_buf));
             return crate::nested::rerun::rerun_self(
                 "schedrig tests",
                 &reason,
                 NESTED_TIMEOUT,
-                vec![root],
+                std::iter::once(root).chain(junit_dir).collect(),
             );
         }
     }
@@ -469,14 +473,46 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
                 Some(why) => {
                     SKIPPED.fetch_add(1, Ordering::Relaxed);
                     say!("schedrig tests: SKIP {}: {why}", t.name());
+                    junit::record(&t.name(), junit::Ended::Skipped(why), Duration::ZERO, None);
                     Ok(())
                 }
-                None => run_one(&t, &root),
+                None => {
+                    let started = Instant::now();
+                    let r = run_one(&t, &root);
+                    let ended = match &r {
+                        Ok(()) => junit::Ended::Passed,
+                        Err(f) => {
+                            let m = f.message().unwrap_or("failed").to_string();
+                            if m.starts_with("INCONCLUSIVE") {
+                                junit::Ended::Inconclusive(m)
+                            } else {
+                                junit::Ended::Failed(m)
+                            }
+                        }
+                    };
+                    let dir = root.join(folder_name(&t.name()));
+                    junit::record(&t.name(), ended, started.elapsed(), Some(&dir));
+                    r
+                }
             })
             .with_ignored_flag(ignored)
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(file) = junit::wanted().filter(|_| !args.list) {
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "tests".into());
+        let r = junit::report(&format!("schedrig tests: {binary}"));
+        match crate::run::junit::write(&file, &r) {
+            Ok(()) => say!("schedrig tests: JUnit report in {}", file.display()),
+            Err(e) => {
+                say!("schedrig tests: {JUNIT_ENV}={}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if !args.list {
         let skipped = SKIPPED.load(Ordering::Relaxed);
         say!(
