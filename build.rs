@@ -26,6 +26,7 @@ fn main() {
         );
     }
     println!("cargo:rerun-if-changed=Cargo.lock");
+    commit(&manifest_dir);
 
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
     let target_dir = out_dir
@@ -81,4 +82,26 @@ fn copy_if_changed(from: &Path, to: &Path) {
     if std::fs::read(to).ok().as_deref() != Some(&new[..]) {
         std::fs::write(to, &new).unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
     }
+}
+
+/// SCHEDRIG_COMMIT: the commit this is built from, for the fingerprint in
+/// result JSON ("unknown" outside a git checkout). Rebuilt when HEAD or
+/// a branch moves.
+fn commit(manifest_dir: &Path) {
+    let git = manifest_dir.join(".git");
+    for f in ["HEAD", "refs/heads", "packed-refs"] {
+        if git.join(f).exists() {
+            println!("cargo:rerun-if-changed={}", git.join(f).display());
+        }
+    }
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(manifest_dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SCHEDRIG_COMMIT={rev}");
 }

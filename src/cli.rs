@@ -621,7 +621,20 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
     }
     let report = crate::boot::boot(&opts, started)?;
     if a.json {
-        println!("{}", crate::boot::report_json(&report, &args));
+        let mut j = crate::boot::report_json(&report, &args);
+        let image = crate::kernel::resolve(&opts.kernel)
+            .map(|k| k.image)
+            .unwrap_or_default();
+        let sched = opts
+            .job
+            .as_ref()
+            .and_then(|j| j.scheduler.as_ref())
+            .map(|c| (c.name.as_str(), c.host_path.as_path()));
+        let fp = crate::fingerprint::take(&image, sched, &args, &opts.topology);
+        if let Some(o) = j.as_object_mut() {
+            o.insert("fingerprint".into(), serde_json::json!(fp));
+        }
+        println!("{j}");
     } else {
         print!("{}", crate::boot::report_text(&report));
         if report.verdict != schedrig_vmm::RunVerdict::Ok {

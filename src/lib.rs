@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cli;
 pub mod cpu_budget;
 pub mod exit_status;
+pub mod fingerprint;
 pub mod harness;
 pub mod initramfs;
 pub mod kernel;

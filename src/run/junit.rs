@@ -60,6 +60,15 @@ pub fn report(
     suite.add_property(("topology", topo.as_str()));
     suite.add_property(("sched_args", opts.sched_args.join(" ").as_str()));
     suite.add_property(("vms", summary.boots.to_string().as_str()));
+    let fp = &summary.fingerprint;
+    for (k, v) in [
+        ("schedrig_commit", fp.schedrig_commit.as_str()),
+        ("kernel", fp.kernel.as_str()),
+        ("host_cpu_model", fp.host_cpu_model.as_str()),
+    ] {
+        suite.add_property((k, v));
+    }
+    suite.add_property(("nested", fp.nested.to_string().as_str()));
     for (i, o) in summary.outcomes.iter().enumerate() {
         if o.revised {
             continue;
@@ -308,6 +317,7 @@ mod tests {
             wall: Duration::from_secs(9),
             vms: Vec::new(),
             logs: Vec::new(),
+            fingerprint: crate::run::fingerprint(&opts),
         };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("junit.xml");

@@ -238,6 +238,8 @@ pub struct RunSummary {
     pub vms: Vec<VmTimes>,
     /// Each VM's logs, in boot order.
     pub logs: Vec<VmLogs>,
+    /// What it was measured with.
+    pub fingerprint: crate::fingerprint::Fingerprint,
 }
 
 /// What a VM's scheduler and kernel said (bounded by the VMM).
@@ -480,7 +482,23 @@ fn run_all(
         wall: started.elapsed(),
         vms,
         logs,
+        fingerprint: fingerprint(opts),
     })
+}
+
+/// The run's fingerprint (the kernel as resolution finds it).
+pub fn fingerprint(opts: &RunOptions) -> crate::fingerprint::Fingerprint {
+    let image = crate::kernel::resolve(&opts.kernel)
+        .map(|k| k.image)
+        .unwrap_or_default();
+    crate::fingerprint::take(
+        &image,
+        opts.scheduler
+            .as_ref()
+            .map(|c| (c.name.as_str(), c.host_path.as_path())),
+        &opts.sched_args,
+        &opts.topology,
+    )
 }
 
 /// How many of `pending` fit in one VM's job file (the job carries them

@@ -210,5 +210,6 @@ pub fn json(opts: &RunOptions, s: &RunSummary, o: &Outcome) -> serde_json::Value
         "vm_ready_ms": vm.and_then(|v| ms(v.ready)),
         "vm_attached_ms": vm.and_then(|v| ms(v.attached)),
         "vm_total_ms": vm.map(|v| v.total.as_millis() as u64),
+        "fingerprint": s.fingerprint,
     })
 }

@@ -316,6 +316,19 @@ pub fn tests() -> Vec<Trial> {
                 )?;
                 r.check(r.code == Some(1), "exit status 1 (not all passed)")?;
                 r.check(r.lines.len() == 5, "five results")?;
+                // Each result says what it was measured with.
+                let fp = &r.lines[0]["fingerprint"];
+                r.check(
+                    fp["scheduler"] == "scx_simple"
+                        && fp["scheduler_sha256"].as_str().is_some_and(|h| h.len() == 71)
+                        && fp["kernel_release"].as_str().is_some_and(|k| k.starts_with("6.12"))
+                        && fp["topology"] == "1n2l1c1t"
+                        && fp["schedrig_commit"].as_str().is_some_and(|c| !c.is_empty())
+                        && fp["host_cpus"].as_u64().is_some_and(|n| n >= 1)
+                        && fp["nested"] == crate::in_emulated_host()
+                        && r.lines.iter().all(|l| l["fingerprint"] == *fp),
+                    &format!("the same fingerprint on every result: {fp}"),
+                )?;
                 // All in one VM: the scheduler attached once.
                 r.check(
                     r.lines.iter().all(|l| l["vm"] == 1),
