@@ -125,6 +125,12 @@ struct RunArgs {
     /// scenario: fail a failure, error an error, inconclusive skipped).
     #[arg(long, value_name = "FILE")]
     junit: Option<std::path::PathBuf>,
+    /// Run the same scenarios under SCHED too (`eevdf`, a built-in name
+    /// or a path; without arguments) and show its verdicts beside: a
+    /// failure the baseline passes is the scheduler's. The exit status
+    /// judges the scheduler under test only.
+    #[arg(long, value_name = "SCHED")]
+    baseline: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -769,11 +775,31 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         .as_deref()
         .map(crate::run::junit::check_path)
         .transpose()?;
+    let baseline = match &a.baseline {
+        None => None,
+        Some(b) => {
+            let scheduler = if b.eq_ignore_ascii_case("eevdf") {
+                None
+            } else {
+                let c = crate::sched::choose(b)?;
+                crate::sched::check_topology(&c, a.topology.vcpus())?;
+                Some(c)
+            };
+            Some(crate::run::RunOptions {
+                scheduler,
+                sched_args: Vec::new(),
+                // Its consoles are not kept: the run under test's are.
+                console_dir: None,
+                ..opts.clone()
+            })
+        }
+    };
     Ok(RunPlan {
         opts,
         console_dir,
         timeline_dir,
         junit,
+        baseline,
     })
 }
 
@@ -783,6 +809,8 @@ struct RunPlan {
     console_dir: Option<PathBuf>,
     timeline_dir: Option<PathBuf>,
     junit: Option<PathBuf>,
+    /// `--baseline`: the same scenarios under another scheduler.
+    baseline: Option<crate::run::RunOptions>,
 }
 
 fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
@@ -792,15 +820,18 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         console_dir,
         timeline_dir,
         junit,
+        baseline,
     } = run_options(&a).map_err(crate::exit_status::refused)?;
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // Boots, holds and teardown, with room for the emulation.
         let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();
         // As many VMs as scenarios at worst (a scheduler lost in each).
         let per_vm = opts.scenarios.len() as u64 + 1;
-        let timeout = std::time::Duration::from_millis(holds)
+        let once = std::time::Duration::from_millis(holds)
             + crate::run::SCENARIO_OVERHEAD * opts.scenarios.len() as u32
-            + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout) + 300);
+            + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout));
+        let runs = if baseline.is_some() { 2 } else { 1 };
+        let timeout = once * runs + std::time::Duration::from_secs(300);
         // A scheduler given by path (under /tmp, say) must be there too.
         let sched_dir = opts
             .scheduler
@@ -829,6 +860,22 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut progress = crate::run::output::Progress::new(opts.scenarios.len());
     let summary = crate::run::run(&opts, started, &mut progress)?;
+    let baseline = match &baseline {
+        Some(b) => {
+            eprintln!(
+                "baseline: the same {} scenarios under {}",
+                b.scenarios.len(),
+                b.scheduler_name()
+            );
+            let mut progress = crate::run::output::Progress::new(b.scenarios.len());
+            Some((
+                b.scheduler_name(),
+                crate::run::run(b, std::time::Instant::now(), &mut progress)?,
+            ))
+        }
+        None => None,
+    };
+    let baseline = baseline.as_ref().map(|(n, s)| (n.as_str(), s));
     let mut pages = Vec::new();
     if let Some(dir) = &timeline_dir {
         for (i, o) in summary.outcomes.iter().enumerate() {
@@ -863,10 +910,23 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if a.json {
         for o in &summary.outcomes {
-            println!("{}", crate::run::output::json(&opts, &summary, o));
+            let mut j = crate::run::output::json(&opts, &summary, o);
+            if let Some((name, b)) = baseline {
+                j["baseline"] = match crate::run::output::baseline_of(b, &o.scenario.name) {
+                    Some(bo) => serde_json::json!({
+                        "scheduler": name,
+                        "verdict": bo.judgement.verdict.as_str(),
+                        "reason": bo.judgement.reason,
+                        "checks": bo.judgement.checks,
+                        "fingerprint": b.fingerprint,
+                    }),
+                    None => serde_json::Value::Null,
+                };
+            }
+            println!("{j}");
         }
     } else {
-        print!("{}", crate::run::output::table(&opts, &summary));
+        print!("{}", crate::run::output::table(&opts, &summary, baseline));
     }
     Ok(crate::exit_status::of_all(summary.outcomes.iter().map(
         |o| crate::exit_status::Outcome::of_scenario(o.judgement.verdict),

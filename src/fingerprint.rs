@@ -55,9 +55,7 @@ pub fn take(
         scheduler_sha256: scheduler.and_then(|(_, p)| sha256_file(p)),
         sched_args: sched_args.to_vec(),
         topology: topology.to_string(),
-        host_cpu_model: cpu_model(
-            &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
-        ),
+        host_cpu_model: cpu_model(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         host_cpus: crate::cpu_budget::host_cpus(),
         nested: crate::nested::rerun::in_emulated_host(),
     }
@@ -78,7 +76,11 @@ impl Fingerprint {
         };
         field("kernel", &self.kernel, &other.kernel);
         field("topology", &self.topology, &other.topology);
-        field("host_cpu_model", &self.host_cpu_model, &other.host_cpu_model);
+        field(
+            "host_cpu_model",
+            &self.host_cpu_model,
+            &other.host_cpu_model,
+        );
         field("host_cpus", &self.host_cpus, &other.host_cpus);
         field("nested", &self.nested, &other.nested);
         d

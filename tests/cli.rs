@@ -334,3 +334,11 @@ fn run_refuses_a_junit_file_it_cannot_write_before_any_vm() {
         &["is a folder; give a file name"],
     );
 }
+
+#[test]
+fn run_refuses_an_unknown_baseline_before_any_vm() {
+    assert_one_run_error(
+        &["--scheduler", "eevdf", "--baseline", "scx_nope"],
+        &["scx_nope"],
+    );
+}

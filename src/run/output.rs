@@ -68,38 +68,48 @@ pub fn progress_line(o: &Outcome, done: usize, total: usize) -> String {
 }
 
 /// The table, then a line per non-passing scenario, then the counts.
-pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
+/// The baseline's outcome for scenario `name` (the last word on it).
+pub fn baseline_of<'a>(b: &'a RunSummary, name: &str) -> Option<&'a Outcome> {
+    b.outcomes.iter().rev().find(|o| o.scenario.name == name)
+}
+
+/// The table; with `baseline` (its name and run: the same scenarios under
+/// another scheduler, `--baseline`) a column of its verdicts beside.
+pub fn table(opts: &RunOptions, s: &RunSummary, baseline: Option<(&str, &RunSummary)>) -> String {
     let topo = opts.topology.to_string();
     let sched = opts.scheduler_name();
-    let rows: Vec<[String; 6]> = s
+    let rows: Vec<Vec<String>> = s
         .outcomes
         .iter()
         .map(|o| {
-            [
+            let mut r = vec![
                 o.scenario.name.clone(),
                 topo.clone(),
                 sched.clone(),
                 o.judgement.verdict.as_str().to_string(),
-                key_numbers(o),
-                format!("{:.1}s", o.duration.as_secs_f64()),
-            ]
+            ];
+            if let Some((_, b)) = baseline {
+                r.push(baseline_of(b, &o.scenario.name).map_or_else(
+                    || "-".to_string(),
+                    |b| b.judgement.verdict.as_str().to_string(),
+                ));
+            }
+            r.push(key_numbers(o));
+            r.push(format!("{:.1}s", o.duration.as_secs_f64()));
+            r
         })
         .collect();
-    let head = [
-        "scenario",
-        "topology",
-        "scheduler",
-        "verdict",
-        "key numbers",
-        "duration",
-    ];
-    let mut w = head.map(str::len);
+    let under = baseline.map(|(n, _)| format!("under {n}"));
+    let mut head = vec!["scenario", "topology", "scheduler", "verdict"];
+    head.extend(under.as_deref());
+    head.extend(["key numbers", "duration"]);
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |r: &[String; 6]| {
+    let line = |r: &[String]| {
         let cells: Vec<String> = r
             .iter()
             .enumerate()
@@ -107,7 +117,7 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
             .collect();
         cells.join("  ").trim_end().to_string() + "\n"
     };
-    let mut out = line(&head.map(String::from));
+    let mut out = line(&head.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for r in &rows {
         out += &line(r);
     }
@@ -128,6 +138,18 @@ pub fn table(opts: &RunOptions, s: &RunSummary) -> String {
             if o.judgement.verdict == ScenarioVerdict::Fail {
                 if let Some(known) = known_finding(&sched, &o.scenario.name) {
                     out += &format!("  (expected: {known})\n");
+                }
+                if let Some((n, b)) = baseline {
+                    out += &match baseline_of(b, &o.scenario.name).map(|b| b.judgement.verdict) {
+                        Some(ScenarioVerdict::Pass) => format!(
+                            "  ({n} passes it on the same kernel and topology: this failure is {sched}'s)\n"
+                        ),
+                        Some(ScenarioVerdict::Fail) => format!(
+                            "  ({n} fails it too: look at the scenario, kernel or machine before {sched})\n"
+                        ),
+                        Some(v) => format!("  ({n}: {}, no comparison)\n", v.as_str()),
+                        None => String::new(),
+                    };
                 }
             }
         }

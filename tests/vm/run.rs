@@ -464,15 +464,34 @@ pub fn tests() -> Vec<Trial> {
                 "no attached check for EEVDF",
             )
         }),
-        vm_test("run_scx_flatcg_honours_weights", || {
+        // scx_flatcg as the baseline of scx_simple: the same scenario
+        // under both in one invocation, flatcg honouring the weights that
+        // scx_simple ignores; the exit status judges scx_simple alone.
+        vm_test("run_scx_simple_against_the_scx_flatcg_baseline_on_weights", || {
             let r = schedrig_run(
-                &["--scheduler", "scx_flatcg", "--scenario", "uneven_weights"],
+                &[
+                    "--scheduler",
+                    "scx_simple",
+                    "--baseline",
+                    "scx_flatcg",
+                    "--scenario",
+                    "uneven_weights",
+                ],
                 false,
             )?;
-            r.expect_good("uneven_weights")?;
+            r.expect_verdict("uneven_weights", "fail")?;
+            r.check(r.code == Some(1), "exit status 1: scx_simple failed")?;
+            let b = &r.get("uneven_weights")?["baseline"];
+            let share = b["checks"].as_array().and_then(|c| {
+                c.iter().find(|c| c["name"] == "weight_share")
+            });
             r.check(
-                r.check_of("uneven_weights", "weight_share")?["pass"] == true,
-                "weight_share passed",
+                b["scheduler"] == "scx_flatcg"
+                    && b["verdict"] == "pass"
+                    && share.is_some_and(|c| c["pass"] == true)
+                    && b["fingerprint"]["scheduler"] == "scx_flatcg"
+                    && b["fingerprint"]["kernel"] == r.get("uneven_weights")?["fingerprint"]["kernel"],
+                &format!("the baseline scx_flatcg passed weight_share on the same kernel: {b}"),
             )
         }),
         vm_test(
