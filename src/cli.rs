@@ -125,6 +125,11 @@ struct RunArgs {
     /// scenario: fail a failure, error an error, inconclusive skipped).
     #[arg(long, value_name = "FILE")]
     junit: Option<std::path::PathBuf>,
+    /// Run only shard K of N of the scenarios (named ones, or the
+    /// catalogue): ordered by name and dealt round-robin, so N machines
+    /// running K = 1..N run each scenario exactly once.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<crate::run::shard::Shard>,
     /// Run the same scenarios under SCHED too (`eevdf`, a built-in name
     /// or a path; without arguments) and show its verdicts beside: a
     /// failure the baseline passes is the scheduler's. The exit status
@@ -141,6 +146,9 @@ struct ScenariosArgs {
     /// Print this scenario as TOML.
     #[arg(long, value_name = "NAME")]
     toml: Option<String>,
+    /// Only the scenarios shard K of N gets (as `schedrig run --shard`).
+    #[arg(long, value_name = "K/N")]
+    shard: Option<crate::run::shard::Shard>,
 }
 
 #[derive(Debug, Args)]
@@ -708,6 +716,10 @@ fn list_scenarios(a: ScenariosArgs) -> anyhow::Result<ExitCode> {
         print!("{}", schedrig_scenarios::toml_file::to_toml(s)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let all = match a.shard {
+        Some(sh) => sh.take(all, |s| s.name.as_str()),
+        None => all,
+    };
     let w = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in &all {
         println!("{:<w$}  {:>4.1}s  {}", s.name, s.duration, s.description);
@@ -729,6 +741,10 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         "--boot-timeout must be at least 1 second"
     );
     let scenarios = crate::run::resolve_scenarios(&a.scenarios, &a.topology, a.duration)?;
+    let scenarios = match a.shard {
+        Some(sh) => sh.take(scenarios, |s| s.name.as_str()),
+        None => scenarios,
+    };
     a.topology
         .check_memory(a.memory)
         .map_err(schedrig_vmm::MachineError::from)?;
@@ -822,6 +838,14 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         junit,
         baseline,
     } = run_options(&a).map_err(crate::exit_status::refused)?;
+    if opts.scenarios.is_empty() {
+        // More shards than scenarios: this one has nothing to do.
+        eprintln!(
+            "schedrig run: shard {} has no scenarios (more shards than scenarios); nothing to run",
+            a.shard.map_or_else(String::new, |s| s.to_string())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // Boots, holds and teardown, with room for the emulation.
         let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();

@@ -342,3 +342,39 @@ fn run_refuses_an_unknown_baseline_before_any_vm() {
         &["scx_nope"],
     );
 }
+
+/// `--shard K/N` deals the catalogue over N machines: the union of the
+/// shards is the catalogue, with no scenario twice.
+#[test]
+fn shards_split_the_catalogue_whole_and_without_repeats() {
+    let names = |args: &[&str]| -> Vec<String> {
+        let (code, stdout, stderr) = schedrig(args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect()
+    };
+    let mut all = names(&["scenarios"]);
+    assert!(all.len() >= 10, "{all:?}");
+    let mut union = Vec::new();
+    for k in 1..=4 {
+        union.extend(names(&["scenarios", "--shard", &format!("{k}/4")]));
+    }
+    all.sort();
+    union.sort();
+    assert_eq!(union, all);
+    // A shard with nothing to run says so and succeeds, before any VM.
+    let (code, _, stderr) = schedrig(&[
+        "run",
+        "--scheduler",
+        "eevdf",
+        "--scenario",
+        "steady",
+        "--shard",
+        "2/2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("shard 2/2 has no scenarios"), "{stderr}");
+    assert_one_error(&["run", "--shard", "3/2"], "expected K/N with 1 <= K <= N");
+}
