@@ -63,6 +63,13 @@ enum Command {
     /// List the scenario catalogue (for a topology), or print one scenario
     /// as TOML to start a file from.
     Scenarios(ScenariosArgs),
+    /// Compare two `schedrig run --json` outputs, A then B: per scenario
+    /// and metric (each check's value, wake-up latency p50/p99, the worst
+    /// gap, work done per second in all and per cgroup) the medians, the
+    /// 95% bootstrap interval of B-A over the runs' repeats (`run
+    /// --repeat N`) and a call. A regression is beyond its threshold and
+    /// the noise; exit status 1 if any, 0 if none, 2 for bad input.
+    Compare(CompareArgs),
     /// Field layouts from a vmlinux's BTF, one line per query
     /// (`struct:TYPE:PATH` or `var:NAME:PATH`): `OFFSET SIZE` or
     /// `error: WHY`. The VMM asks this of a child process so that it never
@@ -72,6 +79,17 @@ enum Command {
         vmlinux: PathBuf,
         queries: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// The earlier (or reference) run's `schedrig run --json` output.
+    a: PathBuf,
+    /// The later (or candidate) run's.
+    b: PathBuf,
+    /// Every metric, also those that did not move.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +143,11 @@ struct RunArgs {
     /// scenario: fail a failure, error an error, inconclusive skipped).
     #[arg(long, value_name = "FILE")]
     junit: Option<std::path::PathBuf>,
+    /// Run each scenario N times (one after another, all N in order, then
+    /// again), so that `schedrig compare` can measure the noise; each
+    /// `--json` line says which `repeat` it is.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: u32,
     /// Run only shard K of N of the scenarios (named ones, or the
     /// catalogue): ordered by name and dealt round-robin, so N machines
     /// running K = 1..N run each scenario exactly once.
@@ -441,6 +464,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => return run_scenarios(a),
         // Commands that start no VM: any error is in what was given.
         Command::Scenarios(a) => return list_scenarios(a).map_err(crate::exit_status::refused),
+        Command::Compare(a) => {
+            let read = |p: &PathBuf| {
+                crate::compare::read(p).map_err(|e| crate::exit_status::refused(e.into()))
+            };
+            let (ra, rb) = (read(&a.a)?, read(&a.b)?);
+            let changes = crate::compare::compare(&ra, &rb);
+            if changes.is_empty() {
+                return Err(crate::exit_status::refused(
+                    crate::compare::CompareError::Disjoint {
+                        a: a.a.display().to_string(),
+                        b: a.b.display().to_string(),
+                    }
+                    .into(),
+                ));
+            }
+            print!("{}", crate::compare::text(&ra, &rb, &changes, a.all));
+            let regressed = changes
+                .iter()
+                .any(|c| c.call == crate::compare::Call::Regression);
+            return Ok(ExitCode::from(if regressed {
+                crate::exit_status::SCHED_FAILED
+            } else {
+                crate::exit_status::PASSED
+            }));
+        }
         Command::BtfQuery { vmlinux, queries } => {
             print!(
                 "{}",
@@ -745,6 +793,12 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         Some(sh) => sh.take(scenarios, |s| s.name.as_str()),
         None => scenarios,
     };
+    anyhow::ensure!(
+        (1..=100).contains(&a.repeat),
+        "--repeat must be 1 to 100, got {}",
+        a.repeat
+    );
+    let scenarios: Vec<_> = (0..a.repeat).flat_map(|_| scenarios.clone()).collect();
     a.topology
         .check_memory(a.memory)
         .map_err(schedrig_vmm::MachineError::from)?;
@@ -933,8 +987,12 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("junit: {}", file.display());
     }
     if a.json {
+        let mut seen: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
         for o in &summary.outcomes {
             let mut j = crate::run::output::json(&opts, &summary, o);
+            let n = seen.entry(o.scenario.name.as_str()).or_default();
+            *n += 1;
+            j["repeat"] = serde_json::json!(*n);
             if let Some((name, b)) = baseline {
                 j["baseline"] = match crate::run::output::baseline_of(b, &o.scenario.name) {
                     Some(bo) => serde_json::json!({

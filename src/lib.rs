@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod compare;
 pub mod cpu_budget;
 pub mod exit_status;
 pub mod fingerprint;

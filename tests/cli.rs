@@ -378,3 +378,38 @@ fn shards_split_the_catalogue_whole_and_without_repeats() {
     assert!(stderr.contains("shard 2/2 has no scenarios"), "{stderr}");
     assert_one_error(&["run", "--shard", "3/2"], "expected K/N with 1 <= K <= N");
 }
+
+/// `schedrig compare` on two synthetic `--json` outputs: a weight share
+/// 30 points off in every repeat of B against about 1 in A is a
+/// regression (exit 1); a run against itself is not (exit 0); a file
+/// that is not a result is bad input (exit 2).
+#[test]
+fn compare_flags_a_shift_beyond_the_noise_and_not_a_run_against_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, shares: &[f64]| {
+        let lines: Vec<String> = shares
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    r#"{{"scenario":"uneven_weights","scheduler":"x","repeat":{},"checks":[{{"name":"weight_share","value":{v},"limit":10.0,"pass":true}}],"workers":[],"fingerprint":{{"kernel":"k","topology":"1n2l1c1t"}}}}"#,
+                    i + 1
+                )
+            })
+            .collect();
+        let p = dir.path().join(name);
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let a = write("a.jsonl", &[0.7, 1.2, 0.4]);
+    let b = write("b.jsonl", &[30.2, 29.8, 30.6]);
+    let (code, out, err) = schedrig(&["compare", &a, &b]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("check:weight_share") && out.contains("REGRESSION"), "{out}");
+    let (code, out, err) = schedrig(&["compare", &a, &a]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 regressions"), "{out}");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "not json\n").unwrap();
+    assert_one_error(&["compare", &a, bad.to_str().unwrap()], "not a `schedrig run --json` result");
+}
