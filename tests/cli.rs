@@ -405,11 +405,17 @@ fn compare_flags_a_shift_beyond_the_noise_and_not_a_run_against_itself() {
     let b = write("b.jsonl", &[30.2, 29.8, 30.6]);
     let (code, out, err) = schedrig(&["compare", &a, &b]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("check:weight_share") && out.contains("REGRESSION"), "{out}");
+    assert!(
+        out.contains("check:weight_share") && out.contains("REGRESSION"),
+        "{out}"
+    );
     let (code, out, err) = schedrig(&["compare", &a, &a]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0 regressions"), "{out}");
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "not json\n").unwrap();
-    assert_one_error(&["compare", &a, bad.to_str().unwrap()], "not a `schedrig run --json` result");
+    assert_one_error(
+        &["compare", &a, bad.to_str().unwrap()],
+        "not a `schedrig run --json` result",
+    );
 }

@@ -222,8 +222,7 @@ pub(crate) fn suite_counts(xml: &str) -> [String; 4] {
         .descendants()
         .find(|n| n.has_tag_name("testsuite"))
         .expect("a testsuite");
-    ["tests", "failures", "errors", "skipped"]
-        .map(|k| suite.attribute(k).unwrap_or("").to_string())
+    ["tests", "failures", "errors", "skipped"].map(|k| suite.attribute(k).unwrap_or("").to_string())
 }
 
 #[cfg(test)]
