@@ -143,6 +143,12 @@ struct RunArgs {
     /// scenario: fail a failure, error an error, inconclusive skipped).
     #[arg(long, value_name = "FILE")]
     junit: Option<std::path::PathBuf>,
+    /// Write one page for the whole run, DIR/index.html: a verdict matrix
+    /// of scenario by scheduler (the baseline's beside), key numbers, and
+    /// links to each scenario's timeline page, written beside it; DIR is
+    /// created if missing.
+    #[arg(long, value_name = "DIR")]
+    report: Option<std::path::PathBuf>,
     /// Run each scenario N times (one after another, all N in order, then
     /// again), so that `schedrig compare` can measure the noise; each
     /// `--json` line says which `repeat` it is.
@@ -845,6 +851,11 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         .as_deref()
         .map(crate::run::junit::check_path)
         .transpose()?;
+    let report_dir = a
+        .report
+        .as_deref()
+        .map(|d| crate::run::output_dir("--report", d))
+        .transpose()?;
     let baseline = match &a.baseline {
         None => None,
         Some(b) => {
@@ -870,6 +881,7 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         timeline_dir,
         junit,
         baseline,
+        report_dir,
     })
 }
 
@@ -881,6 +893,8 @@ struct RunPlan {
     junit: Option<PathBuf>,
     /// `--baseline`: the same scenarios under another scheduler.
     baseline: Option<crate::run::RunOptions>,
+    /// `--report DIR`, created and checked.
+    report_dir: Option<PathBuf>,
 }
 
 fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
@@ -891,6 +905,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         timeline_dir,
         junit,
         baseline,
+        report_dir,
     } = run_options(&a).map_err(crate::exit_status::refused)?;
     if opts.scenarios.is_empty() {
         // More shards than scenarios: this one has nothing to do.
@@ -930,6 +945,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
                         .and_then(std::path::Path::parent)
                         .map(PathBuf::from),
                 )
+                .chain(report_dir)
                 .collect(),
         ));
     }
@@ -938,7 +954,8 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut progress = crate::run::output::Progress::new(opts.scenarios.len());
     let summary = crate::run::run(&opts, started, &mut progress)?;
-    let baseline = match &baseline {
+    let baseline_opts = baseline;
+    let baseline = match &baseline_opts {
         Some(b) => {
             eprintln!(
                 "baseline: the same {} scenarios under {}",
@@ -953,6 +970,12 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    if let Some(dir) = &report_dir {
+        let b = baseline_opts.as_ref().zip(baseline.as_ref().map(|(_, s)| s));
+        let p = crate::run::report::write(dir, &opts, &summary, b)
+            .map_err(|e| anyhow::anyhow!("--report {}: {e}", dir.display()))?;
+        eprintln!("report: {}", p.display());
+    }
     let baseline = baseline.as_ref().map(|(n, s)| (n.as_str(), s));
     let mut pages = Vec::new();
     if let Some(dir) = &timeline_dir {

@@ -8,6 +8,7 @@
 pub mod junit;
 mod observer;
 pub mod output;
+pub mod report;
 pub mod shard;
 pub mod timeline;
 

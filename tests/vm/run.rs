@@ -293,12 +293,15 @@ pub fn tests() -> Vec<Trial> {
                 let wrong = fixture("wrong_cpuset.toml");
                 let logs = ConsoleDir::new("scx_simple")?;
                 let junit = format!("{}/junit.xml", logs.path());
+                let report = format!("{}/report", logs.path());
                 let r = schedrig_run(
                     &[
                         "--console-log",
                         logs.path(),
                         "--junit",
                         &junit,
+                        "--report",
+                        &report,
                         "--scheduler",
                         "scx_simple",
                         "--scenario",
@@ -425,6 +428,36 @@ pub fn tests() -> Vec<Trial> {
                 r.check(
                     xml.contains(&format!("artifact: {}/vm-1.log", logs.path())),
                     "junit.xml: each testcase names its console log",
+                )?;
+                // --report: one page, a row per scenario linking its
+                // timeline page (written beside it), opened in a real
+                // browser: three green cells and two red ones.
+                let index = logs.read("report/index.html")?;
+                let linked: Vec<&str> = index
+                    .split("href=\"")
+                    .skip(1)
+                    .filter_map(|t| t.split('"').next())
+                    .collect();
+                r.check(
+                    linked.len() == 5
+                        && linked.iter().all(|p| logs.0.join("report").join(p).is_file()),
+                    &format!("report/index.html links 5 timeline pages beside it: {linked:?}"),
+                )?;
+                let page = logs.0.join("report/index.html");
+                let scratch = TempDir::new("report-shot")?;
+                r.check(
+                    index.contains(schedrig::run::report::PASS_COLOUR)
+                        && index.contains(schedrig::run::report::FAIL_COLOUR),
+                    "the report paints cells in the colours looked for",
+                )?;
+                let green = bands_rendered(&page, &scratch.0);
+                if !matches!(green, Ok((3, 2))) {
+                    chromium_works()?;
+                }
+                let (green, red) = green?;
+                r.check(
+                    (green, red) == (3, 2),
+                    &format!("chromium rendered 3 pass and 2 fail cells, saw {green} and {red}"),
                 )?;
                 r.check(
                     log.contains("scenario steady: set up in"),
@@ -1017,6 +1050,27 @@ fn chromium_works() -> Result<(), Failed> {
 /// kernel) the browser then aborts with SIGTRAP and takes no screenshot.
 /// No command-line flag avoids the crash handler.
 fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<usize, Failed> {
+    let (rows, _) = screenshot_rows(page, scratch, [0x54, 0xae, 0xff], [0x54, 0xae, 0xff])?;
+    Ok(rows)
+}
+
+/// The report page's cells as chromium draws them: the bands of the pass
+/// colour (#2da44e) and of the fail colour (#cf222e), as
+/// `schedrig::run::report` paints them.
+fn bands_rendered(
+    page: &std::path::Path,
+    scratch: &std::path::Path,
+) -> Result<(usize, usize), Failed> {
+    screenshot_rows(page, scratch, [0x2d, 0xa4, 0x4e], [0xcf, 0x22, 0x2e])
+}
+
+/// Screenshots `page` and counts the horizontal bands of each colour.
+fn screenshot_rows(
+    page: &std::path::Path,
+    scratch: &std::path::Path,
+    first: [u8; 3],
+    second: [u8; 3],
+) -> Result<(usize, usize), Failed> {
     let shot = scratch.join("shot.png");
     let home = scratch.join("home");
     let mut cmd = Command::new("chromium");
@@ -1069,19 +1123,20 @@ fn lanes_rendered(page: &std::path::Path, scratch: &std::path::Path) -> Result<u
         .next_frame(&mut buf)
         .map_err(|e| format!("screenshot: {e}"))?;
     let px = info.color_type.samples();
-    let rows: Vec<bool> = buf[..info.buffer_size()]
-        .chunks(info.line_size)
-        .map(|line| {
-            line.chunks(px)
-                .filter(|p| p.len() >= 3 && p[0] == 0x54 && p[1] == 0xae && p[2] == 0xff)
-                .count()
-                >= 10
-        })
-        .collect();
-    Ok(
+    let bands = |c: [u8; 3]| {
+        let rows: Vec<bool> = buf[..info.buffer_size()]
+            .chunks(info.line_size)
+            .map(|line| {
+                line.chunks(px)
+                    .filter(|p| p.len() >= 3 && p[..3] == c)
+                    .count()
+                    >= 10
+            })
+            .collect();
         rows.windows(2).filter(|w| w[1] && !w[0]).count()
-            + usize::from(rows.first() == Some(&true)),
-    )
+            + usize::from(rows.first() == Some(&true))
+    };
+    Ok((bands(first), bands(second)))
 }
 
 /// SIGSTOP `schedrig run` (the VMM) for this long during the second
