@@ -971,7 +971,9 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     if let Some(dir) = &report_dir {
-        let b = baseline_opts.as_ref().zip(baseline.as_ref().map(|(_, s)| s));
+        let b = baseline_opts
+            .as_ref()
+            .zip(baseline.as_ref().map(|(_, s)| s));
         let p = crate::run::report::write(dir, &opts, &summary, b)
             .map_err(|e| anyhow::anyhow!("--report {}: {e}", dir.display()))?;
         eprintln!("report: {}", p.display());

@@ -99,10 +99,7 @@ fn column<'a>(
 pub fn page(opts: &RunOptions, columns: &[Column]) -> String {
     let main = columns[0].summary;
     let mut h = String::new();
-    let title = format!(
-        "schedrig run: {} on {}",
-        columns[0].name, opts.topology
-    );
+    let title = format!("schedrig run: {} on {}", columns[0].name, opts.topology);
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
@@ -198,7 +195,10 @@ fn cell(c: &Column, name: &str) -> String {
     let reason = if last.judgement.verdict == ScenarioVerdict::Pass {
         String::new()
     } else {
-        format!("<br><span class=\"k\">{}</span>", esc(&last.judgement.reason))
+        format!(
+            "<br><span class=\"k\">{}</span>",
+            esc(&last.judgement.reason)
+        )
     };
     format!(
         "<td class=\"v\" style=\"background:{}\">{}<br><span class=\"k\">{}</span>{reason}</td>",

@@ -1133,8 +1133,7 @@ fn screenshot_rows(
                     >= 10
             })
             .collect();
-        rows.windows(2).filter(|w| w[1] && !w[0]).count()
-            + usize::from(rows.first() == Some(&true))
+        rows.windows(2).filter(|w| w[1] && !w[0]).count() + usize::from(rows.first() == Some(&true))
     };
     Ok((bands(first), bands(second)))
 }
