@@ -527,6 +527,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .collect(),
                 ));
             }
+            if crate::nested::rerun::in_emulated_host() {
+                crate::nested::rerun::pin_to_first_cpu("schedrig selftest");
+            }
             return crate::selftest::run_cli(
                 crate::selftest::CliOptions {
                     kernel: a.kernel.request(),
@@ -686,6 +689,13 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
             timeout,
             shares,
         ));
+    }
+    // As `schedrig run` and the test binaries: inside the emulated host
+    // every VM runs pinned to its CPU 0 (see pin_to_first_cpu). Missing
+    // here until a clean-clone run of 2026-12-07 saw this command's
+    // 1-vCPU guest triple-fault during its hold there.
+    if crate::nested::rerun::in_emulated_host() {
+        crate::nested::rerun::pin_to_first_cpu("schedrig boot");
     }
     let report = crate::boot::boot(&opts, started)?;
     if a.json {
