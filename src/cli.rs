@@ -724,9 +724,17 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
     }
     // A guest-init that ended non-zero under an Ok verdict could not do
     // its job (an own --initrd's status is its own business).
+    // A scheduler that died before it attached never ran: as `schedrig
+    // run` calls it, `error`, not the scheduler's failure under test.
     let outcome = match crate::exit_status::Outcome::of_run(report.verdict) {
         crate::exit_status::Outcome::Passed
             if report.exit_code != Some(0) && a.initrd.is_none() =>
+        {
+            crate::exit_status::Outcome::HarnessError
+        }
+        crate::exit_status::Outcome::SchedFailed
+            if report.verdict == schedrig_vmm::RunVerdict::SchedDied
+                && !report.scheduler.attached =>
         {
             crate::exit_status::Outcome::HarnessError
         }
@@ -918,11 +926,29 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         report_dir,
     } = run_options(&a).map_err(crate::exit_status::refused)?;
     if opts.scenarios.is_empty() {
-        // More shards than scenarios: this one has nothing to do.
+        // More shards than scenarios: this one has nothing to do, but
+        // leaves the files a CI job collects (an empty suite, an empty
+        // page) so that its later steps find them.
         eprintln!(
             "schedrig run: shard {} has no scenarios (more shards than scenarios); nothing to run",
             a.shard.map_or_else(String::new, |s| s.to_string())
         );
+        let empty = crate::run::RunSummary {
+            outcomes: Vec::new(),
+            boots: 0,
+            wall: std::time::Duration::ZERO,
+            vms: Vec::new(),
+            logs: Vec::new(),
+            fingerprint: crate::run::fingerprint(&opts),
+        };
+        if let Some(file) = &junit {
+            crate::run::junit::write(file, &crate::run::junit::report(&opts, &empty, &[], &[]))
+                .map_err(|e| anyhow::anyhow!("--junit {}: {e}", file.display()))?;
+        }
+        if let Some(dir) = &report_dir {
+            crate::run::report::write(dir, &opts, &empty, None)
+                .map_err(|e| anyhow::anyhow!("--report {}: {e}", dir.display()))?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
@@ -935,12 +961,14 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
             + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout));
         let runs = if baseline.is_some() { 2 } else { 1 };
         let timeout = once * runs + std::time::Duration::from_secs(300);
-        // A scheduler given by path (under /tmp, say) must be there too.
-        let sched_dir = opts
-            .scheduler
-            .as_ref()
-            .filter(|c| crate::nested::hidden_inside(&c.host_path))
-            .and_then(|c| c.host_path.parent().map(std::path::Path::to_path_buf));
+        // A scheduler given by path (under /tmp, say) must be there too,
+        // and so must a baseline given by path.
+        let hidden_dir = |c: Option<&crate::sched::Chosen>| {
+            c.filter(|c| crate::nested::hidden_inside(&c.host_path))
+                .and_then(|c| c.host_path.parent().map(std::path::Path::to_path_buf))
+        };
+        let sched_dir = hidden_dir(opts.scheduler.as_ref());
+        let baseline_dir = hidden_dir(baseline.as_ref().and_then(|b| b.scheduler.as_ref()));
         return Ok(crate::nested::rerun::rerun_self(
             "schedrig run",
             &why,
@@ -949,6 +977,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .chain(timeline_dir)
                 .chain(sched_dir)
+                .chain(baseline_dir)
                 .chain(
                     junit
                         .as_deref()
@@ -965,6 +994,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut progress = crate::run::output::Progress::new(opts.scenarios.len());
     let summary = crate::run::run(&opts, started, &mut progress)?;
     let baseline_opts = baseline;
+    let mut output_failed = false;
     let baseline = match &baseline_opts {
         Some(b) => {
             eprintln!(
@@ -973,10 +1003,18 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
                 b.scheduler_name()
             );
             let mut progress = crate::run::output::Progress::new(b.scenarios.len());
-            Some((
-                b.scheduler_name(),
-                crate::run::run(b, std::time::Instant::now(), &mut progress)?,
-            ))
+            // The baseline informs; it never costs the run under test its
+            // results.
+            match crate::run::run(b, std::time::Instant::now(), &mut progress) {
+                Ok(s) => Some((b.scheduler_name(), s)),
+                Err(e) => {
+                    eprintln!(
+                        "baseline: {} could not be run, shown without it: {e:#}",
+                        b.scheduler_name()
+                    );
+                    None
+                }
+            }
         }
         None => None,
     };
@@ -984,9 +1022,14 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         let b = baseline_opts
             .as_ref()
             .zip(baseline.as_ref().map(|(_, s)| s));
-        let p = crate::run::report::write(dir, &opts, &summary, b)
-            .map_err(|e| anyhow::anyhow!("--report {}: {e}", dir.display()))?;
-        eprintln!("report: {}", p.display());
+        match crate::run::report::write(dir, &opts, &summary, b) {
+            Ok(p) => eprintln!("report: {}", p.display()),
+            // Said, and the results still printed; the status says so.
+            Err(e) => {
+                eprintln!("schedrig run: --report {}: {e}", dir.display());
+                output_failed = true;
+            }
+        }
     }
     let baseline = baseline.as_ref().map(|(n, s)| (n.as_str(), s));
     let mut pages = Vec::new();
@@ -1022,14 +1065,12 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("junit: {}", file.display());
     }
     if a.json {
-        let mut seen: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-        for o in &summary.outcomes {
+        let repeats = crate::run::output::repeat_numbers(&summary);
+        for (o, &k) in summary.outcomes.iter().zip(&repeats) {
             let mut j = crate::run::output::json(&opts, &summary, o);
-            let n = seen.entry(o.scenario.name.as_str()).or_default();
-            *n += 1;
-            j["repeat"] = serde_json::json!(*n);
+            j["repeat"] = serde_json::json!(k);
             if let Some((name, b)) = baseline {
-                j["baseline"] = match crate::run::output::baseline_of(b, &o.scenario.name) {
+                j["baseline"] = match crate::run::output::baseline_of(b, &o.scenario.name, k) {
                     Some(bo) => serde_json::json!({
                         "scheduler": name,
                         "verdict": bo.judgement.verdict.as_str(),
@@ -1045,9 +1086,12 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", crate::run::output::table(&opts, &summary, baseline));
     }
-    Ok(crate::exit_status::of_all(summary.outcomes.iter().map(
-        |o| crate::exit_status::Outcome::of_scenario(o.judgement.verdict),
-    )))
+    let outcomes = summary
+        .outcomes
+        .iter()
+        .map(|o| crate::exit_status::Outcome::of_scenario(o.judgement.verdict));
+    let harness = output_failed.then_some(crate::exit_status::Outcome::HarnessError);
+    Ok(crate::exit_status::of_all(outcomes.chain(harness)))
 }
 
 fn run_nested(a: NestedArgs) -> anyhow::Result<ExitCode> {

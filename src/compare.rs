@@ -58,6 +58,8 @@ pub struct Run {
     pub fingerprint: serde_json::Value,
     /// Each check's limit, for its threshold.
     pub limits: BTreeMap<String, f64>,
+    /// Per scenario, each repeat's verdict.
+    pub verdicts: BTreeMap<String, Vec<String>>,
 }
 
 /// Which way is worse for a metric, and how much change counts.
@@ -120,6 +122,10 @@ pub fn read(path: &Path) -> Result<Run, CompareError> {
             });
         };
         run.scheduler = v["scheduler"].as_str().unwrap_or("?").to_string();
+        run.verdicts
+            .entry(name.to_string())
+            .or_default()
+            .push(v["verdict"].as_str().unwrap_or("?").to_string());
         run.fingerprint = v["fingerprint"].clone();
         let m = run.metrics.entry(name.to_string()).or_default();
         for (k, val, limit) in metrics_of(&v) {
@@ -249,6 +255,29 @@ pub fn compare(a: &Run, b: &Run) -> Vec<Change> {
     let nested = a.fingerprint["nested"] == true || b.fingerprint["nested"] == true;
     let mut out = Vec::new();
     for (scenario, ma) in &a.metrics {
+        // A scenario B lost, or that B no longer passes where A always
+        // did (a failure, or a run that could not be judged), is a
+        // regression whatever its figures say.
+        let passes = |r: &Run| {
+            r.verdicts
+                .get(scenario)
+                .is_some_and(|v| !v.is_empty() && v.iter().all(|x| x == "pass"))
+        };
+        let b_bad = b.verdicts.get(scenario).map_or(0, |v| {
+            v.iter().filter(|x| *x == "fail" || *x == "error").count()
+        });
+        if passes(a) && (!b.metrics.contains_key(scenario) || b_bad > 0) {
+            let n_b = b.verdicts.get(scenario).map_or(0, Vec::len);
+            out.push(Change {
+                scenario: scenario.clone(),
+                metric: "verdict: repeats not passing".into(),
+                a: 0.0,
+                b: b_bad as f64,
+                n: (a.verdicts[scenario].len(), n_b),
+                interval: None,
+                call: Call::Regression,
+            });
+        }
         let Some(mb) = b.metrics.get(scenario) else {
             continue;
         };
@@ -447,6 +476,7 @@ mod tests {
             scheduler: "x".into(),
             fingerprint: serde_json::json!({ "nested": nested }),
             limits: BTreeMap::new(),
+            verdicts: BTreeMap::from([("s".to_string(), vec!["pass".to_string(); 3])]),
         };
         assert_eq!(
             compare(&run(14000.0, false), &run(7000.0, false))[0].call,
@@ -456,6 +486,42 @@ mod tests {
             compare(&run(14000.0, true), &run(7000.0, true))[0].call,
             Call::HostBound
         );
+    }
+
+    #[test]
+    fn a_scenario_lost_or_failing_in_b_is_a_regression() {
+        let run = |verdicts: &[&str]| Run {
+            metrics: BTreeMap::from([(
+                "s".to_string(),
+                BTreeMap::from([("gap_us".to_string(), vec![1.0; verdicts.len()])]),
+            )]),
+            scheduler: "x".into(),
+            fingerprint: serde_json::json!({}),
+            limits: BTreeMap::new(),
+            verdicts: BTreeMap::from([(
+                "s".to_string(),
+                verdicts.iter().map(|v| v.to_string()).collect(),
+            )]),
+        };
+        let good = run(&["pass", "pass", "pass"]);
+        let c = compare(&good, &run(&["pass", "error", "pass"]));
+        assert!(
+            c.iter()
+                .any(|c| c.call == Call::Regression && c.metric.starts_with("verdict")),
+            "{c:?}"
+        );
+        let mut lost = run(&[]);
+        lost.metrics.clear();
+        lost.verdicts.clear();
+        assert!(compare(&good, &lost)
+            .iter()
+            .any(|c| c.call == Call::Regression));
+        // Inconclusive repeats are the host's: not a regression.
+        let c = compare(&good, &run(&["pass", "inconclusive", "pass"]));
+        assert!(c.iter().all(|c| c.call != Call::Regression), "{c:?}");
+        assert!(compare(&good, &good)
+            .iter()
+            .all(|c| c.call != Call::Regression));
     }
 
     #[test]

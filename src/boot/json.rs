@@ -210,6 +210,7 @@ mod tests {
                 cpu_ns: 5,
                 wait_ns: 6,
                 state: Some('S'),
+                slices: 1,
             }),
         };
         r.monitor = Some(MonitorReport {

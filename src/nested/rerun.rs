@@ -59,7 +59,7 @@ pub fn rerun_self(
         Ok(exe) => argv[0] = exe.display().to_string(),
         Err(e) => {
             eprintln!("{label}: cannot find my own executable: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(crate::exit_status::HARNESS_ERROR);
         }
     }
     // One nested test host at a time on this machine: each takes every
@@ -79,7 +79,7 @@ pub fn rerun_self(
         Ok(h) => h,
         Err(e) => {
             eprintln!("{label}: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(crate::exit_status::HARNESS_ERROR);
         }
     };
     let mut writable = writable.into_iter();
@@ -93,7 +93,7 @@ pub fn rerun_self(
         match super::run(&opts, &argv) {
             Ok(out) => {
                 if let NestedStatus::Exited(_) | NestedStatus::Signaled(_) = out.status {
-                    return ExitCode::from(out.exit_code().clamp(0, 255) as u8);
+                    return inner_status(&out.status);
                 }
                 eprintln!("{label}: nested host attempt {attempt}: {:?}", out.status);
                 eprintln!("--- nested console tail ---\n{}", out.console_tail);
@@ -101,15 +101,25 @@ pub fn rerun_self(
                 let retry =
                     matches!(out.status, NestedStatus::Failed(_)) && attempt < NESTED_ATTEMPTS;
                 if !retry {
-                    return ExitCode::from(out.exit_code().clamp(0, 255) as u8);
+                    return inner_status(&out.status);
                 }
                 eprintln!("{label}: the nested host died without a status; retrying once");
             }
             Err(e) => {
                 eprintln!("{label}: cannot start the nested host: {e}");
-                return ExitCode::FAILURE;
+                return ExitCode::from(crate::exit_status::HARNESS_ERROR);
             }
         }
     }
-    ExitCode::FAILURE
+    ExitCode::from(crate::exit_status::HARNESS_ERROR)
+}
+
+/// The command's own status when it exited; anything else (a signal, the
+/// nested host timed out or failed) means the harness could not run it:
+/// status 4 (src/exit_status.rs), never one a verdict could have.
+fn inner_status(status: &NestedStatus) -> ExitCode {
+    match status {
+        NestedStatus::Exited(c) => ExitCode::from((*c).clamp(0, 255) as u8),
+        _ => ExitCode::from(crate::exit_status::HARNESS_ERROR),
+    }
 }

@@ -69,10 +69,9 @@ pub fn report(
         suite.add_property((k, v));
     }
     suite.add_property(("nested", fp.nested.to_string().as_str()));
+    // A `revised` outcome is the same entry, its verdict changed in
+    // place (the scheduler failed as it was stopped after it): kept.
     for (i, o) in summary.outcomes.iter().enumerate() {
-        if o.revised {
-            continue;
-        }
         let out = common
             .iter()
             .chain(each.get(i).into_iter().flatten())

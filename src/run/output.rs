@@ -68,9 +68,28 @@ pub fn progress_line(o: &Outcome, done: usize, total: usize) -> String {
 }
 
 /// The table, then a line per non-passing scenario, then the counts.
-/// The baseline's outcome for scenario `name` (the last word on it).
-pub fn baseline_of<'a>(b: &'a RunSummary, name: &str) -> Option<&'a Outcome> {
-    b.outcomes.iter().rev().find(|o| o.scenario.name == name)
+/// The baseline's outcome for repeat `k` (from 1) of scenario `name`, or
+/// its last one when it has fewer.
+pub fn baseline_of<'a>(b: &'a RunSummary, name: &str, k: usize) -> Option<&'a Outcome> {
+    let mine: Vec<&Outcome> = b
+        .outcomes
+        .iter()
+        .filter(|o| o.scenario.name == name)
+        .collect();
+    mine.get(k.saturating_sub(1)).or(mine.last()).copied()
+}
+
+/// Which repeat (from 1) of its scenario each outcome is.
+pub fn repeat_numbers(s: &RunSummary) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    s.outcomes
+        .iter()
+        .map(|o| {
+            let n = seen.entry(o.scenario.name.as_str()).or_default();
+            *n += 1;
+            *n
+        })
+        .collect()
 }
 
 /// The table; with `baseline` (its name and run: the same scenarios under
@@ -78,10 +97,12 @@ pub fn baseline_of<'a>(b: &'a RunSummary, name: &str) -> Option<&'a Outcome> {
 pub fn table(opts: &RunOptions, s: &RunSummary, baseline: Option<(&str, &RunSummary)>) -> String {
     let topo = opts.topology.to_string();
     let sched = opts.scheduler_name();
+    let repeats = repeat_numbers(s);
     let rows: Vec<Vec<String>> = s
         .outcomes
         .iter()
-        .map(|o| {
+        .zip(&repeats)
+        .map(|(o, &k)| {
             let mut r = vec![
                 o.scenario.name.clone(),
                 topo.clone(),
@@ -89,7 +110,7 @@ pub fn table(opts: &RunOptions, s: &RunSummary, baseline: Option<(&str, &RunSumm
                 o.judgement.verdict.as_str().to_string(),
             ];
             if let Some((_, b)) = baseline {
-                r.push(baseline_of(b, &o.scenario.name).map_or_else(
+                r.push(baseline_of(b, &o.scenario.name, k).map_or_else(
                     || "-".to_string(),
                     |b| b.judgement.verdict.as_str().to_string(),
                 ));
@@ -121,14 +142,15 @@ pub fn table(opts: &RunOptions, s: &RunSummary, baseline: Option<(&str, &RunSumm
     for r in &rows {
         out += &line(r);
     }
-    let bad: Vec<&Outcome> = s
+    let bad: Vec<(&Outcome, usize)> = s
         .outcomes
         .iter()
-        .filter(|o| o.judgement.verdict != ScenarioVerdict::Pass)
+        .zip(repeats.iter().copied())
+        .filter(|(o, _)| o.judgement.verdict != ScenarioVerdict::Pass)
         .collect();
     if !bad.is_empty() {
         out += "\n";
-        for o in bad {
+        for (o, k) in bad {
             out += &format!(
                 "{} {}: {}\n",
                 o.scenario.name,
@@ -140,7 +162,7 @@ pub fn table(opts: &RunOptions, s: &RunSummary, baseline: Option<(&str, &RunSumm
                     out += &format!("  (expected: {known})\n");
                 }
                 if let Some((n, b)) = baseline {
-                    out += &match baseline_of(b, &o.scenario.name).map(|b| b.judgement.verdict) {
+                    out += &match baseline_of(b, &o.scenario.name, k).map(|b| b.judgement.verdict) {
                         Some(ScenarioVerdict::Pass) => format!(
                             "  ({n} passes it on the same kernel and topology: this failure is {sched}'s)\n"
                         ),

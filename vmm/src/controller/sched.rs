@@ -282,23 +282,31 @@ pub fn stall_ms(message: &str) -> Option<u64> {
 /// stall of 5 s with 2.5 s of steal still had 2.5 s of CPU to run the
 /// task in.)
 fn stall_verdict(name: &str, exit: &SchedExit, said: String) -> (RunVerdict, String) {
-    let (cpu, steal) = exit
-        .steal_ms
-        .iter()
-        .copied()
-        .enumerate()
-        .max_by_key(|&(_, s)| s)
-        .unwrap_or((0, 0));
+    // A task's stall is on its CPU: the most stolen CPU may explain it.
+    // sched_ext's own watchdog work runs on any CPU (an unbound
+    // workqueue): only the least stolen CPU can explain that one.
+    let any_cpu = exit.message.contains("failed to check in for ");
+    let steals = exit.steal_ms.iter().copied().enumerate();
+    let (cpu, steal) = if any_cpu {
+        steals.min_by_key(|&(_, s)| s)
+    } else {
+        steals.max_by_key(|&(_, s)| s)
+    }
+    .unwrap_or((0, 0));
     match stall_ms(&exit.message) {
         Some(stall) if steal.saturating_mul(4) >= stall.saturating_mul(3) && steal > 0 => (
             RunVerdict::Inconclusive,
             format!(
-                "{name} ejected ({said}), but the host did not run CPU {cpu} for {steal} ms of the hold (steal time), at least three quarters of the {stall} ms stall: not judged"
+                "{name} ejected ({said}), but the host did not run {}CPU {cpu} for {steal} ms of the hold (steal time), at least three quarters of the {stall} ms stall: not judged",
+                if any_cpu { "even its least stolen CPU, " } else { "" }
             ),
         ),
         _ => (
             RunVerdict::SchedStall,
-            format!("{name} ejected: {said} (most steal time on any CPU during the hold: {steal} ms)"),
+            format!(
+                "{name} ejected: {said} ({} steal time on any CPU during the hold: {steal} ms)",
+                if any_cpu { "least" } else { "most" }
+            ),
         ),
     }
 }
@@ -395,10 +403,12 @@ mod tests {
             "runnable task stall",
             "watchdog failed to check in for 5.001s",
         );
-        unchecked.steal_ms = vec![3900, 100];
+        // Every CPU stolen that much: the work could run nowhere.
+        unchecked.steal_ms = vec![3900, 3800];
         let (v, why) = judged(Some("scx_qmap"), Some(unchecked.clone())).unwrap();
         assert_eq!(v, RunVerdict::Inconclusive, "{why}");
-        unchecked.steal_ms = vec![1000, 100];
+        // One CPU stolen: the work could have run on the other.
+        unchecked.steal_ms = vec![3900, 100];
         assert_eq!(
             judged(Some("q"), Some(unchecked)).unwrap().0,
             RunVerdict::SchedStall

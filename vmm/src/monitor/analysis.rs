@@ -39,6 +39,8 @@ pub struct ThreadTimes {
     /// halted vCPU is, `D` uninterruptible sleep in the host kernel), if
     /// read.
     pub state: Option<char>,
+    /// Times it was switched onto a CPU (schedstat's third field).
+    pub slices: u64,
 }
 
 /// One CPU in one sample.
@@ -188,14 +190,26 @@ fn judge(cpu: usize, run: &[&Sample]) -> Stall {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let runnable = run
-        .iter()
-        .filter(|s| s.cpus[cpu].vcpu.and_then(|v| v.state) == Some('R'))
-        .count();
+    let in_state = |want: &[char]| {
+        run.iter()
+            .filter(|s| {
+                s.cpus[cpu]
+                    .vcpu
+                    .and_then(|v| v.state)
+                    .is_some_and(|c| want.contains(&c))
+            })
+            .count()
+    };
+    let runnable = in_state(&['R']);
+    // Held off its CPUs in one stretch: switched in at most once in the
+    // window. A vCPU that halts, wakes, waits a little and runs again
+    // (as under a scheduler that kicks a CPU and gives it nothing) is
+    // switched in each time, and its short waits are booked.
+    let one_stretch = times.is_some_and(|(a, b)| b.slices.saturating_sub(a.slices) <= 1);
     // Its thread runnable (R) sample after sample yet given no CPU: it
     // waited in the host's run queue, a wait schedstat books only once
     // the thread runs again (so `vcpu_wait_ms` can read 0 here).
-    let waited = slept && runnable * 2 >= run.len();
+    let waited = slept && one_stretch && runnable * 2 >= run.len();
     // Woken, not lost, if its thread was runnable: the host's wait.
     let lost_wakeup = slept
         && !waited
@@ -216,7 +230,13 @@ fn judge(cpu: usize, run: &[&Sample]) -> Stall {
     // clear_page_erms, its vCPU thread 0 ms on CPU for 1.5 s while the
     // other vCPUs ran). A guest halts a CPU only from its idle task (or
     // in a panic), and no scheduler stops a running vCPU.
-    let host_held = slept && run.iter().all(|s| !s.cpus[cpu].rq.idle);
+    // Runnable or blocked in the host (R, D), not asleep (S): a guest
+    // with paravirtual spinlocks halts a CPU in `kvm_wait` from any task,
+    // and such a halted vCPU sleeps in S.
+    let host_held = slept
+        && one_stretch
+        && in_state(&['R', 'D']) * 2 >= run.len()
+        && run.iter().all(|s| !s.cpus[cpu].rq.idle);
     let inconclusive = inconclusive.or_else(|| {
         host_held.then(|| {
             format!(
@@ -315,6 +335,7 @@ mod tests {
                             cpu_ns: t as u64 * 1_000_000,
                             wait_ns: t as u64 * wait_per_interval_ms * 1_000_000,
                             state: None,
+                            slices: 0,
                         }),
                     })
                     .collect(),
@@ -359,7 +380,8 @@ mod tests {
             x.cpus[1].vcpu = Some(ThreadTimes {
                 cpu_ns: 1_000_000 * t.min(2) as u64,
                 wait_ns: 0,
-                state: Some(if t % 3 == 0 { 'D' } else { 'S' }),
+                state: Some(if t % 3 == 0 { 'R' } else { 'D' }),
+                slices: 3,
             });
         }
         let found = stalls(&s);
@@ -370,9 +392,26 @@ mod tests {
                 .as_deref()
                 .is_some_and(|w| w.contains("CPU 1 was running a task")
                     && w.contains("ran 0 ms of the 500 ms window")
-                    && w.contains("states in the window's samples: S 4, D 2")),
+                    && w.contains("states in the window's samples: D 4, R 2")),
             "{found:?}"
         );
+        // Asleep (S) instead: a vCPU halted in the guest's kvm_wait from
+        // a task may be the scheduler's doing.
+        let mut asleep = s.clone();
+        for x in &mut asleep {
+            if let Some(v) = &mut x.cpus[1].vcpu {
+                v.state = Some('S');
+            }
+        }
+        assert!(stalls(&asleep)[0].inconclusive.is_none());
+        // Switched in again and again in the window: not one stretch.
+        let mut cycling = s.clone();
+        for (t, x) in cycling.iter_mut().enumerate() {
+            if let Some(v) = &mut x.cpus[1].vcpu {
+                v.slices = 3 + t as u64;
+            }
+        }
+        assert!(stalls(&cycling)[0].inconclusive.is_none());
         // Idle in one sample of the window: a guest that halted its CPU
         // with work queued may be the scheduler's doing.
         let mut idle_once = s.clone();
@@ -445,6 +484,7 @@ mod tests {
                 cpu_ns: t as u64 * 90_000_000,
                 wait_ns: 0,
                 state: None,
+                slices: 0,
             });
         }
         let found = stalls(&busy);
@@ -472,6 +512,21 @@ mod tests {
                 ..ThreadTimes::default()
             });
         }
+        // Runnable in every sample but switched in each interval (waking,
+        // waiting briefly, running, halting): not one long wait.
+        let mut cycling = s.clone();
+        for (t, x) in cycling.iter_mut().enumerate() {
+            x.cpus[0].vcpu = Some(ThreadTimes {
+                state: Some('R'),
+                slices: t as u64,
+                ..ThreadTimes::default()
+            });
+        }
+        assert!(
+            stalls(&cycling)[0].inconclusive.is_none(),
+            "{:?}",
+            stalls(&cycling)
+        );
         let found = stalls(&s);
         assert!(
             found[0]

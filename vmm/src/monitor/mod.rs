@@ -380,11 +380,13 @@ pub fn thread_times(tid: i32) -> Option<ThreadTimes> {
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     let mut it = text.split_whitespace().map(|f| f.parse::<u64>().ok());
     let (cpu_ns, wait_ns) = (it.next()??, it.next()??);
+    let slices = it.next().flatten().unwrap_or(0);
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
     Some(ThreadTimes {
         cpu_ns,
         wait_ns,
         state: stat_state(&stat),
+        slices,
     })
 }
 
