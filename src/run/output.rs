@@ -162,12 +162,14 @@ pub fn table(opts: &RunOptions, s: &RunSummary, baseline: Option<(&str, &RunSumm
                     out += &format!("  (expected: {known})\n");
                 }
                 if let Some((n, b)) = baseline {
-                    out += &match baseline_of(b, &o.scenario.name, k).map(|b| b.judgement.verdict) {
+                    let bo = baseline_of(b, &o.scenario.name, k);
+                    let numbers = bo.map(key_numbers).unwrap_or_default();
+                    out += &match bo.map(|b| b.judgement.verdict) {
                         Some(ScenarioVerdict::Pass) => format!(
-                            "  ({n} passes it on the same kernel and topology: this failure is {sched}'s)\n"
+                            "  ({n} passes it on the same kernel and topology, {numbers}: this failure is {sched}'s)\n"
                         ),
                         Some(ScenarioVerdict::Fail) => format!(
-                            "  ({n} fails it too: look at the scenario, kernel or machine before {sched})\n"
+                            "  ({n} fails it too, {numbers}: look at the scenario, kernel or machine before {sched})\n"
                         ),
                         Some(v) => format!("  ({n}: {}, no comparison)\n", v.as_str()),
                         None => String::new(),
