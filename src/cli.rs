@@ -831,13 +831,7 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         !(eevdf && a.sched_args.is_some()),
         "--sched-args needs a scheduler; EEVDF takes none"
     );
-    let scheduler = if eevdf {
-        None
-    } else {
-        let c = crate::sched::choose(&a.scheduler)?;
-        crate::sched::check_topology(&c, a.topology.vcpus())?;
-        Some(c)
-    };
+    let scheduler = crate::sched::choose_or_eevdf(&a.scheduler, a.topology.vcpus())?;
     let sched_args = match &a.sched_args {
         Some(s) => crate::sched::split_args(s)?,
         None => Vec::new(),
@@ -877,13 +871,7 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
     let baseline = match &a.baseline {
         None => None,
         Some(b) => {
-            let scheduler = if b.eq_ignore_ascii_case("eevdf") {
-                None
-            } else {
-                let c = crate::sched::choose(b)?;
-                crate::sched::check_topology(&c, a.topology.vcpus())?;
-                Some(c)
-            };
+            let scheduler = crate::sched::choose_or_eevdf(b, a.topology.vcpus())?;
             Some(crate::run::RunOptions {
                 scheduler,
                 sched_args: Vec::new(),

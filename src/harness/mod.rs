@@ -240,14 +240,8 @@ impl SchedTest {
                 "{name}: arguments need a scheduler; EEVDF takes none"
             ));
         }
-        let scheduler = if eevdf {
-            None
-        } else {
-            let c = crate::sched::choose(&self.scheduler).map_err(|e| format!("{name}: {e}"))?;
-            crate::sched::check_topology(&c, topology.vcpus())
-                .map_err(|e| format!("{name}: {e}"))?;
-            Some(c)
-        };
+        let scheduler = crate::sched::choose_or_eevdf(&self.scheduler, topology.vcpus())
+            .map_err(|e| format!("{name}: {e}"))?;
         Ok(RunOptions {
             console_dir: Some(artifacts.to_path_buf()),
             kernel: crate::kernel::KernelRequest::default(),

@@ -195,21 +195,10 @@ fn num(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// Writes the report whole or not at all: to a temporary file beside
-/// FILE, renamed over it.
+/// Writes the report whole or not at all.
 pub fn write(file: &Path, report: &Report) -> std::io::Result<()> {
     let xml = report.to_string().map_err(std::io::Error::other)?;
-    let tmp = file.with_file_name(format!(
-        ".{}.{}.tmp",
-        file.file_name()
-            .map_or_else(|| "junit".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, xml)
-        .and_then(|()| std::fs::rename(&tmp, file))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    super::write_whole(file, xml.as_bytes())
 }
 
 /// A JUnit file's testsuite counts, `[tests, failures, errors, skipped]`,

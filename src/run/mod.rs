@@ -75,6 +75,15 @@ pub fn output_dir(flag: &str, dir: &Path) -> Result<PathBuf, RunError> {
     Ok(abs)
 }
 
+/// Writes a file whole or not at all (a temporary file beside it, renamed
+/// over it): what a run leaves for the user (pages, reports).
+pub fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::write(tmp.path(), bytes)?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
+}
+
 /// What the topology looks like to a scenario, before any VM.
 pub fn layout_of(t: &Topology) -> CpuLayout {
     CpuLayout::uniform(t.numa_nodes, t.llcs, t.cores_per_llc * t.threads_per_core)

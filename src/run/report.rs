@@ -57,11 +57,7 @@ pub fn write(
         columns.push(column(dir, Some("baseline"), &bo.scheduler_name(), bs)?);
     }
     let path = dir.join("index.html");
-    let tmp = dir.join(".index.html.tmp");
-    std::fs::write(&tmp, page(opts, &columns))?;
-    std::fs::rename(&tmp, &path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
+    super::write_whole(&path, page(opts, &columns).as_bytes())?;
     Ok(path)
 }
 

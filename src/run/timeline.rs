@@ -35,11 +35,7 @@ pub fn write(dir: &Path, n: usize, o: &Outcome, scheduler: &str) -> std::io::Res
         })
         .collect();
     let path = dir.join(format!("{n:02}-{name}.html"));
-    let tmp = dir.join(format!(".{n:02}-{name}.html.tmp"));
-    std::fs::write(&tmp, page(o, scheduler))?;
-    std::fs::rename(&tmp, &path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
+    super::write_whole(&path, page(o, scheduler).as_bytes())?;
     Ok(path)
 }
 

@@ -126,6 +126,17 @@ pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
     })
 }
 
+/// `eevdf` (any case: the kernel's own scheduler, None) or the scheduler
+/// [`choose`] finds, checked against a topology of `vcpus` CPUs.
+pub fn choose_or_eevdf(spec: &str, vcpus: u32) -> Result<Option<Chosen>, SchedError> {
+    if spec.eq_ignore_ascii_case("eevdf") {
+        return Ok(None);
+    }
+    let c = choose(spec)?;
+    check_topology(&c, vcpus)?;
+    Ok(Some(c))
+}
+
 /// Refuses a tree scheduler on a topology it cannot attach to, before
 /// any VM. scx_central's `ops.init` fails unless it runs on the central
 /// CPU, and its loader pins itself there for that; but Linux 6.12.y (the
