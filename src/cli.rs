@@ -31,7 +31,8 @@ enum Command {
         #[arg(long, short = 'j')]
         jobs: Option<usize>,
         /// Also what the test suite needs beyond a run (a headless
-        /// browser, Debian's chromium, to check `--timeline` pages).
+        /// browser, Debian's chromium, to check `--timeline` pages; tmux, to
+        /// drive `schedrig shell` as a person would; busybox-static).
         #[arg(long)]
         tests: bool,
     },
@@ -60,6 +61,12 @@ enum Command {
     /// only if every scenario passed. Where this machine's KVM cannot boot
     /// the kernel, it runs itself inside the nested test host.
     Run(RunArgs),
+    /// An interactive shell (busybox) on the console of a VM with the chosen
+    /// topology and scheduler attached, or one command with --exec. Ctrl-C
+    /// goes to the guest; leaving the shell powers the VM off and reports
+    /// how the scheduler ended. Exit status: the shell's (the command's),
+    /// 2 for bad input, 4 when the VM could not run it to its end.
+    Shell(ShellArgs),
     /// List the scenario catalogue (for a topology), or print one scenario
     /// as TOML to start a file from.
     Scenarios(ScenariosArgs),
@@ -79,6 +86,42 @@ enum Command {
         vmlinux: PathBuf,
         queries: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+struct ShellArgs {
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// CPU topology: NUMA nodes, LLCs per node, cores per LLC, threads per core.
+    #[arg(long, default_value = "1n2l1c1t")]
+    topology: schedrig_vmm::Topology,
+    /// Guest memory (e.g. 512M, 2G).
+    #[arg(long, default_value = "512M", value_parser = parse_mib)]
+    memory: u64,
+    /// The scheduler to attach before the shell starts: a built one by NAME
+    /// or the PATH of an executable [default: none, EEVDF].
+    #[arg(long, value_name = "NAME|PATH")]
+    scheduler: Option<String>,
+    /// The scheduler's arguments, split as a shell would.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true, requires = "scheduler")]
+    sched_args: Option<String>,
+    /// A host program to ship to /schedrig/bin (on PATH) with its shared
+    /// libraries; repeat for several.
+    #[arg(long, value_name = "PATH")]
+    include: Vec<PathBuf>,
+    /// Run this command (`sh -c CMD`) instead of an interactive shell,
+    /// print its output and exit with its status.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// Seconds the whole VM may run [default: 14400 interactive, 600 with --exec].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Seconds the VM may take to boot.
+    #[arg(long, default_value_t = 120)]
+    boot_timeout: u64,
+    /// Seconds the scheduler may take to attach.
+    #[arg(long, value_name = "SECS", default_value_t = crate::boot::DEFAULT_ATTACH_TIMEOUT)]
+    attach_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -334,9 +377,11 @@ pub fn parse_mib(s: &str) -> Result<u64, String> {
 
 #[derive(Debug, Subcommand)]
 enum KernelCommand {
-    /// Build the project kernel (Debian linux-source + kernels/schedrig.config)
-    /// into the cache; returns at once when it is already cached. The last
-    /// line printed is the cache entry's directory.
+    /// Build the project kernel (Debian linux-source + kernels/schedrig.config),
+    /// or with --source your own kernel tree, into the cache, with the
+    /// tree's sched_ext schedulers and selftests; returns at once when it
+    /// is already cached. The last line printed is the cache entry's
+    /// directory.
     Build {
         /// Parallel make jobs [default: number of CPUs].
         #[arg(long, short = 'j')]
@@ -344,6 +389,14 @@ enum KernelCommand {
         /// Rebuild even when the cache entry exists.
         #[arg(long)]
         force: bool,
+        /// A kernel source tree to build out of tree (nothing is written
+        /// into it), cached by its git commit and uncommitted changes (or
+        /// its files' content outside git).
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
+        /// With --source: the .config to start from [default: defconfig].
+        #[arg(long, value_name = "FILE", requires = "source")]
+        kernel_config: Option<PathBuf>,
     },
     /// Show which kernel a run would boot, and check it has sched_ext.
     Resolve {
@@ -358,12 +411,19 @@ enum KernelCommand {
 /// How a command picks its kernel.
 #[derive(Debug, Args, Clone, Default)]
 pub struct KernelArgs {
-    /// A vmlinux or bzImage to boot [default: the cached project kernel].
-    #[arg(long, value_name = "PATH")]
+    /// A vmlinux or bzImage to boot, or a kernel source tree (DIR) to build
+    /// out of tree into the cache (cached by the tree's git commit and
+    /// changes; incremental) with its own schedulers [default: the cached
+    /// project kernel].
+    #[arg(long, value_name = "PATH|DIR")]
     pub kernel: Option<PathBuf>,
     /// The unstripped vmlinux for introspection, when it is not beside --kernel.
     #[arg(long, value_name = "PATH")]
     pub vmlinux: Option<PathBuf>,
+    /// With --kernel DIR: the .config to start from [default: defconfig];
+    /// kvm_guest.config and kernels/schedrig.config are merged on top.
+    #[arg(long, value_name = "FILE")]
+    pub kernel_config: Option<PathBuf>,
 }
 
 impl KernelArgs {
@@ -371,6 +431,7 @@ impl KernelArgs {
         KernelRequest {
             kernel: self.kernel.clone(),
             vmlinux: self.vmlinux.clone(),
+            config: self.kernel_config.clone(),
         }
     }
 }
@@ -447,8 +508,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Kernel(KernelCommand::Build { jobs, force }) => {
+        Command::Kernel(KernelCommand::Build {
+            jobs,
+            force,
+            source: None,
+            ..
+        }) => {
             let dir = build_kernel(jobs, force)?;
+            println!("{}", dir.display());
+        }
+        Command::Kernel(KernelCommand::Build {
+            jobs,
+            force,
+            source: Some(tree),
+            kernel_config,
+        }) => {
+            let req = KernelRequest {
+                kernel: Some(tree.clone()),
+                vmlinux: None,
+                config: kernel_config.clone(),
+            };
+            anyhow::ensure!(
+                tree.is_dir(),
+                "--source {}: not a directory",
+                tree.display()
+            );
+            req.check().map_err(|e| crate::exit_status::refused(e.into()))?;
+            let dir = crate::prepare::build_tree(&tree, kernel_config.as_deref(), &build_options(jobs, force)?)?;
             println!("{}", dir.display());
         }
         Command::Kernel(KernelCommand::Resolve { kernel, json }) => {
@@ -467,6 +553,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Nested(a) => return run_nested(a),
         Command::Boot(a) => return run_boot(a),
+        Command::Shell(a) => return run_shell(a),
         Command::Run(a) => return run_scenarios(a),
         // Commands that start no VM: any error is in what was given.
         Command::Scenarios(a) => return list_scenarios(a).map_err(crate::exit_status::refused),
@@ -503,6 +590,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Selftest(a) => {
+            crate::prepare::kernel(&a.kernel.request())
+                .map_err(|e| crate::exit_status::refused(e.into()))?;
             let junit = a
                 .junit
                 .as_deref()
@@ -550,51 +639,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `schedrig kernel build` (also the first step of `schedrig setup`):
 /// returns the cache entry's directory.
 fn build_kernel(jobs: Option<usize>, force: bool) -> anyhow::Result<PathBuf> {
+    let opts = build_options(jobs, force)?;
+    let out = kernel::build(&opts)?;
+    crate::prepare::report_kernel(&out);
+    // The tree's schedulers and selftests, built for this kernel.
+    let key = crate::prepare::entry_key(&out.entry);
+    crate::prepare::schedulers(&key, &out.entry, None, opts.jobs)?;
+    Ok(out.entry.dir)
+}
+
+fn build_options(jobs: Option<usize>, force: bool) -> anyhow::Result<BuildOptions> {
     let mut opts = BuildOptions::default();
     if let Some(j) = jobs {
         anyhow::ensure!(j > 0, "--jobs must be at least 1");
         opts.jobs = j;
     }
     opts.force = force;
-    let out = kernel::build(&opts)?;
-    report_kernel(&out);
-    // The tree's schedulers and selftests, built for this kernel.
-    let key = out
-        .entry
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let t = std::time::Instant::now();
-    let (sched, cached) = crate::sched::build::build(&key, &out.entry.vmlinux(), opts.jobs)?;
-    if cached {
-        eprintln!(
-            "schedrig: schedulers are cached ({:.2}s)",
-            t.elapsed().as_secs_f64()
-        );
-    } else {
-        eprintln!(
-            "schedrig: schedulers built in {:.0}s: {}",
-            t.elapsed().as_secs_f64(),
-            sched.dir.display()
-        );
-    }
-    Ok(out.entry.dir)
-}
-
-fn report_kernel(out: &kernel::BuildOutcome) {
-    if out.cached {
-        eprintln!(
-            "schedrig: kernel is cached ({:.2}s)",
-            out.duration.as_secs_f64()
-        );
-    } else {
-        eprintln!(
-            "schedrig: kernel built in {}m{:02}s",
-            out.duration.as_secs() / 60,
-            out.duration.as_secs() % 60
-        );
-    }
+    Ok(opts)
 }
 
 /// When this process was started (exec), to the kernel's 10 ms tick:
@@ -627,6 +688,85 @@ fn process_start() -> std::time::Instant {
 /// When the process started: the CLI's "VMM start" for set-up figures.
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// `schedrig shell`'s options from its flags, checked before any VM.
+fn shell_options(a: &ShellArgs) -> anyhow::Result<crate::shell::ShellOptions> {
+    anyhow::ensure!(
+        a.boot_timeout > 0 && a.attach_timeout > 0 && a.timeout != Some(0),
+        "timeouts must be at least 1 second"
+    );
+    if let Some(c) = &a.exec {
+        anyhow::ensure!(!c.trim().is_empty(), "--exec needs a command");
+    }
+    a.topology
+        .check_memory(a.memory)
+        .map_err(schedrig_vmm::MachineError::from)?;
+    let key = crate::prepare::kernel(&a.kernel.request())?;
+    let scheduler = match &a.scheduler {
+        Some(s) => crate::sched::choose_or_eevdf(s, a.topology.vcpus(), key.as_deref())?,
+        None => None,
+    };
+    let sched_args = match &a.sched_args {
+        Some(s) => crate::sched::split_args(s)?,
+        None => Vec::new(),
+    };
+    let include = crate::shell::check_include(&a.include, scheduler.as_ref())?;
+    let timeout = a.timeout.map_or(
+        if a.exec.is_some() {
+            crate::shell::EXEC_TIMEOUT
+        } else {
+            crate::shell::INTERACTIVE_TIMEOUT
+        },
+        std::time::Duration::from_secs,
+    );
+    Ok(crate::shell::ShellOptions {
+        kernel: a.kernel.request(),
+        topology: a.topology,
+        memory_mib: a.memory,
+        scheduler,
+        sched_args,
+        include,
+        command: a.exec.clone(),
+        timeout,
+        attach_timeout: std::time::Duration::from_secs(a.attach_timeout),
+        boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
+    })
+}
+
+fn run_shell(a: ShellArgs) -> anyhow::Result<ExitCode> {
+    let started = *PROCESS_START.get_or_init(std::time::Instant::now);
+    let opts = shell_options(&a).map_err(crate::exit_status::refused)?;
+    if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
+        // The same command in the nested test host, our stdin forwarded;
+        // this side's terminal is the one put in raw mode.
+        crate::setup::ensure_packages(&[crate::shell::BUSYBOX_PACKAGE])?;
+        let shares: Vec<PathBuf> = opts
+            .include
+            .iter()
+            .chain(opts.scheduler.as_ref())
+            .filter(|c| crate::nested::hidden_inside(&c.host_path))
+            .filter_map(|c| c.host_path.parent().map(std::path::Path::to_path_buf))
+            .collect();
+        let raw = if opts.command.is_none() {
+            crate::shell::RawTerminal::enter()
+        } else {
+            None
+        };
+        let code = crate::nested::rerun::rerun_self_with(
+            "schedrig shell",
+            &why,
+            opts.timeout + opts.boot_timeout + std::time::Duration::from_secs(300),
+            shares,
+            true,
+        );
+        drop(raw);
+        return Ok(code);
+    }
+    if crate::nested::rerun::in_emulated_host() {
+        crate::nested::rerun::pin_to_first_cpu("schedrig shell");
+    }
+    crate::shell::run(&opts, started)
+}
+
 /// `schedrig boot`'s options from its flags, checked before any VM:
 /// the options, the files the VM will read, the scheduler's arguments.
 fn boot_options(
@@ -636,7 +776,8 @@ fn boot_options(
         a.timeout > 0 && a.boot_timeout > 0,
         "timeouts must be at least 1 second"
     );
-    let job = boot_job(a)?;
+    let key = crate::prepare::kernel(&a.kernel.request())?;
+    let job = boot_job(a, key.as_deref())?;
     let args = job.as_ref().map(|j| j.args.clone()).unwrap_or_default();
     let opts = crate::boot::BootOptions {
         job,
@@ -652,6 +793,7 @@ fn boot_options(
         freeze_test: a.freeze_test,
         scenario_timeout: None,
         initrd: a.initrd.clone(),
+        interactive: false,
     };
     let reads = crate::boot::check_before_vm(&opts)?;
     Ok((opts, reads, args))
@@ -745,7 +887,7 @@ fn run_boot(a: BootArgs) -> anyhow::Result<ExitCode> {
 
 /// The job `schedrig boot` gives the guest: the scheduler, or EEVDF
 /// under load when only --hold is given, or none.
-fn boot_job(a: &BootArgs) -> anyhow::Result<Option<crate::boot::Job>> {
+fn boot_job(a: &BootArgs, kernel_key: Option<&str>) -> anyhow::Result<Option<crate::boot::Job>> {
     use schedrig_scenarios::JobKind;
     let hold = a.hold.unwrap_or(crate::boot::DEFAULT_HOLD);
     anyhow::ensure!(hold > 0, "--hold must be at least 1 second");
@@ -759,7 +901,10 @@ fn boot_job(a: &BootArgs) -> anyhow::Result<Option<crate::boot::Job>> {
         stop_timeout: std::time::Duration::from_secs(crate::boot::STOP_TIMEOUT),
     };
     let (kind, scheduler) = match &a.scheduler {
-        Some(spec) => (JobKind::Scheduler, Some(crate::sched::choose(spec)?)),
+        Some(spec) => (
+            JobKind::Scheduler,
+            Some(crate::sched::choose_for(spec, kernel_key)?),
+        ),
         None if a.hold.is_some() => (JobKind::Default, None),
         None => return Ok(None),
     };
@@ -773,6 +918,8 @@ fn boot_job(a: &BootArgs) -> anyhow::Result<Option<crate::boot::Job>> {
         args,
         times,
         scenarios: Vec::new(),
+        shell: None,
+        include: Vec::new(),
     }))
 }
 
@@ -831,7 +978,8 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         !(eevdf && a.sched_args.is_some()),
         "--sched-args needs a scheduler; EEVDF takes none"
     );
-    let scheduler = crate::sched::choose_or_eevdf(&a.scheduler, a.topology.vcpus())?;
+    let key = crate::prepare::kernel(&a.kernel.request())?;
+    let scheduler = crate::sched::choose_or_eevdf(&a.scheduler, a.topology.vcpus(), key.as_deref())?;
     let sched_args = match &a.sched_args {
         Some(s) => crate::sched::split_args(s)?,
         None => Vec::new(),
@@ -871,7 +1019,7 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
     let baseline = match &a.baseline {
         None => None,
         Some(b) => {
-            let scheduler = crate::sched::choose_or_eevdf(b, a.topology.vcpus())?;
+            let scheduler = crate::sched::choose_or_eevdf(b, a.topology.vcpus(), key.as_deref())?;
             Some(crate::run::RunOptions {
                 scheduler,
                 sched_args: Vec::new(),

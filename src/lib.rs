@@ -15,12 +15,14 @@ pub mod harness;
 pub mod initramfs;
 pub mod kernel;
 pub mod nested;
+pub mod prepare;
 pub mod process;
 pub mod progress;
 pub mod run;
 pub mod sched;
 pub mod selftest;
 pub mod setup;
+pub mod shell;
 pub mod static_bins;
 
 #[doc(hidden)]

@@ -116,7 +116,7 @@ pub fn run(
     on_result: impl Fn(&TestResult),
     started: Instant,
 ) -> Result<SuiteRun, crate::boot::BootError> {
-    let runner = crate::sched::runner()?;
+    let runner = crate::sched::runner(kernel.cache_key().as_deref())?;
     /// Feeds the runner's output to the collector as it arrives.
     struct Feed<F> {
         collector: Collector,
@@ -161,6 +161,8 @@ pub fn run(
                 stop_timeout: Duration::from_secs(1),
             },
             scenarios: Vec::new(),
+            shell: None,
+            include: Vec::new(),
         }),
         ..BootOptions::default()
     };

@@ -29,7 +29,7 @@ pub enum SetupError {
 
 /// What only the test suite needs: a real browser to open `--timeline`
 /// pages in (tests/vm/run.rs renders one headless).
-pub const TEST_PACKAGES: &[&str] = &["chromium"];
+pub const TEST_PACKAGES: &[&str] = &["chromium", "tmux", "busybox-static"];
 
 /// dpkg's database of installed packages (deb822 paragraphs).
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";

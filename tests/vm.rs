@@ -1347,7 +1347,7 @@ fn opts(topo: &str, kernel: Option<std::path::PathBuf>) -> BootOptions {
     BootOptions {
         kernel: KernelRequest {
             kernel,
-            vmlinux: None,
+            ..Default::default()
         },
         topology,
         memory_mib: 256,

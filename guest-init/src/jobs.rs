@@ -39,7 +39,9 @@ pub fn run<W: Write>(
     match job {
         Some(j) if j.kind == JobKind::Scheduler => {
             sched::run(port, j)?;
-            Ok(None)
+            // A shell's status, if this was `schedrig shell`; a scheduler
+            // that never attached leaves none: the shell did not start.
+            Ok(j.shell.as_ref().map(|_| crate::shell::exit_code().unwrap_or(crate::shell::EXIT_NO_SHELL)))
         }
         Some(j) if j.kind == JobKind::Selftest => {
             selftest::run(port, j)?;
@@ -48,7 +50,9 @@ pub fn run<W: Write>(
         _ => {
             let hold = job.map_or(0, |j| j.hold_ms);
             let scenarios = job.map(|j| j.scenarios.as_slice()).unwrap_or_default();
-            if !scenarios.is_empty() {
+            if let Some(spec) = job.and_then(|j| j.shell.as_ref()) {
+                crate::shell::run_plain(spec);
+            } else if !scenarios.is_empty() {
                 say(&format!(
                     "running {} scenarios under EEVDF",
                     scenarios.len()
@@ -74,7 +78,7 @@ pub fn run<W: Write>(
             };
             let bytes = exit.encode().map_err(sched::encode_err)?;
             port.send(MsgTag::SchedulerExitInfo, &bytes)?;
-            Ok(None)
+            Ok(crate::shell::exit_code())
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod requests;
 pub mod scenario;
 pub mod sched;
 pub mod selftest;
+pub mod shell;
 pub mod topology;
 
 #[cfg(test)]

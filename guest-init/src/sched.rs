@@ -324,6 +324,9 @@ fn hold<W: Write>(
     child: &mut Child,
     exit: &mut SchedExit,
 ) -> Result<Option<ExitStatus>, CommsError> {
+    if let Some(spec) = &job.shell {
+        return hold_shell(port, pump, job, child, exit, spec);
+    }
     if !job.scenarios.is_empty() {
         return hold_scenarios(port, pump, job, child, exit);
     }
@@ -372,6 +375,71 @@ fn hold_loaded<W: Write>(
     }
     load.stop();
     stop(port, pump, job, child)
+}
+
+/// `schedrig shell`: the shell on the console while the scheduler stays
+/// attached and watched; its output kept in [`crate::shell::SCHED_LOG`].
+/// A scheduler lost meanwhile is said when the shell ends (the host
+/// reports it too), not while someone types.
+fn hold_shell<W: Write>(
+    port: &mut BulkPort<W>,
+    pump: &Pump,
+    job: &SchedJob,
+    child: &mut Child,
+    exit: &mut SchedExit,
+    spec: &schedrig_scenarios::ShellSpec,
+) -> Result<Option<ExitStatus>, CommsError> {
+    use crate::shell::{self, Shell};
+    let banner = format!(
+        "schedrig shell: {} attached (sched_ext {}, ops {}); its output: {}; exit or Ctrl-D powers the VM off",
+        job.name,
+        scx_state(),
+        root_ops().unwrap_or_default(),
+        shell::SCHED_LOG
+    );
+    let mut written = 0;
+    shell::write_log(&pump.shared.output_text(), &mut written);
+    let mut sh = match Shell::start(spec, &banner) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("shell: {e}"));
+            shell::record(shell::EXIT_NO_SHELL);
+            return stop(port, pump, job, child);
+        }
+    };
+    let steal_before = crate::load::steal_ms();
+    let mut lost: Option<Option<ExitStatus>> = None;
+    let status = loop {
+        pump.run(port, WATCH_POLL)?;
+        shell::write_log(&pump.shared.output_text(), &mut written);
+        if lost.is_none() {
+            lost = match child.try_wait() {
+                Ok(Some(s)) => Some(Some(s)),
+                _ if scx_state() != "enabled" => Some(None),
+                _ => None,
+            };
+            if lost.is_some() {
+                exit.early = true;
+                say(&format!("{} ended while the shell ran: state {}", job.name, scx_state()));
+            }
+        }
+        if let Some(s) = sh.ended() {
+            break s;
+        }
+    };
+    exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
+    let note = lost.is_some().then(|| {
+        format!(
+            "schedrig shell: {} ended while the shell ran (sched_ext {})",
+            job.name,
+            scx_state()
+        )
+    });
+    sh.finish(status, note.as_deref());
+    match lost {
+        Some(status) => end_after_loss(port, pump, job, child, status),
+        None => stop(port, pump, job, child),
+    }
 }
 
 /// Runs the job's scenarios while the scheduler is attached, watching it

@@ -16,5 +16,5 @@ pub mod validate;
 pub use cpuset::{CpuLayout, CpusetError, CpusetSpec};
 pub use guest_mode::{GuestMode, MODE_PARAM};
 pub use model::*;
-pub use sched_job::{JobKind, SchedJob};
+pub use sched_job::{JobKind, SchedJob, ShellSpec};
 pub use validate::ScenarioError;

@@ -46,6 +46,21 @@ pub struct SchedJob {
     /// Scenarios to run, in order, while the scheduler (or EEVDF) is held;
     /// when there are any they replace the light load and `hold_ms`.
     pub scenarios: Vec<crate::Scenario>,
+    /// `schedrig shell`: instead of the hold, a shell on hvc0 while the
+    /// scheduler (or EEVDF) runs; the run ends when it exits.
+    pub shell: Option<ShellSpec>,
+}
+
+/// What `schedrig shell` runs on the guest's console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellSpec {
+    /// `--exec CMD` (run by `sh -c`, its status is guest-init's EXIT
+    /// code); None: an interactive shell.
+    pub command: Option<String>,
+    /// The host terminal's `TERM`, for the guest's programs.
+    pub term: String,
+    /// Programs shipped with `--include`, by their name under /schedrig/bin.
+    pub included: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +106,11 @@ mod tests {
             hold_ms: 5_000,
             stop_timeout_ms: 10_000,
             scenarios: crate::catalogue::catalogue(&crate::CpuLayout::uniform(1, 2, 2)),
+            shell: Some(ShellSpec {
+                command: Some("nproc".into()),
+                term: "xterm".into(),
+                included: vec!["perf".into()],
+            }),
         };
         assert_eq!(SchedJob::decode(&j.encode().unwrap()).unwrap(), j);
         assert!(SchedJob::decode(&[9, 9]).is_err());

@@ -46,6 +46,8 @@ pub struct BootOptions {
     pub job: Option<Job>,
     /// Boot this initramfs instead of guest-init's (`--initrd`).
     pub initrd: Option<PathBuf>,
+    /// `schedrig shell`: stdin to the guest's hvc0, hvc0 to stdout.
+    pub interactive: bool,
 }
 
 /// A scheduler (or the selftests) for the guest to run.
@@ -58,6 +60,11 @@ pub struct Job {
     pub times: crate::sched::JobTimes,
     /// Scenarios to run instead of the plain hold (`schedrig run`).
     pub scenarios: Vec<schedrig_scenarios::Scenario>,
+    /// `schedrig shell`: a shell on hvc0 instead of the hold.
+    pub shell: Option<schedrig_scenarios::ShellSpec>,
+    /// Host programs shipped to /schedrig/bin with their libraries
+    /// (`schedrig shell --include`, and busybox for the shell).
+    pub include: Vec<crate::sched::Chosen>,
 }
 
 /// Default seconds a scheduler may take to attach: BPF loading and
@@ -84,6 +91,7 @@ impl Default for BootOptions {
             scenario_timeout: None,
             job: None,
             initrd: None,
+            interactive: false,
         }
     }
 }
@@ -179,19 +187,20 @@ pub fn boot_observed(
             if let Some(c) = &j.scheduler {
                 crate::sched::check_topology(c, opts.topology.vcpus())?;
             }
-            let files = match &j.scheduler {
-                Some(c) => vec![crate::sched::binary_archive(
-                    c,
-                    &kernel::cache::cache_root().join("initramfs"),
-                )?],
-                None => Vec::new(),
-            };
+            let cache = kernel::cache::cache_root().join("initramfs");
+            let files = j
+                .scheduler
+                .iter()
+                .chain(&j.include)
+                .map(|c| crate::sched::binary_archive(c, &cache))
+                .collect::<Result<Vec<_>, _>>()?;
             let job = crate::sched::job_archive(
                 j.kind,
                 j.scheduler.as_ref(),
                 j.args.clone(),
                 j.times,
                 j.scenarios.clone(),
+                j.shell.clone(),
             )?;
             (files, job)
         }
@@ -244,6 +253,7 @@ pub fn boot_observed(
         boot_deadline: opts.boot_timeout,
         run_deadline: opts.timeout,
         console_file: opts.console_file.clone(),
+        interactive: opts.interactive,
         huge_pages: opts.huge_pages,
         initrd_extra_files: extra_files,
         initrd_extra: extra,

@@ -240,7 +240,7 @@ impl SchedTest {
                 "{name}: arguments need a scheduler; EEVDF takes none"
             ));
         }
-        let scheduler = crate::sched::choose_or_eevdf(&self.scheduler, topology.vcpus())
+        let scheduler = crate::sched::choose_or_eevdf(&self.scheduler, topology.vcpus(), None)
             .map_err(|e| format!("{name}: {e}"))?;
         Ok(RunOptions {
             console_dir: Some(artifacts.to_path_buf()),

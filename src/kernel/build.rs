@@ -120,10 +120,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome, KernelError> {
     let src = extract(&pin, &work, &ver)?;
     let obj = work.join(format!("obj-{ver}"));
     mkdir(&obj)?;
-    configure(&src, &obj)?;
+    configure(&src, &obj, &ConfigBase::Defconfig)?;
     make(&src, &obj, opts.jobs, &work)?;
 
-    let entry = assemble(&kernels, &key, &obj, &pin, &version, started)?;
+    let source = serde_json::json!({
+        "package": pin.package,
+        "package_version": version,
+    });
+    let entry = assemble(&kernels, &key, &obj, source, started)?;
     Ok(BuildOutcome {
         entry,
         cached: false,
@@ -221,11 +225,21 @@ fn extract(pin: &SourcePin, work: &Path, ver: &str) -> Result<PathBuf, KernelErr
     Ok(tree)
 }
 
-/// defconfig, then kvm_guest.config and our fragment merged on top,
-/// then olddefconfig; refuses a config that dropped any option the
-/// fragment asks for. Leaves .config's mtime alone when nothing changed,
-/// so an unchanged config costs no rebuild.
-fn configure(src: &Path, obj: &Path) -> Result<(), KernelError> {
+/// Where a build's configuration starts.
+#[derive(Debug, Clone)]
+pub enum ConfigBase {
+    /// `make defconfig`.
+    Defconfig,
+    /// The user's own `.config` file.
+    File(PathBuf),
+}
+
+/// The base config (defconfig, or the user's file), then
+/// kvm_guest.config and our fragment merged on top, then olddefconfig;
+/// refuses a config that dropped any option the fragment asks for,
+/// before anything compiles. Leaves .config's mtime alone when nothing
+/// changed, so an unchanged config costs no rebuild.
+pub(crate) fn configure(src: &Path, obj: &Path, base: &ConfigBase) -> Result<(), KernelError> {
     let dot_config = obj.join(".config");
     let previous = std::fs::read(&dot_config).ok();
     let previous_mtime = std::fs::metadata(&dot_config)
@@ -235,19 +249,26 @@ fn configure(src: &Path, obj: &Path) -> Result<(), KernelError> {
     let fragment = obj.join("schedrig.config");
     std::fs::write(&fragment, FRAGMENT).map_err(|e| KernelError::io("write", &fragment, e))?;
     let o = format!("O={}", obj.display());
+    match base {
+        ConfigBase::Defconfig => run(
+            Command::new("make")
+                .current_dir(src)
+                .args(["-s", &o, "defconfig"]),
+            "make defconfig",
+        )?,
+        ConfigBase::File(f) => {
+            std::fs::copy(f, &dot_config).map_err(|e| KernelError::io("copy kernel config", f, e))?;
+        }
+    }
+    // Run in the build tree: the script makes its temporary files in
+    // its working directory, which must not be a user's source tree.
     run(
-        Command::new("make")
-            .current_dir(src)
-            .args(["-s", &o, "defconfig"]),
-        "make defconfig",
-    )?;
-    run(
-        Command::new("scripts/kconfig/merge_config.sh")
-            .current_dir(src)
+        Command::new(src.join("scripts/kconfig/merge_config.sh"))
+            .current_dir(obj)
             .args(["-m", "-O"])
             .arg(obj)
             .arg(&dot_config)
-            .arg("kernel/configs/kvm_guest.config")
+            .arg(src.join("kernel/configs/kvm_guest.config"))
             .arg(&fragment),
         "merge_config.sh",
     )?;
@@ -283,7 +304,7 @@ fn configure(src: &Path, obj: &Path) -> Result<(), KernelError> {
 
 /// Runs `make bzImage`, logging everything to `build.log` in the work
 /// directory and showing progress by counting Kbuild's step lines.
-fn make(src: &Path, obj: &Path, jobs: usize, work: &Path) -> Result<(), KernelError> {
+pub(crate) fn make(src: &Path, obj: &Path, jobs: usize, work: &Path) -> Result<(), KernelError> {
     let log_path = work.join("build.log");
     let mut log = File::create(&log_path).map_err(|e| KernelError::io("create", &log_path, e))?;
     let estimate_path = work.join(STEP_ESTIMATE_FILE);
@@ -395,13 +416,13 @@ fn is_kbuild_step(line: &str) -> bool {
 }
 
 /// Copies the outputs into a temporary directory and renames it into
-/// place: the entry appears whole or not at all.
-fn assemble(
+/// place: the entry appears whole or not at all. `source` (a JSON
+/// object) says where the kernel came from, for build.json.
+pub(crate) fn assemble(
     kernels: &Path,
     key: &str,
     obj: &Path,
-    pin: &SourcePin,
-    version: &str,
+    source: serde_json::Value,
     started: Instant,
 ) -> Result<Entry, KernelError> {
     let tmp = kernels.join(format!(".tmp-{key}-{}", std::process::id()));
@@ -425,10 +446,8 @@ fn assemble(
         )?;
         let release =
             std::fs::read_to_string(obj.join("include/config/kernel.release")).unwrap_or_default();
-        let info = serde_json::json!({
+        let mut info = serde_json::json!({
             "key": key,
-            "package": pin.package,
-            "package_version": version,
             "kernel_release": release.trim(),
             "recipe_version": cache::RECIPE_VERSION,
             "build_seconds": started.elapsed().as_secs(),
@@ -436,6 +455,9 @@ fn assemble(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         });
+        if let (Some(i), serde_json::Value::Object(s)) = (info.as_object_mut(), source) {
+            i.extend(s);
+        }
         let p = tmp.join(cache::BUILD_INFO);
         std::fs::write(&p, format!("{info:#}\n")).map_err(|e| KernelError::io("write", &p, e))
     })();

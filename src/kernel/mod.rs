@@ -6,6 +6,7 @@ pub mod config;
 pub mod image;
 pub mod resolve;
 pub mod source;
+pub mod tree;
 
 pub use build::{build, BuildOptions, BuildOutcome};
 pub use image::ImageFormat;
@@ -53,6 +54,12 @@ pub enum KernelError {
         missing: String,
         config_source: String,
     },
+    #[error("{dir} is not a kernel source tree (lacks {lacking}); --kernel takes a source tree, a vmlinux or a bzImage")]
+    NotATree { dir: String, lacking: String },
+    #[error("{dir} has an in-tree build ({found}): the kernel's make refuses to build out of such a tree, and schedrig does not write into yours. Keep its config and clean it: `cp {dir}/.config ~/my.config && make -C {dir} mrproper`, then pass --kernel-config ~/my.config")]
+    InTreeBuild { dir: String, found: String },
+    #[error("--kernel-config {0} needs --kernel DIR, a kernel source tree to build")]
+    ConfigWithoutTree(String),
     #[error("no kernel given and none cached: build one with `schedrig kernel build` (about 20 minutes on 2 cores, cached afterwards) or pass --kernel PATH")]
     NoCachedKernel,
 }

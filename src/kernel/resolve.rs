@@ -12,11 +12,62 @@ use super::KernelError;
 /// What the user asked for; both `None` means "the cached default".
 #[derive(Debug, Clone, Default)]
 pub struct KernelRequest {
-    /// A vmlinux or bzImage to boot.
+    /// A vmlinux or bzImage to boot, or a kernel source tree to build.
     pub kernel: Option<PathBuf>,
     /// The unstripped vmlinux for host-side introspection, when it is
     /// not beside `kernel`.
     pub vmlinux: Option<PathBuf>,
+    /// The base config for a source tree (`--kernel-config`).
+    pub config: Option<PathBuf>,
+}
+
+impl KernelRequest {
+    /// The source tree this request builds, if `kernel` is a directory.
+    pub fn tree(&self) -> Option<&Path> {
+        self.kernel
+            .as_deref()
+            .filter(|k| super::tree::is_tree_request(k))
+    }
+
+    /// Checks what can be checked without building: a source tree is a
+    /// tree that can be built out of tree, `--kernel-config` goes with a
+    /// tree and exists.
+    pub fn check(&self) -> Result<(), KernelError> {
+        if let Some(c) = &self.config {
+            if self.tree().is_none() {
+                return Err(KernelError::ConfigWithoutTree(c.display().to_string()));
+            }
+            if !c.is_file() {
+                return Err(KernelError::NotFound(c.display().to_string()));
+            }
+        }
+        if let Some(t) = self.tree() {
+            super::tree::check(t)?;
+        }
+        Ok(())
+    }
+
+    /// The cache key of the kernel entry this request boots, whose
+    /// schedulers a run uses: a tree's, the entry an image lies in, else
+    /// the default kernel's (an outside image borrows its schedulers).
+    pub fn cache_key(&self) -> Option<String> {
+        if let Some(t) = self.tree() {
+            if let Some(k) = super::tree::remembered(t) {
+                return Some(k);
+            }
+            return super::tree::current(t, self.config.as_deref())
+                .ok()
+                .map(|k| k.key);
+        }
+        if let Some(k) = &self.kernel {
+            let dir = k.canonicalize().ok()?.parent()?.to_path_buf();
+            let kernels = cache::kernels_dir().canonicalize().ok();
+            if kernels.as_deref() == dir.parent() && Entry::at(&dir).is_complete() {
+                return dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            }
+        }
+        super::build::current_key()
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,6 +86,10 @@ pub struct ResolvedKernel {
 
 pub fn resolve(req: &KernelRequest) -> Result<ResolvedKernel, KernelError> {
     let resolved = match &req.kernel {
+        Some(dir) if super::tree::is_tree_request(dir) => {
+            let entry = super::tree::entry(dir, req.config.as_deref())?;
+            from_entry(&entry, req.vmlinux.as_deref())?
+        }
         Some(path) => explicit(path, req.vmlinux.as_deref())?,
         None => cached_default(req.vmlinux.as_deref())?,
     };
@@ -102,6 +157,11 @@ fn find_config(image_path: &Path, dir: &Path) -> Result<(KernelConfig, String), 
 
 fn cached_default(vmlinux: Option<&Path>) -> Result<ResolvedKernel, KernelError> {
     let entry = default_entry().ok_or(KernelError::NoCachedKernel)?;
+    from_entry(&entry, vmlinux)
+}
+
+/// A cache entry's stripped image, with its full vmlinux and config.
+fn from_entry(entry: &Entry, vmlinux: Option<&Path>) -> Result<ResolvedKernel, KernelError> {
     let config_path = entry.config();
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| KernelError::io("read", &config_path, e))?;
@@ -155,7 +215,7 @@ mod tests {
     fn missing_kernel_is_named() {
         let err = resolve(&KernelRequest {
             kernel: Some("/nonexistent/bzImage".into()),
-            vmlinux: None,
+            ..Default::default()
         })
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/bzImage"), "{err}");
@@ -167,7 +227,7 @@ mod tests {
         let p = write(d.path(), "notes.txt", b"hello, not a kernel");
         let err = resolve(&KernelRequest {
             kernel: Some(p),
-            vmlinux: None,
+            ..Default::default()
         })
         .unwrap_err();
         assert!(err.to_string().contains("not a kernel image"), "{err}");
@@ -184,7 +244,7 @@ mod tests {
         );
         let err = resolve(&KernelRequest {
             kernel: Some(p),
-            vmlinux: None,
+            ..Default::default()
         })
         .unwrap_err();
         let msg = err.to_string();
@@ -205,7 +265,7 @@ mod tests {
         );
         let r = resolve(&KernelRequest {
             kernel: Some(p),
-            vmlinux: None,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(r.format, ImageFormat::BzImage);
@@ -218,7 +278,7 @@ mod tests {
         let p = write(d.path(), "vmlinux.stripped", b"\x7fELF no config inside");
         let err = resolve(&KernelRequest {
             kernel: Some(p),
-            vmlinux: None,
+            ..Default::default()
         })
         .unwrap_err();
         assert!(err.to_string().contains("IKCONFIG"), "{err}");

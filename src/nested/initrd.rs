@@ -20,6 +20,9 @@ pub struct Job {
     pub cwd: PathBuf,
     /// Mounted in order inside the nested host; the first is the root.
     pub mounts: Vec<Mount>,
+    /// The command reads the `schedrig.stdin` port (our stdin, forwarded)
+    /// instead of /dev/null.
+    pub stdin: bool,
 }
 
 /// One mount of the nested host's view of the host.
@@ -139,6 +142,9 @@ pub fn job_archive(job: &Job, kernel: &HostKernel) -> Result<Vec<u8>, NestedErro
         ("job/mounts", mounts.as_bytes()),
     ] {
         w.file(name, 0o644, data).map_err(err)?;
+    }
+    if job.stdin {
+        w.file("job/stdin", 0o644, b"1\n").map_err(err)?;
     }
     w.finish().map_err(err)
 }

@@ -42,6 +42,9 @@ pub struct NestedOptions {
     /// Appended to the nested host kernel's command line (module
     /// parameters such as `kvm_amd.npt=0` included).
     pub append: String,
+    /// Forward our stdin to the command (`schedrig shell`); otherwise it
+    /// reads /dev/null.
+    pub stdin: bool,
 }
 
 impl Default for NestedOptions {
@@ -55,6 +58,7 @@ impl Default for NestedOptions {
             console: false,
             tcg_multi_thread: true,
             append: String::new(),
+            stdin: false,
         }
     }
 }
@@ -162,12 +166,17 @@ pub fn run(opts: &NestedOptions, argv: &[String]) -> Result<NestedOutcome, Neste
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     env.retain(|(k, _)| k != IN_NESTED_ENV && k != RESULTS_ENV);
     env.push((IN_NESTED_ENV.into(), "1".into()));
+    // Source trees this process built or found: the nested run need not
+    // read them again (over 9p, in the emulator).
+    env.retain(|(k, _)| k != crate::kernel::tree::KEYS_ENV);
+    env.extend(crate::kernel::tree::keys_env());
     env.push((RESULTS_ENV.into(), results.display().to_string()));
     let job = initrd::Job {
         argv: argv.to_vec(),
         env,
         cwd,
         mounts,
+        stdin: opts.stdin,
     };
     let job_cpio = initrd::job_archive(&job, &kernel)?;
     let started = std::time::Instant::now();

@@ -170,6 +170,26 @@ pub(super) fn boot(
             &format!("virtserialport,bus=vs.0,chardev={id},name={name}"),
         ]);
     }
+    // Our stdin for the command (`schedrig shell`): a FIFO pair QEMU's
+    // `pipe` chardev opens (`<path>.in` it reads, `<path>.out` it writes,
+    // which nothing inside writes to).
+    let stdin_fifo = if opts.stdin {
+        let base = tmp.path().join("stdin");
+        for ext in ["in", "out"] {
+            let p = base.with_extension(ext);
+            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| NestedError::io("mkfifo", &p, e.into()))?;
+        }
+        cmd.args([
+            "-chardev",
+            &format!("pipe,id=in,path={}", base.display()),
+            "-device",
+            "virtserialport,bus=vs.0,chardev=in,name=schedrig.stdin",
+        ]);
+        Some(base.with_extension("in"))
+    } else {
+        None
+    };
     let shares = mounts.iter().filter_map(|m| match m {
         Mount::Share {
             tag,
@@ -241,6 +261,11 @@ pub(super) fn boot(
     drop(cmd);
 
     let copy_out = spawn_copy(out.reader, std::io::stdout());
+    // Stopped and joined when this function returns (QEMU gone).
+    let _stdin_pump = match &stdin_fifo {
+        Some(p) => Some(stdin_pump(p)?),
+        None => None,
+    };
     let copy_err = spawn_copy(err.reader, std::io::stderr());
     let (status_tx, status_rx) = mpsc::channel();
     let status_thread = std::thread::spawn(move || {
@@ -406,6 +431,26 @@ fn remove_stale_run_dirs() {
 }
 
 /// Copies a port's bytes to our stream as they arrive (live output).
+/// Our stdin into the FIFO QEMU reads, without ever blocking: opened
+/// read-write (no wait for QEMU to open it, no SIGPIPE) and non-blocking
+/// (a full FIFO is offered again later).
+fn stdin_pump(fifo: &Path) -> Result<schedrig_vmm::terminal::StdinPump, NestedError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .map_err(|e| NestedError::io("open", fifo, e))?;
+    schedrig_vmm::terminal::StdinPump::start_into(Box::new(move |bytes: &[u8]| {
+        match f.write(bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            r => r,
+        }
+    }))
+    .map_err(|e| NestedError::io("start stdin pump for", fifo, e))
+}
+
 fn spawn_copy<W: Write + Send + 'static>(
     mut from: std::io::PipeReader,
     mut to: W,

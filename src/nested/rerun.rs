@@ -53,6 +53,17 @@ pub fn rerun_self(
     timeout: Duration,
     writable: Vec<std::path::PathBuf>,
 ) -> ExitCode {
+    rerun_self_with(label, reason, timeout, writable, false)
+}
+
+/// As [`rerun_self`]; `stdin`: the command reads ours (`schedrig shell`).
+pub fn rerun_self_with(
+    label: &str,
+    reason: &str,
+    timeout: Duration,
+    writable: Vec<std::path::PathBuf>,
+    stdin: bool,
+) -> ExitCode {
     eprintln!("{label}: {reason}; running inside the nested test host");
     let mut argv: Vec<String> = std::env::args().collect();
     match std::env::current_exe() {
@@ -87,6 +98,7 @@ pub fn rerun_self(
         timeout,
         results: writable.next(),
         also_writable: writable.collect(),
+        stdin,
         ..Default::default()
     };
     for attempt in 1..=NESTED_ATTEMPTS {

@@ -267,10 +267,7 @@ mod tests {
     fn each_verdict_is_its_junit_status_and_the_file_parses_back() {
         let opts = RunOptions {
             console_dir: None,
-            kernel: crate::kernel::KernelRequest {
-                kernel: None,
-                vmlinux: None,
-            },
+            kernel: crate::kernel::KernelRequest::default(),
             topology: "1n1l1c1t".parse().unwrap(),
             memory_mib: 512,
             scheduler: None,

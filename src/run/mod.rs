@@ -646,6 +646,8 @@ fn boot_batch(
                     stop_timeout: Duration::from_secs(crate::boot::STOP_TIMEOUT),
                 },
                 scenarios: batch.to_vec(),
+                shell: None,
+                include: Vec::new(),
             }),
             ..BootOptions::default()
         };

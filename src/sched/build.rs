@@ -13,9 +13,12 @@
 //! .tmp-*/        an unfinished build; never an entry
 //! ```
 //!
-//! Builds run in a copy of tools/sched_ext inside the extracted tree
-//! (its Makefile finds libbpf and bpftool by relative paths) with the
-//! test fixtures added, so the fixtures are built exactly like the rest.
+//! Builds run in a private shadow of the source tree (its top-level
+//! entries linked, its `tools/` copied, with a copy of tools/sched_ext
+//! plus the test fixtures beside the original), so the Makefiles'
+//! relative paths hold, the fixtures are built exactly like the rest,
+//! and nothing is written into the source tree: a kernel developer's
+//! own tree (`--kernel DIR`) stays as it was.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,11 +126,30 @@ pub fn lookup(kernel_key: &str) -> Option<SchedEntry> {
     e.is_complete().then_some(e)
 }
 
+/// Removes the schedulers of source-tree kernels whose kernel entry is
+/// gone (`kernel::tree` keeps a few per tree). Call with the work lock.
+fn remove_orphans(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for d in rd.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        let Some((kernel_key, _)) = name.rsplit_once('-') else {
+            continue;
+        };
+        if name.starts_with("tree-") && !kcache::kernels_dir().join(kernel_key).is_dir() {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
+}
+
 /// Builds (or finds) the schedulers for the kernel `kernel_key` whose
-/// BTF is in `vmlinux`. Returns the entry and whether it was cached.
+/// BTF is in `vmlinux`, from the source tree `tree` (None: the project's
+/// own, Debian's source). Returns the entry and whether it was cached.
 pub fn build(
     kernel_key: &str,
     vmlinux: &Path,
+    tree: Option<&Path>,
     jobs: usize,
 ) -> Result<(SchedEntry, bool), KernelError> {
     if let Some(e) = lookup(kernel_key) {
@@ -142,7 +164,11 @@ pub fn build(
     let dir = schedulers_dir();
     kernel::build::mkdir(&dir)?;
     kcache::remove_stale_temporaries(&dir);
-    let tree = kernel::build::source_tree()?;
+    remove_orphans(&dir);
+    let tree = match tree {
+        Some(t) => t.to_path_buf(),
+        None => kernel::build::source_tree()?,
+    };
     let name = key(kernel_key);
     let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -175,12 +201,15 @@ fn build_into(
     kernel_key: &str,
     started: Instant,
 ) -> Result<(), KernelError> {
-    // A private copy of tools/sched_ext beside the original, plus the
-    // fixture: the Makefile's relative paths (../lib/bpf, ../bpf/bpftool)
-    // still hold.
-    let tools = tree.join("tools");
+    // The shadow tree: the source's top-level entries linked, its tools/
+    // copied (85 MB in 6.12), and a copy of tools/sched_ext plus the
+    // fixtures beside the original: the Makefiles' relative paths
+    // (../lib/bpf, ../bpf/bpftool, ../../include) still hold, and every
+    // output lands in the copy.
+    let shadow = out.join("shadow");
+    shadow_tree(tree, &shadow)?;
+    let tools = shadow.join("tools");
     let scx = tools.join("sched_ext_schedrig");
-    let _ = std::fs::remove_dir_all(&scx);
     make_step(
         Command::new("cp")
             .arg("-a")
@@ -272,7 +301,7 @@ fn build_into(
         make_step(&mut strip, "strip --strip-debug")
     })();
     progress.finish();
-    let _ = std::fs::remove_dir_all(&scx);
+    let _ = std::fs::remove_dir_all(&shadow);
     result?;
     let _ = std::fs::remove_dir_all(&obj);
     let _ = std::fs::remove_dir_all(out.join("selftests"));
@@ -285,6 +314,29 @@ fn build_into(
     });
     let p = out.join(BUILD_INFO);
     std::fs::write(&p, format!("{info:#}\n")).map_err(|e| io("write", &p, e))
+}
+
+/// Links every top-level entry of `tree` into `shadow` but `tools`, which
+/// is copied.
+fn shadow_tree(tree: &Path, shadow: &Path) -> Result<(), KernelError> {
+    kernel::build::mkdir(shadow)?;
+    let rd = std::fs::read_dir(tree).map_err(|e| io("read directory", tree, e))?;
+    for e in rd {
+        let e = e.map_err(|e| io("read directory", tree, e))?;
+        let name = e.file_name();
+        if name == "tools" {
+            continue;
+        }
+        let link = shadow.join(&name);
+        std::os::unix::fs::symlink(e.path(), &link).map_err(|e| io("link", &link, e))?;
+    }
+    make_step(
+        Command::new("cp")
+            .arg("-a")
+            .arg(tree.join("tools"))
+            .arg(shadow.join("tools")),
+        "copy tools/",
+    )
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), KernelError> {

@@ -79,6 +79,12 @@ pub struct Chosen {
 /// `NAME` (a built one) or `PATH` (anything with a `/`, or an existing
 /// file). The built ones come from the cache entry for the default kernel.
 pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
+    choose_for(spec, None)
+}
+
+/// As [`choose`], the built ones from those of the kernel entry
+/// `kernel_key` (a source tree's own; None: the default kernel's).
+pub fn choose_for(spec: &str, kernel_key: Option<&str>) -> Result<Chosen, SchedError> {
     let looks_like_path = spec.contains('/') || Path::new(spec).is_file();
     if looks_like_path {
         // Checked here, on the user's machine, before any VM (or nested
@@ -118,7 +124,7 @@ pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
         .ok_or_else(|| SchedError::UnknownName {
             name: spec.to_string(),
         })?;
-    let entry = built_entry()?;
+    let entry = built_entry(kernel_key)?;
     Ok(Chosen {
         name: name.to_string(),
         host_path: entry.binary(name),
@@ -127,12 +133,17 @@ pub fn choose(spec: &str) -> Result<Chosen, SchedError> {
 }
 
 /// `eevdf` (any case: the kernel's own scheduler, None) or the scheduler
-/// [`choose`] finds, checked against a topology of `vcpus` CPUs.
-pub fn choose_or_eevdf(spec: &str, vcpus: u32) -> Result<Option<Chosen>, SchedError> {
+/// [`choose_for`] finds for the kernel entry `kernel_key`, checked
+/// against a topology of `vcpus` CPUs.
+pub fn choose_or_eevdf(
+    spec: &str,
+    vcpus: u32,
+    kernel_key: Option<&str>,
+) -> Result<Option<Chosen>, SchedError> {
     if spec.eq_ignore_ascii_case("eevdf") {
         return Ok(None);
     }
-    let c = choose(spec)?;
+    let c = choose_for(spec, kernel_key)?;
     check_topology(&c, vcpus)?;
     Ok(Some(c))
 }
@@ -153,14 +164,18 @@ pub fn check_topology(c: &Chosen, vcpus: u32) -> Result<(), SchedError> {
     Ok(())
 }
 
-/// The selftests runner of the cache entry for the default kernel.
-pub fn runner() -> Result<PathBuf, SchedError> {
-    Ok(built_entry()?.binary(build::RUNNER))
+/// The selftests runner of the kernel entry `kernel_key` (None: the
+/// default kernel's).
+pub fn runner(kernel_key: Option<&str>) -> Result<PathBuf, SchedError> {
+    Ok(built_entry(kernel_key)?.binary(build::RUNNER))
 }
 
-/// The built schedulers of the default kernel.
-fn built_entry() -> Result<build::SchedEntry, SchedError> {
-    crate::kernel::build::current_key()
+/// The built schedulers of the kernel entry `kernel_key` (None: the
+/// default kernel's).
+fn built_entry(kernel_key: Option<&str>) -> Result<build::SchedEntry, SchedError> {
+    kernel_key
+        .map(str::to_string)
+        .or_else(crate::kernel::build::current_key)
         .and_then(|k| build::lookup(&k))
         .ok_or(SchedError::NotBuilt)
 }
@@ -304,6 +319,7 @@ pub fn job_archive(
     args: Vec<String>,
     times: JobTimes,
     scenarios: Vec<schedrig_scenarios::Scenario>,
+    shell: Option<schedrig_scenarios::ShellSpec>,
 ) -> Result<Vec<u8>, SchedError> {
     let arch = |e: std::io::Error| SchedError::Archive(e.to_string());
     let job = SchedJob {
@@ -316,6 +332,7 @@ pub fn job_archive(
         hold_ms: times.hold.as_millis() as u64,
         stop_timeout_ms: times.stop_timeout.as_millis() as u64,
         scenarios,
+        shell,
     };
     let bytes = job
         .encode()
@@ -389,6 +406,7 @@ mod tests {
                 stop_timeout: Duration::from_secs(1),
             },
             Vec::new(),
+            None,
         )
         .unwrap();
         assert!(has(&job, "schedrig/job\0") && job.len() < 1024);

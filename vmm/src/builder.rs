@@ -70,6 +70,8 @@ pub struct Machine {
     pub logs: Logs,
     pub power_down: Arc<AtomicBool>,
     pub replies: BulkWriter,
+    /// Typed input for hvc0 (an interactive run).
+    pub console_in: BulkWriter,
     pub bulk_budget: BulkBudget,
     pub errors: GuestErrors,
 }
@@ -147,7 +149,13 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
     let bulk_tx = tx.clone();
     let bulk_budget = BulkBudget::new(BULK_TX_BUDGET).map_err(io_err("bulk budget eventfd"))?;
     let sinks = ConsoleSinks {
-        console: Box::new(logs.hvc0.clone()),
+        console: if config.interactive {
+            Box::new(crate::terminal::TeeToStdout {
+                log: logs.hvc0.clone(),
+            })
+        } else {
+            Box::new(logs.hvc0.clone())
+        },
         bulk: Box::new(move |bytes: Vec<u8>| {
             let _ = bulk_tx.send(Event::Bulk(bytes));
         }),
@@ -156,6 +164,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
     };
     let console = VirtioConsole::new(sinks, errors.clone())?;
     let replies = console.bulk_writer();
+    let console_in = console.console_writer();
     let interrupt = Arc::new(Interrupt::new().map_err(io_err("virtio interrupt eventfd"))?);
     let console_irq = layout::IRQ_BASE;
     vm.register_irqfd(interrupt.eventfd(), console_irq)
@@ -180,6 +189,12 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
                 .room_event()
                 .map_err(io_err("bulk room eventfd"))?,
             virtio_console::BULK_TX_QUEUE,
+        ),
+        (
+            console_in
+                .wake_event()
+                .map_err(io_err("console input wake eventfd"))?,
+            virtio_console::CONSOLE_RX_QUEUE,
         ),
     ];
 
@@ -284,6 +299,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
         logs,
         power_down,
         replies,
+        console_in,
         bulk_budget,
         errors,
     })

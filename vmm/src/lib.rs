@@ -24,6 +24,7 @@ pub mod observer;
 pub mod pause;
 pub mod report;
 pub mod requests;
+pub mod terminal;
 pub mod topology;
 pub mod vcpu;
 pub mod watch;

@@ -147,6 +147,9 @@ pub struct MachineConfig {
     pub run_deadline: Duration,
     /// Also write the COM1 log here (at most `builder::CONSOLE_FILE_CAP`).
     pub console_file: Option<PathBuf>,
+    /// `schedrig shell`: stdin goes to the guest's hvc0 and hvc0 to stdout
+    /// (see `terminal`).
+    pub interactive: bool,
     /// Back guest RAM with transparent huge pages (MADV_HUGEPAGE; the
     /// default of every front end); otherwise MADV_NOHUGEPAGE, whatever
     /// the host's THP default.
@@ -211,6 +214,19 @@ pub fn run(
     crate::heap::reset_peak();
     let m: Machine = builder::build(config, started)?;
     let (shared, transport, logs) = (m.shared, m.transport, m.logs);
+    // Joined when this function returns, after the VM has ended.
+    let _stdin = if config.interactive {
+        Some(
+            crate::terminal::StdinPump::start(m.console_in.clone()).map_err(|source| {
+                MachineError::Io {
+                    what: "stdin pump thread",
+                    source,
+                }
+            })?,
+        )
+    } else {
+        None
+    };
 
     // The device thread starts before the vCPUs (the guest busy-waits on
     // console buffers) and after every fallible set-up step.

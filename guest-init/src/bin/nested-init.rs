@@ -11,7 +11,8 @@
 //! The job comes from files the host put in the initramfs under /job:
 //! `argv` and `env` (NUL-separated), `cwd`, `modules` (one path per
 //! line, in load order) and `mounts` (`kind<TAB>source<TAB>path<TAB>ro|rw`
-//! lines, kind 9p or tmpfs, the root first).
+//! lines, kind 9p or tmpfs, the root first), and `stdin` when the command
+//! reads the `schedrig.stdin` port (the host's stdin) instead of /dev/null.
 //!
 //! Status port protocol (one line each): `ready <ms since boot>` just
 //! before the command starts, then `exit N`, `signal N` or `error TEXT`.
@@ -31,6 +32,8 @@ use schedrig_guest_init::{mount::mount_basics, mount::mount_fs, nudge, ports, po
 const STDOUT_PORT: &str = "schedrig.stdout";
 const STDERR_PORT: &str = "schedrig.stderr";
 const STATUS_PORT: &str = "schedrig.status";
+/// The command's stdin, when the job asks for it (`/job/stdin`).
+const STDIN_PORT: &str = "schedrig.stdin";
 const NEW_ROOT: &str = "/newroot";
 const PORT_WAIT: Duration = Duration::from_secs(10);
 /// `finit_module` flag: the kernel decompresses the module itself
@@ -89,6 +92,12 @@ fn run() -> Result<String, String> {
     let mut status = open_port(STATUS_PORT).ok_or("no status port")?;
     let stdout = open_port(STDOUT_PORT).ok_or("no stdout port")?;
     let stderr = open_port(STDERR_PORT).ok_or("no stderr port")?;
+    let stdin = if std::path::Path::new("/job/stdin").exists() {
+        let path = ports::wait_for_port(STDIN_PORT, PORT_WAIT).ok_or("no stdin port")?;
+        Some(File::open(path).map_err(|e| format!("open {STDIN_PORT}: {e}"))?)
+    } else {
+        None
+    };
 
     mount_host(&read_job("mounts")?)?;
     let argv = nul_list(&read_job("argv")?)?;
@@ -103,7 +112,7 @@ fn run() -> Result<String, String> {
     // async-signal-safe functions (dup2, chdir, execve, write, _exit)
     // before exec.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => exec_command(&argv, &env, &cwd, stdout, stderr),
+        ForkResult::Child => exec_command(&argv, &env, &cwd, stdin, stdout, stderr),
         ForkResult::Parent { child } => {
             // For as long as the command runs: see nudge.rs. Without it
             // a lost timer interrupt can stop this host for minutes, so
@@ -251,14 +260,24 @@ fn mount_host(mounts: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn exec_command(argv: &[CString], env: &[CString], cwd: &str, out: File, err: File) -> ! {
+fn exec_command(
+    argv: &[CString],
+    env: &[CString],
+    cwd: &str,
+    input: Option<File>,
+    out: File,
+    err: File,
+) -> ! {
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         eprintln!("schedrig nested: {what}: {e}");
         // SAFETY: _exit is async-signal-safe and ends only this child.
         unsafe { libc::_exit(127) }
     };
     let (out, err) = (out.into_raw_fd(), err.into_raw_fd());
-    let null = File::open("/dev/null").map(IntoRawFd::into_raw_fd);
+    let null = match input {
+        Some(f) => Ok(f.into_raw_fd()),
+        None => File::open("/dev/null").map(IntoRawFd::into_raw_fd),
+    };
     // SAFETY: dup2 onto the standard descriptors of this process only.
     unsafe {
         if let Ok(n) = null {

@@ -52,6 +52,18 @@ pub const BULK_TX_QUEUE: u16 = match port_queues(BULK_PORT_ID) {
     None => panic!("the bulk port has no queues"),
 };
 
+/// Port 0's receive queue (host -> guest): what the user types in
+/// `schedrig shell`; pair it with [`VirtioConsole::console_writer`]'s
+/// wake event for the device thread.
+pub const CONSOLE_RX_QUEUE: u16 = match port_queues(schedrig_wire::console::CONSOLE_PORT_ID) {
+    Some((rx, _)) => rx,
+    None => panic!("the console port has no queues"),
+};
+
+/// Most bytes of typed input held for a guest that is not reading: a
+/// paste larger than this waits on the host side (the stdin pump retries).
+pub const CONSOLE_INPUT_CAPACITY: usize = 64 << 10;
+
 /// Queues the guest driver busy-waits on after a kick (virtio_console's
 /// `__send_control_msg`, and `__send_to_port` for hvc0): the control
 /// transmit queue and hvc0's transmit queue. They get no ioeventfd, so
@@ -137,6 +149,8 @@ pub struct VirtioConsole {
     sinks: ConsoleSinks,
     control: ControlPlane,
     bulk: BulkWriter,
+    /// Host input for port 0 (hvc0): an interactive shell's keystrokes.
+    console_in: BulkWriter,
     states: PortStates,
     running: Option<Running>,
     errors: GuestErrors,
@@ -169,6 +183,8 @@ impl VirtioConsole {
             sinks,
             control: ControlPlane::new(states.clone(), errors.clone()),
             bulk: BulkWriter::new(BULK_RX_CAPACITY).map_err(ConsoleError::WakeEventFd)?,
+            console_in: BulkWriter::new(CONSOLE_INPUT_CAPACITY)
+                .map_err(ConsoleError::WakeEventFd)?,
             states,
             running: None,
             errors,
@@ -179,6 +195,11 @@ impl VirtioConsole {
     /// The host-to-guest handle of the bulk port.
     pub fn bulk_writer(&self) -> BulkWriter {
         self.bulk.clone()
+    }
+
+    /// The host-to-guest handle of port 0 (hvc0): typed input.
+    pub fn console_writer(&self) -> BulkWriter {
+        self.console_in.clone()
     }
 
     /// The guest's open state of each port.
@@ -195,11 +216,13 @@ impl VirtioConsole {
             self.flush_once()?;
             let control_waits = self.control.next_outgoing().is_some();
             let bulk_waits = self.states.guest_open(BULK_PORT_ID) && self.bulk.pending() > 0;
+            let input_waits = self.console_in.pending() > 0;
             let Some(running) = self.running.as_mut() else {
                 return Ok(());
             };
             let raced = running.want_kicks(CONTROL_RX_QUEUE, control_waits)?
-                | running.want_kicks(BULK_RX_QUEUE, bulk_waits)?;
+                | running.want_kicks(BULK_RX_QUEUE, bulk_waits)?
+                | running.want_kicks(CONSOLE_RX_QUEUE, input_waits)?;
             if !raced {
                 return Ok(());
             }
@@ -245,6 +268,21 @@ impl VirtioConsole {
                 let outcome = write_chain(chain, pending.make_contiguous());
                 if let Some(error) = &outcome.error {
                     guest_error!(errors, Console, "bulk receive buffer unusable: {error}");
+                }
+                pending.drain(..outcome.written);
+                Some(outcome.written as u32)
+            })?;
+        }
+        if self.console_in.pending() > 0 {
+            let input = &self.console_in;
+            running.serve(CONSOLE_RX_QUEUE, |chain| {
+                let mut pending = input.lock();
+                if pending.is_empty() {
+                    return None;
+                }
+                let outcome = write_chain(chain, pending.make_contiguous());
+                if let Some(error) = &outcome.error {
+                    guest_error!(errors, Console, "console receive buffer unusable: {error}");
                 }
                 pending.drain(..outcome.written);
                 Some(outcome.written as u32)
@@ -307,8 +345,8 @@ impl VirtioConsole {
                     Some(0)
                 })?;
             }
-            // Receive queues are filled by `flush`; port 0 and 2 have no
-            // host input.
+            // Receive queues are filled by `flush`; port 2 has no host
+            // input, port 0 only in `schedrig shell`.
             Some(QueueRole::PortRx(_) | QueueRole::ControlRx) => {}
             None => guest_error!(
                 errors,
@@ -377,7 +415,8 @@ impl VirtioDevice for VirtioConsole {
             queues,
             interrupt,
         };
-        // Ports 0 and 2 never get host input: their buffers need no kick.
+        // Ports 0 and 2 get no host input until a shell types some: their
+        // buffers need no kick (flush asks for them while input waits).
         for port in (0..PORT_COUNT).filter(|p| *p != BULK_PORT_ID) {
             if let Some((rx, _)) = port_queues(port) {
                 running.want_kicks(rx, false)?;

@@ -1,0 +1,174 @@
+//! `schedrig shell`: busybox's shell on the guest's console hvc0 (its
+//! controlling terminal, so Ctrl-C reaches the foreground program), or
+//! one command (`--exec`), while the scheduler stays attached. The
+//! shell's exit status becomes guest-init's EXIT code.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use schedrig_scenarios::ShellSpec;
+
+use crate::console::wait_until_sent;
+
+/// busybox as the host packs it (`schedrig shell` ships it like a
+/// scheduler binary).
+pub const BUSYBOX: &str = "/schedrig/bin/busybox";
+/// The virtio console's port 0.
+pub const CONSOLE: &str = "/dev/hvc0";
+/// Where the scheduler's output is kept for the shell's user.
+pub const SCHED_LOG: &str = "/tmp/scheduler.log";
+/// Where busybox's applet links go.
+const APPLET_DIR: &str = "/bin";
+/// How long the console may take to send the shell's last output.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+/// EXIT code when the shell could not start.
+pub const EXIT_NO_SHELL: i32 = 127;
+
+/// The shell's exit status (EXIT code), once it ended.
+static SHELL_CODE: AtomicI32 = AtomicI32::new(i32::MIN);
+
+/// The shell's exit status, if a shell ran and ended.
+pub fn exit_code() -> Option<i32> {
+    let c = SHELL_CODE.load(Ordering::Acquire);
+    (c != i32::MIN).then_some(c)
+}
+
+/// Sets the EXIT code a shell run ends with.
+pub fn record(code: i32) {
+    SHELL_CODE.store(code, Ordering::Release);
+}
+
+/// Runs a shell without a scheduler (EEVDF) until it exits.
+pub fn run_plain(spec: &ShellSpec) {
+    let banner = "schedrig shell: EEVDF, no sched_ext scheduler; exit or Ctrl-D powers the VM off";
+    match Shell::start(spec, banner) {
+        Ok(mut sh) => loop {
+            if let Some(s) = sh.ended() {
+                sh.finish(s, None);
+                return;
+            }
+            std::thread::sleep(POLL);
+        },
+        Err(e) => {
+            crate::console::say(&format!("shell: {e}"));
+            record(EXIT_NO_SHELL);
+        }
+    }
+}
+
+/// How often a plain shell is checked for its end.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A running shell.
+pub struct Shell {
+    child: Child,
+    console: File,
+}
+
+impl Shell {
+    /// Links busybox's applets, prints `banner` on the console and starts
+    /// the shell (or the command) there.
+    pub fn start(spec: &ShellSpec, banner: &str) -> Result<Shell, String> {
+        std::fs::create_dir_all(APPLET_DIR).map_err(|e| format!("mkdir {APPLET_DIR}: {e}"))?;
+        let linked = Command::new(BUSYBOX)
+            .args(["--install", "-s", APPLET_DIR])
+            .status()
+            .map_err(|e| format!("{BUSYBOX} --install: {e}"))?;
+        if !linked.success() {
+            return Err(format!("{BUSYBOX} --install: {linked}"));
+        }
+        let mut console = File::options()
+            .read(true)
+            .write(true)
+            .open(CONSOLE)
+            .map_err(|e| format!("open {CONSOLE}: {e}"))?;
+        if spec.command.is_some() {
+            // One command's output, byte for byte: no echo of input, no
+            // newline translation.
+            raw_output(&console)?;
+        } else {
+            let _ = writeln!(console, "{banner}\r");
+        }
+        let mut cmd = Command::new(BUSYBOX);
+        match &spec.command {
+            Some(c) => cmd.args(["sh", "-c", c]),
+            None => cmd.args(["sh", "-i"]),
+        };
+        let dup = |f: &File| f.try_clone().map(Stdio::from);
+        let io = |e: std::io::Error| format!("{CONSOLE}: {e}");
+        cmd.stdin(dup(&console).map_err(io)?)
+            .stdout(dup(&console).map_err(io)?)
+            .stderr(dup(&console).map_err(io)?)
+            .env_clear()
+            .env("PATH", "/bin:/schedrig/bin")
+            .env("HOME", "/tmp")
+            .env("TERM", &spec.term)
+            .env("SCHEDULER_LOG", SCHED_LOG)
+            .env("PS1", "[schedrig $(cat /sys/kernel/sched_ext/root/ops 2>/dev/null || echo eevdf): $(cat /sys/kernel/sched_ext/state)] \\w # ")
+            .current_dir("/tmp");
+        // SAFETY: between fork and exec; setsid and ioctl are
+        // async-signal-safe and touch only this process and its fd 0.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // hvc0 becomes the controlling terminal: Ctrl-C typed on
+                // the host is SIGINT for the foreground job.
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("start {BUSYBOX} sh: {e}"))?;
+        Ok(Shell { child, console })
+    }
+
+    /// The shell's status if it has ended.
+    pub fn ended(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Records the status as the EXIT code and waits (bounded) until the
+    /// console has sent the shell's last output.
+    pub fn finish(&mut self, status: ExitStatus, note: Option<&str>) {
+        use std::os::unix::process::ExitStatusExt;
+        record(
+            status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        );
+        if let Some(n) = note {
+            let _ = writeln!(self.console, "{n}\r");
+        }
+        let _ = wait_until_sent(
+            self.console.as_raw_fd(),
+            CONSOLE,
+            Instant::now() + CONSOLE_DRAIN,
+        );
+    }
+}
+
+/// Turns off echo and output processing on the console.
+fn raw_output(console: &File) -> Result<(), String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, OutputFlags, SetArg};
+    let mut t = tcgetattr(console).map_err(|e| format!("tcgetattr {CONSOLE}: {e}"))?;
+    t.local_flags.remove(LocalFlags::ECHO);
+    t.output_flags.remove(OutputFlags::OPOST);
+    tcsetattr(console, SetArg::TCSANOW, &t).map_err(|e| format!("tcsetattr {CONSOLE}: {e}"))
+}
+
+/// Keeps [`SCHED_LOG`] up to date with the scheduler's output.
+pub fn write_log(text: &str, written: &mut usize) {
+    if text.len() != *written {
+        if std::fs::write(SCHED_LOG, text).is_ok() {
+            *written = text.len();
+        }
+    }
+}
