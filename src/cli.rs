@@ -613,6 +613,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .and_then(std::path::Path::parent)
                         .map(PathBuf::from)
                         .into_iter()
+                        .chain(kernel_shares(&a.kernel.request()))
                         .collect(),
                 ));
             }
@@ -688,6 +689,29 @@ fn process_start() -> std::time::Instant {
 /// When the process started: the CLI's "VMM start" for set-up figures.
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// The folders of a user's kernel files that the nested test host would
+/// not see at the same paths (under its scratch /tmp, say): a source
+/// tree itself, else the image's, the vmlinux's and the config's folders.
+fn kernel_shares(req: &KernelRequest) -> Vec<PathBuf> {
+    let folder = |p: &PathBuf| {
+        let p = std::path::absolute(p).ok()?;
+        if p.is_dir() {
+            Some(p)
+        } else {
+            p.parent().map(std::path::Path::to_path_buf)
+        }
+    };
+    let mut v: Vec<PathBuf> = [&req.kernel, &req.vmlinux, &req.config]
+        .into_iter()
+        .flatten()
+        .filter_map(folder)
+        .filter(|d| crate::nested::hidden_inside(d))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// `schedrig shell`'s options from its flags, checked before any VM.
 fn shell_options(a: &ShellArgs) -> anyhow::Result<crate::shell::ShellOptions> {
     anyhow::ensure!(
@@ -745,6 +769,7 @@ fn run_shell(a: ShellArgs) -> anyhow::Result<ExitCode> {
             .chain(opts.scheduler.as_ref())
             .filter(|c| crate::nested::hidden_inside(&c.host_path))
             .filter_map(|c| c.host_path.parent().map(std::path::Path::to_path_buf))
+            .chain(kernel_shares(&opts.kernel))
             .collect();
         let raw = if opts.command.is_none() {
             crate::shell::RawTerminal::enter()
@@ -1111,6 +1136,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
             timeout,
             console_dir
                 .into_iter()
+                .chain(kernel_shares(&opts.kernel))
                 .chain(timeline_dir)
                 .chain(sched_dir)
                 .chain(baseline_dir)

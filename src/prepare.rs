@@ -15,6 +15,10 @@ pub fn kernel(req: &KernelRequest) -> Result<Option<String>, KernelError> {
     req.check()?;
     if let Some(tree) = req.tree() {
         build_tree(tree, req.config.as_deref(), &BuildOptions::default())?;
+    } else if req.kernel.is_some() {
+        // An image: refused here, before any VM or nested host, if it
+        // cannot run schedrig's guests (no sched_ext, say).
+        kernel::resolve(req)?;
     }
     Ok(req.cache_key())
 }
