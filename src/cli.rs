@@ -128,14 +128,16 @@ struct ShellArgs {
 struct CompareArgs {
     /// The earlier (or reference) run's `schedrig run --json` output.
     a: PathBuf,
-    /// The later (or candidate) run's.
-    b: PathBuf,
+    /// The later (or candidate) run's. Without it, A must hold the results
+    /// of two kernels (`schedrig run --kernel K1 --kernel K2 --json`): the
+    /// first kernel's are compared with the second's.
+    b: Option<PathBuf>,
     /// Every metric, also those that did not move.
     #[arg(long)]
     all: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 struct RunArgs {
     #[command(flatten)]
     kernel: KernelArgs,
@@ -415,8 +417,10 @@ pub struct KernelArgs {
     /// out of tree into the cache (cached by the tree's git commit and
     /// changes; incremental) with its own schedulers [default: the cached
     /// project kernel].
+    /// `schedrig run` takes it more than once: the same scenarios on each
+    /// kernel, in turn, each result naming its kernel.
     #[arg(long, value_name = "PATH|DIR")]
-    pub kernel: Option<PathBuf>,
+    pub kernel: Vec<PathBuf>,
     /// The unstripped vmlinux for introspection, when it is not beside --kernel.
     #[arg(long, value_name = "PATH")]
     pub vmlinux: Option<PathBuf>,
@@ -427,12 +431,23 @@ pub struct KernelArgs {
 }
 
 impl KernelArgs {
+    /// The request for the first (for most commands, the only) kernel.
     pub fn request(&self) -> KernelRequest {
         KernelRequest {
-            kernel: self.kernel.clone(),
+            kernel: self.kernel.first().cloned(),
             vmlinux: self.vmlinux.clone(),
             config: self.kernel_config.clone(),
         }
+    }
+
+    /// Refuses a second --kernel where only `schedrig run` takes several.
+    pub fn one(&self, command: &str) -> anyhow::Result<KernelRequest> {
+        anyhow::ensure!(
+            self.kernel.len() <= 1,
+            "--kernel given {} times; only `schedrig run` takes several (schedrig {command} boots one)",
+            self.kernel.len()
+        );
+        Ok(self.request())
     }
 }
 
@@ -538,7 +553,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", dir.display());
         }
         Command::Kernel(KernelCommand::Resolve { kernel, json }) => {
-            let r = kernel::resolve(&kernel.request())
+            let r = kernel::resolve(&kernel.one("kernel resolve").map_err(crate::exit_status::refused)?)
                 .map_err(|e| crate::exit_status::refused(e.into()))?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -558,19 +573,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Commands that start no VM: any error is in what was given.
         Command::Scenarios(a) => return list_scenarios(a).map_err(crate::exit_status::refused),
         Command::Compare(a) => {
-            let read = |p: &PathBuf| {
-                crate::compare::read(p).map_err(|e| crate::exit_status::refused(e.into()))
+            let refused = |e: crate::compare::CompareError| crate::exit_status::refused(e.into());
+            let (ra, rb, names) = match &a.b {
+                Some(b) => (
+                    crate::compare::read(&a.a).map_err(refused)?,
+                    crate::compare::read(b).map_err(refused)?,
+                    (a.a.display().to_string(), b.display().to_string()),
+                ),
+                None => {
+                    let [(ka, ra), (kb, rb)] =
+                        crate::compare::read_two_kernels(&a.a).map_err(refused)?;
+                    println!("A: kernel {ka}\nB: kernel {kb}");
+                    (ra, rb, (format!("kernel {ka}"), format!("kernel {kb}")))
+                }
             };
-            let (ra, rb) = (read(&a.a)?, read(&a.b)?);
             let changes = crate::compare::compare(&ra, &rb);
             if changes.is_empty() {
-                return Err(crate::exit_status::refused(
-                    crate::compare::CompareError::Disjoint {
-                        a: a.a.display().to_string(),
-                        b: a.b.display().to_string(),
-                    }
-                    .into(),
-                ));
+                return Err(refused(crate::compare::CompareError::Disjoint {
+                    a: names.0,
+                    b: names.1,
+                }));
             }
             print!("{}", crate::compare::text(&ra, &rb, &changes, a.all));
             let regressed = changes
@@ -590,7 +612,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Selftest(a) => {
-            crate::prepare::kernel(&a.kernel.request())
+            crate::prepare::kernel(&a.kernel.one("selftest").map_err(crate::exit_status::refused)?)
                 .map_err(|e| crate::exit_status::refused(e.into()))?;
             let junit = a
                 .junit
@@ -724,7 +746,7 @@ fn shell_options(a: &ShellArgs) -> anyhow::Result<crate::shell::ShellOptions> {
     a.topology
         .check_memory(a.memory)
         .map_err(schedrig_vmm::MachineError::from)?;
-    let key = crate::prepare::kernel(&a.kernel.request())?;
+    let key = crate::prepare::kernel(&a.kernel.one("shell")?)?;
     let scheduler = match &a.scheduler {
         Some(s) => crate::sched::choose_or_eevdf(s, a.topology.vcpus(), key.as_deref())?,
         None => None,
@@ -801,7 +823,7 @@ fn boot_options(
         a.timeout > 0 && a.boot_timeout > 0,
         "timeouts must be at least 1 second"
     );
-    let key = crate::prepare::kernel(&a.kernel.request())?;
+    let key = crate::prepare::kernel(&a.kernel.one("boot")?)?;
     let job = boot_job(a, key.as_deref())?;
     let args = job.as_ref().map(|j| j.args.clone()).unwrap_or_default();
     let opts = crate::boot::BootOptions {
@@ -1077,6 +1099,105 @@ struct RunPlan {
 }
 
 fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
+    if a.kernel.kernel.len() > 1 {
+        return run_kernels(a);
+    }
+    run_one(&a, None, None)
+}
+
+/// `schedrig run --kernel A --kernel B ...`: every kernel checked (a
+/// source tree built) first, then the same scenarios on each in turn,
+/// in one nested test host where one is needed. Each result names its
+/// kernel (a line above its table, `kernel` in JSON, the suite's name in
+/// JUnit, one --report/--timeline/--console-log subfolder per kernel);
+/// `schedrig compare FILE` compares the first kernel's results in a
+/// --json output with the second's.
+fn run_kernels(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let kernels = a.kernel.kernel.clone();
+    let mut seen = std::collections::BTreeSet::new();
+    for k in &kernels {
+        let canon = k.canonicalize().unwrap_or_else(|_| k.clone());
+        if !seen.insert(canon) {
+            return Err(crate::exit_status::refused(anyhow::anyhow!(
+                "--kernel {} given twice",
+                k.display()
+            )));
+        }
+    }
+    // Each kernel's own arguments: that kernel alone, its outputs in a
+    // subfolder of each output folder named after its position.
+    let one = |i: usize, k: &PathBuf| {
+        let mut ai = RunArgs {
+            kernel: KernelArgs {
+                kernel: vec![k.clone()],
+                ..a.kernel.clone()
+            },
+            ..a.clone()
+        };
+        let sub = |d: &Option<PathBuf>| d.as_ref().map(|d| d.join(format!("kernel-{}", i + 1)));
+        ai.report = sub(&a.report);
+        ai.timeline = sub(&a.timeline);
+        ai.console_log = sub(&a.console_log);
+        ai.junit = None;
+        ai
+    };
+    let mut shares = Vec::new();
+    for (i, k) in kernels.iter().enumerate() {
+        let ai = one(i, k);
+        let plan = run_options(&ai).map_err(crate::exit_status::refused)?;
+        shares.extend(kernel_shares(&plan.opts.kernel));
+    }
+    if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
+        let first = run_options(&one(0, &kernels[0])).map_err(crate::exit_status::refused)?;
+        let holds: u64 = first.opts.scenarios.iter().map(|s| s.holds_ms()).sum();
+        let per_vm = first.opts.scenarios.len() as u64 + 1;
+        let once = std::time::Duration::from_millis(holds)
+            + crate::run::SCENARIO_OVERHEAD * first.opts.scenarios.len() as u32
+            + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout));
+        let runs = kernels.len() as u32 * if a.baseline.is_some() { 2 } else { 1 };
+        let outputs = [&a.report, &a.timeline, &a.console_log]
+            .into_iter()
+            .flatten()
+            .filter_map(|d| std::path::absolute(d).ok())
+            .chain(
+                a.junit
+                    .as_deref()
+                    .and_then(|f| std::path::absolute(f).ok())
+                    .and_then(|f| f.parent().map(PathBuf::from)),
+            );
+        return Ok(crate::nested::rerun::rerun_self(
+            "schedrig run",
+            &why,
+            once * runs + std::time::Duration::from_secs(300),
+            outputs.chain(shares).collect(),
+        ));
+    }
+    let mut suites = Vec::new();
+    let mut codes = Vec::new();
+    for (i, k) in kernels.iter().enumerate() {
+        let label = k.display().to_string();
+        eprintln!("kernel {}/{}: {label}", i + 1, kernels.len());
+        codes.push(run_one(&one(i, k), Some(&label), Some(&mut suites))?);
+    }
+    if let Some(file) = &a.junit {
+        let file = crate::run::junit::check_path(file)?;
+        let mut r = quick_junit::Report::new("schedrig run");
+        r.add_test_suites(suites);
+        crate::run::junit::write(&file, &r)
+            .map_err(|e| anyhow::anyhow!("--junit {}: {e}", file.display()))?;
+        eprintln!("junit: {}", file.display());
+    }
+    Ok(crate::exit_status::worst_code(&codes))
+}
+
+/// One kernel's run. `kernel_label`: the kernel named in every result
+/// (several kernels); `suites`: where its JUnit suite goes instead of
+/// its own --junit file.
+fn run_one(
+    a: &RunArgs,
+    kernel_label: Option<&str>,
+    suites: Option<&mut Vec<quick_junit::TestSuite>>,
+) -> anyhow::Result<ExitCode> {
     let started = *PROCESS_START.get_or_init(std::time::Instant::now);
     let RunPlan {
         opts,
@@ -1085,7 +1206,7 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
         junit,
         baseline,
         report_dir,
-    } = run_options(&a).map_err(crate::exit_status::refused)?;
+    } = run_options(a).map_err(crate::exit_status::refused)?;
     if opts.scenarios.is_empty() {
         // More shards than scenarios: this one has nothing to do, but
         // leaves the files a CI job collects (an empty suite, an empty
@@ -1226,11 +1347,22 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--junit {}: {e}", file.display()))?;
         eprintln!("junit: {}", file.display());
     }
+    if let Some(suites) = suites {
+        let r = crate::run::junit::report(&opts, &summary, &[], &[]);
+        for mut s in r.test_suites {
+            s.name = format!("{} with kernel {}", s.name.as_str(), kernel_label.unwrap_or("?")).into();
+            s.add_property(("kernel_given", kernel_label.unwrap_or("")));
+            suites.push(s);
+        }
+    }
     if a.json {
         let repeats = crate::run::output::repeat_numbers(&summary);
         for (o, &k) in summary.outcomes.iter().zip(&repeats) {
             let mut j = crate::run::output::json(&opts, &summary, o);
             j["repeat"] = serde_json::json!(k);
+            if let Some(label) = kernel_label {
+                j["kernel"] = serde_json::json!(label);
+            }
             if let Some((name, b)) = baseline {
                 j["baseline"] = match crate::run::output::baseline_of(b, &o.scenario.name, k) {
                     Some(bo) => serde_json::json!({
@@ -1246,6 +1378,16 @@ fn run_scenarios(a: RunArgs) -> anyhow::Result<ExitCode> {
             println!("{j}");
         }
     } else {
+        if let Some(label) = kernel_label {
+            println!(
+                "kernel {label} ({})",
+                summary
+                    .fingerprint
+                    .kernel_release
+                    .as_deref()
+                    .unwrap_or(&summary.fingerprint.kernel)
+            );
+        }
         print!("{}", crate::run::output::table(&opts, &summary, baseline));
     }
     let outcomes = summary

@@ -48,6 +48,8 @@ pub enum CompareError {
     Empty(String),
     #[error("no scenario is in both runs ({a} and {b})")]
     Disjoint { a: String, b: String },
+    #[error("{path}: compared alone, it must hold the results of exactly two kernels (`schedrig run --kernel A --kernel B --json`); it holds {found}")]
+    NotTwoKernels { path: String, found: String },
 }
 
 /// One run's results: per scenario, per metric, a value per repeat.
@@ -98,22 +100,68 @@ fn rule(metric: &str, limit: Option<f64>) -> Rule {
 
 /// Reads a `schedrig run --json` output.
 pub fn read(path: &Path) -> Result<Run, CompareError> {
+    read_kernel(path, None)
+}
+
+/// The two kernels' runs in one `schedrig run --kernel A --kernel B
+/// --json` output, each with its `kernel`, in the order they ran.
+pub fn read_two_kernels(path: &Path) -> Result<[(String, Run); 2], CompareError> {
+    let p = path.display().to_string();
+    let mut kernels: Vec<String> = Vec::new();
+    for v in lines(path)? {
+        let k = v?["kernel"].as_str().unwrap_or("").to_string();
+        if !kernels.contains(&k) {
+            kernels.push(k);
+        }
+    }
+    match kernels.as_slice() {
+        [a, b] if !a.is_empty() && !b.is_empty() => Ok([
+            (a.clone(), read_kernel(path, Some(a))?),
+            (b.clone(), read_kernel(path, Some(b))?),
+        ]),
+        _ => Err(CompareError::NotTwoKernels {
+            path: p,
+            found: if kernels.iter().all(String::is_empty) {
+                "results without a kernel (one kernel)".into()
+            } else {
+                format!("{} kernels: {}", kernels.len(), kernels.join(", "))
+            },
+        }),
+    }
+}
+
+/// Every result line of a file, parsed.
+fn lines(
+    path: &Path,
+) -> Result<Vec<Result<serde_json::Value, CompareError>>, CompareError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| CompareError::Read {
         path: p.clone(),
         source,
     })?;
-    let mut run = Run::default();
-    for (i, line) in text
+    Ok(text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| CompareError::Parse {
-            path: p.clone(),
-            line: i + 1,
-            why: e.to_string(),
-        })?;
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| CompareError::Parse {
+                path: p.clone(),
+                line: i + 1,
+                why: e.to_string(),
+            })
+        })
+        .collect())
+}
+
+/// The results in `path`, only those of `kernel` when given.
+fn read_kernel(path: &Path, kernel: Option<&str>) -> Result<Run, CompareError> {
+    let p = path.display().to_string();
+    let mut run = Run::default();
+    for (i, v) in lines(path)?.into_iter().enumerate() {
+        let v = v?;
+        if kernel.is_some_and(|k| v["kernel"].as_str() != Some(k)) {
+            continue;
+        }
         let Some(name) = v["scenario"].as_str() else {
             return Err(CompareError::Parse {
                 path: p.clone(),

@@ -86,6 +86,18 @@ impl Outcome {
 
 /// The status for all of a run's outcomes (none at all is a harness
 /// error: nothing was judged).
+/// The worst of several commands' exit statuses (each 0, 1, 3 or 4), by
+/// the same precedence as [`of_all`]; anything else counts as 4.
+pub fn worst_code(codes: &[ExitCode]) -> ExitCode {
+    let outcome = |c: &ExitCode| match *c {
+        c if c == ExitCode::SUCCESS => Outcome::Passed,
+        c if c == ExitCode::from(SCHED_FAILED) => Outcome::SchedFailed,
+        c if c == ExitCode::from(INCONCLUSIVE) => Outcome::Inconclusive,
+        _ => Outcome::HarnessError,
+    };
+    of_all(codes.iter().map(outcome))
+}
+
 pub fn of_all(outcomes: impl IntoIterator<Item = Outcome>) -> ExitCode {
     ExitCode::from(worst(outcomes).status())
 }

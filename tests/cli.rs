@@ -419,3 +419,39 @@ fn compare_flags_a_shift_beyond_the_noise_and_not_a_run_against_itself() {
         "not a `schedrig run --json` result",
     );
 }
+
+/// `--kernel DIR` and its companions: a folder that is not a kernel
+/// tree, a tree with an in-tree build, `--kernel-config` without a tree,
+/// a second `--kernel` where one boots, and `compare` of one file that
+/// holds one kernel's results are refused before anything is built.
+#[test]
+fn kernel_tree_mistakes_are_refused_before_building() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    assert_one_error(&["boot", "--kernel", dir], "is not a kernel source tree");
+    assert_one_error(&["run", "--kernel", dir, "--scenario", "steady"], "lacks Makefile");
+    for f in ["Makefile", "Kconfig", "kernel/sched/ext.c", "arch/x86/Kconfig", ".config"] {
+        let p = d.path().join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "x").unwrap();
+    }
+    assert_one_error(&["shell", "--kernel", dir, "--exec", "true"], "make -C");
+    assert_one_error(&["kernel", "build", "--source", dir], "in-tree build (.config)");
+    let cfg = d.path().join("my.config");
+    std::fs::write(&cfg, "CONFIG_X=y\n").unwrap();
+    assert_one_error(
+        &["boot", "--kernel-config", cfg.to_str().unwrap()],
+        "needs --kernel DIR",
+    );
+    assert_one_error(
+        &["boot", "--kernel", "/nonexistent/a", "--kernel", "/nonexistent/b"],
+        "only `schedrig run` takes several",
+    );
+    assert_one_error(
+        &["run", "--kernel", "/nonexistent/a", "--kernel", "/nonexistent/a"],
+        "given twice",
+    );
+    let one = d.path().join("one.json");
+    std::fs::write(&one, "{\"scenario\":\"steady\",\"verdict\":\"pass\"}\n").unwrap();
+    assert_one_error(&["compare", one.to_str().unwrap()], "exactly two kernels");
+}

@@ -469,6 +469,7 @@ pub fn tests() -> Vec<Trial> {
                 )
             },
         ),
+        vm_test("run_on_two_kernels_names_each_and_compare_splits_them", two_kernels),
         vm_test("run_eevdf_passes_and_honours_weights", || {
             let r = schedrig_run(
                 &[
@@ -732,6 +733,44 @@ const STEALING_HOGS: usize = 5;
 /// before it: the same starvation, but most of the hold stolen, so
 /// `inconclusive`. One CPU, so the quiet host steals next to nothing and
 /// the default gap limit applies unscaled.
+/// `--kernel` twice (the project kernel's bzImage and its stripped
+/// vmlinux: two images a user could give): each result names its kernel,
+/// in order, and `schedrig compare FILE` compares the first with the
+/// second.
+fn two_kernels() -> Result<(), Failed> {
+    let entry = schedrig::kernel::resolve::default_entry().ok_or("no cached kernel")?;
+    let (a, b) = (entry.bzimage(), entry.vmlinux_stripped());
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let r = schedrig_run(
+        &["--scheduler", "eevdf", "--scenario", "steady", "--kernel", &a, "--kernel", &b],
+        false,
+    )?;
+    let kernels: Vec<&str> = r.lines.iter().filter_map(|l| l["kernel"].as_str()).collect();
+    r.check(
+        kernels == [a.as_str(), b.as_str()] && r.lines.len() == 2,
+        "one result per kernel, each naming its kernel, in the order given",
+    )?;
+    r.check(
+        r.lines.iter().all(|l| l["verdict"] == "pass"),
+        "steady passes under EEVDF on both",
+    )?;
+    let dir = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+    let file = dir.path().join("two.json");
+    let text: String = r.lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).map_err(|e| format!("write {}: {e}", file.display()))?;
+    let out = Command::new(env!("CARGO_BIN_EXE_schedrig"))
+        .arg("compare")
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("run schedrig compare: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    r.check(
+        out.status.code() == Some(0)
+            && stdout.starts_with(&format!("A: kernel {a}\nB: kernel {b}\n")),
+        &format!("compare FILE: kernel A against kernel B, no regression (one repeat): {stdout}"),
+    )
+}
+
 fn run_scx_unfair() -> Result<(), Failed> {
     let (starved, gappy, unfair, busy) = (
         fixture("starved.toml"),
