@@ -50,6 +50,8 @@ pub struct Gauntlet {
     label: String,
     profiles: Vec<(String, String)>,
     exclude: Vec<String>,
+    /// The kernel axis: None is the project kernel.
+    kernels: Vec<Option<std::path::PathBuf>>,
 }
 
 impl Gauntlet {
@@ -61,6 +63,7 @@ impl Gauntlet {
             label: label.to_string(),
             profiles: vec![("default".into(), String::new())],
             exclude: Vec::new(),
+            kernels: vec![None],
         }
     }
 
@@ -80,20 +83,49 @@ impl Gauntlet {
         self
     }
 
+    /// A kernel axis: every case on each of these kernels (images or
+    /// source trees), named `gauntlet/{label}@{kernel}/{preset}/{profile}`
+    /// (`@` and the path's last part; nothing for the project kernel,
+    /// which is not on the axis unless `"default"` is given).
+    pub fn kernels(mut self, kernels: &[&str]) -> Self {
+        self.kernels = kernels
+            .iter()
+            .map(|k| (*k != "default").then(|| std::path::PathBuf::from(k)))
+            .collect();
+        self
+    }
+
     /// Every case, as ignored tests.
     pub fn tests(&self) -> Vec<SchedTest> {
         let mut out = Vec::new();
-        for p in PRESETS
-            .iter()
-            .filter(|p| !self.exclude.iter().any(|e| e == p.name))
+        for kernel in &self.kernels {
+            for p in PRESETS
+                .iter()
+                .filter(|p| !self.exclude.iter().any(|e| e == p.name))
+            {
+                out.extend(self.cases(p, kernel.as_deref()));
+            }
+        }
+        out
+    }
+
+    fn cases(&self, p: &Preset, kernel: Option<&std::path::Path>) -> Vec<SchedTest> {
+        let mut out = Vec::new();
         {
             for (profile, args) in &self.profiles {
-                let mut t = self
-                    .base
-                    .clone()
+                let mut t = self.base.clone();
+                if let Some(k) = kernel {
+                    t = t.kernel(k);
+                }
+                let mut t = t
                     .topology(p.topology)
                     .args(args)
-                    .named(&format!("gauntlet/{}/{}/{profile}", self.label, p.name))
+                    .named(&format!(
+                        "gauntlet/{}{}/{}/{profile}",
+                        self.label,
+                        super::kernel_suffix(kernel),
+                        p.name
+                    ))
                     .ignored();
                 t.case = Some(Case {
                     preset: p.name,
@@ -200,6 +232,23 @@ mod tests {
         assert!(t.iter().all(|t| t.ignored));
         assert_eq!(t[0].name(), "gauntlet/steady/pair/plain");
         assert_eq!(t[1].args, "-s 1000");
+    }
+
+    #[test]
+    fn the_kernel_axis_crosses_every_case_and_names_it() {
+        let g = Gauntlet::new("steady", SchedTest::new("steady"))
+            .exclude(&["tiny"])
+            .kernels(&["default", "/src/linux-next"]);
+        let t = g.tests();
+        assert_eq!(t.len(), (PRESETS.len() - 1) * 2);
+        assert_eq!(t[0].name(), "gauntlet/steady/pair/default");
+        assert_eq!(t[0].kernel, None);
+        let other = &t[PRESETS.len() - 1];
+        assert_eq!(other.name(), "gauntlet/steady@linux-next/pair/default");
+        assert_eq!(other.kernel.as_deref(), Some(std::path::Path::new("/src/linux-next")));
+        // A plain test on another kernel says so in its default name.
+        let plain = SchedTest::new("steady").kernel("/src/linux-next");
+        assert_eq!(plain.name(), "steady/1n2l1c1t/scx_simple@linux-next");
     }
 
     #[test]

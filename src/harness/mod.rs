@@ -85,6 +85,8 @@ pub struct SchedTest {
     ignored: bool,
     /// Set on a gauntlet case.
     case: Option<gauntlet::Case>,
+    /// A kernel image or source tree (None: the project kernel).
+    kernel: Option<std::path::PathBuf>,
 }
 
 impl SchedTest {
@@ -113,6 +115,11 @@ impl SchedTest {
             checks: Checks::default(),
             ignored: false,
             case: None,
+            // A whole suite on a kernel tree without a code change:
+            // `SCHEDRIG_KERNEL=~/linux cargo test`.
+            kernel: std::env::var_os(KERNEL_ENV)
+                .filter(|k| !k.is_empty())
+                .map(std::path::PathBuf::from),
         }
     }
 
@@ -176,6 +183,22 @@ impl SchedTest {
         self
     }
 
+    /// The kernel: a vmlinux or bzImage, or a kernel source tree, which
+    /// is built (out of tree, cached) with its own schedulers before any
+    /// test runs. The default name gets `@` and the path's last part.
+    pub fn kernel(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.kernel = Some(path.into());
+        self
+    }
+
+    /// The kernel request this test boots.
+    fn kernel_request(&self) -> crate::kernel::KernelRequest {
+        crate::kernel::KernelRequest {
+            kernel: self.kernel.clone(),
+            ..Default::default()
+        }
+    }
+
     /// Listed, and run only with `--ignored` or `--include-ignored`.
     pub fn ignored(mut self) -> Self {
         self.ignored = true;
@@ -206,7 +229,7 @@ impl SchedTest {
                 self.args.split_whitespace().collect::<Vec<_>>().join("_")
             )
         };
-        format!("{scenario}/{}/{sched}{args}", self.topology)
+        format!("{scenario}/{}/{sched}{args}{}", self.topology, kernel_suffix(self.kernel.as_deref()))
     }
 
     /// What the user gave, checked and resolved (one clear line if not).
@@ -240,11 +263,14 @@ impl SchedTest {
                 "{name}: arguments need a scheduler; EEVDF takes none"
             ));
         }
-        let scheduler = crate::sched::choose_or_eevdf(&self.scheduler, topology.vcpus(), None)
-            .map_err(|e| format!("{name}: {e}"))?;
+        let kernel = self.kernel_request();
+        let key = crate::prepare::kernel(&kernel).map_err(|e| format!("{name}: {e}"))?;
+        let scheduler =
+            crate::sched::choose_or_eevdf(&self.scheduler, topology.vcpus(), key.as_deref())
+                .map_err(|e| format!("{name}: {e}"))?;
         Ok(RunOptions {
             console_dir: Some(artifacts.to_path_buf()),
-            kernel: crate::kernel::KernelRequest::default(),
+            kernel,
             topology,
             memory_mib: self.memory_mib,
             scheduler,
@@ -255,6 +281,18 @@ impl SchedTest {
             boot_timeout: Duration::from_secs(120),
         })
     }
+}
+
+/// The kernel (image or source tree) every test boots unless it names
+/// its own with [`SchedTest::kernel`].
+pub const KERNEL_ENV: &str = "SCHEDRIG_KERNEL";
+
+/// `@NAME` for a test on another kernel than the project's: the last
+/// part of its path (a tree's folder, an image's file name).
+pub(crate) fn kernel_suffix(kernel: Option<&Path>) -> String {
+    kernel
+        .and_then(|k| k.file_name())
+        .map_or_else(String::new, |n| format!("@{}", n.to_string_lossy()))
 }
 
 /// Inconclusive tests this process reported (for the summary line).
@@ -432,6 +470,23 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     }
     let mut args = Arguments::from_iter(rest);
     let root = artifact_root();
+    // Every kernel the tests name, checked (a source tree built, with its
+    // schedulers) here, before any test and outside any nested host.
+    if !args.list && !crate::nested::rerun::in_emulated_host() {
+        let mut kernels: Vec<&Path> = tests.iter().filter_map(|t| t.kernel.as_deref()).collect();
+        kernels.sort();
+        kernels.dedup();
+        for k in kernels {
+            let req = crate::kernel::KernelRequest {
+                kernel: Some(k.to_path_buf()),
+                ..Default::default()
+            };
+            if let Err(e) = crate::prepare::kernel(&req) {
+                say!("schedrig tests: kernel {}: {e}", k.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     // The host's CPUs, before the emulated host pins this process to one.
     let host_cpus = crate::cpu_budget::host_cpus();
     if let crate::nested::KvmMode::Nested(reason) = crate::nested::kvm_mode() {
