@@ -378,41 +378,32 @@ pub fn build(
     opts: &BuildOptions,
 ) -> Result<BuildOutcome, KernelError> {
     let started = Instant::now();
+    let hit = |key: &str| {
+        let entry = cache::lookup(key).filter(|_| !opts.force)?;
+        Some(BuildOutcome {
+            entry,
+            cached: true,
+            duration: started.elapsed(),
+        })
+    };
     // Already looked at by this process or the one that nested it: in
     // the nested test host, git over 9p takes minutes on a kernel tree.
-    if !opts.force {
-        if let Some(entry) = remembered(dir).and_then(|k| cache::lookup(&k)) {
-            return Ok(BuildOutcome {
-                entry,
-                cached: true,
-                duration: started.elapsed(),
-            });
-        }
+    if let Some(out) = remembered(dir).and_then(|k| hit(&k)) {
+        return Ok(out);
     }
     let tk = current(dir, config)?;
-    if !opts.force {
-        if let Some(entry) = cache::lookup(&tk.key) {
-            remember(&tk.root, &tk.key);
-            return Ok(BuildOutcome {
-                entry,
-                cached: true,
-                duration: started.elapsed(),
-            });
-        }
+    if let Some(out) = hit(&tk.key) {
+        remember(&tk.root, &tk.key);
+        return Ok(out);
     }
     crate::setup::ensure_packages(kbuild::BUILD_PACKAGES)?;
     let work = work_dir(&tk.root);
     kbuild::mkdir(&work)?;
     let _lock = kbuild::work_lock()?;
-    if !opts.force {
-        if let Some(entry) = cache::lookup(&tk.key) {
-            remember(&tk.root, &tk.key);
-            return Ok(BuildOutcome {
-                entry,
-                cached: true,
-                duration: started.elapsed(),
-            });
-        }
+    // Another process may have built it while we waited for the lock.
+    if let Some(out) = hit(&tk.key) {
+        remember(&tk.root, &tk.key);
+        return Ok(out);
     }
     let kernels = cache::kernels_dir();
     cache::remove_stale_temporaries(&kernels);

@@ -116,6 +116,29 @@ impl Running {
         serve_queue(&self.mem, queue, index, &self.interrupt, serve)
     }
 
+    /// Copies what `from` holds into receive queue `index`'s buffers, as
+    /// far as they go (`what` names the port in errors).
+    fn deliver(
+        &mut self,
+        index: u16,
+        from: &BulkWriter,
+        errors: &GuestErrors,
+        what: &str,
+    ) -> Result<usize, DeviceError> {
+        self.serve(index, |chain| {
+            let mut pending = from.lock();
+            if pending.is_empty() {
+                return None;
+            }
+            let outcome = write_chain(chain, pending.make_contiguous());
+            if let Some(error) = &outcome.error {
+                guest_error!(errors, Console, "{what} receive buffer unusable: {error}");
+            }
+            pending.drain(..outcome.written);
+            Some(outcome.written as u32)
+        })
+    }
+
     /// Whether the driver should notify receive queue `index` when it
     /// adds buffers (`VRING_USED_F_NO_NOTIFY` cleared, virtio 1.2,
     /// 2.7.10): only while the device has bytes for it and no buffer.
@@ -259,34 +282,10 @@ impl VirtioConsole {
             })?;
         }
         if self.states.guest_open(BULK_PORT_ID) && self.bulk.pending() > 0 {
-            let bulk = &self.bulk;
-            running.serve(BULK_RX_QUEUE, |chain| {
-                let mut pending = bulk.lock();
-                if pending.is_empty() {
-                    return None;
-                }
-                let outcome = write_chain(chain, pending.make_contiguous());
-                if let Some(error) = &outcome.error {
-                    guest_error!(errors, Console, "bulk receive buffer unusable: {error}");
-                }
-                pending.drain(..outcome.written);
-                Some(outcome.written as u32)
-            })?;
+            running.deliver(BULK_RX_QUEUE, &self.bulk, errors, "bulk")?;
         }
         if self.console_in.pending() > 0 {
-            let input = &self.console_in;
-            running.serve(CONSOLE_RX_QUEUE, |chain| {
-                let mut pending = input.lock();
-                if pending.is_empty() {
-                    return None;
-                }
-                let outcome = write_chain(chain, pending.make_contiguous());
-                if let Some(error) = &outcome.error {
-                    guest_error!(errors, Console, "console receive buffer unusable: {error}");
-                }
-                pending.drain(..outcome.written);
-                Some(outcome.written as u32)
-            })?;
+            running.deliver(CONSOLE_RX_QUEUE, &self.console_in, errors, "console")?;
         }
         Ok(())
     }

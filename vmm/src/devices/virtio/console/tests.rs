@@ -54,6 +54,8 @@ struct Guest<'a> {
     bulk: Shared,
     stats: Shared,
     writer: BulkWriter,
+    /// Port 0's input (what `schedrig shell` types).
+    input: BulkWriter,
     states: PortStates,
     budget: BulkBudget,
     errors: GuestErrors,
@@ -83,6 +85,7 @@ impl<'a> Guest<'a> {
         )
         .unwrap();
         let writer = device.bulk_writer();
+        let input = device.console_writer();
         let states = device.port_states();
         let irq = Arc::new(Interrupt::new().unwrap());
         let mut t = MmioTransport::new(mem.clone(), Box::new(device), irq, errors.clone()).unwrap();
@@ -97,6 +100,7 @@ impl<'a> Guest<'a> {
             bulk,
             stats,
             writer,
+            input,
             states,
             budget: bulk_budget,
             errors,
@@ -523,6 +527,28 @@ fn bulk_rx_splits_across_small_guest_buffers() {
     g.t.process_queue(BULK_RX_QUEUE);
     assert_eq!(g.received(BULK_RX_QUEUE), vec![b"more".to_vec()]);
     assert_eq!(g.writer.pending(), 0);
+}
+
+/// Typed input reaches hvc0's receive queue (port 0), split across the
+/// guest's buffers, and waits for a buffer when there is none; past its
+/// capacity the writer refuses (the stdin pump offers it again later).
+#[test]
+fn console_input_reaches_port_zero() {
+    let mem = guest_memory();
+    let mut g = Guest::boot(&mem);
+    g.handshake();
+    g.input.send(b"nproc\r").unwrap();
+    g.t.process_queue(CONSOLE_RX_QUEUE);
+    assert!(g.received(CONSOLE_RX_QUEUE).is_empty(), "no buffer yet");
+    assert_eq!(g.input.pending(), 6);
+    g.post_in(CONSOLE_RX_QUEUE, &[4, 4]);
+    g.notify(CONSOLE_RX_QUEUE);
+    let got: Vec<u8> = g.received(CONSOLE_RX_QUEUE).into_iter().flatten().collect();
+    assert_eq!(got, b"nproc\r");
+    assert_eq!(g.input.pending(), 0);
+    assert!(g.received(BULK_RX_QUEUE).is_empty(), "nothing on the bulk port");
+    let big = vec![b'x'; CONSOLE_INPUT_CAPACITY + 1];
+    assert!(g.input.send(&big).is_err());
 }
 
 #[test]
