@@ -543,11 +543,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 vmlinux: None,
                 config: kernel_config.clone(),
             };
-            anyhow::ensure!(
-                tree.is_dir(),
-                "--source {}: not a directory",
-                tree.display()
-            );
+            if !tree.is_dir() {
+                return Err(crate::exit_status::refused(anyhow::anyhow!(
+                    "--source {}: not a directory (a kernel source tree)",
+                    tree.display()
+                )));
+            }
             req.check().map_err(|e| crate::exit_status::refused(e.into()))?;
             let dir = crate::prepare::build_tree(&tree, kernel_config.as_deref(), &build_options(jobs, force)?)?;
             println!("{}", dir.display());
@@ -612,8 +613,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Selftest(a) => {
-            crate::prepare::kernel(&a.kernel.one("selftest").map_err(crate::exit_status::refused)?)
-                .map_err(|e| crate::exit_status::refused(e.into()))?;
+            prepare_kernel(&a.kernel.one("selftest").map_err(crate::exit_status::refused)?)
+                .map_err(crate::exit_status::refused)?;
             let junit = a
                 .junit
                 .as_deref()
@@ -711,6 +712,19 @@ fn process_start() -> std::time::Instant {
 /// When the process started: the CLI's "VMM start" for set-up figures.
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// The kernel a command boots, prepared (a source tree built) before any
+/// VM: a mistake in the user's input is refused (status 2), a build that
+/// fails is not (status 4).
+fn prepare_kernel(req: &KernelRequest) -> anyhow::Result<Option<String>> {
+    crate::prepare::kernel(req).map_err(|e| {
+        if e.is_bad_input() {
+            anyhow::Error::from(e)
+        } else {
+            crate::exit_status::NotInput(e.into()).into()
+        }
+    })
+}
+
 /// The folders of a user's kernel files that the nested test host would
 /// not see at the same paths (under its scratch /tmp, say): a source
 /// tree itself, else the image's, the vmlinux's and the config's folders.
@@ -746,7 +760,7 @@ fn shell_options(a: &ShellArgs) -> anyhow::Result<crate::shell::ShellOptions> {
     a.topology
         .check_memory(a.memory)
         .map_err(schedrig_vmm::MachineError::from)?;
-    let key = crate::prepare::kernel(&a.kernel.one("shell")?)?;
+    let key = prepare_kernel(&a.kernel.one("shell")?)?;
     let scheduler = match &a.scheduler {
         Some(s) => crate::sched::choose_or_eevdf(s, a.topology.vcpus(), key.as_deref())?,
         None => None,
@@ -794,7 +808,7 @@ fn run_shell(a: ShellArgs) -> anyhow::Result<ExitCode> {
             .chain(kernel_shares(&opts.kernel))
             .collect();
         let raw = if opts.command.is_none() {
-            crate::shell::RawTerminal::enter()
+            crate::shell::RawTerminal::enter(false)
         } else {
             None
         };
@@ -823,7 +837,7 @@ fn boot_options(
         a.timeout > 0 && a.boot_timeout > 0,
         "timeouts must be at least 1 second"
     );
-    let key = crate::prepare::kernel(&a.kernel.one("boot")?)?;
+    let key = prepare_kernel(&a.kernel.one("boot")?)?;
     let job = boot_job(a, key.as_deref())?;
     let args = job.as_ref().map(|j| j.args.clone()).unwrap_or_default();
     let opts = crate::boot::BootOptions {
@@ -1025,7 +1039,7 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         !(eevdf && a.sched_args.is_some()),
         "--sched-args needs a scheduler; EEVDF takes none"
     );
-    let key = crate::prepare::kernel(&a.kernel.request())?;
+    let key = prepare_kernel(&a.kernel.request())?;
     let scheduler = crate::sched::choose_or_eevdf(&a.scheduler, a.topology.vcpus(), key.as_deref())?;
     let sched_args = match &a.sched_args {
         Some(s) => crate::sched::split_args(s)?,
@@ -1146,7 +1160,20 @@ fn run_kernels(a: RunArgs) -> anyhow::Result<ExitCode> {
         let ai = one(i, k);
         let plan = run_options(&ai).map_err(crate::exit_status::refused)?;
         shares.extend(kernel_shares(&plan.opts.kernel));
+        // A scheduler or baseline given by a path the nested host hides.
+        let schedulers = plan
+            .opts
+            .scheduler
+            .iter()
+            .chain(plan.baseline.as_ref().and_then(|b| b.scheduler.as_ref()));
+        shares.extend(
+            schedulers
+                .filter(|c| crate::nested::hidden_inside(&c.host_path))
+                .filter_map(|c| c.host_path.parent().map(PathBuf::from)),
+        );
     }
+    shares.sort();
+    shares.dedup();
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         let first = run_options(&one(0, &kernels[0])).map_err(crate::exit_status::refused)?;
         let holds: u64 = first.opts.scenarios.iter().map(|s| s.holds_ms()).sum();
@@ -1177,7 +1204,14 @@ fn run_kernels(a: RunArgs) -> anyhow::Result<ExitCode> {
     for (i, k) in kernels.iter().enumerate() {
         let label = k.display().to_string();
         eprintln!("kernel {}/{}: {label}", i + 1, kernels.len());
-        codes.push(run_one(&one(i, k), Some(&label), Some(&mut suites))?);
+        // One kernel's failure to run costs the others nothing.
+        match run_one(&one(i, k), Some(&label), Some(&mut suites)) {
+            Ok(code) => codes.push(code),
+            Err(e) => {
+                eprintln!("kernel {label}: schedrig run: error: {e:#}");
+                codes.push(ExitCode::from(crate::exit_status::of_error(&e)));
+            }
+        }
     }
     if let Some(file) = &a.junit {
         let file = crate::run::junit::check_path(file)?;

@@ -84,23 +84,27 @@ impl Outcome {
     }
 }
 
-/// The status for all of a run's outcomes (none at all is a harness
-/// error: nothing was judged).
 /// The worst of several commands' exit statuses (each 0, 1, 3 or 4), by
 /// the same precedence as [`of_all`]; anything else counts as 4.
 pub fn worst_code(codes: &[ExitCode]) -> ExitCode {
-    let outcome = |c: &ExitCode| match *c {
+    of_all(codes.iter().map(outcome_of_code))
+}
+
+fn outcome_of_code(c: &ExitCode) -> Outcome {
+    match *c {
         c if c == ExitCode::SUCCESS => Outcome::Passed,
         c if c == ExitCode::from(SCHED_FAILED) => Outcome::SchedFailed,
         c if c == ExitCode::from(INCONCLUSIVE) => Outcome::Inconclusive,
         _ => Outcome::HarnessError,
-    };
-    of_all(codes.iter().map(outcome))
+    }
 }
 
+/// The status for all of a run's outcomes, the worst winning (1 over 4
+/// over 3 over 0); none at all is a harness error: nothing was judged.
 pub fn of_all(outcomes: impl IntoIterator<Item = Outcome>) -> ExitCode {
     ExitCode::from(worst(outcomes).status())
 }
+
 
 fn worst(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
     outcomes.into_iter().max().unwrap_or(Outcome::HarnessError)
@@ -123,10 +127,20 @@ pub fn of_error(e: &anyhow::Error) -> u8 {
 }
 
 /// Marks the error of a command's checks on its input (run before any
-/// VM) as [`BadInput`].
+/// VM) as [`BadInput`], unless it is a [`NotInput`].
 pub fn refused(e: anyhow::Error) -> anyhow::Error {
+    if e.downcast_ref::<NotInput>().is_some() {
+        return e;
+    }
     BadInput(e).into()
 }
+
+/// A failure among a command's checks that is not the user's input (a
+/// kernel tree's build that failed, a disk error): stays
+/// [`HARNESS_ERROR`] through [`refused`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct NotInput(pub anyhow::Error);
 
 #[cfg(test)]
 mod tests {

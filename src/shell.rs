@@ -65,14 +65,20 @@ pub fn check_include(paths: &[std::path::PathBuf], scheduler: Option<&Chosen>) -
     Ok(out)
 }
 
-/// Restores the terminal's mode when dropped.
+/// Restores the terminal's mode when dropped, and on SIGTERM or SIGHUP
+/// when asked to.
 pub struct RawTerminal {
     saved: nix::sys::termios::Termios,
+    handlers: Vec<signal_hook::SigId>,
 }
 
 impl RawTerminal {
     /// Raw mode on stdin when it is a terminal; None otherwise.
-    pub fn enter() -> Option<RawTerminal> {
+    /// `on_signals`: SIGTERM and SIGHUP restore the mode, then end the
+    /// process as they would have (for a caller with no handler of its
+    /// own; the nested host's runner has one, which ends QEMU in order
+    /// and returns, so that this is dropped).
+    pub fn enter(on_signals: bool) -> Option<RawTerminal> {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, OutputFlags, SetArg};
         let stdin = std::io::stdin();
         let fd = stdin.as_fd();
@@ -82,13 +88,32 @@ impl RawTerminal {
         // Our own lines (and the nested host's) still start at column 0.
         raw.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
         tcsetattr(fd, SetArg::TCSANOW, &raw).ok()?;
-        Some(RawTerminal { saved })
+        let mut handlers = Vec::new();
+        if on_signals {
+            let plain: libc::termios = saved.clone().into();
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+                // SAFETY: the handler calls only tcsetattr (an ioctl) and
+                // signal-hook's default-action emulation, both
+                // async-signal-safe, on plain data it owns.
+                let id = unsafe {
+                    signal_hook::low_level::register(sig, move || {
+                        libc::tcsetattr(0, libc::TCSANOW, &plain);
+                        let _ = signal_hook::low_level::emulate_default_handler(sig);
+                    })
+                };
+                handlers.extend(id.ok());
+            }
+        }
+        Some(RawTerminal { saved, handlers })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         use nix::sys::termios::{tcsetattr, SetArg};
+        for id in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
         let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
     }
 }
@@ -137,7 +162,7 @@ pub fn run(opts: &ShellOptions, started: Instant) -> anyhow::Result<ExitCode> {
         ..BootOptions::default()
     };
     let raw = if opts.command.is_none() {
-        RawTerminal::enter()
+        RawTerminal::enter(true)
     } else {
         None
     };

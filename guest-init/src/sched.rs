@@ -397,7 +397,7 @@ fn hold_shell<W: Write>(
         root_ops().unwrap_or_default(),
         shell::SCHED_LOG
     );
-    let mut written = 0;
+    let mut written = String::new();
     shell::write_log(&pump.shared.output_text(), &mut written);
     let mut sh = match Shell::start(spec, &banner) {
         Ok(s) => s,

@@ -93,6 +93,9 @@ impl Shell {
             raw_output(&console)?;
         } else {
             let _ = writeln!(console, "{banner}\r");
+            if !spec.included.is_empty() {
+                let _ = writeln!(console, "on PATH from the host: {}\r", spec.included.join(" "));
+            }
         }
         let mut cmd = Command::new(BUSYBOX);
         match &spec.command {
@@ -105,7 +108,8 @@ impl Shell {
             .stdout(dup(&console).map_err(io)?)
             .stderr(dup(&console).map_err(io)?)
             .env_clear()
-            .env("PATH", "/bin:/schedrig/bin")
+            // Programs shipped with --include before busybox's applets.
+            .env("PATH", "/schedrig/bin:/bin")
             .env("HOME", "/tmp")
             .env("TERM", &spec.term)
             .env("SCHEDULER_LOG", SCHED_LOG)
@@ -164,11 +168,10 @@ fn raw_output(console: &File) -> Result<(), String> {
     tcsetattr(console, SetArg::TCSANOW, &t).map_err(|e| format!("tcsetattr {CONSOLE}: {e}"))
 }
 
-/// Keeps [`SCHED_LOG`] up to date with the scheduler's output.
-pub fn write_log(text: &str, written: &mut usize) {
-    if text.len() != *written {
-        if std::fs::write(SCHED_LOG, text).is_ok() {
-            *written = text.len();
-        }
+/// Keeps [`SCHED_LOG`] up to date with the scheduler's output (the
+/// newest part the guest keeps), rewritten when it changed.
+pub fn write_log(text: &str, written: &mut String) {
+    if text != written.as_str() && std::fs::write(SCHED_LOG, text).is_ok() {
+        *written = text.to_string();
     }
 }

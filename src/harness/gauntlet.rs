@@ -50,8 +50,9 @@ pub struct Gauntlet {
     label: String,
     profiles: Vec<(String, String)>,
     exclude: Vec<String>,
-    /// The kernel axis: None is the project kernel.
-    kernels: Vec<Option<std::path::PathBuf>>,
+    /// The kernel axis (None in it: the project kernel); unset, every
+    /// case boots the base test's kernel.
+    kernels: Option<Vec<Option<std::path::PathBuf>>>,
 }
 
 impl Gauntlet {
@@ -63,7 +64,7 @@ impl Gauntlet {
             label: label.to_string(),
             profiles: vec![("default".into(), String::new())],
             exclude: Vec::new(),
-            kernels: vec![None],
+            kernels: None,
         }
     }
 
@@ -88,35 +89,44 @@ impl Gauntlet {
     /// (`@` and the path's last part; nothing for the project kernel,
     /// which is not on the axis unless `"default"` is given).
     pub fn kernels(mut self, kernels: &[&str]) -> Self {
-        self.kernels = kernels
-            .iter()
-            .map(|k| (*k != "default").then(|| std::path::PathBuf::from(k)))
-            .collect();
+        self.kernels = Some(
+            kernels
+                .iter()
+                .map(|k| (*k != "default").then(|| std::path::PathBuf::from(k)))
+                .collect(),
+        );
         self
     }
 
     /// Every case, as ignored tests.
     pub fn tests(&self) -> Vec<SchedTest> {
         let mut out = Vec::new();
-        for kernel in &self.kernels {
+        let axis: Vec<Option<Option<&std::path::Path>>> = match &self.kernels {
+            None => vec![None],
+            Some(ks) => ks.iter().map(|k| Some(k.as_deref())).collect(),
+        };
+        for kernel in axis {
             for p in PRESETS
                 .iter()
                 .filter(|p| !self.exclude.iter().any(|e| e == p.name))
             {
-                out.extend(self.cases(p, kernel.as_deref()));
+                out.extend(self.cases(p, kernel));
             }
         }
         out
     }
 
-    fn cases(&self, p: &Preset, kernel: Option<&std::path::Path>) -> Vec<SchedTest> {
+    /// `kernel`: None keeps the base test's; Some(None) is the project
+    /// kernel, Some(Some(k)) the kernel k (named in the case's name).
+    fn cases(&self, p: &Preset, kernel: Option<Option<&std::path::Path>>) -> Vec<SchedTest> {
         let mut out = Vec::new();
         {
             for (profile, args) in &self.profiles {
                 let mut t = self.base.clone();
                 if let Some(k) = kernel {
-                    t = t.kernel(k);
+                    t.kernel = k.map(std::path::Path::to_path_buf);
                 }
+                let kernel = kernel.flatten();
                 let mut t = t
                     .topology(p.topology)
                     .args(args)

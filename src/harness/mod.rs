@@ -283,6 +283,21 @@ impl SchedTest {
     }
 }
 
+/// Whether libtest would run `t` with `args` (its filters, `--exact`,
+/// `--skip`, `--ignored`): only those tests' kernels are built first.
+fn will_run(t: &SchedTest, args: &Arguments) -> bool {
+    let name = t.name();
+    let matches = |f: &str| if args.exact { name == f } else { name.contains(f) };
+    let ignored_ok = if t.ignored {
+        args.ignored || args.include_ignored
+    } else {
+        !args.ignored
+    };
+    ignored_ok
+        && args.filter.as_deref().is_none_or(matches)
+        && !args.skip.iter().any(|s| matches(s))
+}
+
 /// The kernel (image or source tree) every test boots unless it names
 /// its own with [`SchedTest::kernel`].
 pub const KERNEL_ENV: &str = "SCHEDRIG_KERNEL";
@@ -470,23 +485,36 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     }
     let mut args = Arguments::from_iter(rest);
     let root = artifact_root();
-    // Every kernel the tests name, checked (a source tree built, with its
-    // schedulers) here, before any test and outside any nested host.
+    // Every kernel the tests that will run name, checked (a source tree
+    // built, with its schedulers) here, before any test and outside any
+    // nested host; an ignored or filtered-out test's kernel is not built.
+    let mut kernels: Vec<&Path> = tests
+        .iter()
+        .filter(|t| will_run(t, &args))
+        .filter_map(|t| t.kernel.as_deref())
+        .collect();
+    kernels.sort();
+    kernels.dedup();
     if !args.list && !crate::nested::rerun::in_emulated_host() {
-        let mut kernels: Vec<&Path> = tests.iter().filter_map(|t| t.kernel.as_deref()).collect();
-        kernels.sort();
-        kernels.dedup();
-        for k in kernels {
+        for k in &kernels {
             let req = crate::kernel::KernelRequest {
                 kernel: Some(k.to_path_buf()),
                 ..Default::default()
             };
             if let Err(e) = crate::prepare::kernel(&req) {
                 say!("schedrig tests: kernel {}: {e}", k.display());
-                return ExitCode::from(2);
+                let bad = e.is_bad_input();
+                return ExitCode::from(if bad { 2 } else { crate::exit_status::HARNESS_ERROR });
             }
         }
     }
+    // Kernel files the nested host would hide (under /tmp): shared.
+    let kernel_dirs: Vec<std::path::PathBuf> = kernels
+        .iter()
+        .filter_map(|k| std::path::absolute(k).ok())
+        .filter_map(|k| if k.is_dir() { Some(k) } else { k.parent().map(Path::to_path_buf) })
+        .filter(|d| crate::nested::hidden_inside(d))
+        .collect();
     // The host's CPUs, before the emulated host pins this process to one.
     let host_cpus = crate::cpu_budget::host_cpus();
     if let crate::nested::KvmMode::Nested(reason) = crate::nested::kvm_mode() {
@@ -501,7 +529,10 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
                 "schedrig tests",
                 &reason,
                 NESTED_TIMEOUT,
-                std::iter::once(root).chain(junit_dir).collect(),
+                std::iter::once(root)
+                    .chain(junit_dir)
+                    .chain(kernel_dirs)
+                    .collect(),
             );
         }
     }

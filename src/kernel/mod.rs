@@ -58,6 +58,8 @@ pub enum KernelError {
     NotATree { dir: String, lacking: String },
     #[error("{dir} has an in-tree build ({found}): the kernel's make refuses to build out of such a tree, and schedrig does not write into yours. Keep its config and clean it: `cp {dir}/.config ~/my.config && make -C {dir} mrproper`, then pass --kernel-config ~/my.config")]
     InTreeBuild { dir: String, found: String },
+    #[error("{0} kept changing while it built; build again when it is still")]
+    TreeUnstable(String),
     #[error("--kernel-config {0} needs --kernel DIR, a kernel source tree to build")]
     ConfigWithoutTree(String),
     #[error("no kernel given and none cached: build one with `schedrig kernel build` (about 20 minutes on 2 cores, cached afterwards) or pass --kernel PATH")]
@@ -65,6 +67,23 @@ pub enum KernelError {
 }
 
 impl KernelError {
+    /// The user's input is at fault (a path, a tree, a config), not the
+    /// machine: refused, exit status 2. A build that fails is not that.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound(_)
+                | Self::NoConfig(_)
+                | Self::NotSchedExt { .. }
+                | Self::NotATree { .. }
+                | Self::InTreeBuild { .. }
+                | Self::ConfigWithoutTree(_)
+                | Self::FragmentDropped(_)
+                | Self::CannotLoadSchedulers(_)
+                | Self::Image(_)
+        )
+    }
+
     fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             what,

@@ -55,9 +55,12 @@ impl KernelRequest {
             if let Some(k) = super::tree::remembered(t) {
                 return Some(k);
             }
-            return super::tree::current(t, self.config.as_deref())
-                .ok()
-                .map(|k| k.key);
+            // A tree not looked at yet: its key now; one that cannot be
+            // read names no entry (never the project kernel's schedulers).
+            return Some(
+                super::tree::current(t, self.config.as_deref())
+                    .map_or_else(|_| format!("unbuilt tree {}", t.display()), |k| k.key),
+            );
         }
         if let Some(k) = &self.kernel {
             let dir = k.canonicalize().ok()?.parent()?.to_path_buf();

@@ -34,6 +34,20 @@ const TREE_RECIPE_VERSION: u32 = 1;
 pub const ENTRIES_KEPT: usize = 3;
 /// How long one git command may take on a large tree.
 const GIT_LIMIT: Duration = Duration::from_secs(120);
+/// Builds after the first when the tree changed while make ran.
+const STABLE_TRIES: usize = 2;
+/// Variables of the caller's environment that change what make builds
+/// (compiler, architecture, flags): hashed into a tree's key.
+const BUILD_ENV: [&str; 8] = [
+    "ARCH",
+    "CROSS_COMPILE",
+    "LLVM",
+    "CC",
+    "LD",
+    "KCFLAGS",
+    "KCPPFLAGS",
+    "KAFLAGS",
+];
 /// Passed to a nested run of this program: `PATH=KEY` pairs (tab
 /// separated) of trees the outer process already looked at, so the
 /// nested host does not walk the tree again over 9p.
@@ -268,7 +282,13 @@ fn files_state(root: &Path, memo_dir: &Path) -> Result<TreeState, KernelError> {
     }
     let digest = hex::encode(h.finalize());
     kbuild::mkdir(memo_dir)?;
-    let _ = std::fs::write(&memo, format!("{stamp} {digest}\n"));
+    // Whole or not at all: a reader must never see half a digest.
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(memo_dir) {
+        use std::io::Write;
+        if writeln!(tmp, "{stamp} {digest}").is_ok() {
+            let _ = tmp.persist(&memo);
+        }
+    }
     Ok(files_describe(&digest))
 }
 
@@ -305,6 +325,14 @@ pub fn key(root: &Path, state: &TreeState, config: Option<&[u8]>) -> String {
         None => h.update("base=defconfig+kvm_guest.config\n"),
     }
     h.update(super::config::FRAGMENT.as_bytes());
+    for var in BUILD_ENV {
+        if let Some(v) = std::env::var_os(var) {
+            use std::os::unix::ffi::OsStrExt;
+            h.update(format!("env {var}="));
+            h.update(v.as_bytes());
+            h.update("\n");
+        }
+    }
     let name = root
         .file_name()
         .map(|n| cache::path_safe(&n.to_string_lossy()))
@@ -347,12 +375,13 @@ pub fn remembered(dir: &Path) -> Option<String> {
     map.get(&root).cloned()
 }
 
+/// Records the key of the entry this process uses for `root` (a newer
+/// one replaces an older).
 fn remember(root: &Path, key: &str) {
-    if remembered(root).is_none() {
-        if let Ok(mut keys) = KEYS.lock() {
-            keys.get_or_insert_with(HashMap::new)
-                .insert(root.to_path_buf(), key.to_string());
-        }
+    let _ = remembered(root); // loads the parent's keys first
+    if let Ok(mut keys) = KEYS.lock() {
+        keys.get_or_insert_with(HashMap::new)
+            .insert(root.to_path_buf(), key.to_string());
     }
 }
 
@@ -421,6 +450,24 @@ pub fn build(
     };
     kbuild::configure(&tk.root, &obj, &base)?;
     kbuild::make(&tk.root, &obj, opts.jobs, &work)?;
+    // A tree edited while it built holds what no key names: make again
+    // (incremental) until the state it started from is the state after.
+    let mut tk = tk;
+    for _ in 0..STABLE_TRIES {
+        let now = current(dir, config)?;
+        if now.key == tk.key {
+            break;
+        }
+        eprintln!(
+            "schedrig: the tree changed while it built ({} -> {}); building again",
+            tk.state.describe, now.state.describe
+        );
+        tk = now;
+        kbuild::make(&tk.root, &obj, opts.jobs, &work)?;
+    }
+    if current(dir, config)?.key != tk.key {
+        return Err(KernelError::TreeUnstable(tk.root.display().to_string()));
+    }
     let source = serde_json::json!({
         "tree": tk.root.display().to_string(),
         "tree_state": tk.state.describe,

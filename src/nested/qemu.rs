@@ -250,6 +250,19 @@ pub(super) fn boot(
         }
     };
 
+    // Started before QEMU (the FIFO is opened read-write, so nothing
+    // waits), so that its failure leaves nothing running; stopped and
+    // joined when this function returns, QEMU gone.
+    let _stdin_pump = match &stdin_fifo {
+        Some(p) => match stdin_pump(p) {
+            Ok(pump) => Some(pump),
+            Err(e) => {
+                unregister(sig_ids);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -261,11 +274,7 @@ pub(super) fn boot(
     drop(cmd);
 
     let copy_out = spawn_copy(out.reader, std::io::stdout());
-    // Stopped and joined when this function returns (QEMU gone).
-    let _stdin_pump = match &stdin_fifo {
-        Some(p) => Some(stdin_pump(p)?),
-        None => None,
-    };
+
     let copy_err = spawn_copy(err.reader, std::io::stderr());
     let (status_tx, status_rx) = mpsc::channel();
     let status_thread = std::thread::spawn(move || {
@@ -430,7 +439,6 @@ fn remove_stale_run_dirs() {
     }
 }
 
-/// Copies a port's bytes to our stream as they arrive (live output).
 /// Our stdin into the FIFO QEMU reads, without ever blocking: opened
 /// read-write (no wait for QEMU to open it, no SIGPIPE) and non-blocking
 /// (a full FIFO is offered again later).
@@ -451,6 +459,7 @@ fn stdin_pump(fifo: &Path) -> Result<schedrig_vmm::terminal::StdinPump, NestedEr
     .map_err(|e| NestedError::io("start stdin pump for", fifo, e))
 }
 
+/// Copies a port's bytes to our stream as they arrive (live output).
 fn spawn_copy<W: Write + Send + 'static>(
     mut from: std::io::PipeReader,
     mut to: W,

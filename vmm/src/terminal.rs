@@ -4,7 +4,7 @@
 //! raw mode, so that Ctrl-C is a byte for the guest's tty and not a
 //! signal for us, is the caller's business.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -66,10 +66,14 @@ impl Drop for StdinPump {
     }
 }
 
+/// The byte a terminal in canonical mode reads as the end of input
+/// (`VEOF`, Ctrl-D): what the guest's tty gets when our stdin ends.
+const EOF_BYTE: u8 = 0x04;
+
 fn pump(mut sink: InputSink, stop: &AtomicBool) {
-    let stdin = io::stdin();
-    let fd = stdin.as_raw_fd();
+    let fd = io::stdin().as_raw_fd();
     let mut buf = [0u8; READ_CHUNK];
+    let mut last = b'\n';
     while !stop.load(Ordering::Acquire) {
         let mut pfd = libc::pollfd {
             fd,
@@ -82,10 +86,27 @@ fn pump(mut sink: InputSink, stop: &AtomicBool) {
             continue;
         }
         // POLLIN or POLLHUP: a read says which (0 is the end of input).
-        let got = match stdin.lock().read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        // The fd itself, not std's buffered Stdin: bytes left in that
+        // buffer would wait, unseen by poll, for the next keystroke.
+        // SAFETY: reads into `buf`, which outlives the call.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let got = match n {
+            n if n > 0 => n as usize,
+            0 => {
+                // The end of our input is the end of the guest program's:
+                // Ctrl-D ends a line, a second one the input.
+                let eof: &[u8] = if last == b'\n' {
+                    &[EOF_BYTE]
+                } else {
+                    &[EOF_BYTE, EOF_BYTE]
+                };
+                let _ = sink(eof);
+                return;
+            }
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return,
         };
+        last = buf[got - 1];
         let mut rest = &buf[..got];
         while !rest.is_empty() && !stop.load(Ordering::Acquire) {
             match sink(rest) {
