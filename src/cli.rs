@@ -400,7 +400,8 @@ enum KernelCommand {
         #[arg(long, value_name = "FILE", requires = "source")]
         kernel_config: Option<PathBuf>,
     },
-    /// Show which kernel a run would boot, and check it has sched_ext.
+    /// Show which kernel a run would boot, and check it has sched_ext; for a
+    /// source tree, its state, cache key and whether it is built.
     Resolve {
         #[command(flatten)]
         kernel: KernelArgs,
@@ -554,8 +555,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", dir.display());
         }
         Command::Kernel(KernelCommand::Resolve { kernel, json }) => {
-            let r = kernel::resolve(&kernel.one("kernel resolve").map_err(crate::exit_status::refused)?)
-                .map_err(|e| crate::exit_status::refused(e.into()))?;
+            let req = kernel.one("kernel resolve").map_err(crate::exit_status::refused)?;
+            if req.tree().is_some() {
+                return resolve_tree(&req, json);
+            }
+            let r = kernel::resolve(&req).map_err(|e| crate::exit_status::refused(e.into()))?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -711,6 +715,38 @@ fn process_start() -> std::time::Instant {
 
 /// When the process started: the CLI's "VMM start" for set-up figures.
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// `schedrig kernel resolve --kernel DIR`: the tree's state and cache key
+/// and whether it is built, without building it.
+fn resolve_tree(req: &KernelRequest, json: bool) -> anyhow::Result<ExitCode> {
+    req.check().map_err(|e| crate::exit_status::refused(e.into()))?;
+    let tree = req.tree().unwrap_or(std::path::Path::new("."));
+    let started = std::time::Instant::now();
+    let tk = kernel::tree::current(tree, req.config.as_deref())?;
+    let took = started.elapsed();
+    let entry = kernel::cache::lookup(&tk.key);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "tree": tk.root,
+                "state": tk.state.describe,
+                "key": tk.key,
+                "built": entry.as_ref().map(|e| &e.dir),
+                "state_ms": took.as_secs_f64() * 1e3,
+            })
+        );
+    } else {
+        println!("tree:    {}", tk.root.display());
+        println!("state:   {} (read in {:.2} s)", tk.state.describe, took.as_secs_f64());
+        println!("key:     {}", tk.key);
+        match &entry {
+            Some(e) => println!("built:   {}", e.dir.display()),
+            None => println!("built:   no (`schedrig kernel build --source {}` builds it)", tree.display()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// The kernel a command boots, prepared (a source tree built) before any
 /// VM: a mistake in the user's input is refused (status 2), a build that

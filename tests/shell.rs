@@ -154,6 +154,55 @@ fn exec_prints_output_and_returns_status() {
     assert!(!stdout.contains('\r'), "no newline translation: {why}");
 }
 
+/// A scheduler that dies while the shell runs (killed from the shell
+/// here) is reported when the shell ends; the status is still the
+/// command's.
+#[test]
+fn a_scheduler_lost_during_the_shell_is_reported_on_leaving() {
+    let out = Command::new(SCHEDRIG)
+        .args([
+            "shell",
+            "--scheduler",
+            "scx_simple",
+            "--exec",
+            "kill -9 $(pidof scx_simple); sleep 2; cat /sys/kernel/sched_ext/state",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = format!("status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status.code());
+    assert_eq!(out.status.code(), Some(0), "{why}");
+    assert_eq!(stdout, "disabled\n", "{why}");
+    assert!(
+        stderr.contains("schedrig shell: scx_simple: the run ended sched_"),
+        "the scheduler's end said on leaving: {why}"
+    );
+}
+
+/// Our stdin is the command's, and its end reaches it as the end of input.
+#[test]
+fn exec_reads_stdin_to_its_end() {
+    use std::io::Write;
+    let mut child = Command::new(SCHEDRIG)
+        .args(["shell", "--exec", "wc -l"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        (out.status.code(), stdout.trim()),
+        (Some(0), "3"),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Bad input is refused before any VM, with one line naming it.
 #[test]
 fn include_of_a_missing_file_is_refused() {
