@@ -219,6 +219,15 @@ fn run() -> Result<(), String> {
         }
     }
     steps.mark("TOPO");
+    // `schedrig shell`: hvc0 set up before SRDY, after which the host
+    // passes on what is typed (see shell::prepare_console).
+    if mode == Mode::Normal {
+        if let Ok(Some(spec)) = jobs::read_job().map(|j| j.and_then(|j| j.shell)) {
+            if let Err(e) = schedrig_guest_init::shell::prepare_console(&spec) {
+                say(&format!("shell: {e}"));
+            }
+        }
+    }
     port.system_ready().map_err(comms)?;
     say(&steps.line("SRDY"));
     if mode == Mode::Panic {

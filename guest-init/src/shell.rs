@@ -38,6 +38,38 @@ pub fn exit_code() -> Option<i32> {
     (c != i32::MIN).then_some(c)
 }
 
+/// hvc0, opened before SRDY and kept open (hvc resets a tty's modes at
+/// its last close), with its modes as the shell wants them.
+static CONSOLE_FILE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+/// Opens hvc0 with echo off before SRDY: the host passes on typed (or
+/// piped) input only after SRDY, and hvc holds input until its tty is
+/// first opened, then reads it at once; opened later, bytes could be
+/// read, and echoed, before echo was turned off. For `--exec` output
+/// processing goes too (bytes as the command wrote them); an
+/// interactive shell gets echo back when it starts.
+pub fn prepare_console(spec: &ShellSpec) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let console = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(CONSOLE)
+        .map_err(|e| format!("open {CONSOLE}: {e}"))?;
+    set_modes(&console, false, spec.command.is_none())?;
+    let _ = CONSOLE_FILE.set(console);
+    Ok(())
+}
+
+/// Echo and output processing on hvc0 as asked.
+fn set_modes(console: &File, echo: bool, output_processing: bool) -> Result<(), String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, OutputFlags, SetArg};
+    let mut t = tcgetattr(console).map_err(|e| format!("tcgetattr {CONSOLE}: {e}"))?;
+    t.local_flags.set(LocalFlags::ECHO, echo);
+    t.output_flags.set(OutputFlags::OPOST, output_processing);
+    tcsetattr(console, SetArg::TCSANOW, &t).map_err(|e| format!("tcsetattr {CONSOLE}: {e}"))
+}
+
 /// Sets the EXIT code a shell run ends with.
 pub fn record(code: i32) {
     SHELL_CODE.store(code, Ordering::Release);
@@ -82,16 +114,17 @@ impl Shell {
         if !linked.success() {
             return Err(format!("{BUSYBOX} --install: {linked}"));
         }
-        let mut console = File::options()
-            .read(true)
-            .write(true)
-            .open(CONSOLE)
-            .map_err(|e| format!("open {CONSOLE}: {e}"))?;
+        let mut console = match CONSOLE_FILE.get() {
+            Some(f) => f.try_clone(),
+            None => File::options().read(true).write(true).open(CONSOLE),
+        }
+        .map_err(|e| format!("open {CONSOLE}: {e}"))?;
         if spec.command.is_some() {
             // One command's output, byte for byte: no echo of input, no
             // newline translation.
-            raw_output(&console)?;
+            set_modes(&console, false, false)?;
         } else {
+            set_modes(&console, true, true)?;
             let _ = writeln!(console, "{banner}\r");
             if !spec.included.is_empty() {
                 let _ = writeln!(console, "on PATH from the host: {}\r", spec.included.join(" "));
@@ -157,15 +190,6 @@ impl Shell {
             Instant::now() + CONSOLE_DRAIN,
         );
     }
-}
-
-/// Turns off echo and output processing on the console.
-fn raw_output(console: &File) -> Result<(), String> {
-    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, OutputFlags, SetArg};
-    let mut t = tcgetattr(console).map_err(|e| format!("tcgetattr {CONSOLE}: {e}"))?;
-    t.local_flags.remove(LocalFlags::ECHO);
-    t.output_flags.remove(OutputFlags::OPOST);
-    tcsetattr(console, SetArg::TCSANOW, &t).map_err(|e| format!("tcsetattr {CONSOLE}: {e}"))
 }
 
 /// Keeps [`SCHED_LOG`] up to date with the scheduler's output (the

@@ -441,8 +441,14 @@ fn remove_stale_run_dirs() {
 
 /// Our stdin into the FIFO QEMU reads, without ever blocking: opened
 /// read-write (no wait for QEMU to open it, no SIGPIPE) and non-blocking
-/// (a full FIFO is offered again later).
-fn stdin_pump(fifo: &Path) -> Result<schedrig_vmm::terminal::StdinPump, NestedError> {
+/// (a full FIFO is offered again later). The second value is the FIFO
+/// held open until QEMU is gone: a pump that met the end of a short
+/// piped input at once would otherwise close the FIFO's last end before
+/// QEMU opened it, and Linux drops what a FIFO holds when nothing has it
+/// open.
+fn stdin_pump(
+    fifo: &Path,
+) -> Result<(schedrig_vmm::terminal::StdinPump, std::fs::File), NestedError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::File::options()
         .read(true)
@@ -450,13 +456,15 @@ fn stdin_pump(fifo: &Path) -> Result<schedrig_vmm::terminal::StdinPump, NestedEr
         .custom_flags(libc::O_NONBLOCK)
         .open(fifo)
         .map_err(|e| NestedError::io("open", fifo, e))?;
-    schedrig_vmm::terminal::StdinPump::start_into(Box::new(move |bytes: &[u8]| {
+    let held = f.try_clone().map_err(|e| NestedError::io("open", fifo, e))?;
+    let pump = schedrig_vmm::terminal::StdinPump::start_into(Box::new(move |bytes: &[u8]| {
         match f.write(bytes) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
             r => r,
         }
     }))
-    .map_err(|e| NestedError::io("start stdin pump for", fifo, e))
+    .map_err(|e| NestedError::io("start stdin pump for", fifo, e))?;
+    Ok((pump, held))
 }
 
 /// Copies a port's bytes to our stream as they arrive (live output).

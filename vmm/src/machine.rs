@@ -214,19 +214,27 @@ pub fn run(
     crate::heap::reset_peak();
     let m: Machine = builder::build(config, started)?;
     let (shared, transport, logs) = (m.shared, m.transport, m.logs);
-    // Joined when this function returns, after the VM has ended.
+    // Joined when this function returns, after the VM has ended. It
+    // reads nothing before SRDY: guest-init has set hvc0 up by then (no
+    // echo of what is typed ahead), see guest-init's shell.rs.
+    let input_gate = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _stdin = if config.interactive {
         Some(
-            crate::terminal::StdinPump::start(m.console_in.clone()).map_err(|source| {
-                MachineError::Io {
+            crate::terminal::StdinPump::start(m.console_in.clone(), input_gate.clone()).map_err(
+                |source| MachineError::Io {
                     what: "stdin pump thread",
                     source,
-                }
-            })?,
+                },
+            )?,
         )
     } else {
         None
     };
+    let mut gated = crate::terminal::OpenOnReady {
+        inner: observer,
+        gate: input_gate,
+    };
+    let observer: &mut dyn crate::observer::MachineObserver = &mut gated;
 
     // The device thread starts before the vCPUs (the guest busy-waits on
     // console buffers) and after every fallible set-up step.

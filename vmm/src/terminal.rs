@@ -18,6 +18,8 @@ use crate::devices::virtio::console::{BulkError, BulkWriter};
 const POLL_MS: libc::c_int = 100;
 /// Bytes read from stdin at a time.
 const READ_CHUNK: usize = 4096;
+/// How often a pump not yet open looks again.
+const GATE_POLL: Duration = Duration::from_millis(20);
 /// How long to wait for the guest to take input before offering it again.
 const FULL_RETRY: Duration = Duration::from_millis(20);
 
@@ -33,23 +35,39 @@ pub struct StdinPump {
 }
 
 impl StdinPump {
-    /// Into the guest's console (port 0's receive queue).
-    pub fn start(writer: BulkWriter) -> io::Result<StdinPump> {
-        Self::start_into(Box::new(move |bytes: &[u8]| match writer.send(bytes) {
-            // Whole or not at all: a guest not reading holds the rest here.
-            Ok(()) => Ok(bytes.len()),
-            Err(BulkError::Full { .. }) => Ok(0),
-            Err(e) => Err(io::Error::other(e)),
-        }))
+    /// Into the guest's console (port 0's receive queue), from when
+    /// `open` is set (SRDY, see [`OpenOnReady`]).
+    pub fn start(writer: BulkWriter, open: Arc<AtomicBool>) -> io::Result<StdinPump> {
+        Self::start_gated(
+            Box::new(move |bytes: &[u8]| match writer.send(bytes) {
+                // Whole or not at all: a guest not reading holds the rest here.
+                Ok(()) => Ok(bytes.len()),
+                Err(BulkError::Full { .. }) => Ok(0),
+                Err(e) => Err(io::Error::other(e)),
+            }),
+            open,
+        )
     }
 
-    /// Into any sink (the nested test host's stdin port).
+    /// Into any sink (the nested test host's stdin port), at once.
     pub fn start_into(sink: InputSink) -> io::Result<StdinPump> {
+        Self::start_gated(sink, Arc::new(AtomicBool::new(true)))
+    }
+
+    fn start_gated(sink: InputSink, open: Arc<AtomicBool>) -> io::Result<StdinPump> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("stdin-pump".into())
-            .spawn(move || pump(sink, &flag))?;
+            .spawn(move || {
+                while !open.load(Ordering::Acquire) {
+                    if flag.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(GATE_POLL);
+                }
+                pump(sink, &flag)
+            })?;
         Ok(StdinPump {
             stop,
             thread: Some(thread),
@@ -118,6 +136,32 @@ fn pump(mut sink: InputSink, stop: &AtomicBool) {
                 }
             }
         }
+    }
+}
+
+/// Passes everything on to `inner`, and sets `gate` at SRDY.
+pub struct OpenOnReady<'a> {
+    pub inner: &'a mut dyn crate::observer::MachineObserver,
+    pub gate: Arc<AtomicBool>,
+}
+
+impl crate::observer::MachineObserver for OpenOnReady<'_> {
+    fn ready(&mut self, at: Duration) {
+        self.gate.store(true, Ordering::Release);
+        self.inner.ready(at);
+    }
+    fn scheduler_attached(&mut self, ops: &str, at: Duration) {
+        self.inner.scheduler_attached(ops, at);
+    }
+    fn scheduler_output(&mut self, bytes: &[u8]) {
+        self.inner.scheduler_output(bytes);
+    }
+    fn scenario_result(
+        &mut self,
+        result: &schedrig_wire::ScenarioResult,
+        snapshots: &[crate::introspect::snapshot::Snapshot],
+    ) {
+        self.inner.scenario_result(result, snapshots);
     }
 }
 

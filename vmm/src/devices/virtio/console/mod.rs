@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 
 use schedrig_wire::console::{
-    port_queues, queue_role, QueueRole, BULK_PORT_ID, CONTROL_RX_QUEUE, PORT_COUNT,
+    port_queues, queue_role, QueueRole, BULK_PORT_ID, CONSOLE_PORT_ID, CONTROL_RX_QUEUE, PORT_COUNT,
     VIRTIO_CONSOLE_F_MULTIPORT, VIRTQUEUE_COUNT,
 };
 use virtio_queue::{Queue, QueueT};
@@ -225,6 +225,16 @@ impl VirtioConsole {
         self.console_in.clone()
     }
 
+    /// Typed input waits and the guest can take it: Linux's virtio_console
+    /// drops what arrives on port 0 before it has made it a console port
+    /// (`in_intr` discards data for a port not yet connected), and says so
+    /// with PORT_OPEN (`init_port_console`); from then on it holds input
+    /// until hvc0 is opened. Input typed before that (a pipe's bytes,
+    /// there at once) waits here.
+    fn input_ready(&self) -> bool {
+        self.states.guest_open(CONSOLE_PORT_ID) && self.console_in.pending() > 0
+    }
+
     /// The guest's open state of each port.
     pub fn port_states(&self) -> PortStates {
         self.states.clone()
@@ -239,7 +249,7 @@ impl VirtioConsole {
             self.flush_once()?;
             let control_waits = self.control.next_outgoing().is_some();
             let bulk_waits = self.states.guest_open(BULK_PORT_ID) && self.bulk.pending() > 0;
-            let input_waits = self.console_in.pending() > 0;
+            let input_waits = self.input_ready();
             let Some(running) = self.running.as_mut() else {
                 return Ok(());
             };
@@ -284,7 +294,7 @@ impl VirtioConsole {
         if self.states.guest_open(BULK_PORT_ID) && self.bulk.pending() > 0 {
             running.deliver(BULK_RX_QUEUE, &self.bulk, errors, "bulk")?;
         }
-        if self.console_in.pending() > 0 {
+        if self.states.guest_open(CONSOLE_PORT_ID) && self.console_in.pending() > 0 {
             running.deliver(CONSOLE_RX_QUEUE, &self.console_in, errors, "console")?;
         }
         Ok(())

@@ -543,6 +543,9 @@ fn console_input_reaches_port_zero() {
     assert_eq!(g.input.pending(), 6);
     g.post_in(CONSOLE_RX_QUEUE, &[4, 4]);
     g.notify(CONSOLE_RX_QUEUE);
+    // Not before the guest made port 0 its console (it would drop it).
+    assert!(g.received(CONSOLE_RX_QUEUE).is_empty(), "port 0 not open yet");
+    g.send_control(0, ControlEvent::PortOpen, 1);
     let got: Vec<u8> = g.received(CONSOLE_RX_QUEUE).into_iter().flatten().collect();
     assert_eq!(got, b"nproc\r");
     assert_eq!(g.input.pending(), 0);
