@@ -103,7 +103,12 @@ struct ShellArgs {
     #[arg(long, value_name = "NAME|PATH")]
     scheduler: Option<String>,
     /// The scheduler's arguments, split as a shell would.
-    #[arg(long, value_name = "ARGS", allow_hyphen_values = true, requires = "scheduler")]
+    #[arg(
+        long,
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        requires = "scheduler"
+    )]
     sched_args: Option<String>,
     /// A host program to ship to /schedrig/bin (on PATH) with its shared
     /// libraries; repeat for several.
@@ -550,12 +555,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tree.display()
                 )));
             }
-            req.check().map_err(|e| crate::exit_status::refused(e.into()))?;
-            let dir = crate::prepare::build_tree(&tree, kernel_config.as_deref(), &build_options(jobs, force)?)?;
+            req.check()
+                .map_err(|e| crate::exit_status::refused(e.into()))?;
+            let dir = crate::prepare::build_tree(
+                &tree,
+                kernel_config.as_deref(),
+                &build_options(jobs, force)?,
+            )?;
             println!("{}", dir.display());
         }
         Command::Kernel(KernelCommand::Resolve { kernel, json }) => {
-            let req = kernel.one("kernel resolve").map_err(crate::exit_status::refused)?;
+            let req = kernel
+                .one("kernel resolve")
+                .map_err(crate::exit_status::refused)?;
             if req.tree().is_some() {
                 return resolve_tree(&req, json);
             }
@@ -617,8 +629,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Selftest(a) => {
-            prepare_kernel(&a.kernel.one("selftest").map_err(crate::exit_status::refused)?)
-                .map_err(crate::exit_status::refused)?;
+            prepare_kernel(
+                &a.kernel
+                    .one("selftest")
+                    .map_err(crate::exit_status::refused)?,
+            )
+            .map_err(crate::exit_status::refused)?;
             let junit = a
                 .junit
                 .as_deref()
@@ -719,7 +735,8 @@ static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceL
 /// `schedrig kernel resolve --kernel DIR`: the tree's state and cache key
 /// and whether it is built, without building it.
 fn resolve_tree(req: &KernelRequest, json: bool) -> anyhow::Result<ExitCode> {
-    req.check().map_err(|e| crate::exit_status::refused(e.into()))?;
+    req.check()
+        .map_err(|e| crate::exit_status::refused(e.into()))?;
     let tree = req.tree().unwrap_or(std::path::Path::new("."));
     let started = std::time::Instant::now();
     let tk = kernel::tree::current(tree, req.config.as_deref())?;
@@ -738,11 +755,18 @@ fn resolve_tree(req: &KernelRequest, json: bool) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!("tree:    {}", tk.root.display());
-        println!("state:   {} (read in {:.2} s)", tk.state.describe, took.as_secs_f64());
+        println!(
+            "state:   {} (read in {:.2} s)",
+            tk.state.describe,
+            took.as_secs_f64()
+        );
         println!("key:     {}", tk.key);
         match &entry {
             Some(e) => println!("built:   {}", e.dir.display()),
-            None => println!("built:   no (`schedrig kernel build --source {}` builds it)", tree.display()),
+            None => println!(
+                "built:   no (`schedrig kernel build --source {}` builds it)",
+                tree.display()
+            ),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1076,7 +1100,8 @@ fn run_options(a: &RunArgs) -> anyhow::Result<RunPlan> {
         "--sched-args needs a scheduler; EEVDF takes none"
     );
     let key = prepare_kernel(&a.kernel.request())?;
-    let scheduler = crate::sched::choose_or_eevdf(&a.scheduler, a.topology.vcpus(), key.as_deref())?;
+    let scheduler =
+        crate::sched::choose_or_eevdf(&a.scheduler, a.topology.vcpus(), key.as_deref())?;
     let sched_args = match &a.sched_args {
         Some(s) => crate::sched::split_args(s)?,
         None => Vec::new(),
@@ -1420,7 +1445,12 @@ fn run_one(
     if let Some(suites) = suites {
         let r = crate::run::junit::report(&opts, &summary, &[], &[]);
         for mut s in r.test_suites {
-            s.name = format!("{} with kernel {}", s.name.as_str(), kernel_label.unwrap_or("?")).into();
+            s.name = format!(
+                "{} with kernel {}",
+                s.name.as_str(),
+                kernel_label.unwrap_or("?")
+            )
+            .into();
             s.add_property(("kernel_given", kernel_label.unwrap_or("")));
             suites.push(s);
         }

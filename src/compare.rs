@@ -131,9 +131,7 @@ pub fn read_two_kernels(path: &Path) -> Result<[(String, Run); 2], CompareError>
 }
 
 /// Every result line of a file, parsed.
-fn lines(
-    path: &Path,
-) -> Result<Vec<Result<serde_json::Value, CompareError>>, CompareError> {
+fn lines(path: &Path) -> Result<Vec<Result<serde_json::Value, CompareError>>, CompareError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| CompareError::Read {
         path: p.clone(),

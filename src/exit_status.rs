@@ -105,7 +105,6 @@ pub fn of_all(outcomes: impl IntoIterator<Item = Outcome>) -> ExitCode {
     ExitCode::from(worst(outcomes).status())
 }
 
-
 fn worst(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
     outcomes.into_iter().max().unwrap_or(Outcome::HarnessError)
 }

@@ -33,13 +33,11 @@ pub fn build_tree(
     let out = kernel::tree::build(tree, config, opts)?;
     report_kernel(&out);
     let key = entry_key(&out.entry);
-    let root = tree
-        .canonicalize()
-        .map_err(|e| KernelError::Io {
-            what: "open kernel tree",
-            path: tree.display().to_string(),
-            source: e,
-        })?;
+    let root = tree.canonicalize().map_err(|e| KernelError::Io {
+        what: "open kernel tree",
+        path: tree.display().to_string(),
+        source: e,
+    })?;
     schedulers(&key, &out.entry, Some(&root), opts.jobs)?;
     Ok(out.entry.dir)
 }

@@ -44,7 +44,10 @@ pub struct ShellOptions {
 
 /// `--include PATH`: an existing regular file, named by its file name in
 /// the guest, which must not clash with busybox, the scheduler or another.
-pub fn check_include(paths: &[std::path::PathBuf], scheduler: Option<&Chosen>) -> anyhow::Result<Vec<Chosen>> {
+pub fn check_include(
+    paths: &[std::path::PathBuf],
+    scheduler: Option<&Chosen>,
+) -> anyhow::Result<Vec<Chosen>> {
     let mut out: Vec<Chosen> = Vec::new();
     for p in paths {
         anyhow::ensure!(p.is_file(), "--include {}: no such file", p.display());
@@ -169,10 +172,7 @@ pub fn run(opts: &ShellOptions, started: Instant) -> anyhow::Result<ExitCode> {
     let report = crate::boot::boot(&boot, started);
     drop(raw);
     let report = report?;
-    let name = opts
-        .scheduler
-        .as_ref()
-        .map_or("EEVDF", |c| c.name.as_str());
+    let name = opts.scheduler.as_ref().map_or("EEVDF", |c| c.name.as_str());
     use schedrig_vmm::RunVerdict as V;
     if report.verdict != V::Ok {
         eprintln!(
@@ -186,9 +186,7 @@ pub fn run(opts: &ShellOptions, started: Instant) -> anyhow::Result<ExitCode> {
     // scheduler failed after it attached.
     let shell_ran = match report.verdict {
         V::Ok => true,
-        V::SchedError | V::SchedStall | V::SchedDied | V::Inconclusive => {
-            report.scheduler.attached
-        }
+        V::SchedError | V::SchedStall | V::SchedDied | V::Inconclusive => report.scheduler.attached,
         _ => false,
     };
     Ok(match report.exit_code {

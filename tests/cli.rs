@@ -429,14 +429,26 @@ fn kernel_tree_mistakes_are_refused_before_building() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_str().unwrap();
     assert_one_error(&["boot", "--kernel", dir], "is not a kernel source tree");
-    assert_one_error(&["run", "--kernel", dir, "--scenario", "steady"], "lacks Makefile");
-    for f in ["Makefile", "Kconfig", "kernel/sched/ext.c", "arch/x86/Kconfig", ".config"] {
+    assert_one_error(
+        &["run", "--kernel", dir, "--scenario", "steady"],
+        "lacks Makefile",
+    );
+    for f in [
+        "Makefile",
+        "Kconfig",
+        "kernel/sched/ext.c",
+        "arch/x86/Kconfig",
+        ".config",
+    ] {
         let p = d.path().join(f);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, "x").unwrap();
     }
     assert_one_error(&["shell", "--kernel", dir, "--exec", "true"], "make -C");
-    assert_one_error(&["kernel", "build", "--source", dir], "in-tree build (.config)");
+    assert_one_error(
+        &["kernel", "build", "--source", dir],
+        "in-tree build (.config)",
+    );
     let cfg = d.path().join("my.config");
     std::fs::write(&cfg, "CONFIG_X=y\n").unwrap();
     assert_one_error(
@@ -444,11 +456,23 @@ fn kernel_tree_mistakes_are_refused_before_building() {
         "needs --kernel DIR",
     );
     assert_one_error(
-        &["boot", "--kernel", "/nonexistent/a", "--kernel", "/nonexistent/b"],
+        &[
+            "boot",
+            "--kernel",
+            "/nonexistent/a",
+            "--kernel",
+            "/nonexistent/b",
+        ],
         "only `schedrig run` takes several",
     );
     assert_one_error(
-        &["run", "--kernel", "/nonexistent/a", "--kernel", "/nonexistent/a"],
+        &[
+            "run",
+            "--kernel",
+            "/nonexistent/a",
+            "--kernel",
+            "/nonexistent/a",
+        ],
         "given twice",
     );
     let one = d.path().join("one.json");

@@ -148,7 +148,9 @@ fn exec_prints_output_and_returns_status() {
     );
     assert_eq!(out.status.code(), Some(3), "{why}");
     assert!(
-        stdout.starts_with("simple\n2\n/schedrig/bin/chrt\npid 1's current scheduling policy: SCHED_"),
+        stdout.starts_with(
+            "simple\n2\n/schedrig/bin/chrt\npid 1's current scheduling policy: SCHED_"
+        ),
         "{why}"
     );
     assert!(!stdout.contains('\r'), "no newline translation: {why}");
@@ -172,7 +174,10 @@ fn a_scheduler_lost_during_the_shell_is_reported_on_leaving() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let why = format!("status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status.code());
+    let why = format!(
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status.code()
+    );
     assert_eq!(out.status.code(), Some(0), "{why}");
     assert_eq!(stdout, "disabled\n", "{why}");
     assert!(
@@ -192,7 +197,12 @@ fn exec_reads_stdin_to_its_end() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\nthree\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(

@@ -41,7 +41,9 @@ pub fn run<W: Write>(
             sched::run(port, j)?;
             // A shell's status, if this was `schedrig shell`; a scheduler
             // that never attached leaves none: the shell did not start.
-            Ok(j.shell.as_ref().map(|_| crate::shell::exit_code().unwrap_or(crate::shell::EXIT_NO_SHELL)))
+            Ok(j.shell
+                .as_ref()
+                .map(|_| crate::shell::exit_code().unwrap_or(crate::shell::EXIT_NO_SHELL)))
         }
         Some(j) if j.kind == JobKind::Selftest => {
             selftest::run(port, j)?;

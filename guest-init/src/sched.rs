@@ -420,7 +420,11 @@ fn hold_shell<W: Write>(
             };
             if lost.is_some() {
                 exit.early = true;
-                say(&format!("{} ended while the shell ran: state {}", job.name, scx_state()));
+                say(&format!(
+                    "{} ended while the shell ran: state {}",
+                    job.name,
+                    scx_state()
+                ));
             }
         }
         if let Some(s) = sh.ended() {

@@ -127,7 +127,11 @@ impl Shell {
             set_modes(&console, true, true)?;
             let _ = writeln!(console, "{banner}\r");
             if !spec.included.is_empty() {
-                let _ = writeln!(console, "on PATH from the host: {}\r", spec.included.join(" "));
+                let _ = writeln!(
+                    console,
+                    "on PATH from the host: {}\r",
+                    spec.included.join(" ")
+                );
             }
         }
         let mut cmd = Command::new(BUSYBOX);
@@ -163,7 +167,9 @@ impl Shell {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| format!("start {BUSYBOX} sh: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("start {BUSYBOX} sh: {e}"))?;
         Ok(Shell { child, console })
     }
 

@@ -255,7 +255,10 @@ mod tests {
         assert_eq!(t[0].kernel, None);
         let other = &t[PRESETS.len() - 1];
         assert_eq!(other.name(), "gauntlet/steady@linux-next/pair/default");
-        assert_eq!(other.kernel.as_deref(), Some(std::path::Path::new("/src/linux-next")));
+        assert_eq!(
+            other.kernel.as_deref(),
+            Some(std::path::Path::new("/src/linux-next"))
+        );
         // A plain test on another kernel says so in its default name.
         let plain = SchedTest::new("steady").kernel("/src/linux-next");
         assert_eq!(plain.name(), "steady/1n2l1c1t/scx_simple@linux-next");

@@ -229,7 +229,11 @@ impl SchedTest {
                 self.args.split_whitespace().collect::<Vec<_>>().join("_")
             )
         };
-        format!("{scenario}/{}/{sched}{args}{}", self.topology, kernel_suffix(self.kernel.as_deref()))
+        format!(
+            "{scenario}/{}/{sched}{args}{}",
+            self.topology,
+            kernel_suffix(self.kernel.as_deref())
+        )
     }
 
     /// What the user gave, checked and resolved (one clear line if not).
@@ -287,7 +291,13 @@ impl SchedTest {
 /// `--skip`, `--ignored`): only those tests' kernels are built first.
 fn will_run(t: &SchedTest, args: &Arguments) -> bool {
     let name = t.name();
-    let matches = |f: &str| if args.exact { name == f } else { name.contains(f) };
+    let matches = |f: &str| {
+        if args.exact {
+            name == f
+        } else {
+            name.contains(f)
+        }
+    };
     let ignored_ok = if t.ignored {
         args.ignored || args.include_ignored
     } else {
@@ -504,7 +514,11 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
             if let Err(e) = crate::prepare::kernel(&req) {
                 say!("schedrig tests: kernel {}: {e}", k.display());
                 let bad = e.is_bad_input();
-                return ExitCode::from(if bad { 2 } else { crate::exit_status::HARNESS_ERROR });
+                return ExitCode::from(if bad {
+                    2
+                } else {
+                    crate::exit_status::HARNESS_ERROR
+                });
             }
         }
     }
@@ -512,7 +526,13 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     let kernel_dirs: Vec<std::path::PathBuf> = kernels
         .iter()
         .filter_map(|k| std::path::absolute(k).ok())
-        .filter_map(|k| if k.is_dir() { Some(k) } else { k.parent().map(Path::to_path_buf) })
+        .filter_map(|k| {
+            if k.is_dir() {
+                Some(k)
+            } else {
+                k.parent().map(Path::to_path_buf)
+            }
+        })
         .filter(|d| crate::nested::hidden_inside(d))
         .collect();
     // The host's CPUs, before the emulated host pins this process to one.

@@ -257,7 +257,8 @@ pub(crate) fn configure(src: &Path, obj: &Path, base: &ConfigBase) -> Result<(),
             "make defconfig",
         )?,
         ConfigBase::File(f) => {
-            std::fs::copy(f, &dot_config).map_err(|e| KernelError::io("copy kernel config", f, e))?;
+            std::fs::copy(f, &dot_config)
+                .map_err(|e| KernelError::io("copy kernel config", f, e))?;
         }
     }
     // Run in the build tree: the script makes its temporary files in

@@ -142,7 +142,8 @@ fn git(root: &Path) -> Command {
 /// goes to a temporary file, not the capped capture).
 fn git_output(root: &Path, args: &[&str]) -> Result<Vec<u8>, KernelError> {
     let what = format!("git {}", args.join(" "));
-    let mut out = tempfile::tempfile().map_err(|e| KernelError::io("create", Path::new("/tmp"), e))?;
+    let mut out =
+        tempfile::tempfile().map_err(|e| KernelError::io("create", Path::new("/tmp"), e))?;
     let writer = out
         .try_clone()
         .map_err(|e| KernelError::io("create", Path::new("/tmp"), e))?;
@@ -167,7 +168,10 @@ fn git_output(root: &Path, args: &[&str]) -> Result<Vec<u8>, KernelError> {
 fn git_state(root: &Path) -> Result<TreeState, KernelError> {
     let head = git_output(root, &["rev-parse", "--verify", "HEAD"])?;
     let head = String::from_utf8_lossy(&head).trim().to_string();
-    let status = git_output(root, &["status", "--porcelain", "-z", "--untracked-files=all"])?;
+    let status = git_output(
+        root,
+        &["status", "--porcelain", "-z", "--untracked-files=all"],
+    )?;
     let mut h = Sha256::new();
     h.update(format!("git\nhead={head}\n"));
     if status.is_empty() {
@@ -176,11 +180,17 @@ fn git_state(root: &Path) -> Result<TreeState, KernelError> {
             digest: hex::encode(h.finalize()),
         });
     }
-    let diff = git_output(root, &["diff", "HEAD", "--binary", "--no-ext-diff", "--no-color"])?;
+    let diff = git_output(
+        root,
+        &["diff", "HEAD", "--binary", "--no-ext-diff", "--no-color"],
+    )?;
     h.update(format!("diff {}\n", diff.len()));
     h.update(&diff);
     let untracked = git_output(root, &["ls-files", "-z", "--others", "--exclude-standard"])?;
-    let mut names: Vec<&[u8]> = untracked.split(|b| *b == 0).filter(|n| !n.is_empty()).collect();
+    let mut names: Vec<&[u8]> = untracked
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .collect();
     names.sort();
     for name in names {
         use std::os::unix::ffi::OsStrExt;
@@ -498,8 +508,7 @@ fn prune(root: &Path, keep: &str) {
             let info = std::fs::read_to_string(d.path().join(cache::BUILD_INFO)).ok()?;
             let info: serde_json::Value = serde_json::from_str(&info).ok()?;
             let built = info.get("built_at_unix")?.as_u64()?;
-            (info.get("tree")?.as_str()? == root.display().to_string())
-                .then(|| (built, d.path()))
+            (info.get("tree")?.as_str()? == root.display().to_string()).then(|| (built, d.path()))
         })
         .collect();
     mine.sort();
@@ -542,7 +551,12 @@ mod tests {
 
     fn fake_tree() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
-        for f in ["Makefile", "Kconfig", "kernel/sched/ext.c", "arch/x86/Kconfig"] {
+        for f in [
+            "Makefile",
+            "Kconfig",
+            "kernel/sched/ext.c",
+            "arch/x86/Kconfig",
+        ] {
             let p = d.path().join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, f).unwrap();
@@ -601,7 +615,11 @@ mod tests {
         assert_eq!(a, files_state(&root, memo.path()).unwrap());
         let f = root.join("kernel/sched/ext.c");
         std::fs::write(&f, "kernel/sched/ext.c").unwrap(); // same bytes, new mtime
-        assert_eq!(a, files_state(&root, memo.path()).unwrap(), "a touch is not a change");
+        assert_eq!(
+            a,
+            files_state(&root, memo.path()).unwrap(),
+            "a touch is not a change"
+        );
         std::fs::write(&f, "changed").unwrap();
         assert_ne!(a, files_state(&root, memo.path()).unwrap());
     }
@@ -610,7 +628,10 @@ mod tests {
     fn a_non_tree_and_an_in_tree_build_are_refused_by_name() {
         let d = tempfile::tempdir().unwrap();
         let e = check(d.path()).unwrap_err().to_string();
-        assert!(e.contains("not a kernel source tree") && e.contains("Makefile"), "{e}");
+        assert!(
+            e.contains("not a kernel source tree") && e.contains("Makefile"),
+            "{e}"
+        );
         let t = fake_tree();
         std::fs::write(t.path().join(".config"), "CONFIG_X=y\n").unwrap();
         let e = check(t.path()).unwrap_err().to_string();

@@ -456,12 +456,14 @@ fn stdin_pump(
         .custom_flags(libc::O_NONBLOCK)
         .open(fifo)
         .map_err(|e| NestedError::io("open", fifo, e))?;
-    let held = f.try_clone().map_err(|e| NestedError::io("open", fifo, e))?;
-    let pump = schedrig_vmm::terminal::StdinPump::start_into(Box::new(move |bytes: &[u8]| {
-        match f.write(bytes) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-            r => r,
-        }
+    let held = f
+        .try_clone()
+        .map_err(|e| NestedError::io("open", fifo, e))?;
+    let pump = schedrig_vmm::terminal::StdinPump::start_into(Box::new(move |bytes: &[u8]| match f
+        .write(bytes)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        r => r,
     }))
     .map_err(|e| NestedError::io("start stdin pump for", fifo, e))?;
     Ok((pump, held))

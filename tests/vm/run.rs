@@ -742,10 +742,23 @@ fn two_kernels() -> Result<(), Failed> {
     let (a, b) = (entry.bzimage(), entry.vmlinux_stripped());
     let (a, b) = (a.display().to_string(), b.display().to_string());
     let r = schedrig_run(
-        &["--scheduler", "eevdf", "--scenario", "steady", "--kernel", &a, "--kernel", &b],
+        &[
+            "--scheduler",
+            "eevdf",
+            "--scenario",
+            "steady",
+            "--kernel",
+            &a,
+            "--kernel",
+            &b,
+        ],
         false,
     )?;
-    let kernels: Vec<&str> = r.lines.iter().filter_map(|l| l["kernel"].as_str()).collect();
+    let kernels: Vec<&str> = r
+        .lines
+        .iter()
+        .filter_map(|l| l["kernel"].as_str())
+        .collect();
     r.check(
         kernels == [a.as_str(), b.as_str()] && r.lines.len() == 2,
         "one result per kernel, each naming its kernel, in the order given",

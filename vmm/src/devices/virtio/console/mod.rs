@@ -13,8 +13,8 @@ use std::io;
 use std::sync::Arc;
 
 use schedrig_wire::console::{
-    port_queues, queue_role, QueueRole, BULK_PORT_ID, CONSOLE_PORT_ID, CONTROL_RX_QUEUE, PORT_COUNT,
-    VIRTIO_CONSOLE_F_MULTIPORT, VIRTQUEUE_COUNT,
+    port_queues, queue_role, QueueRole, BULK_PORT_ID, CONSOLE_PORT_ID, CONTROL_RX_QUEUE,
+    PORT_COUNT, VIRTIO_CONSOLE_F_MULTIPORT, VIRTQUEUE_COUNT,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;

@@ -544,12 +544,18 @@ fn console_input_reaches_port_zero() {
     g.post_in(CONSOLE_RX_QUEUE, &[4, 4]);
     g.notify(CONSOLE_RX_QUEUE);
     // Not before the guest made port 0 its console (it would drop it).
-    assert!(g.received(CONSOLE_RX_QUEUE).is_empty(), "port 0 not open yet");
+    assert!(
+        g.received(CONSOLE_RX_QUEUE).is_empty(),
+        "port 0 not open yet"
+    );
     g.send_control(0, ControlEvent::PortOpen, 1);
     let got: Vec<u8> = g.received(CONSOLE_RX_QUEUE).into_iter().flatten().collect();
     assert_eq!(got, b"nproc\r");
     assert_eq!(g.input.pending(), 0);
-    assert!(g.received(BULK_RX_QUEUE).is_empty(), "nothing on the bulk port");
+    assert!(
+        g.received(BULK_RX_QUEUE).is_empty(),
+        "nothing on the bulk port"
+    );
     let big = vec![b'x'; CONSOLE_INPUT_CAPACITY + 1];
     assert!(g.input.send(&big).is_err());
 }
