@@ -656,7 +656,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .and_then(std::path::Path::parent)
                         .map(PathBuf::from)
                         .into_iter()
-                        .chain(kernel_shares(&a.kernel.request()))
+                        .chain(crate::prepare::hidden_kernel_folders(&a.kernel.request()))
                         .collect(),
                 ));
             }
@@ -785,29 +785,6 @@ fn prepare_kernel(req: &KernelRequest) -> anyhow::Result<Option<String>> {
     })
 }
 
-/// The folders of a user's kernel files that the nested test host would
-/// not see at the same paths (under its scratch /tmp, say): a source
-/// tree itself, else the image's, the vmlinux's and the config's folders.
-fn kernel_shares(req: &KernelRequest) -> Vec<PathBuf> {
-    let folder = |p: &PathBuf| {
-        let p = std::path::absolute(p).ok()?;
-        if p.is_dir() {
-            Some(p)
-        } else {
-            p.parent().map(std::path::Path::to_path_buf)
-        }
-    };
-    let mut v: Vec<PathBuf> = [&req.kernel, &req.vmlinux, &req.config]
-        .into_iter()
-        .flatten()
-        .filter_map(folder)
-        .filter(|d| crate::nested::hidden_inside(d))
-        .collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
 /// `schedrig shell`'s options from its flags, checked before any VM.
 fn shell_options(a: &ShellArgs) -> anyhow::Result<crate::shell::ShellOptions> {
     anyhow::ensure!(
@@ -865,7 +842,7 @@ fn run_shell(a: ShellArgs) -> anyhow::Result<ExitCode> {
             .chain(opts.scheduler.as_ref())
             .filter(|c| crate::nested::hidden_inside(&c.host_path))
             .filter_map(|c| c.host_path.parent().map(std::path::Path::to_path_buf))
-            .chain(kernel_shares(&opts.kernel))
+            .chain(crate::prepare::hidden_kernel_folders(&opts.kernel))
             .collect();
         let raw = if opts.command.is_none() {
             crate::shell::RawTerminal::enter(false)
@@ -1220,7 +1197,7 @@ fn run_kernels(a: RunArgs) -> anyhow::Result<ExitCode> {
     for (i, k) in kernels.iter().enumerate() {
         let ai = one(i, k);
         let plan = run_options(&ai).map_err(crate::exit_status::refused)?;
-        shares.extend(kernel_shares(&plan.opts.kernel));
+        shares.extend(crate::prepare::hidden_kernel_folders(&plan.opts.kernel));
         // A scheduler or baseline given by a path the nested host hides.
         let schedulers = plan
             .opts
@@ -1237,11 +1214,7 @@ fn run_kernels(a: RunArgs) -> anyhow::Result<ExitCode> {
     shares.dedup();
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         let first = run_options(&one(0, &kernels[0])).map_err(crate::exit_status::refused)?;
-        let holds: u64 = first.opts.scenarios.iter().map(|s| s.holds_ms()).sum();
-        let per_vm = first.opts.scenarios.len() as u64 + 1;
-        let once = std::time::Duration::from_millis(holds)
-            + crate::run::SCENARIO_OVERHEAD * first.opts.scenarios.len() as u32
-            + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout));
+        let once = nested_run_time(&first.opts, &a);
         let runs = kernels.len() as u32 * if a.baseline.is_some() { 2 } else { 1 };
         let outputs = [&a.report, &a.timeline, &a.console_log]
             .into_iter()
@@ -1283,6 +1256,17 @@ fn run_kernels(a: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("junit: {}", file.display());
     }
     Ok(crate::exit_status::worst_code(&codes))
+}
+
+/// How long one run of `opts`' scenarios may take in the nested host:
+/// the holds, the per-scenario overhead, and a boot and an attach for as
+/// many VMs as scenarios at worst (a scheduler lost in each).
+fn nested_run_time(opts: &crate::run::RunOptions, a: &RunArgs) -> std::time::Duration {
+    let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();
+    let per_vm = opts.scenarios.len() as u64 + 1;
+    std::time::Duration::from_millis(holds)
+        + crate::run::SCENARIO_OVERHEAD * opts.scenarios.len() as u32
+        + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout))
 }
 
 /// One kernel's run. `kernel_label`: the kernel named in every result
@@ -1330,12 +1314,7 @@ fn run_one(
     }
     if let crate::nested::KvmMode::Nested(why) = crate::nested::kvm_mode() {
         // Boots, holds and teardown, with room for the emulation.
-        let holds: u64 = opts.scenarios.iter().map(|s| s.holds_ms()).sum();
-        // As many VMs as scenarios at worst (a scheduler lost in each).
-        let per_vm = opts.scenarios.len() as u64 + 1;
-        let once = std::time::Duration::from_millis(holds)
-            + crate::run::SCENARIO_OVERHEAD * opts.scenarios.len() as u32
-            + std::time::Duration::from_secs(per_vm * (a.boot_timeout + a.attach_timeout));
+        let once = nested_run_time(&opts, a);
         let runs = if baseline.is_some() { 2 } else { 1 };
         let timeout = once * runs + std::time::Duration::from_secs(300);
         // A scheduler given by path (under /tmp, say) must be there too,
@@ -1352,7 +1331,7 @@ fn run_one(
             timeout,
             console_dir
                 .into_iter()
-                .chain(kernel_shares(&opts.kernel))
+                .chain(crate::prepare::hidden_kernel_folders(&opts.kernel))
                 .chain(timeline_dir)
                 .chain(sched_dir)
                 .chain(baseline_dir)

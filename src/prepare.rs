@@ -67,6 +67,30 @@ pub fn schedulers(
     Ok(())
 }
 
+/// The folders of a user's kernel files that the nested test host would
+/// not see at the same paths (under its scratch /tmp, say), to share
+/// into it: a source tree itself, else the image's, the vmlinux's and
+/// the config's folders.
+pub fn hidden_kernel_folders(req: &KernelRequest) -> Vec<std::path::PathBuf> {
+    let folder = |p: &std::path::PathBuf| {
+        let p = std::path::absolute(p).ok()?;
+        if p.is_dir() {
+            Some(p)
+        } else {
+            p.parent().map(Path::to_path_buf)
+        }
+    };
+    let mut v: Vec<std::path::PathBuf> = [&req.kernel, &req.vmlinux, &req.config]
+        .into_iter()
+        .flatten()
+        .filter_map(folder)
+        .filter(|d| crate::nested::hidden_inside(d))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// A cache entry's key: its directory's name.
 pub fn entry_key(entry: &kernel::cache::Entry) -> String {
     entry

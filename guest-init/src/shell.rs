@@ -79,12 +79,14 @@ pub fn record(code: i32) {
 pub fn run_plain(spec: &ShellSpec) {
     let banner = "schedrig shell: EEVDF, no sched_ext scheduler; exit or Ctrl-D powers the VM off";
     match Shell::start(spec, banner) {
-        Ok(mut sh) => loop {
-            if let Some(s) = sh.ended() {
-                sh.finish(s, None);
-                return;
+        // No scheduler to watch meanwhile: wait for the shell (the
+        // host's run deadline bounds it).
+        Ok(mut sh) => match sh.child.wait() {
+            Ok(s) => sh.finish(s, None),
+            Err(e) => {
+                crate::console::say(&format!("shell: wait: {e}"));
+                record(EXIT_NO_SHELL);
             }
-            std::thread::sleep(POLL);
         },
         Err(e) => {
             crate::console::say(&format!("shell: {e}"));
@@ -92,9 +94,6 @@ pub fn run_plain(spec: &ShellSpec) {
         }
     }
 }
-
-/// How often a plain shell is checked for its end.
-const POLL: Duration = Duration::from_millis(100);
 
 /// A running shell.
 pub struct Shell {

@@ -525,15 +525,12 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
     // Kernel files the nested host would hide (under /tmp): shared.
     let kernel_dirs: Vec<std::path::PathBuf> = kernels
         .iter()
-        .filter_map(|k| std::path::absolute(k).ok())
-        .filter_map(|k| {
-            if k.is_dir() {
-                Some(k)
-            } else {
-                k.parent().map(Path::to_path_buf)
-            }
+        .flat_map(|k| {
+            crate::prepare::hidden_kernel_folders(&crate::kernel::KernelRequest {
+                kernel: Some(k.to_path_buf()),
+                ..Default::default()
+            })
         })
-        .filter(|d| crate::nested::hidden_inside(d))
         .collect();
     // The host's CPUs, before the emulated host pins this process to one.
     let host_cpus = crate::cpu_budget::host_cpus();
