@@ -294,7 +294,7 @@ struct BootArgs {
     /// frozen time visible to the guest. Reports each freeze under
     /// `freezes` (for tests and scripts/bench-freeze).
     #[arg(long, value_name = "COUNT:HOLD_MS[:visible]", value_parser = crate::boot::parse_freeze_test)]
-    freeze_test: Option<schedrig_vmm::machine::FreezeTest>,
+    freeze_test: Option<schedrig_vmm::FreezeTest>,
     /// Boot this initramfs instead of guest-init's: your own /init, e.g.
     /// to compare VMMs on one input (scripts/bench-peer). No SRDY or EXIT
     /// is expected: the run is ok when the guest resets or powers off.

@@ -1169,7 +1169,7 @@ fn hostile_tests() -> Vec<Trial> {
             hostile_common(&h)?;
             let life = h.json["lifecycle"].as_array().cloned().unwrap_or_default();
             h.check(
-                life.len() == schedrig_vmm::controller::LIFECYCLE_MAX_ENTRIES,
+                life.len() == schedrig_vmm::session::LIFECYCLE_MAX_ENTRIES,
                 "the LIFE log at its entry cap",
             )?;
             let longest = life
@@ -1179,7 +1179,7 @@ fn hostile_tests() -> Vec<Trial> {
                 .max()
                 .unwrap_or(0);
             h.check(
-                longest <= schedrig_vmm::controller::LIFECYCLE_REASON_MAX,
+                longest <= schedrig_vmm::session::LIFECYCLE_REASON_MAX,
                 &format!("every LIFE reason capped (longest {longest} bytes)"),
             )?;
             let sent = h.said("life-flood: sent ").ok_or("no life-flood line")? + 1;
@@ -1189,7 +1189,7 @@ fn hostile_tests() -> Vec<Trial> {
             )?;
             h.check(
                 h.json["lifecycle_dropped"].as_u64()
-                    == Some(sent - schedrig_vmm::controller::LIFECYCLE_MAX_ENTRIES as u64),
+                    == Some(sent - schedrig_vmm::session::LIFECYCLE_MAX_ENTRIES as u64),
                 "the LIFE frames beyond the cap counted as dropped",
             )
         }),

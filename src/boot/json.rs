@@ -65,7 +65,7 @@ impl<'a> SchedulerJson<'a> {
             steal_ms_per_cpu: e.map(|e| e.steal_ms.as_slice()),
             log_tail: s.log_tail(),
             log_bytes: s.log_bytes,
-            log_kept_bytes: schedrig_vmm::controller::SCHED_LOG_KEEP,
+            log_kept_bytes: schedrig_vmm::session::SCHED_LOG_KEEP,
             log_dropped_in_guest: e.map(|e| e.log_dropped),
         }
     }
@@ -98,12 +98,12 @@ mod tests {
     use std::time::Duration;
 
     use schedrig_vmm::arch::x86_64::regs::ApicPending;
-    use schedrig_vmm::devices::log::TeeStats;
-    use schedrig_vmm::freeze::FreezeStats;
+    use schedrig_vmm::introspect::rq::RqState;
     use schedrig_vmm::introspect::snapshot::{CpuSnap, Snapshot, TaskSnap, VcpuSnap};
+    use schedrig_vmm::log::TeeStats;
     use schedrig_vmm::monitor::analysis::{CpuSample, Sample, Stall, ThreadTimes};
-    use schedrig_vmm::monitor::layout::RqState;
     use schedrig_vmm::report::{ArchiveStats, FreezeRecord, MonitorReport};
+    use schedrig_vmm::vstate::freeze::FreezeStats;
     use schedrig_vmm::{RunReport, RunVerdict, StoppedVcpu};
     use schedrig_wire::{GuestTopology, KernAddrs, SchedExit, SchedOutcome};
 

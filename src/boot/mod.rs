@@ -39,7 +39,7 @@ pub struct BootOptions {
     pub huge_pages: bool,
     /// Freezes of every vCPU to run while the guest is busy (tests and
     /// `scripts/bench-freeze`).
-    pub freeze_test: Option<schedrig_vmm::machine::FreezeTest>,
+    pub freeze_test: Option<schedrig_vmm::FreezeTest>,
     /// The host's per-scenario watchdog (`schedrig run` sets it).
     pub scenario_timeout: Option<Duration>,
     /// What guest-init runs after SRDY (None: a plain boot).
@@ -257,7 +257,7 @@ pub fn boot_observed(
         huge_pages: opts.huge_pages,
         initrd_extra_files: extra_files,
         initrd_extra: extra,
-        scheduler: schedrig_vmm::controller::SchedExpect {
+        scheduler: schedrig_vmm::SchedExpect {
             name: opts
                 .job
                 .as_ref()
@@ -373,7 +373,7 @@ fn name_hung_code(report: &mut RunReport, k: &kernel::ResolvedKernel) {
 }
 
 /// `--freeze-test COUNT:HOLD_MS[:visible]`.
-pub fn parse_freeze_test(s: &str) -> Result<schedrig_vmm::machine::FreezeTest, String> {
+pub fn parse_freeze_test(s: &str) -> Result<schedrig_vmm::FreezeTest, String> {
     let bad =
         || format!("{s:?}: expected COUNT:HOLD_MS or COUNT:HOLD_MS:visible, e.g. 100:0 or 1:2000");
     let mut it = s.split(':');
@@ -387,7 +387,7 @@ pub fn parse_freeze_test(s: &str) -> Result<schedrig_vmm::machine::FreezeTest, S
     if it.next().is_some() || count == 0 || count > 100_000 || hold > 60_000 {
         return Err(format!("{}; COUNT 1..100000, HOLD_MS at most 60000", bad()));
     }
-    Ok(schedrig_vmm::machine::FreezeTest {
+    Ok(schedrig_vmm::FreezeTest {
         count,
         hold: Duration::from_millis(hold),
         hide_time,

@@ -125,10 +125,8 @@ fn child_once(name: &str) -> Result<Child, Failed> {
     let mut counts = counts.split(' ').map(|c| c.parse::<usize>().unwrap_or(0));
     crate::RETRIES.fetch_add(counts.next().unwrap_or(0), Ordering::Relaxed);
     crate::NOTES.fetch_add(counts.next().unwrap_or(0), Ordering::Relaxed);
-    if done.status.code() == Some(schedrig_vmm::machine::EXIT_THREADS_STUCK) {
-        return Ok(Child::ThreadsStuck(
-            schedrig_vmm::machine::EXIT_THREADS_STUCK,
-        ));
+    if done.status.code() == Some(schedrig_vmm::EXIT_THREADS_STUCK) {
+        return Ok(Child::ThreadsStuck(schedrig_vmm::EXIT_THREADS_STUCK));
     }
     Ok(Child::Done(match outcome.split_once('\n') {
         _ if outcome == "ok" && done.status.success() => Ok(()),

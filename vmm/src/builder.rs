@@ -13,18 +13,26 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{acpi, boot, cpuid, layout, mptable, regs};
-use crate::controller::{Event, Logs};
-use crate::devices::log::BoundedLog;
-use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
+use crate::config::MachineConfig;
+use crate::devices::bus::Bus;
+use crate::devices::legacy::acpi_pm::{AcpiPm, PM_PORTS, SLEEP_CONTROL_REG};
+use crate::devices::legacy::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use crate::devices::legacy::pvpanic::{Pvpanic, PVPANIC_PORT};
+use crate::devices::legacy::serial::{
+    SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, UART_PORTS,
+};
 use crate::devices::virtio::console::{
     self as virtio_console, BulkBudget, BulkWriter, VirtioConsole, BULK_TX_BUDGET,
 };
 use crate::devices::virtio::interrupt::Interrupt;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use crate::devices::virtio::ConsoleSinks;
+use crate::error::MachineError;
+use crate::event::Event;
 use crate::guest_errors::GuestErrors;
-use crate::machine::{MachineConfig, MachineError};
-use crate::vcpu::VcpuShared;
+use crate::log::BoundedLog;
+use crate::log::Logs;
+use crate::vstate::vcpu::VcpuShared;
 
 /// Kernel console bytes kept in memory (the tail shows on failure).
 const CONSOLE_LOG_CAP: usize = 1 << 20;
@@ -77,7 +85,9 @@ pub struct Machine {
 }
 
 /// The watch set-up for guest RAM (one region from address 0).
-fn watches_of(mem: &vm_memory::GuestMemoryMmap) -> Result<crate::watch::Watches, MachineError> {
+fn watches_of(
+    mem: &vm_memory::GuestMemoryMmap,
+) -> Result<crate::vstate::watch::Watches, MachineError> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     let region = mem.iter().next();
     let host = region
@@ -87,7 +97,11 @@ fn watches_of(mem: &vm_memory::GuestMemoryMmap) -> Result<crate::watch::Watches,
             source: std::io::Error::other("no guest RAM region"),
         })?;
     let len = mem.iter().map(|r| r.len()).sum();
-    Ok(crate::watch::Watches::new(mem.clone(), host as u64, len))
+    Ok(crate::vstate::watch::Watches::new(
+        mem.clone(),
+        host as u64,
+        len,
+    ))
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
@@ -102,7 +116,7 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> MachineError {
 /// started, for the debug timings.
 pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, MachineError> {
     let topo = config.topology;
-    crate::memory::ram_bytes(config.memory_mib)?;
+    crate::vstate::memory::ram_bytes(config.memory_mib)?;
     topo.check_memory(config.memory_mib)?;
     let kvm = Kvm::new().map_err(MachineError::NoKvm)?;
     let (kvm_max, kvm_max_id) = (kvm.get_max_vcpus(), kvm.get_max_vcpu_id());
@@ -126,7 +140,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
     };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
-    let mem = crate::memory::guest_memory(&vm, config.memory_mib, config.huge_pages)?;
+    let mem = crate::vstate::memory::guest_memory(&vm, config.memory_mib, config.huge_pages)?;
     tracing::debug!(elapsed = ?started.elapsed(), "guest memory mapped");
 
     // Devices.
@@ -140,10 +154,23 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
         logs.console.tee_to_file(path, CONSOLE_FILE_CAP)?;
     }
     let power_down = logs.console.watch_for(&POWER_DOWN_MARKERS);
-    let serial = vec![
-        SerialPort::new(COM1_BASE, irqfd(&vm, COM1_IRQ)?, logs.console.clone()),
-        SerialPort::new(COM2_BASE, irqfd(&vm, COM2_IRQ)?, logs.crash.clone()),
-    ];
+    let mut pio = Bus::default();
+    for (base, irq, log) in [
+        (COM1_BASE, COM1_IRQ, &logs.console),
+        (COM2_BASE, COM2_IRQ, &logs.crash),
+    ] {
+        let uart = SerialPort::new(base, irqfd(&vm, irq)?, log.clone());
+        pio.insert(Arc::new(Mutex::new(uart)), base.into(), UART_PORTS.into())?;
+    }
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPm)),
+        SLEEP_CONTROL_REG.into(),
+        PM_PORTS,
+    )?;
+    pio.insert(Arc::new(Mutex::new(Pvpanic)), PVPANIC_PORT.into(), 1)?;
+    let i8042 = Arc::new(Mutex::new(I8042));
+    pio.insert(i8042.clone(), I8042_DATA_PORT.into(), 1)?;
+    pio.insert(i8042, I8042_COMMAND_PORT.into(), 1)?;
 
     let (tx, events) = mpsc::channel::<Event>();
     let bulk_tx = tx.clone();
@@ -179,6 +206,8 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
             .map_err(kvm_err("KVM_IOEVENTFD"))?;
     }
     let transport = Arc::new(Mutex::new(transport));
+    let mut mmio = Bus::default();
+    mmio.insert(transport.clone(), mmio_base, MMIO_SIZE)?;
     let device_wakes = vec![
         (
             replies.wake_event().map_err(io_err("bulk wake eventfd"))?,
@@ -243,7 +272,7 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
             irq: console_irq,
         },
         acpi::AcpiDevice::Pvpanic {
-            port: crate::devices::pvpanic::PVPANIC_PORT,
+            port: crate::devices::legacy::pvpanic::PVPANIC_PORT,
         },
     ];
     let rsdp = acpi::write(&mem, &topo, &apic_ids, mem.last_addr().0 + 1, &devices)?;
@@ -255,17 +284,16 @@ pub fn build(config: &MachineConfig, started: Instant) -> Result<Machine, Machin
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     let has_xcrs = kvm.check_extension(kvm_ioctls::Cap::Xcrs);
-    crate::vcpu::install_kick_handler()?;
+    crate::vstate::kick::install_kick_handler().map_err(crate::vstate::vcpu::VcpuError::from)?;
     let shared = Arc::new(VcpuShared {
-        serial: Mutex::new(serial),
-        pm: Default::default(),
-        mmio: vec![(mmio_base, transport.clone())],
+        pio,
+        mmio,
         events: Box::new(move |e| {
             let _ = tx.send(Event::Vcpu(e));
         }),
         stop: Default::default(),
         tids: Arc::new((0..topo.vcpus()).map(|_| Default::default()).collect()),
-        freezer: crate::freeze::Freezer::new(topo.vcpus() as usize),
+        freezer: crate::vstate::freeze::Freezer::new(topo.vcpus() as usize),
         watches: watches_of(&mem)?,
         pvpanic_armed: AtomicBool::new(false),
     });

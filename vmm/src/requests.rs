@@ -9,6 +9,7 @@
 //! (snapshot kind 0 or unknown, malformed ops) are refused by name.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use schedrig_wire::payload::kernel_op::Mode;
 use schedrig_wire::{
@@ -16,31 +17,54 @@ use schedrig_wire::{
     SnapshotRequest,
 };
 
-use crate::freeze::{FreezeError, FreezeStats, VcpuRegs};
+use crate::introspect::kernel::KernelError;
 use crate::introspect::ops::KernelCtx;
 use crate::introspect::snapshot::{self, Snapshot};
 use crate::monitor::MonitorShared;
+use crate::vstate::control::{ArmError, GuestControl};
+use crate::vstate::freeze::FreezeError;
+use crate::vstate::watch::{WatchHit, WATCH_BYTES_MAX};
 
 /// Why a request cannot be served without a vmlinux.
 pub const NO_KERNEL: &str =
     "the host has no vmlinux for this kernel (symbols and BTF), so it cannot read its memory";
 
-/// Freezes every vCPU and runs the closure with their registers.
-pub type FreezeFn =
-    Box<dyn Fn(&mut dyn FnMut(&[Option<VcpuRegs>])) -> Result<FreezeStats, FreezeError> + Send>;
-
-/// Arms a watch on a symbol's guest-physical pieces (inside a freeze).
-pub type ArmWatchFn = Box<dyn Fn(&str, &[(u64, u64)]) -> Result<(), String> + Send>;
-
-/// What serves requests: the guest kernel (once read) and the freezer.
+/// What serves requests: the guest kernel (once read) and the acts on
+/// the running guest.
 pub struct Server {
     pub monitor: Arc<MonitorShared>,
-    pub freeze: FreezeFn,
-    pub arm_watch: ArmWatchFn,
+    pub guest: Box<dyn GuestControl>,
+    /// VMM start, for snapshot times.
+    pub started: Instant,
+}
+
+impl Server {
     /// Watch hits due a snapshot, since the last call.
-    pub take_watch_hits: Box<dyn Fn() -> Vec<crate::watch::WatchHit> + Send>,
-    /// Milliseconds from VMM start, for snapshot times.
-    pub now_ms: Box<dyn Fn() -> u64 + Send>,
+    pub fn take_watch_hits(&self) -> Vec<WatchHit> {
+        self.guest.take_watch_hits()
+    }
+}
+
+/// Why a snapshot could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("the host has not read the guest kernel yet")]
+    NotYet,
+    #[error("{0}")]
+    NoKernel(String),
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+}
+
+/// Why a watch could not be set on a symbol.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchSetError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("{symbol} is {size} bytes; at most {WATCH_BYTES_MAX} bytes are watched")]
+    TooBig { symbol: String, size: u64 },
+    #[error(transparent)]
+    Arm(#[from] ArmError),
 }
 
 /// What the host makes of one request frame.
@@ -102,7 +126,10 @@ pub fn answer(tag: MsgTag, payload: &[u8], server: Option<&Server>) -> Answer {
                     (Mode::Hot, _) => c.execute(&req, &[]),
                     (Mode::Cold, Some(s)) => {
                         let mut out = None;
-                        match (s.freeze)(&mut |regs| out = Some(c.execute(&req, regs))) {
+                        match s
+                            .guest
+                            .freeze(&mut |regs| out = Some(c.execute(&req, regs)))
+                        {
                             Ok(_) => out.unwrap_or_else(|| {
                                 KernelOpReply::error(req.request_id, "the freeze ran nothing")
                             }),
@@ -200,26 +227,23 @@ fn snapshot_answer(req: &SnapshotRequest, server: Option<&Server>) -> Answer {
 
 /// Resolves `symbol` (a non-per-CPU kernel symbol; its ELF size, or 8
 /// bytes when it has none) and arms a watch on its bytes.
-fn watch(server: &Server, c: &KernelCtx, symbol: &str) -> Result<(), String> {
-    let kva = c.view.symbol(symbol).map_err(|e| e.to_string())?;
+fn watch(server: &Server, c: &KernelCtx, symbol: &str) -> Result<(), WatchSetError> {
+    let kva = c.view.symbol(symbol)?;
     let size = c.view.link(symbol).map_or(0, |(_, s)| s);
     let size = if size == 0 { 8 } else { size };
-    if size > crate::watch::WATCH_BYTES_MAX {
-        return Err(format!(
-            "{symbol} is {size} bytes; at most {} bytes are watched",
-            crate::watch::WATCH_BYTES_MAX
-        ));
+    if size > WATCH_BYTES_MAX {
+        return Err(WatchSetError::TooBig {
+            symbol: symbol.to_string(),
+            size,
+        });
     }
-    let pieces = c
-        .view
-        .phys_pieces(kva, size as usize)
-        .map_err(|e| e.to_string())?;
-    (server.arm_watch)(symbol, &pieces)
+    let pieces = c.view.phys_pieces(kva, size as usize)?;
+    Ok(server.guest.arm_watch(symbol, &pieces)?)
 }
 
 /// A snapshot the host takes on its own (e.g. tagged `failure` when it
 /// sees the guest fail), or why it could not.
-pub fn capture(server: &Server, tag: &str) -> Result<Snapshot, String> {
+pub fn capture(server: &Server, tag: &str) -> Result<Snapshot, CaptureError> {
     capture_naming(server, tag, &[]).map(|(s, _)| s)
 }
 
@@ -229,16 +253,17 @@ pub fn capture_naming(
     server: &Server,
     tag: &str,
     extra: &[u64],
-) -> Result<(Snapshot, Vec<Option<String>>), String> {
+) -> Result<(Snapshot, Vec<Option<String>>), CaptureError> {
     let c = match ctx(Some(server)) {
         Ctx::Ready(c) => c,
-        Ctx::Later => return Err("the host has not read the guest kernel yet".into()),
-        Ctx::Never(why) => return Err(why),
+        Ctx::Later => return Err(CaptureError::NotYet),
+        Ctx::Never(why) => return Err(CaptureError::NoKernel(why)),
     };
-    let at_ms = (server.now_ms)();
+    let at_ms = server.started.elapsed().as_millis() as u64;
     let mut snap = None;
-    let stats = (server.freeze)(&mut |regs| snap = Some(snapshot::capture(&c, &c.rq, regs, tag)))
-        .map_err(|e| e.to_string())?;
+    let stats = server
+        .guest
+        .freeze(&mut |regs| snap = Some(snapshot::capture(&c, &c.rq, regs, tag)))?;
     let mut snap = snap.unwrap_or_default();
     snap.at_ms = at_ms;
     snap.frozen_us = stats.total.as_micros() as u64;

@@ -1,8 +1,6 @@
-//! Emulated devices.
+//! Emulated devices: the legacy PC devices on I/O ports and the
+//! virtio-mmio console, each reached through a [`bus::Bus`] by address.
 
-pub mod acpi_pm;
-pub mod i8042;
-pub mod log;
-pub mod pvpanic;
-pub mod serial;
+pub mod bus;
+pub mod legacy;
 pub mod virtio;

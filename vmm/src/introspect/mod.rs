@@ -7,6 +7,7 @@ pub mod cache;
 pub mod kernel;
 pub mod ops;
 pub mod pagewalk;
+pub mod rq;
 pub mod snapshot;
 pub mod symbols;
 pub mod tasks;

@@ -13,7 +13,7 @@ use super::btf::Layouts;
 use super::kernel::KernelView;
 use super::pagewalk::PageTable;
 use super::tasks::{self, TaskLayout};
-use crate::freeze::VcpuRegs;
+use crate::vstate::regs::VcpuRegs;
 
 /// Largest `Bytes` one entry may read or write.
 pub const BYTES_MAX: usize = 64 << 10;
@@ -30,7 +30,7 @@ pub struct KernelCtx {
     pub view: KernelView,
     pub btf: Arc<dyn Layouts>,
     pub tasks: Option<TaskLayout>,
-    pub rq: crate::monitor::layout::RqLayout,
+    pub rq: crate::introspect::rq::RqLayout,
     /// vCPUs of the guest (per-CPU targets are checked against it).
     pub ncpu: u32,
 }

@@ -6,9 +6,9 @@ use super::ops::KernelCtx;
 use super::tasks;
 use serde::Serialize;
 
-use crate::freeze::VcpuRegs;
-use crate::monitor::layout::{scx_state_name, RqLayout};
-use crate::report::ser;
+use crate::introspect::rq::{scx_state_name, RqLayout};
+use crate::ser;
+use crate::vstate::regs::VcpuRegs;
 
 /// Snapshots one run keeps; later ones are refused with a reason.
 pub const SNAPSHOTS_MAX: usize = 64;

@@ -9,7 +9,7 @@
 //! waits in the host's run queue. The vCPU thread's own schedstat tells
 //! the two apart.
 
-use super::layout::RqState;
+use crate::introspect::rq::RqState;
 
 /// A stall: the clock did not advance over this many sample intervals
 /// (100 ms each) with tasks runnable.

@@ -5,9 +5,8 @@
 //! report and for the host's stall and imbalance checks (`analysis`).
 
 pub mod analysis;
-pub mod layout;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -17,18 +16,19 @@ use schedrig_wire::KernAddrs;
 use vm_memory::GuestMemoryMmap;
 
 use self::analysis::{CpuSample, Sample, ThreadTimes};
-use self::layout::RqLayout;
-use crate::introspect::btf::Layouts;
+use crate::introspect::btf::{BtfHelper, KernelBtf, Layouts};
 use crate::introspect::cache::{Cached, DiskCache, SeededLayouts};
 use crate::introspect::kernel::KernelView;
+use crate::introspect::rq::RqLayout;
 use crate::introspect::symbols::SymbolTable;
+use crate::report::MonitorReport;
 
 /// How often the monitor samples (the 100 ms).
 pub const INTERVAL: Duration = Duration::from_millis(100);
 /// Samples kept: an hour at [`INTERVAL`]; later ones are counted, not kept.
 pub const SAMPLES_MAX: usize = 36_000;
 
-/// What the monitor thread and the controller share.
+/// What the monitor thread and the session share.
 #[derive(Default)]
 pub struct MonitorShared {
     /// KADR, once the guest sent it: the monitor waits for it.
@@ -129,8 +129,60 @@ impl Monitor {
         })
     }
 
+    /// The monitor for a run: field layouts from `btf_helper` when one is
+    /// given (then the VMM does not hold the kernel's parsed BTF, about
+    /// 35 MiB), else parsed here. None, with a warning, when it cannot
+    /// start: a run without a monitor still runs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_run(
+        vmlinux: &Path,
+        btf_helper: Option<&Path>,
+        mem: GuestMemoryMmap,
+        tids: Arc<Vec<AtomicI32>>,
+        freeze_epoch: Arc<std::sync::atomic::AtomicU64>,
+        started: Instant,
+        cache_dir: Option<PathBuf>,
+    ) -> Option<Self> {
+        let layouts: Arc<dyn Layouts> = match btf_helper {
+            Some(exe) => Arc::new(BtfHelper::new(exe.to_path_buf(), vmlinux.to_path_buf())),
+            None => match KernelBtf::from_vmlinux(vmlinux) {
+                Ok(b) => Arc::new(b),
+                Err(e) => {
+                    tracing::warn!("no run-queue monitor: {e}");
+                    return None;
+                }
+            },
+        };
+        Self::start(
+            vmlinux.to_path_buf(),
+            layouts,
+            mem,
+            tids,
+            freeze_epoch,
+            started,
+            cache_dir,
+        )
+        .map_err(|e| tracing::warn!("no run-queue monitor: {e}"))
+        .ok()
+    }
+
     pub fn shared(&self) -> Arc<MonitorShared> {
         self.shared.clone()
+    }
+
+    /// Stops the monitor (joined) and hands over what it found.
+    pub fn finish(self) -> MonitorReport {
+        let shared = self.shared();
+        drop(self);
+        let samples =
+            std::mem::take(&mut *shared.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        MonitorReport {
+            stalls: analysis::stalls(&samples),
+            samples,
+            dropped: shared.dropped(),
+            error: shared.error.lock().ok().and_then(|e| e.clone()),
+            ops_name: shared.ops_name.lock().ok().and_then(|n| n.clone()),
+        }
     }
 }
 

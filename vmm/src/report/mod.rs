@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use schedrig_wire::{GuestTopology, KernAddrs};
+use schedrig_wire::{GuestTopology, KernAddrs, SchedExit, SchedExitKind};
 use serde::Serialize;
 
-pub(crate) mod ser;
+pub use crate::vstate::regs::StoppedVcpu;
+
+mod monitor;
+use crate::ser;
 
 /// How the run ended, judged from all sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,22 +90,22 @@ pub struct RunReport {
     #[serde(serialize_with = "ser::topology")]
     pub guest_topology: Option<GuestTopology>,
     /// LIFE phases in order, with their reasons: the first
-    /// `controller::LIFECYCLE_MAX_ENTRIES`, reasons capped at
-    /// `controller::LIFECYCLE_REASON_MAX` bytes.
+    /// `session::LIFECYCLE_MAX_ENTRIES`, reasons capped at
+    /// `session::LIFECYCLE_REASON_MAX` bytes.
     pub lifecycle: Vec<(u8, Option<String>)>,
     /// LIFE frames received beyond the kept ones.
     pub lifecycle_dropped: u64,
-    /// Guest misbehaviour the devices and the controller refused, by kind
+    /// Guest misbehaviour the devices and the session refused, by kind
     /// (`mmio`, `virtqueue`, `console`, `control`, `frame`).
     pub guest_errors: BTreeMap<&'static str, u64>,
     /// How many of those were not logged (rate limit).
     pub guest_errors_not_logged: u64,
     /// Times the bulk port left guest chains in the ring because the
-    /// controller was behind (backpressure at work).
+    /// session was behind (backpressure at work).
     pub bulk_tx_deferred: u64,
     /// What went to `--console-log`, if it was asked for.
     #[serde(rename = "console_log")]
-    pub console_file: Option<crate::devices::log::TeeStats>,
+    pub console_file: Option<crate::log::TeeStats>,
     /// Kernel console (COM1), last lines.
     pub console_tail: String,
     /// Whole COM1 text kept (bounded), for checks like the banner.
@@ -125,7 +128,7 @@ pub struct RunReport {
     /// The scheduler's run (`EEVDF` when none was asked for); the CLI
     /// writes its section (with the arguments it was given).
     #[serde(skip)]
-    pub scheduler: crate::controller::SchedulerReport,
+    pub scheduler: SchedulerReport,
     /// The host's per-test archives: how long they took to prepare, and
     /// the bytes of the job archive built for this run (set by the caller).
     pub per_test_archive: Option<ArchiveStats>,
@@ -160,7 +163,7 @@ pub struct ArchiveStats {
 pub struct FreezeRecord {
     /// Absent from the JSON when the freeze failed (`error` says why).
     #[serde(flatten)]
-    pub stats: Option<crate::freeze::FreezeStats>,
+    pub stats: Option<crate::vstate::freeze::FreezeStats>,
     pub error: Option<String>,
     /// vCPUs whose registers were read while parked, and of those the
     /// ones that were in the kernel (CPL 0).
@@ -183,41 +186,38 @@ pub struct MonitorReport {
     pub stalls: Vec<crate::monitor::analysis::Stall>,
 }
 
-/// Where a vCPU was when the controller stopped it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoppedVcpu {
-    pub cpu: u32,
-    /// "running", "halted", "never started (waiting for INIT/SIPI)", ...
-    pub state: &'static str,
-    pub rip: Option<u64>,
-    /// The other registers (rsp, rflags, cr3), or why they are unknown.
-    pub detail: String,
-    /// RFLAGS.IF: whether it would take an interrupt (None: unknown).
-    pub interrupts_on: Option<bool>,
-    /// The kernel function `rip` is in (`name+0xoff`), when the caller
-    /// could name it from the vmlinux.
-    pub function: Option<String>,
-    /// Its local APIC's requested and in-service vectors (a halted vCPU
-    /// with interrupts on and a vector requested missed its wake-up).
-    pub apic: Option<crate::arch::x86_64::regs::ApicPending>,
+/// Lines of the scheduler's output a report quotes.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// The scheduler section of a report.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerReport {
+    /// `EEVDF` when none was asked for.
+    pub name: String,
+    pub attached: bool,
+    /// VMM start to SCAT (the guest saw it enabled).
+    pub attach: Option<Duration>,
+    /// SCXI as decoded.
+    pub exit: Option<SchedExit>,
+    /// SCDX: the process's exit code.
+    pub exit_code: Option<i32>,
+    /// Scheduler output, the newest `SCHED_LOG_KEEP` bytes.
+    pub log: String,
+    /// All SCLG bytes received.
+    pub log_bytes: u64,
+    /// Kernel log lines the guest forwarded, the newest `KMSG_KEEP`.
+    pub kmsg: String,
 }
 
-impl std::fmt::Display for StoppedVcpu {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "vCPU {}: {}", self.cpu, self.state)?;
-        if let Some(rip) = self.rip {
-            write!(f, " at rip={rip:#x}")?;
-        }
-        if !self.detail.is_empty() {
-            write!(f, " {}", self.detail)?;
-        }
-        if let Some(func) = &self.function {
-            write!(f, " ({func})")?;
-        }
-        if let Some(a) = &self.apic {
-            write!(f, " {a}")?;
-        }
-        Ok(())
+impl SchedulerReport {
+    /// The last lines of the scheduler's output.
+    pub fn log_tail(&self) -> String {
+        let lines: Vec<&str> = self.log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    pub fn kind(&self) -> Option<SchedExitKind> {
+        self.exit.as_ref().and_then(SchedExit::exit_kind)
     }
 }
 

@@ -10,7 +10,7 @@
 //! at boot under the emulated host). Every device with an interrupt is
 //! in the DSDT, so none needs the PIC's identity mapping of ISA IRQs;
 //! with `acpi=off` the MP table still describes a PC. The sleep
-//! registers are the ports of [`crate::devices::acpi_pm`].
+//! registers are the ports of [`crate::devices::legacy::acpi_pm`].
 //!
 //! Built with the rust-vmm `acpi_tables` crate; the x86 structures it
 //! lacks (SRAT processor affinity, the MADT's entries) are
@@ -25,7 +25,7 @@ use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{APIC_DEFAULT_PHYS_BASE, IO_APIC_DEFAULT_PHYS_BASE};
-use crate::devices::acpi_pm::{S5_SLP_TYP, SLEEP_CONTROL_REG, SLEEP_STATUS_REG};
+use crate::devices::legacy::acpi_pm::{S5_SLP_TYP, SLEEP_CONTROL_REG, SLEEP_STATUS_REG};
 use crate::topology::{Topology, MIN_NODE_MIB};
 
 /// Start of the tables: the BIOS read-only area, where Linux also scans

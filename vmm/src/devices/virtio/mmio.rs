@@ -21,6 +21,7 @@ use super::device::{
     STATUS_FAILED, STATUS_FEATURES_OK,
 };
 use super::interrupt::Interrupt;
+use crate::devices::bus::{BusAction, BusDevice};
 use crate::guest_error;
 use crate::guest_errors::GuestErrors;
 
@@ -76,6 +77,18 @@ impl std::fmt::Debug for MmioTransport {
             .field("status", &self.status)
             .field("activated", &self.activated)
             .finish_non_exhaustive()
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, _: u64, offset: u64, data: &mut [u8]) -> BusAction {
+        MmioTransport::read(self, offset, data);
+        BusAction::None
+    }
+
+    fn write(&mut self, _: u64, offset: u64, data: &[u8]) -> BusAction {
+        MmioTransport::write(self, offset, data);
+        BusAction::None
     }
 }
 

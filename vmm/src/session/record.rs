@@ -146,7 +146,7 @@ pub fn discount_pauses(
     r: &mut schedrig_wire::ScenarioResult,
     t0: Instant,
     now: Instant,
-    log: &crate::pause::PauseLog,
+    log: &crate::vstate::pause::PauseLog,
 ) {
     let ms = |v: u64| Duration::from_millis(v);
     r.host_pause_ms = log.overlap(t0, now).as_millis() as u64;
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn host_pauses_count_as_steal_where_they_fell() {
-        let log = crate::pause::PauseLog::default();
+        let log = crate::vstate::pause::PauseLog::default();
         let t0 = Instant::now();
         let s = Duration::from_secs;
         // Set-up 1 s, holds 4 s, teardown 1 s; a 2 s pause at 2-4 s.

@@ -4,7 +4,8 @@
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::log::BoundedLog;
+use crate::devices::bus::{BusAction, BusDevice};
+use crate::log::BoundedLog;
 
 /// Legacy PC port bases and IRQs.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -46,6 +47,20 @@ pub struct SerialPort {
     uart: Serial<EventFdTrigger, vm_superio::serial::NoEvents, BoundedLog>,
 }
 
+impl BusDevice for SerialPort {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) -> BusAction {
+        SerialPort::read(self, (base + offset) as u16, data);
+        BusAction::None
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) -> BusAction {
+        if let Err(e) = SerialPort::write(self, (base + offset) as u16, data) {
+            tracing::debug!("{e}");
+        }
+        BusAction::None
+    }
+}
+
 impl SerialPort {
     /// `irq` is the eventfd the caller registered as an irqfd.
     pub fn new(base: u16, irq: EventFd, log: BoundedLog) -> Self {
@@ -53,10 +68,6 @@ impl SerialPort {
             base,
             uart: Serial::new(EventFdTrigger(irq), log),
         }
-    }
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.base..self.base + UART_PORTS).contains(&port)
     }
 
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
@@ -92,7 +103,5 @@ mod tests {
             com.write(COM1_BASE, &[*b]).unwrap();
         }
         assert_eq!(log.text(), "Linux version");
-        assert!(com.contains(COM1_BASE + 5));
-        assert!(!com.contains(COM2_BASE));
     }
 }

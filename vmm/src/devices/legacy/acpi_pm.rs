@@ -3,6 +3,8 @@
 //! SLP_EN to the control register ends the machine. A hardware-reduced
 //! FADT names these two one-byte ports in place of the PM1 blocks.
 
+use crate::devices::bus::{BusAction, BusDevice};
+
 /// SLEEP_CONTROL_REG: SLP_TYPx in bits 2-4, SLP_EN in bit 5.
 pub const SLEEP_CONTROL_REG: u16 = 0x600;
 /// SLEEP_STATUS_REG: WAK_STS in bit 7 (never set: the guest never wakes).
@@ -19,11 +21,6 @@ const SLP_EN: u8 = 1 << 5;
 pub enum PmAction {
     None,
     PowerOff,
-}
-
-/// True for the ports this device answers.
-pub fn contains(port: u16) -> bool {
-    port == SLEEP_CONTROL_REG || port == SLEEP_STATUS_REG
 }
 
 /// Stateless: the control register is write-only, the status register
@@ -46,6 +43,23 @@ impl AcpiPm {
 
     pub fn read(&self, _port: u16, data: &mut [u8]) {
         data.fill(0);
+    }
+}
+
+/// The PM1 block's ports claimed on the bus, from [`SLEEP_CONTROL_REG`].
+pub const PM_PORTS: u64 = 2;
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) -> BusAction {
+        AcpiPm::read(self, (base + offset) as u16, data);
+        BusAction::None
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) -> BusAction {
+        match AcpiPm::write(self, (base + offset) as u16, data) {
+            PmAction::PowerOff => BusAction::Reset("ACPI power-off (S5)"),
+            PmAction::None => BusAction::None,
+        }
     }
 }
 
@@ -78,6 +92,5 @@ mod tests {
         let mut b = [0xffu8; 2];
         AcpiPm.read(SLEEP_STATUS_REG, &mut b);
         assert_eq!(b, [0, 0]);
-        assert!(contains(0x600) && contains(0x601) && !contains(0x602) && !contains(0x5ff));
     }
 }

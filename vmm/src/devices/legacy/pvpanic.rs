@@ -4,6 +4,8 @@
 //! guest kernel panicked from the kernel's own panic path, not from
 //! console text, which any guest process can write.
 
+use crate::devices::bus::{BusAction, BusDevice};
+
 /// QEMU's ISA pvpanic port, as Linux and QEMU use it by default.
 pub const PVPANIC_PORT: u16 = 0x505;
 /// Event and capability bits (pvpanic.rst).
@@ -34,6 +36,26 @@ pub fn write(data: &[u8]) -> PvpanicEvent {
     match data.first() {
         Some(v) if v & PVPANIC_PANICKED != 0 => PvpanicEvent::Panicked,
         _ => PvpanicEvent::None,
+    }
+}
+
+/// pvpanic on the bus, at [`PVPANIC_PORT`].
+#[derive(Debug, Default)]
+pub struct Pvpanic;
+
+impl BusDevice for Pvpanic {
+    fn read(&mut self, _: u64, _: u64, data: &mut [u8]) -> BusAction {
+        match read(data) {
+            PvpanicEvent::Probed => BusAction::PanicDeviceProbed,
+            _ => BusAction::None,
+        }
+    }
+
+    fn write(&mut self, _: u64, _: u64, data: &[u8]) -> BusAction {
+        match write(data) {
+            PvpanicEvent::Panicked => BusAction::Panicked,
+            _ => BusAction::None,
+        }
     }
 }
 

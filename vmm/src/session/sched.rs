@@ -8,61 +8,19 @@ use std::time::{Duration, Instant};
 use schedrig_wire::payload::sched::decode_attached;
 use schedrig_wire::{SchedExit, SchedExitKind, SchedOutcome};
 
-use crate::devices::log::BoundedLog;
-use crate::report::RunVerdict;
+use crate::config::SchedExpect;
+use crate::log::BoundedLog;
+use crate::report::{RunVerdict, SchedulerReport};
 
 /// Scheduler output kept (SCLG): the newest 256 KiB; the rest is counted.
 pub const SCHED_LOG_KEEP: usize = 256 << 10;
 /// Kernel log kept (DMSG): the newest 64 KiB.
 pub const KMSG_KEEP: usize = 64 << 10;
-/// Lines of the scheduler's output a report quotes.
-pub const LOG_TAIL_LINES: usize = 40;
 /// How long before its SCXI frame a stall may have ended (the guest
 /// notices the ejection within a tick, then reports it).
 const STALL_REPORT_SLACK: Duration = Duration::from_secs(2);
 
-/// What the run expects of a scheduler.
-#[derive(Debug, Clone, Default)]
-pub struct SchedExpect {
-    /// The scheduler's name; None means the kernel's default (EEVDF).
-    pub name: Option<String>,
-    /// The guest must send SCXI (false for selftest runs).
-    pub wants_exit_info: bool,
-}
-
-/// The scheduler section of a report.
-#[derive(Debug, Clone, Default)]
-pub struct SchedulerReport {
-    /// `EEVDF` when none was asked for.
-    pub name: String,
-    pub attached: bool,
-    /// VMM start to SCAT (the guest saw it enabled).
-    pub attach: Option<Duration>,
-    /// SCXI as decoded.
-    pub exit: Option<SchedExit>,
-    /// SCDX: the process's exit code.
-    pub exit_code: Option<i32>,
-    /// Scheduler output, the newest [`SCHED_LOG_KEEP`] bytes.
-    pub log: String,
-    /// All SCLG bytes received.
-    pub log_bytes: u64,
-    /// Kernel log lines the guest forwarded, the newest [`KMSG_KEEP`].
-    pub kmsg: String,
-}
-
-impl SchedulerReport {
-    /// The last lines of the scheduler's output.
-    pub fn log_tail(&self) -> String {
-        let lines: Vec<&str> = self.log.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-    }
-
-    pub fn kind(&self) -> Option<SchedExitKind> {
-        self.exit.as_ref().and_then(SchedExit::exit_kind)
-    }
-}
-
-/// The controller's scheduler state.
+/// The session's scheduler state.
 pub struct SchedState {
     started: Instant,
     expect: SchedExpect,
@@ -128,7 +86,7 @@ impl SchedState {
     pub fn on_exit_info(
         &mut self,
         payload: &[u8],
-        pauses: Option<&crate::pause::PauseLog>,
+        pauses: Option<&crate::vstate::pause::PauseLog>,
     ) -> Result<(), String> {
         let mut m = SchedExit::decode(payload).map_err(|e| e.to_string())?;
         if let (Some(log), Some(stall)) = (pauses, stall_ms(&m.message)) {

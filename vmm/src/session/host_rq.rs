@@ -30,7 +30,7 @@ pub fn set_host_view(
     now: Instant,
     started: Instant,
     monitor: &MonitorShared,
-    pauses: Option<&crate::pause::PauseLog>,
+    pauses: Option<&crate::vstate::pause::PauseLog>,
 ) {
     let ms = Duration::from_millis;
     let begin = (t0 + ms(r.start_offset_ms)).min(now);

@@ -4,7 +4,7 @@
 //! memory hold still.
 //!
 //! Kick: the vCPU's `kvm_run.immediate_exit` is set by the kick signal's
-//! handler (see `vcpu`), so a kick that lands just before KVM_RUN still
+//! handler (see `kick`), so a kick that lands just before KVM_RUN still
 //! makes it return at once (Documentation/virt/kvm/api.rst, "immediate_exit").
 //! Time: the guest must not see the freeze as time passing (its soft
 //! lockup and sched_ext watchdogs would fire), so on release each vCPU's
@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_device_attr, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET};
 use kvm_ioctls::{VcpuFd, VmFd};
+
+use super::regs::{read_regs, VcpuRegs};
 
 /// How long a vCPU may take to park before the freeze fails.
 pub const PARK_DEADLINE: Duration = Duration::from_millis(500);
@@ -38,33 +40,17 @@ pub enum FreezeError {
     Busy,
 }
 
-/// Where a vCPU was when it parked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VcpuRegs {
-    pub rip: u64,
-    pub rsp: u64,
-    pub rflags: u64,
-    pub cr3: u64,
-    pub cr4: u64,
-    /// CPL 0 (the kernel) when the low two bits of CS are 0.
-    pub cs: u16,
-    /// KVM's run state said HALTED (None: not read).
-    pub halted: Option<bool>,
-    /// Its local APIC's requested and in-service vectors (None: not read).
-    pub apic: Option<crate::arch::x86_64::regs::ApicPending>,
-}
-
 /// How one freeze went.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct FreezeStats {
     /// From the first kick to the last vCPU parked.
-    #[serde(rename = "park_us", serialize_with = "crate::report::ser::us")]
+    #[serde(rename = "park_us", serialize_with = "crate::ser::us")]
     pub park: Duration,
     /// From all parked to the release (the action's time).
-    #[serde(rename = "held_us", serialize_with = "crate::report::ser::us")]
+    #[serde(rename = "held_us", serialize_with = "crate::ser::us")]
     pub held: Duration,
     /// From the first kick to the release: what a freeze costs the guest.
-    #[serde(rename = "total_us", serialize_with = "crate::report::ser::us")]
+    #[serde(rename = "total_us", serialize_with = "crate::ser::us")]
     pub total: Duration,
     /// The guest clock was moved back by `held` on every vCPU.
     pub time_hidden: bool,
@@ -194,8 +180,8 @@ impl Freezer {
                     // SAFETY: `t` is a vCPU thread that is not joined
                     // before the machine's run ends (machine::run joins
                     // them only after its last freeze); the kick signal
-                    // has a handler installed (vcpu::install_kick_handler).
-                    unsafe { libc::pthread_kill(*t, crate::vcpu::kick_signal()) };
+                    // has a handler installed (kick::install_kick_handler).
+                    unsafe { libc::pthread_kill(*t, super::kick::kick_signal()) };
                 }
             }
         };
@@ -345,24 +331,6 @@ impl Drop for Boost {
             unsafe { libc::pthread_setschedparam(t, policy, &p) };
         }
     }
-}
-
-fn read_regs(vcpu: &VcpuFd) -> Option<VcpuRegs> {
-    let r = vcpu.get_regs().ok()?;
-    let s = vcpu.get_sregs().ok()?;
-    Some(VcpuRegs {
-        rip: r.rip,
-        rsp: r.rsp,
-        rflags: r.rflags,
-        cr3: s.cr3,
-        cr4: s.cr4,
-        cs: s.cs.selector,
-        halted: vcpu
-            .get_mp_state()
-            .ok()
-            .map(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED),
-        apic: crate::arch::x86_64::regs::apic_pending(vcpu).ok(),
-    })
 }
 
 /// Moves the VM's kvmclock back by `held` and asks each vCPU to move its

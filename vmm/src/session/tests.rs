@@ -1,4 +1,4 @@
-//! The controller on synthetic frame streams: what a guest sends in,
+//! The session on synthetic frame streams: what a guest sends in,
 //! the verdict, counts and replies out.
 
 use std::sync::atomic::AtomicBool;
@@ -9,12 +9,21 @@ use schedrig_wire::frame::payload_crc;
 use schedrig_wire::{encode_frame, FrameHeader, MsgTag};
 use zerocopy::IntoBytes;
 
+use super::deadlines::POWER_OFF_GRACE;
+use super::judge::EXIT_GRACE;
 use super::*;
+use crate::config::SchedExpect;
+use crate::devices::virtio::BulkWriter;
+use crate::guest_errors::GuestErrors;
+use crate::log::{BoundedLog, Logs};
+use crate::report::RunVerdict;
+use crate::vstate::vcpu::VcpuEvent;
+use std::sync::atomic::Ordering;
 
-fn controller(boot: impl Into<Option<Duration>>) -> (Controller, BulkWriter, GuestErrors) {
+fn session(boot: impl Into<Option<Duration>>) -> (Session, BulkWriter, GuestErrors) {
     let replies = BulkWriter::new(1 << 20).unwrap();
     let errors = GuestErrors::default();
-    let c = Controller::new(
+    let c = Session::new(
         Instant::now(),
         Deadlines {
             boot: boot.into(),
@@ -42,7 +51,7 @@ fn frame(tag: MsgTag, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_normal_stream_ends_ok_with_its_counts() {
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     let mut stream = frame(MsgTag::Lifecycle, &[1]);
     stream.extend(frame(MsgTag::SystemReady, &[]));
     stream.extend(frame(MsgTag::Exit, &0i32.to_le_bytes()));
@@ -62,7 +71,7 @@ fn a_normal_stream_ends_ok_with_its_counts() {
 
 #[test]
 fn made_up_tags_make_one_key_however_many() {
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     let mut stream = Vec::new();
     for tag in 0x0001_0000u32..0x0001_0000 + 10_000 {
         let h = FrameHeader::for_payload(tag, &[]).unwrap();
@@ -87,7 +96,7 @@ fn made_up_tags_make_one_key_however_many() {
 
 #[test]
 fn a_lifecycle_flood_is_capped() {
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     let mut huge = vec![4u8];
     huge.extend(std::iter::repeat_n(0xff, 1 << 20));
     let f = frame(MsgTag::Lifecycle, &huge);
@@ -107,7 +116,7 @@ fn a_lifecycle_flood_is_capped() {
 
 #[test]
 fn an_oversized_kernel_op_request_is_answered_and_counted() {
-    let (mut c, replies, errors) = controller(Duration::from_secs(3600));
+    let (mut c, replies, errors) = session(Duration::from_secs(3600));
     let mut korq = vec![0u8; 200 << 10];
     korq[0] = 9;
     c.on_bulk(&frame(MsgTag::KernelOpRequest, &korq));
@@ -122,7 +131,7 @@ fn an_oversized_kernel_op_request_is_answered_and_counted() {
 
 #[test]
 fn a_length_over_the_cap_is_a_protocol_error_and_stops_parsing() {
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     let mut h = FrameHeader::default();
     h.msg_type.set(MsgTag::Stdout.as_u32());
     h.length.set(u32::MAX);
@@ -136,7 +145,7 @@ fn a_length_over_the_cap_is_a_protocol_error_and_stops_parsing() {
 
 #[test]
 fn no_srdy_by_the_boot_deadline_is_a_timeout() {
-    let (mut c, _, _) = controller(Duration::ZERO);
+    let (mut c, _, _) = session(Duration::ZERO);
     assert!(c.check_deadlines());
     let r = c.finish(&logs());
     assert_eq!(r.verdict, RunVerdict::Timeout);
@@ -145,7 +154,7 @@ fn no_srdy_by_the_boot_deadline_is_a_timeout() {
 
 #[test]
 fn an_own_init_ends_ok_by_a_reset_but_not_by_a_triple_fault() {
-    let (mut c, _, _) = controller(None);
+    let (mut c, _, _) = session(None);
     assert!(!c.check_deadlines(), "no SRDY deadline for an own init");
     c.on_vcpu(&VcpuEvent::Reset("i8042 reset"));
     assert!(c.check_deadlines());
@@ -153,7 +162,7 @@ fn an_own_init_ends_ok_by_a_reset_but_not_by_a_triple_fault() {
     assert_eq!(r.verdict, RunVerdict::Ok, "{}", r.reason);
     assert!(r.reason.contains("i8042 reset"), "{}", r.reason);
 
-    let (mut c, _, _) = controller(None);
+    let (mut c, _, _) = session(None);
     c.on_vcpu(&VcpuEvent::TripleFault {
         cpu: 0,
         state: "rip 0".into(),
@@ -163,7 +172,7 @@ fn an_own_init_ends_ok_by_a_reset_but_not_by_a_triple_fault() {
 
 #[test]
 fn the_scenario_watchdog_is_armed_by_scst_and_paused_by_scpp() {
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     // Without a timeout nothing is armed.
     c.on_bulk(&frame(MsgTag::ScenarioStart, &[]));
@@ -213,7 +222,7 @@ fn halted(cpu: u32, interrupts_on: bool) -> crate::report::StoppedVcpu {
 /// never reported a panic, so the line is counted, not believed.
 #[test]
 fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
-    let (mut c, _, errors) = controller(Duration::from_secs(3600));
+    let (mut c, _, errors) = session(Duration::from_secs(3600));
     c.on_vcpu(&VcpuEvent::PanicDeviceArmed);
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
@@ -225,7 +234,7 @@ fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
     assert_eq!(errors.counts().get("console"), Some(&1));
 
     // The kernel's own panic path: pvpanic decides, the line is quoted.
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     c.on_vcpu(&VcpuEvent::PanicDeviceArmed);
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     c.on_vcpu(&VcpuEvent::Panicked { cpu: 1 });
@@ -242,12 +251,12 @@ fn a_panic_line_the_kernel_did_not_report_is_not_a_panic() {
 
     // A kernel without the driver: the line counts only when the reset
     // a panic makes followed, never with an EXIT or a power-off.
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     c.on_vcpu(&VcpuEvent::Reset("i8042 reset"));
     let r = c.finish(&logs_with_console("Kernel panic - not syncing: x\n"));
     assert_eq!(r.verdict, RunVerdict::Panic, "{}", r.reason);
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
     c.on_vcpu(&VcpuEvent::Reset("ACPI power-off (S5)"));
@@ -264,7 +273,7 @@ fn a_power_down_line_is_believed_only_when_every_vcpu_halted() {
         (vec![halted(0, false), halted(1, true)], RunVerdict::NoExit),
     ] {
         let power_down = Arc::new(AtomicBool::new(false));
-        let mut c = Controller::new(
+        let mut c = Session::new(
             Instant::now() - Duration::from_secs(10),
             Deadlines {
                 boot: Some(Duration::from_secs(3600)),
@@ -278,7 +287,8 @@ fn a_power_down_line_is_believed_only_when_every_vcpu_halted() {
         c.on_bulk(&frame(MsgTag::SystemReady, &[]));
         c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
         power_down.store(true, Ordering::Release);
-        c.power_down_at = Some(Instant::now() - POWER_OFF_GRACE);
+        c.watchdogs
+            .power_down_seen_at(Instant::now() - POWER_OFF_GRACE);
         assert!(c.check_deadlines());
         c.vcpus_stopped(cpus);
         let r = c.finish(&logs());
@@ -300,7 +310,7 @@ fn refused_frames_are_counted_and_never_overwrite_accepted_state() {
         page_offset_base_kva: None,
         text_kva: Some(0xffff_ffff_8100_0000),
     };
-    let (mut c, _, errors) = controller(Duration::from_secs(3600));
+    let (mut c, _, errors) = session(Duration::from_secs(3600));
     c.on_bulk(&frame(MsgTag::KernAddrs, &[1, 2, 3]));
     c.on_bulk(&frame(MsgTag::Topology, &[0xff; 3]));
     c.on_bulk(&frame(MsgTag::SystemReady, &[1]));
@@ -320,7 +330,7 @@ fn refused_frames_are_counted_and_never_overwrite_accepted_state() {
     assert_eq!(r.kern_addrs, Some(ka));
 
     for tag in [MsgTag::SystemReady, MsgTag::Exit] {
-        let (mut c, _, _) = controller(Duration::from_secs(3600));
+        let (mut c, _, _) = session(Duration::from_secs(3600));
         let p = if tag == MsgTag::Exit {
             0i32.to_le_bytes().to_vec()
         } else {
@@ -340,7 +350,7 @@ fn refused_frames_are_counted_and_never_overwrite_accepted_state() {
 /// refused as unexpected, not judged.
 #[test]
 fn job_frames_from_an_own_init_are_refused() {
-    let (mut c, _, errors) = controller(None);
+    let (mut c, _, errors) = session(None);
     let exit = schedrig_wire::SchedExit::default();
     c.on_bulk(&frame(MsgTag::SchedulerExitInfo, &exit.encode().unwrap()));
     c.on_bulk(&frame(MsgTag::ScenarioStart, &[]));
@@ -356,7 +366,7 @@ fn job_frames_from_an_own_init_are_refused() {
 /// the report says it ran on.
 #[test]
 fn frames_after_exit_are_refused_and_reported() {
-    let (mut c, _, errors) = controller(Duration::from_secs(3600));
+    let (mut c, _, errors) = session(Duration::from_secs(3600));
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     c.on_bulk(&frame(MsgTag::Exit, &0i32.to_le_bytes()));
     for _ in 0..5 {
@@ -381,7 +391,7 @@ fn frames_after_exit_are_refused_and_reported() {
 #[test]
 fn an_overrun_deadline_says_the_host_was_frozen() {
     let started = Instant::now() - Duration::from_secs(330);
-    let mut c = Controller::new(
+    let mut c = Session::new(
         started,
         Deadlines {
             boot: Some(Duration::from_secs(150)),
@@ -393,7 +403,7 @@ fn an_overrun_deadline_says_the_host_was_frozen() {
         SchedExpect::default(),
     );
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
-    let log = Arc::new(crate::pause::PauseLog::default());
+    let log = Arc::new(crate::vstate::pause::PauseLog::default());
     log.record(started + Duration::from_secs(10), Duration::from_secs(300));
     c.watch_pauses(log);
     assert!(c.check_deadlines());
@@ -411,7 +421,7 @@ fn an_overrun_deadline_says_the_host_was_frozen() {
 /// told.
 #[test]
 fn accepted_frames_are_told_to_the_observer_once() {
-    let (mut c, _, _) = controller(Duration::from_secs(3600));
+    let (mut c, _, _) = session(Duration::from_secs(3600));
     c.on_bulk(&frame(MsgTag::SystemReady, &[]));
     let scat = schedrig_wire::payload::sched::encode_attached("simple");
     c.on_bulk(&frame(MsgTag::SchedulerAttached, &scat));

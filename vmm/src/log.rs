@@ -223,6 +223,17 @@ impl Write for BoundedLog {
     }
 }
 
+/// The guest's output the report quotes.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    /// COM1: the kernel console.
+    pub console: BoundedLog,
+    /// COM2: guest-init's crash text.
+    pub crash: BoundedLog,
+    /// Virtio console port 0 (hvc0).
+    pub hvc0: BoundedLog,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
