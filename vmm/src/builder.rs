@@ -40,13 +40,13 @@ const CRASH_LOG_CAP: usize = 64 << 10;
 /// Most bytes `--console-log` writes; a guest printing without end then
 /// costs the host this much disk, no more.
 pub const CONSOLE_FILE_CAP: u64 = 64 << 20;
-/// What Linux prints when asked to power off. Without ACPI it has no way
-/// to: the reboot syscall turns the request into a halt ("reboot: Power
+/// What Linux prints when it powers off or halts. With the machine's
+/// ACPI the S5 write follows at once and ends the VM; a kernel booted
+/// with `acpi=off` cannot power off and halts instead ("reboot: Power
 /// off not available: System halted instead" in 6.12, "reboot: System
-/// halted" for a plain halt; every CPU stops for good), or, if a
-/// power-off path exists but returns, PID 1 exits and the kernel panics.
-/// So the VM is ended as soon as either line appears, and a panic after
-/// it does not count.
+/// halted"; every CPU stops for good). A line seen starts a short grace
+/// (`session::deadlines`); then the VM is stopped and the vCPUs' own
+/// state decides (`session::judge`): console text alone is no power-off.
 const POWER_DOWN_MARKERS: [&str; 2] = ["reboot: Power down", "System halted"];
 /// Where KVM puts its TSS (3 pages below the IO-APIC/BIOS area).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use schedrig_wire::payload::sched::decode_attached;
-use schedrig_wire::{SchedExit, SchedExitKind, SchedOutcome};
+use schedrig_wire::{SchedExit, SchedExitKind, SchedOutcome, SchedPayloadError};
 
 use crate::config::SchedExpect;
 use crate::log::BoundedLog;
@@ -59,8 +59,11 @@ impl SchedState {
     }
 
     /// SCAT: returns the ops name and when, the first time only.
-    pub fn on_attached(&mut self, payload: &[u8]) -> Result<Option<(String, Instant)>, String> {
-        let ops = decode_attached(payload).map_err(|e| e.to_string())?;
+    pub fn on_attached(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<Option<(String, Instant)>, SchedPayloadError> {
+        let ops = decode_attached(payload)?;
         if self.attached.is_some() {
             return Ok(None);
         }
@@ -87,8 +90,8 @@ impl SchedState {
         &mut self,
         payload: &[u8],
         pauses: Option<&crate::vstate::pause::PauseLog>,
-    ) -> Result<(), String> {
-        let mut m = SchedExit::decode(payload).map_err(|e| e.to_string())?;
+    ) -> Result<(), SchedPayloadError> {
+        let mut m = SchedExit::decode(payload)?;
         if let (Some(log), Some(stall)) = (pauses, stall_ms(&m.message)) {
             // The stall ended about when the kernel ejected the scheduler,
             // just before this frame; a little slack for the report's way.

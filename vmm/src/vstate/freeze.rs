@@ -40,6 +40,17 @@ pub enum FreezeError {
     Busy,
 }
 
+/// Why a vCPU's TSC offset could not be moved back on release.
+#[derive(Debug, thiserror::Error)]
+pub enum TscError {
+    #[error("KVM_GET_TSC_KHZ: {0}")]
+    Khz(#[source] kvm_ioctls::Error),
+    #[error("KVM_GET_DEVICE_ATTR(TSC offset): {0}")]
+    Get(#[source] std::io::Error),
+    #[error("KVM_SET_DEVICE_ATTR(TSC offset): {0}")]
+    Set(#[source] std::io::Error),
+}
+
 /// How one freeze went.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct FreezeStats {
@@ -66,7 +77,7 @@ struct Inner {
     /// Guest TSC ticks each vCPU moves its offset back by on release.
     tsc_shift: Vec<i64>,
     /// Per vCPU: whether its TSC offset was moved (last release).
-    shifted: Vec<Option<Result<(), String>>>,
+    shifted: Vec<Option<Result<(), TscError>>>,
     /// Whether this freeze hides its time from the guest.
     hide: bool,
 }
@@ -93,7 +104,7 @@ impl Freezer {
                 regs: vec![None; vcpus],
                 generation: 0,
                 tsc_shift: vec![0; vcpus],
-                shifted: vec![None; vcpus],
+                shifted: (0..vcpus).map(|_| None).collect(),
                 hide: true,
             }),
             cv: Condvar::new(),
@@ -357,10 +368,8 @@ fn hide_time(vm: &VmFd, held: Duration, shift: &mut [i64]) -> (bool, Option<Stri
 
 /// Moves this vCPU's TSC offset back by `ns` of its own TSC time
 /// (KVM_VCPU_TSC_OFFSET, Documentation/virt/kvm/devices/vcpu.rst).
-fn shift_tsc(vcpu: &VcpuFd, ns: i64) -> Result<(), String> {
-    let khz = vcpu
-        .get_tsc_khz()
-        .map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?;
+fn shift_tsc(vcpu: &VcpuFd, ns: i64) -> Result<(), TscError> {
+    let khz = vcpu.get_tsc_khz().map_err(TscError::Khz)?;
     let ticks = (ns as i128 * i128::from(khz) / 1_000_000) as i64;
     let mut offset: u64 = 0;
     let mut attr = kvm_device_attr {
@@ -374,10 +383,7 @@ fn shift_tsc(vcpu: &VcpuFd, ns: i64) -> Result<(), String> {
     // points at `offset`, alive for the call.
     let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_DEVICE_ATTR, &mut attr) };
     if rc != 0 {
-        return Err(format!(
-            "KVM_GET_DEVICE_ATTR(TSC offset): {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(TscError::Get(std::io::Error::last_os_error()));
     }
     offset = offset.wrapping_sub(ticks as u64);
     attr.addr = &offset as *const u64 as u64;
@@ -385,10 +391,7 @@ fn shift_tsc(vcpu: &VcpuFd, ns: i64) -> Result<(), String> {
     // points at `offset`, alive for the call.
     let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr) };
     if rc != 0 {
-        return Err(format!(
-            "KVM_SET_DEVICE_ATTR(TSC offset): {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(TscError::Set(std::io::Error::last_os_error()));
     }
     Ok(())
 }

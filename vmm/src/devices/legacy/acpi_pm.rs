@@ -46,7 +46,8 @@ impl AcpiPm {
     }
 }
 
-/// The PM1 block's ports claimed on the bus, from [`SLEEP_CONTROL_REG`].
+/// The ports claimed on the bus: the sleep control and status registers,
+/// from [`SLEEP_CONTROL_REG`].
 pub const PM_PORTS: u64 = 2;
 
 impl BusDevice for AcpiPm {
