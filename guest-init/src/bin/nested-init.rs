@@ -27,7 +27,10 @@ use nix::mount::MsFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, ForkResult, Pid};
 
-use schedrig_guest_init::{mount::mount_basics, mount::mount_fs, nudge, ports, power::power_off};
+use schedrig_guest_init::boot::mount::{mount_basics, mount_fs};
+use schedrig_guest_init::boot::power::power_off;
+use schedrig_guest_init::comms::ports;
+use schedrig_guest_init::job::nudge;
 
 const STDOUT_PORT: &str = "schedrig.stdout";
 const STDERR_PORT: &str = "schedrig.stderr";

@@ -46,7 +46,7 @@ fn favor_dynmods() {
         )
     };
     if rc != 0 {
-        crate::console::say(&format!(
+        crate::boot::console::say(&format!(
             "remount /sys/fs/cgroup with favordynmods: {}",
             std::io::Error::last_os_error()
         ));

@@ -11,8 +11,8 @@ use schedrig_scenarios::{KernelMode, KernelPlace, KernelValue, KernelWidth, Op};
 use schedrig_wire::payload::kernel_op::{Direction, KernelOpEntry, Mode, Target, Value};
 use schedrig_wire::{KernelOpRequest, MsgTag, OpOutcome, SnapshotKind, SnapshotRequest};
 
+use crate::comms::host_reply::{await_replies, ReplyCheck};
 use crate::comms::BulkPort;
-use crate::requests::{await_replies, ReplyCheck};
 
 /// How long a reply may take: a cold op or a snapshot freezes the guest
 /// and, in the nested test host, takes up to about a second.

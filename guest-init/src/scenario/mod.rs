@@ -22,8 +22,8 @@ use schedrig_wire::payload::scalar::encode_elapsed_ms;
 use schedrig_wire::{MsgTag, ScenarioResult, Stimulus, WorkerResult};
 use zerocopy::little_endian::{U16, U32, U64};
 
+use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
-use crate::console::say;
 use worker::{now_ns, Slots, Spec};
 
 /// Called while a scenario holds: lets the caller serve the host (its
@@ -101,7 +101,7 @@ struct StealLog {
 impl StealLog {
     fn sample(&mut self) {
         if self.samples.len() < STEAL_SAMPLES_MAX {
-            self.samples.push((now_ns(), crate::load::steal_ms()));
+            self.samples.push((now_ns(), crate::job::load::steal_ms()));
         }
     }
 
@@ -121,7 +121,7 @@ impl StealLog {
             .or(self.samples.last());
         match (a, b) {
             (Some(a), Some(b)) => (
-                crate::load::steal_delta(&a.1, &b.1),
+                crate::job::load::steal_delta(&a.1, &b.1),
                 b.0.saturating_sub(a.0),
             ),
             _ => (Vec::new(), 0),
@@ -158,13 +158,13 @@ fn bits(m: u64) -> Vec<u32> {
 /// The CPUs as the guest's sysfs shows them (one LLC and node of the
 /// online CPUs when unreadable).
 pub fn layout() -> CpuLayout {
-    match crate::topology::read_topology(Path::new("/sys/devices/system")) {
+    match crate::boot::topology::read_topology(Path::new("/sys/devices/system")) {
         Ok(t) => CpuLayout::from_guest(&t),
         Err(e) => {
             say(&format!(
                 "scenarios: topology unreadable ({e}); one LLC of the online CPUs"
             ));
-            let cpus: Vec<u32> = crate::load::online_cpus()
+            let cpus: Vec<u32> = crate::job::load::online_cpus()
                 .iter()
                 .map(|&c| c as u32)
                 .collect();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use schedrig_scenarios::ShellSpec;
 
-use crate::console::wait_until_sent;
+use crate::boot::console::wait_until_sent;
 
 /// busybox as the host packs it (`schedrig shell` ships it like a
 /// scheduler binary).
@@ -84,12 +84,12 @@ pub fn run_plain(spec: &ShellSpec) {
         Ok(mut sh) => match sh.child.wait() {
             Ok(s) => sh.finish(s, None),
             Err(e) => {
-                crate::console::say(&format!("shell: wait: {e}"));
+                crate::boot::console::say(&format!("shell: wait: {e}"));
                 record(EXIT_NO_SHELL);
             }
         },
         Err(e) => {
-            crate::console::say(&format!("shell: {e}"));
+            crate::boot::console::say(&format!("shell: {e}"));
             record(EXIT_NO_SHELL);
         }
     }

@@ -15,8 +15,8 @@ use schedrig_wire::{
 };
 use zerocopy::IntoBytes;
 
+use crate::comms::host_reply::{await_replies, ReplyCheck};
 use crate::comms::{BulkPort, CommsError};
-use crate::requests::{await_replies, ReplyCheck};
 
 /// LIFE flood: this many LIFE frames with a huge reason of invalid UTF-8...
 pub const LIFE_HUGE_FRAMES: usize = 16;

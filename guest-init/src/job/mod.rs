@@ -1,5 +1,18 @@
 //! The host's job for this boot (`/schedrig/job`, from the per-test
 //! archive): a scheduler, the selftests, or none (EEVDF).
+//!
+//! Below: running a scheduler ([`sched`]) and collecting its output
+//! ([`outputs`], [`kmsg`]), the selftests ([`selftest`]), the shell
+//! ([`shell`]), the light load ([`load`]) and the idle-CPU nudge
+//! ([`nudge`]).
+
+pub mod kmsg;
+pub mod load;
+pub mod nudge;
+pub mod outputs;
+pub mod sched;
+pub mod selftest;
+pub mod shell;
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -8,10 +21,9 @@ use schedrig_scenarios::sched_job::{JOB_MAX_LEN, JOB_PATH};
 use schedrig_scenarios::{JobKind, SchedJob};
 use schedrig_wire::{MsgTag, SchedExit, SchedOutcome};
 
+use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
-use crate::console::say;
-use crate::load::{online_cpus, Load};
-use crate::{sched, selftest};
+use load::{online_cpus, Load};
 
 /// The job, None when there is no job file (plain boot), or why the
 /// file is unusable.
@@ -43,7 +55,7 @@ pub fn run<W: Write>(
             // that never attached leaves none: the shell did not start.
             Ok(j.shell
                 .as_ref()
-                .map(|_| crate::shell::exit_code().unwrap_or(crate::shell::EXIT_NO_SHELL)))
+                .map(|_| shell::exit_code().unwrap_or(shell::EXIT_NO_SHELL)))
         }
         Some(j) if j.kind == JobKind::Selftest => {
             selftest::run(port, j)?;
@@ -53,7 +65,7 @@ pub fn run<W: Write>(
             let hold = job.map_or(0, |j| j.hold_ms);
             let scenarios = job.map(|j| j.scenarios.as_slice()).unwrap_or_default();
             if let Some(spec) = job.and_then(|j| j.shell.as_ref()) {
-                crate::shell::run_plain(spec);
+                shell::run_plain(spec);
             } else if !scenarios.is_empty() {
                 say(&format!(
                     "running {} scenarios under EEVDF",
@@ -80,7 +92,7 @@ pub fn run<W: Write>(
             };
             let bytes = exit.encode().map_err(sched::encode_err)?;
             port.send(MsgTag::SchedulerExitInfo, &bytes)?;
-            Ok(crate::shell::exit_code())
+            Ok(shell::exit_code())
         }
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, ControlFlags, SetArg};
 use schedrig_wire::text::truncate_at_char_boundary;
 
-use crate::console::{self, say, wait_until_sent, PREFIX};
-use crate::power;
+use crate::boot::console::{self, say, wait_until_sent, PREFIX};
+use crate::boot::power;
 
 /// The serial port that receives crash diagnostics.
 pub const COM2: &str = "/dev/ttyS1";
