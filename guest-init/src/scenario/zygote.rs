@@ -17,8 +17,8 @@
 
 use std::mem::{size_of, MaybeUninit};
 
+use super::spawn::{CloneArgs, CLONE_INTO_CGROUP};
 use super::worker::{self, Slots, Spec};
-use super::{CloneArgs, CLONE_INTO_CGROUP};
 
 /// linux/sched.h: the child's parent is the caller's parent.
 const CLONE_PARENT: u64 = 0x0000_8000;
