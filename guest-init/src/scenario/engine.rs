@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
 use std::time::Duration;
 
 use schedrig_scenarios::cpuset::CpuLayout;
@@ -15,13 +16,14 @@ use schedrig_wire::payload::scalar::encode_elapsed_ms;
 use schedrig_wire::{MsgTag, ScenarioResult, Stimulus};
 use zerocopy::little_endian::{U16, U32, U64};
 
+use super::cgroup::{self, CgroupError};
 use super::host_ops::HostOps;
 use super::run::Run;
 use super::spawn::{fork_worker, kill_and_reap, name_of, pin, release, set_own_cpus};
 use super::steal::{add_steal, StealLog};
 use super::types::{Lost, Tick, SLOTS};
 use super::worker::{self, now_ns, Slots, Spec};
-use super::{cgroup, zygote};
+use super::zygote;
 use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
 
@@ -124,7 +126,9 @@ pub struct Engine {
     layout: CpuLayout,
     loops_per_us: u64,
     calibration_gap_us: Option<u64>,
-    prepared: Option<Result<(), String>>,
+    /// Whether the cgroups could be prepared (once per job; shared by
+    /// every scenario's result after).
+    prepared: Option<Result<(), Arc<CgroupError>>>,
     host_ops: HostOps,
 }
 
@@ -209,7 +213,10 @@ impl Engine {
             result.errors.push(format!("in the guest: {e}"));
             return Ok(result);
         }
-        let prepared = self.prepared.get_or_insert_with(cgroup::prepare).clone();
+        let prepared = self
+            .prepared
+            .get_or_insert_with(|| cgroup::prepare().map_err(Arc::new))
+            .clone();
         if let Err(e) = prepared {
             result.errors.push(format!("cgroups: {e}"));
             return Ok(result);

@@ -141,7 +141,7 @@ impl<'a> Run<'a> {
         let fd = match cgroup::create(&def.name).and_then(|p| cgroup::open(&p)) {
             Ok(fd) => fd,
             Err(e) => {
-                self.errors.push(e);
+                self.errors.push(e.to_string());
                 return;
             }
         };
@@ -149,7 +149,7 @@ impl<'a> Run<'a> {
         let expect = self.resolve(&def.expect_cpuset);
         if let Some(w) = def.weight {
             if let Err(e) = cgroup::set_weight(&def.name, w) {
-                self.errors.push(e);
+                self.errors.push(e.to_string());
             }
         }
         // Staged: born on the spawning CPU, so a fork wakes no other vCPU
@@ -160,7 +160,7 @@ impl<'a> Run<'a> {
             .filter(|&c| cgroup::set_cpus(&def.name, Some(&[c])).is_ok());
         if cpus.is_some() && staged.is_none() {
             if let Err(e) = cgroup::set_cpus(&def.name, cpus.as_deref()) {
-                self.errors.push(e);
+                self.errors.push(e.to_string());
             }
         }
         self.cgs.push(Cg {
@@ -175,7 +175,7 @@ impl<'a> Run<'a> {
         if staged.is_some() {
             let cpus = self.cgs[cg].cpus.clone();
             if let Err(e) = cgroup::set_cpus(&def.name, cpus.as_deref()) {
-                self.errors.push(e);
+                self.errors.push(e.to_string());
             }
         }
     }
@@ -245,20 +245,22 @@ impl<'a> Run<'a> {
                 s.churn_mask.store(self.churn_mask(cg), Relaxed);
                 s.settle_until_ns.store(u64::MAX, Release);
                 let t = now_ns();
-                let mut forked = Err(String::new());
+                let mut forked = None;
                 if let Some(z) = self.zygote.filter(|z| z.usable()) {
-                    forked = z.spawn(&spec, self.cgs[cg].fd);
-                    if let Err(e) = &forked {
-                        say(&format!(
-                            "zygote: {e}; guest-init forks the workers from now on"
-                        ));
-                        z.abandon();
-                        self.zygote = None;
+                    match z.spawn(&spec, self.cgs[cg].fd) {
+                        Ok(pid) => forked = Some(Ok(pid)),
+                        Err(e) => {
+                            say(&format!(
+                                "zygote: {e}; guest-init forks the workers from now on"
+                            ));
+                            z.abandon();
+                            self.zygote = None;
+                        }
                     }
                 }
-                if forked.is_err() {
-                    forked = fork_worker_into(self.slots, &spec, self.cgs[cg].fd, &def.name);
-                }
+                let forked = forked.unwrap_or_else(|| {
+                    fork_worker_into(self.slots, &spec, self.cgs[cg].fd, &def.name)
+                });
                 self.fork_ns += now_ns() - t;
                 let pid = match forked {
                     Ok(pid) => pid,
@@ -407,7 +409,7 @@ impl<'a> Run<'a> {
         let members = self.members(cg);
         self.change(&members, &mut |run| {
             if let Err(e) = cgroup::set_cpus(&run.cgs[cg].def.name, cpus.as_deref()) {
-                run.errors.push(e);
+                run.errors.push(e.to_string());
             }
             run.cgs[cg].cpus = cpus.clone();
         });
@@ -480,7 +482,7 @@ impl<'a> Run<'a> {
                     self.stop_workers(&members);
                     cgroup::close(self.cgs[cg].fd);
                     if let Err(e) = cgroup::remove(name) {
-                        self.errors.push(e);
+                        self.errors.push(e.to_string());
                     }
                     self.cgs[cg].alive = false;
                 }
@@ -542,7 +544,7 @@ impl<'a> Run<'a> {
                         let pids = match cgroup::pids(&from) {
                             Ok(p) => p,
                             Err(e) => {
-                                run.errors.push(e);
+                                run.errors.push(e.to_string());
                                 return;
                             }
                         };
@@ -550,11 +552,8 @@ impl<'a> Run<'a> {
                             match cgroup::add_pid(&to, pid) {
                                 // Exited since the list was read (a
                                 // fork_exit child): nothing to move.
-                                Err(e)
-                                    if e.ends_with(
-                                        &std::io::Error::from_raw_os_error(libc::ESRCH).to_string(),
-                                    ) => {}
-                                Err(e) => run.errors.push(e),
+                                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                                Err(e) => run.errors.push(e.to_string()),
                                 Ok(()) => {}
                             }
                         }
@@ -662,7 +661,7 @@ impl<'a> Run<'a> {
             c.alive = false;
             cgroup::close(c.fd);
             if let Err(e) = cgroup::remove(&c.def.name) {
-                self.errors.push(e);
+                self.errors.push(e.to_string());
             }
         }
         if Path::new(cgroup::ROOT).exists() {

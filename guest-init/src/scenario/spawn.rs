@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::*;
 
-use super::cgroup;
+use super::cgroup::{self, CgroupError};
 use super::worker::{self, Slots, Spec};
 use crate::boot::console::say;
 
@@ -36,6 +36,21 @@ pub(super) struct CloneArgs {
 /// linux/sched.h: the child starts in the cgroup `CloneArgs::cgroup`.
 pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("clone3 into cgroup {cgroup}: {source}")]
+    Clone3 {
+        cgroup: String,
+        source: std::io::Error,
+    },
+    #[error("fork: {0}")]
+    Fork(#[source] std::io::Error),
+    /// The fork fallback's move into the cgroup.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
 /// Forks a worker born in the cgroup open at `cgroup_fd`: no migration,
 /// so none of the RCU grace periods a write to cgroup.procs costs (about
 /// 100 ms per worker in the nested test host). Falls back to fork and a
@@ -45,7 +60,7 @@ pub(super) fn fork_worker_into(
     spec: &Spec,
     cgroup_fd: i32,
     cgroup: &str,
-) -> Result<i32, String> {
+) -> Result<i32, SpawnError> {
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
@@ -73,14 +88,17 @@ pub(super) fn fork_worker_into(
                 e.raw_os_error(),
                 Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)
             ) {
-                return Err(format!("clone3 into cgroup {cgroup}: {e}"));
+                return Err(SpawnError::Clone3 {
+                    cgroup: cgroup.to_string(),
+                    source: e,
+                });
             }
             let pid = fork_worker(slots, spec)
-                .ok_or_else(|| format!("fork: {}", std::io::Error::last_os_error()))?;
+                .ok_or_else(|| SpawnError::Fork(std::io::Error::last_os_error()))?;
             if let Err(e) = cgroup::add_pid(cgroup, pid) {
                 // Not tracked: it must not outlive this call.
                 kill_and_reap(pid);
-                return Err(e);
+                return Err(e.into());
             }
             Ok(pid)
         }
