@@ -12,6 +12,7 @@
 //!   waiting for the host's replies.
 //! - [`job`]: the host's job: a scheduler and its output, selftests, the
 //!   shell, the light load.
+//! - [`nested`]: what only the nested test host's init uses.
 //! - [`scenario`]: the scenario engine (cgroups, workers, host requests).
 //! - [`test_modes`]: `schedrig.mode=` modes that misbehave on purpose;
 //!   nothing on the real path imports from them.
@@ -19,6 +20,7 @@
 pub mod boot;
 pub mod comms;
 pub mod job;
+pub mod nested;
 pub mod scenario;
 pub mod test_modes;
 

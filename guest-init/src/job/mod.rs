@@ -3,12 +3,10 @@
 //!
 //! Below: running a scheduler ([`sched`]) and collecting its output
 //! ([`outputs`], [`kmsg`]), the selftests ([`selftest`]), the shell
-//! ([`shell`]), the light load ([`load`]) and the idle-CPU nudge
-//! ([`nudge`]).
+//! ([`shell`]) and the light load ([`load`]).
 
 pub mod kmsg;
 pub mod load;
-pub mod nudge;
 pub mod outputs;
 pub mod sched;
 pub mod selftest;
@@ -17,7 +15,7 @@ pub mod shell;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use schedrig_scenarios::sched_job::{JOB_MAX_LEN, JOB_PATH};
+use schedrig_scenarios::sched_job::{JobError, JOB_MAX_LEN, JOB_PATH};
 use schedrig_scenarios::{JobKind, SchedJob};
 use schedrig_wire::{MsgTag, SchedExit, SchedOutcome};
 
@@ -25,21 +23,32 @@ use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
 use load::{online_cpus, Load};
 
+/// Why the job file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    #[error("open {path}: {0}", path = JOB_PATH)]
+    Open(#[source] std::io::Error),
+    #[error("read {path}: {0}", path = JOB_PATH)]
+    Read(#[source] std::io::Error),
+    #[error("{path}: {0}", path = JOB_PATH)]
+    Decode(#[source] JobError),
+}
+
 /// The job, None when there is no job file (plain boot), or why the
 /// file is unusable.
-pub fn read_job() -> Result<Option<SchedJob>, String> {
+pub fn read_job() -> Result<Option<SchedJob>, JobFileError> {
     let f = match std::fs::File::open(JOB_PATH) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("open {JOB_PATH}: {e}")),
+        Err(e) => return Err(JobFileError::Open(e)),
     };
     let mut bytes = Vec::new();
     f.take(JOB_MAX_LEN as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("read {JOB_PATH}: {e}"))?;
+        .map_err(JobFileError::Read)?;
     SchedJob::decode(&bytes)
         .map(Some)
-        .map_err(|e| format!("{JOB_PATH}: {e}"))
+        .map_err(JobFileError::Decode)
 }
 
 /// Runs the job (None: report that EEVDF ran). Returns an EXIT code to
