@@ -20,6 +20,8 @@
 //! symbol), and finding it here meant reading /proc/kallsyms to a data
 //! symbol after nearly every text symbol, about 160 ms of every boot
 //! under the emulated test host. `_text` is among the first lines.
+//!
+//! Its length is mostly tests (the parsers run on sample /proc files).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

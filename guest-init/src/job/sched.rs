@@ -6,6 +6,10 @@
 //! Its exit code says nothing (a scheduler exits 0 after an error or a
 //! stall), so the end is judged from sysfs and the kernel's own log line
 //! `sched_ext: BPF scheduler "NAME" disabled (REASON)`.
+//!
+//! Long (about 590 lines before its tests): the scheduler's life is one
+//! sequence (start, attach, hold, stop, judge), and the waits and reads
+//! of each phase are only used here.
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -126,6 +130,10 @@ fn status_text(s: ExitStatus) -> String {
 }
 
 /// Runs one scheduler job; returns what SCXI carried.
+///
+/// Long: the phases in order (start, wait for attach, hold with the
+/// shell, scenarios or load, stop, judge), with the output relay threaded
+/// through all of them; read top to bottom it is the job's timeline.
 pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<SchedExit, CommsError> {
     let (pump, sink) = outputs::channel();
     sink.follow_kmsg();

@@ -3,6 +3,10 @@
 //! each), the workers' figures as a TEST frame, SCEN; everything torn
 //! down before the next. A one-off calibration measures the host's own
 //! noise first.
+//!
+//! About 470 lines: a scenario's phases (set-up, steps, finish) and the
+//! calibration each take one function here; what they act on lives in
+//! `run.rs`.
 
 use std::io::Write;
 use std::path::Path;
@@ -245,130 +249,9 @@ impl Engine {
         run.sample_steal();
         // Set-up on one CPU, the zygote's: see add_cgroup.
         let stage = self.zygote.as_ref().and(self.layout.cpus.first().copied());
-        if let Some(c) = stage {
-            if set_own_cpus(&[c]) {
-                run.stage_cpu = Some(c);
-            }
-        }
-        for def in &s.cgroups {
-            run.add_cgroup(def);
-        }
-        if run.stage_cpu.take().is_some() {
-            set_own_cpus(&self.layout.cpus);
-        }
-        run.release_all();
-        result.setup_ms = (now_ns() - run.t0) / 1_000_000;
-        say(&format!(
-            "scenario {}: set up in {} ms, {} of them forking {} workers, {} waiting for them to be ready",
-            s.name,
-            result.setup_ms,
-            run.fork_ns / 1_000_000,
-            run.wks.len(),
-            run.ready_ns / 1_000_000
-        ));
-        let steps = s.effective_steps();
-        let mut holds_ms = 0;
-        let mut hold_steal = Vec::new();
-        let mut lost = None;
-        'steps: for (si, step) in steps.iter().enumerate() {
-            for (oi, op) in step.ops.iter().enumerate() {
-                let t = now_ns();
-                if op.is_host_request() {
-                    let find = |cg: &str, i: u32| {
-                        run.wks
-                            .iter()
-                            .find(|w| w.cg_name == cg && w.index == i && w.stopped.is_none())
-                            .map(|w| w.pid)
-                    };
-                    let mut o = self.host_ops.run(port, op, &self.layout.cpus, &find);
-                    o.step = si as u32;
-                    o.op = oi as u32;
-                    o.at_ms = (t - run.t0) / 1_000_000;
-                    if !o.ok {
-                        say(&format!(
-                            "scenario {}: step {si}: {} {:?}: {}",
-                            s.name, o.kind, o.what, o.reason
-                        ));
-                    }
-                    if result.ops.len() < schedrig_wire::payload::scenario::OP_OUTCOMES_MAX {
-                        result.ops.push(o);
-                    }
-                } else {
-                    run.apply(op);
-                }
-                let ms = (now_ns() - t) / 1_000_000;
-                if ms >= SLOW_OP_MS {
-                    say(&format!(
-                        "scenario {}: step {si}: {op:?} took {ms} ms",
-                        s.name
-                    ));
-                }
-            }
-            run.release_all();
-            let hold = Duration::from_millis(step.hold.ms(s.duration));
-            run.sample_steal();
-            let started = now_ns();
-            let end = started + hold.as_nanos() as u64;
-            loop {
-                let now = now_ns();
-                if now >= end {
-                    break;
-                }
-                let l = tick(port, TICK.min(Duration::from_nanos(end - now)))?;
-                run.sample_steal();
-                if l.is_some() {
-                    lost = l;
-                    holds_ms += (now_ns() - started) / 1_000_000;
-                    add_steal(&mut hold_steal, &run.steal.over(started, now_ns()).0);
-                    break 'steps;
-                }
-            }
-            run.sample_steal();
-            holds_ms += (now_ns() - started) / 1_000_000;
-            add_steal(&mut hold_steal, &run.steal.over(started, now_ns()).0);
-            result.steps_done += 1;
-            let stim = Stimulus {
-                elapsed_ms: U32::new(((now_ns() - run.t0) / 1_000_000) as u32),
-                step_index: U16::new(si as u16),
-                op_count: U16::new(step.ops.len() as u16),
-                op_kinds: U32::new(step.ops.iter().fold(0, |m, o| m | o.kind_bit())),
-                cgroup_count: U16::new(run.cgs.iter().filter(|c| c.alive).count() as u16),
-                worker_count: U16::new(
-                    run.wks.iter().filter(|w| w.stopped.is_none()).count() as u16
-                ),
-                total_iterations: U64::new(run.total_units()),
-            };
-            port.send(MsgTag::Stimulus, &stim.encode())?;
-        }
-        let stopping = now_ns();
-        run.stop_all();
-        let stopped = now_ns();
-        run.sample_steal();
-        result.holds_ms = holds_ms;
-        result.steal_ms = run.steal.over(0, u64::MAX).0;
-        result.hold_steal_ms = hold_steal;
-        result.workers = run.results();
-        let removing = now_ns();
-        run.teardown();
-        result.teardown_ms = (now_ns() - stopping) / 1_000_000;
-        say(&format!(
-            "scenario {}: torn down in {} ms: {} stopping the workers, {} removing the cgroups",
-            s.name,
-            result.teardown_ms,
-            (stopped - stopping) / 1_000_000,
-            (now_ns() - removing) / 1_000_000
-        ));
-        result.fork_ms = run.fork_ns / 1_000_000;
-        result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
-        result.errors = std::mem::take(&mut run.errors);
-        if result.errors.len() > ERRORS_KEPT {
-            let more = result.errors.len() - ERRORS_KEPT;
-            result.errors.truncate(ERRORS_KEPT);
-            result.errors.push(format!("... and {more} more"));
-        }
-        for e in &mut result.errors {
-            truncate_chars(e, ERROR_LEN_MAX);
-        }
+        set_up(&mut run, s, stage, &mut result);
+        let mut lost = run_steps(port, &mut run, &mut self.host_ops, s, &mut result, tick)?;
+        finish(&mut run, s, &mut result);
         drop(run);
         // The scheduler may be lost outside a hold (while workers were
         // started or stopped): this scenario saw it.
@@ -437,5 +320,155 @@ impl Engine {
             gap = gap.max((g / 1000).saturating_sub(stolen * 1000));
         }
         Ok((gap, lost, steal.over(0, u64::MAX).0))
+    }
+}
+
+/// Starts the scenario's cgroups and their workers and releases them
+/// together; with `stage`, set up on that CPU alone (see
+/// `Run::add_cgroup`).
+fn set_up(run: &mut Run, s: &Scenario, stage: Option<u32>, result: &mut ScenarioResult) {
+    if let Some(c) = stage {
+        if set_own_cpus(&[c]) {
+            run.stage_cpu = Some(c);
+        }
+    }
+    for def in &s.cgroups {
+        run.add_cgroup(def);
+    }
+    if run.stage_cpu.take().is_some() {
+        set_own_cpus(&run.layout.cpus);
+    }
+    run.release_all();
+    result.setup_ms = (now_ns() - run.t0) / 1_000_000;
+    say(&format!(
+        "scenario {}: set up in {} ms, {} of them forking {} workers, {} waiting for them to be ready",
+        s.name,
+        result.setup_ms,
+        run.fork_ns / 1_000_000,
+        run.wks.len(),
+        run.ready_ns / 1_000_000
+    ));
+}
+
+/// Each step: its ops (host requests through `host_ops`, the rest by
+/// `run`), its hold (ticking), then STIM. About 85 lines: one step's
+/// three parts in the order the host sees them. Returns what the tick said if
+/// the scheduler was lost (which ends the steps early).
+fn run_steps<W: Write>(
+    port: &mut BulkPort<W>,
+    run: &mut Run,
+    host_ops: &mut HostOps,
+    s: &Scenario,
+    result: &mut ScenarioResult,
+    tick: &mut Tick<'_, W>,
+) -> Result<Lost, CommsError> {
+    let steps = s.effective_steps();
+    let mut lost = None;
+    'steps: for (si, step) in steps.iter().enumerate() {
+        for (oi, op) in step.ops.iter().enumerate() {
+            let t = now_ns();
+            if op.is_host_request() {
+                let find = |cg: &str, i: u32| {
+                    run.wks
+                        .iter()
+                        .find(|w| w.cg_name == cg && w.index == i && w.stopped.is_none())
+                        .map(|w| w.pid)
+                };
+                let mut o = host_ops.run(port, op, &run.layout.cpus, &find);
+                o.step = si as u32;
+                o.op = oi as u32;
+                o.at_ms = (t - run.t0) / 1_000_000;
+                if !o.ok {
+                    say(&format!(
+                        "scenario {}: step {si}: {} {:?}: {}",
+                        s.name, o.kind, o.what, o.reason
+                    ));
+                }
+                if result.ops.len() < schedrig_wire::payload::scenario::OP_OUTCOMES_MAX {
+                    result.ops.push(o);
+                }
+            } else {
+                run.apply(op);
+            }
+            let ms = (now_ns() - t) / 1_000_000;
+            if ms >= SLOW_OP_MS {
+                say(&format!(
+                    "scenario {}: step {si}: {op:?} took {ms} ms",
+                    s.name
+                ));
+            }
+        }
+        run.release_all();
+        let hold = Duration::from_millis(step.hold.ms(s.duration));
+        run.sample_steal();
+        let started = now_ns();
+        let end = started + hold.as_nanos() as u64;
+        loop {
+            let now = now_ns();
+            if now >= end {
+                break;
+            }
+            let l = tick(port, TICK.min(Duration::from_nanos(end - now)))?;
+            run.sample_steal();
+            if l.is_some() {
+                lost = l;
+                result.holds_ms += (now_ns() - started) / 1_000_000;
+                add_steal(
+                    &mut result.hold_steal_ms,
+                    &run.steal.over(started, now_ns()).0,
+                );
+                break 'steps;
+            }
+        }
+        run.sample_steal();
+        result.holds_ms += (now_ns() - started) / 1_000_000;
+        add_steal(
+            &mut result.hold_steal_ms,
+            &run.steal.over(started, now_ns()).0,
+        );
+        result.steps_done += 1;
+        let stim = Stimulus {
+            elapsed_ms: U32::new(((now_ns() - run.t0) / 1_000_000) as u32),
+            step_index: U16::new(si as u16),
+            op_count: U16::new(step.ops.len() as u16),
+            op_kinds: U32::new(step.ops.iter().fold(0, |m, o| m | o.kind_bit())),
+            cgroup_count: U16::new(run.cgs.iter().filter(|c| c.alive).count() as u16),
+            worker_count: U16::new(run.wks.iter().filter(|w| w.stopped.is_none()).count() as u16),
+            total_iterations: U64::new(run.total_units()),
+        };
+        port.send(MsgTag::Stimulus, &stim.encode())?;
+    }
+    Ok(lost)
+}
+
+/// Stops the workers, takes their figures, removes the cgroups and puts
+/// the harness errors (capped) into `result`.
+fn finish(run: &mut Run, s: &Scenario, result: &mut ScenarioResult) {
+    let stopping = now_ns();
+    run.stop_all();
+    let stopped = now_ns();
+    run.sample_steal();
+    result.steal_ms = run.steal.over(0, u64::MAX).0;
+    result.workers = run.results();
+    let removing = now_ns();
+    run.teardown();
+    result.teardown_ms = (now_ns() - stopping) / 1_000_000;
+    say(&format!(
+        "scenario {}: torn down in {} ms: {} stopping the workers, {} removing the cgroups",
+        s.name,
+        result.teardown_ms,
+        (stopped - stopping) / 1_000_000,
+        (now_ns() - removing) / 1_000_000
+    ));
+    result.fork_ms = run.fork_ns / 1_000_000;
+    result.elapsed_ms = (now_ns() - run.t0) / 1_000_000;
+    result.errors = std::mem::take(&mut run.errors);
+    if result.errors.len() > ERRORS_KEPT {
+        let more = result.errors.len() - ERRORS_KEPT;
+        result.errors.truncate(ERRORS_KEPT);
+        result.errors.push(format!("... and {more} more"));
+    }
+    for e in &mut result.errors {
+        truncate_chars(e, ERROR_LEN_MAX);
     }
 }

@@ -190,6 +190,9 @@ impl<'a> Run<'a> {
     }
 
     /// Starts `n` workers (whole groups) in cgroup `cg`, released together.
+    /// Long: each worker's pipes, peer, name, fork (zygote or not) and
+    /// nice are set up in one pass, as the group's members depend on
+    /// each other.
     fn spawn(&mut self, cg: usize, n: u32) {
         let def = self.cgs[cg].def.clone();
         let g = def.work.group_size().max(1);
@@ -473,6 +476,7 @@ impl<'a> Run<'a> {
         self.fold(w, u32::MAX);
     }
 
+    /// Applies one guest-side op (one arm each).
     pub(super) fn apply(&mut self, op: &Op) {
         match op {
             Op::AddCgroup(def) => self.add_cgroup(def),

@@ -104,7 +104,8 @@ fn wait_forever() -> ! {
 }
 
 /// What the mode does between SRDY and EXIT (in place of the job); the
-/// EXIT code, `exit_code` unless the mode picks one.
+/// EXIT code, `exit_code` unless the mode picks one. One arm per mode,
+/// each saying what it did for the host's tests to match.
 fn after_ready(
     mode: Mode,
     port: &mut BulkPort<File>,
