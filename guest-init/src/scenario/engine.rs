@@ -1,5 +1,5 @@
 //! The scenario engine: for each scenario of the job, SCST, its cgroups
-//! and workers (see [`super::run`]), each step's ops and hold (STIM after
+//! and workers (see `run.rs`), each step's ops and hold (STIM after
 //! each), the workers' figures as a TEST frame, SCEN; everything torn
 //! down before the next. A one-off calibration measures the host's own
 //! noise first.

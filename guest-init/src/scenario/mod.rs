@@ -2,7 +2,7 @@
 //! guest with the host watching.
 //!
 //! - [`engine`]: runs the scenarios in order (SCST, steps and holds with
-//!   STIM after each, TEST, SCEN); the entry point is [`run`].
+//!   STIM after each, TEST, SCEN); the entry point is [`run()`](fn@run).
 //! - [`run`](mod@run): one scenario in progress, its cgroups, workers and ops.
 //! - [`spawn`]: clone3/fork, release, affinity, SIGKILL and wait4.
 //! - [`zygote`]: a single-threaded child that forks the workers (cheaper

@@ -1,4 +1,4 @@
-//! One scenario in progress ([`Run`]): its cgroups and workers, the ops
+//! One scenario in progress (`Run`): its cgroups and workers, the ops
 //! a step applies to them, their stop and the figures each worker
 //! reports. Long (about 600 lines) because every op changes the same
 //! cgroup and worker tables and the per-epoch samples the cpuset check
