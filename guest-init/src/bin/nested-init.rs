@@ -171,7 +171,7 @@ fn run() -> Result<String, NestedError> {
     match unsafe { fork() }.map_err(NestedError::Fork)? {
         ForkResult::Child => exec_command(&argv, &env, &cwd, stdin, stdout, stderr),
         ForkResult::Parent { child } => {
-            // For as long as the command runs: see nudge.rs. Without it
+            // For as long as the command runs: see nested/nudge.rs. Without it
             // a lost timer interrupt can stop this host for minutes, so
             // a failure is said on the console, not hidden.
             if let Err(e) = nudge::online_cpus().and_then(|c| nudge::start(&c)) {
