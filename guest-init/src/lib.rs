@@ -4,32 +4,25 @@
 //! binaries that need no other file; every syscall error is reported with
 //! what was attempted.
 //!
-//! Shared by both: [`mount`], [`ports`], [`power`]. The test guest's own
-//! concerns: [`console`] (stdio and diagnostics), [`crash`] (COM2 crash
-//! reports, panic hook), [`comms`] (frames on the bulk port), [`kaddr`]
-//! (KADR), [`topology`] (TOPO), [`modes`] (`schedrig.mode=` test modes).
+//! One folder per concern:
+//! - [`boot`]: what init does around the job: mounts, stdio and
+//!   diagnostics, crash reports, the protocol's steps (LIFE, KADR, TOPO,
+//!   SRDY, EXIT), power-off. `mount` and `power` serve both programs.
+//! - [`comms`]: the bulk port (frames to the host), finding virtio ports,
+//!   waiting for the host's replies.
+//! - [`job`]: the host's job: a scheduler and its output, selftests, the
+//!   shell, the light load.
+//! - [`nested`]: what only the nested test host's init uses.
+//! - [`scenario`]: the scenario engine (cgroups, workers, host requests).
+//! - [`test_modes`]: `schedrig.mode=` modes that misbehave on purpose;
+//!   nothing on the real path imports from them.
 
+pub mod boot;
 pub mod comms;
-pub mod console;
-pub mod crash;
-pub mod forge;
-pub mod hostile;
-pub mod jobs;
-pub mod kaddr;
-pub mod kmsg;
-pub mod load;
-pub mod modes;
-pub mod mount;
-pub mod nudge;
-pub mod outputs;
-pub mod ports;
-pub mod power;
-pub mod requests;
+pub mod job;
+pub mod nested;
 pub mod scenario;
-pub mod sched;
-pub mod selftest;
-pub mod shell;
-pub mod topology;
+pub mod test_modes;
 
 #[cfg(test)]
 mod testutil;

@@ -27,7 +27,10 @@ use nix::mount::MsFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, ForkResult, Pid};
 
-use schedrig_guest_init::{mount::mount_basics, mount::mount_fs, nudge, ports, power::power_off};
+use schedrig_guest_init::boot::mount::{mount_basics, mount_fs, MountError};
+use schedrig_guest_init::boot::power::power_off;
+use schedrig_guest_init::comms::ports;
+use schedrig_guest_init::nested::nudge;
 
 const STDOUT_PORT: &str = "schedrig.stdout";
 const STDERR_PORT: &str = "schedrig.stderr";
@@ -45,6 +48,58 @@ const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 const KVM_API_VERSION: libc::c_int = 12;
 /// 9p message size: large messages make reading binaries much faster.
 const NINEP_MSIZE: u32 = 512 * 1024;
+
+/// What ends the nested host's init before the command runs; its text
+/// is the status line's reason (`error ...`).
+#[derive(Debug, thiserror::Error)]
+enum NestedError {
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("cannot read {path}: {source}")]
+    ReadJob {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad job string: {0}")]
+    BadJobString(#[source] std::ffi::NulError),
+    /// A virtio port of that role (`status`, `stdout` ...) never came.
+    #[error("no {0} port")]
+    NoPort(&'static str),
+    #[error("open {port}: {0}", port = STDIN_PORT)]
+    OpenStdin(#[source] std::io::Error),
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("fork: {0}")]
+    Fork(#[source] nix::Error),
+    #[error("open module {path}: {source}")]
+    OpenModule {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("load module {path}: {source}")]
+    LoadModule {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("/dev/kvm unusable after loading KVM modules: {0}")]
+    KvmUnusable(#[source] std::io::Error),
+    #[error("KVM_GET_API_VERSION returned {0}, expected {expected}", expected = KVM_API_VERSION)]
+    KvmApiVersion(libc::c_int),
+    #[error("/dev/kvm: {0}")]
+    OpenKvm(#[source] std::io::Error),
+    /// A KVM ioctl (named) of the static-key pinning VM.
+    #[error("{what}: {source}")]
+    KvmIoctl {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("bad mounts line {0:?}")]
+    BadMountsLine(String),
+    #[error("unknown mount kind {0:?}")]
+    UnknownMountKind(String),
+    #[error("no root share")]
+    NoRootShare,
+}
 
 fn main() {
     std::panic::set_hook(Box::new(|info| {
@@ -69,32 +124,34 @@ fn open_port(name: &str) -> Option<File> {
     File::options().write(true).open(path).ok()
 }
 
-fn read_job(name: &str) -> Result<String, String> {
-    let p = format!("/job/{name}");
-    std::fs::read_to_string(&p).map_err(|e| format!("cannot read {p}: {e}"))
+fn read_job(name: &str) -> Result<String, NestedError> {
+    let path = format!("/job/{name}");
+    std::fs::read_to_string(&path).map_err(|source| NestedError::ReadJob { path, source })
 }
 
-fn nul_list(text: &str) -> Result<Vec<CString>, String> {
+fn nul_list(text: &str) -> Result<Vec<CString>, NestedError> {
     text.split('\0')
         .filter(|s| !s.is_empty())
-        .map(|s| CString::new(s).map_err(|e| format!("bad job string: {e}")))
+        .map(|s| CString::new(s).map_err(NestedError::BadJobString))
         .collect()
 }
 
-fn run() -> Result<String, String> {
-    mount_basics("").map_err(|e| e.to_string())?;
+/// Sets the host up and starts the command; the status line of its end.
+fn run() -> Result<String, NestedError> {
+    mount_basics("")?;
     for module in read_job("modules")?.lines().filter(|l| !l.is_empty()) {
         load_module(module)?;
     }
     check_kvm()?;
     // Kept open until power-off: see pin_kvm_static_keys.
     let _pinned = pin_kvm_static_keys()?;
-    let mut status = open_port(STATUS_PORT).ok_or("no status port")?;
-    let stdout = open_port(STDOUT_PORT).ok_or("no stdout port")?;
-    let stderr = open_port(STDERR_PORT).ok_or("no stderr port")?;
+    let mut status = open_port(STATUS_PORT).ok_or(NestedError::NoPort("status"))?;
+    let stdout = open_port(STDOUT_PORT).ok_or(NestedError::NoPort("stdout"))?;
+    let stderr = open_port(STDERR_PORT).ok_or(NestedError::NoPort("stderr"))?;
     let stdin = if std::path::Path::new("/job/stdin").exists() {
-        let path = ports::wait_for_port(STDIN_PORT, PORT_WAIT).ok_or("no stdin port")?;
-        Some(File::open(path).map_err(|e| format!("open {STDIN_PORT}: {e}"))?)
+        let path =
+            ports::wait_for_port(STDIN_PORT, PORT_WAIT).ok_or(NestedError::NoPort("stdin"))?;
+        Some(File::open(path).map_err(NestedError::OpenStdin)?)
     } else {
         None
     };
@@ -104,17 +161,17 @@ fn run() -> Result<String, String> {
     let env = nul_list(&read_job("env")?)?;
     let cwd = read_job("cwd")?;
     if argv.is_empty() {
-        return Err("empty command".into());
+        return Err(NestedError::EmptyCommand);
     }
 
     let _ = writeln!(status, "ready {}", uptime_ms());
     // SAFETY: single-threaded at this point; the child only calls
     // async-signal-safe functions (dup2, chdir, execve, write, _exit)
     // before exec.
-    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+    match unsafe { fork() }.map_err(NestedError::Fork)? {
         ForkResult::Child => exec_command(&argv, &env, &cwd, stdin, stdout, stderr),
         ForkResult::Parent { child } => {
-            // For as long as the command runs: see nudge.rs. Without it
+            // For as long as the command runs: see nested/nudge.rs. Without it
             // a lost timer interrupt can stop this host for minutes, so
             // a failure is said on the console, not hidden.
             if let Err(e) = nudge::online_cpus().and_then(|c| nudge::start(&c)) {
@@ -127,8 +184,11 @@ fn run() -> Result<String, String> {
     }
 }
 
-fn load_module(path: &str) -> Result<(), String> {
-    let f = File::open(path).map_err(|e| format!("open module {path}: {e}"))?;
+fn load_module(path: &str) -> Result<(), NestedError> {
+    let f = File::open(path).map_err(|source| NestedError::OpenModule {
+        path: path.to_string(),
+        source,
+    })?;
     let params = c"";
     // SAFETY: the fd is open for the duration of the call and `params`
     // is a valid NUL-terminated string.
@@ -143,14 +203,17 @@ fn load_module(path: &str) -> Result<(), String> {
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(format!("load module {path}: {err}"));
+            return Err(NestedError::LoadModule {
+                path: path.to_string(),
+                source: err,
+            });
         }
     }
     Ok(())
 }
 
 /// /dev/kvm must exist and answer KVM_GET_API_VERSION with 12.
-fn check_kvm() -> Result<(), String> {
+fn check_kvm() -> Result<(), NestedError> {
     let mut waited = Duration::ZERO;
     let kvm = loop {
         match File::options().read(true).write(true).open("/dev/kvm") {
@@ -159,15 +222,13 @@ fn check_kvm() -> Result<(), String> {
                 std::thread::sleep(Duration::from_millis(20));
                 waited += Duration::from_millis(20);
             }
-            Err(e) => return Err(format!("/dev/kvm unusable after loading KVM modules: {e}")),
+            Err(e) => return Err(NestedError::KvmUnusable(e)),
         }
     };
     // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a value.
     let v = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION, 0) };
     if v != KVM_API_VERSION {
-        return Err(format!(
-            "KVM_GET_API_VERSION returned {v}, expected {KVM_API_VERSION}"
-        ));
+        return Err(NestedError::KvmApiVersion(v));
     }
     Ok(())
 }
@@ -187,19 +248,22 @@ const KVM_CREATE_IRQCHIP: libc::c_ulong = 0xAE60;
 /// ("int3" in finish_task_switch, a fault in kvm_cpu_has_pending_timer)
 /// after a dozen test VMs had come and gone. With this VM holding the
 /// counts above zero, test VMs never flip the keys.
-fn pin_kvm_static_keys() -> Result<Vec<File>, String> {
+fn pin_kvm_static_keys() -> Result<Vec<File>, NestedError> {
     use std::os::fd::FromRawFd;
     let kvm = File::options()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .map_err(|e| format!("/dev/kvm: {e}"))?;
-    let ioctl = |fd: &File, req: libc::c_ulong, what: &str| -> Result<File, String> {
+        .map_err(NestedError::OpenKvm)?;
+    let ioctl = |fd: &File, req: libc::c_ulong, what: &'static str| -> Result<File, NestedError> {
         // SAFETY: these KVM ioctls take an integer argument (0) and return
         // a new file descriptor, which we own from here on.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, 0) };
         if rc < 0 {
-            return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+            return Err(NestedError::KvmIoctl {
+                what,
+                source: std::io::Error::last_os_error(),
+            });
         }
         // SAFETY: rc is a fresh descriptor nobody else owns.
         Ok(unsafe { File::from_raw_fd(rc) })
@@ -207,10 +271,10 @@ fn pin_kvm_static_keys() -> Result<Vec<File>, String> {
     let vm = ioctl(&kvm, KVM_CREATE_VM, "KVM_CREATE_VM")?;
     // SAFETY: KVM_CREATE_IRQCHIP takes no argument and returns 0 or -1.
     if unsafe { libc::ioctl(vm.as_raw_fd(), KVM_CREATE_IRQCHIP, 0) } < 0 {
-        return Err(format!(
-            "KVM_CREATE_IRQCHIP: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(NestedError::KvmIoctl {
+            what: "KVM_CREATE_IRQCHIP",
+            source: std::io::Error::last_os_error(),
+        });
     }
     let vcpu = ioctl(&vm, KVM_CREATE_VCPU, "KVM_CREATE_VCPU")?;
     Ok(vec![kvm, vm, vcpu])
@@ -219,12 +283,12 @@ fn pin_kvm_static_keys() -> Result<Vec<File>, String> {
 /// Mounts the job's plan in order: the first line is the host root (at
 /// NEW_ROOT), after which the pseudo filesystems go into it; the rest
 /// (tmpfs scratch dirs, more 9p shares) follow at their host paths.
-fn mount_host(mounts: &str) -> Result<(), String> {
+fn mount_host(mounts: &str) -> Result<(), NestedError> {
     let mut lines = mounts.lines().filter(|l| !l.is_empty());
-    let mount_line = |line: &str| -> Result<(), String> {
+    let mount_line = |line: &str| -> Result<(), NestedError> {
         let f: Vec<&str> = line.split('\t').collect();
         let [kind, source, path, mode] = f[..] else {
-            return Err(format!("bad mounts line {line:?}"));
+            return Err(NestedError::BadMountsLine(line.to_string()));
         };
         let target = format!("{NEW_ROOT}{}", path.trim_end_matches('/'));
         let ro = if mode == "ro" {
@@ -246,12 +310,12 @@ fn mount_host(mounts: &str) -> Result<(), String> {
                 MsFlags::MS_NOSUID | ro,
                 Some("mode=1777"),
             ),
-            _ => return Err(format!("unknown mount kind {kind:?}")),
+            _ => return Err(NestedError::UnknownMountKind(kind.to_string())),
         }
-        .map_err(|e| e.to_string())
+        .map_err(NestedError::from)
     };
-    mount_line(lines.next().ok_or("no root share")?)?;
-    mount_basics(NEW_ROOT).map_err(|e| e.to_string())?;
+    mount_line(lines.next().ok_or(NestedError::NoRootShare)?)?;
+    mount_basics(NEW_ROOT)?;
     let cg = format!("{NEW_ROOT}/sys/fs/cgroup");
     let _ = mount_fs("cgroup2", &cg, "cgroup2", MsFlags::empty(), None);
     for line in lines {

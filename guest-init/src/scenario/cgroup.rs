@@ -9,12 +9,70 @@ use schedrig_scenarios::cpuset::cpu_list;
 pub const ROOT: &str = "/sys/fs/cgroup/schedrig";
 const CONTROLLERS: &str = "+cpu +cpuset";
 
-fn write(path: &Path, value: &str) -> Result<(), String> {
-    std::fs::write(path, value).map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
+/// A cgroup file or directory operation that failed, with the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("write {value:?} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mkdir {}: {source}", path.display())]
+    Mkdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} has a NUL byte", path.display())]
+    NulInPath { path: PathBuf },
+    #[error("open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rmdir {}: {source}", path.display())]
+    Rmdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl CgroupError {
+    /// The errno of the failed call, if one failed.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            CgroupError::Write { source, .. }
+            | CgroupError::Read { source, .. }
+            | CgroupError::Mkdir { source, .. }
+            | CgroupError::Open { source, .. }
+            | CgroupError::Rmdir { source, .. } => source.raw_os_error(),
+            CgroupError::NulInPath { .. } => None,
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Enables the controllers in the root and creates [`ROOT`] (once).
-pub fn prepare() -> Result<(), String> {
+pub fn prepare() -> Result<(), CgroupError> {
     favor_dynmods();
     write(
         Path::new("/sys/fs/cgroup/cgroup.subtree_control"),
@@ -23,7 +81,12 @@ pub fn prepare() -> Result<(), String> {
     match std::fs::create_dir(ROOT) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("mkdir {ROOT}: {e}")),
+        Err(source) => {
+            return Err(CgroupError::Mkdir {
+                path: ROOT.into(),
+                source,
+            })
+        }
     }
     write(&Path::new(ROOT).join("cgroup.subtree_control"), CONTROLLERS)
 }
@@ -46,7 +109,7 @@ fn favor_dynmods() {
         )
     };
     if rc != 0 {
-        crate::console::say(&format!(
+        crate::boot::console::say(&format!(
             "remount /sys/fs/cgroup with favordynmods: {}",
             std::io::Error::last_os_error()
         ));
@@ -57,16 +120,22 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(ROOT).join(name)
 }
 
-pub fn create(name: &str) -> Result<PathBuf, String> {
+pub fn create(name: &str) -> Result<PathBuf, CgroupError> {
     let p = path(name);
-    std::fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+    std::fs::create_dir(&p).map_err(|source| CgroupError::Mkdir {
+        path: p.clone(),
+        source,
+    })?;
     Ok(p)
 }
 
 /// The cgroup's directory as an fd (for clone3's CLONE_INTO_CGROUP).
-pub fn open(p: &Path) -> Result<i32, String> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} has a NUL byte", p.display()))?;
+pub fn open(p: &Path) -> Result<i32, CgroupError> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
+        CgroupError::NulInPath {
+            path: p.to_path_buf(),
+        }
+    })?;
     // SAFETY: opens a NUL-terminated path we own.
     let fd = unsafe {
         libc::open(
@@ -75,11 +144,10 @@ pub fn open(p: &Path) -> Result<i32, String> {
         )
     };
     if fd < 0 {
-        return Err(format!(
-            "open {}: {}",
-            p.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(CgroupError::Open {
+            path: p.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(fd)
 }
@@ -91,7 +159,7 @@ pub fn close(fd: i32) {
     }
 }
 
-pub fn set_weight(name: &str, weight: u32) -> Result<(), String> {
+pub fn set_weight(name: &str, weight: u32) -> Result<(), CgroupError> {
     write(&path(name).join("cpu.weight"), &weight.to_string())
 }
 
@@ -99,32 +167,29 @@ pub fn set_weight(name: &str, weight: u32) -> Result<(), String> {
 /// is refused (ENOSPC) once the cgroup has tasks, and an empty write
 /// never reaches the kernel at all (`write_all` of nothing makes no
 /// write call), which had left "cleared" cpusets as they were.
-pub fn set_cpus(name: &str, cpus: Option<&[u32]>) -> Result<(), String> {
+pub fn set_cpus(name: &str, cpus: Option<&[u32]>) -> Result<(), CgroupError> {
     let list = match cpus {
         Some(c) => cpu_list(c),
         None => {
-            let p = Path::new(ROOT).join("cpuset.cpus.effective");
-            let text =
-                std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+            let text = read(&Path::new(ROOT).join("cpuset.cpus.effective"))?;
             text.trim().to_string()
         }
     };
     write(&path(name).join("cpuset.cpus"), &list)
 }
 
-pub fn add_pid(name: &str, pid: i32) -> Result<(), String> {
+pub fn add_pid(name: &str, pid: i32) -> Result<(), CgroupError> {
     write(&path(name).join("cgroup.procs"), &pid.to_string())
 }
 
-pub fn pids(name: &str) -> Result<Vec<i32>, String> {
-    let p = path(name).join("cgroup.procs");
-    let text = std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+pub fn pids(name: &str) -> Result<Vec<i32>, CgroupError> {
+    let text = read(&path(name).join("cgroup.procs"))?;
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 /// Removes the cgroup; its processes must be gone (a killed one takes a
 /// moment to leave, so this retries for a while).
-pub fn remove(name: &str) -> Result<(), String> {
+pub fn remove(name: &str) -> Result<(), CgroupError> {
     let p = path(name);
     let mut last = None;
     for _ in 0..100 {
@@ -135,9 +200,9 @@ pub fn remove(name: &str) -> Result<(), String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Err(format!(
-        "rmdir {}: {}",
-        p.display(),
-        last.map_or("?".into(), |e| e.to_string())
-    ))
+    Err(CgroupError::Rmdir {
+        path: p,
+        // The loop ran: `last` is set.
+        source: last.unwrap_or_else(|| std::io::Error::other("?")),
+    })
 }

@@ -9,16 +9,44 @@ use std::time::{Duration, Instant};
 
 use schedrig_scenarios::{KernelMode, KernelPlace, KernelValue, KernelWidth, Op};
 use schedrig_wire::payload::kernel_op::{Direction, KernelOpEntry, Mode, Target, Value};
-use schedrig_wire::{KernelOpRequest, MsgTag, OpOutcome, SnapshotKind, SnapshotRequest};
+use schedrig_wire::{
+    KernelOpError, KernelOpRequest, MsgTag, OpOutcome, SnapshotKind, SnapshotRequest,
+};
 
+use crate::comms::host_reply::{await_replies, ReplyCheck};
 use crate::comms::BulkPort;
-use crate::requests::{await_replies, ReplyCheck};
 
 /// How long a reply may take: a cold op or a snapshot freezes the guest
 /// and, in the nested test host, takes up to about a second.
 pub const REPLY_WAIT: Duration = Duration::from_secs(15);
 /// Request ids of scenario ops start here, clear of the test modes' ids.
 const FIRST_ID: u32 = 0x5c00_0000;
+
+/// Why an op's request was not sent (the op's outcome says so).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0} is not a host request")]
+    NotHostRequest(&'static str),
+    #[error("worker {cgroup}/{index} is not running")]
+    WorkerNotRunning { cgroup: String, index: u32 },
+    #[error(transparent)]
+    StartTime(#[from] StartTimeError),
+    #[error("{0}")]
+    Encode(#[source] KernelOpError),
+}
+
+/// A process's start time could not be read from `/proc/PID/stat`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartTimeError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The file's start holds no field 22.
+    #[error("{path}: no start time in {head:?}")]
+    NoStartTime { path: String, head: Option<String> },
+}
 
 /// Worker `index` of the cgroup named, if alive: its pid.
 pub type FindWorker<'a> = &'a dyn Fn(&str, u32) -> Option<i32>;
@@ -107,7 +135,7 @@ fn request(
     op: &Op,
     cpus: &[u32],
     find: FindWorker,
-) -> Result<Request, (Vec<String>, String)> {
+) -> Result<Request, (Vec<String>, RequestError)> {
     let snapshot = |kind, tag: &str| Request {
         tag: MsgTag::SnapshotRequest,
         payload: SnapshotRequest::new(id, kind, tag).encode().to_vec(),
@@ -142,12 +170,7 @@ fn request(
                 .collect();
             (*mode, Direction::Write, places)
         }
-        other => {
-            return Err((
-                Vec::new(),
-                format!("{} is not a host request", other.name()),
-            ))
-        }
+        other => return Err((Vec::new(), RequestError::NotHostRequest(other.name()))),
     };
     let mut what = Vec::new();
     let mut list = Vec::new();
@@ -170,7 +193,9 @@ fn request(
         tag: format!("scenario {}", op.name()),
         entries: list,
     };
-    let payload = req.encode().map_err(|e| (what.clone(), e.to_string()))?;
+    let payload = req
+        .encode()
+        .map_err(|e| (what.clone(), RequestError::Encode(e)))?;
     Ok(Request {
         tag: MsgTag::KernelOpRequest,
         payload,
@@ -184,7 +209,7 @@ fn targets(
     place: &KernelPlace,
     cpus: &[u32],
     find: FindWorker,
-) -> Result<Vec<(String, Target)>, String> {
+) -> Result<Vec<(String, Target)>, RequestError> {
     Ok(match place {
         KernelPlace::Symbol(s) => vec![(s.clone(), Target::Symbol(s.clone()))],
         KernelPlace::Direct(a) => vec![(format!("direct {a:#x}"), Target::Direct(*a))],
@@ -210,8 +235,10 @@ fn targets(
             index,
             field,
         } => {
-            let pid = find(cgroup, *index)
-                .ok_or_else(|| format!("worker {cgroup}/{index} is not running"))?;
+            let pid = find(cgroup, *index).ok_or_else(|| RequestError::WorkerNotRunning {
+                cgroup: cgroup.clone(),
+                index: *index,
+            })?;
             let start = start_time_ns(pid)?;
             vec![(
                 format!("{cgroup}/{index} (pid {pid}).{field}"),
@@ -227,12 +254,18 @@ fn targets(
 
 /// When process `pid` started, ns after boot: `/proc/PID/stat` field 22
 /// (clock ticks), at the tick's granularity (10 ms at USER_HZ 100).
-pub fn start_time_ns(pid: i32) -> Result<u64, String> {
+pub fn start_time_ns(pid: i32) -> Result<u64, StartTimeError> {
     let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let stat = match std::fs::read_to_string(&path) {
+        Ok(stat) => stat,
+        Err(source) => return Err(StartTimeError::Read { path, source }),
+    };
     parse_start_ticks(&stat)
         .map(|t| t.saturating_mul(1_000_000_000) / clock_ticks())
-        .ok_or_else(|| format!("{path}: no start time in {:?}", stat.get(..80)))
+        .ok_or_else(|| StartTimeError::NoStartTime {
+            head: stat.get(..80).map(str::to_string),
+            path,
+        })
 }
 
 /// Field 22 of a `/proc/PID/stat` line; the comm (field 2) may hold
@@ -307,7 +340,7 @@ mod tests {
             width: KernelWidth::U64,
         };
         let (_, why) = request(1, &op, &[0], NO_WORKERS).err().unwrap();
-        assert!(why.contains("a/0 is not running"), "{why}");
+        assert!(why.to_string().contains("a/0 is not running"), "{why}");
         let me = std::process::id() as i32;
         let r = request(1, &op, &[0], &|_, _| Some(me)).unwrap();
         match &KernelOpRequest::decode(&r.payload).unwrap().entries[0].target {

@@ -5,6 +5,11 @@
 //! reads them at any time and a SIGKILL loses nothing. A child of a
 //! multi-threaded parent may only make async-signal-safe calls: the loops
 //! below make raw syscalls and touch the slots, and never allocate.
+//!
+//! Long (about 660 lines before its tests): every work type's loop and
+//! the timing, futex and affinity helpers they share must live in the
+//! fork child's allocation-free world; split up, the rule that nothing
+//! here allocates would have to be kept across files.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
@@ -472,6 +477,9 @@ fn read_ts(fd: i32) -> Option<u64> {
 const START_LINE_WAIT_MS: u64 = 60_000;
 
 /// The child: waits to be released, then works until killed.
+///
+/// Long: one arm per work type, each a short loop over the same locals
+/// (the meter, the spin state, the random state) set up above them.
 pub fn child_main(slots: &Slots, spec: &Spec) -> ! {
     // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, spec.name.as_ptr()) };

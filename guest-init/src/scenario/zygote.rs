@@ -17,8 +17,8 @@
 
 use std::mem::{size_of, MaybeUninit};
 
+use super::spawn::{CloneArgs, CLONE_INTO_CGROUP};
 use super::worker::{self, Slots, Spec};
-use super::{CloneArgs, CLONE_INTO_CGROUP};
 
 /// linux/sched.h: the child's parent is the caller's parent.
 const CLONE_PARENT: u64 = 0x0000_8000;
@@ -26,6 +26,23 @@ const CLONE_PARENT: u64 = 0x0000_8000;
 const MAX_FDS: usize = 3;
 /// A request the zygote does not answer within this is given up (s).
 const REPLY_TIMEOUT_S: i64 = 5;
+
+/// The zygote could not be started, or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ZygoteError {
+    #[error("socketpair: {0}")]
+    SocketPair(#[source] std::io::Error),
+    #[error("fork the zygote: {0}")]
+    Fork(#[source] std::io::Error),
+    #[error("send to the zygote: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("no answer from the zygote: {0}")]
+    NoAnswer(#[source] std::io::Error),
+    #[error("no answer from the zygote: it is gone")]
+    Gone,
+    #[error("clone3 in the zygote: {0}")]
+    Clone3(#[source] std::io::Error),
+}
 
 pub struct Zygote {
     sock: i32,
@@ -39,7 +56,7 @@ impl Zygote {
     /// scenarios up there, so their requests wake no other vCPU).
     /// `slots` must stay mapped for the zygote's life (the workers write
     /// into it).
-    pub fn start(slots: &Slots, cpu: Option<u32>) -> Result<Zygote, String> {
+    pub fn start(slots: &Slots, cpu: Option<u32>) -> Result<Zygote, ZygoteError> {
         let mut sv = [-1i32; 2];
         // SAFETY: socketpair writes two fds into the array.
         let rc = unsafe {
@@ -51,7 +68,7 @@ impl Zygote {
             )
         };
         if rc != 0 {
-            return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
+            return Err(ZygoteError::SocketPair(std::io::Error::last_os_error()));
         }
         let tv = libc::timeval {
             tv_sec: REPLY_TIMEOUT_S,
@@ -75,7 +92,7 @@ impl Zygote {
                 let e = std::io::Error::last_os_error();
                 close(sv[0]);
                 close(sv[1]);
-                Err(format!("fork the zygote: {e}"))
+                Err(ZygoteError::Fork(e))
             }
             0 => {
                 close(sv[0]);
@@ -101,7 +118,7 @@ impl Zygote {
 
     /// Has the zygote fork a worker born in the cgroup open at
     /// `cgroup_fd`; its pid, a child of ours.
-    pub fn spawn(&self, spec: &Spec, cgroup_fd: i32) -> Result<i32, String> {
+    pub fn spawn(&self, spec: &Spec, cgroup_fd: i32) -> Result<i32, ZygoteError> {
         let mut fds = [cgroup_fd, -1, -1];
         let mut n = 1;
         for fd in [spec.rd, spec.wr] {
@@ -120,29 +137,22 @@ impl Zygote {
             )
         } < 0
         {
-            return Err(format!(
-                "send to the zygote: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(ZygoteError::Send(std::io::Error::last_os_error()));
         }
         let mut reply = 0i32;
         // SAFETY: reads at most 4 bytes into a live i32.
         let got = unsafe { libc::recv(self.sock, (&mut reply as *mut i32).cast(), 4, 0) };
         if got != 4 {
-            return Err(format!(
-                "no answer from the zygote: {}",
-                if got < 0 {
-                    std::io::Error::last_os_error().to_string()
-                } else {
-                    "it is gone".into()
-                }
-            ));
+            return Err(if got < 0 {
+                ZygoteError::NoAnswer(std::io::Error::last_os_error())
+            } else {
+                ZygoteError::Gone
+            });
         }
         if reply <= 0 {
-            return Err(format!(
-                "clone3 in the zygote: {}",
-                std::io::Error::from_raw_os_error(-reply)
-            ));
+            return Err(ZygoteError::Clone3(std::io::Error::from_raw_os_error(
+                -reply,
+            )));
         }
         Ok(reply)
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use schedrig_scenarios::ShellSpec;
 
-use crate::console::wait_until_sent;
+use crate::boot::console::wait_until_sent;
 
 /// busybox as the host packs it (`schedrig shell` ships it like a
 /// scheduler binary).
@@ -38,6 +38,28 @@ pub fn exit_code() -> Option<i32> {
     (c != i32::MIN).then_some(c)
 }
 
+/// What kept the shell from starting, with the call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    #[error("open {console}: {0}", console = CONSOLE)]
+    OpenConsole(#[source] std::io::Error),
+    #[error("tcgetattr {console}: {0}", console = CONSOLE)]
+    GetModes(#[source] nix::Error),
+    #[error("tcsetattr {console}: {0}", console = CONSOLE)]
+    SetModes(#[source] nix::Error),
+    #[error("mkdir {dir}: {0}", dir = APPLET_DIR)]
+    AppletDir(#[source] std::io::Error),
+    #[error("{busybox} --install: {0}", busybox = BUSYBOX)]
+    Install(#[source] std::io::Error),
+    #[error("{busybox} --install: {0}", busybox = BUSYBOX)]
+    InstallFailed(ExitStatus),
+    /// A copy of the console's fd for the shell's stdio.
+    #[error("{console}: {0}", console = CONSOLE)]
+    Stdio(#[source] std::io::Error),
+    #[error("start {busybox} sh: {0}", busybox = BUSYBOX)]
+    Start(#[source] std::io::Error),
+}
+
 /// hvc0, opened before SRDY and kept open (hvc resets a tty's modes at
 /// its last close), with its modes as the shell wants them.
 static CONSOLE_FILE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
@@ -48,26 +70,26 @@ static CONSOLE_FILE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
 /// read, and echoed, before echo was turned off. For `--exec` output
 /// processing goes too (bytes as the command wrote them); an
 /// interactive shell gets echo back when it starts.
-pub fn prepare_console(spec: &ShellSpec) -> Result<(), String> {
+pub fn prepare_console(spec: &ShellSpec) -> Result<(), ShellError> {
     use std::os::unix::fs::OpenOptionsExt;
     let console = File::options()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NOCTTY)
         .open(CONSOLE)
-        .map_err(|e| format!("open {CONSOLE}: {e}"))?;
+        .map_err(ShellError::OpenConsole)?;
     set_modes(&console, false, spec.command.is_none())?;
     let _ = CONSOLE_FILE.set(console);
     Ok(())
 }
 
 /// Echo and output processing on hvc0 as asked.
-fn set_modes(console: &File, echo: bool, output_processing: bool) -> Result<(), String> {
+fn set_modes(console: &File, echo: bool, output_processing: bool) -> Result<(), ShellError> {
     use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, OutputFlags, SetArg};
-    let mut t = tcgetattr(console).map_err(|e| format!("tcgetattr {CONSOLE}: {e}"))?;
+    let mut t = tcgetattr(console).map_err(ShellError::GetModes)?;
     t.local_flags.set(LocalFlags::ECHO, echo);
     t.output_flags.set(OutputFlags::OPOST, output_processing);
-    tcsetattr(console, SetArg::TCSANOW, &t).map_err(|e| format!("tcsetattr {CONSOLE}: {e}"))
+    tcsetattr(console, SetArg::TCSANOW, &t).map_err(ShellError::SetModes)
 }
 
 /// Sets the EXIT code a shell run ends with.
@@ -84,12 +106,12 @@ pub fn run_plain(spec: &ShellSpec) {
         Ok(mut sh) => match sh.child.wait() {
             Ok(s) => sh.finish(s, None),
             Err(e) => {
-                crate::console::say(&format!("shell: wait: {e}"));
+                crate::boot::console::say(&format!("shell: wait: {e}"));
                 record(EXIT_NO_SHELL);
             }
         },
         Err(e) => {
-            crate::console::say(&format!("shell: {e}"));
+            crate::boot::console::say(&format!("shell: {e}"));
             record(EXIT_NO_SHELL);
         }
     }
@@ -104,20 +126,20 @@ pub struct Shell {
 impl Shell {
     /// Links busybox's applets, prints `banner` on the console and starts
     /// the shell (or the command) there.
-    pub fn start(spec: &ShellSpec, banner: &str) -> Result<Shell, String> {
-        std::fs::create_dir_all(APPLET_DIR).map_err(|e| format!("mkdir {APPLET_DIR}: {e}"))?;
+    pub fn start(spec: &ShellSpec, banner: &str) -> Result<Shell, ShellError> {
+        std::fs::create_dir_all(APPLET_DIR).map_err(ShellError::AppletDir)?;
         let linked = Command::new(BUSYBOX)
             .args(["--install", "-s", APPLET_DIR])
             .status()
-            .map_err(|e| format!("{BUSYBOX} --install: {e}"))?;
+            .map_err(ShellError::Install)?;
         if !linked.success() {
-            return Err(format!("{BUSYBOX} --install: {linked}"));
+            return Err(ShellError::InstallFailed(linked));
         }
         let mut console = match CONSOLE_FILE.get() {
             Some(f) => f.try_clone(),
             None => File::options().read(true).write(true).open(CONSOLE),
         }
-        .map_err(|e| format!("open {CONSOLE}: {e}"))?;
+        .map_err(ShellError::OpenConsole)?;
         if spec.command.is_some() {
             // One command's output, byte for byte: no echo of input, no
             // newline translation.
@@ -139,7 +161,7 @@ impl Shell {
             None => cmd.args(["sh", "-i"]),
         };
         let dup = |f: &File| f.try_clone().map(Stdio::from);
-        let io = |e: std::io::Error| format!("{CONSOLE}: {e}");
+        let io = ShellError::Stdio;
         cmd.stdin(dup(&console).map_err(io)?)
             .stdout(dup(&console).map_err(io)?)
             .stderr(dup(&console).map_err(io)?)
@@ -166,9 +188,7 @@ impl Shell {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("start {BUSYBOX} sh: {e}"))?;
+        let child = cmd.spawn().map_err(ShellError::Start)?;
         Ok(Shell { child, console })
     }
 

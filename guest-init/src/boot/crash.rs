@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, ControlFlags, SetArg};
 use schedrig_wire::text::truncate_at_char_boundary;
 
-use crate::console::{self, say, wait_until_sent, PREFIX};
-use crate::power;
+use crate::boot::console::{self, say, wait_until_sent, DrainError, PREFIX};
+use crate::boot::power;
 
 /// The serial port that receives crash diagnostics.
 pub const COM2: &str = "/dev/ttyS1";
@@ -44,15 +44,31 @@ pub fn fatal(what: &str) -> ! {
     power::power_off()
 }
 
+/// Why a crash report did not get out on COM2.
+#[derive(Debug, thiserror::Error)]
+pub enum Com2Error {
+    #[error("open {com2}: {0}", com2 = COM2)]
+    Open(#[source] std::io::Error),
+    #[error("write {com2}: wrote 0 bytes", com2 = COM2)]
+    WroteZero,
+    #[error("write {com2}: {source} ({unsent} bytes unsent)", com2 = COM2)]
+    Write {
+        source: std::io::Error,
+        unsent: usize,
+    },
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+}
+
 /// Writes `text` to COM2 and waits (bounded) until the UART has sent it.
-pub fn write_com2(text: &str) -> Result<(), String> {
+pub fn write_com2(text: &str) -> Result<(), Com2Error> {
     let mut port = File::options()
         .write(true)
         // O_NONBLOCK: neither the open (carrier detect) nor a write may
         // wait on the device.
         .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(COM2)
-        .map_err(|e| format!("open {COM2}: {e}"))?;
+        .map_err(Com2Error::Open)?;
     // Raw bytes, and CLOCAL so the line ignores modem control. Optional:
     // a failure only means the text may arrive with \r\n line ends.
     if let Ok(mut termios) = tcgetattr(&port) {
@@ -64,16 +80,19 @@ pub fn write_com2(text: &str) -> Result<(), String> {
     let mut rest = text.as_bytes();
     while !rest.is_empty() {
         match port.write(rest) {
-            Ok(0) => return Err(format!("write {COM2}: wrote 0 bytes")),
+            Ok(0) => return Err(Com2Error::WroteZero),
             Ok(n) => rest = rest.get(n..).unwrap_or_default(),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(POLL);
             }
-            Err(e) => {
-                return Err(format!("write {COM2}: {e} ({} bytes unsent)", rest.len()));
+            Err(source) => {
+                return Err(Com2Error::Write {
+                    source,
+                    unsent: rest.len(),
+                });
             }
         }
     }
-    wait_until_sent(port.as_raw_fd(), COM2, deadline)
+    Ok(wait_until_sent(port.as_raw_fd(), COM2, deadline)?)
 }

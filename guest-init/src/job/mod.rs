@@ -1,33 +1,54 @@
 //! The host's job for this boot (`/schedrig/job`, from the per-test
 //! archive): a scheduler, the selftests, or none (EEVDF).
+//!
+//! Below: running a scheduler ([`sched`]) and collecting its output
+//! ([`outputs`], [`kmsg`]), the selftests ([`selftest`]), the shell
+//! ([`shell`]) and the light load ([`load`]).
+
+pub mod kmsg;
+pub mod load;
+pub mod outputs;
+pub mod sched;
+pub mod selftest;
+pub mod shell;
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use schedrig_scenarios::sched_job::{JOB_MAX_LEN, JOB_PATH};
+use schedrig_scenarios::sched_job::{JobError, JOB_MAX_LEN, JOB_PATH};
 use schedrig_scenarios::{JobKind, SchedJob};
 use schedrig_wire::{MsgTag, SchedExit, SchedOutcome};
 
+use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
-use crate::console::say;
-use crate::load::{online_cpus, Load};
-use crate::{sched, selftest};
+use load::{online_cpus, Load};
+
+/// Why the job file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFileError {
+    #[error("open {path}: {0}", path = JOB_PATH)]
+    Open(#[source] std::io::Error),
+    #[error("read {path}: {0}", path = JOB_PATH)]
+    Read(#[source] std::io::Error),
+    #[error("{path}: {0}", path = JOB_PATH)]
+    Decode(#[source] JobError),
+}
 
 /// The job, None when there is no job file (plain boot), or why the
 /// file is unusable.
-pub fn read_job() -> Result<Option<SchedJob>, String> {
+pub fn read_job() -> Result<Option<SchedJob>, JobFileError> {
     let f = match std::fs::File::open(JOB_PATH) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("open {JOB_PATH}: {e}")),
+        Err(e) => return Err(JobFileError::Open(e)),
     };
     let mut bytes = Vec::new();
     f.take(JOB_MAX_LEN as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("read {JOB_PATH}: {e}"))?;
+        .map_err(JobFileError::Read)?;
     SchedJob::decode(&bytes)
         .map(Some)
-        .map_err(|e| format!("{JOB_PATH}: {e}"))
+        .map_err(JobFileError::Decode)
 }
 
 /// Runs the job (None: report that EEVDF ran). Returns an EXIT code to
@@ -43,7 +64,7 @@ pub fn run<W: Write>(
             // that never attached leaves none: the shell did not start.
             Ok(j.shell
                 .as_ref()
-                .map(|_| crate::shell::exit_code().unwrap_or(crate::shell::EXIT_NO_SHELL)))
+                .map(|_| shell::exit_code().unwrap_or(shell::EXIT_NO_SHELL)))
         }
         Some(j) if j.kind == JobKind::Selftest => {
             selftest::run(port, j)?;
@@ -53,7 +74,7 @@ pub fn run<W: Write>(
             let hold = job.map_or(0, |j| j.hold_ms);
             let scenarios = job.map(|j| j.scenarios.as_slice()).unwrap_or_default();
             if let Some(spec) = job.and_then(|j| j.shell.as_ref()) {
-                crate::shell::run_plain(spec);
+                shell::run_plain(spec);
             } else if !scenarios.is_empty() {
                 say(&format!(
                     "running {} scenarios under EEVDF",
@@ -80,7 +101,7 @@ pub fn run<W: Write>(
             };
             let bytes = exit.encode().map_err(sched::encode_err)?;
             port.send(MsgTag::SchedulerExitInfo, &bytes)?;
-            Ok(crate::shell::exit_code())
+            Ok(shell::exit_code())
         }
     }
 }

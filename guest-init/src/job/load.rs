@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::console::say;
+use crate::boot::console::say;
 
 /// The running load; [`Load::stop`] ends it (so does drop).
 pub struct Load {

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use schedrig_wire::MsgTag;
 
+use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
-use crate::console::say;
-use crate::kmsg;
+use crate::job::kmsg;
 
 /// Chunks waiting for the bulk port: 64 x 4 KiB.
 pub const QUEUE_CHUNKS: usize = 64;

@@ -17,6 +17,37 @@ use nix::unistd::{close, dup2};
 /// Prefix of every line this init prints.
 pub const PREFIX: &str = "schedrig-guest-init";
 
+/// Why fds 0-2 could not all be pointed at the console.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("open /dev/console: {console}; open /dev/null: {null}")]
+    Open {
+        console: Errno,
+        #[source]
+        null: Errno,
+    },
+    #[error("dup2({fd}, {target}): {source}")]
+    Dup2 {
+        fd: RawFd,
+        target: RawFd,
+        source: Errno,
+    },
+    #[error("close({fd}): {source}")]
+    Close { fd: RawFd, source: Errno },
+}
+
+/// A terminal that did not send its queued output.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("ioctl(TIOCOUTQ) on {name}: {source}")]
+    Ioctl {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("{queued} bytes still queued on {name}")]
+    Queued { queued: libc::c_int, name: String },
+}
+
 /// Prints `schedrig-guest-init: <text>` on stderr (the console). Never
 /// panics: a console write error has nowhere else to go, so it is dropped.
 pub fn say(text: &str) {
@@ -26,7 +57,7 @@ pub fn say(text: &str) {
 
 /// Points every closed fd among 0, 1 and 2 at /dev/console (or
 /// /dev/null if the console cannot be opened).
-pub fn ensure_stdio() -> Result<(), String> {
+pub fn ensure_stdio() -> Result<(), StdioError> {
     let closed: Vec<RawFd> = (0..=2)
         .filter(|&fd| fcntl(fd, FcntlArg::F_GETFD) == Err(Errno::EBADF))
         .collect();
@@ -36,17 +67,17 @@ pub fn ensure_stdio() -> Result<(), String> {
     let flags = OFlag::O_RDWR | OFlag::O_NOCTTY;
     let fd = open("/dev/console", flags, Mode::empty()).or_else(|console| {
         open("/dev/null", OFlag::O_RDWR, Mode::empty())
-            .map_err(|null| format!("open /dev/console: {console}; open /dev/null: {null}"))
+            .map_err(|null| StdioError::Open { console, null })
     })?;
     for &target in &closed {
         if target != fd {
-            dup2(fd, target).map_err(|e| format!("dup2({fd}, {target}): {e}"))?;
+            dup2(fd, target).map_err(|source| StdioError::Dup2 { fd, target, source })?;
         }
     }
     // open() returns the lowest free fd, so `fd` is one of the closed
     // ones and stays; anything else would be a stray descriptor.
     if !closed.contains(&fd) {
-        close(fd).map_err(|e| format!("close({fd}): {e}"))?;
+        close(fd).map_err(|source| StdioError::Close { fd, source })?;
     }
     Ok(())
 }
@@ -64,21 +95,26 @@ pub fn drain() {
 /// Polls TIOCOUTQ until the terminal behind `fd` (`name` in errors) has
 /// sent its queued output or `deadline` passes: tcdrain could wait
 /// forever on a UART that stopped interrupting.
-pub fn wait_until_sent(fd: RawFd, name: &str, deadline: Instant) -> Result<(), String> {
+pub fn wait_until_sent(fd: RawFd, name: &str, deadline: Instant) -> Result<(), DrainError> {
     loop {
         let mut queued: libc::c_int = 0;
         // SAFETY: TIOCOUTQ writes one c_int through the pointer, which
         // points at a live local; a bad fd only makes the call fail.
         let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
         if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(format!("ioctl(TIOCOUTQ) on {name}: {err}"));
+            return Err(DrainError::Ioctl {
+                name: name.to_string(),
+                source: std::io::Error::last_os_error(),
+            });
         }
         if queued <= 0 {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("{queued} bytes still queued on {name}"));
+            return Err(DrainError::Queued {
+                queued,
+                name: name.to_string(),
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -92,7 +128,9 @@ mod tests {
     #[test]
     fn wait_until_sent_names_a_non_terminal() {
         let null = std::fs::File::open("/dev/null").unwrap();
-        let err = wait_until_sent(null.as_raw_fd(), "/dev/null", Instant::now()).unwrap_err();
+        let err = wait_until_sent(null.as_raw_fd(), "/dev/null", Instant::now())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("TIOCOUTQ") && err.contains("/dev/null"),
             "{err}"

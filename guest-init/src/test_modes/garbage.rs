@@ -1,58 +1,9 @@
-//! Test modes, chosen on the kernel command line with
-//! `schedrig.mode=<mode>`, that make the guest misbehave on purpose so the
-//! host's handling of each failure can be tested.
-//!
-//! The modes themselves are defined in `schedrig-scenarios`, shared with
-//! the host; this module parses them and builds the garbage stream.
-
-use std::fmt;
+//! `schedrig.mode=garbage`: the bytes sent on the bulk port after LIFE,
+//! which the host's parser must survive, count and finally refuse.
 
 use schedrig_wire::frame::payload_crc;
 use schedrig_wire::{FrameHeader, MsgTag, FRAME_HEADER_LEN};
 use zerocopy::IntoBytes;
-
-/// The modes and their names are shared with the host.
-pub use schedrig_scenarios::{GuestMode as Mode, MODE_PARAM};
-
-/// `schedrig.mode=<value>` with a value that names no mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownMode(pub String);
-
-impl fmt::Display for UnknownMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = Mode::ALL.iter().map(|(_, name)| *name).collect();
-        write!(
-            f,
-            "unknown {MODE_PARAM}={:?} (known: {})",
-            self.0,
-            names.join(", ")
-        )
-    }
-}
-
-/// The mode named on a kernel command line; [`Mode::Normal`] when the
-/// parameter is absent. As with kernel parameters, the last one wins.
-/// Double quotes around the value are removed.
-pub fn mode_from_cmdline(cmdline: &str) -> Result<Mode, UnknownMode> {
-    let value = cmdline
-        .split_whitespace()
-        .filter_map(|word| {
-            let word = word.strip_prefix('"').unwrap_or(word);
-            word.strip_prefix(MODE_PARAM)
-                .and_then(|rest| rest.strip_prefix('='))
-                .or_else(|| (word == MODE_PARAM).then_some(""))
-        })
-        .next_back();
-    let Some(value) = value else {
-        return Ok(Mode::Normal);
-    };
-    let value = value.trim_matches('"');
-    Mode::ALL
-        .iter()
-        .find(|(_, name)| *name == value)
-        .map(|(mode, _)| *mode)
-        .ok_or_else(|| UnknownMode(value.to_owned()))
-}
 
 /// How many 16-byte garbage blocks open the garbage stream.
 pub const GARBAGE_BLOCKS: usize = 8;
@@ -115,51 +66,6 @@ fn xorshift64(mut x: u64) -> u64 {
 mod tests {
     use super::*;
     use schedrig_wire::{encode_frame, FrameDirection, FrameParser, ParseError, RawTag};
-
-    #[test]
-    fn modes_from_cmdline() {
-        let cases = [
-            ("", Mode::Normal),
-            ("console=ttyS0 reboot=k panic=-1\n", Mode::Normal),
-            ("console=ttyS0 schedrig.mode=hang quiet\n", Mode::Hang),
-            ("schedrig.mode=garbage", Mode::Garbage),
-            ("schedrig.mode=panic", Mode::Panic),
-            ("schedrig.mode=normal", Mode::Normal),
-            ("schedrig.mode=hang schedrig.mode=panic", Mode::Panic),
-            ("schedrig.mode=\"hang\"", Mode::Hang),
-            ("\"schedrig.mode=hang\"", Mode::Hang),
-            ("xschedrig.mode=hang schedrig.modes=panic", Mode::Normal),
-            ("init=/init -- schedrig.mode=garbage", Mode::Garbage),
-        ];
-        for (cmdline, mode) in cases {
-            assert_eq!(mode_from_cmdline(cmdline), Ok(mode), "{cmdline:?}");
-        }
-        assert_eq!(
-            mode_from_cmdline("schedrig.mode=HANG"),
-            Err(UnknownMode("HANG".into()))
-        );
-        assert_eq!(
-            mode_from_cmdline("schedrig.mode= x"),
-            Err(UnknownMode(String::new()))
-        );
-        assert_eq!(
-            mode_from_cmdline("schedrig.mode"),
-            Err(UnknownMode(String::new()))
-        );
-        let text = UnknownMode("boom".into()).to_string();
-        assert!(
-            text.contains("\"boom\"") && text.contains("garbage"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for (mode, name) in Mode::ALL {
-            assert_eq!(mode.name(), name);
-            assert_eq!(mode_from_cmdline(&format!("{MODE_PARAM}={name}")), Ok(mode));
-        }
-    }
 
     /// What the host's parser makes of the garbage stream followed by the
     /// frames normal mode sends: every piece lands where the docs say.

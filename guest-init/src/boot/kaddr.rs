@@ -20,6 +20,8 @@
 //! symbol), and finding it here meant reading /proc/kallsyms to a data
 //! symbol after nearly every text symbol, about 160 ms of every boot
 //! under the emulated test host. `_text` is among the first lines.
+//!
+//! Its length is mostly tests (the parsers run on sample /proc files).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -123,19 +125,38 @@ pub fn scan_kallsyms<R: BufRead>(mut reader: R) -> std::io::Result<KallsymsHits>
     Ok(hits)
 }
 
+/// Why phys_base cannot be trusted; its text is a KADR problem line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhysBaseError {
+    #[error("/proc/iomem shows Kernel code at 0 (addresses hidden)")]
+    Hidden,
+    #[error("_text KVA {text_kva:#x} is below __START_KERNEL_map")]
+    BelowKernelMap { text_kva: u64 },
+    #[error(
+        "phys_base {base:#x} (Kernel code {text_phys:#x}, _text {text_kva:#x}) is not 2 MiB aligned"
+    )]
+    Unaligned {
+        base: u64,
+        text_phys: u64,
+        text_kva: u64,
+    },
+}
+
 /// phys_base from `phys(_text)` and `_text`'s KVA (see the module docs).
-pub fn phys_base(text_phys: u64, text_kva: u64) -> Result<u64, String> {
+pub fn phys_base(text_phys: u64, text_kva: u64) -> Result<u64, PhysBaseError> {
     if text_phys == 0 {
-        return Err("/proc/iomem shows Kernel code at 0 (addresses hidden)".into());
+        return Err(PhysBaseError::Hidden);
     }
     let offset = text_kva
         .checked_sub(START_KERNEL_MAP)
-        .ok_or_else(|| format!("_text KVA {text_kva:#x} is below __START_KERNEL_map"))?;
+        .ok_or(PhysBaseError::BelowKernelMap { text_kva })?;
     let base = text_phys.wrapping_sub(offset);
     if base % PHYS_BASE_ALIGN != 0 {
-        return Err(format!(
-            "phys_base {base:#x} (Kernel code {text_phys:#x}, _text {text_kva:#x}) is not 2 MiB aligned"
-        ));
+        return Err(PhysBaseError::Unaligned {
+            base,
+            text_phys,
+            text_kva,
+        });
     }
     Ok(base)
 }
@@ -166,7 +187,7 @@ pub fn derive(text_phys: Option<u64>, hits: KallsymsHits) -> (KernAddrs, Vec<Str
         (Some(phys), Some(kva)) => match phys_base(phys, kva) {
             Ok(base) => Some(base),
             Err(why) => {
-                problems.push(why);
+                problems.push(why.to_string());
                 None
             }
         },
@@ -357,7 +378,9 @@ ffffffff9e216d60 D vmalloc_base
         );
         assert!(phys_base(0, 0xffff_ffff_8100_0000).is_err());
         assert!(phys_base(0x100_0000, 0x100_0000).is_err());
-        let err = phys_base(0x100_1000, 0xffff_ffff_8100_0000).unwrap_err();
+        let err = phys_base(0x100_1000, 0xffff_ffff_8100_0000)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not 2 MiB aligned"), "{err}");
     }
 

@@ -34,13 +34,33 @@ use std::time::Duration;
 
 use perf_event_open_sys as perf;
 
+/// What kept the nudge from starting or stopped it, with the errno.
+#[derive(Debug, thiserror::Error)]
+pub enum NudgeError {
+    #[error("spawn the nudge thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("read {path}: {source}")]
+    ReadCpus {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot parse {text:?}")]
+    ParseCpus { path: &'static str, text: String },
+    #[error("perf event ioctl: {0}")]
+    Ioctl(#[source] std::io::Error),
+    #[error("perf_event_open on CPU {cpu}: {source}")]
+    EventOpen { cpu: usize, source: std::io::Error },
+    #[error("pin to CPU {cpu}: {source}")]
+    Pin { cpu: usize, source: std::io::Error },
+}
+
 /// How often each CPU but the last is interrupted.
 pub const NUDGE_PERIOD: Duration = Duration::from_millis(100);
 
 /// Starts the nudging thread on the last of `cpus`, nudging the others
 /// (never joined: it runs until power-off). Returns the rounds it has
 /// sent so far, or what failed; with one CPU there is nothing to do.
-pub fn start(cpus: &[usize]) -> Result<Arc<AtomicU64>, String> {
+pub fn start(cpus: &[usize]) -> Result<Arc<AtomicU64>, NudgeError> {
     let sent = Arc::new(AtomicU64::new(0));
     let Some((&me, others)) = cpus.split_last() else {
         return Ok(sent);
@@ -69,15 +89,16 @@ pub fn start(cpus: &[usize]) -> Result<Arc<AtomicU64>, String> {
                 std::thread::sleep(NUDGE_PERIOD);
             }
         })
-        .map_err(|e| format!("spawn the nudge thread: {e}"))?;
+        .map_err(NudgeError::Spawn)?;
     Ok(sent)
 }
 
 /// The online CPUs (/sys/devices/system/cpu/online, e.g. `0-1`).
-pub fn online_cpus() -> Result<Vec<usize>, String> {
-    let p = "/sys/devices/system/cpu/online";
-    let text = std::fs::read_to_string(p).map_err(|e| format!("read {p}: {e}"))?;
-    parse_cpu_list(text.trim()).ok_or_else(|| format!("{p}: cannot parse {text:?}"))
+pub fn online_cpus() -> Result<Vec<usize>, NudgeError> {
+    let path = "/sys/devices/system/cpu/online";
+    let text =
+        std::fs::read_to_string(path).map_err(|source| NudgeError::ReadCpus { path, source })?;
+    parse_cpu_list(text.trim()).ok_or(NudgeError::ParseCpus { path, text })
 }
 
 /// A kernel CPU list (`0-3,5`), CPUs below CPU_SETSIZE only (so each
@@ -101,7 +122,7 @@ fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
 }
 
 /// One round: an interrupt to each CPU of `fds`.
-fn nudge(fds: &[OwnedFd]) -> Result<(), String> {
+fn nudge(fds: &[OwnedFd]) -> Result<(), NudgeError> {
     for fd in fds {
         // SAFETY: `fd` is an open perf event of ours; ENABLE and DISABLE
         // take no pointer. Each is a call on the event's CPU: an IPI.
@@ -111,17 +132,14 @@ fn nudge(fds: &[OwnedFd]) -> Result<(), String> {
             a.min(b)
         };
         if rc < 0 {
-            return Err(format!(
-                "perf event ioctl: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(NudgeError::Ioctl(std::io::Error::last_os_error()));
         }
     }
     Ok(())
 }
 
 /// A disabled CPU-wide software event on `cpu`.
-fn event_on(cpu: usize) -> Result<OwnedFd, String> {
+fn event_on(cpu: usize) -> Result<OwnedFd, NudgeError> {
     let mut attr = perf::bindings::perf_event_attr {
         type_: perf::bindings::PERF_TYPE_SOFTWARE,
         size: std::mem::size_of::<perf::bindings::perf_event_attr>() as u32,
@@ -141,17 +159,17 @@ fn event_on(cpu: usize) -> Result<OwnedFd, String> {
         )
     };
     if fd < 0 {
-        return Err(format!(
-            "perf_event_open on CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(NudgeError::EventOpen {
+            cpu,
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) -> Result<(), String> {
+fn pin(cpu: usize) -> Result<(), NudgeError> {
     // SAFETY: cpu_set_t is plain data (all-zero is the empty set); `cpu`
     // comes from `parse_cpu_list`, so below CPU_SETSIZE; the call reads
     // the set.
@@ -161,10 +179,10 @@ fn pin(cpu: usize) -> Result<(), String> {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
-        return Err(format!(
-            "pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(NudgeError::Pin {
+            cpu,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

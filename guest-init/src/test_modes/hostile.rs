@@ -15,8 +15,8 @@ use schedrig_wire::{
 };
 use zerocopy::IntoBytes;
 
+use crate::comms::host_reply::{await_replies, ReplyCheck};
 use crate::comms::{BulkPort, CommsError};
-use crate::requests::{await_replies, ReplyCheck};
 
 /// LIFE flood: this many LIFE frames with a huge reason of invalid UTF-8...
 pub const LIFE_HUGE_FRAMES: usize = 16;
@@ -203,6 +203,23 @@ pub fn mmio_window_in_iomem(iomem: &str) -> Option<(u64, usize)> {
     })
 }
 
+/// Why the MMIO storm could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioStormError {
+    #[error("read /proc/iomem: {0}")]
+    ReadIomem(#[source] std::io::Error),
+    #[error("no virtio-mmio window: none on the command line, none named in /proc/iomem")]
+    NoWindow,
+    #[error("virtio-mmio window at {base:#x} is {size} bytes, below {min}", min = MMIO_STORM_MIN_WINDOW)]
+    SmallWindow { base: u64, size: usize },
+    #[error("open /dev/mem: {0}")]
+    OpenMem(#[source] std::io::Error),
+    #[error("base {0:#x} too large")]
+    BaseTooLarge(u64),
+    #[error("mmap /dev/mem at {base:#x}: {source}")]
+    Mmap { base: u64, source: std::io::Error },
+}
+
 /// The lowest window size the storm's offsets fit in.
 const MMIO_STORM_MIN_WINDOW: usize = 0x100;
 
@@ -211,29 +228,25 @@ const MMIO_STORM_MIN_WINDOW: usize = 0x100;
 /// the host must refuse, count, and not log one by one. The window comes
 /// from the command line if it names one, else from /proc/iomem. Returns
 /// how many were made.
-pub fn mmio_storm(cmdline: &str) -> Result<u64, String> {
+pub fn mmio_storm(cmdline: &str) -> Result<u64, MmioStormError> {
     let (base, size) = match mmio_window(cmdline) {
         Some(w) => w,
         None => {
-            let iomem = std::fs::read_to_string("/proc/iomem")
-                .map_err(|e| format!("read /proc/iomem: {e}"))?;
-            mmio_window_in_iomem(&iomem).ok_or(
-                "no virtio-mmio window: none on the command line, none named in /proc/iomem",
-            )?
+            let iomem =
+                std::fs::read_to_string("/proc/iomem").map_err(MmioStormError::ReadIomem)?;
+            mmio_window_in_iomem(&iomem).ok_or(MmioStormError::NoWindow)?
         }
     };
     if size < MMIO_STORM_MIN_WINDOW {
-        return Err(format!(
-            "virtio-mmio window at {base:#x} is {size} bytes, below {MMIO_STORM_MIN_WINDOW}"
-        ));
+        return Err(MmioStormError::SmallWindow { base, size });
     }
     let mem = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_SYNC)
         .open("/dev/mem")
-        .map_err(|e| format!("open /dev/mem: {e}"))?;
-    let offset = libc::off_t::try_from(base).map_err(|_| format!("base {base:#x} too large"))?;
+        .map_err(MmioStormError::OpenMem)?;
+    let offset = libc::off_t::try_from(base).map_err(|_| MmioStormError::BaseTooLarge(base))?;
     // SAFETY: a new shared mapping of the device window, checked for
     // MAP_FAILED; only accessed through volatile reads and writes within
     // `size` bytes, and unmapped before returning.
@@ -248,10 +261,10 @@ pub fn mmio_storm(cmdline: &str) -> Result<u64, String> {
         )
     };
     if ptr == libc::MAP_FAILED {
-        return Err(format!(
-            "mmap /dev/mem at {base:#x}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(MmioStormError::Mmap {
+            base,
+            source: std::io::Error::last_os_error(),
+        });
     }
     let window = ptr.cast::<u8>();
     let start = Instant::now();

@@ -15,9 +15,9 @@ use schedrig_scenarios::SchedJob;
 use schedrig_wire::payload::scalar::encode_exit_code;
 use schedrig_wire::{LifecyclePhase, MsgTag};
 
+use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
-use crate::console::say;
-use crate::outputs;
+use crate::job::outputs;
 
 /// Runs the job's runner; returns its exit code (-signal when killed, 127
 /// when it could not start). `hold_ms` bounds the whole run.

@@ -6,6 +6,10 @@
 //! Its exit code says nothing (a scheduler exits 0 after an error or a
 //! stall), so the end is judged from sysfs and the kernel's own log line
 //! `sched_ext: BPF scheduler "NAME" disabled (REASON)`.
+//!
+//! Long (about 590 lines before its tests): the scheduler's life is one
+//! sequence (start, attach, hold, stop, judge), and the waits and reads
+//! of each phase are only used here.
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -19,12 +23,12 @@ use schedrig_wire::payload::scalar::encode_exit_code;
 use schedrig_wire::payload::sched::encode_attached;
 use schedrig_wire::{LifecyclePhase, MsgTag, SchedExit, SchedOutcome};
 
+use crate::boot::console::say;
 use crate::comms::{BulkPort, CommsError};
-use crate::console::say;
-use crate::kmsg;
-use crate::load::{online_cpus, Load};
+use crate::job::kmsg;
+use crate::job::load::{online_cpus, Load};
 
-use crate::outputs::{self, Pump, Shared};
+use crate::job::outputs::{self, Pump, Shared};
 
 const SCX: &str = "/sys/kernel/sched_ext";
 /// How often attach is checked (BPF loading takes seconds).
@@ -126,6 +130,10 @@ fn status_text(s: ExitStatus) -> String {
 }
 
 /// Runs one scheduler job; returns what SCXI carried.
+///
+/// Long: the phases in order (start, wait for attach, hold with the
+/// shell, scenarios or load, stop, judge), with the output relay threaded
+/// through all of them; read top to bottom it is the job's timeline.
 pub fn run<W: Write>(port: &mut BulkPort<W>, job: &SchedJob) -> Result<SchedExit, CommsError> {
     let (pump, sink) = outputs::channel();
     sink.follow_kmsg();
@@ -331,10 +339,10 @@ fn hold<W: Write>(
         return hold_scenarios(port, pump, job, child, exit);
     }
     let cpus = online_cpus();
-    let steal_before = crate::load::steal_ms();
+    let steal_before = crate::job::load::steal_ms();
     let mut load = Load::start(&cpus);
     let result = hold_loaded(port, pump, job, child, exit, &mut load, &cpus);
-    exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
+    exit.steal_ms = crate::job::load::steal_delta(&steal_before, &crate::job::load::steal_ms());
     result
 }
 
@@ -378,7 +386,7 @@ fn hold_loaded<W: Write>(
 }
 
 /// `schedrig shell`: the shell on the console while the scheduler stays
-/// attached and watched; its output kept in [`crate::shell::SCHED_LOG`].
+/// attached and watched; its output kept in [`crate::job::shell::SCHED_LOG`].
 /// A scheduler lost meanwhile is said when the shell ends (the host
 /// reports it too), not while someone types.
 fn hold_shell<W: Write>(
@@ -389,7 +397,7 @@ fn hold_shell<W: Write>(
     exit: &mut SchedExit,
     spec: &schedrig_scenarios::ShellSpec,
 ) -> Result<Option<ExitStatus>, CommsError> {
-    use crate::shell::{self, Shell};
+    use crate::job::shell::{self, Shell};
     let banner = format!(
         "schedrig shell: {} attached (sched_ext {}, ops {}); its output: {}; exit or Ctrl-D powers the VM off",
         job.name,
@@ -407,7 +415,7 @@ fn hold_shell<W: Write>(
             return stop(port, pump, job, child);
         }
     };
-    let steal_before = crate::load::steal_ms();
+    let steal_before = crate::job::load::steal_ms();
     let mut lost: Option<Option<ExitStatus>> = None;
     let status = loop {
         pump.run(port, WATCH_POLL)?;
@@ -431,7 +439,7 @@ fn hold_shell<W: Write>(
             break s;
         }
     };
-    exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
+    exit.steal_ms = crate::job::load::steal_delta(&steal_before, &crate::job::load::steal_ms());
     let note = lost.is_some().then(|| {
         format!(
             "schedrig shell: {} ended while the shell ran (sched_ext {})",
@@ -456,7 +464,7 @@ fn hold_scenarios<W: Write>(
     child: &mut Child,
     exit: &mut SchedExit,
 ) -> Result<Option<ExitStatus>, CommsError> {
-    let steal_before = crate::load::steal_ms();
+    let steal_before = crate::job::load::steal_ms();
     let mut status = None;
     let lost = {
         let mut tick =
@@ -476,7 +484,7 @@ fn hold_scenarios<W: Write>(
             };
         crate::scenario::run(port, &job.scenarios, &mut tick)?
     };
-    exit.steal_ms = crate::load::steal_delta(&steal_before, &crate::load::steal_ms());
+    exit.steal_ms = crate::job::load::steal_delta(&steal_before, &crate::job::load::steal_ms());
     if let Some((i, steal)) = lost {
         // The stall is judged against the steal of the scenario it
         // happened in, not of the whole run.

@@ -3,7 +3,7 @@
 //!
 //! Writes block until the host has room (the virtio-console driver waits
 //! for the host to open the port and free TX buffers), so only normal
-//! code writes here, never the panic path (see [`crate::crash`]).
+//! code writes here, never the panic path (see [`crate::boot::crash`]).
 
 use std::fmt;
 use std::fs::File;
@@ -19,7 +19,7 @@ use schedrig_wire::{
     TopologyError,
 };
 
-use crate::ports;
+use crate::comms::ports;
 
 /// Longest LIFE reason sent, in bytes; longer text is cut at a char
 /// boundary (the full text is on the console).

@@ -1,129 +1,19 @@
-//! `schedrig.mode=requests`: host-to-guest frames end to end. The guest
-//! sends coordinator requests (SNRQ, KORQ) and waits, with a deadline,
-//! for a reply to each on the bulk port's receive side; the exit code
-//! says whether every reply came back well-formed and echoing its id.
-//! The replies (with any values read) are logged, one line each, for the
-//! host's tests to judge: `jiffies` read twice a second apart, and a cold
-//! write of a per-CPU field on every CPU read back.
+//! Waiting for the host's replies to requests (SNRQ, KORQ) on the bulk
+//! port's receive side, with a deadline: each reply is checked as its
+//! bytes arrive (well-formed, echoing an awaited id). Scenario ops
+//! ([`crate::scenario::host_ops`]) and the requests test modes share it.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use schedrig_wire::payload::kernel_op::{Direction, KernelOpEntry, Mode, Target, Value};
+use schedrig_wire::payload::kernel_op::Value;
 use schedrig_wire::{
-    FrameParser, KernelOpReply, KernelOpRequest, MsgTag, SnapshotKind, SnapshotReply,
-    SnapshotRequest, SnapshotStatus, HOST_TO_GUEST_MAX_PAYLOAD,
+    FrameParser, KernelOpReply, MsgTag, SnapshotReply, SnapshotStatus, HOST_TO_GUEST_MAX_PAYLOAD,
 };
 
-use crate::comms::{BulkPort, CommsError};
-
-/// Ids of the three requests; distinct so a misrouted reply shows.
-pub const INVALID_SNAPSHOT_ID: u32 = 41;
-pub const CAPTURE_ID: u32 = 42;
-pub const KERNEL_OP_ID: u32 = 43;
-/// The second `jiffies` read, a second after the first.
-pub const JIFFIES_AGAIN_ID: u32 = 44;
-/// A cold write of `runqueues.yld_count` on every CPU, then a cold read.
-pub const PER_CPU_WRITE_ID: u32 = 45;
-pub const PER_CPU_READ_ID: u32 = 46;
-/// A TaskField write naming pid 1 with a start time it does not have:
-/// the host must refuse it (a recycled pid must never be written).
-pub const WRONG_START_ID: u32 = 47;
-/// A WATCH of a symbol the kernel does not have: refused by name.
-pub const BAD_WATCH_ID: u32 = 48;
-/// What the per-CPU write stores on CPU N: this plus N.
-pub const PER_CPU_MARK: u32 = 0x5c4e_0000;
-
-/// The requests, in the order they are sent: a snapshot of kind 0
-/// (invalid on the wire, so it must be refused), a CAPTURE, and a hot
-/// read of `jiffies`.
-pub fn request_frames() -> Vec<(MsgTag, Vec<u8>)> {
-    let mut invalid = SnapshotRequest::new(INVALID_SNAPSHOT_ID, SnapshotKind::Capture, "invalid");
-    invalid.kind.set(0);
-    let capture = SnapshotRequest::new(CAPTURE_ID, SnapshotKind::Capture, "requests-mode");
-    let read = KernelOpRequest {
-        request_id: KERNEL_OP_ID,
-        mode: Mode::Hot,
-        direction: Direction::Read,
-        tag: "requests-mode".into(),
-        entries: vec![KernelOpEntry {
-            target: Target::Symbol("jiffies".into()),
-            value: Value::U64(0),
-        }],
-    };
-    vec![
-        (MsgTag::SnapshotRequest, invalid.encode().to_vec()),
-        (MsgTag::SnapshotRequest, capture.encode().to_vec()),
-        (
-            MsgTag::KernelOpRequest,
-            // A fixed, small request: encoding cannot fail.
-            read.encode().unwrap_or_default(),
-        ),
-    ]
-}
-
-/// A hot read of `jiffies` under `id`.
-fn jiffies_read(id: u32) -> (MsgTag, Vec<u8>) {
-    let read = KernelOpRequest {
-        request_id: id,
-        mode: Mode::Hot,
-        direction: Direction::Read,
-        tag: "jiffies".into(),
-        entries: vec![KernelOpEntry {
-            target: Target::Symbol("jiffies".into()),
-            value: Value::U64(0),
-        }],
-    };
-    (MsgTag::KernelOpRequest, read.encode().unwrap_or_default())
-}
-
-/// A cold write (then, as a second request, a cold read) of
-/// `runqueues.yld_count` on each of `ncpu` CPUs: a schedstat counter that
-/// only sched_yield() bumps, so nothing else changes it in this mode.
-fn per_cpu_frames(ncpu: u32) -> Vec<(MsgTag, Vec<u8>)> {
-    let entry = |cpu: u32, value: Value| KernelOpEntry {
-        target: Target::PerCpuField {
-            symbol: "runqueues".into(),
-            field: "yld_count".into(),
-            cpu,
-        },
-        value,
-    };
-    let req = |id, direction, value: &dyn Fn(u32) -> Value| KernelOpRequest {
-        request_id: id,
-        mode: Mode::Cold,
-        direction,
-        tag: "per-cpu".into(),
-        entries: (0..ncpu).map(|c| entry(c, value(c))).collect(),
-    };
-    [
-        req(PER_CPU_WRITE_ID, Direction::Write, &|c| {
-            Value::U32(PER_CPU_MARK + c)
-        }),
-        req(PER_CPU_READ_ID, Direction::Read, &|_| Value::U32(0)),
-        KernelOpRequest {
-            request_id: WRONG_START_ID,
-            mode: Mode::Cold,
-            direction: Direction::Write,
-            tag: "wrong start time".into(),
-            entries: vec![KernelOpEntry {
-                target: Target::TaskField {
-                    pid: 1,
-                    // PID 1 started at boot, not an hour later.
-                    expected_start_time_ns: 3_600_000_000_000,
-                    field: "scx.dsq_vtime".into(),
-                },
-                value: Value::U64(1),
-            }],
-        },
-    ]
-    .iter()
-    .map(|r| (MsgTag::KernelOpRequest, r.encode().unwrap_or_default()))
-    .collect()
-}
+use super::BulkPort;
 
 /// One reply as the guest read it.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,24 +40,12 @@ pub struct ReplyCheck {
     /// out): a problem in the test modes, skipped when `lenient`.
     pub ignored: u32,
     lenient: bool,
-}
-
-impl Default for ReplyCheck {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Requests that must be refused: (request id, the problem noted if
+    /// one is answered ok).
+    must_refuse: Vec<(u32, &'static str)>,
 }
 
 impl ReplyCheck {
-    /// Awaits the replies to [`request_frames`].
-    pub fn new() -> ReplyCheck {
-        Self::expecting(vec![
-            (MsgTag::SnapshotReply, INVALID_SNAPSHOT_ID),
-            (MsgTag::SnapshotReply, CAPTURE_ID),
-            (MsgTag::KernelOpReply, KERNEL_OP_ID),
-        ])
-    }
-
     /// Awaits one reply of each (tag, request id).
     pub fn expecting(pending: Vec<(MsgTag, u32)>) -> ReplyCheck {
         ReplyCheck {
@@ -179,6 +57,7 @@ impl ReplyCheck {
             got: Vec::new(),
             ignored: 0,
             lenient: false,
+            must_refuse: Vec::new(),
         }
     }
 
@@ -189,6 +68,13 @@ impl ReplyCheck {
             lenient: true,
             ..Self::expecting(pending)
         }
+    }
+
+    /// Notes `problem` if request `id` is answered ok: for a request
+    /// the host must refuse.
+    pub fn must_refuse(mut self, id: u32, problem: &'static str) -> ReplyCheck {
+        self.must_refuse.push((id, problem));
+        self
     }
 
     /// True when every reply arrived.
@@ -278,9 +164,10 @@ impl ReplyCheck {
         ));
         self.pending.remove(at);
         self.got.push(r);
-        if id == INVALID_SNAPSHOT_ID && ok {
-            self.problems
-                .push("a snapshot request of kind 0 was answered ok".into());
+        if let Some((_, problem)) = self.must_refuse.iter().find(|(m, _)| *m == id) {
+            if ok {
+                self.problems.push((*problem).into());
+            }
         }
         if !ok && reason.is_empty() {
             self.problems
@@ -300,42 +187,6 @@ fn values_text(v: &[Value]) -> String {
         Value::Bytes(b) => b.iter().map(|c| format!("{c:02x}")).collect(),
     };
     format!("[{}]", v.iter().map(one).collect::<Vec<_>>().join(","))
-}
-
-/// Sends the requests and waits up to `wait` for their replies. Returns
-/// the check; a read error ends the wait early and is a problem.
-pub fn exchange(
-    port: &mut BulkPort<File>,
-    wait: Duration,
-    ncpu: u32,
-) -> Result<ReplyCheck, CommsError> {
-    let mut frames = request_frames();
-    frames.extend(per_cpu_frames(ncpu));
-    for (tag, payload) in frames {
-        port.send(tag, &payload)?;
-    }
-    let bad_watch = SnapshotRequest::new(BAD_WATCH_ID, SnapshotKind::Watch, "no_such_symbol_here");
-    port.send(MsgTag::SnapshotRequest, &bad_watch.encode())?;
-    let mut expect = ReplyCheck::new().pending;
-    expect.extend([
-        (MsgTag::SnapshotReply, BAD_WATCH_ID),
-        (MsgTag::KernelOpReply, PER_CPU_WRITE_ID),
-        (MsgTag::KernelOpReply, PER_CPU_READ_ID),
-        (MsgTag::KernelOpReply, WRONG_START_ID),
-    ]);
-    let mut check = await_replies(port, ReplyCheck::expecting(expect), wait);
-    // jiffies again, a second later: the host sees the guest's time move.
-    std::thread::sleep(Duration::from_secs(1));
-    let (tag, payload) = jiffies_read(JIFFIES_AGAIN_ID);
-    port.send(tag, &payload)?;
-    let again = await_replies(
-        port,
-        ReplyCheck::expecting(vec![(MsgTag::KernelOpReply, JIFFIES_AGAIN_ID)]),
-        wait,
-    );
-    check.seen.extend(again.seen);
-    check.problems.extend(again.problems);
-    Ok(check)
 }
 
 /// Reads the bulk port until `check` has every reply it awaits, or `wait`
@@ -408,41 +259,6 @@ mod tests {
     }
 
     #[test]
-    fn every_reply_in_any_order_and_split_reads_passes() {
-        let mut bytes = korp(KERNEL_OP_ID);
-        bytes.extend(snrp(CAPTURE_ID, true));
-        bytes.extend(snrp(INVALID_SNAPSHOT_ID, false));
-        let mut c = ReplyCheck::new();
-        for chunk in bytes.chunks(7) {
-            c.push(chunk);
-        }
-        assert!(c.done());
-        assert!(c.problems.is_empty(), "{:?}", c.problems);
-        assert_eq!(c.seen.len(), 3);
-    }
-
-    #[test]
-    fn kind_zero_answered_ok_is_a_problem() {
-        let mut c = ReplyCheck::new();
-        c.push(&snrp(INVALID_SNAPSHOT_ID, true));
-        assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
-    }
-
-    #[test]
-    fn missing_wrong_id_and_garbage_are_problems() {
-        let mut c = ReplyCheck::new();
-        c.push(&snrp(99, false));
-        c.push(&snrp(CAPTURE_ID, false));
-        assert!(!c.done());
-        assert_eq!(c.pending_ids(), vec![INVALID_SNAPSHOT_ID, KERNEL_OP_ID]);
-        assert_eq!(c.problems.len(), 1);
-        let mut bad = korp(KERNEL_OP_ID);
-        bad[8] ^= 1; // CRC
-        c.push(&bad);
-        assert_eq!(c.problems.len(), 2);
-    }
-
-    #[test]
     fn a_reply_to_a_request_never_sent_is_ignored_when_lenient() {
         // A late answer to a request that timed out (id 7), then garbage-
         // free noise for id 8 (also not asked), then the awaited one.
@@ -463,14 +279,11 @@ mod tests {
     }
 
     #[test]
-    fn request_frames_decode() {
-        let frames = request_frames();
-        assert_eq!(frames.len(), 3);
-        let invalid = SnapshotRequest::decode(&frames[0].1).unwrap();
-        assert!(invalid.kind().is_err());
-        assert_eq!(
-            KernelOpRequest::decode(&frames[2].1).unwrap().request_id,
-            KERNEL_OP_ID
-        );
+    fn a_request_that_must_be_refused_answered_ok_is_a_problem() {
+        let mut c =
+            ReplyCheck::expecting(vec![(MsgTag::SnapshotReply, 7)]).must_refuse(7, "answered ok");
+        c.push(&snrp(7, true));
+        assert!(c.done());
+        assert_eq!(c.problems, ["answered ok"]);
     }
 }
