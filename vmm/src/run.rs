@@ -46,7 +46,7 @@ pub fn run(
     let (shared, transport, logs) = (m.shared, m.transport, m.logs);
     // Joined when this function returns, after the VM has ended. It
     // reads nothing before SRDY: guest-init has set hvc0 up by then (no
-    // echo of what is typed ahead), see guest-init's shell.rs.
+    // echo of what is typed ahead), see guest-init's job/shell.rs.
     let input_gate = Arc::new(AtomicBool::new(false));
     let _stdin = match config.interactive {
         true => Some(
