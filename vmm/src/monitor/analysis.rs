@@ -138,6 +138,10 @@ pub fn stalls(samples: &[Sample]) -> Vec<Stall> {
 /// `scx_enable_state` SCX_DISABLED (kernel/sched/ext.c, 6.12).
 const SCX_DISABLED: i32 = 3;
 
+/// One CPU's run of stalled samples judged: how long, whether the host
+/// or the guest caused it, and what the kernel said meanwhile. Long: each
+/// cause the host can tell apart (steal, an unrun vCPU thread, a frozen
+/// VM, sched_ext disabled, a lost wake-up) is one step, in order.
 fn judge(cpu: usize, run: &[&Sample]) -> Stall {
     let (first, last) = (run[0], run[run.len() - 1]);
     let window_ms = last.at_ms - first.at_ms;

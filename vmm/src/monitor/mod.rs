@@ -3,6 +3,10 @@
 //! guest memory while the guest runs, with its vCPU threads' host times.
 //! It never stops the guest. The samples are kept (bounded) for the
 //! report and for the host's stall and imbalance checks (`analysis`).
+//!
+//! Long because the thread's start-up (symbols, BTF layouts, the cache,
+//! the kernel view once KADR comes) and its sampling loop share what the
+//! start-up builds; what the samples mean is in `analysis`.
 
 pub mod analysis;
 

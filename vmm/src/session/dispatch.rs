@@ -57,7 +57,8 @@ impl Session {
         }
     }
 
-    /// One admitted frame with a valid CRC (`tag` None: unknown, counted).
+    /// One admitted frame with a valid CRC (`tag` None: unknown, counted):
+    /// one arm per tag, each handing the payload to its concern.
     fn on_frame(&mut self, tag: Option<MsgTag>, payload: &[u8]) {
         match tag {
             Some(MsgTag::SystemReady) => match payload.is_empty() {

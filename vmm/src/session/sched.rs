@@ -2,6 +2,10 @@
 //! and the verdict they make: a scheduler exits 0 after an error or a
 //! stall, so the verdict comes from SCXI (the kernel's exit kind), never
 //! from SCDX alone.
+//!
+//! Long because the verdict reads every way a scheduler can end (each exit
+//! kind, a stall's message, steal during it, an exit before attaching)
+//! with its own reason text, in one place so it reads top to bottom.
 
 use std::time::{Duration, Instant};
 

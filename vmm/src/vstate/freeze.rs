@@ -163,6 +163,8 @@ impl Freezer {
     /// Parks every vCPU, runs `action` with their registers, releases
     /// them, and (with `hide`) hides the time they stood still from the
     /// guest. No vCPU stays parked when this returns, whatever happened.
+    /// Long: its steps (kick, wait for every park, act, hide the time,
+    /// release, wait for the TSC shifts) must run in this order, once.
     pub fn freeze<T>(
         &self,
         vm: &VmFd,

@@ -128,6 +128,7 @@ fn run_loop(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) -> Option<StoppedV
         .then(|| stopped_state(cpu, vcpu))
 }
 
+/// The vCPU's loop: one arm per KVM exit, until the machine ends.
 fn run_until_end(cpu: u32, vcpu: &mut VcpuFd, shared: &VcpuShared) {
     let fail = |reason: String| {
         (shared.events)(VcpuEvent::Failed { cpu, reason });

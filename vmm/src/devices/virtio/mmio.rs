@@ -7,6 +7,11 @@
 //! exits in that window to [`MmioTransport::read`] / [`MmioTransport::write`]
 //! with `offset = addr - base`, registers [`Interrupt::eventfd`] as an
 //! irqfd and each [`MmioTransport::ioeventfds`] entry as an ioeventfd.
+//!
+//! Long because the register file is one state machine (status,
+//! feature selection, queue selection) that each register read and write
+//! checks; the register constants and the queue configuration sit in
+//! `mmio/regs.rs` and `mmio/queue_config.rs`.
 
 use std::io;
 use std::sync::Arc;
