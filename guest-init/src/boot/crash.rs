@@ -2,7 +2,7 @@
 //! where the host collects crash diagnostics, then the machine restarts.
 //!
 //! Never to the virtio bulk port: a full TX queue would block inside the
-//! panic handler and deadlock the guest (wire-protocol.md, "Serial"). The
+//! panic handler and deadlock the guest (wire/PROTOCOL.md, "Serial"). The
 //! COM2 write is non-blocking with a deadline for the same reason.
 
 use std::fs::File;
