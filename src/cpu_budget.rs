@@ -48,9 +48,17 @@ pub fn host_cpus() -> usize {
 /// at once than CPUs only when asked for.
 pub const SLOTS_ENV: &str = "SCHEDRIG_CPU_BUDGET";
 
+/// [`SLOTS_ENV`] set to what is not a vCPU count.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{SLOTS_ENV}={value:?}: a whole number of vCPUs from 1 to 4096")]
+pub struct SlotsError {
+    /// The variable's value, as given.
+    pub value: String,
+}
+
 /// How many vCPUs may run at once across test processes: the host's
 /// CPUs, or [`SLOTS_ENV`] when set (a whole number above 0).
-pub fn slots() -> Result<usize, String> {
+pub fn slots() -> Result<usize, SlotsError> {
     match std::env::var(SLOTS_ENV) {
         Err(_) => Ok(host_cpus()),
         Ok(v) => v
@@ -58,7 +66,7 @@ pub fn slots() -> Result<usize, String> {
             .parse::<usize>()
             .ok()
             .filter(|&n| (1..=4096).contains(&n))
-            .ok_or_else(|| format!("{SLOTS_ENV}={v:?}: a whole number of vCPUs from 1 to 4096")),
+            .ok_or(SlotsError { value: v }),
     }
 }
 
@@ -137,7 +145,7 @@ mod tests {
         assert_eq!(slots(), Ok(8));
         for bad in ["0", "-1", "lots", "5000"] {
             std::env::set_var(SLOTS_ENV, bad);
-            let e = slots().unwrap_err();
+            let e = slots().unwrap_err().to_string();
             assert!(e.contains(SLOTS_ENV) && e.contains(bad), "{e}");
         }
         std::env::remove_var(SLOTS_ENV);

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use std::time::{Duration, Instant};
 
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use schedrig_scenarios::JobKind;
 use schedrig_vmm::{RunVerdict, Topology};
 
@@ -325,12 +326,48 @@ pub fn run_cli(o: CliOptions, started: Instant) -> anyhow::Result<ExitCode> {
                 )
             }
         });
-        let r = crate::run::junit::selftest_report(&results, trouble.as_deref(), report.total);
+        let r = junit_report(&results, trouble.as_deref(), report.total);
         crate::run::junit::write(file, &r)
             .map_err(|e| anyhow::anyhow!("--junit {}: {e}", file.display()))?;
         eprintln!("junit: {}", file.display());
     }
     Ok(crate::exit_status::of_all([outcome]))
+}
+
+/// The report of a `schedrig selftest` suite: a testcase per test the
+/// runner reported (`not ok` a failure, `skip` skipped), and when the
+/// suite did not finish, or the VM ended badly, an error testcase
+/// `suite` saying so. Rendered here, beside what it renders; written
+/// with [`crate::run::junit::write`] like a run's report.
+pub fn junit_report(results: &[TestResult], trouble: Option<&str>, wall: Duration) -> Report {
+    let name = "schedrig selftest";
+    let mut suite = TestSuite::new(name);
+    suite.set_time(wall);
+    for r in results {
+        let status = match r.status {
+            "ok" => TestCaseStatus::success(),
+            "skip" => TestCaseStatus::skipped(),
+            _ => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(format!("not ok {} {}", r.number, r.name));
+                s
+            }
+        };
+        let mut c = TestCase::new(r.name.as_str(), status);
+        c.set_classname("sched_ext.selftests");
+        suite.add_test_case(c);
+    }
+    if let Some(why) = trouble {
+        let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+        s.set_message(why);
+        let mut c = TestCase::new("suite", s);
+        c.set_classname("sched_ext.selftests");
+        suite.add_test_case(c);
+    }
+    let mut r = Report::new(name);
+    r.set_time(wall);
+    r.add_test_suite(suite);
+    r
 }
 
 #[cfg(test)]
@@ -378,5 +415,39 @@ mod tests {
             .collect();
         c.feed(flood.as_bytes());
         assert_eq!(c.results.len(), RESULTS_MAX);
+    }
+
+    #[test]
+    fn a_selftest_suite_that_did_not_finish_is_an_error_case() {
+        let results = [
+            TestResult {
+                number: 1,
+                name: "create_dsq".into(),
+                status: "ok",
+            },
+            TestResult {
+                number: 2,
+                name: "ddsp_bogus_dsq_fail".into(),
+                status: "not ok",
+            },
+            TestResult {
+                number: 3,
+                name: "hotplug".into(),
+                status: "skip",
+            },
+        ];
+        let xml = junit_report(
+            &results,
+            Some("the suite did not finish"),
+            Duration::from_secs(5),
+        )
+        .to_string()
+        .unwrap();
+        assert_eq!(
+            crate::run::junit::suite_counts(&xml),
+            ["4", "1", "1", "1"],
+            "{xml}"
+        );
+        assert!(xml.contains("not ok 2 ddsp_bogus_dsq_fail"), "{xml}");
     }
 }

@@ -45,7 +45,7 @@ pub struct SchedJob {
     pub stop_timeout_ms: u64,
     /// Scenarios to run, in order, while the scheduler (or EEVDF) is held;
     /// when there are any they replace the light load and `hold_ms`.
-    pub scenarios: Vec<crate::Scenario>,
+    pub scenarios: Vec<crate::model::Scenario>,
     /// `schedrig shell`: instead of the hold, a shell on hvc0 while the
     /// scheduler (or EEVDF) runs; the run ends when it exits.
     pub shell: Option<ShellSpec>,
@@ -105,7 +105,7 @@ mod tests {
             attach_timeout_ms: 60_000,
             hold_ms: 5_000,
             stop_timeout_ms: 10_000,
-            scenarios: crate::catalogue::catalogue(&crate::CpuLayout::uniform(1, 2, 2)),
+            scenarios: crate::catalogue::catalogue(&crate::cpuset::CpuLayout::uniform(1, 2, 2)),
             shell: Some(ShellSpec {
                 command: Some("nproc".into()),
                 term: "xterm".into(),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::cache::{self, Entry};
 use super::config::{fragment_builtins, KernelConfig, FRAGMENT};
+use super::error::KernelError;
 use super::source::SourcePin;
-use super::KernelError;
 use crate::progress::StepProgress;
 
 /// Debian packages a kernel build needs (besides the source package).

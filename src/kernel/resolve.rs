@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::cache::{self, Entry};
 use super::config::{KernelConfig, READ_AT_RESOLUTION, REQUIRED_TO_RUN};
+use super::error::KernelError;
 use super::image::{self, ImageFormat};
 use super::source::SourcePin;
-use super::KernelError;
 
 /// What the user asked for; both `None` means "the cached default".
 #[derive(Debug, Clone, Default)]

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::build::{self as kbuild, BuildOptions, BuildOutcome, ConfigBase};
 use super::cache::{self, Entry};
-use super::KernelError;
+use super::error::KernelError;
 
 /// Bumped when the recipe for a tree build changes.
 const TREE_RECIPE_VERSION: u32 = 1;

@@ -16,7 +16,7 @@ pub enum KvmMode {
 
 pub fn kvm_mode() -> KvmMode {
     decide(
-        std::env::var(super::IN_NESTED_ENV).ok().as_deref(),
+        std::env::var(super::config::IN_NESTED_ENV).ok().as_deref(),
         std::env::var(NESTED_ENV).ok().as_deref(),
         Path::new("/sys/module/kvm_pvm").exists(),
         Path::new("/dev/kvm").exists(),
@@ -27,7 +27,7 @@ pub fn kvm_mode() -> KvmMode {
 /// it is PVM and nothing forces a direct run (`SCHEDRIG_NESTED=0`, or
 /// already inside the nested host).
 pub fn direct_boot_refusal() -> Option<String> {
-    let in_nested = std::env::var(super::IN_NESTED_ENV).ok();
+    let in_nested = std::env::var(super::config::IN_NESTED_ENV).ok();
     let forced = std::env::var(NESTED_ENV).ok();
     if in_nested.as_deref() == Some("1") || forced.as_deref() == Some("0") {
         return None;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::NestedError;
+use super::error::NestedError;
 
 /// Debian's generic amd64 kernel packages (not -cloud, not -rt).
 const PACKAGE_PREFIX: &str = "linux-image-6.12.";

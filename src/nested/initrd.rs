@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::error::NestedError;
 use super::hostkernel::HostKernel;
-use super::NestedError;
 use crate::initramfs::CpioWriter;
 
 /// What the command runs with, as the init reads it from /job.

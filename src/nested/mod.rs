@@ -8,7 +8,9 @@
 //! shared writable. stdout and stderr stream back live over two
 //! virtio-console ports, the exit status over a third.
 
+mod config;
 pub mod detect;
+mod error;
 pub mod hostkernel;
 pub mod initrd;
 mod qemu;
@@ -17,83 +19,10 @@ pub mod rerun;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use config::{NestedOptions, IN_NESTED_ENV, RESULTS_ENV};
 pub use detect::{kvm_mode, KvmMode};
+pub use error::NestedError;
 pub use qemu::{NestedOutcome, NestedStatus};
-
-/// Environment variable set inside the nested host, so nothing nests twice.
-pub const IN_NESTED_ENV: &str = "SCHEDRIG_IN_NESTED";
-/// The results directory, as the command sees it.
-pub const RESULTS_ENV: &str = "SCHEDRIG_NESTED_RESULTS";
-
-#[derive(Debug, Clone)]
-pub struct NestedOptions {
-    pub cpus: u32,
-    pub memory_mib: u64,
-    pub timeout: Duration,
-    /// Writable directory shared with the command; created if missing.
-    pub results: Option<PathBuf>,
-    /// More directories (existing, absolute) shared writable at the same
-    /// paths (e.g. `schedrig run --timeline` beside `--console-log`).
-    pub also_writable: Vec<PathBuf>,
-    /// Show the nested host's kernel console live (debugging).
-    pub console: bool,
-    /// Multi-threaded TCG (one host thread per vCPU) or one thread for all.
-    pub tcg_multi_thread: bool,
-    /// Appended to the nested host kernel's command line (module
-    /// parameters such as `kvm_amd.npt=0` included).
-    pub append: String,
-    /// Forward our stdin to the command (`schedrig shell`); otherwise it
-    /// reads /dev/null.
-    pub stdin: bool,
-}
-
-impl Default for NestedOptions {
-    fn default() -> Self {
-        Self {
-            cpus: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
-            memory_mib: 4096,
-            timeout: Duration::from_secs(1800),
-            results: None,
-            also_writable: Vec::new(),
-            console: false,
-            tcg_multi_thread: true,
-            append: String::new(),
-            stdin: false,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NestedError {
-    #[error(transparent)]
-    Setup(#[from] crate::setup::SetupError),
-    #[error("cannot {what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot run {0}: {1}")]
-    Spawn(String, #[source] std::io::Error),
-    #[error(transparent)]
-    Process(#[from] crate::process::ProcessError),
-    #[error("nested host kernel: {0}")]
-    HostKernel(String),
-    #[error("bad command for the nested host: {0}")]
-    BadJob(String),
-    #[error("bad option: {0}")]
-    BadOption(String),
-}
-
-impl NestedError {
-    fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            what,
-            path: path.display().to_string(),
-            source,
-        }
-    }
-}
 
 /// Where nested-host artifacts are cached.
 pub fn nested_dir() -> PathBuf {

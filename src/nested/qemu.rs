@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::config::NestedOptions;
+use super::error::NestedError;
 use super::hostkernel::HostKernel;
 use super::initrd::Mount;
-use super::{NestedError, NestedOptions};
 use crate::process::LossyLines;
 
 const QEMU: &str = "qemu-system-x86_64";

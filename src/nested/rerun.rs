@@ -13,7 +13,7 @@ pub const NESTED_ATTEMPTS: u32 = 2;
 
 /// True when this runs inside the emulated nested host.
 pub fn in_emulated_host() -> bool {
-    std::env::var(super::IN_NESTED_ENV).as_deref() == Ok("1")
+    std::env::var(super::config::IN_NESTED_ENV).as_deref() == Ok("1")
 }
 
 /// Inside the emulated host, keeps this process (and so every vCPU thread

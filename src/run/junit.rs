@@ -1,5 +1,4 @@
-//! `schedrig run --junit FILE` (and `schedrig selftest --junit FILE`,
-//! [`selftest_report`]): the run as a JUnit XML report, the form
+//! `schedrig run --junit FILE`: the run as a JUnit XML report, the form
 //! CI systems show in their test views. One testsuite per run, one
 //! testcase per scenario: `fail` a failure with the failing checks'
 //! values, limits and reasons; `error` an error; `inconclusive` skipped
@@ -148,45 +147,6 @@ fn describe(failing: &[String], reason: &str) -> String {
         d.push_str(reason);
     }
     d
-}
-
-/// The report of a `schedrig selftest` suite: a testcase per test the
-/// runner reported (`not ok` a failure, `skip` skipped), and when the
-/// suite did not finish, or the VM ended badly, an error testcase
-/// `suite` saying so.
-pub fn selftest_report(
-    results: &[crate::selftest::TestResult],
-    trouble: Option<&str>,
-    wall: std::time::Duration,
-) -> Report {
-    let name = "schedrig selftest";
-    let mut suite = TestSuite::new(name);
-    suite.set_time(wall);
-    for r in results {
-        let status = match r.status {
-            "ok" => TestCaseStatus::success(),
-            "skip" => TestCaseStatus::skipped(),
-            _ => {
-                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                s.set_message(format!("not ok {} {}", r.number, r.name));
-                s
-            }
-        };
-        let mut c = TestCase::new(r.name.as_str(), status);
-        c.set_classname("sched_ext.selftests");
-        suite.add_test_case(c);
-    }
-    if let Some(why) = trouble {
-        let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-        s.set_message(why);
-        let mut c = TestCase::new("suite", s);
-        c.set_classname("sched_ext.selftests");
-        suite.add_test_case(c);
-    }
-    let mut r = Report::new(name);
-    r.set_time(wall);
-    r.add_test_suite(suite);
-    r
 }
 
 /// A figure without a trailing ".0", at most 3 decimals.
@@ -362,37 +322,6 @@ mod tests {
             out.contains("artifact: /tmp/logs\nartifact: /tmp/t/01-steady.html"),
             "{out}"
         );
-    }
-
-    #[test]
-    fn a_selftest_suite_that_did_not_finish_is_an_error_case() {
-        use crate::selftest::TestResult;
-        let results = [
-            TestResult {
-                number: 1,
-                name: "create_dsq".into(),
-                status: "ok",
-            },
-            TestResult {
-                number: 2,
-                name: "ddsp_bogus_dsq_fail".into(),
-                status: "not ok",
-            },
-            TestResult {
-                number: 3,
-                name: "hotplug".into(),
-                status: "skip",
-            },
-        ];
-        let xml = selftest_report(
-            &results,
-            Some("the suite did not finish"),
-            Duration::from_secs(5),
-        )
-        .to_string()
-        .unwrap();
-        assert_eq!(suite_counts(&xml), ["4", "1", "1", "1"], "{xml}");
-        assert!(xml.contains("not ok 2 ddsp_bogus_dsq_fail"), "{xml}");
     }
 
     #[test]

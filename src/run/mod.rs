@@ -5,25 +5,28 @@
 //! scenario that was running gets its verdict and the rest go on in a
 //! fresh VM. `--isolate` boots one VM per scenario.
 
+mod error;
 pub mod junit;
 mod observer;
+mod outcome;
 pub mod output;
 pub mod report;
 pub mod shard;
 pub mod timeline;
 
+pub use error::RunError;
 pub use observer::{NoRunObserver, RunObserver};
+pub use outcome::{Outcome, RunSummary, SchedEnd, VmLogs, VmTimes};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use schedrig_scenarios::checks::{self, JudgeEnv, Judgement, ScenarioVerdict};
 use schedrig_scenarios::{CpuLayout, JobKind, Scenario};
-use schedrig_vmm::introspect::snapshot::Snapshot;
 use schedrig_vmm::{RunReport, Topology};
 use schedrig_wire::ScenarioResult;
 
-use crate::boot::{BootError, BootOptions, Job};
+use crate::boot::{BootOptions, Job};
 use crate::kernel::KernelRequest;
 
 /// Per scenario, beyond its holds: calibration, spawning, teardown and
@@ -34,20 +37,6 @@ pub const SCENARIO_OVERHEAD: Duration = Duration::from_secs(20);
 pub const SCENARIO_WATCH_SLACK: Duration = Duration::from_secs(90);
 /// Boots of one batch after a VM that died of the emulation.
 const EMULATION_ATTEMPTS: u32 = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("unknown scenario {name:?}; known: {known} (or give a FILE.toml)")]
-    UnknownScenario { name: String, known: String },
-    #[error(transparent)]
-    Toml(#[from] schedrig_scenarios::toml_file::TomlError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Boot(#[from] BootError),
-    #[error(transparent)]
-    Sched(#[from] crate::sched::SchedError),
-}
 
 /// An output directory (`--console-log DIR`, `--timeline DIR`): created
 /// if missing, and made absolute (the nested test host shares it writable
@@ -184,83 +173,6 @@ pub struct RunOptions {
     pub isolate: bool,
     pub attach_timeout: Duration,
     pub boot_timeout: Duration,
-}
-
-/// One scenario's outcome.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub scenario: Scenario,
-    pub judgement: Judgement,
-    pub result: Option<ScenarioResult>,
-    /// The kernel's word on the scheduler's end, when it ended here.
-    pub sched_exit: Option<SchedEnd>,
-    pub duration: Duration,
-    /// Which VM (1-based) ran it.
-    pub vm: u32,
-    /// A second word on a scenario already reported (the scheduler
-    /// failed as it was stopped after it): progress counts it once.
-    pub revised: bool,
-    /// The host's snapshots taken during it (its `snapshot` ops, watch
-    /// hits, the automatic `failure` one).
-    pub snapshots: Vec<Snapshot>,
-}
-
-/// The scheduler's end as the kernel told it, for a scenario's result.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SchedEnd {
-    pub name: String,
-    /// `detached`, `not_attached`, `died`, `no_scheduler`.
-    pub outcome: Option<&'static str>,
-    /// The kernel's exit kind (`ERROR_STALL`, `UNREG_BPF`, ...).
-    pub exit_kind: Option<&'static str>,
-    pub reason: String,
-    pub message: String,
-    pub sched_ext_state: String,
-    pub exit_status: Option<i32>,
-    pub signal: Option<i32>,
-}
-
-/// A VM's times: VMM start to SRDY, to the scheduler attached, and to
-/// its end (so boots can be counted apart from scenarios).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VmTimes {
-    pub ready: Option<Duration>,
-    pub attached: Option<Duration>,
-    pub total: Duration,
-}
-
-impl VmTimes {
-    fn of(r: &RunReport) -> VmTimes {
-        VmTimes {
-            ready: r.ready,
-            attached: r.scheduler.attach,
-            total: r.total,
-        }
-    }
-}
-
-/// The whole run.
-#[derive(Debug, Clone)]
-pub struct RunSummary {
-    pub outcomes: Vec<Outcome>,
-    pub boots: u32,
-    pub wall: Duration,
-    /// Each VM's times, in boot order.
-    pub vms: Vec<VmTimes>,
-    /// Each VM's logs, in boot order.
-    pub logs: Vec<VmLogs>,
-    /// What it was measured with.
-    pub fingerprint: crate::fingerprint::Fingerprint,
-}
-
-/// What a VM's scheduler and kernel said (bounded by the VMM).
-#[derive(Debug, Clone, Default)]
-pub struct VmLogs {
-    /// The scheduler's output, its newest `SCHED_LOG_KEEP` bytes; empty
-    /// under EEVDF.
-    pub scheduler: String,
-    /// Kernel log lines the guest forwarded (sched_ext's among them).
-    pub kernel: String,
 }
 
 impl RunOptions {

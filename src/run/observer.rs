@@ -9,7 +9,7 @@ use schedrig_scenarios::Scenario;
 use schedrig_vmm::introspect::snapshot::Snapshot;
 use schedrig_wire::ScenarioResult;
 
-use super::{Outcome, RunSummary};
+use super::outcome::{Outcome, RunSummary};
 
 /// Told of a run as it goes; every method defaults to nothing. Called on
 /// the run's own thread between the guest's frames: be quick.

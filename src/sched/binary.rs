@@ -163,16 +163,25 @@ pub struct ClosureFile {
     pub guest: String,
 }
 
+/// Why the host loader's listing of the libraries cannot be shipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("more than {CLOSURE_MAX} libraries")]
+    TooMany,
+}
+
 /// Parses `ld.so --list` output: `name => /path (0x...)` and
 /// `/path (0x...)` lines; the vDSO (no path) is skipped, `not found` is
 /// an error naming the library.
-pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
+pub fn parse_list(text: &str) -> Result<Vec<String>, ListError> {
     let mut out = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let target = match line.split_once(" => ") {
             Some((name, rest)) => {
                 if rest.trim() == "not found" {
-                    return Err(format!("{name} not found"));
+                    return Err(ListError::NotFound(name.to_string()));
                 }
                 rest
             }
@@ -183,7 +192,7 @@ pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
             out.push(path.to_string());
         }
         if out.len() > CLOSURE_MAX {
-            return Err(format!("more than {CLOSURE_MAX} libraries"));
+            return Err(ListError::TooMany);
         }
     }
     Ok(out)
@@ -210,7 +219,8 @@ pub fn closure(path: &Path, interp: &str) -> Result<Vec<ClosureFile>, BinaryErro
     if !done.status.success() {
         return Err(err(format!("{}: {}", done.status, done.text().trim())));
     }
-    let listed = parse_list(&String::from_utf8_lossy(&done.stdout)).map_err(err)?;
+    let listed =
+        parse_list(&String::from_utf8_lossy(&done.stdout)).map_err(|e| err(e.to_string()))?;
     let mut files = vec![ClosureFile {
         host: PathBuf::from(interp),
         guest: interp.to_string(),
@@ -294,7 +304,9 @@ mod tests {
             ]
         );
         assert_eq!(
-            parse_list("\tlibfoo.so.2 => not found\n").unwrap_err(),
+            parse_list("\tlibfoo.so.2 => not found\n")
+                .unwrap_err()
+                .to_string(),
             "libfoo.so.2 not found"
         );
     }

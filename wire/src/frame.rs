@@ -116,7 +116,7 @@ pub fn encode_frame(tag: MsgTag, payload: &[u8]) -> Result<Vec<u8>, FrameError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parser::{GUEST_TO_HOST_MAX_PAYLOAD, HOST_TO_GUEST_MAX_PAYLOAD};
+    use crate::limits::{GUEST_TO_HOST_MAX_PAYLOAD, HOST_TO_GUEST_MAX_PAYLOAD};
 
     #[test]
     fn header_layout_pins_every_field() {

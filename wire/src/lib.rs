@@ -6,6 +6,7 @@
 //!
 //! - [`console`]: multiport virtio-console layout and control messages.
 //! - [`tag`]: message tags of the frames on the bulk port.
+//! - [`limits`]: the payload cap of each direction.
 //! - [`frame`]: the 16-byte frame header and the frame encoder.
 //! - [`parser`]: the incremental, untrusting frame-stream parser.
 //! - [`payload`]: one module per payload family.
@@ -25,16 +26,15 @@
 
 pub mod console;
 pub mod frame;
+pub mod limits;
 pub mod parser;
 pub mod payload;
 pub mod tag;
 pub mod text;
 
 pub use frame::{encode_frame, encode_frame_into, FrameError, FrameHeader, FRAME_HEADER_LEN};
-pub use parser::{
-    Frame, FrameParser, ParseError, ParserStats, GUEST_TO_HOST_MAX_PAYLOAD,
-    HOST_TO_GUEST_MAX_PAYLOAD,
-};
+pub use limits::{GUEST_TO_HOST_MAX_PAYLOAD, HOST_TO_GUEST_MAX_PAYLOAD};
+pub use parser::{Frame, FrameParser, ParseError, ParserStats};
 pub use payload::kern_addrs::{KernAddrs, KernAddrsError};
 pub use payload::kernel_op::{
     KernelOpError, KernelOpReply, KernelOpRequest, GUEST_MAX_REPLY, KERNEL_OP_ENTRIES_MAX,

@@ -15,17 +15,8 @@ use zerocopy::FromBytes;
 use crate::frame::{payload_crc, FrameHeader, FRAME_HEADER_LEN};
 use crate::tag::{FrameDirection, MsgTag, RawTag};
 
-/// Payload cap for frames the host reads from the guest: 4 MiB.
-///
-/// Big enough that a kernel log dump (DMSG) or a coverage profile (PRAW)
-/// fits in one frame; small enough that a lying or broken guest can make
-/// the host buffer at most this much per stream. Output streams (SOUT,
-/// SERR, SCLG) are chunked anyway; a writer with a larger blob chunks it.
-pub const GUEST_TO_HOST_MAX_PAYLOAD: u32 = 4 << 20;
-
-/// Payload cap for frames the guest reads from the host: 1 MiB, the most
-/// a guest accepts for a reply (the largest host->guest frame is KORP).
-pub const HOST_TO_GUEST_MAX_PAYLOAD: u32 = crate::payload::kernel_op::GUEST_MAX_REPLY as u32;
+/// The caps, also reachable here (`schedrig_wire::parser::...`) as before.
+pub use crate::limits::{GUEST_TO_HOST_MAX_PAYLOAD, HOST_TO_GUEST_MAX_PAYLOAD};
 
 /// One frame from the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Which way a frame travels on the bulk port. Each direction has its own
-/// payload cap (see [`crate::parser`]).
+/// payload cap (see [`crate::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameDirection {
     /// Written by the guest init, read by the host VMM.
@@ -22,8 +22,8 @@ impl FrameDirection {
     /// The largest payload a reader accepts in this direction.
     pub const fn max_payload(self) -> u32 {
         match self {
-            FrameDirection::GuestToHost => crate::parser::GUEST_TO_HOST_MAX_PAYLOAD,
-            FrameDirection::HostToGuest => crate::parser::HOST_TO_GUEST_MAX_PAYLOAD,
+            FrameDirection::GuestToHost => crate::limits::GUEST_TO_HOST_MAX_PAYLOAD,
+            FrameDirection::HostToGuest => crate::limits::HOST_TO_GUEST_MAX_PAYLOAD,
         }
     }
 }
