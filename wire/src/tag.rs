@@ -32,7 +32,7 @@ impl FrameDirection {
 /// direction of a tag cannot drift apart in separate `match`es.
 macro_rules! msg_tags {
     ($( $(#[$doc:meta])* $variant:ident = $value:literal, $name:literal, $dir:ident; )*) => {
-        /// Every message tag of the bulk-port protocol (wire-protocol.md,
+        /// Every message tag of the bulk-port protocol (wire/PROTOCOL.md,
         /// "Message tags"). The discriminant is the on-wire u32.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u32)]

@@ -1,5 +1,5 @@
 //! Payload types, one module per message family. Each module encodes and
-//! decodes exactly what wire-protocol.md says, and rejects anything else.
+//! decodes exactly what wire/PROTOCOL.md says, and rejects anything else.
 
 pub mod bounded;
 pub mod kern_addrs;

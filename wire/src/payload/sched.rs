@@ -1,7 +1,7 @@
 //! The scheduler's life as the guest saw it: SCAT when it attached, SCXI
 //! when it ended (how, with the kernel's exit kind and text).
 //!
-//! Both extend wire-protocol.md (see wire/README.md). SCDX keeps carrying
+//! Both extend wire/PROTOCOL.md (see wire/README.md). SCDX keeps carrying
 //! the bare process exit code; SCXI says what it means, because a
 //! sched_ext scheduler exits 0 even after an error or a stall.
 //!

@@ -1,7 +1,7 @@
 //! TOPO: the CPU topology the guest kernel actually built, read from sysfs,
 //! so the host can check it against the topology it asked the VMM for.
 //!
-//! TOPO extends wire-protocol.md (see wire/README.md). Payload: postcard
+//! TOPO extends wire/PROTOCOL.md (see wire/README.md). Payload: postcard
 //! [`GuestTopology`], variable length, at most [`TOPOLOGY_MAX_LEN`] bytes.
 //! postcard is positional, so the field order below is the wire format:
 //! a change of shape needs a new tag, never an edited struct.
