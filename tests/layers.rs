@@ -31,6 +31,10 @@ struct Crate {
     inline: BTreeMap<ModPath, ModPath>,
     /// Per module: re-exported name -> absolute path of the item.
     reexports: BTreeMap<ModPath, BTreeMap<String, ModPath>>,
+    /// Per module: the modules it re-exports whole (`pub use x::*`).
+    globs: BTreeMap<ModPath, Vec<ModPath>>,
+    /// Per module: the names of the items it defines.
+    defined: BTreeMap<ModPath, BTreeSet<String>>,
 }
 
 fn module_of(root: &Path, file: &Path) -> Option<ModPath> {
@@ -109,6 +113,7 @@ struct Paths<'c> {
     here: ModPath,
     found: Vec<(ModPath, ModPath)>,
     reexports: Vec<(ModPath, String, ModPath)>,
+    globs: Vec<(ModPath, ModPath)>,
 }
 
 impl Paths<'_> {
@@ -162,8 +167,12 @@ impl<'ast> Visit<'ast> for Paths<'_> {
         flatten_use(&mut Vec::new(), &u.tree, &mut flat);
         let public = !matches!(u.vis, syn::Visibility::Inherited);
         for (path, name) in flat {
-            if let (true, Some(name), Some(abs)) = (public, name.as_ref(), self.absolute(&path)) {
-                self.reexports.push((self.here.clone(), name.clone(), abs));
+            match (public, name.as_ref(), self.absolute(&path)) {
+                (true, Some(name), Some(abs)) => {
+                    self.reexports.push((self.here.clone(), name.clone(), abs))
+                }
+                (true, None, Some(abs)) => self.globs.push((self.here.clone(), abs)),
+                _ => {}
             }
             self.note(&path);
         }
@@ -186,6 +195,8 @@ impl Crate {
             files: BTreeMap::new(),
             inline: BTreeMap::new(),
             reexports: BTreeMap::new(),
+            globs: BTreeMap::new(),
+            defined: BTreeMap::new(),
         };
         let mut parsed = Vec::new();
         for f in files {
@@ -195,6 +206,7 @@ impl Crate {
             let text = std::fs::read_to_string(&f).unwrap();
             let ast = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             collect_inline(&m, &m, &ast.items, &mut krate.inline);
+            collect_defined(&m, &ast.items, &mut krate.defined);
             // `#[macro_export]` puts a macro at the crate root.
             for item in &ast.items {
                 if let syn::Item::Macro(mac) = item {
@@ -233,6 +245,23 @@ impl Crate {
                     next.extend(path[len + 1..].iter().cloned());
                     return self.resolve(&next, depth + 1);
                 }
+                // Not defined here: through a glob re-export that has it.
+                let here = self.defined.get(&prefix).is_some_and(|d| d.contains(name));
+                for g in self
+                    .globs
+                    .get(&prefix)
+                    .into_iter()
+                    .flatten()
+                    .filter(|_| !here)
+                {
+                    let has = self.defined.get(g).is_some_and(|d| d.contains(name))
+                        || self.reexports.get(g).is_some_and(|r| r.contains_key(name));
+                    if has {
+                        let mut next = g.clone();
+                        next.extend(path[len..].iter().cloned());
+                        return self.resolve(&next, depth + 1);
+                    }
+                }
             }
             return Some(owner);
         }
@@ -253,6 +282,39 @@ fn collect_inline(
                 p.push(m.ident.to_string());
                 out.insert(p.clone(), file.clone());
                 collect_inline(file, &p, inner, out);
+            }
+        }
+    }
+}
+
+/// The names of the items each module (file or inline) defines.
+fn collect_defined(
+    here: &ModPath,
+    items: &[syn::Item],
+    out: &mut BTreeMap<ModPath, BTreeSet<String>>,
+) {
+    for item in items {
+        let name = match item {
+            syn::Item::Struct(i) => Some(&i.ident),
+            syn::Item::Enum(i) => Some(&i.ident),
+            syn::Item::Union(i) => Some(&i.ident),
+            syn::Item::Fn(i) => Some(&i.sig.ident),
+            syn::Item::Const(i) => Some(&i.ident),
+            syn::Item::Static(i) => Some(&i.ident),
+            syn::Item::Type(i) => Some(&i.ident),
+            syn::Item::Trait(i) => Some(&i.ident),
+            syn::Item::Mod(i) => Some(&i.ident),
+            syn::Item::Macro(i) => i.ident.as_ref(),
+            _ => None,
+        };
+        if let Some(n) = name {
+            out.entry(here.clone()).or_default().insert(n.to_string());
+        }
+        if let syn::Item::Mod(m) = item {
+            if let Some((_, inner)) = &m.content {
+                let mut p = here.clone();
+                p.push(m.ident.to_string());
+                collect_defined(&p, inner, out);
             }
         }
     }
@@ -335,11 +397,21 @@ fn crate_edges(
             here,
             found: Vec::new(),
             reexports: Vec::new(),
+            globs: Vec::new(),
         };
         v.visit_file(ast);
-        found.extend(v.found);
-        for (m, name, abs) in v.reexports {
+        let Paths {
+            found: seen,
+            reexports,
+            globs,
+            ..
+        } = v;
+        found.extend(seen);
+        for (m, name, abs) in reexports {
             krate.reexports.entry(m).or_default().insert(name, abs);
+        }
+        for (m, abs) in globs {
+            krate.globs.entry(m).or_default().push(abs);
         }
     }
     let mut edges: BTreeMap<ModPath, BTreeSet<ModPath>> = BTreeMap::new();
