@@ -77,15 +77,14 @@ enum Command {
     /// --repeat N`) and a call. A regression is beyond its threshold and
     /// the noise; exit status 1 if any, 0 if none, 2 for bad input.
     Compare(CompareArgs),
-    /// Field layouts from a vmlinux's BTF, one line per query
-    /// (`struct:TYPE:PATH` or `var:NAME:PATH`): `OFFSET SIZE` or
-    /// `error: WHY`. The VMM asks this of a child process so that it never
-    /// holds a parsed kernel BTF itself.
+    /// Field layouts from a vmlinux's BTF: reads a JSON list of queries
+    /// (`{"owner": "struct" or "var", "name": ..., "path": ...}`) from
+    /// stdin and writes a JSON list with one answer per query
+    /// (`{"field": {"offset": ..., "size": ...}}` or `{"error": WHY}`).
+    /// The VMM asks this of a child process so that it never holds a
+    /// parsed kernel BTF itself.
     #[command(hide = true)]
-    BtfQuery {
-        vmlinux: PathBuf,
-        queries: Vec<String>,
-    },
+    BtfQuery { vmlinux: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -621,12 +620,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::exit_status::PASSED
             }));
         }
-        Command::BtfQuery { vmlinux, queries } => {
-            print!(
-                "{}",
-                schedrig_vmm::introspect::btf::answer_queries(&vmlinux, &queries)
-                    .map_err(|e| crate::exit_status::refused(e.into()))?
-            );
+        Command::BtfQuery { vmlinux } => {
+            schedrig_vmm::introspect::btf::serve_queries(
+                &vmlinux,
+                std::io::stdin().lock(),
+                std::io::stdout().lock(),
+            )
+            .map_err(|e| crate::exit_status::refused(e.into()))?;
         }
         Command::Selftest(a) => {
             prepare_kernel(

@@ -391,16 +391,18 @@ pub fn main(tests: Vec<SchedTest>) -> ExitCode {
 /// The longest a test binary may run in the nested test host.
 const NESTED_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
+/// `btf-query VMLINUX`, queries on stdin (`introspect::btf::serve_queries`).
 fn btf_query(args: &[String]) -> ExitCode {
-    let Some((vmlinux, queries)) = args.split_first() else {
-        say!("btf-query: VMLINUX QUERY...");
+    let [vmlinux] = args else {
+        say!("btf-query: VMLINUX (the queries on stdin)");
         return ExitCode::FAILURE;
     };
-    match schedrig_vmm::introspect::btf::answer_queries(Path::new(vmlinux), queries) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+    match schedrig_vmm::introspect::btf::serve_queries(
+        Path::new(vmlinux),
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             say!("btf-query: {e}");
             ExitCode::FAILURE

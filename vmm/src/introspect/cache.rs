@@ -12,10 +12,13 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::btf::{Field, Layouts};
+use super::btf::{Answer, Field, FieldKey, LayoutError, Layouts, Owner};
 
 /// First line of a cache file: the format and the version that wrote it
 /// (a newer schedrig may ask other questions or read answers otherwise).
+/// Format 1's lines are `sym NAME ADDR SIZE`, `field OWNER NAME PATH
+/// OFFSET SIZE` and `nofield OWNER NAME PATH WHY`, tab-separated, OWNER
+/// spelled as [`Owner::as_str`].
 const HEADER: &str = concat!("schedrig-introspect 1 ", env!("CARGO_PKG_VERSION"));
 /// Largest cache file read; a bigger one is ignored (and rewritten).
 const FILE_MAX: u64 = 1 << 20;
@@ -24,15 +27,12 @@ const ENTRIES_MAX: usize = 4096;
 /// Cache files kept (one per vmlinux seen; ~1.5 KB each): the newest.
 const FILES_KEPT: usize = 64;
 
-/// A field question: (is a variable, struct or variable name, path).
-pub type Key = (bool, String, String);
-
 /// The cached reads of one vmlinux.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Cached {
     /// name, link-time address, size.
     pub symbols: Vec<(String, u64, u64)>,
-    pub fields: Vec<(Key, Result<Field, String>)>,
+    pub fields: Vec<(FieldKey, Answer)>,
 }
 
 /// The cache file of one vmlinux.
@@ -119,11 +119,15 @@ fn render(c: &Cached) -> String {
     for (name, addr, size) in c.symbols.iter().take(ENTRIES_MAX) {
         s += &format!("sym\t{name}\t{addr:x}\t{size}\n");
     }
-    for ((var, name, path), r) in c.fields.iter().take(ENTRIES_MAX) {
-        let kind = if *var { "var" } else { "struct" };
-        match r {
-            Ok(f) => s += &format!("field\t{kind}\t{name}\t{path}\t{}\t{}\n", f.offset, f.size),
-            Err(e) => s += &format!("nofield\t{kind}\t{name}\t{path}\t{}\n", one_line(e)),
+    for (FieldKey { owner, name, path }, a) in c.fields.iter().take(ENTRIES_MAX) {
+        let owner = owner.as_str();
+        match a {
+            Answer::Field(f) => {
+                s += &format!("field\t{owner}\t{name}\t{path}\t{}\t{}\n", f.offset, f.size)
+            }
+            Answer::Error(e) => {
+                s += &format!("nofield\t{owner}\t{name}\t{path}\t{}\n", one_line(e))
+            }
         }
     }
     s
@@ -150,14 +154,14 @@ fn parse(text: &str) -> Option<Cached> {
             )),
             ["field", kind, name, path, offset, size] => c.fields.push((
                 key(kind, name, path)?,
-                Ok(Field {
+                Answer::Field(Field {
                     offset: offset.parse().ok()?,
                     size: size.parse().ok()?,
                 }),
             )),
             ["nofield", kind, name, path, why] => c
                 .fields
-                .push((key(kind, name, path)?, Err(why.to_string()))),
+                .push((key(kind, name, path)?, Answer::Error(why.to_string()))),
             _ => return None,
         }
         if c.symbols.len() > ENTRIES_MAX || c.fields.len() > ENTRIES_MAX {
@@ -167,26 +171,21 @@ fn parse(text: &str) -> Option<Cached> {
     Some(c)
 }
 
-fn key(kind: &str, name: &str, path: &str) -> Option<Key> {
-    let var = match kind {
-        "var" => true,
-        "struct" => false,
-        _ => return None,
-    };
-    Some((var, name.to_string(), path.to_string()))
+fn key(owner: &str, name: &str, path: &str) -> Option<FieldKey> {
+    Some(FieldKey::new(Owner::parse(owner)?, name, path))
 }
 
 /// Field layouts answered from the cache first, then by `inner`; what
 /// `inner` answered is kept, for the next store.
 pub struct SeededLayouts {
-    known: HashMap<Key, Result<Field, String>>,
+    known: HashMap<FieldKey, Answer>,
     inner: std::sync::Arc<dyn Layouts>,
-    learned: std::sync::Mutex<Vec<(Key, Result<Field, String>)>>,
+    learned: std::sync::Mutex<Vec<(FieldKey, Answer)>>,
 }
 
 impl SeededLayouts {
     pub fn new(
-        known: impl IntoIterator<Item = (Key, Result<Field, String>)>,
+        known: impl IntoIterator<Item = (FieldKey, Answer)>,
         inner: std::sync::Arc<dyn Layouts>,
     ) -> Self {
         Self {
@@ -202,11 +201,11 @@ impl SeededLayouts {
     }
 
     /// Every answer known: the cache's and those learned since.
-    pub fn all(&self) -> Vec<(Key, Result<Field, String>)> {
+    pub fn all(&self) -> Vec<(FieldKey, Answer)> {
         let mut v: Vec<_> = self
             .known
             .iter()
-            .map(|(k, r)| (k.clone(), r.clone()))
+            .map(|(k, a)| (k.clone(), a.clone()))
             .collect();
         if let Ok(l) = self.learned.lock() {
             v.extend(l.iter().cloned());
@@ -215,38 +214,29 @@ impl SeededLayouts {
         v.dedup_by(|a, b| a.0 == b.0);
         v
     }
+}
 
-    fn get(&self, var: bool, name: &str, path: &str) -> Result<Field, String> {
-        let key = (var, name.to_string(), path.to_string());
-        if let Some(r) = self.known.get(&key) {
-            return r.clone();
+impl Layouts for SeededLayouts {
+    fn lookup(&self, key: &FieldKey) -> Result<Field, LayoutError> {
+        if let Some(a) = self.known.get(key) {
+            return a.clone().into_result();
         }
-        let r = if var {
-            self.inner.var_field(name, path)
-        } else {
-            self.inner.field(name, path)
-        };
-        if let Ok(mut l) = self.learned.lock() {
-            if l.len() < ENTRIES_MAX && !l.iter().any(|(k, _)| *k == key) {
-                l.push((key, r.clone()));
+        let r = self.inner.lookup(key);
+        // Only answers about the field are kept: a helper that could not
+        // run this time says nothing about the next.
+        if let (Some(a), Ok(mut l)) = (Answer::of(&r), self.learned.lock()) {
+            if l.len() < ENTRIES_MAX && !l.iter().any(|(k, _)| k == key) {
+                l.push((key.clone(), a));
             }
         }
         r
     }
-}
 
-impl Layouts for SeededLayouts {
-    fn field(&self, ty: &str, path: &str) -> Result<Field, String> {
-        self.get(false, ty, path)
-    }
-    fn var_field(&self, var: &str, path: &str) -> Result<Field, String> {
-        self.get(true, var, path)
-    }
-    fn prefetch(&self, keys: &[(bool, &str, &str)]) -> Result<(), String> {
-        let missing: Vec<(bool, &str, &str)> = keys
+    fn prefetch(&self, keys: &[FieldKey]) -> Result<(), LayoutError> {
+        let missing: Vec<FieldKey> = keys
             .iter()
-            .filter(|(v, n, p)| !self.known.contains_key(&(*v, n.to_string(), p.to_string())))
-            .copied()
+            .filter(|k| !self.known.contains_key(k))
+            .cloned()
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -269,12 +259,12 @@ mod tests {
             ],
             fields: vec![
                 (
-                    (false, "rq".into(), "nr_running".into()),
-                    Ok(Field { offset: 4, size: 4 }),
+                    FieldKey::new(Owner::Struct, "rq", "nr_running"),
+                    Answer::Field(Field { offset: 4, size: 4 }),
                 ),
                 (
-                    (true, "scx_root".into(), "ops".into()),
-                    Err("BTF has no variable scx_root\twith\na tab".into()),
+                    FieldKey::new(Owner::Var, "scx_root", "ops"),
+                    Answer::Error("BTF has no variable scx_root\twith\na tab".into()),
                 ),
             ],
         }
@@ -294,7 +284,7 @@ mod tests {
         assert_eq!(back.fields[0], sample().fields[0]);
         assert_eq!(
             back.fields[1].1,
-            Err("BTF has no variable scx_root with a tab".into())
+            Answer::Error("BTF has no variable scx_root with a tab".into())
         );
         // No temp file is left behind.
         assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1);
@@ -352,15 +342,15 @@ mod tests {
 
     struct Counting(AtomicUsize);
     impl Layouts for Counting {
-        fn field(&self, _: &str, _: &str) -> Result<Field, String> {
+        fn lookup(&self, key: &FieldKey) -> Result<Field, LayoutError> {
             self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(Field { offset: 8, size: 8 })
+            match key.owner {
+                Owner::Struct => Ok(Field { offset: 8, size: 8 }),
+                Owner::Var if key.name == "unreachable" => Err(LayoutError::Deadline),
+                Owner::Var => Err(LayoutError::Answered("none".into())),
+            }
         }
-        fn var_field(&self, _: &str, _: &str) -> Result<Field, String> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Err("none".into())
-        }
-        fn prefetch(&self, keys: &[(bool, &str, &str)]) -> Result<(), String> {
+        fn prefetch(&self, keys: &[FieldKey]) -> Result<(), LayoutError> {
             self.0.fetch_add(100 * keys.len(), Ordering::Relaxed);
             Ok(())
         }
@@ -371,17 +361,31 @@ mod tests {
         let inner = Arc::new(Counting(AtomicUsize::new(0)));
         let l = SeededLayouts::new(sample().fields, inner.clone());
         assert_eq!(
-            l.field("rq", "nr_running"),
-            Ok(Field { offset: 4, size: 4 })
+            l.field("rq", "nr_running").unwrap(),
+            Field { offset: 4, size: 4 }
         );
         assert!(l.var_field("scx_root", "ops").is_err());
         assert_eq!(inner.0.load(Ordering::Relaxed), 0);
-        l.prefetch(&[(false, "rq", "nr_running"), (false, "rq", "curr")])
-            .unwrap();
+        l.prefetch(&[
+            FieldKey::new(Owner::Struct, "rq", "nr_running"),
+            FieldKey::new(Owner::Struct, "rq", "curr"),
+        ])
+        .unwrap();
         assert_eq!(inner.0.load(Ordering::Relaxed), 100, "one key missing");
-        assert_eq!(l.field("rq", "curr"), Ok(Field { offset: 8, size: 8 }));
+        assert_eq!(l.field("rq", "curr").unwrap(), Field { offset: 8, size: 8 });
         assert_eq!(inner.0.load(Ordering::Relaxed), 101);
         assert_eq!(l.learned(), 1);
         assert_eq!(l.all().len(), 3);
+        // A failure to ask is passed on, not kept for the next run.
+        assert!(matches!(
+            l.var_field("unreachable", "x"),
+            Err(LayoutError::Deadline)
+        ));
+        assert_eq!(l.learned(), 1);
+        assert_eq!(
+            l.var_field("runqueues", "x").unwrap_err().to_string(),
+            "none"
+        );
+        assert_eq!(l.learned(), 2);
     }
 }

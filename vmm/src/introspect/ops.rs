@@ -9,8 +9,8 @@ use std::sync::Arc;
 use schedrig_wire::payload::kernel_op::{Direction, KernelOpEntry, Mode, Target, Value};
 use schedrig_wire::{KernelOpReply, KernelOpRequest};
 
-use super::btf::Layouts;
-use super::kernel::KernelView;
+use super::btf::{LayoutError, Layouts};
+use super::kernel::{KernelError, KernelView};
 use super::pagewalk::PageTable;
 use super::tasks::{self, TaskLayout};
 use crate::vstate::regs::VcpuRegs;
@@ -23,6 +23,63 @@ pub const READ_TOTAL_MAX: usize = 512 << 10;
 /// A task's start time as the guest can know it (/proc/PID/stat counts
 /// in USER_HZ ticks of 10 ms) may differ from the kernel's by this much.
 pub const START_TIME_SLACK_NS: u64 = 10_000_000;
+
+/// Why a request was refused or failed; its text is the reply's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("entry {entry}: {width} bytes; 1 to {BYTES_MAX} may be read or written")]
+    Width { entry: usize, width: usize },
+    #[error("the reads add up to over {READ_TOTAL_MAX} bytes")]
+    ReadTotal,
+    #[error("entry {entry}: {width} bytes would overrun the {size}-byte target {target:?}")]
+    Overrun {
+        entry: usize,
+        width: usize,
+        size: u32,
+        target: Target,
+    },
+    #[error("entry {entry}: {source}")]
+    Entry {
+        entry: usize,
+        #[source]
+        source: EntryError,
+    },
+}
+
+/// Why one entry's target could not be found, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("{kva:#x} is below PAGE_OFFSET {page_offset:#x}: not a direct-map address")]
+    NotDirectMap { kva: u64, page_offset: u64 },
+    #[error("CPU {cpu}: the guest has {ncpu} CPUs")]
+    NoCpu { cpu: u32, ncpu: u32 },
+    #[error("this kernel's BTF lacks a task_struct field the host needs")]
+    NoTaskLayout,
+    #[error("walking the task list: {0}")]
+    TaskList(#[source] KernelError),
+    #[error("no task with pid {0}")]
+    NoTask(u32),
+    #[error("pid {pid} started at {started_ns} ns, not {expected_ns} ns: a different task (pid reused?)")]
+    OtherTask {
+        pid: u32,
+        started_ns: u64,
+        expected_ns: u64,
+    },
+    #[error("pid {pid} ({comm}) is exiting")]
+    Exiting { pid: u32, comm: String },
+    #[error("pid {pid} ({comm}) is queued on a dispatch queue; its fields are in use")]
+    Queued { pid: u32, comm: String },
+    #[error("pid {pid} ({comm}) is in the {class} class, not sched_ext")]
+    NotExt {
+        pid: u32,
+        comm: String,
+        class: &'static str,
+    },
+}
 
 /// What the host knows of the guest kernel, once KADR arrived and the
 /// vmlinux was read.
@@ -56,20 +113,20 @@ impl KernelCtx {
         &self,
         t: &Target,
         regs: &[Option<VcpuRegs>],
-    ) -> Result<(Place, Option<u32>), String> {
+    ) -> Result<(Place, Option<u32>), EntryError> {
         let k = &self.view;
         Ok(match t {
             Target::Symbol(name) => {
-                let at = k.symbol(name).map_err(|e| e.to_string())?;
+                let at = k.symbol(name)?;
                 let size = k.link(name).map_or(0, |l| l.1);
                 (Place::Kva(at), u32::try_from(size).ok().filter(|s| *s > 0))
             }
             Target::Direct(kva) => {
                 if *kva < k.page_offset() {
-                    return Err(format!(
-                        "{kva:#x} is below PAGE_OFFSET {:#x}: not a direct-map address",
-                        k.page_offset()
-                    ));
+                    return Err(EntryError::NotDirectMap {
+                        kva: *kva,
+                        page_offset: k.page_offset(),
+                    });
                 }
                 (Place::Phys(kva - k.page_offset()), None)
             }
@@ -86,9 +143,12 @@ impl KernelCtx {
             }
             Target::PerCpuField { symbol, field, cpu } => {
                 if *cpu >= self.ncpu {
-                    return Err(format!("CPU {cpu}: the guest has {} CPUs", self.ncpu));
+                    return Err(EntryError::NoCpu {
+                        cpu: *cpu,
+                        ncpu: self.ncpu,
+                    });
                 }
-                let base = k.per_cpu(symbol, *cpu).map_err(|e| e.to_string())?;
+                let base = k.per_cpu(symbol, *cpu)?;
                 let f = self.btf.var_field(symbol, field)?;
                 (Place::Kva(base + u64::from(f.offset)), Some(f.size))
             }
@@ -97,10 +157,7 @@ impl KernelCtx {
                 expected_start_time_ns,
                 field,
             } => {
-                let l = self
-                    .tasks
-                    .as_ref()
-                    .ok_or("this kernel's BTF lacks a task_struct field the host needs")?;
+                let l = self.tasks.as_ref().ok_or(EntryError::NoTaskLayout)?;
                 let f = self.btf.field("task_struct", field)?;
                 let task = self.checked_task(l, *pid, *expected_start_time_ns)?;
                 (Place::Kva(task + u64::from(f.offset)), Some(f.size))
@@ -110,56 +167,54 @@ impl KernelCtx {
 
     /// The task `pid`, if it is the one that started then, alive, on no
     /// dispatch queue, and a sched_ext task.
-    fn checked_task(&self, l: &TaskLayout, pid: u32, start_ns: u64) -> Result<u64, String> {
+    fn checked_task(&self, l: &TaskLayout, pid: u32, start_ns: u64) -> Result<u64, EntryError> {
         let k = &self.view;
-        let all = tasks::walk(k, l).map_err(|e| format!("walking the task list: {e}"))?;
+        let all = tasks::walk(k, l).map_err(EntryError::TaskList)?;
         let t = all
             .iter()
             .find(|t| t.pid as u32 == pid)
-            .ok_or_else(|| format!("no task with pid {pid}"))?;
+            .ok_or(EntryError::NoTask(pid))?;
         if t.start_time_ns.abs_diff(start_ns) > START_TIME_SLACK_NS {
-            return Err(format!(
-                "pid {pid} started at {} ns, not {start_ns} ns: a different task (pid reused?)",
-                t.start_time_ns
-            ));
+            return Err(EntryError::OtherTask {
+                pid,
+                started_ns: t.start_time_ns,
+                expected_ns: start_ns,
+            });
         }
+        let comm = || t.comm.clone();
         if t.exit_state != 0 {
-            return Err(format!("pid {pid} ({}) is exiting", t.comm));
+            return Err(EntryError::Exiting { pid, comm: comm() });
         }
         if t.scx_dsq != 0 {
-            return Err(format!(
-                "pid {pid} ({}) is queued on a dispatch queue; its fields are in use",
-                t.comm
-            ));
+            return Err(EntryError::Queued { pid, comm: comm() });
         }
         let class = tasks::class_name(k, t.sched_class);
         if class != "ext" {
-            return Err(format!(
-                "pid {pid} ({}) is in the {class} class, not sched_ext",
-                t.comm
-            ));
+            return Err(EntryError::NotExt {
+                pid,
+                comm: comm(),
+                class,
+            });
         }
         Ok(t.kva)
     }
 
-    fn read(&self, p: Place, buf: &mut [u8]) -> Result<(), String> {
+    fn read(&self, p: Place, buf: &mut [u8]) -> Result<(), KernelError> {
         let k = &self.view;
         match p {
             Place::Kva(a) => k.read(a, buf),
             Place::Phys(a) => k.read_phys(a, buf),
             Place::Walk(pt, a) => k.read_via(&pt, a, buf),
         }
-        .map_err(|e| e.to_string())
     }
 
-    fn write(&self, p: Place, data: &[u8]) -> Result<(), String> {
+    fn write(&self, p: Place, data: &[u8]) -> Result<(), KernelError> {
         let k = &self.view;
         match p {
             Place::Kva(a) => k.write(a, data),
             Place::Phys(a) => k.write_phys(a, data),
             Place::Walk(pt, a) => k.write_via(&pt, a, data),
         }
-        .map_err(|e| e.to_string())
     }
 
     /// Runs `req` (the caller has frozen the guest for a cold one; `regs`
@@ -172,7 +227,7 @@ impl KernelCtx {
                 reason: String::new(),
                 read_values: values,
             },
-            Err(reason) => KernelOpReply::error(req.request_id, reason),
+            Err(e) => KernelOpReply::error(req.request_id, e.to_string()),
         }
     }
 
@@ -180,35 +235,41 @@ impl KernelCtx {
         &self,
         req: &KernelOpRequest,
         regs: &[Option<VcpuRegs>],
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, OpError> {
         let mut places = Vec::with_capacity(req.entries.len());
         let mut total = 0usize;
         for (i, KernelOpEntry { target, value }) in req.entries.iter().enumerate() {
             let w = width(value);
             if w == 0 || w > BYTES_MAX {
-                return Err(format!(
-                    "entry {i}: {w} bytes; 1 to {BYTES_MAX} may be read or written"
-                ));
+                return Err(OpError::Width { entry: i, width: w });
             }
             total += w;
             if req.direction == Direction::Read && total > READ_TOTAL_MAX {
-                return Err(format!("the reads add up to over {READ_TOTAL_MAX} bytes"));
+                return Err(OpError::ReadTotal);
             }
             let (place, size) = self
                 .resolve(target, regs)
-                .map_err(|e| format!("entry {i}: {e}"))?;
+                .map_err(|source| OpError::Entry { entry: i, source })?;
             if let Some(size) = size {
                 if w > size as usize {
-                    return Err(format!(
-                        "entry {i}: {w} bytes would overrun the {size}-byte target {target:?}"
-                    ));
+                    return Err(OpError::Overrun {
+                        entry: i,
+                        width: w,
+                        size,
+                        target: target.clone(),
+                    });
                 }
             }
             places.push(place);
         }
         let mut out = Vec::new();
         for (i, (e, p)) in req.entries.iter().zip(places).enumerate() {
-            let at = |r: Result<(), String>| r.map_err(|e| format!("entry {i}: {e}"));
+            let at = |r: Result<(), KernelError>| {
+                r.map_err(|e| OpError::Entry {
+                    entry: i,
+                    source: e.into(),
+                })
+            };
             match req.direction {
                 Direction::Read => {
                     let mut buf = vec![0u8; width(&e.value)];
@@ -239,5 +300,44 @@ impl KernelCtx {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons a guest reads in a refused request's reply.
+    #[test]
+    fn refusals_say_which_entry_and_why() {
+        let e = OpError::Entry {
+            entry: 2,
+            source: EntryError::NotExt {
+                pid: 7,
+                comm: "stress".into(),
+                class: "fair",
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "entry 2: pid 7 (stress) is in the fair class, not sched_ext"
+        );
+        let e = OpError::Entry {
+            entry: 0,
+            source: LayoutError::Answered("BTF has no variable runqueues".into()).into(),
+        };
+        assert_eq!(e.to_string(), "entry 0: BTF has no variable runqueues");
+        assert_eq!(
+            OpError::Width { entry: 1, width: 0 }.to_string(),
+            format!("entry 1: 0 bytes; 1 to {BYTES_MAX} may be read or written")
+        );
+        assert_eq!(
+            EntryError::NotDirectMap {
+                kva: 0x1000,
+                page_offset: 0xffff_8880_0000_0000
+            }
+            .to_string(),
+            "0x1000 is below PAGE_OFFSET 0xffff888000000000: not a direct-map address"
+        );
     }
 }

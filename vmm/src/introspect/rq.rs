@@ -1,7 +1,7 @@
 //! What the monitor reads, resolved once per kernel from its BTF: the
 //! `struct rq` fields by offset, and the sched_ext globals by symbol.
 
-use crate::introspect::btf::{Field, Layouts};
+use crate::introspect::btf::{Field, LayoutError, Layouts};
 use crate::introspect::kernel::{KernelError, KernelView};
 
 /// kernel/sched/ext.c `SCX_OPS_NAME_LEN`: the size of `sched_ext_ops.name`.
@@ -36,7 +36,7 @@ pub struct RqLayout {
 }
 
 impl RqLayout {
-    pub fn resolve(btf: &dyn Layouts) -> Result<Self, String> {
+    pub fn resolve(btf: &dyn Layouts) -> Result<Self, LayoutError> {
         Ok(Self {
             nr_running: btf.field("rq", "nr_running")?,
             clock: btf.field("rq", "clock")?,

@@ -2,6 +2,7 @@
 //! each CPU's run queue and current task, sched_ext's state and the
 //! scheduler's name, and the task list.
 
+use super::kernel::KernelError;
 use super::ops::KernelCtx;
 use super::tasks;
 use serde::Serialize;
@@ -127,8 +128,8 @@ pub fn capture(ctx: &KernelCtx, rq: &RqLayout, regs: &[Option<VcpuRegs>], tag: &
         Err(e) => s.problems.push(format!("sched_ext state: {e}")),
     }
     for cpu in 0..ctx.ncpu {
-        let one = || -> Result<CpuSnap, String> {
-            let st = rq.read(k, cpu).map_err(|e| e.to_string())?;
+        let one = || -> Result<CpuSnap, KernelError> {
+            let st = rq.read(k, cpu)?;
             let mut c = CpuSnap {
                 cpu,
                 nr_running: st.nr_running,
@@ -136,8 +137,8 @@ pub fn capture(ctx: &KernelCtx, rq: &RqLayout, regs: &[Option<VcpuRegs>], tag: &
                 ..Default::default()
             };
             if let Some(l) = &ctx.tasks {
-                let curr = rq.curr(k, cpu).map_err(|e| e.to_string())?;
-                let t = tasks::read_task(k, l, curr).map_err(|e| e.to_string())?;
+                let curr = rq.curr(k, cpu)?;
+                let t = tasks::read_task(k, l, curr)?;
                 c.curr_pid = t.pid;
                 c.curr_comm = t.comm;
             }

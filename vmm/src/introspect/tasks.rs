@@ -2,7 +2,7 @@
 //! `init_task.tasks`, and the `struct task_struct` fields the host needs,
 //! by BTF offset.
 
-use super::btf::{Field, Layouts};
+use super::btf::{Field, LayoutError, Layouts};
 use super::kernel::{KernelError, KernelView};
 
 /// The most tasks a walk visits: a list the guest corrupted (or one that
@@ -30,7 +30,7 @@ pub struct TaskLayout {
 
 impl TaskLayout {
     /// The fields, asked of `btf` in one batch where it batches.
-    pub fn resolve(btf: &dyn Layouts) -> Result<Self, String> {
+    pub fn resolve(btf: &dyn Layouts) -> Result<Self, LayoutError> {
         let f = |p: &str| btf.field("task_struct", p);
         Ok(Self {
             tasks: f("tasks")?,

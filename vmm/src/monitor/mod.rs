@@ -20,17 +20,31 @@ use schedrig_wire::KernAddrs;
 use vm_memory::GuestMemoryMmap;
 
 use self::analysis::{CpuSample, Sample, ThreadTimes};
-use crate::introspect::btf::{BtfHelper, KernelBtf, Layouts};
+use crate::introspect::btf::{BtfHelper, FieldKey, KernelBtf, LayoutError, Layouts, Owner};
 use crate::introspect::cache::{Cached, DiskCache, SeededLayouts};
-use crate::introspect::kernel::KernelView;
+use crate::introspect::kernel::{KernelError, KernelView};
 use crate::introspect::rq::RqLayout;
-use crate::introspect::symbols::SymbolTable;
+use crate::introspect::symbols::{SymbolError, SymbolTable};
 use crate::report::MonitorReport;
 
 /// How often the monitor samples (the 100 ms).
 pub const INTERVAL: Duration = Duration::from_millis(100);
 /// Samples kept: an hour at [`INTERVAL`]; later ones are counted, not kept.
 pub const SAMPLES_MAX: usize = 36_000;
+
+/// Why the monitor is not sampling (kept as text in
+/// [`MonitorShared::error`], for the report and the guest's requests).
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("symbols: {0}")]
+    Symbols(#[source] SymbolError),
+    #[error("BTF: {0}")]
+    Layouts(#[source] LayoutError),
+    #[error("the guest kernel's addresses: {0}")]
+    Addresses(#[source] KernelError),
+    #[error("reading the run queues: {0}")]
+    Sample(#[source] KernelError),
+}
 
 /// What the monitor thread and the session share.
 #[derive(Default)]
@@ -84,7 +98,8 @@ impl MonitorShared {
             .filter(|_| self.ctx.get().is_none())
     }
 
-    fn fail(&self, why: String) {
+    fn fail(&self, e: MonitorError) {
+        let why = e.to_string();
         tracing::debug!("run-queue monitor: {why}");
         if let Ok(mut e) = self.error.lock() {
             e.get_or_insert(why);
@@ -213,26 +228,26 @@ fn nap(s: &MonitorShared, d: Duration) -> bool {
 
 /// The fields the monitor, snapshots and task checks read, asked of the
 /// BTF in one batch.
-const FIELDS: &[(bool, &str, &str)] = &[
-    (false, "rq", "nr_running"),
-    (false, "rq", "clock"),
-    (false, "rq", "scx.nr_running"),
-    (false, "rq", "scx.local_dsq.nr"),
-    (false, "rq", "curr"),
-    (false, "rq", "idle"),
-    (false, "task_struct", "thread_info.flags"),
-    (false, "sched_ext_ops", "name"),
-    (false, "task_struct", "tasks"),
-    (false, "task_struct", "pid"),
-    (false, "task_struct", "comm"),
-    (false, "task_struct", "__state"),
-    (false, "task_struct", "exit_state"),
-    (false, "task_struct", "start_time"),
-    (false, "task_struct", "sched_class"),
-    (false, "task_struct", "on_rq"),
-    (false, "task_struct", "scx.dsq"),
-    (false, "task_struct", "thread_info.cpu"),
-    (false, "task_struct", "cpu"),
+const FIELDS: &[(Owner, &str, &str)] = &[
+    (Owner::Struct, "rq", "nr_running"),
+    (Owner::Struct, "rq", "clock"),
+    (Owner::Struct, "rq", "scx.nr_running"),
+    (Owner::Struct, "rq", "scx.local_dsq.nr"),
+    (Owner::Struct, "rq", "curr"),
+    (Owner::Struct, "rq", "idle"),
+    (Owner::Struct, "task_struct", "thread_info.flags"),
+    (Owner::Struct, "sched_ext_ops", "name"),
+    (Owner::Struct, "task_struct", "tasks"),
+    (Owner::Struct, "task_struct", "pid"),
+    (Owner::Struct, "task_struct", "comm"),
+    (Owner::Struct, "task_struct", "__state"),
+    (Owner::Struct, "task_struct", "exit_state"),
+    (Owner::Struct, "task_struct", "start_time"),
+    (Owner::Struct, "task_struct", "sched_class"),
+    (Owner::Struct, "task_struct", "on_rq"),
+    (Owner::Struct, "task_struct", "scx.dsq"),
+    (Owner::Struct, "task_struct", "thread_info.cpu"),
+    (Owner::Struct, "task_struct", "cpu"),
 ];
 
 /// What the monitor reads of the vmlinux before it samples.
@@ -248,27 +263,27 @@ fn read_kernel(
     vmlinux: &std::path::Path,
     btf: Arc<dyn Layouts>,
     cache_dir: Option<&std::path::Path>,
-) -> Result<KernelReads, String> {
+) -> Result<KernelReads, MonitorError> {
     let salt = format!("{:?}{FIELDS:?}", crate::introspect::kernel::SYMBOLS);
     let disk = cache_dir.and_then(|d| DiskCache::for_vmlinux(d, vmlinux, &salt));
     let cached = disk.as_ref().and_then(DiskCache::load);
     let symbols = match &cached {
         Some(c) => SymbolTable::from_entries(c.symbols.iter().cloned()),
         None => SymbolTable::load(vmlinux, crate::introspect::kernel::SYMBOLS)
-            .map_err(|e| format!("symbols: {e}"))?,
+            .map_err(MonitorError::Symbols)?,
     };
     let layouts = Arc::new(SeededLayouts::new(
         cached.map(|c| c.fields).unwrap_or_default(),
         btf,
     ));
-    layouts.prefetch(FIELDS).map_err(|e| format!("BTF: {e}"))?;
-    let rq = RqLayout::resolve(&*layouts).map_err(|e| format!("BTF: {e}"))?;
-    for (var, name, path) in FIELDS {
-        let _ = if *var {
-            layouts.var_field(name, path)
-        } else {
-            layouts.field(name, path)
-        };
+    let fields: Vec<FieldKey> = FIELDS
+        .iter()
+        .map(|(owner, name, path)| FieldKey::new(*owner, name, path))
+        .collect();
+    layouts.prefetch(&fields).map_err(MonitorError::Layouts)?;
+    let rq = RqLayout::resolve(&*layouts).map_err(MonitorError::Layouts)?;
+    for key in &fields {
+        let _ = layouts.lookup(key);
     }
     if let (Some(disk), true) = (&disk, layouts.learned() > 0) {
         disk.store(&Cached {
@@ -314,7 +329,7 @@ fn run(
     };
     let view = match KernelView::new(mem, &ka, symbols, vmlinux.to_path_buf()) {
         Ok(v) => v,
-        Err(e) => return s.fail(format!("the guest kernel's addresses: {e}")),
+        Err(e) => return s.fail(MonitorError::Addresses(e)),
     };
     let ncpu = tids.len() as u32;
     let _ = s.ctx.set(Arc::new(crate::introspect::ops::KernelCtx {
@@ -348,7 +363,7 @@ fn run(
             }
             // The kernel may be mid-boot or mid-panic; one bad read is
             // not the end of monitoring, but it is said once.
-            Err(e) => s.fail(format!("reading the run queues: {e}")),
+            Err(e) => s.fail(MonitorError::Sample(e)),
         }
     };
     let mut next = Instant::now();
