@@ -48,9 +48,10 @@ pub struct MachineConfig {
     pub vmlinux: Option<PathBuf>,
     /// Freezes to run for a test or benchmark of the freeze coordinator.
     pub freeze_test: Option<FreezeTest>,
-    /// A program that answers `btf-query VMLINUX QUERY...` (the schedrig
-    /// binary): the VMM asks it for field layouts instead of holding the
-    /// kernel's parsed BTF (~35 MiB). None parses the BTF in-process.
+    /// A program that answers `btf-query VMLINUX` (the schedrig binary;
+    /// JSON queries on stdin, answers on stdout, see `introspect::btf`):
+    /// the VMM asks it for field layouts instead of holding the kernel's
+    /// parsed BTF (~35 MiB). None parses the BTF in-process.
     pub btf_helper: Option<PathBuf>,
     /// Where the monitor keeps what it read of each vmlinux (symbols,
     /// field layouts) for the next run (`introspect::cache`); None reads
