@@ -73,7 +73,7 @@ pub struct Machine {
     /// Eventfds that wake the device thread for a queue, besides the
     /// queues' own notify eventfds.
     pub device_wakes: Vec<(EventFd, u16)>,
-    /// Everything the controller hears.
+    /// Everything the session hears.
     pub events: mpsc::Receiver<Event>,
     pub logs: Logs,
     pub power_down: Arc<AtomicBool>,

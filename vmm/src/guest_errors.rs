@@ -31,7 +31,7 @@ pub enum GuestErrorKind {
     Console,
     /// A malformed or unexpected console control message.
     Control,
-    /// A wire frame the controller refused (bad payload, oversized request).
+    /// A wire frame the session refused (bad payload, oversized request).
     Frame,
 }
 
@@ -66,7 +66,7 @@ struct Inner {
 }
 
 /// One run's guest problems; cheap to clone, shared by the devices and
-/// the controller of that run.
+/// the session of that run.
 #[derive(Debug, Clone)]
 pub struct GuestErrors(Arc<Inner>);
 

@@ -3,7 +3,7 @@
 //! passes an observer to [`crate::machine::run`]; nothing of it is kept
 //! in the machine's configuration.
 //!
-//! The controller queues [`Notice`]s as frames arrive and the run loop
+//! The session queues [`Notice`]s as frames arrive and the run loop
 //! hands them to the observer on the run's own thread, between frames:
 //! an observer must be quick (print a line, push to a list), since the
 //! loop also keeps the run's deadlines.
@@ -32,7 +32,7 @@ pub struct NoObserver;
 
 impl MachineObserver for NoObserver {}
 
-/// One thing to tell, queued by the controller.
+/// One thing to tell, queued by the session.
 #[derive(Debug, Clone)]
 pub enum Notice {
     Ready(Duration),

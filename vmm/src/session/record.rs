@@ -1,4 +1,4 @@
-//! What the controller keeps of the guest's frames, bounded whatever the
+//! What the session keeps of the guest's frames, bounded whatever the
 //! guest sends: counts by tag (every unknown tag in one bucket) and the
 //! first LIFE messages with capped reasons.
 

@@ -3,7 +3,7 @@
 //! two emulated hosts share the CPUs). The guest cannot see them: its
 //! clock jumps, and no steal time accrues, since its vCPU threads were
 //! not waiting to run, they were not there. A watcher thread that sleeps
-//! a short tick and measures how late it woke sees them; the controller
+//! a short tick and measures how late it woke sees them; the session
 //! discounts them from the scenario's gaps and stalls, as it does steal.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,7 @@ struct Pauses {
     dropped: u64,
 }
 
-/// The pauses seen so far; shared by the watcher and the controller.
+/// The pauses seen so far; shared by the watcher and the session.
 #[derive(Debug, Default)]
 pub struct PauseLog {
     inner: Mutex<Pauses>,

@@ -105,7 +105,7 @@ pub fn cpu_state(vcpu: &VcpuFd) -> String {
     }
 }
 
-/// Where a vCPU the controller stopped was: its run state (an AP still
+/// Where a vCPU the run stopped was: its run state (an AP still
 /// waiting for its start-up IPI is not a hung one) and registers.
 pub fn stopped_state(cpu: u32, vcpu: &VcpuFd) -> StoppedVcpu {
     use kvm_bindings::*;

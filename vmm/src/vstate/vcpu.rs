@@ -87,7 +87,7 @@ impl VcpuShared {
 }
 
 /// Starts the thread for one vCPU. `cpu` is its index (0 boots). The
-/// thread returns where the vCPU was when the controller stopped it
+/// thread returns where the vCPU was when the run stopped it
 /// (`None` when the vCPU itself ended the machine), for hang reports.
 pub fn spawn(
     cpu: u32,

@@ -35,7 +35,7 @@ pub const WATCHES_MAX: usize = 16;
 pub const WATCH_BYTES_MAX: u64 = 4096;
 /// A watch takes a snapshot at its first hit, then at most once per this.
 pub const HIT_SNAPSHOT_GAP: Duration = Duration::from_secs(1);
-/// Hits waiting for the controller (more are counted, not kept).
+/// Hits waiting for the session (more are counted, not kept).
 const HITS_QUEUED_MAX: usize = 64;
 const PAGE: u64 = 4096;
 
@@ -243,7 +243,7 @@ impl Watches {
     /// A guest write that exited as MMIO: if it is to a watched page,
     /// applies it and returns true (and, when it touched a watched
     /// symbol, queues a hit; `due` says whether a snapshot is due, so the
-    /// caller can tell the controller). `rip` is read only on a hit.
+    /// caller can tell the session). `rip` is read only on a hit.
     pub fn on_write(
         &self,
         cpu: u32,

@@ -46,7 +46,7 @@ pub const BULK_RX_QUEUE: u16 = match port_queues(BULK_PORT_ID) {
 
 /// The bulk port's transmit queue (guest -> host): pair it with
 /// [`BulkBudget::room_event`] for the device thread, so chains left in
-/// the ring while the controller was behind are served once it caught up.
+/// the ring while the session was behind are served once it caught up.
 pub const BULK_TX_QUEUE: u16 = match port_queues(BULK_PORT_ID) {
     Some((_, tx)) => tx,
     None => panic!("the bulk port has no queues"),
@@ -316,7 +316,7 @@ impl VirtioConsole {
                 // vCPU refills it meanwhile.
                 let mut forced_left = usize::from(QUEUE_SIZE);
                 running.serve(index, |chain| {
-                    // Backpressure: while the controller is behind, the
+                    // Backpressure: while the session is behind, the
                     // chain stays in the ring and the guest waits for it.
                     let room = sinks.has_room(port);
                     if !(room || force && forced_left > 0) {

@@ -15,7 +15,7 @@ use crate::guest_errors::GuestErrors;
 /// Most bytes [`BulkWriter`] holds for a guest that is not reading.
 pub const BULK_RX_CAPACITY: usize = 4 << 20;
 
-/// Guest-to-host bulk bytes handed to the controller and not yet
+/// Guest-to-host bulk bytes handed to the session and not yet
 /// processed (each chain charged [`BulkBudget::charge`]: its bytes plus
 /// [`CHAIN_CHARGE`]), above which the device leaves further transmit
 /// chains in the ring: the host then holds at most this plus one chain
@@ -23,7 +23,7 @@ pub const BULK_RX_CAPACITY: usize = 4 << 20;
 /// however small pieces it writes.
 pub const BULK_TX_BUDGET: usize = 1 << 20;
 
-/// What one chain costs beyond its bytes on its way to the controller
+/// What one chain costs beyond its bytes on its way to the session
 /// (a channel slot and an allocation): charged so that a flood of tiny
 /// chains fills the budget too.
 pub const CHAIN_CHARGE: usize = 256;
@@ -93,7 +93,7 @@ struct Budget {
     lifted: AtomicBool,
 }
 
-/// The bulk port's bytes in flight from the device to the controller,
+/// The bulk port's bytes in flight from the device to the session,
 /// with a cap: the device takes no new transmit chain while `cap` or more
 /// are pending (the guest then waits, as on a slow console), and the
 /// receiver's [`BulkBudget::release`] wakes the device thread through
