@@ -498,7 +498,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("schedrig: error: {e:#}");
+            eprintln!("schedrig: error: {}", crate::exit_status::said(&*e));
             ExitCode::from(crate::exit_status::of_error(&e))
         }
     }
@@ -1242,7 +1242,10 @@ fn run_kernels(a: RunArgs) -> anyhow::Result<ExitCode> {
         match run_one(&one(i, k), Some(&label), Some(&mut suites)) {
             Ok(code) => codes.push(code),
             Err(e) => {
-                eprintln!("kernel {label}: schedrig run: error: {e:#}");
+                eprintln!(
+                    "kernel {label}: schedrig run: error: {}",
+                    crate::exit_status::said(&*e)
+                );
                 codes.push(ExitCode::from(crate::exit_status::of_error(&e)));
             }
         }
@@ -1366,8 +1369,9 @@ fn run_one(
                 Ok(s) => Some((b.scheduler_name(), s)),
                 Err(e) => {
                     eprintln!(
-                        "baseline: {} could not be run, shown without it: {e:#}",
-                        b.scheduler_name()
+                        "baseline: {} could not be run, shown without it: {}",
+                        b.scheduler_name(),
+                        crate::exit_status::said(&e)
                     );
                     None
                 }

@@ -113,7 +113,7 @@ fn worst(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
 /// prerequisite missing): exit status [`BAD_INPUT`] instead of
 /// [`HARNESS_ERROR`].
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
+#[error("{}", said(.0.as_ref()))]
 pub struct BadInput(pub anyhow::Error);
 
 /// The status for an error that ended a command.
@@ -138,11 +138,43 @@ pub fn refused(e: anyhow::Error) -> anyhow::Error {
 /// kernel tree's build that failed, a disk error): stays
 /// [`HARNESS_ERROR`] through [`refused`].
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
+#[error("{}", said(.0.as_ref()))]
 pub struct NotInput(pub anyhow::Error);
+
+/// An error and its causes on one line, each cause once: our error
+/// types say their source in their own message too (so a log line that
+/// prints only the top reads whole), and a cause already said is not
+/// repeated.
+pub fn said(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        next = cause.source();
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
 
 #[cfg(test)]
 mod tests {
+    /// A source the message already names is said once; others follow.
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read /x: {0}")]
+        struct Read(#[source] std::io::Error);
+        let e = anyhow::Error::new(Read(io)).context("btf-query");
+        assert_eq!(super::said(&*e), "btf-query: cannot read /x: no such file");
+    }
+
     use super::*;
     use schedrig_scenarios::checks::ScenarioVerdict as V;
 
