@@ -1,6 +1,8 @@
 //! Drives the virtio-console device model through its virtio-mmio
 //! transport from a fuzzed guest driver, in the manner of cloud-hypervisor's
-//! and Firecracker's virtio device fuzzers.
+//! and Firecracker's virtio device fuzzers. The driver is the unit tests'
+//! (`schedrig_vmm::devices::virtio::test_utils`, behind the `test-utils`
+//! feature); this file only decodes operations and checks contracts.
 //!
 //! Each input gets a fresh 960 KiB guest memory (two regions with a hole,
 //! so buffers can straddle a gap or the end of RAM), a `VirtioConsole`
@@ -34,6 +36,10 @@ use schedrig_vmm::devices::virtio::mmio::{
     REG_QUEUE_NOTIFY, REG_QUEUE_NUM, REG_QUEUE_NUM_MAX, REG_QUEUE_READY, REG_QUEUE_SEL,
     REG_SHM_LEN_HIGH, REG_SHM_LEN_LOW, REG_STATUS, REG_VENDOR_ID, REG_VERSION,
 };
+use schedrig_vmm::devices::virtio::test_utils::{
+    configure_queue, driver_ok, guest_memory_with_hole, negotiate_offered, program_queue, read_reg,
+    write_reg, Arena, Buf, DriverQueue, RawBuf, RingAddrs, DESC_F_INDIRECT, DESC_F_WRITE,
+};
 use schedrig_vmm::devices::virtio::{
     BulkWriter, ConsoleSinks, Interrupt, MmioTransport, VirtioConsole,
 };
@@ -55,7 +61,8 @@ const MEM_END: u64 = 0x10_0000;
 
 /// Queue `q`'s rings sit in the page at `RING_BASE + q * RING_STRIDE`:
 /// descriptor table at +0, avail ring at +AVAIL_OFF, used ring at
-/// +USED_OFF; room for rings of up to `MAX_RING` entries.
+/// +USED_OFF; room for rings of up to `MAX_RING` entries (see
+/// [`ring_page`]).
 const RING_BASE: u64 = 0x1000;
 const RING_STRIDE: u64 = 0x1000;
 const AVAIL_OFF: u64 = 0x800;
@@ -77,10 +84,6 @@ const EVENT_DEVICE_READY: u16 = 0;
 const EVENT_PORT_READY: u16 = 3;
 const EVENT_PORT_OPEN: u16 = 6;
 const CONFIG_MAX_NR_PORTS: u64 = 4;
-
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// Registers the fuzzer picks by index most of the time.
 const REGS: [u64; 30] = [
@@ -262,54 +265,20 @@ const OPS: [Op; 13] = [
     Op::Lifecycle,
 ];
 
-/// The driver's view of one queue of the fixed layout.
-#[derive(Debug, Clone, Copy)]
-struct Ring {
-    size: u16,
-    avail_idx: u16,
-    next_desc: u16,
-}
-
-impl Ring {
-    fn new(size: u16) -> Ring {
-        Ring {
-            size,
-            avail_idx: 0,
-            next_desc: 0,
-        }
+/// Queue `q`'s rings in the fixed layout.
+fn ring_page(q: usize) -> RingAddrs {
+    let page = RING_BASE + RING_STRIDE * q as u64;
+    RingAddrs {
+        desc: page,
+        avail: page + AVAIL_OFF,
+        used: page + USED_OFF,
     }
 }
 
-fn desc_table(q: usize) -> u64 {
-    RING_BASE + RING_STRIDE * q as u64
-}
-
-fn avail_ring(q: usize) -> u64 {
-    desc_table(q) + AVAIL_OFF
-}
-
-fn used_ring(q: usize) -> u64 {
-    desc_table(q) + USED_OFF
-}
-
-/// A bump allocator for data buffers that wraps around and skips the hole.
-struct Arena {
-    next: u64,
-}
-
-impl Arena {
-    fn alloc(&mut self, len: u32) -> u64 {
-        let len = u64::from(len);
-        if self.next < HIGH_START && self.next + len > LOW_END {
-            self.next = HIGH_START;
-        }
-        if self.next + len > MEM_END {
-            self.next = BUF_BASE;
-        }
-        let addr = self.next;
-        self.next = (self.next + len + 15) & !15;
-        addr
-    }
+/// A driver queue of `size` entries in queue `q`'s page, its rings as
+/// they are in memory.
+fn fixed_queue(mem: &GuestMemoryMmap, q: usize, size: u16) -> DriverQueue<'_> {
+    DriverQueue::at(mem, ring_page(q), size, MAX_RING)
 }
 
 /// Counts a sink's bytes and checks the one-chain-per-call cap.
@@ -356,35 +325,8 @@ impl Write for CountingWriter {
     }
 }
 
-fn read_reg(t: &MmioTransport, offset: u64) -> u32 {
-    let mut buf = [0u8; 4];
-    t.read(offset, &mut buf);
-    u32::from_le_bytes(buf)
-}
-
-fn write_reg(t: &mut MmioTransport, offset: u64, value: u32) {
-    t.write(offset, &value.to_le_bytes());
-}
-
-/// Selects queue `q` and writes its QueueNum, the descriptor table, avail
-/// and used ring addresses (`rings`, in that order) and QueueReady.
-fn program_queue(t: &mut MmioTransport, q: u32, size: u16, rings: [u64; 3], ready: bool) {
-    write_reg(t, REG_QUEUE_SEL, q);
-    write_reg(t, REG_QUEUE_NUM, u32::from(size));
-    let halves = [
-        (REG_QUEUE_DESC_LOW, REG_QUEUE_DESC_HIGH),
-        (REG_QUEUE_DRIVER_LOW, REG_QUEUE_DRIVER_HIGH),
-        (REG_QUEUE_DEVICE_LOW, REG_QUEUE_DEVICE_HIGH),
-    ];
-    for ((low, high), addr) in halves.into_iter().zip(rings) {
-        write_reg(t, low, addr as u32);
-        write_reg(t, high, (addr >> 32) as u32);
-    }
-    write_reg(t, REG_QUEUE_READY, u32::from(ready));
-}
-
-struct Harness {
-    mem: GuestMemoryMmap,
+struct Harness<'a> {
+    mem: &'a GuestMemoryMmap,
     t: MmioTransport,
     bulk: BulkWriter,
     budget: BulkBudget,
@@ -400,19 +342,16 @@ struct Harness {
     reset_in_op: bool,
     /// `BulkBudget::lift` was called: no limit any more.
     lifted: bool,
-    rings: [Ring; MAX_QUEUES],
+    /// The driver side of queue `q` (the fixed layout).
+    queues: Vec<DriverQueue<'a>>,
+    /// Data buffers: `[BUF_BASE, MEM_END)` minus the hole, wrapping.
     arena: Arena,
     /// Bytes sent to the bulk port and accepted.
     bulk_sent: usize,
 }
 
-impl Harness {
-    fn new() -> Harness {
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), LOW_END as usize),
-            (GuestAddress(HIGH_START), (MEM_END - HIGH_START) as usize),
-        ])
-        .expect("guest memory");
+impl<'a> Harness<'a> {
+    fn new(mem: &'a GuestMemoryMmap) -> Harness<'a> {
         let counts: [Arc<AtomicUsize>; 3] = Default::default();
         let budget = BulkBudget::new(BULK_BUDGET).expect("budget eventfd");
         let errors = GuestErrors::default();
@@ -440,8 +379,10 @@ impl Harness {
             forced: 0,
             reset_in_op: false,
             lifted: false,
-            rings: [Ring::new(MAX_RING); MAX_QUEUES],
-            arena: Arena { next: BUF_BASE },
+            queues: (0..MAX_QUEUES)
+                .map(|q| fixed_queue(mem, q, MAX_RING))
+                .collect(),
+            arena: Arena::wrapping(mem, BUF_BASE),
             bulk_sent: 0,
         }
     }
@@ -453,8 +394,7 @@ impl Harness {
         self.reset();
         self.negotiate();
         let count = self.configure_queues(ring);
-        let status = read_reg(&self.t, REG_STATUS);
-        write_reg(&mut self.t, REG_STATUS, status | STATUS_DRIVER_OK);
+        driver_ok(&mut self.t);
         if count <= MAX_QUEUES {
             assert!(self.t.is_activated(), "a valid layout did not activate");
         }
@@ -462,45 +402,33 @@ impl Harness {
 
     /// ACKNOWLEDGE, DRIVER, every offered feature, FEATURES_OK.
     fn negotiate(&mut self) {
-        let t = &mut self.t;
-        write_reg(t, REG_STATUS, STATUS_ACKNOWLEDGE);
-        write_reg(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        for sel in [1, 0] {
-            write_reg(t, REG_DEVICE_FEATURES_SEL, sel);
-            let offered = read_reg(t, REG_DEVICE_FEATURES);
-            write_reg(t, REG_DRIVER_FEATURES_SEL, sel);
-            write_reg(t, REG_DRIVER_FEATURES, offered);
-        }
         let negotiated = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
-        write_reg(t, REG_STATUS, negotiated);
-        assert_eq!(read_reg(t, REG_STATUS), negotiated, "FEATURES_OK refused");
+        let status = negotiate_offered(&mut self.t);
+        assert_eq!(status, negotiated, "FEATURES_OK refused");
     }
 
-    /// Zeroes the ring pages and programs every queue the device has at
-    /// the fixed layout with `ring` entries (capped by QueueNumMax), ready.
-    /// Returns the number of queues.
+    /// Fresh (zeroed) rings in every ring page; every queue the device has
+    /// is programmed with `ring` entries (capped by QueueNumMax) and set
+    /// ready. Returns the number of queues.
     fn configure_queues(&mut self, ring: u16) -> usize {
-        let zeros = [0u8; RING_STRIDE as usize];
-        for q in 0..MAX_QUEUES {
-            self.mem
-                .write_slice(&zeros, GuestAddress(desc_table(q)))
-                .expect("ring page");
-        }
-        let t = &mut self.t;
         let mut count = 0;
         while count <= MAX_QUEUES {
-            write_reg(t, REG_QUEUE_SEL, count as u32);
-            let max = read_reg(t, REG_QUEUE_NUM_MAX);
+            write_reg(&mut self.t, REG_QUEUE_SEL, count as u32);
+            let max = read_reg(&self.t, REG_QUEUE_NUM_MAX);
             if max == 0 {
                 break;
             }
             if count < MAX_QUEUES {
                 let size = ring.min(max.min(u32::from(MAX_RING)) as u16);
-                self.rings[count] = Ring::new(size);
-                let rings = [desc_table(count), avail_ring(count), used_ring(count)];
-                program_queue(t, count as u32, size, rings, true);
+                self.queues[count] = fixed_queue(self.mem, count, size);
+                self.queues[count].zero_rings();
+                configure_queue(&mut self.t, count as u32, &self.queues[count]);
             }
             count += 1;
+        }
+        for q in count..MAX_QUEUES {
+            self.queues[q] = fixed_queue(self.mem, q, MAX_RING);
+            self.queues[q].zero_rings();
         }
         count
     }
@@ -517,49 +445,6 @@ impl Harness {
         );
     }
 
-    /// Writes descriptor `slot` of queue `q` (wrapped to the table room).
-    fn write_desc(&self, q: usize, slot: u16, desc: Descriptor) {
-        let addr = desc_table(q) + 16 * u64::from(slot % MAX_RING);
-        self.mem
-            .write_obj(desc, GuestAddress(addr))
-            .expect("descriptor table");
-    }
-
-    /// Appends `head` to queue `q`'s avail ring and publishes it.
-    fn push_avail(&mut self, q: usize, head: u16) {
-        let ring = &mut self.rings[q];
-        let slot = u64::from(ring.avail_idx % ring.size.max(1) % MAX_RING);
-        ring.avail_idx = ring.avail_idx.wrapping_add(1);
-        let idx = ring.avail_idx;
-        let avail = avail_ring(q);
-        self.mem
-            .write_obj(head.to_le(), GuestAddress(avail + 4 + 2 * slot))
-            .expect("avail ring");
-        self.mem
-            .write_obj(idx.to_le(), GuestAddress(avail + 2))
-            .expect("avail ring");
-    }
-
-    /// Posts `bufs` (address, length, flags) as one chain on queue `q`;
-    /// `cyclic`: the last descriptor links back to the first (a loop).
-    fn post(&mut self, q: usize, bufs: &[(u64, u32, u16)], cyclic: bool) {
-        let size = self.rings[q].size.clamp(1, MAX_RING);
-        let first = self.rings[q].next_desc % size;
-        for (i, &(addr, len, flags)) in (0u16..).zip(bufs) {
-            let slot = (first + i) % size;
-            let last = usize::from(i) + 1 == bufs.len();
-            let flags = if last && !cyclic {
-                flags
-            } else {
-                flags | VRING_DESC_F_NEXT
-            };
-            let next = if last { first } else { (slot + 1) % size };
-            self.write_desc(q, slot, Descriptor::new(addr, len, flags, next));
-        }
-        self.rings[q].next_desc = (first + bufs.len() as u16) % size;
-        self.push_avail(q, first);
-    }
-
     /// Posts one control message on c_ovq; `notify`: and serves it.
     fn send_control(&mut self, id: u32, event: u16, value: u16, notify: bool) {
         let mut msg = [0u8; 8];
@@ -570,7 +455,11 @@ impl Harness {
         self.mem
             .write_slice(&msg, GuestAddress(addr))
             .expect("arena");
-        self.post(CONTROL_TX_QUEUE, &[(addr, msg.len() as u32, 0)], false);
+        self.queues[CONTROL_TX_QUEUE].post(&[Buf {
+            addr,
+            len: msg.len() as u32,
+            writable: false,
+        }]);
         if notify {
             self.t.process_queue(CONTROL_TX_QUEUE as u16);
         }
@@ -580,10 +469,14 @@ impl Harness {
     /// buffers, sends DEVICE_READY, then PORT_READY and PORT_OPEN for
     /// every port the config space announces.
     fn handshake(&mut self, rx_buffers: u8) {
-        let ring = self.rings[CONTROL_RX_QUEUE].size;
-        for _ in 0..u16::from(rx_buffers % 16 + 1).min(ring) {
+        let queue = &mut self.queues[CONTROL_RX_QUEUE];
+        for _ in 0..u16::from(rx_buffers % 16 + 1).min(queue.size) {
             let addr = self.arena.alloc(64);
-            self.post(CONTROL_RX_QUEUE, &[(addr, 64, VRING_DESC_F_WRITE)], false);
+            queue.post(&[Buf {
+                addr,
+                len: 64,
+                writable: true,
+            }]);
         }
         self.t.process_queue(CONTROL_RX_QUEUE as u16);
         self.send_control(u32::MAX, EVENT_DEVICE_READY, 1, true);
@@ -616,34 +509,29 @@ impl Harness {
                 let slot = u16::from(input.u8());
                 let (addr, len) = (input.addr(), input.len());
                 let (flags, next) = (input.u16(), input.u16());
-                self.write_desc(q, slot, Descriptor::new(addr, len, flags, next));
+                self.queues[q].write_desc(slot, Descriptor::new(addr, len, flags, next));
             }
             Op::PushAvail => {
                 let q = input.queue();
                 let head = input.u16();
-                let size = self.rings[q].size.max(1);
+                let queue = &mut self.queues[q];
                 let head = if head & 0x8000 == 0 {
-                    head % size
+                    head % queue.size
                 } else {
                     head
                 };
-                self.push_avail(q, head);
+                queue.push_avail(head);
             }
             Op::SetRing => {
                 let q = input.queue();
                 let which = input.u8();
                 let value = input.u16();
-                let addr = match which % 3 {
-                    0 => avail_ring(q),
-                    1 => {
-                        self.rings[q].avail_idx = value;
-                        avail_ring(q) + 2
-                    }
-                    _ => used_ring(q) + 2,
-                };
-                self.mem
-                    .write_obj(value.to_le(), GuestAddress(addr))
-                    .expect("ring page");
+                let queue = &mut self.queues[q];
+                match which % 3 {
+                    0 => queue.set_avail_flags(value),
+                    1 => queue.set_avail_idx(value),
+                    _ => queue.set_used_idx(value),
+                }
             }
             Op::PostChain => {
                 let q = input.queue();
@@ -668,7 +556,7 @@ impl Harness {
                     };
                     let mut flags = 0;
                     if kind & 1 != 0 {
-                        flags |= VRING_DESC_F_WRITE;
+                        flags |= DESC_F_WRITE;
                     } else {
                         // Its first (up to) 256 bytes come from the input,
                         // so a long buffer does not eat the rest of it. A
@@ -678,11 +566,11 @@ impl Harness {
                         let _ = self.mem.write(data, GuestAddress(addr));
                     }
                     if placement == 7 {
-                        flags |= VRING_DESC_F_INDIRECT;
+                        flags |= DESC_F_INDIRECT;
                     }
-                    bufs.push((addr, len, flags));
+                    bufs.push(RawBuf { addr, len, flags });
                 }
-                self.post(q, &bufs, cyclic);
+                self.queues[q].post_descs(&bufs, cyclic);
             }
             Op::Control => {
                 let id = match input.u8() {
@@ -811,10 +699,9 @@ impl Harness {
                     self.reset();
                     self.negotiate();
                     self.configure_queues(MAX_RING);
-                    let t = &mut self.t;
-                    program_queue(t, q, size, [desc, avail, used], ready);
-                    let status = read_reg(t, REG_STATUS);
-                    write_reg(t, REG_STATUS, status | STATUS_DRIVER_OK);
+                    let rings = RingAddrs { desc, avail, used };
+                    program_queue(&mut self.t, q, u32::from(size), rings, ready);
+                    driver_ok(&mut self.t);
                 }
             },
         }
@@ -865,8 +752,9 @@ impl Harness {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let mem = guest_memory_with_hole(LOW_END, HIGH_START, MEM_END);
     let mut input = Input(data);
-    let mut h = Harness::new();
+    let mut h = Harness::new(&mem);
     let first = input.u8();
     if first % 2 == 0 {
         h.bring_up(1 << ((first >> 1) % 8));

@@ -15,8 +15,10 @@ pub mod event_loop;
 pub mod interrupt;
 pub mod mmio;
 
-#[cfg(test)]
-pub(crate) mod test_utils;
+/// The guest driver side the unit tests and the fuzz target (`vmm/fuzz`,
+/// through the `test-utils` feature) program devices with.
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 pub use console::{BulkWriter, ConsoleSinks, PortStates, VirtioConsole};
 pub use device::{DeviceError, VirtioDevice};
