@@ -1,4 +1,5 @@
-//! Test helper: a scratch directory tree standing in for /proc or /sys.
+//! Test helpers: a scratch directory tree standing in for /proc or
+//! /sys, and the host's reply frames as the guest receives them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,4 +42,22 @@ impl Drop for TempTree {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// An SNRP frame for request `id`: ok, or an error.
+pub fn snrp(id: u32, ok: bool) -> Vec<u8> {
+    use schedrig_wire::{encode_frame, MsgTag, SnapshotReply};
+    let r = if ok {
+        SnapshotReply::ok(id)
+    } else {
+        SnapshotReply::error(id, "no coordinator")
+    };
+    encode_frame(MsgTag::SnapshotReply, &r.encode()).unwrap()
+}
+
+/// A KORP frame answering request `id` with an error.
+pub fn korp(id: u32) -> Vec<u8> {
+    use schedrig_wire::{encode_frame, KernelOpReply, MsgTag};
+    let r = KernelOpReply::error(id, "no coordinator");
+    encode_frame(MsgTag::KernelOpReply, &r.encode().unwrap()).unwrap()
 }

@@ -242,21 +242,7 @@ pub fn await_replies<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schedrig_wire::encode_frame;
-
-    fn snrp(id: u32, ok: bool) -> Vec<u8> {
-        let r = if ok {
-            SnapshotReply::ok(id)
-        } else {
-            SnapshotReply::error(id, "no coordinator")
-        };
-        encode_frame(MsgTag::SnapshotReply, &r.encode()).unwrap()
-    }
-
-    fn korp(id: u32) -> Vec<u8> {
-        let r = KernelOpReply::error(id, "no coordinator");
-        encode_frame(MsgTag::KernelOpReply, &r.encode().unwrap()).unwrap()
-    }
+    use crate::testutil::{korp, snrp};
 
     #[test]
     fn a_reply_to_a_request_never_sent_is_ignored_when_lenient() {

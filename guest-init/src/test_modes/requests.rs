@@ -176,21 +176,7 @@ fn first_check(pending: Vec<(MsgTag, u32)>) -> ReplyCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schedrig_wire::{encode_frame, KernelOpReply, SnapshotReply};
-
-    fn snrp(id: u32, ok: bool) -> Vec<u8> {
-        let r = if ok {
-            SnapshotReply::ok(id)
-        } else {
-            SnapshotReply::error(id, "no coordinator")
-        };
-        encode_frame(MsgTag::SnapshotReply, &r.encode()).unwrap()
-    }
-
-    fn korp(id: u32) -> Vec<u8> {
-        let r = KernelOpReply::error(id, "no coordinator");
-        encode_frame(MsgTag::KernelOpReply, &r.encode().unwrap()).unwrap()
-    }
+    use crate::testutil::{korp, snrp};
 
     #[test]
     fn every_reply_in_any_order_and_split_reads_passes() {
