@@ -119,20 +119,26 @@ pub fn take(
 mod tests {
     use super::*;
 
+    /// Takes that must succeed wait a little: a child another test thread
+    /// forks holds a copy of every open lock fd until it execs (O_CLOEXEC
+    /// closes it only then), so a slot just given back can look held for
+    /// that moment. CI failed on a zero wait here once (2026-12-07).
+    const SETTLE: Duration = Duration::from_secs(10);
+
     #[test]
     fn slots_are_shared_and_given_back() {
         let d = tempfile::tempdir().unwrap();
-        let a = take(d.path(), 3, 4, Duration::ZERO, || {}).unwrap();
+        let a = take(d.path(), 3, 4, SETTLE, || {}).unwrap();
         // One left: a second taker of two times out, told it waits.
         let mut told = false;
         let e = take(d.path(), 2, 4, Duration::from_millis(300), || told = true).unwrap_err();
         assert!(told && matches!(e, BudgetError::TimedOut(_, 2, 4)), "{e}");
-        let b = take(d.path(), 1, 4, Duration::ZERO, || {}).unwrap();
+        let b = take(d.path(), 1, 4, SETTLE, || {}).unwrap();
         drop(a);
         // More than the host has takes all of them, once they are free.
         assert!(take(d.path(), 9, 4, Duration::ZERO, || {}).is_err());
         drop(b);
-        let all = take(d.path(), 9, 4, Duration::ZERO, || {}).unwrap();
+        let all = take(d.path(), 9, 4, SETTLE, || {}).unwrap();
         assert_eq!(all._files.len(), 4);
     }
 
