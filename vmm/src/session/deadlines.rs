@@ -111,8 +111,14 @@ impl Watchdogs {
 
     /// The first deadline that has passed, if any. `ready`: SRDY came;
     /// `exit_at`: when EXIT came; `wedge`: what the host sees of a stall
+    /// (asked only when a deadline passed: this runs after every event)
     /// lasting now, for a timeout's reason.
-    pub fn check(&mut self, ready: bool, exit_at: Option<Instant>, wedge: &str) -> Option<Due> {
+    pub fn check(
+        &mut self,
+        ready: bool,
+        exit_at: Option<Instant>,
+        wedge: impl Fn() -> String,
+    ) -> Option<Due> {
         if self.power_down.load(Ordering::Acquire) {
             // The kernel said it powers off or halts. With ACPI the S5
             // write (a vCPU event, "ACPI power-off") follows at once; give
@@ -131,7 +137,7 @@ impl Watchdogs {
             }
         }
         if elapsed >= self.deadlines.run {
-            let why = self.overrun_note(elapsed - self.deadlines.run) + wedge;
+            let why = self.overrun_note(elapsed - self.deadlines.run) + &wedge();
             return Some(Due::Timeout(format!(
                 "the guest did not end within {:?}{why}",
                 self.deadlines.run
@@ -140,8 +146,9 @@ impl Watchdogs {
         if let (Some(w), Some(t)) = (self.scenario_watch, self.scenario_timeout) {
             if w.paused_at.is_none() && Instant::now() >= w.deadline {
                 return Some(Due::Timeout(format!(
-                    "scenario {} did not end within {t:?} of its start (SCST), paused time not counted{wedge}",
-                    w.nth
+                    "scenario {} did not end within {t:?} of its start (SCST), paused time not counted{}",
+                    w.nth,
+                    wedge()
                 )));
             }
         }

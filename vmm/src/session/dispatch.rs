@@ -296,15 +296,14 @@ impl Session {
             self.requests
                 .serve_pending(&mut self.snapshots, at, &self.errors);
         }
-        let pauses = self.pauses().cloned();
-        for (tag, why) in self.stalls.look(pauses.as_ref()) {
+        for (tag, why) in self.stalls.look(self.watchdogs.pauses.as_ref()) {
             self.snapshot_once(tag, &why);
         }
-        let wedge = self.stalls.wedge_note();
         match self
             .watchdogs
-            .check(self.ready.is_some(), self.exit_at, &wedge)
-        {
+            .check(self.ready.is_some(), self.exit_at, || {
+                self.stalls.wedge_note()
+            }) {
             None => false,
             Some(Due::Reset(why)) => {
                 self.ending.reset.get_or_insert(why);

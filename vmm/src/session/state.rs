@@ -156,9 +156,4 @@ impl Session {
             (s.started - 1, t0_ms)
         })
     }
-
-    /// The host's pause log, when one is kept.
-    pub(super) fn pauses(&self) -> Option<&Arc<PauseLog>> {
-        self.watchdogs.pauses.as_ref()
-    }
 }
